@@ -1,0 +1,49 @@
+# dermtwin: one entry point for newcomers, CI and release work.
+#   make demo   virtual patches -> gateway -> private mosquitto -> live view
+#   make test   the whole suite (CPython + the real MicroPython VM + mosquitto)
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP_STAMP   := $(VENV)/.dermtwin-installed
+NPM_STAMP   := node_modules/.dermtwin-installed
+PATCHES     ?= 3
+DURATION    ?= 60
+
+.PHONY: setup test demo lint firmware bench models clean mosquitto
+
+setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto
+
+$(PIP_STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+mosquitto:
+	@bash tools/ensure-mosquitto.sh
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/dermtwin demo --patches $(PATCHES) --duration $(DURATION) --summary build/demo-summary.json
+
+lint: setup
+	$(VENV)/bin/ruff check gateway firmware sensor_drivers models_onnx tests hil_tests bench tools
+	$(PY) tools/typecheck_firmware.py
+
+firmware: setup
+	$(PY) tools/build_firmware.py --out build/firmware
+
+models: setup
+	$(PY) models_onnx/build_models.py
+
+bench: setup
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,192 @@
+# The patch's side of the BLE link: advertise, answer the control point, stream frames.
+# One central at a time. Nothing here raises out of a task on bad input: a malformed
+# control-point write gets a status code.
+import struct
+
+import aioble
+
+from firmware import aio
+from firmware import control_codec
+from firmware import protocol_ids as ids
+from firmware.frame_encoder import FrameEncoder
+
+ADV_INTERVAL_US = 250_000
+ENOMEM = 12
+STREAM_POLL_MS = 100
+ATT_NOTIFY_OVERHEAD = 3
+MAX_FRAME_BYTES = 244
+MIN_FRAME_BYTES = 61
+ADV_FLAG_PROVISIONED = 1
+ADV_FLAG_LOG_FULL = 2
+
+
+class PatchLink:
+    def __init__(self, gatt, device_id_hex, key, boot_state, log, clock, config, board):
+        self.gatt = gatt
+        self.device_id_hex = device_id_hex
+        self.name = control_codec.device_name(device_id_hex)
+        self.key = key
+        self.boot_state = boot_state
+        self.log = log
+        self.clock = clock
+        self.config = config
+        self.board = board
+        self.sampler = None
+        self.encoder = FrameEncoder(key, MAX_FRAME_BYTES)
+        self._response_buf = bytearray(64)
+        self._status_buf = bytearray(31)
+        self._payload_buf = bytearray(8)
+        self._temp_buf = bytearray(2)
+        self.cursor = -1          # next seq to send; -1 while not streaming
+        self.replay_end = 0       # seqs below this are sent flagged HISTORICAL
+        self.clock_set = False
+        self.frames_sent = 0
+
+    # -- sensor side ---------------------------------------------------------------
+    def on_sample(self, channel, value):
+        if channel == ids.CH_SKIN_TEMP:
+            # ESS Temperature is sint16 in 0.01 degC; TMP117 LSB is 7.8125 mdegC = 25/32 cdegC.
+            struct.pack_into("<h", self._temp_buf, 0, (value * 25) // 32)
+            self.gatt.temperature.write(self._temp_buf)
+
+    # -- advertising ---------------------------------------------------------------
+    def _error_flags(self):
+        flags = self.sampler.error_flags if self.sampler else 0
+        if not self.clock_set:
+            flags |= ids.ERR_CLOCK_NOT_SET
+        if not self.key:
+            flags |= ids.ERR_NOT_PROVISIONED
+        return flags
+
+    def _adv_flags(self):
+        flags = ADV_FLAG_PROVISIONED if self.key else 0
+        if self.log.is_full():
+            flags |= ADV_FLAG_LOG_FULL
+        return flags
+
+    def _refresh_status(self):
+        cfg = self.config
+        control_codec.pack_status(
+            self._status_buf, self.gatt.firmware_version, self.boot_state.boot_id,
+            self.log.oldest_seq, self.log.next_seq, self.clock.now(), self._error_flags(),
+            cfg.get(ids.CFG_TEMP_PERIOD_S), cfg.get(ids.CFG_UV_PERIOD_S),
+            cfg.get(ids.CFG_UV_FAST_PERIOD_S), cfg.get(ids.CFG_HYDRATION_PERIOD_S),
+            cfg.get(ids.CFG_BATTERY_PERIOD_S), self.board.battery_percent())
+        self.gatt.status.write(self._status_buf)
+
+    async def serve_forever(self):
+        while True:
+            self._refresh_status()
+            unacked = len(self.log)
+            manufacturer = control_codec.pack_manufacturer_data(
+                self.gatt.firmware_version, self.board.battery_percent(),
+                unacked if unacked < 0xFFFF else 0xFFFF, self._adv_flags())
+            connection = await aioble.advertise(
+                ADV_INTERVAL_US, name=self.name, services=[self.gatt.stream_service_uuid],
+                manufacturer=(0xFFFF, bytes(manufacturer)))
+            await self.serve(connection)
+
+    async def serve(self, connection):
+        self.cursor = -1
+        control = aio.create_task(self._control_loop(connection))
+        streamer = aio.create_task(self._stream_loop(connection))
+        try:
+            await connection.disconnected(timeout_ms=None)
+        finally:
+            control.cancel()
+            streamer.cancel()
+            self.cursor = -1
+
+    # -- control point ---------------------------------------------------------------
+    async def _control_loop(self, connection):
+        while True:
+            _, data = await self.gatt.control_point.written()
+            opcode, status, operands = control_codec.parse_request(
+                data, self.key, self.boot_state.boot_id)
+            payload = None
+            if status == ids.ST_SUCCESS:
+                status, payload = self._execute(opcode, operands)
+            response = control_codec.build_response(
+                self._response_buf, opcode, status, payload)
+            try:
+                await self.gatt.control_point.indicate(connection, response)
+            except Exception:  # link gone or confirmation timed out; the central will retry
+                pass
+
+    def _execute(self, opcode, operands):
+        log = self.log
+        if opcode == ids.OP_SET_TIME:
+            self.clock_set = True
+            struct.pack_into("<HI", self._payload_buf, 0, self.boot_state.boot_id, self.clock.now())
+            return ids.ST_SUCCESS, memoryview(self._payload_buf)[:6]
+        if opcode == ids.OP_ACK:
+            log.ack(operands)
+            self._refresh_status()
+            return ids.ST_SUCCESS, None
+        if opcode == ids.OP_REPLAY:
+            start = operands if operands > log.oldest_seq else log.oldest_seq
+            self.cursor = start if start < log.next_seq else log.next_seq
+            self.replay_end = log.next_seq
+            struct.pack_into("<II", self._payload_buf, 0, log.oldest_seq, log.next_seq)
+            return ids.ST_SUCCESS, self._payload_buf
+        if opcode == ids.OP_SET_CONFIG:
+            cfg_key, value = operands
+            if not self.config.set(cfg_key, value):
+                return ids.ST_INVALID_OPERAND, None
+            self._refresh_status()
+            return ids.ST_SUCCESS, None
+        if opcode == ids.OP_GET_STATUS:
+            self._refresh_status()
+            return ids.ST_SUCCESS, self._status_buf
+        if opcode == ids.OP_IDENTIFY:
+            self.board.identify(operands)
+            return ids.ST_SUCCESS, None
+        return ids.ST_OPCODE_NOT_SUPPORTED, None
+
+    # -- streaming -----------------------------------------------------------------
+    def _frame_due(self):
+        log = self.log
+        if self.cursor < 0 or self.cursor >= log.next_seq:
+            return False
+        if self.cursor < self.replay_end:
+            return True
+        waited_ms = (self.clock.now() - log.tick(self.cursor)) * 100
+        if waited_ms >= self.config.get(ids.CFG_FLUSH_INTERVAL_S) * 1000:
+            return True
+        # Enough pending to fill a frame (records are about 2 bytes each).
+        return log.next_seq - self.cursor >= (self.encoder.max_frame_bytes - 20) // 2
+
+    def _frame_bytes(self, connection):
+        frame_bytes = (connection.mtu or 23) - ATT_NOTIFY_OVERHEAD
+        if frame_bytes > MAX_FRAME_BYTES:
+            return MAX_FRAME_BYTES
+        return frame_bytes if frame_bytes > MIN_FRAME_BYTES else MIN_FRAME_BYTES
+
+    async def _stream_loop(self, connection):
+        log = self.log
+        enc = self.encoder
+        while True:
+            if not self._frame_due():
+                await aio.sleep_ms(STREAM_POLL_MS)
+                continue
+            seq = self.cursor
+            enc.set_max_frame_bytes(self._frame_bytes(connection))
+            enc.start(self.boot_state.boot_id, seq, log.tick(seq), seq < self.replay_end)
+            while seq < log.next_seq and enc.add(log.channel(seq), log.tick(seq), log.value(seq)):
+                seq += 1
+            await self._notify(connection, enc.finish())
+            self.cursor = seq
+            self.frames_sent += 1
+
+    async def _notify(self, connection, frame):
+        backoff_ms = 5
+        while True:
+            try:
+                self.gatt.samples.notify(connection, frame)
+                return
+            except OSError as e:
+                if e.errno != ENOMEM:
+                    raise
+            await aio.sleep_ms(backoff_ms)
+            if backoff_ms < 200:
+                backoff_ms *= 2

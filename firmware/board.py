@@ -1,0 +1,69 @@
+# Board differences live here and nowhere else: I2C pins, BLE stack quirks, storage paths.
+import sys
+
+# (I2C bus id, SCL pin, SDA pin) per board; BLE stack noted for pairing support.
+_BOARDS = {
+    "esp32": {"name": "esp32s3", "i2c": (0, 9, 8), "ble_stack": "nimble", "pairing": True},
+    "rp2": {"name": "rp2-pico-w", "i2c": (0, 5, 4), "ble_stack": "btstack", "pairing": False},
+}
+DEFAULT_LOG_CAPACITY = 4096
+IDENTITY_FILE = "identity"
+
+
+def parse_identity(text):
+    """Parse the provisioning file: lines `device_id=<16 hex>` and `key=<64 hex>`."""
+    import binascii
+    fields = {}
+    for line in text.split("\n"):
+        line = line.strip()
+        if "=" in line:
+            name, value = line.split("=", 1)
+            fields[name.strip()] = value.strip()
+    device_id = fields.get("device_id", "")
+    key_hex = fields.get("key", "")
+    if len(device_id) != 16 or len(key_hex) != 64:
+        raise ValueError("identity file: need device_id (16 hex chars) and key (64 hex chars)")
+    return device_id.lower(), binascii.unhexlify(key_hex)
+
+
+class Board:
+    def __init__(self, name, i2c_pins, data_dir, log_capacity=DEFAULT_LOG_CAPACITY,
+                 config_overrides=None):
+        self.name = name
+        self.i2c_pins = i2c_pins
+        self.data_dir = data_dir
+        self.log_capacity = log_capacity
+        self.config_overrides = config_overrides
+
+    def make_i2c(self):
+        from machine import I2C, Pin
+        bus_id, scl, sda = self.i2c_pins
+        return I2C(bus_id, scl=Pin(scl), sda=Pin(sda), freq=400_000)
+
+    def identity(self):
+        """(device_id_hex, key) from provisioning, or (a placeholder id, b"") if unprovisioned."""
+        try:
+            with open(self.data_dir + "/" + IDENTITY_FILE) as f:
+                return parse_identity(f.read())
+        except OSError:
+            import binascii
+            import machine
+            return binascii.hexlify(machine.unique_id()[:8]).decode(), b""
+
+    def battery_percent(self):
+        return 100
+
+    def identify(self, seconds):
+        pass
+
+
+def detect():
+    spec = _BOARDS.get(sys.platform)
+    if spec is None:
+        raise RuntimeError("unsupported board platform %r" % sys.platform)
+    import os
+    try:
+        os.mkdir("/data")
+    except OSError:
+        pass
+    return Board(spec["name"], spec["i2c"], "/data")

@@ -1,0 +1,100 @@
+"""A virtual patch: the unchanged firmware source on CPython, over Bumble and emulated chips.
+
+The firmware sees `aioble` (the shim in this folder, bound to this patch's own Bumble device
+through a context variable), an I2C bus with register-level chip emulators driven by the
+skin model, and a data directory standing in for the patch's flash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from pathlib import Path
+
+from firmware.host import install
+
+install()
+
+import aioble  # noqa: E402  (the host shim, found through install())
+
+from firmware import app  # noqa: E402
+from firmware.board import Board  # noqa: E402
+from sensor_drivers.emulators.i2c_bus import VirtualI2C  # noqa: E402
+from sensor_drivers.emulators.tmp117 import TMP117Emulator  # noqa: E402
+from sensor_drivers.skin_model import SkinTemperatureModel  # noqa: E402
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+def write_identity(data_dir: Path, device_id_hex: str, key: bytes) -> None:
+    """What `dermtwin provision` writes over USB serial on a real patch."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "identity").write_text(f"device_id={device_id_hex}\nkey={key.hex()}\n")
+
+
+class HostBoard(Board):
+    def __init__(self, data_dir: Path, bus: VirtualI2C, config_overrides=None,
+                 log_capacity: int = 4096):
+        super().__init__("virtual", (0, 0, 0), str(data_dir), log_capacity, config_overrides)
+        self.bus = bus
+        self.identify_requests: list[int] = []
+
+    def make_i2c(self):
+        return self.bus
+
+    def identify(self, seconds):
+        self.identify_requests.append(seconds)
+
+
+class VirtualPatch:
+    def __init__(self, radio, device_id_hex: str, key: bytes, data_dir: Path, *, seed: int = 1,
+                 config_overrides: dict | None = None, log_capacity: int = 4096,
+                 baseline_c: float = 33.5):
+        self.radio = radio
+        self.device_id_hex = device_id_hex
+        self.key = key
+        self.data_dir = Path(data_dir)
+        self.seed = seed
+        self.config_overrides = config_overrides
+        self.log_capacity = log_capacity
+        self.skin = SkinTemperatureModel(seed=seed, baseline_c=baseline_c)
+        self.started_s = time.monotonic()
+        self.patch: app.Patch | None = None
+        self.bumble_device = None
+        self.task: asyncio.Task | None = None
+
+    @property
+    def name(self) -> str:
+        return "DT-" + self.device_id_hex[-4:].upper()
+
+    def skin_celsius(self) -> float:
+        return self.skin.celsius_at(time.monotonic() - self.started_s)
+
+    async def start(self) -> None:
+        write_identity(self.data_dir, self.device_id_hex, self.key)
+        bus = VirtualI2C(clock_ms=monotonic_ms)
+        bus.attach(TMP117Emulator(self.skin_celsius, clock_ms=monotonic_ms))
+        board = HostBoard(self.data_dir, bus, self.config_overrides, self.log_capacity)
+        self.bumble_device = await self.radio.new_device(self.name)
+        context = contextvars.copy_context()
+        context.run(aioble.bind_device, self.bumble_device)
+        self.patch = context.run(app.Patch, board)
+        self.task = asyncio.create_task(self.patch.run(), context=context)
+
+    @property
+    def samples_taken(self) -> int:
+        log = self.patch.log if self.patch else None
+        return 0 if log is None else log.next_seq - self.patch.boot_state.first_seq
+
+    @property
+    def unacked(self) -> int:
+        return 0 if self.patch is None else len(self.patch.log)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None

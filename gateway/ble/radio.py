@@ -1,0 +1,31 @@
+"""Which radio bleak drives: BlueZ on a Pi (the default) or a Bumble adapter (virtual link,
+or a real HCI dongle through a Bumble transport). Gateway code only sees bleak's API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bleak import BleakClient, BleakScanner
+
+
+class BleRadio:
+    def __init__(self, bumble_adapter: Any = None):
+        self.bumble_adapter = bumble_adapter
+
+    def _backend_kwargs(self, kind: str) -> dict:
+        if self.bumble_adapter is None:
+            return {}
+        from gateway.ble import bumble_backend
+
+        backend = (bumble_backend.BumbleScannerBackend if kind == "scanner"
+                   else bumble_backend.BumbleClientBackend)
+        return {"backend": backend, "bumble": {"adapter": self.bumble_adapter}}
+
+    def scanner(self, detection_callback: Callable) -> BleakScanner:
+        return BleakScanner(detection_callback=detection_callback,
+                            **self._backend_kwargs("scanner"))
+
+    def client(self, device: Any, disconnected_callback: Callable | None = None) -> BleakClient:
+        return BleakClient(device, disconnected_callback=disconnected_callback,
+                           **self._backend_kwargs("client"))

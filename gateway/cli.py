@@ -1,0 +1,217 @@
+"""The `dermtwin` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
+
+
+class CliError(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive whole number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dermtwin", description="dermtwin gateway: skin-patch BLE → digital twin → MQTT")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="virtual patches → gateway → MQTT, with a live view")
+    demo.add_argument("--patches", type=_positive_int, default=3, help="virtual patches (3)")
+    demo.add_argument("--duration", type=_positive_float, default=60.0,
+                      help="seconds to run before exiting (60); Ctrl-C stops earlier")
+    demo.add_argument("--broker", metavar="URL",
+                      help="mqtt://host:port of a running broker; default: start a private "
+                           "mosquitto on a free loopback port")
+    demo.add_argument("--summary", type=Path, metavar="FILE",
+                      help="write a JSON summary here at the end")
+    demo.add_argument("--workdir", type=Path, metavar="DIR",
+                      help="keep the database and patch flash images here (default: temporary)")
+    demo.add_argument("--gateway-id", default="demo", help="gateway id in MQTT topics (demo)")
+    demo.add_argument("--no-live", action="store_true", help="no live table (plain progress)")
+
+    run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios")
+    run.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"database ({DEFAULT_DB})")
+    run.add_argument("--broker", metavar="URL", required=True, help="mqtt://… or mqtts://…")
+    run.add_argument("--username")
+    run.add_argument("--password-env", metavar="VAR",
+                     help="read the MQTT password from this environment variable")
+    run.add_argument("--ca-file", type=Path)
+    run.add_argument("--cert-file", type=Path)
+    run.add_argument("--key-file", type=Path)
+    run.add_argument("--gateway-id", default="gw1")
+    run.add_argument("--hci", metavar="TRANSPORT",
+                     help="drive a controller through Bumble (usb:0, serial:/dev/ttyUSB0, "
+                          "tcp-client:HOST:PORT) instead of BlueZ")
+    run.add_argument("--max-connections", type=_positive_int, default=5)
+    run.add_argument("--models-dir", type=Path)
+
+    devices = sub.add_parser("devices", help="list paired patches")
+    devices.add_argument("--db", type=Path, default=DEFAULT_DB)
+    devices.add_argument("--json", action="store_true")
+
+    pair = sub.add_parser("pair", help="register a provisioned patch with this gateway")
+    pair.add_argument("--db", type=Path, default=DEFAULT_DB)
+    pair.add_argument("--device-id", required=True, help="16 hex chars (the patch's serial)")
+    pair.add_argument("--key-file", type=Path, required=True,
+                      help="file holding the 32-byte device key as 64 hex chars")
+    pair.add_argument("--subject", required=True,
+                      help="pseudonymous subject id (letters, digits, '-', '_'; no names)")
+    pair.add_argument("--skin-type", type=int, choices=range(1, 7), default=3,
+                      help="Fitzpatrick skin type 1–6 (3)")
+
+    unpair = sub.add_parser("unpair", help="forget a patch")
+    unpair.add_argument("--db", type=Path, default=DEFAULT_DB)
+    unpair.add_argument("--device-id", required=True)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    summary = asyncio.run(run_demo(
+        args.patches, args.duration, broker_url=args.broker, summary_path=args.summary,
+        workdir=args.workdir, live=not args.no_live, gateway_id=args.gateway_id))
+    print(f"demo done: generated {summary['samples_generated']} samples, stored "
+          f"{summary['samples_stored']}, published {summary['published']} MQTT messages; "
+          f"revs {summary['last_rev']}")
+    if args.summary:
+        print(f"summary written to {args.summary}")
+    return 0
+
+
+def _open_store(db: Path):
+    from gateway import store as store_mod
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return store_mod.Store(store_mod.connect(db))
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    devices = _open_store(args.db).devices()
+    if args.json:
+        print(json.dumps([{"device_id": d.device_id, "subject": d.subject,
+                           "skin_type": d.skin_type} for d in devices], indent=2))
+        return 0
+    if not devices:
+        print(f"no paired patches in {args.db}")
+    for d in devices:
+        print(f"{d.device_id}  DT-{d.device_id[-4:].upper()}  subject={d.subject}  "
+              f"skin_type={d.skin_type}")
+    return 0
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    from gateway import store as store_mod
+
+    device_id = args.device_id.lower()
+    if not re.fullmatch(r"[0-9a-f]{16}", device_id):
+        raise CliError(f"--device-id {args.device_id!r}: must be 16 hex characters")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.subject):
+        raise CliError(f"--subject {args.subject!r}: use 1-64 letters, digits, '-' or '_' "
+                       "(a pseudonymous id, never a name)")
+    try:
+        key = bytes.fromhex(args.key_file.read_text().strip())
+    except (OSError, ValueError) as e:
+        raise CliError(f"--key-file {args.key_file}: {e}") from e
+    if len(key) != 32:
+        raise CliError(f"--key-file {args.key_file}: key must be 32 bytes (64 hex chars)")
+    store = _open_store(args.db)
+    with store.transaction():
+        store.register(store_mod.RegisteredDevice(device_id, key, args.subject, args.skin_type,
+                                                  None), int(time.time() * 1000))
+    print(f"paired {device_id} as subject {args.subject}")
+    return 0
+
+
+def cmd_unpair(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    with store.transaction():
+        removed = store.unregister(args.device_id.lower())
+    if not removed:
+        raise CliError(f"--device-id {args.device_id}: not paired in {args.db}")
+    print(f"unpaired {args.device_id}; its stored samples are kept")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.ble.radio import BleRadio
+    from gateway.inference import default_models_dir
+    from gateway.mqtt.config import MqttConfig
+    from gateway.service import Gateway, GatewayConfig
+
+    mqtt = MqttConfig.from_url(
+        args.broker, username=args.username, password_env=args.password_env,
+        gateway_id=args.gateway_id, ca_file=args.ca_file, cert_file=args.cert_file,
+        key_file=args.key_file)
+    args.db.parent.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> None:
+        import signal
+
+        adapter = None
+        if args.hci:
+            from gateway.ble.bumble_backend import BumbleAdapter
+            adapter = await BumbleAdapter.open(args.hci)
+        gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
+                                        max_connections=args.max_connections),
+                          BleRadio(adapter))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await gateway.run(stop)
+        finally:
+            gateway.close()
+
+    asyncio.run(main())
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "devices": cmd_devices, "pair": cmd_pair,
+            "unpair": cmd_unpair}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as e:
+        print(f"dermtwin {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, OSError) as e:
+        # Config, model and broker errors name their field; show them without a traceback.
+        print(f"dermtwin {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""`dermtwin demo`: virtual patches → gateway → MQTT broker → live view, in one process.
+
+With no broker given it starts a private mosquitto on a free loopback port, as a Pi gateway
+runs a local mosquitto bridged to the clinic's broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from gateway import store as store_mod
+from gateway.ble.radio import BleRadio
+from gateway.inference import default_models_dir
+from gateway.live_view import run_live_view
+from gateway.mqtt.broker import LocalBroker
+from gateway.mqtt.config import MqttConfig
+from gateway.service import Gateway, GatewayConfig
+
+log = logging.getLogger(__name__)
+
+# Lively defaults so a short demo shows the twins move (the firmware defaults are 10 s / 60 s).
+DEMO_PATCH_CONFIG = {1: 1, 6: 2}   # skin temperature every 1 s, flush frames every 2 s
+DEMO_GATEWAY_ID = "demo"
+
+
+def demo_identity(index: int, secret: bytes) -> tuple[str, bytes, str]:
+    """Device id, key and pseudonymous subject id for virtual patch `index`."""
+    device_id = hashlib.sha256(b"dermtwin-demo-device-%d" % index).hexdigest()[:16]
+    key = hmac.new(secret, b"key:" + device_id.encode(), hashlib.sha256).digest()
+    subject = "s-" + hmac.new(secret, b"subject:" + device_id.encode(),
+                              hashlib.sha256).hexdigest()[:10]
+    return device_id, key, subject
+
+
+async def run_demo(patches: int, duration_s: float, broker_url: str | None = None,
+                   summary_path: Path | None = None, workdir: Path | None = None,
+                   live: bool = True, gateway_id: str = DEMO_GATEWAY_ID) -> dict:
+    from firmware.host.virtual_patch import VirtualPatch
+    from gateway.ble.virtual_radio import VirtualRadio
+
+    if patches < 1:
+        raise ValueError("--patches must be at least 1")
+    if duration_s <= 0:
+        raise ValueError("--duration must be positive")
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="dermtwin-demo-")
+        workdir = Path(tmp.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker = None
+    if broker_url is None:
+        broker = LocalBroker(data_dir=workdir / "mosquitto")
+        await broker.start()
+        broker_url = broker.url
+        print(f"started a private mosquitto at {broker_url}")
+    mqtt = MqttConfig.from_url(broker_url, gateway_id=gateway_id)
+
+    secret = os.urandom(32)
+    db_path = workdir / "gateway.sqlite3"
+    registry = store_mod.Store(store_mod.connect(db_path))
+    identities = [demo_identity(i, secret) for i in range(patches)]
+    with registry.transaction():
+        for device_id, key, subject in identities:
+            registry.register(store_mod.RegisteredDevice(device_id, key, subject, 3, None),
+                              int(time.time() * 1000))
+    registry.conn.close()
+
+    radio = VirtualRadio(seed=1)
+    virtual_patches = [
+        VirtualPatch(radio, device_id, key, workdir / f"patch-{i}", seed=i + 1,
+                     config_overrides=DEMO_PATCH_CONFIG, baseline_c=33.2 + 0.3 * i)
+        for i, (device_id, key, _) in enumerate(identities)]
+    for patch in virtual_patches:
+        await patch.start()
+
+    gateway = Gateway(GatewayConfig(db_path, mqtt, default_models_dir()),
+                      BleRadio(await radio.new_adapter()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.call_later(duration_s, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    started = time.monotonic()
+
+    def progress() -> str:
+        return f"{time.monotonic() - started:.0f}/{duration_s:.0f} s"
+
+    view = asyncio.create_task(run_live_view(gateway, progress)) if live else None
+    try:
+        await gateway.run(stop)
+    finally:
+        if view is not None:
+            view.cancel()
+            await asyncio.gather(view, return_exceptions=True)
+        for patch in virtual_patches:
+            await patch.stop()
+    summary = gateway.summary()
+    summary.update({
+        "broker": mqtt.url,
+        "topic_root": mqtt.topic_root,
+        "duration_s": duration_s,
+        "patches": patches,
+        "samples_generated": sum(p.samples_taken for p in virtual_patches),
+        "samples_unacked_at_patches": sum(p.unacked for p in virtual_patches),
+        "subjects": {subject: device_id for device_id, _, subject in identities},
+    })
+    gateway.close()
+    await radio.close()
+    if broker is not None:
+        await broker.stop()
+    if summary_path is not None:
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if tmp is not None:
+        tmp.cleanup()
+    return summary

@@ -1,0 +1,79 @@
+"""The input/output contract of each twin model, as data.
+
+A model file `{name}.onnx` meets its contract when every input and output
+named here exists, is float32 and has shape [N, width] with a dynamic batch
+dimension N, and its metadata_props carry every key in `required_metadata`.
+Users may drop in their own models; `gateway.inference.load_model` checks
+them against these contracts at load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+REQUIRED_METADATA_KEYS: tuple[str, ...] = ("name", "version", "units", "description")
+
+# Minimal erythema dose by Fitzpatrick skin type I..VI, in SED (1 SED = 100 J/m²
+# erythemally weighted, CIE S 007/E:1998). Values from design.md §4; the card
+# models_onnx/cards/uv_dose.md gives the published basis and its spread.
+MED_SED_BY_FITZPATRICK: Mapping[int, float] = MappingProxyType(
+    {1: 2.0, 2: 2.5, 3: 3.0, 4: 4.5, 5: 6.0, 6: 10.0}
+)
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """Names and widths of a model's float32 [N, width] inputs and outputs."""
+
+    name: str
+    inputs: Mapping[str, int]
+    outputs: Mapping[str, int]
+    required_metadata: tuple[str, ...] = field(default=REQUIRED_METADATA_KEYS)
+
+    def __post_init__(self) -> None:
+        # Freeze the mappings so a shared contract cannot be edited by a caller.
+        object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
+        object.__setattr__(self, "outputs", MappingProxyType(dict(self.outputs)))
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            for tensor_name, width in tensors.items():
+                if not isinstance(width, int) or width < 1:
+                    raise ValueError(
+                        f"contract {self.name!r}: {kind} {tensor_name!r} width must be a "
+                        f"positive int, got {width!r}"
+                    )
+        overlap = set(self.inputs) & set(self.outputs)
+        if overlap:
+            raise ValueError(
+                f"contract {self.name!r}: names both input and output: {sorted(overlap)}"
+            )
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.onnx"
+
+
+TEMP_WINDOW_SAMPLES = 30
+
+TEMP_ANOMALY = ModelContract(
+    name="temp_anomaly",
+    inputs={"temp_window_c": TEMP_WINDOW_SAMPLES, "baseline_c": 1},
+    outputs={"delta_c": 1, "anomaly_score": 1, "inflammation": 1},
+)
+
+UV_DOSE = ModelContract(
+    name="uv_dose",
+    inputs={"uvi": 1, "dt_s": 1, "dose_sed_in": 1, "med_sed": 1},
+    outputs={"dose_sed": 1, "med_fraction": 1, "minutes_to_med": 1},
+)
+
+HYDRATION = ModelContract(
+    name="hydration",
+    inputs={"capacitance_pf": 1, "skin_temp_c": 1},
+    outputs={"corneometer_au": 1, "state": 1},
+)
+
+CONTRACTS: Mapping[str, ModelContract] = MappingProxyType(
+    {c.name: c for c in (TEMP_ANOMALY, UV_DOSE, HYDRATION)}
+)

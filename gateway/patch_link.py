@@ -1,0 +1,142 @@
+"""Carries one patch's session over a bleak client: the thin BLE adapter around
+gateway.session.PatchSession. Everything the session decides happens here, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from bleak.exc import BleakError
+
+from gateway.protocol import constants as ids
+from gateway.session import (
+    Commit,
+    Disconnect,
+    PatchSession,
+    ReadChar,
+    State,
+    Subscribe,
+    WriteControl,
+)
+from gateway.store import RegisteredDevice, SampleBatch
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+SESSION_TICK_S = 1.0
+BLE_ERRORS = (BleakError, TimeoutError, EOFError, ConnectionError, OSError)
+
+
+def utc_now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PatchLink:
+    """One registered patch; `run(ble_device)` serves one connection until it ends."""
+
+    def __init__(self, device: RegisteredDevice, radio: Any,
+                 submit: Callable[[PatchLink, SampleBatch], None],
+                 committed_seq: Callable[[str], int]):
+        self.device = device
+        self.radio = radio
+        self.submit = submit
+        self.committed_seq = committed_seq
+        self.session: PatchSession | None = None
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.connects = 0
+        self.last_close_reason: str | None = None
+        self.frames_rejected_total = 0
+
+    # called by the ingest pipeline after a commit
+    def on_committed(self, up_to_seq: int) -> None:
+        self.events.put_nowait(("committed", up_to_seq))
+
+    def on_commit_failed(self, reason: str) -> None:
+        self.events.put_nowait(("commit_failed", reason))
+
+    async def run(self, ble_device: Any) -> str:
+        self.events = asyncio.Queue()
+        events = self.events
+        client = self.radio.client(
+            ble_device, disconnected_callback=lambda _c: events.put_nowait(("disconnected",)))
+        try:
+            await client.connect(timeout=CONNECT_TIMEOUT_S)
+        except BLE_ERRORS as e:
+            self.last_close_reason = f"connect failed: {e}"
+            return self.last_close_reason
+        self.connects += 1
+        session = PatchSession(self.device.device_id, self.device.key,
+                               self.committed_seq(self.device.device_id))
+        self.session = session
+        try:
+            await self._execute(client, session, session.start(client.mtu_size, utc_now_ms()))
+            while session.state is not State.CLOSED:
+                try:
+                    event = await asyncio.wait_for(events.get(), SESSION_TICK_S)
+                except TimeoutError:
+                    await self._execute(client, session, session.tick(utc_now_ms()))
+                    continue
+                await self._execute(client, session, self._dispatch(session, event))
+        except BLE_ERRORS as e:
+            session.disconnected(f"BLE error: {e}")
+        finally:
+            self.last_close_reason = session.close_reason
+            if client.is_connected:
+                try:
+                    await client.disconnect()
+                except BLE_ERRORS:
+                    pass
+        return self.last_close_reason or "closed"
+
+    def _dispatch(self, session: PatchSession, event: tuple) -> list:
+        kind, now = event[0], utc_now_ms()
+        if kind == "notify":
+            before = sum(session.stats.frames_rejected.values())
+            actions = session.notification(event[1], now)
+            rejected = sum(session.stats.frames_rejected.values()) - before
+            if rejected:
+                self.frames_rejected_total += rejected
+                log.warning("%s: dropped a malformed frame (%s)", self.device.device_id,
+                            dict(session.stats.frames_rejected))
+            return actions
+        if kind == "control":
+            return session.control_response(event[1], now)
+        if kind == "committed":
+            return session.committed(event[1], now)
+        if kind == "commit_failed":
+            return [Disconnect(f"store refused the samples: {event[1]}")]
+        if kind == "disconnected":
+            session.disconnected("link lost")
+        return []
+
+    async def _execute(self, client: Any, session: PatchSession, actions: list) -> None:
+        work = deque(actions)
+        while work:
+            action = work.popleft()
+            if isinstance(action, ReadChar):
+                data = await client.read_gatt_char(action.uuid)
+                work.extend(session.read_result(action.uuid, bytes(data), utc_now_ms()))
+            elif isinstance(action, Subscribe):
+                await client.start_notify(action.uuid, self._notification_handler(action.uuid))
+            elif isinstance(action, WriteControl):
+                await client.write_gatt_char(ids.CONTROL_POINT_CHAR_UUID, action.data,
+                                             response=True)
+            elif isinstance(action, Commit):
+                self.submit(self, action.batch)
+            elif isinstance(action, Disconnect):
+                log.warning("%s: closing session: %s", self.device.device_id, action.reason)
+                session.disconnected(action.reason)
+                return
+
+    def _notification_handler(self, uuid: str) -> Callable:
+        kind = "control" if uuid == ids.CONTROL_POINT_CHAR_UUID else "notify"
+        events = self.events
+
+        def handler(_characteristic: Any, data: bytearray) -> None:
+            events.put_nowait((kind, bytes(data)))
+
+        return handler

@@ -1,0 +1,181 @@
+"""The gateway process: registry → BLE sessions → ingest (store, twin, outbox) → MQTT.
+
+Data flows one way. This module only wires the parts together and owns the connection
+manager: one shared scanner, a connection slot per patch (bounded per adapter), jittered
+backoff between attempts, and nothing that exits on a BLE error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway import store as store_mod
+from gateway.ble.radio import BleRadio
+from gateway.inference import load_models
+from gateway.ingest import Ingest, encode
+from gateway.mqtt.config import MqttConfig
+from gateway.mqtt.publisher import MqttPublisher
+from gateway.outbox import Outbox
+from gateway.patch_link import PatchLink
+from gateway.twin import CHANNEL_SCALE, TwinEngine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNECTIONS = 5
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+MANAGER_POLL_S = 0.5
+META_EXPIRY_S = 30 * 24 * 3600
+MODELS_USED = ("temp_anomaly",)
+UCUM_UNITS = {"skin_temp_c": "Cel", "temp_baseline_c": "Cel", "temp_delta_c": "K",
+              "temp_anomaly_score": "1", "inflammation": "1", "uv_index": "{UVI}",
+              "capacitance_pf": "pF", "battery_pct": "%"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def advertised_name(device_id: str) -> str:
+    return "DT-" + device_id[-4:].upper()
+
+
+@dataclass
+class GatewayConfig:
+    db_path: Path
+    mqtt: MqttConfig
+    models_dir: Path
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    will_delay_s: int = 10
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_connections <= 20:
+            raise ValueError(f"max_connections {self.max_connections}: must be 1..20")
+
+
+@dataclass
+class LinkSlot:
+    link: PatchLink
+    task: asyncio.Task | None = None
+    next_attempt_s: float = 0.0
+    failures: int = 0
+    sighting: Any = None
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, radio: BleRadio):
+        self.config = config
+        self.radio = radio
+        self.store = store_mod.Store(store_mod.connect(config.db_path))
+        self.outbox = Outbox(self.store.conn)
+        # Refuse a bad model at start, naming the file and field (inference.ModelError).
+        self.models = load_models(config.models_dir, names=MODELS_USED)
+        self.sess = self.store.next_gateway_session()
+        self.devices = {d.device_id: d for d in self.store.devices()}
+        self.engine = TwinEngine(
+            self.sess, {d.device_id: d.subject for d in self.devices.values()},
+            lambda name, inputs: self.models[name].run(inputs), self.store.load_twins())
+        self.publisher = MqttPublisher(
+            config.mqtt, config.db_path, will_topic=config.mqtt.state_topic,
+            will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
+            offline_payload_fn=lambda: self._state_payload(False),
+            will_delay_s=config.will_delay_s)
+        self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
+                             self.publisher.kick)
+        self.slots = {
+            did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq))
+            for did, dev in self.devices.items()}
+        self._by_name = {advertised_name(did): did for did in self.devices}
+        self._wake = asyncio.Event()
+        self._slots_free = asyncio.Semaphore(config.max_connections)
+
+    def _state_payload(self, online: bool) -> bytes:
+        return encode({"online": online, "sess": self.sess, "ts": now_ms()})
+
+    # -- birth -----------------------------------------------------------------------
+    def _birth_messages(self) -> None:
+        """Retained meta per subject and a snapshot per known twin, queued before connecting."""
+        models = {name: {"version": m.version} for name, m in self.models.items()}
+        with self.store.transaction():
+            for dev in self.devices.values():
+                meta = {"schema": 1, "units": UCUM_UNITS, "models": models,
+                        "channels": sorted(prop for _, prop in CHANNEL_SCALE.values()),
+                        "device": {"name": advertised_name(dev.device_id)}}
+                self.outbox.put(self.config.mqtt.topic(dev.subject, "meta"), encode(meta),
+                                retain=True, expiry_s=META_EXPIRY_S)
+            self.ingest.publish_updates(
+                [self.engine.snapshot(subject, now_ms()) for subject, twin
+                 in self.engine.twins.items() if twin.state])
+
+    # -- BLE connection manager --------------------------------------------------------
+    def _on_advertisement(self, device: Any, adv: Any) -> None:
+        device_id = self._by_name.get(adv.local_name or getattr(device, "name", None) or "")
+        if device_id is not None:
+            self.slots[device_id].sighting = device
+            self._wake.set()
+
+    async def _serve(self, device_id: str, slot: LinkSlot) -> None:
+        async with self._slots_free:
+            reason = await slot.link.run(slot.sighting)
+        session = slot.link.session
+        streamed = session is not None and session.stats.frames_ok > 0
+        slot.failures = 0 if streamed else slot.failures + 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(slot.failures, 6))
+        slot.next_attempt_s = time.monotonic() + delay * random.uniform(0.5, 1.0)
+        slot.sighting = None   # connect again only to a fresh advertisement
+        log.info("%s: session ended (%s); next attempt in %.1f s", device_id, reason, delay)
+
+    async def _manage_connections(self) -> None:
+        while True:
+            now = time.monotonic()
+            for device_id, slot in self.slots.items():
+                busy = slot.task is not None and not slot.task.done()
+                if not busy and slot.sighting is not None and now >= slot.next_attempt_s:
+                    slot.task = asyncio.create_task(self._serve(device_id, slot))
+            try:
+                await asyncio.wait_for(self._wake.wait(), MANAGER_POLL_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    # -- run ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self._birth_messages()
+        await self.publisher.start()
+        tasks = [asyncio.create_task(self.ingest.run()),
+                 asyncio.create_task(self._manage_connections())]
+        scanner = self.radio.scanner(self._on_advertisement)
+        await scanner.start()
+        try:
+            await stop.wait()
+        finally:
+            await scanner.stop()
+            for task in tasks:
+                task.cancel()
+            link_tasks = [s.task for s in self.slots.values() if s.task and not s.task.done()]
+            for task in link_tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, *link_tasks, return_exceptions=True)
+            self.ingest.cycle(now_ms())   # commit what arrived; patches replay the rest
+            await self.publisher.stop()
+
+    def close(self) -> None:
+        self.store.conn.close()
+
+    def summary(self) -> dict:
+        return {
+            "sess": self.sess,
+            "samples_stored": self.store.sample_count(),
+            "published": self.publisher.published,
+            "outbox_pending": self.outbox.count(),
+            "last_rev": {t.subject: t.rev for t in self.engine.twins.values()},
+            "frames_rejected": {did: s.link.frames_rejected_total
+                                for did, s in self.slots.items()},
+        }
+

@@ -1,0 +1,259 @@
+"""One patch's session as a sans-I/O state machine (docs/protocol.md, design.md §3).
+
+connect → MTU (refuse below 64) → identity (Serial Number, Status) → SET_TIME → GET_STATUS
+→ subscribe → REPLAY from last committed seq + 1 → stream → ACK after durable commit.
+
+The session never touches BLE, SQLite or clocks: the adapter feeds it what happened (with the
+current UTC in ms) and carries out the actions it returns, in order. Frames become `Commit`
+actions holding only samples the store does not have yet, contiguous from the last committed
+seq; a gap (a rejected frame) is healed with REPLAY instead of being acknowledged over.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.protocol import constants as ids
+from gateway.protocol import control
+from gateway.protocol.frames import FrameError, decode_frame
+from gateway.store import SampleBatch
+
+MIN_MTU = 64
+CONTROL_TIMEOUT_MS = 5_000
+MS_PER_TICK = 100
+SERIAL_NUMBER_UUID = "00002a25-0000-1000-8000-00805f9b34fb"
+
+
+class State(enum.Enum):
+    NEW = "new"
+    IDENTIFY = "identify"
+    SET_TIME = "set_time"
+    GET_STATUS = "get_status"
+    REPLAY = "replay"
+    STREAMING = "streaming"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ReadChar:
+    uuid: str
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    uuid: str
+
+
+@dataclass(frozen=True)
+class WriteControl:
+    opcode: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Commit:
+    batch: SampleBatch
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    reason: str
+
+
+Action = ReadChar | Subscribe | WriteControl | Commit | Disconnect
+
+
+@dataclass
+class SessionStats:
+    frames_ok: int = 0
+    samples_new: int = 0
+    samples_duplicate: int = 0
+    gaps: int = 0
+    samples_lost_at_patch: int = 0
+    frames_rejected: Counter | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames_rejected is None:
+            self.frames_rejected = Counter()
+
+
+class PatchSession:
+    def __init__(self, device_id: str, key: bytes, committed_seq: int):
+        self.device_id = device_id
+        self.key = key
+        self.state = State.NEW
+        self.expected_seq = committed_seq + 1   # the next seq the store needs
+        self.boot_id: int | None = None
+        self.status: control.PatchStatus | None = None
+        self.stats = SessionStats()
+        self.close_reason: str | None = None
+        self._serial: str | None = None
+        self._anchor: tuple[int, int, float] | None = None  # boot_id, tick, utc_ms
+        self._pending: tuple[int, int] | None = None  # opcode, sent_at_ms
+        self._queued_ack: int | None = None
+        self._queued_replay: int | None = None
+        self._replay_requested_for: int | None = None
+        self._acked_seq = committed_seq
+
+    # -- events in -------------------------------------------------------------
+    def start(self, mtu: int, now_ms: int) -> list[Action]:
+        if mtu < MIN_MTU:
+            return self._close(f"MTU {mtu} < {MIN_MTU}: patch firmware or adapter too old")
+        self.state = State.IDENTIFY
+        return [ReadChar(SERIAL_NUMBER_UUID), ReadChar(ids.STATUS_CHAR_UUID)]
+
+    def read_result(self, uuid: str, data: bytes, now_ms: int) -> list[Action]:
+        if self.state is not State.IDENTIFY:
+            return []
+        if uuid == SERIAL_NUMBER_UUID:
+            self._serial = bytes(data).decode("ascii", "replace").strip().lower()
+            if self._serial != self.device_id:
+                return self._close(
+                    f"identity mismatch: patch says {self._serial!r}, registry has "
+                    f"{self.device_id!r}")
+            return []
+        if uuid == ids.STATUS_CHAR_UUID:
+            try:
+                self.status = control.decode_status(bytes(data))
+            except control.ControlError as e:
+                return self._close(f"unreadable status record: {e}")
+            self.boot_id = self.status.boot_id
+            if self._serial is None:
+                return []
+            self.state = State.SET_TIME
+            return [Subscribe(ids.CONTROL_POINT_CHAR_UUID),
+                    self._request(ids.Opcode.SET_TIME,
+                                  control.set_time(self.key, self.boot_id, now_ms), now_ms)]
+        return []
+
+    def control_response(self, data: bytes, now_ms: int) -> list[Action]:
+        try:
+            response = control.decode_response(bytes(data))
+        except control.ControlError as e:
+            return self._close(f"malformed control point response: {e}")
+        if self._pending is None or response.opcode != self._pending[0]:
+            return []
+        sent_at_ms = self._pending[1]
+        self._pending = None
+        if response.status != ids.Status.SUCCESS:
+            return self._close(
+                f"patch answered {ids.Opcode(response.opcode).name} with "
+                f"{ids.Status(response.status).name}")
+        actions: list[Action] = []
+        if response.opcode == ids.Opcode.SET_TIME:
+            result = control.decode_set_time_result(response.payload)
+            # The patch stamped its tick on receipt: half-way through the round trip.
+            self._anchor = (result.boot_id, result.tick, (sent_at_ms + now_ms) / 2)
+            self.boot_id = result.boot_id
+            self.state = State.GET_STATUS
+            actions.append(self._request(
+                ids.Opcode.GET_STATUS, control.get_status(self.key, self.boot_id), now_ms))
+        elif response.opcode == ids.Opcode.GET_STATUS:
+            self.status = control.decode_status(response.payload)
+            self.state = State.REPLAY
+            actions.append(Subscribe(ids.SAMPLES_CHAR_UUID))
+            actions.append(self._replay(self.expected_seq, now_ms))
+        elif response.opcode == ids.Opcode.REPLAY:
+            result = control.decode_replay_result(response.payload)
+            if result.oldest_seq > self.expected_seq:
+                # The patch no longer holds these: it records such loss itself (issue 4).
+                self.stats.samples_lost_at_patch += result.oldest_seq - self.expected_seq
+                self.expected_seq = result.oldest_seq
+            self._replay_requested_for = None
+            self.state = State.STREAMING
+        return actions + self._flush_queue(now_ms)
+
+    def notification(self, data: bytes, now_ms: int) -> list[Action]:
+        # Replayed frames may overtake the REPLAY response's indication.
+        if self.state not in (State.REPLAY, State.STREAMING):
+            self.stats.frames_rejected["NOT_STREAMING"] += 1
+            return []
+        try:
+            frame = decode_frame(bytes(data), self.key)
+        except FrameError as e:
+            self.stats.frames_rejected[str(e.code)] += 1
+            return []
+        self.stats.frames_ok += 1
+        first, last = frame.first_seq, frame.first_seq + len(frame) - 1
+        if first > self.expected_seq:
+            self.stats.gaps += 1
+            if self._replay_requested_for != self.expected_seq:
+                return self._queue_replay(self.expected_seq, now_ms)
+            return []
+        if last < self.expected_seq:
+            self.stats.samples_duplicate += len(frame)
+            return []
+        skip = self.expected_seq - first
+        self.stats.samples_duplicate += skip
+        batch = self._batch(frame, skip)
+        self.expected_seq = last + 1
+        self.stats.samples_new += len(batch)
+        return [Commit(batch)]
+
+    def committed(self, up_to_seq: int, now_ms: int) -> list[Action]:
+        """The store has made every sample up to `up_to_seq` durable: acknowledge it."""
+        if up_to_seq <= self._acked_seq or self.state is State.CLOSED:
+            return []
+        self._queued_ack = up_to_seq
+        return self._flush_queue(now_ms)
+
+    def tick(self, now_ms: int) -> list[Action]:
+        if self._pending and now_ms - self._pending[1] > CONTROL_TIMEOUT_MS:
+            return self._close(
+                f"control point: no answer to {ids.Opcode(self._pending[0]).name} "
+                f"within {CONTROL_TIMEOUT_MS} ms")
+        return []
+
+    def disconnected(self, reason: str = "link lost") -> None:
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            self.close_reason = reason
+
+    # -- helpers ---------------------------------------------------------------
+    def _batch(self, frame, skip: int) -> SampleBatch:
+        ticks = frame.tick[skip:]
+        if self._anchor is not None and self._anchor[0] == frame.boot_id:
+            utc = np.rint(self._anchor[2] + (ticks - self._anchor[1]) * MS_PER_TICK).astype(
+                np.int64)
+        else:
+            utc = np.full(ticks.shape, -1, dtype=np.int64)
+        return SampleBatch(
+            device_id=self.device_id, boot_id=frame.boot_id, seq=frame.seq[skip:],
+            tick=ticks, utc_ms=utc, channel=frame.channel[skip:], value=frame.value[skip:],
+            historical=frame.historical)
+
+    def _request(self, opcode: int, data: bytes, now_ms: int) -> WriteControl:
+        self._pending = (int(opcode), now_ms)
+        return WriteControl(int(opcode), data)
+
+    def _replay(self, from_seq: int, now_ms: int) -> WriteControl:
+        self._replay_requested_for = from_seq
+        return self._request(ids.Opcode.REPLAY, control.replay(self.key, self.boot_id, from_seq),
+                             now_ms)
+
+    def _queue_replay(self, from_seq: int, now_ms: int) -> list[Action]:
+        self._queued_replay = from_seq
+        self._replay_requested_for = from_seq
+        return self._flush_queue(now_ms)
+
+    def _flush_queue(self, now_ms: int) -> list[Action]:
+        if self._pending is not None or self.state is not State.STREAMING:
+            return []
+        if self._queued_ack is not None:
+            seq, self._queued_ack = self._queued_ack, None
+            self._acked_seq = seq
+            return [self._request(ids.Opcode.ACK, control.ack(self.key, self.boot_id, seq),
+                                  now_ms)]
+        if self._queued_replay is not None:
+            seq, self._queued_replay = self._queued_replay, None
+            return [self._replay(seq, now_ms)]
+        return []
+
+    def _close(self, reason: str) -> list[Action]:
+        self.state = State.CLOSED
+        self.close_reason = reason
+        return [Disconnect(reason)]

@@ -1,0 +1,216 @@
+"""The gateway's durable store: one SQLite database in WAL mode.
+
+Tables: `devices` (the registry of paired patches), `samples` (every sample once, keyed by
+device and seq), `twins` (per-subject revision and last published state), `gateway_meta`
+(the gateway session counter). The outbox lives in the same file (gateway/outbox.py), so a
+batch of samples, the twin revisions it causes and the MQTT messages announcing them commit
+in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id     TEXT PRIMARY KEY,
+    key           BLOB NOT NULL,
+    subject       TEXT NOT NULL UNIQUE,
+    skin_type     INTEGER NOT NULL DEFAULT 3,
+    address       TEXT,
+    config_json   TEXT NOT NULL DEFAULT '{}',
+    paired_at_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    device_id  TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    boot_id    INTEGER NOT NULL,
+    tick       INTEGER NOT NULL,
+    utc_ms     INTEGER,
+    channel    INTEGER NOT NULL,
+    value      INTEGER NOT NULL,
+    historical INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS twins (
+    subject     TEXT PRIMARY KEY,
+    rev         INTEGER NOT NULL,
+    state_json  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gateway_meta (
+    name   TEXT PRIMARY KEY,
+    value  INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class DiskFullError(StoreError):
+    """SQLite could not write (disk or quota full): stop acknowledging, keep what is stored."""
+
+
+@dataclass(frozen=True)
+class RegisteredDevice:
+    device_id: str
+    key: bytes
+    subject: str
+    skin_type: int
+    address: str | None
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class SampleBatch:
+    """Samples from one device, ready to commit (numpy columns of equal length)."""
+
+    device_id: str
+    boot_id: int
+    seq: np.ndarray
+    tick: np.ndarray
+    utc_ms: np.ndarray  # int64, -1 where the time is not known
+    channel: np.ndarray
+    value: np.ndarray
+    historical: bool = False
+
+    def __len__(self) -> int:
+        return int(self.seq.shape[0])
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (and create) the gateway database with the durability settings we rely on."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    # -- registry --------------------------------------------------------------
+    def register(self, device: RegisteredDevice, paired_at_ms: int) -> None:
+        self.conn.execute(
+            "INSERT INTO devices(device_id, key, subject, skin_type, address, config_json,"
+            " paired_at_ms) VALUES (?,?,?,?,?,?,?)"
+            " ON CONFLICT(device_id) DO UPDATE SET key=excluded.key, subject=excluded.subject,"
+            " skin_type=excluded.skin_type, address=excluded.address,"
+            " config_json=excluded.config_json",
+            (device.device_id, device.key, device.subject, device.skin_type, device.address,
+             json.dumps(device.config, sort_keys=True), paired_at_ms),
+        )
+
+    def unregister(self, device_id: str) -> bool:
+        return self.conn.execute("DELETE FROM devices WHERE device_id=?", (device_id,)).rowcount > 0
+
+    def devices(self) -> list[RegisteredDevice]:
+        rows = self.conn.execute(
+            "SELECT device_id, key, subject, skin_type, address, config_json FROM devices"
+            " ORDER BY device_id").fetchall()
+        return [RegisteredDevice(r[0], bytes(r[1]), r[2], r[3], r[4], json.loads(r[5]))
+                for r in rows]
+
+    def device(self, device_id: str) -> RegisteredDevice | None:
+        for dev in self.devices():
+            if dev.device_id == device_id:
+                return dev
+        return None
+
+    # -- samples ---------------------------------------------------------------
+    def committed_seq(self, device_id: str) -> int:
+        """Highest seq stored for the device, -1 when none (the session keeps the store
+        gap-free, so every seq up to this one is stored)."""
+        row = self.conn.execute(
+            "SELECT MAX(seq) FROM samples WHERE device_id=?", (device_id,)).fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def insert_samples(self, batches: Iterable[SampleBatch]) -> int:
+        """Insert inside the caller's transaction; duplicates by (device, seq) are ignored.
+        Returns the number of new rows."""
+        before = self.conn.total_changes
+        for batch in batches:
+            utc = [None if u < 0 else int(u) for u in batch.utc_ms.tolist()]
+            rows = zip(
+                [batch.device_id] * len(batch), batch.seq.tolist(),
+                [batch.boot_id] * len(batch), batch.tick.tolist(), utc,
+                batch.channel.tolist(), batch.value.tolist(),
+                [int(batch.historical)] * len(batch), strict=True)
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO samples(device_id, seq, boot_id, tick, utc_ms, channel,"
+                " value, historical) VALUES (?,?,?,?,?,?,?,?)", rows)
+        return self.conn.total_changes - before
+
+    def sample_count(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            return self.conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM samples WHERE device_id=?", (device_id,)).fetchone()[0]
+
+    def sample_seqs(self, device_id: str) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT seq FROM samples WHERE device_id=? ORDER BY seq", (device_id,))]
+
+    # -- twins -----------------------------------------------------------------
+    def load_twins(self) -> dict[str, tuple[int, dict]]:
+        return {r[0]: (r[1], json.loads(r[2])) for r in self.conn.execute(
+            "SELECT subject, rev, state_json FROM twins")}
+
+    def save_twin(self, subject: str, rev: int, state: dict) -> None:
+        self.conn.execute(
+            "INSERT INTO twins(subject, rev, state_json) VALUES (?,?,?)"
+            " ON CONFLICT(subject) DO UPDATE SET rev=excluded.rev, state_json=excluded.state_json",
+            (subject, rev, json.dumps(state, sort_keys=True)))
+
+    # -- gateway session counter -------------------------------------------------
+    def next_gateway_session(self) -> int:
+        with self.transaction():
+            row = self.conn.execute(
+                "SELECT value FROM gateway_meta WHERE name='sess'").fetchone()
+            sess = 1 if row is None else row[0] + 1
+            self.conn.execute(
+                "INSERT INTO gateway_meta(name, value) VALUES ('sess', ?)"
+                " ON CONFLICT(name) DO UPDATE SET value=excluded.value", (sess,))
+        return sess
+
+    # -- transactions ----------------------------------------------------------
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as e:
+                self.conn.execute("ROLLBACK")
+                raise _classify(e) from e
+        self.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            raise _classify(exc) from exc
+
+
+def _classify(e: sqlite3.OperationalError) -> StoreError:
+    text = str(e).lower()
+    if "full" in text or "disk i/o" in text:
+        return DiskFullError(f"database write failed: {e}")
+    return StoreError(f"database write failed: {e}")
