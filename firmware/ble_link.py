@@ -9,6 +9,7 @@ from firmware import aio
 from firmware import control_codec
 from firmware import protocol_ids as ids
 from firmware.frame_encoder import FrameEncoder
+from sensor_drivers.tmp117 import raw_to_centi_celsius
 
 ADV_INTERVAL_US = 250_000
 ENOMEM = 12
@@ -37,6 +38,7 @@ class PatchLink:
         self._status_buf = bytearray(31)
         self._payload_buf = bytearray(8)
         self._temp_buf = bytearray(2)
+        self.connection = None
         self.cursor = -1          # next seq to send; -1 while not streaming
         self.replay_end = 0       # seqs below this are sent flagged HISTORICAL
         self.clock_set = False
@@ -45,8 +47,8 @@ class PatchLink:
     # -- sensor side ---------------------------------------------------------------
     def on_sample(self, channel, value):
         if channel == ids.CH_SKIN_TEMP:
-            # ESS Temperature is sint16 in 0.01 degC; TMP117 LSB is 7.8125 mdegC = 25/32 cdegC.
-            struct.pack_into("<h", self._temp_buf, 0, (value * 25) // 32)
+            # ESS Temperature is sint16 in 0.01 degC.
+            struct.pack_into("<h", self._temp_buf, 0, raw_to_centi_celsius(value))
             self.gatt.temperature.write(self._temp_buf)
 
     # -- advertising ---------------------------------------------------------------
@@ -87,6 +89,7 @@ class PatchLink:
             await self.serve(connection)
 
     async def serve(self, connection):
+        self.connection = connection
         self.cursor = -1
         control = aio.create_task(self._control_loop(connection))
         streamer = aio.create_task(self._stream_loop(connection))
@@ -96,6 +99,7 @@ class PatchLink:
             control.cancel()
             streamer.cancel()
             self.cursor = -1
+            self.connection = None
 
     # -- control point ---------------------------------------------------------------
     async def _control_loop(self, connection):

@@ -25,7 +25,7 @@ SNAPSHOT_EVERY_DELTAS = 50
 SCHEMA_VERSION = 1
 
 # Integer wire units -> SI (docs/protocol.md §4).
-TMP117_C_PER_LSB = 0.0078125         # TMP117 datasheet §7.5.1: 7.8125 m°C per LSB
+TMP117_C_PER_LSB = 0.0078125         # TMP117 datasheet §7.3.3, Table 7-1: 7.8125 m°C per LSB
 CHANNEL_SCALE = {
     ids.Channel.SKIN_TEMP: (TMP117_C_PER_LSB, "skin_temp_c"),
     ids.Channel.UV_INDEX: (0.01, "uv_index"),

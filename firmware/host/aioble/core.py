@@ -1,0 +1,182 @@
+"""Shared state of the aioble shim: which Bumble device the current patch runs on.
+
+Several virtual patches share this one module, so nothing here is global per
+process: each Bumble `Device` gets a `PatchState`, and a `ContextVar` says which
+device the running code belongs to. `bind_device()` sets it; asyncio tasks created
+afterwards inherit it, so a patch's whole firmware sees its own device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bumble.device import Device as BumbleDevice
+
+    from .device import DeviceConnection
+
+# NimBLE on ESP32 returns BLE_HS_ENOMEM once its mbuf pool is exhausted; the
+# number of notifications in flight before that depends on the pool size.
+DEFAULT_NOTIFY_IN_FLIGHT_LIMIT = 8
+# MicroPython's NimBLE port prefers an ATT MTU of 256 (extmod/nimble syscfg).
+DEFAULT_PREFERRED_ATT_MTU = 256
+
+log_level = 1
+
+
+def log_error(*args: Any) -> None:
+    if log_level > 0:
+        print("[aioble] E:", *args)
+
+
+def log_warn(*args: Any) -> None:
+    if log_level > 1:
+        print("[aioble] W:", *args)
+
+
+def log_info(*args: Any) -> None:
+    if log_level > 2:
+        print("[aioble] I:", *args)
+
+
+class GattError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self._status = status
+
+
+class ThreadSafeFlag:
+    """uasyncio.ThreadSafeFlag: `set()` from callbacks, `await wait()` clears it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event.clear()
+
+
+class PatchState:
+    """Everything aioble keeps per BLE stack, for one virtual patch's Bumble device."""
+
+    def __init__(self, device: BumbleDevice) -> None:
+        self.device = device
+        self.notify_in_flight_limit = DEFAULT_NOTIFY_IN_FLIGHT_LIMIT
+        self.connections: dict[int, DeviceConnection] = {}
+        self.registered: dict[int, Any] = {}  # value handle -> aioble characteristic
+        self.incoming: DeviceConnection | None = None
+        self.connect_flag: ThreadSafeFlag | None = None
+        self.advertising = False
+        self.capture: Any = None  # server._CaptureQueue, created on first capture char
+        self.base_attribute_count: int | None = None
+        self.base_service_count = 0
+        self.background_tasks: set[asyncio.Task[Any]] = set()
+        device.gatt_server.max_mtu = DEFAULT_PREFERRED_ATT_MTU
+        device.on("connection", self._on_connection)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background_tasks.add(task)
+        task.add_done_callback(self.background_tasks.discard)
+        return task
+
+    def _on_connection(self, connection: Any) -> None:
+        from bumble import hci
+
+        from .device import Device, DeviceConnection
+
+        if connection.role != hci.Role.PERIPHERAL:
+            return
+        address = connection.peer_address
+        device = Device(0 if address.is_public else 1, bytes(reversed(bytes(address))))
+        conn = DeviceConnection(device)
+        conn._attach(self, connection)
+        self.connections[connection.handle] = conn
+        self.advertising = False
+        self.incoming = conn
+        if self.connect_flag is not None:
+            self.connect_flag.set()
+
+
+_current_device: contextvars.ContextVar[BumbleDevice | None] = contextvars.ContextVar(
+    "aioble_current_device", default=None
+)
+_states: weakref.WeakKeyDictionary[Any, PatchState] = weakref.WeakKeyDictionary()
+
+
+def state_for(device: BumbleDevice) -> PatchState:
+    state = _states.get(device)
+    if state is None:
+        state = PatchState(device)
+        _states[device] = state
+    return state
+
+
+def bind_device(device: BumbleDevice, *, notify_in_flight_limit: int | None = None) -> PatchState:
+    """Host-only: run aioble in the current context (and tasks it creates) on `device`."""
+    state = state_for(device)
+    if notify_in_flight_limit is not None:
+        if notify_in_flight_limit < 1:
+            raise ValueError("notify_in_flight_limit must be at least 1")
+        state.notify_in_flight_limit = notify_in_flight_limit
+    _current_device.set(device)
+    return state
+
+
+def current_patch() -> PatchState:
+    device = _current_device.get()
+    if device is None:
+        raise RuntimeError(
+            "aioble (host shim): no Bumble device bound in this context; "
+            "call aioble.bind_device(device) before using aioble"
+        )
+    return state_for(device)
+
+
+def ensure_active() -> None:
+    current_patch()
+
+
+def config(*args: Any, **kwargs: Any) -> Any:
+    """Subset of `BLE.config`: query 'mac', 'mtu', 'gap_name'; set mtu= and gap_name=."""
+    patch = current_patch()
+    device = patch.device
+    if args:
+        if len(args) != 1 or kwargs:
+            raise TypeError("config: query one name, or set with keywords")
+        name = args[0]
+        if name == "mac":
+            address = device.random_address
+            return (0 if address.is_public else 1, bytes(reversed(bytes(address))))
+        if name == "mtu":
+            return device.gatt_server.max_mtu
+        if name == "gap_name":
+            return device.name.encode()
+        raise ValueError(f"config: unsupported query {name!r} on the host shim")
+    for name, value in kwargs.items():
+        if name == "mtu":
+            if not 23 <= int(value) <= 517:
+                raise ValueError(f"config: mtu must be 23..517, got {value}")
+            device.gatt_server.max_mtu = int(value)
+        elif name == "gap_name":
+            device.name = value.decode() if isinstance(value, bytes | bytearray) else str(value)
+        else:
+            raise ValueError(f"config: unsupported setting {name!r} on the host shim")
+    return None
+
+
+def stop() -> None:
+    """Stop advertising on the current patch (the host shim cannot power the stack off)."""
+    patch = current_patch()
+    if patch.advertising:
+        patch.advertising = False
+        patch.spawn(patch.device.stop_advertising())

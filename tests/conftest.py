@@ -1,0 +1,22 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS_DIR))
+
+pytest_plugins = ["mpvm", "mqtt_fixtures"]
+
+_micropython_results = {"passed": 0, "failed": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and "micropython" in report.keywords:
+        _micropython_results["passed" if report.passed else "failed"] += 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    passed, failed = _micropython_results["passed"], _micropython_results["failed"]
+    terminalreporter.write_line(
+        f"MicroPython VM: {passed} tests passed, {failed} failed under the real MicroPython VM")
