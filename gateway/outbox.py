@@ -201,15 +201,21 @@ def _validated(message: NewMessage) -> tuple[str, bytes, int, int, int | None]:
     if any(ch in topic for ch in "+#\0"):
         raise OutboxError(f"topic {topic!r}: must not contain wildcards '+', '#' or NUL")
     if len(topic.encode()) > MAX_TOPIC_BYTES:
-        raise OutboxError(f"topic: {len(topic.encode())} bytes, over the MQTT limit {MAX_TOPIC_BYTES}")
+        raise OutboxError(
+            f"topic: {len(topic.encode())} bytes, over the MQTT limit {MAX_TOPIC_BYTES}"
+        )
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise OutboxError(f"payload for {topic!r}: must be bytes, got {type(payload).__name__}")
     if qos not in SUPPORTED_QOS:
         raise OutboxError(f"qos {qos!r} for {topic!r}: outbox publishes at QoS 0 or 1")
     if expiry_s is not None and (
-        isinstance(expiry_s, bool) or not isinstance(expiry_s, int) or not 1 <= expiry_s <= 0xFFFFFFFF
+        isinstance(expiry_s, bool)
+        or not isinstance(expiry_s, int)
+        or not 1 <= expiry_s <= 0xFFFFFFFF
     ):
-        raise OutboxError(f"expiry_s {expiry_s!r} for {topic!r}: must be 1..4294967295 seconds or None")
+        raise OutboxError(
+            f"expiry_s {expiry_s!r} for {topic!r}: must be 1..4294967295 seconds or None"
+        )
     return topic, bytes(payload), qos, int(bool(retain)), expiry_s
 
 

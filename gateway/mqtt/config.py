@@ -1,0 +1,188 @@
+"""Where and how the gateway talks MQTT: broker URL, credentials, TLS, topic root.
+
+Everything a deployment changes (broker, TLS, username/password, client
+certificates) lives here as configuration; the publisher never needs a code
+change for it. Validation errors name the offending field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+SCHEME_PLAIN = "mqtt"
+SCHEME_TLS = "mqtts"
+DEFAULT_PORT_PLAIN = 1883
+DEFAULT_PORT_TLS = 8883
+DEFAULT_KEEPALIVE_S = 60
+MAX_KEEPALIVE_S = 65535  # MQTT Keep Alive is a 16-bit field
+TOPIC_PREFIX = "dermtwin/v1"
+DEFAULT_GATEWAY_ID = "gw"
+# A gateway id becomes one topic level: no separators, no wildcards, nothing invisible.
+GATEWAY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_CLIENT_ID_CHARS = 256
+
+
+class MqttConfigError(ValueError):
+    """A broker setting is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    port: int = DEFAULT_PORT_PLAIN
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    keepalive_s: int = DEFAULT_KEEPALIVE_S
+    gateway_id: str = DEFAULT_GATEWAY_ID
+    # Largest payload the broker is known to accept (mosquitto `message_size_limit`);
+    # larger outbox rows are parked instead of published. None: no local limit.
+    max_payload_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise MqttConfigError("broker host: must not be empty")
+        if not 1 <= self.port <= 65535:
+            raise MqttConfigError(f"broker port {self.port}: must be 1..65535")
+        if not 0 <= self.keepalive_s <= MAX_KEEPALIVE_S:
+            raise MqttConfigError(f"keepalive_s {self.keepalive_s}: must be 0..{MAX_KEEPALIVE_S}")
+        if not GATEWAY_ID_PATTERN.match(self.gateway_id):
+            raise MqttConfigError(
+                f"gateway_id {self.gateway_id!r}: must be 1-64 characters of letters, digits, "
+                "'.', '_' or '-' (it becomes a topic level)"
+            )
+        if self.client_id is not None and not 1 <= len(self.client_id) <= MAX_CLIENT_ID_CHARS:
+            raise MqttConfigError(
+                f"client_id {self.client_id!r}: must be 1..{MAX_CLIENT_ID_CHARS} characters"
+            )
+        if self.password is not None and self.username is None:
+            raise MqttConfigError("password: given without a username")
+        if self.max_payload_bytes is not None and self.max_payload_bytes <= 0:
+            raise MqttConfigError(f"max_payload_bytes {self.max_payload_bytes}: must be positive")
+        tls_files = {
+            "ca_file": self.ca_file,
+            "cert_file": self.cert_file,
+            "key_file": self.key_file,
+        }
+        for name, path in tls_files.items():
+            if path is None:
+                continue
+            if not self.tls:
+                raise MqttConfigError(f"{name}: TLS files need an mqtts:// broker url")
+            if not Path(path).is_file():
+                raise MqttConfigError(f"{name} {path!r}: no such file")
+        if self.key_file is not None and self.cert_file is None:
+            raise MqttConfigError("key_file: given without cert_file")
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        password_env: str | None = None,
+        client_id: str | None = None,
+        keepalive_s: int = DEFAULT_KEEPALIVE_S,
+        gateway_id: str = DEFAULT_GATEWAY_ID,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        max_payload_bytes: int | None = None,
+    ) -> MqttConfig:
+        """Parse `mqtt://host[:port]` or `mqtts://host[:port]`.
+
+        Credentials may also come as `mqtt://user:pass@host`; explicit keyword
+        arguments win. `password_env` names an environment variable that holds
+        the password, so it never appears on a command line.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in (SCHEME_PLAIN, SCHEME_TLS):
+            raise MqttConfigError(f"broker url {url!r}: scheme must be mqtt or mqtts")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise MqttConfigError(
+                f"broker url {url!r}: must be scheme://host[:port], nothing after"
+            )
+        try:
+            url_port = parts.port
+        except ValueError as err:
+            raise MqttConfigError(f"broker url {url!r}: port {err}") from None
+        if not parts.hostname:
+            raise MqttConfigError(f"broker url {url!r}: host is missing")
+        tls = parts.scheme == SCHEME_TLS
+        port = (
+            url_port if url_port is not None else (DEFAULT_PORT_TLS if tls else DEFAULT_PORT_PLAIN)
+        )
+
+        if password is not None and password_env is not None:
+            raise MqttConfigError("password_env: give either password or password_env, not both")
+        if password_env is not None:
+            if password_env not in os.environ:
+                raise MqttConfigError(
+                    f"password_env {password_env!r}: environment variable is not set"
+                )
+            password = os.environ[password_env]
+        if username is None and parts.username is not None:
+            username = unquote(parts.username)
+        if password is None and parts.password is not None:
+            password = unquote(parts.password)
+
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=tls,
+            ca_file=_optional_path(ca_file),
+            cert_file=_optional_path(cert_file),
+            key_file=_optional_path(key_file),
+            username=username,
+            password=password,
+            client_id=client_id,
+            keepalive_s=keepalive_s,
+            gateway_id=gateway_id,
+            max_payload_bytes=max_payload_bytes,
+        )
+
+    @property
+    def url(self) -> str:
+        """The broker URL without credentials (safe to log)."""
+        scheme = SCHEME_TLS if self.tls else SCHEME_PLAIN
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def topic_root(self) -> str:
+        return f"{TOPIC_PREFIX}/{self.gateway_id}"
+
+    @property
+    def state_topic(self) -> str:
+        return f"{self.topic_root}/state"
+
+    @property
+    def effective_client_id(self) -> str:
+        """client_id if set, otherwise a stable one derived from the gateway id.
+
+        Stable matters: a reconnect with the same id resumes the session and so
+        cancels a pending delayed Will.
+        """
+        return self.client_id if self.client_id is not None else f"dermtwin-{self.gateway_id}"
+
+    def topic(self, *levels: str) -> str:
+        """`dermtwin/v1/{gw}/level/...`; each level must be non-empty, without '/', '+' or '#'."""
+        for level in levels:
+            if not level or any(ch in level for ch in "/+#\0"):
+                raise MqttConfigError(
+                    f"topic level {level!r}: must be non-empty, without '/', '+', '#' or NUL"
+                )
+        return "/".join((self.topic_root, *levels))
+
+
+def _optional_path(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.fspath(path)
