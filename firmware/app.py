@@ -1,6 +1,7 @@
 # Wires the patch together: sensors -> sampler -> log -> BLE link. One task per concern.
 import asyncio
 
+from firmware import protocol_ids as ids
 from firmware.ble_gatt import GattTable
 from firmware.ble_link import PatchLink
 from firmware.clock import TickClock
@@ -35,7 +36,7 @@ class Patch:
             tasks.append(asyncio.create_task(self.sampler.run_skin_temperature(skin_temperature)))
         except OSError as e:
             print("skin temperature sensor unavailable:", e)
-            self.sampler.error_flags |= 1 << 3
+            self.sampler.error_flags |= ids.ERR_TEMP_SENSOR
         await asyncio.gather(*tasks)
 
 

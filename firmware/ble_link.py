@@ -14,11 +14,8 @@ from sensor_drivers.tmp117 import raw_to_centi_celsius
 ADV_INTERVAL_US = 250_000
 ENOMEM = 12
 STREAM_POLL_MS = 100
-ATT_NOTIFY_OVERHEAD = 3
-MAX_FRAME_BYTES = 244
-MIN_FRAME_BYTES = 61
-ADV_FLAG_PROVISIONED = 1
-ADV_FLAG_LOG_FULL = 2
+MAX_FRAME_BYTES = ids.FRAME_MAX_BYTES
+MIN_FRAME_BYTES = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
 
 
 class PatchLink:
@@ -46,7 +43,7 @@ class PatchLink:
 
     # -- sensor side ---------------------------------------------------------------
     def on_sample(self, channel, value):
-        if channel == ids.CH_SKIN_TEMP:
+        if channel == ids.CH_TEMPERATURE:
             # ESS Temperature is sint16 in 0.01 degC.
             struct.pack_into("<h", self._temp_buf, 0, raw_to_centi_celsius(value))
             self.gatt.temperature.write(self._temp_buf)
@@ -60,20 +57,15 @@ class PatchLink:
             flags |= ids.ERR_NOT_PROVISIONED
         return flags
 
-    def _adv_flags(self):
-        flags = ADV_FLAG_PROVISIONED if self.key else 0
-        if self.log.is_full():
-            flags |= ADV_FLAG_LOG_FULL
-        return flags
-
     def _refresh_status(self):
         cfg = self.config
+        periods = (cfg.get(ids.CFG_TEMP_PERIOD_S), cfg.get(ids.CFG_UV_PERIOD_S),
+                   cfg.get(ids.CFG_UV_FAST_PERIOD_S), cfg.get(ids.CFG_HYDRATION_PERIOD_S),
+                   cfg.get(ids.CFG_BATTERY_PERIOD_S))
         control_codec.pack_status(
             self._status_buf, self.gatt.firmware_version, self.boot_state.boot_id,
             self.log.oldest_seq, self.log.next_seq, self.clock.now(), self._error_flags(),
-            cfg.get(ids.CFG_TEMP_PERIOD_S), cfg.get(ids.CFG_UV_PERIOD_S),
-            cfg.get(ids.CFG_UV_FAST_PERIOD_S), cfg.get(ids.CFG_HYDRATION_PERIOD_S),
-            cfg.get(ids.CFG_BATTERY_PERIOD_S), self.board.battery_percent())
+            periods, self.board.battery_percent())
         self.gatt.status.write(self._status_buf)
 
     async def serve_forever(self):
@@ -81,11 +73,11 @@ class PatchLink:
             self._refresh_status()
             unacked = len(self.log)
             manufacturer = control_codec.pack_manufacturer_data(
-                self.gatt.firmware_version, self.board.battery_percent(),
-                unacked if unacked < 0xFFFF else 0xFFFF, self._adv_flags())
+                self.gatt.firmware_version, self.board.battery_percent(), unacked,
+                bool(self.key), self.log.is_full())
             connection = await aioble.advertise(
                 ADV_INTERVAL_US, name=self.name, services=[self.gatt.stream_service_uuid],
-                manufacturer=(0xFFFF, bytes(manufacturer)))
+                manufacturer=(ids.COMPANY_ID, manufacturer))
             await self.serve(connection)
 
     async def serve(self, connection):
@@ -161,7 +153,7 @@ class PatchLink:
         return log.next_seq - self.cursor >= (self.encoder.max_frame_bytes - 20) // 2
 
     def _frame_bytes(self, connection):
-        frame_bytes = (connection.mtu or 23) - ATT_NOTIFY_OVERHEAD
+        frame_bytes = (connection.mtu or 23) - ids.ATT_NOTIFY_OVERHEAD
         if frame_bytes > MAX_FRAME_BYTES:
             return MAX_FRAME_BYTES
         return frame_bytes if frame_bytes > MIN_FRAME_BYTES else MIN_FRAME_BYTES

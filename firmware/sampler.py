@@ -46,5 +46,5 @@ class Sampler:
                 await aio.sleep_ms(FAULT_RETRY_MS)
                 continue
             self.error_flags &= ~ids.ERR_TEMP_SENSOR
-            self.record(ids.CH_SKIN_TEMP, raw)
+            self.record(ids.CH_TEMPERATURE, raw)
             await aio.sleep_ms(period_ms - waited_ms if period_ms > waited_ms else 0)

@@ -1,27 +1,23 @@
 # Sampling schedule, changeable from the gateway (SET_CONFIG). Periods in seconds.
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
-
-KEY_TEMP_PERIOD_S = const(1)
-KEY_UV_PERIOD_S = const(2)
-KEY_UV_FAST_PERIOD_S = const(3)
-KEY_HYDRATION_PERIOD_S = const(4)
-KEY_BATTERY_PERIOD_S = const(5)
-KEY_FLUSH_INTERVAL_S = const(6)
+from firmware.protocol_ids import (
+    CFG_BATTERY_PERIOD_S,
+    CFG_FLUSH_INTERVAL_S,
+    CFG_HYDRATION_PERIOD_S,
+    CFG_TEMP_PERIOD_S,
+    CFG_UV_FAST_PERIOD_S,
+    CFG_UV_PERIOD_S,
+)
 
 # design.md §1 defaults; flush interval: how long live samples may wait to fill a frame.
 _DEFAULTS = {
-    KEY_TEMP_PERIOD_S: 10,
-    KEY_UV_PERIOD_S: 5,
-    KEY_UV_FAST_PERIOD_S: 1,
-    KEY_HYDRATION_PERIOD_S: 60,
-    KEY_BATTERY_PERIOD_S: 300,
-    KEY_FLUSH_INTERVAL_S: 60,
+    CFG_TEMP_PERIOD_S: 10,
+    CFG_UV_PERIOD_S: 5,
+    CFG_UV_FAST_PERIOD_S: 1,
+    CFG_HYDRATION_PERIOD_S: 60,
+    CFG_BATTERY_PERIOD_S: 300,
+    CFG_FLUSH_INTERVAL_S: 60,
 }
-_MAX_PERIOD_S = const(86400)
+_MAX_PERIOD_S = 86400
 
 
 class SamplingConfig:

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # Lively defaults so a short demo shows the twins move (the firmware defaults are 10 s / 60 s).
 DEMO_PATCH_CONFIG = {1: 1, 6: 2}   # skin temperature every 1 s, flush frames every 2 s
 DEMO_GATEWAY_ID = "demo"
+DEMO_TIME_SCALE = 120          # skin physiology runs 2 minutes per wall-clock second
+DEMO_INFLAMMATION = (2.6, 900.0, 600.0)   # patch 0: +2.6 °C from model minute 15, 10 min rise
 
 
 def demo_identity(index: int, secret: bytes) -> tuple[str, bytes, str]:
@@ -78,8 +80,11 @@ async def run_demo(patches: int, duration_s: float, broker_url: str | None = Non
     radio = VirtualRadio(seed=1)
     virtual_patches = [
         VirtualPatch(radio, device_id, key, workdir / f"patch-{i}", seed=i + 1,
-                     config_overrides=DEMO_PATCH_CONFIG, baseline_c=33.2 + 0.3 * i)
+                     config_overrides=DEMO_PATCH_CONFIG, baseline_c=33.2 + 0.3 * i,
+                     time_scale=DEMO_TIME_SCALE)
         for i, (device_id, key, _) in enumerate(identities)]
+    offset_c, start_s, rise_s = DEMO_INFLAMMATION
+    virtual_patches[0].skin.set_inflammation(offset_c, start_s=start_s, rise_s=rise_s)
     for patch in virtual_patches:
         await patch.start()
 

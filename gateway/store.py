@@ -202,11 +202,17 @@ class _Transaction:
                 self.conn.execute("COMMIT")
                 return
             except sqlite3.OperationalError as e:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise _classify(e) from e
-        self.conn.execute("ROLLBACK")
+        self._rollback()
         if isinstance(exc, sqlite3.OperationalError):
             raise _classify(exc) from exc
+
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back by itself after some errors (SQLITE_FULL).
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
 
 def _classify(e: sqlite3.OperationalError) -> StoreError:

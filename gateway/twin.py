@@ -27,13 +27,13 @@ SCHEMA_VERSION = 1
 # Integer wire units -> SI (docs/protocol.md §4).
 TMP117_C_PER_LSB = 0.0078125         # TMP117 datasheet §7.3.3, Table 7-1: 7.8125 m°C per LSB
 CHANNEL_SCALE = {
-    ids.Channel.SKIN_TEMP: (TMP117_C_PER_LSB, "skin_temp_c"),
-    ids.Channel.UV_INDEX: (0.01, "uv_index"),
+    ids.Channel.TEMPERATURE: (TMP117_C_PER_LSB, "skin_temp_c"),
+    ids.Channel.UV: (0.01, "uv_index"),
     ids.Channel.HYDRATION: (0.001, "capacitance_pf"),
     ids.Channel.BATTERY: (1 / 256, "battery_pct"),
 }
-# Smallest change worth a delta, per property.
-DEADBAND = {"skin_temp_c": 0.01, "temp_baseline_c": 0.01, "temp_delta_c": 0.01,
+# Smallest change worth a delta, per property (skin_temp_c: below one TMP117 LSB).
+DEADBAND = {"skin_temp_c": 0.005, "temp_baseline_c": 0.01, "temp_delta_c": 0.01,
             "temp_anomaly_score": 0.02, "uv_index": 0.01, "capacitance_pf": 0.01,
             "battery_pct": 0.5}
 ROUND_DIGITS = 3
@@ -106,7 +106,7 @@ class TwinEngine:
             times = utc[mask]
             quality = "good" if times[-1] >= 0 else "uncertain"
             twin.pending[prop] = _leaf(values[-1], int(times[-1]), quality)
-            if channel == ids.Channel.SKIN_TEMP:
+            if channel == ids.Channel.TEMPERATURE:
                 for v in values.tolist():
                     twin.temp_window.append(v)
                     twin.baseline_c = v if twin.baseline_c is None else (

@@ -50,9 +50,19 @@ class HostBoard(Board):
 
 
 class VirtualPatch:
-    def __init__(self, radio, device_id_hex: str, key: bytes, data_dir: Path, *, seed: int = 1,
-                 config_overrides: dict | None = None, log_capacity: int = 4096,
-                 baseline_c: float = 33.5):
+    def __init__(
+        self,
+        radio,
+        device_id_hex: str,
+        key: bytes,
+        data_dir: Path,
+        *,
+        seed: int = 1,
+        config_overrides: dict | None = None,
+        log_capacity: int = 4096,
+        baseline_c: float = 33.5,
+        time_scale: float = 1.0,
+    ):
         self.radio = radio
         self.device_id_hex = device_id_hex
         self.key = key
@@ -61,6 +71,9 @@ class VirtualPatch:
         self.config_overrides = config_overrides
         self.log_capacity = log_capacity
         self.skin = SkinTemperatureModel(seed=seed, baseline_c=baseline_c)
+        # Physiology may run faster than the wall clock (a demo shows an hour in a minute);
+        # sample times, ticks and the protocol stay real-time.
+        self.time_scale = time_scale
         self.started_s = time.monotonic()
         self.patch: app.Patch | None = None
         self.bumble_device = None
@@ -70,8 +83,11 @@ class VirtualPatch:
     def name(self) -> str:
         return "DT-" + self.device_id_hex[-4:].upper()
 
+    def model_time_s(self) -> float:
+        return (time.monotonic() - self.started_s) * self.time_scale
+
     def skin_celsius(self) -> float:
-        return self.skin.celsius_at(time.monotonic() - self.started_s)
+        return self.skin.celsius_at(self.model_time_s())
 
     async def start(self) -> None:
         write_identity(self.data_dir, self.device_id_hex, self.key)

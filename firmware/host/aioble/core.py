@@ -142,6 +142,21 @@ def current_patch() -> PatchState:
     return state_for(device)
 
 
+async def keep_cancellation(awaitable: Any) -> Any:
+    """Await a Bumble operation without losing a cancellation of the calling task.
+
+    On Python 3.11, `asyncio.wait_for` (used inside Bumble's HCI command path) returns
+    the result instead of raising when a cancel races with completion; the task then
+    runs on although it was cancelled. Re-raise in that case.
+    """
+    task = asyncio.current_task()
+    cancels_before = task.cancelling() if task is not None else 0
+    result = await awaitable
+    if task is not None and task.cancelling() > cancels_before:
+        raise asyncio.CancelledError
+    return result
+
+
 def ensure_active() -> None:
     current_patch()
 

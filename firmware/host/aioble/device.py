@@ -59,7 +59,14 @@ class DeviceTimeout:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if exc_type is asyncio.CancelledError and self._task is not None:
+        if self._task is None or not (self._timed_out or self._disconnected):
+            return
+        if exc_type is None:
+            # Our cancel was swallowed on the way (Python 3.11 wait_for returns a result
+            # that raced with cancel); the operation completed, so just rebalance.
+            self._task.uncancel()
+            return
+        if exc_type is asyncio.CancelledError:
             if self._timed_out:
                 self._task.uncancel()
                 raise TimeoutError from exc_val
@@ -73,15 +80,13 @@ class Device:
 
     def __init__(self, addr_type: int, addr: bytes | str) -> None:
         self.addr_type = addr_type
-        self.addr = (
-            bytes(addr) if len(addr) == 6 else binascii.unhexlify(str(addr).replace(":", ""))
-        )
+        if isinstance(addr, str):
+            addr = binascii.unhexlify(addr.replace(":", ""))
+        self.addr = bytes(addr)
         self._connection: DeviceConnection | None = None
 
     def __eq__(self, rhs: object) -> bool:
-        return (
-            isinstance(rhs, Device) and self.addr_type == rhs.addr_type and self.addr == rhs.addr
-        )
+        return isinstance(rhs, Device) and self.addr_type == rhs.addr_type and self.addr == rhs.addr
 
     def __hash__(self) -> int:
         return hash((self.addr_type, self.addr))

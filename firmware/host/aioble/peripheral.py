@@ -8,7 +8,7 @@ from typing import Any
 
 from bumble.device import AdvertisingType
 
-from .core import ThreadSafeFlag, current_patch
+from .core import ThreadSafeFlag, current_patch, keep_cancellation
 from .device import DeviceConnection, DeviceTimeout
 
 _ADV_TYPE_FLAGS = 0x01
@@ -117,16 +117,17 @@ async def advertise(
     else:
         advertising_type = AdvertisingType.UNDIRECTED
     interval_ms = max(_MIN_ADVERTISING_INTERVAL_MS, interval_us / 1000)
-    await patch.device.start_advertising(
-        advertising_type=advertising_type,
-        advertising_data=bytes(adv_data or b""),
-        scan_response_data=bytes(resp_data or b""),
-        advertising_interval_min=interval_ms,
-        advertising_interval_max=interval_ms,
-    )
     patch.advertising = True
-
     try:
+        await keep_cancellation(
+            patch.device.start_advertising(
+                advertising_type=advertising_type,
+                advertising_data=bytes(adv_data or b""),
+                scan_response_data=bytes(resp_data or b""),
+                advertising_interval_min=interval_ms,
+                advertising_interval_max=interval_ms,
+            )
+        )
         with DeviceTimeout(None, timeout_ms):
             while patch.incoming is None:
                 await patch.connect_flag.wait()

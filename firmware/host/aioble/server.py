@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import bluetooth
+import bluetooth  # type: ignore[import-not-found,unused-ignore]  # firmware/host on sys.path
 from bumble import att, core, gatt
 
 from .core import GattError, PatchState, ThreadSafeFlag, current_patch
@@ -264,7 +264,11 @@ class BufferedCharacteristic(Characteristic):
 
 class Descriptor(BaseCharacteristic):
     def __init__(
-        self, characteristic: Characteristic, uuid: Any, read: bool = False, write: bool = False,
+        self,
+        characteristic: Characteristic,
+        uuid: Any,
+        read: bool = False,
+        write: bool = False,
         initial: Any = None,
     ) -> None:
         characteristic.descriptors.append(self)

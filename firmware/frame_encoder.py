@@ -1,0 +1,197 @@
+# Sample-frame encoder, patch side (docs/protocol.md §4).
+#
+# One FrameEncoder per connection, built once: it owns a preallocated 244-byte frame buffer
+# and the HMAC pads, so the per-sample path (`add`) writes bytes into that buffer and
+# allocates nothing (as long as ticks and values are small ints, |x| < 2**29 on a 32-bit
+# port, which every realistic sample is). `finish` computes the tag and allocates a few
+# small objects (two sha256 states, two digests, one memoryview): once per frame.
+#
+#     enc = FrameEncoder(key, mtu - 3)
+#     enc.start(boot_id, next_seq, tick)
+#     for channel, tick, value in samples:
+#         if not enc.add(channel, tick, value):
+#             notify(enc.finish())
+#             enc.start(boot_id, next_seq, tick)   # next_seq: seq of this sample
+#             enc.add(channel, tick, value)
+try:
+    from micropython import const
+except ImportError:  # CPython (virtual patch, tests)
+
+    def const(x):
+        return x
+
+
+import hashlib
+import struct
+
+_VERSION = const(1)
+_FLAG_HISTORICAL = const(0x01)
+_HEADER_LEN = const(12)
+_TAG_LEN = const(8)
+_MIN_FRAME = const(22)
+_MAX_FRAME = const(244)
+_DT_ESCAPE = const(63)
+_MAX_RECORD = const(11)  # head + two 5-byte varints
+_HMAC_BLOCK = const(64)
+
+# inclusive value range per channel: temperature, UV, hydration, battery
+_CH_MIN = (-32768, 0, 0, 0)
+_CH_MAX = (32767, 65535, 0x7FFFFFFF, 65535)
+
+
+class Hmac8:
+    """HMAC-SHA256 truncated to 8 bytes, over hashlib.sha256 (MicroPython ports do not all
+    ship `hmac`). The key pads are computed once."""
+
+    def __init__(self, key):
+        if key is None or len(key) == 0:
+            raise ValueError("empty key")
+        if len(key) > _HMAC_BLOCK:
+            key = hashlib.sha256(key).digest()
+        ipad = bytearray(_HMAC_BLOCK)
+        opad = bytearray(_HMAC_BLOCK)
+        n = len(key)
+        for i in range(_HMAC_BLOCK):
+            k = key[i] if i < n else 0
+            ipad[i] = k ^ 0x36
+            opad[i] = k ^ 0x5C
+        self._ipad = ipad
+        self._opad = opad
+
+    def begin(self):
+        """Inner hash state; feed the message with .update(), then call end()."""
+        return hashlib.sha256(self._ipad)
+
+    def end(self, inner, out, offset):
+        """Finish the HMAC and write its first 8 bytes into out[offset:offset + 8]."""
+        outer = hashlib.sha256(self._opad)
+        outer.update(inner.digest())
+        d = outer.digest()
+        for i in range(_TAG_LEN):
+            out[offset + i] = d[i]
+
+    def tag(self, data):
+        """The 8-byte tag of data, as a new bytearray."""
+        h = self.begin()
+        h.update(data)
+        out = bytearray(_TAG_LEN)
+        self.end(h, out, 0)
+        return out
+
+
+class FrameEncoder:
+    def __init__(self, key, max_frame_bytes=_MAX_FRAME):
+        self._mac = Hmac8(key)
+        self._buf = bytearray(_MAX_FRAME + _MAX_RECORD)  # + scratch for a refused record
+        self._mv = memoryview(self._buf)
+        self._prev = [0, 0, 0, 0]  # previous value per channel in this frame
+        self._max = _MAX_FRAME
+        self._pos = _HEADER_LEN  # next free byte
+        self._count = 0
+        self._last = 0  # tick of the previous record (base_tick before record 0)
+        self._open = False
+        self.set_max_frame_bytes(max_frame_bytes)
+
+    def set_max_frame_bytes(self, n):
+        """Largest frame in bytes (ATT MTU - 3), 22..244. Takes effect at once; a frame in
+        progress must already fit."""
+        if n < _MIN_FRAME or n > _MAX_FRAME:
+            raise ValueError("max_frame_bytes must be 22..244")
+        if self._open and self._pos + _TAG_LEN > n:
+            raise ValueError("frame in progress is larger than max_frame_bytes")
+        self._max = n
+
+    @property
+    def max_frame_bytes(self):
+        return self._max
+
+    @property
+    def count(self):
+        """Records in the current (or just finished) frame."""
+        return self._count
+
+    def start(self, boot_id, first_seq, base_tick, historical=False):
+        """Begin a frame; first_seq is the seq of the next sample added."""
+        if not 0 <= boot_id <= 0xFFFF:
+            raise ValueError("boot_id must be u16")
+        if first_seq < 0 or first_seq > 0xFFFFFFFF or base_tick < 0 or base_tick > 0xFFFFFFFF:
+            raise ValueError("first_seq and base_tick must be u32")
+        struct.pack_into(
+            "<BBHII",
+            self._buf,
+            0,
+            _VERSION,
+            _FLAG_HISTORICAL if historical else 0,
+            boot_id,
+            first_seq,
+            base_tick,
+        )
+        p = self._prev
+        p[0] = 0
+        p[1] = 0
+        p[2] = 0
+        p[3] = 0
+        self._pos = _HEADER_LEN
+        self._count = 0
+        self._last = base_tick
+        self._open = True
+
+    def add(self, channel, tick, value):
+        """Append one sample. False (and the frame unchanged) if it would not fit; then
+        finish() this frame and start() another.
+
+        Allocation-free for small ints. Kept to 8 locals and a 3-deep stack so its call
+        state (11 words) stays on the C stack: a bigger one is heap-allocated (and freed)
+        on every call by MicroPython (VM_MAX_STATE_ON_STACK, py/objfun.c).
+        """
+        if not self._open:
+            raise ValueError("start() a frame first")
+        if channel < 0 or channel > 3 or value < _CH_MIN[channel] or value > _CH_MAX[channel]:
+            raise ValueError("channel or value out of range")
+        dt = tick - self._last
+        if dt < 0:
+            raise ValueError("tick earlier than the previous record")
+        zz = value - self._prev[channel]
+        zz = zz + zz if zz >= 0 else -zz - zz - 1  # zigzag without shifting a sign bit
+        # Write the record after the committed end (the buffer has 11 spare bytes past the
+        # largest frame), then commit it only if it and the tag fit.
+        buf = self._buf
+        pos = self._pos
+        buf[pos] = (channel << 6) | (dt if dt < _DT_ESCAPE else _DT_ESCAPE)
+        pos += 1
+        if dt >= _DT_ESCAPE:
+            while dt > 0x7F:
+                buf[pos] = (dt & 0x7F) | 0x80
+                dt >>= 7
+                pos += 1
+            buf[pos] = dt
+            pos += 1
+        while zz > 0x7F:
+            buf[pos] = (zz & 0x7F) | 0x80
+            zz >>= 7
+            pos += 1
+        buf[pos] = zz
+        pos += 1
+        if pos + _TAG_LEN > self._max:
+            if self._count == 0:
+                raise ValueError("record does not fit even in an empty frame")
+            return False
+        self._pos = pos
+        self._count += 1
+        self._last = tick
+        self._prev[channel] = value
+        return True
+
+    def finish(self):
+        """Write the tag; return a memoryview of the frame (valid until the next start)."""
+        if not self._open:
+            raise ValueError("no frame in progress")
+        if self._count == 0:
+            raise ValueError("a frame needs at least one record")
+        pos = self._pos
+        mac = self._mac
+        h = mac.begin()
+        h.update(self._mv[:pos])
+        mac.end(h, self._buf, pos)
+        self._open = False
+        return self._mv[: pos + _TAG_LEN]

@@ -1,0 +1,267 @@
+"""Sample frames (docs/protocol.md §4), gateway side: a sans-I/O decoder and a reference encoder.
+
+`decode_frame(data, key)` authenticates and decodes one Samples notification into numpy
+arrays, or raises FrameError with the first §4 error code that applies (checked in the
+order of the table). The record walk is a short Python loop over at most 244 bytes; ticks
+and per-channel values are cumulative sums in numpy.
+
+`encode_frame(...)` is a plain reference encoder for tests and simulation; the patch's own
+encoder is firmware/frame_encoder.py and the two share only the golden vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .constants import (
+    CHANNEL_COUNT,
+    CHANNEL_MAX,
+    CHANNEL_MIN,
+    DEVICE_KEY_LEN,
+    DT_ESCAPE,
+    FRAME_FLAG_HISTORICAL,
+    FRAME_FLAGS_RESERVED,
+    FRAME_HEADER_LEN,
+    FRAME_MIN_BYTES,
+    FRAME_VERSION,
+    TAG_LEN,
+    VARINT_MAX_BYTES,
+    Channel,
+    FrameErrorCode,
+)
+
+__all__ = ["DecodedFrame", "FrameError", "FrameErrorCode", "decode_frame", "encode_frame"]
+
+_HEADER = struct.Struct("<BBHII")
+_U32_MAX = 0xFFFFFFFF
+_CH_MIN = np.array(CHANNEL_MIN, dtype=np.int64)
+_CH_MAX = np.array(CHANNEL_MAX, dtype=np.int64)
+
+
+class FrameError(ValueError):
+    """A frame was rejected; `.code` says why (a FrameErrorCode), the message gives detail."""
+
+    def __init__(self, code: FrameErrorCode, message: str):
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.detail = message
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DecodedFrame:
+    """One authenticated frame; the arrays hold one entry per sample, in record order."""
+
+    version: int
+    flags: int
+    boot_id: int
+    first_seq: int
+    base_tick: int
+    seq: np.ndarray  # int64
+    channel: np.ndarray  # uint8
+    tick: np.ndarray  # int64
+    value: np.ndarray  # int32
+
+    @property
+    def historical(self) -> bool:
+        return bool(self.flags & FRAME_FLAG_HISTORICAL)
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def samples(self) -> list[tuple[int, int, int, int]]:
+        """(seq, channel, tick, value) per sample as Python ints (handy in tests and logs)."""
+        return list(
+            zip(
+                self.seq.tolist(),
+                self.channel.tolist(),
+                self.tick.tolist(),
+                self.value.tolist(),
+                strict=True,
+            )
+        )
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes | bytearray | memoryview):
+        raise TypeError(f"device key must be bytes, not {type(key).__name__}")
+    key = bytes(key)
+    if len(key) != DEVICE_KEY_LEN:
+        raise ValueError(f"device key must be {DEVICE_KEY_LEN} bytes, got {len(key)}")
+    return key
+
+
+def frame_tag(key: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256(key, body)[:8]."""
+    return hmac.new(key, body, hashlib.sha256).digest()[:TAG_LEN]
+
+
+def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
+    """Authenticate and decode one frame. Raises FrameError (see FrameErrorCode)."""
+    key = _check_key(key)
+    data = bytes(data)
+    n = len(data)
+    if n < FRAME_MIN_BYTES:
+        raise FrameError(
+            FrameErrorCode.TRUNCATED, f"frame is {n} bytes, the minimum is {FRAME_MIN_BYTES}"
+        )
+    version, flags, boot_id, first_seq, base_tick = _HEADER.unpack_from(data)
+    if version != FRAME_VERSION:
+        raise FrameError(
+            FrameErrorCode.BAD_VERSION, f"version {version}, expected {FRAME_VERSION}"
+        )
+    if flags & FRAME_FLAGS_RESERVED:
+        raise FrameError(FrameErrorCode.RESERVED_FLAGS, f"flags 0x{flags:02x} set reserved bits")
+    end = n - TAG_LEN
+    if not hmac.compare_digest(frame_tag(key, data[:end]), data[end:]):
+        raise FrameError(FrameErrorCode.BAD_TAG, "tag does not match the device key")
+
+    # Walk the records. Every structural problem is noted; the first TRUNCATED_RECORD wins
+    # over any VARINT_TOO_LONG (table order), and both over value checks.
+    heads: list[int] = []
+    dts: list[int] = []
+    zzs: list[int] = []
+    too_long_at = -1
+    i = FRAME_HEADER_LEN
+    while i < end:
+        rec_start = i
+        head = data[i]
+        i += 1
+        dt = head & 0x3F
+        varints = 2 if dt == DT_ESCAPE else 1
+        for k in range(varints):
+            u = 0
+            shift = 0
+            length = 0
+            while True:
+                if i >= end:
+                    raise FrameError(
+                        FrameErrorCode.TRUNCATED_RECORD,
+                        f"record {len(heads)} at byte {rec_start} runs into the tag at byte {end}",
+                    )
+                b = data[i]
+                i += 1
+                length += 1
+                u |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            if length > VARINT_MAX_BYTES and too_long_at < 0:
+                too_long_at = rec_start
+            if k == 0 and varints == 2:
+                dt = u
+        heads.append(head)
+        dts.append(dt)
+        zzs.append(u)
+    if too_long_at >= 0:
+        raise FrameError(
+            FrameErrorCode.VARINT_TOO_LONG,
+            f"record at byte {too_long_at} has a varint longer than {VARINT_MAX_BYTES} bytes",
+        )
+
+    count = len(heads)
+    channel = (np.array(heads, dtype=np.uint8) >> 6).astype(np.uint8)
+    tick = base_tick + np.cumsum(np.array(dts, dtype=np.int64))
+    zz = np.array(zzs, dtype=np.int64)  # < 2**35: varints are at most 5 bytes
+    delta = (zz >> 1) ^ -(zz & 1)
+    value = np.empty(count, dtype=np.int64)
+    for c in range(CHANNEL_COUNT):
+        mask = channel == c
+        if mask.any():
+            value[mask] = np.cumsum(delta[mask])
+    bad = (value < _CH_MIN[channel]) | (value > _CH_MAX[channel])
+    if bad.any():
+        j = int(np.argmax(bad))
+        c = Channel(int(channel[j]))
+        raise FrameError(
+            FrameErrorCode.BAD_VALUE,
+            f"record {j}: {c.name.lower()} value {int(value[j])} outside "
+            f"{CHANNEL_MIN[c]}..{CHANNEL_MAX[c]}",
+        )
+    if tick[-1] > _U32_MAX:  # ticks only grow within a frame
+        j = int(np.argmax(tick > _U32_MAX))
+        raise FrameError(
+            FrameErrorCode.BAD_VALUE, f"record {j}: tick {int(tick[j])} is beyond a u32"
+        )
+    if first_seq + count - 1 > _U32_MAX:
+        raise FrameError(
+            FrameErrorCode.SEQ_OVERFLOW,
+            f"first_seq {first_seq} + {count} records passes 0xFFFFFFFF",
+        )
+    return DecodedFrame(
+        version=version,
+        flags=flags,
+        boot_id=boot_id,
+        first_seq=first_seq,
+        base_tick=base_tick,
+        seq=first_seq + np.arange(count, dtype=np.int64),
+        channel=channel,
+        tick=tick,
+        value=value.astype(np.int32),
+    )
+
+
+def _varint(u: int) -> bytes:
+    out = bytearray()
+    while u > 0x7F:
+        out.append((u & 0x7F) | 0x80)
+        u >>= 7
+    out.append(u)
+    return bytes(out)
+
+
+def encode_frame(
+    key: bytes,
+    boot_id: int,
+    first_seq: int,
+    base_tick: int,
+    samples: Iterable[tuple[int, int, int]],
+    historical: bool = False,
+) -> bytes:
+    """Reference encoder: samples are (channel, tick, value) in seq order from first_seq.
+
+    No size limit is applied; split samples yourself to respect an MTU.
+    """
+    key = _check_key(key)
+    if not 0 <= boot_id <= 0xFFFF:
+        raise ValueError(f"boot_id {boot_id} is not a u16")
+    if not 0 <= first_seq <= _U32_MAX or not 0 <= base_tick <= _U32_MAX:
+        raise ValueError("first_seq and base_tick must be u32")
+    body = bytearray(
+        _HEADER.pack(
+            FRAME_VERSION, FRAME_FLAG_HISTORICAL if historical else 0, boot_id, first_seq, base_tick
+        )
+    )
+    prev = [0] * CHANNEL_COUNT
+    last_tick = base_tick
+    count = 0
+    for ch, tick, value in samples:
+        if not 0 <= ch < CHANNEL_COUNT:
+            raise ValueError(f"channel {ch} is not 0..3")
+        if not CHANNEL_MIN[ch] <= value <= CHANNEL_MAX[ch]:
+            raise ValueError(f"{Channel(ch).name.lower()} value {value} out of range")
+        if not 0 <= tick <= _U32_MAX:
+            raise ValueError(f"tick {tick} is not a u32")
+        dt = tick - last_tick
+        if dt < 0:
+            raise ValueError(f"tick {tick} is before the previous tick {last_tick}")
+        if dt >= DT_ESCAPE:
+            body.append((ch << 6) | DT_ESCAPE)
+            body += _varint(dt)
+        else:
+            body.append((ch << 6) | dt)
+        d = value - prev[ch]
+        body += _varint(((d << 1) ^ (d >> 31)) & _U32_MAX)
+        prev[ch] = value
+        last_tick = tick
+        count += 1
+    if count == 0:
+        raise ValueError("a frame needs at least one sample")
+    if first_seq + count - 1 > _U32_MAX:
+        raise ValueError("seq passes 0xFFFFFFFF")
+    return bytes(body) + frame_tag(key, bytes(body))

@@ -1,0 +1,183 @@
+"""The patch session state machine, driven without BLE: bytes and times in, actions out."""
+
+import hashlib
+import hmac
+import struct
+
+import pytest
+
+from gateway.protocol import constants as ids
+from gateway.protocol.frames import encode_frame
+from gateway.session import (
+    SERIAL_NUMBER_UUID,
+    Commit,
+    Disconnect,
+    PatchSession,
+    ReadChar,
+    State,
+    Subscribe,
+    WriteControl,
+)
+
+KEY = bytes(range(32))
+DEVICE = "3f2a0c11d4e59b07"
+BOOT = 7
+T0_MS = 1_800_000_000_000
+
+
+def status_record(boot_id=BOOT, oldest=0, next_seq=0, tick=1000):
+    return struct.pack("<BBBBHIIIHHHHHHB", 1, 0, 1, 0, boot_id, oldest, next_seq, tick, 0,
+                       10, 5, 1, 60, 300, 90)
+
+
+def response(opcode, status=0, payload=b""):
+    return bytes([0x80, int(opcode), int(status)]) + payload
+
+
+def request_tag_ok(data: bytes, boot_id=BOOT) -> bool:
+    body, tag = data[:-8], data[-8:]
+    expected = hmac.new(KEY, b"dtcp" + struct.pack("<H", boot_id) + body, hashlib.sha256)
+    return hmac.compare_digest(expected.digest()[:8], tag)
+
+
+def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000):
+    s = PatchSession(DEVICE, KEY, committed)
+    assert s.start(247, T0_MS) == [ReadChar(SERIAL_NUMBER_UUID), ReadChar(ids.STATUS_CHAR_UUID)]
+    assert s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS) == []
+    actions = s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
+    assert actions[0] == Subscribe(ids.CONTROL_POINT_CHAR_UUID)
+    set_time = actions[1]
+    assert isinstance(set_time, WriteControl) and set_time.opcode == ids.Opcode.SET_TIME
+    assert request_tag_ok(set_time.data)
+    assert struct.unpack_from("<Q", set_time.data, 1)[0] == T0_MS
+    actions = s.control_response(
+        response(ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, tick_at_set)), T0_MS + 20)
+    [get_status] = actions
+    assert get_status.opcode == ids.Opcode.GET_STATUS and request_tag_ok(get_status.data)
+    actions = s.control_response(
+        response(ids.Opcode.GET_STATUS, 0, status_record(oldest=oldest, next_seq=next_seq)),
+        T0_MS + 30)
+    assert actions[0] == Subscribe(ids.SAMPLES_CHAR_UUID)
+    replay = actions[1]
+    assert replay.opcode == ids.Opcode.REPLAY and request_tag_ok(replay.data)
+    assert struct.unpack_from("<I", replay.data, 1)[0] == committed + 1
+    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", oldest, next_seq)),
+                       T0_MS + 40)
+    assert s.state is State.STREAMING
+    return s
+
+
+def frame(first_seq, n, tick0=1000, boot_id=BOOT, key=KEY):
+    samples = [(0, tick0 + 10 * i, 4224 + i) for i in range(n)]
+    return encode_frame(key, boot_id, first_seq, tick0, samples)
+
+
+def test_handshake_reaches_streaming():
+    s = streaming_session(committed=41, oldest=30, next_seq=60)
+    assert s.expected_seq == 42
+
+
+def test_low_mtu_is_refused_with_a_clear_reason():
+    s = PatchSession(DEVICE, KEY, -1)
+    [action] = s.start(23, T0_MS)
+    assert isinstance(action, Disconnect) and "MTU 23 < 64" in action.reason
+    assert s.state is State.CLOSED
+
+
+def test_identity_mismatch_closes():
+    s = PatchSession(DEVICE, KEY, -1)
+    s.start(247, T0_MS)
+    [action] = s.read_result(SERIAL_NUMBER_UUID, b"ffffffffffffffff", T0_MS)
+    assert isinstance(action, Disconnect) and "identity mismatch" in action.reason
+
+
+def test_frame_becomes_commit_with_utc_from_set_time_anchor():
+    s = streaming_session(tick_at_set=1000)
+    [commit] = s.notification(frame(0, 5, tick0=1000), T0_MS + 50)
+    assert isinstance(commit, Commit)
+    batch = commit.batch
+    assert batch.seq.tolist() == [0, 1, 2, 3, 4]
+    assert batch.value.tolist() == [4224, 4225, 4226, 4227, 4228]
+    # anchor: tick 1000 at the middle of the SET_TIME round trip (T0 + 10 ms); 1 tick = 100 ms
+    assert batch.utc_ms.tolist() == [T0_MS + 10 + 1000 * i for i in range(5)]
+    assert s.expected_seq == 5
+
+
+def test_duplicates_are_dropped_and_overlaps_trimmed():
+    s = streaming_session()
+    s.notification(frame(0, 5), T0_MS)
+    assert s.notification(frame(0, 5), T0_MS) == []
+    [commit] = s.notification(frame(3, 5), T0_MS)
+    assert commit.batch.seq.tolist() == [5, 6, 7]
+    assert s.stats.samples_duplicate == 5 + 2
+
+
+def test_gap_asks_for_replay_once_and_is_not_committed():
+    s = streaming_session()
+    s.notification(frame(0, 5), T0_MS)
+    [replay] = s.notification(frame(10, 5), T0_MS)
+    assert replay.opcode == ids.Opcode.REPLAY
+    assert struct.unpack_from("<I", replay.data, 1)[0] == 5
+    assert s.notification(frame(15, 5), T0_MS) == []   # same gap: no second REPLAY
+    assert s.stats.gaps == 2
+    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 20)), T0_MS)
+    [commit] = s.notification(frame(5, 5), T0_MS)
+    assert commit.batch.seq[0] == 5
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"\x01\x00", "TRUNCATED"),
+    (b"\x02" + bytes(29), "BAD_VERSION"),
+])
+def test_malformed_frames_are_counted_and_dropped(data, code):
+    s = streaming_session()
+    assert s.notification(data, T0_MS) == []
+    assert s.stats.frames_rejected[code] == 1
+    [commit] = s.notification(frame(0, 3), T0_MS)   # the session goes on
+    assert len(commit.batch) == 3
+
+
+def test_frame_under_another_key_is_rejected():
+    s = streaming_session()
+    assert s.notification(frame(0, 3, key=b"\x00" * 32), T0_MS) == []
+    assert s.stats.frames_rejected["BAD_TAG"] == 1
+    assert s.expected_seq == 0
+
+
+def test_ack_only_after_commit_and_one_request_at_a_time():
+    s = streaming_session()
+    s.notification(frame(0, 5), T0_MS)
+    [ack] = s.committed(4, T0_MS)
+    assert ack.opcode == ids.Opcode.ACK and struct.unpack_from("<I", ack.data, 1)[0] == 4
+    assert request_tag_ok(ack.data)
+    s.notification(frame(5, 5), T0_MS)
+    assert s.committed(9, T0_MS) == []     # previous ACK not yet answered
+    [ack2] = s.control_response(response(ids.Opcode.ACK), T0_MS)
+    assert struct.unpack_from("<I", ack2.data, 1)[0] == 9
+    assert s.committed(9, T0_MS) == []     # already acknowledged
+
+
+def test_error_status_closes_naming_the_request():
+    s = PatchSession(DEVICE, KEY, -1)
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
+    [action] = s.control_response(response(ids.Opcode.SET_TIME, ids.Status.AUTH_FAILED), T0_MS)
+    assert isinstance(action, Disconnect)
+    assert "SET_TIME" in action.reason and "AUTH_FAILED" in action.reason
+
+
+def test_unanswered_control_request_times_out():
+    s = streaming_session()
+    s.notification(frame(0, 1), T0_MS)
+    s.committed(0, T0_MS)
+    assert s.tick(T0_MS + 1000) == []
+    [action] = s.tick(T0_MS + 10_000)
+    assert isinstance(action, Disconnect) and "ACK" in action.reason
+
+
+def test_samples_from_patch_that_lost_data_resume_at_its_oldest():
+    s = streaming_session(committed=9, oldest=20, next_seq=30)
+    assert s.stats.samples_lost_at_patch == 10
+    [commit] = s.notification(frame(20, 3), T0_MS)
+    assert commit.batch.seq.tolist() == [20, 21, 22]

@@ -1,0 +1,113 @@
+"""Durable store and the ingest cycle: commit before ACK, duplicates once, disk full stops
+acknowledging without losing what was stored."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gateway import store as store_mod
+from gateway.inference import default_models_dir, load_models
+from gateway.ingest import Ingest
+from gateway.outbox import Outbox
+from gateway.store import DiskFullError, RegisteredDevice, SampleBatch, Store
+from gateway.twin import TwinEngine
+
+
+def batch(device, seqs, temp_c=33.0):
+    seqs = np.asarray(seqs, dtype=np.int64)
+    n = len(seqs)
+    return SampleBatch(device, 1, seqs, seqs * 10, 1_700_000_000_000 + seqs * 1000,
+                       np.zeros(n, dtype=np.uint8), np.full(n, int(temp_c * 128), np.int32))
+
+
+class FakeLink:
+    def __init__(self):
+        self.committed = []
+        self.failed = []
+
+    def on_committed(self, seq):
+        self.committed.append(seq)
+
+    def on_commit_failed(self, reason):
+        self.failed.append(reason)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(store_mod.connect(tmp_path / "gw.sqlite3"))
+    with s.transaction():
+        s.register(RegisteredDevice("a" * 16, b"k" * 32, "s-a", 2, None), 0)
+    yield s
+    s.conn.close()
+
+
+@pytest.fixture
+def ingest(store):
+    models = load_models(default_models_dir(), names=["temp_anomaly"])
+    engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
+    kicks = []
+    topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
+    pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: kicks.append(1))
+    pipeline.kicks = kicks
+    return pipeline
+
+
+def test_database_is_wal_and_fully_synchronous(store):
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_registry_round_trip(store):
+    [dev] = store.devices()
+    assert (dev.device_id, dev.key, dev.subject, dev.skin_type) == ("a" * 16, b"k" * 32, "s-a", 2)
+    with store.transaction():
+        assert store.unregister("a" * 16)
+    assert store.devices() == []
+
+
+def test_duplicates_are_stored_once(store):
+    with store.transaction():
+        assert store.insert_samples([batch("a" * 16, range(0, 10))]) == 10
+    with store.transaction():
+        assert store.insert_samples([batch("a" * 16, range(5, 15))]) == 5
+    assert store.sample_seqs("a" * 16) == list(range(15))
+    assert store.committed_seq("a" * 16) == 14
+    assert store.committed_seq("b" * 16) == -1
+
+
+def test_cycle_commits_then_acknowledges_and_queues_messages(store, ingest):
+    link = FakeLink()
+    ingest.submit(link, batch("a" * 16, range(0, 5)))
+    ingest.submit(link, batch("a" * 16, range(5, 8)))
+    ingest.cycle(now_ms=1)
+    assert link.committed == [7] and link.failed == []
+    assert store.sample_count() == 8
+    topics = [m.topic for m in ingest.outbox.pending(100)]
+    assert "dermtwin/v1/gw/s-a/delta" in topics and "dermtwin/v1/gw/s-a/twin" in topics
+    delta = json.loads(next(m.payload for m in ingest.outbox.pending(100)
+                            if m.topic.endswith("/delta")))
+    assert delta["rev"] == 1 and "skin_temp_c" in delta["set"]
+    assert store.load_twins()["s-a"][0] == 1
+    assert ingest.kicks
+
+
+def test_disk_full_acknowledges_nothing_and_keeps_what_was_stored(store, ingest):
+    link = FakeLink()
+    ingest.submit(link, batch("a" * 16, range(0, 5)))
+    ingest.cycle(now_ms=1)
+    assert link.committed == [4]
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count={pages}")   # the disk is now full
+    ingest.submit(link, batch("a" * 16, range(5, 5000)))
+    ingest.cycle(now_ms=2)
+    assert link.committed == [4], "nothing may be acknowledged that is not durable"
+    assert len(link.failed) == 1 and "full" in link.failed[0]
+    assert ingest.stats.commit_failures == 1
+    assert store.sample_seqs("a" * 16) == list(range(5))
+
+
+def test_transaction_classifies_disk_full(store):
+    store.conn.execute("PRAGMA max_page_count=1")
+    with pytest.raises(DiskFullError), store.transaction():
+        store.insert_samples([batch("a" * 16, range(0, 5000))])

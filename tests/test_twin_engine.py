@@ -1,0 +1,116 @@
+"""Twin engine: committed samples in, deltas with rev + 1 and snapshots out, with the real
+temp_anomaly ONNX model."""
+
+import numpy as np
+import pytest
+
+from gateway.inference import default_models_dir, load_models
+from gateway.store import SampleBatch
+from gateway.twin import SNAPSHOT_EVERY_MS, TwinEngine
+
+LSB_PER_C = 128  # TMP117: 7.8125 m°C per LSB
+
+
+@pytest.fixture(scope="module")
+def run_model():
+    models = load_models(default_models_dir(), names=["temp_anomaly"])
+    return lambda name, inputs: models[name].run(inputs)
+
+
+def temp_batch(device, first_seq, temps_c, t0_ms=1_700_000_000_000, step_ms=10_000):
+    n = len(temps_c)
+    return SampleBatch(
+        device_id=device, boot_id=1, seq=np.arange(first_seq, first_seq + n, dtype=np.int64),
+        tick=np.arange(n, dtype=np.int64) * 100,
+        utc_ms=t0_ms + np.arange(n, dtype=np.int64) * step_ms,
+        channel=np.zeros(n, dtype=np.uint8),
+        value=np.round(np.asarray(temps_c) * LSB_PER_C).astype(np.int32))
+
+
+def test_first_step_gives_rev_1_delta_and_snapshot(run_model):
+    engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
+    engine.ingest(temp_batch("dev-a", 0, [33.0] * 5))
+    [update] = engine.step(now_ms=1_000)
+    assert update.subject == "s-a" and update.rev == 1
+    assert update.delta["rev"] == 1 and update.delta["sess"] == 1
+    leaf = update.delta["set"]["skin_temp_c"]
+    assert leaf["v"] == pytest.approx(33.0, abs=0.01)
+    assert leaf["q"] == "good"
+    assert update.delta["set"]["temp_anomaly_score"]["q"] == "uncertain"  # window not full
+    assert update.snapshot["rev"] == 1 and "skin_temp_c" in update.snapshot["state"]
+
+
+def test_revs_increase_by_one_and_quiet_steps_publish_nothing(run_model):
+    engine = TwinEngine(7, {"dev-a": "s-a"}, run_model)
+    revs = []
+    seq = 0
+    for i in range(5):
+        engine.ingest(temp_batch("dev-a", seq, [33.0 + 0.1 * i]))
+        seq += 1
+        for update in engine.step(now_ms=1_000 + i):
+            if update.delta:
+                revs.append(update.delta["rev"])
+        assert engine.step(now_ms=1_000 + i) == []  # nothing new, no snapshot due
+    assert revs == [1, 2, 3, 4, 5]
+
+
+def test_change_below_deadband_is_not_a_delta(run_model):
+    engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
+    engine.ingest(temp_batch("dev-a", 0, [33.0] * 30))
+    engine.step(now_ms=0)
+    engine.ingest(temp_batch("dev-a", 30, [33.0]))  # same value again
+    updates = engine.step(now_ms=1)
+    assert all("skin_temp_c" not in (u.delta or {}).get("set", {}) for u in updates)
+
+
+def test_inflammation_raises_one_alert(run_model):
+    engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
+    engine.ingest(temp_batch("dev-a", 0, [33.0] * 30))
+    engine.step(now_ms=0)
+    engine.ingest(temp_batch("dev-a", 30, [36.0] * 6))
+    [update] = engine.step(now_ms=1)
+    assert update.delta["set"]["inflammation"]["v"] is True
+    assert update.delta["set"]["temp_delta_c"]["v"] > 2.2
+    assert [a["kind"] for a in update.alerts] == ["inflammation"]
+    engine.ingest(temp_batch("dev-a", 36, [36.0]))
+    assert all(not u.alerts for u in engine.step(now_ms=2))
+
+
+def test_snapshot_due_after_interval_without_new_rev(run_model):
+    engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
+    engine.ingest(temp_batch("dev-a", 0, [33.0]))
+    engine.step(now_ms=0)
+    [update] = engine.step(now_ms=SNAPSHOT_EVERY_MS)
+    assert update.delta is None and update.snapshot["rev"] == 1
+
+
+def test_rev_continues_after_restart(run_model):
+    engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
+    engine.ingest(temp_batch("dev-a", 0, [33.0, 33.5]))
+    engine.step(now_ms=0)
+    saved = {"s-a": (engine.twins["s-a"].rev, engine.twins["s-a"].to_saved())}
+    restarted = TwinEngine(2, {"dev-a": "s-a"}, run_model, saved)
+    restarted.ingest(temp_batch("dev-a", 2, [34.5]))
+    [update] = restarted.step(now_ms=10)
+    assert update.delta["rev"] == 2 and update.delta["sess"] == 2
+
+
+def test_one_model_call_per_step_across_subjects(run_model):
+    calls = []
+
+    def counting(name, inputs):
+        calls.append(inputs["temp_window_c"].shape[0])
+        return run_model(name, inputs)
+
+    subjects = {f"dev-{i}": f"s-{i}" for i in range(4)}
+    engine = TwinEngine(1, subjects, counting)
+    for device in subjects:
+        engine.ingest(temp_batch(device, 0, [33.0, 33.1]))
+    assert len(engine.step(now_ms=0)) == 4
+    assert calls == [4]
+
+
+def test_unknown_device_is_ignored(run_model):
+    engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
+    engine.ingest(temp_batch("dev-x", 0, [33.0]))
+    assert engine.step(now_ms=0) == []
