@@ -2,7 +2,7 @@
 import aioble
 import bluetooth
 
-from firmware import protocol_ids as ids
+import firmware.protocol_ids as ids
 
 FIRMWARE_VERSION = (0, 1, 0)
 MANUFACTURER_NAME = b"dermtwin"

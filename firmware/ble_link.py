@@ -5,8 +5,7 @@ import struct
 
 import aioble
 
-from firmware import aio
-from firmware import control_codec
+from firmware import aio, control_codec
 from firmware import protocol_ids as ids
 from firmware.frame_encoder import FrameEncoder
 from sensor_drivers.tmp117 import raw_to_centi_celsius

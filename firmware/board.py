@@ -47,6 +47,7 @@ class Board:
                 return parse_identity(f.read())
         except OSError:
             import binascii
+
             import machine
             return binascii.hexlify(machine.unique_id()[:8]).decode(), b""
 

@@ -5,16 +5,16 @@ try:
 except ImportError:  # CPython (virtual patch)
     import time as _time
 
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
+    def ticks_ms():  # type: ignore[misc]
+        return int(_time.monotonic() * 1000)  # type: ignore[attr-defined]
 
-    def ticks_diff(a, b):
+    def ticks_diff(a, b):  # type: ignore[misc,no-redef]
         return a - b
 
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # same behaviour as micropython.const
         return x
 
 MS_PER_TICK = const(100)

@@ -7,7 +7,7 @@ try:
     from micropython import const
 except ImportError:  # CPython (virtual patch, tests)
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # same behaviour as micropython.const
         return x
 
 
@@ -96,7 +96,12 @@ def parse_request(data, key, boot_id):
         return op, _ST_SUCCESS, struct.unpack_from("<I", data, 1)[0]
     if op == _OP_SET_CONFIG:
         cfg_key, value = struct.unpack_from("<BI", data, 1)
-        if cfg_key < 1 or cfg_key > _CFG_KEY_MAX or value < _CFG_VALUE_MIN or value > _CFG_VALUE_MAX:
+        if (
+            cfg_key < 1
+            or cfg_key > _CFG_KEY_MAX
+            or value < _CFG_VALUE_MIN
+            or value > _CFG_VALUE_MAX
+        ):
             return op, _ST_INVALID_OPERAND, None
         return op, _ST_SUCCESS, (cfg_key, value)
     if op == _OP_IDENTIFY:
@@ -128,7 +133,9 @@ def pack_replay_result(oldest_seq, next_seq):
     return struct.pack("<II", oldest_seq, next_seq)
 
 
-def pack_status(buf, fw, boot_id, oldest_seq, next_seq, tick, error_flags, periods, battery_pct, offset=0):
+def pack_status(
+    buf, fw, boot_id, oldest_seq, next_seq, tick, error_flags, periods, battery_pct, offset=0
+):
     """Write the 31-byte status record (§6) at buf[offset:]; return a view of it.
 
     fw: (major, minor, patch); periods: the five periods in seconds in config-key order

@@ -4,7 +4,7 @@
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # same behaviour as micropython.const
         return x
 
 SEQ_BLOCK = const(1024)

@@ -8,7 +8,7 @@ try:
     from micropython import const
 except ImportError:  # CPython (virtual patch, tests)
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # same behaviour as micropython.const
         return x
 
 

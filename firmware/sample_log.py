@@ -6,7 +6,7 @@ from array import array
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # same behaviour as micropython.const
         return x
 
 LOG_FULL = const(-1)

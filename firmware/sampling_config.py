@@ -17,7 +17,7 @@ _DEFAULTS = {
     CFG_BATTERY_PERIOD_S: 300,
     CFG_FLUSH_INTERVAL_S: 60,
 }
-_MAX_PERIOD_S = 86400
+_MAX_PERIOD_S = 65535  # periods travel as u16 in the status record
 
 
 class SamplingConfig:

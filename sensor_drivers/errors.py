@@ -32,5 +32,5 @@ def bus_error(chip, address, os_error, action):
     `action` says what the driver was doing, e.g. "reading Device_ID (0x0F)".
     """
     code = os_error.args[0] if os_error.args else None
-    name = _BUS_ERROR_NAMES.get(code, "I2C error")
+    name = _BUS_ERROR_NAMES.get(code, "I2C error") if isinstance(code, int) else "I2C error"
     return SensorError(chip, address, f"{name} (OSError {code}) {action}", code)

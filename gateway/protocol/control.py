@@ -104,7 +104,9 @@ def _u(value: int, bits: int, what: str) -> int:
 
 
 def set_time(key: bytes, boot_id: int, utc_ms: int) -> bytes:
-    return encode_request(key, boot_id, Opcode.SET_TIME, struct.pack("<Q", _u(utc_ms, 64, "utc_ms")))
+    return encode_request(
+        key, boot_id, Opcode.SET_TIME, struct.pack("<Q", _u(utc_ms, 64, "utc_ms"))
+    )
 
 
 def ack(key: bytes, boot_id: int, seq: int) -> bytes:
@@ -225,7 +227,7 @@ class PatchStatus:
 
     @property
     def fw_revision(self) -> str:
-        return "%d.%d.%d" % self.fw_version
+        return ".".join(str(part) for part in self.fw_version)
 
 
 def decode_status(data: bytes) -> PatchStatus:
@@ -237,8 +239,8 @@ def decode_status(data: bytes) -> PatchStatus:
         raise ControlError(f"status format {data[0]}, expected {STATUS_FORMAT}")
     if len(data) != STATUS_LEN:
         raise ControlError(f"status record is {len(data)} bytes, expected {STATUS_LEN}")
-    (_, major, minor, patch, boot_id, oldest, nxt, tick, flags, *periods, battery) = (
-        _STATUS.unpack(data)
+    (_, major, minor, patch, boot_id, oldest, nxt, tick, flags, *periods, battery) = _STATUS.unpack(
+        data
     )
     return PatchStatus(
         fw_version=(major, minor, patch),

@@ -112,9 +112,7 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
         )
     version, flags, boot_id, first_seq, base_tick = _HEADER.unpack_from(data)
     if version != FRAME_VERSION:
-        raise FrameError(
-            FrameErrorCode.BAD_VERSION, f"version {version}, expected {FRAME_VERSION}"
-        )
+        raise FrameError(FrameErrorCode.BAD_VERSION, f"version {version}, expected {FRAME_VERSION}")
     if flags & FRAME_FLAGS_RESERVED:
         raise FrameError(FrameErrorCode.RESERVED_FLAGS, f"flags 0x{flags:02x} set reserved bits")
     end = n - TAG_LEN

@@ -25,7 +25,7 @@ def _real_clock_ms():
     ticks_ms = getattr(time, "ticks_ms", None)
     if ticks_ms is not None:
         return ticks_ms()
-    return int(time.monotonic() * 1000)
+    return int(time.monotonic() * 1000)  # type: ignore[attr-defined]  # CPython
 
 
 def _real_sleep_ms(ms):

@@ -18,7 +18,7 @@ try:
     from micropython import const
 except ImportError:
 
-    def const(value):
+    def const(value):  # type: ignore[misc]  # same behaviour as micropython.const
         return value
 
 

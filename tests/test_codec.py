@@ -1,0 +1,553 @@
+"""Protocol codecs (docs/protocol.md) under CPython, against the golden vectors.
+
+Gateway decoder/encoder (gateway/protocol) and the firmware encoder/control codec
+(firmware/, run here on CPython through its const() fallback) are checked against
+tests/vectors/*.json and against each other. The same firmware is run under the real
+MicroPython VM in test_codec_micropython.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import firmware.protocol_ids as fw_ids
+from firmware import control_codec as fw_cp
+from firmware.frame_encoder import FrameEncoder, Hmac8
+from gateway.protocol import constants as gw
+from gateway.protocol import control as cp
+from gateway.protocol.frames import FrameError, FrameErrorCode, decode_frame, encode_frame
+
+VECTORS = Path(__file__).resolve().parent / "vectors"
+FRAMES = json.loads((VECTORS / "frames.json").read_text())
+CONTROL = json.loads((VECTORS / "control.json").read_text())
+VALID = FRAMES["valid"]
+INVALID = FRAMES["invalid"]
+CP_KEY = bytes.fromhex(CONTROL["key"])
+CP_BOOT = CONTROL["boot_id"]
+
+
+def _ids(cases):
+    return [c["name"] for c in cases]
+
+
+def test_vectors_are_fresh():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_vectors", VECTORS / "make_vectors.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, text in mod.build().items():
+        assert (VECTORS / name).read_text() == text, f"{name} is stale: run make_vectors.py"
+
+
+# --- gateway decoder -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
+def test_decode_valid_vector(case):
+    frame = decode_frame(bytes.fromhex(case["frame"]), bytes.fromhex(case["key"]))
+    assert frame.version == 1
+    assert frame.historical is case["historical"]
+    assert frame.flags == (1 if case["historical"] else 0)
+    assert (frame.boot_id, frame.first_seq, frame.base_tick) == (
+        case["boot_id"],
+        case["first_seq"],
+        case["base_tick"],
+    )
+    assert len(frame) == len(case["samples"])
+    assert [list(s) for s in frame.samples()] == case["samples"]
+    assert frame.seq.dtype == np.int64 and frame.tick.dtype == np.int64
+    assert frame.channel.dtype == np.uint8 and frame.value.dtype == np.int32
+
+
+@pytest.mark.parametrize("case", INVALID, ids=_ids(INVALID))
+def test_decode_invalid_vector(case):
+    with pytest.raises(FrameError) as info:
+        decode_frame(bytes.fromhex(case["frame"]), bytes.fromhex(case["key"]))
+    assert info.value.code is FrameErrorCode(case["error"])
+    assert str(info.value).startswith(case["error"] + ": ")
+    assert isinstance(info.value, ValueError)
+
+
+def test_decode_accepts_bytearray_and_memoryview():
+    case = VALID[2]
+    raw = bytes.fromhex(case["frame"])
+    key = bytes.fromhex(case["key"])
+    for data in (bytearray(raw), memoryview(raw)):
+        assert [list(s) for s in decode_frame(data, key).samples()] == case["samples"]
+
+
+def test_decode_rejects_a_key_of_the_wrong_size():
+    with pytest.raises(ValueError, match="32 bytes"):
+        decode_frame(bytes.fromhex(VALID[0]["frame"]), b"short")
+
+
+# --- encoders reproduce the vectors --------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
+def test_gateway_reference_encoder_vector(case):
+    data = encode_frame(
+        bytes.fromhex(case["key"]),
+        case["boot_id"],
+        case["first_seq"],
+        case["base_tick"],
+        [(ch, t, v) for _, ch, t, v in case["samples"]],
+        historical=case["historical"],
+    )
+    assert data.hex() == case["frame"]
+
+
+@pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
+def test_firmware_encoder_vector(case):
+    enc = FrameEncoder(bytes.fromhex(case["key"]), case["max_frame_bytes"])
+    for _ in range(2):  # the second pass reuses the encoder: start() must reset everything
+        enc.start(case["boot_id"], case["first_seq"], case["base_tick"], case["historical"])
+        for _, ch, t, v in case["samples"]:
+            assert enc.add(ch, t, v)
+        assert enc.count == len(case["samples"])
+        out = enc.finish()
+        assert isinstance(out, memoryview)
+        assert bytes(out).hex() == case["frame"]
+
+
+def test_firmware_encoder_full_frame_refuses_one_more():
+    case = next(c for c in VALID if c["name"] == "full_244")
+    enc = FrameEncoder(bytes.fromhex(case["key"]), 244)
+    enc.start(case["boot_id"], case["first_seq"], case["base_tick"])
+    for _, ch, t, v in case["samples"]:
+        assert enc.add(ch, t, v)
+    _, ch, t, v = case["samples"][-1]
+    for extra in [(ch, t, v), (0, t, 0), (1, t + 1, v)]:
+        assert enc.add(*extra) is False
+    assert enc.count == len(case["samples"])
+    assert bytes(enc.finish()).hex() == case["frame"]
+
+
+def test_firmware_encoder_refusal_writes_nothing():
+    key = bytes(range(32))
+    enc = FrameEncoder(key, 22)
+    enc.start(1, 0, 100)
+    assert enc.add(1, 100, 25)
+    assert enc.add(1, 100, 26) is False
+    assert bytes(enc.finish()).hex() == VALID[0]["frame"]
+
+
+def test_firmware_encoder_misuse_is_a_clear_error():
+    enc = FrameEncoder(bytes(32), 64)
+    with pytest.raises(ValueError):
+        enc.add(0, 0, 0)  # before start
+    enc.start(1, 0, 10)
+    with pytest.raises(ValueError):
+        enc.finish()  # empty frame
+    with pytest.raises(ValueError):
+        enc.add(4, 10, 0)  # channel
+    with pytest.raises(ValueError):
+        enc.add(0, 10, 40000)  # temperature out of int16
+    with pytest.raises(ValueError):
+        enc.add(1, 9, 0)  # before base_tick
+    for n in (21, 245):
+        with pytest.raises(ValueError):
+            enc.set_max_frame_bytes(n)
+    enc.set_max_frame_bytes(22)
+    with pytest.raises(ValueError):
+        enc.add(2, 10, 100000)  # a 4-byte record never fits a 22-byte frame
+    assert enc.count == 0
+
+
+# --- round trip ----------------------------------------------------------------------------
+
+
+def encode_stream(enc: FrameEncoder, boot_id, first_seq, samples, historical=False):
+    """Split samples into frames the way the patch does: finish when add() refuses."""
+    frames = []
+    seq = first_seq
+    enc.start(boot_id, seq, samples[0][1], historical)
+    for ch, t, v in samples:
+        if not enc.add(ch, t, v):
+            frames.append(bytes(enc.finish()))
+            enc.start(boot_id, seq, t, historical)
+            assert enc.add(ch, t, v)
+        seq += 1
+    frames.append(bytes(enc.finish()))
+    return frames
+
+
+_RANGES = [(-32768, 32767), (0, 65535), (0, 2**31 - 1), (0, 65535)]
+
+
+@st.composite
+def sample_runs(draw):
+    n = draw(st.integers(1, 400))
+    tick = draw(st.integers(0, 2**31))
+    prev = [draw(st.integers(lo, hi)) for lo, hi in _RANGES]
+    out = []
+    for _ in range(n):
+        ch = draw(st.integers(0, 3))
+        kind = draw(st.integers(0, 9))
+        dt = draw(st.integers(0, 62) if kind < 7 else st.integers(63, 2**20))
+        tick = min(tick + dt, 2**32 - 1)
+        lo, hi = _RANGES[ch]
+        if draw(st.booleans()):
+            v = min(hi, max(lo, prev[ch] + draw(st.integers(-100, 100))))
+        else:
+            v = draw(st.integers(lo, hi))
+        prev[ch] = v
+        out.append((ch, tick, v))
+    return out
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    samples=sample_runs(),
+    mtu=st.integers(64, 247),
+    first_seq=st.integers(0, 2**32 - 1000),
+    boot_id=st.integers(0, 0xFFFF),
+    historical=st.booleans(),
+)
+def test_round_trip_firmware_encoder_to_gateway_decoder(
+    samples, mtu, first_seq, boot_id, historical
+):
+    key = bytes(range(100, 132))
+    enc = FrameEncoder(key, mtu - 3)
+    frames = encode_stream(enc, boot_id, first_seq, samples, historical)
+    got = []
+    next_seq = first_seq
+    for data in frames:
+        assert 22 <= len(data) <= mtu - 3
+        frame = decode_frame(data, key)
+        assert frame.boot_id == boot_id and frame.historical is historical
+        assert frame.first_seq == next_seq
+        next_seq += len(frame)
+        got += [(c, t, v) for _, c, t, v in frame.samples()]
+        # the gateway's reference encoder agrees byte for byte
+        ref = encode_frame(
+            key,
+            boot_id,
+            frame.first_seq,
+            frame.base_tick,
+            [(c, t, v) for _, c, t, v in frame.samples()],
+            historical,
+        )
+        assert ref == data
+    assert got == samples
+    # every frame but the last was refused only because it was full
+    for data in frames[:-1]:
+        assert len(data) > mtu - 3 - 11
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(min_size=0, max_size=260))
+def test_decoder_rejects_garbage_only_with_frame_error(data):
+    key = bytes(32)
+    with pytest.raises(FrameError):
+        decode_frame(data, key)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    records=st.binary(min_size=2, max_size=224),
+    first_seq=st.integers(0, 2**32 - 1),
+    flags=st.sampled_from([0, 1]),
+)
+def test_decoder_on_authenticated_garbage(records, first_seq, flags):
+    """Records the tag vouches for but that may be nonsense: a DecodedFrame or a FrameError
+    from the record checks, never anything else."""
+    key = bytes(range(32))
+    body = struct.pack("<BBHII", 1, flags, 5, first_seq, 1000) + records
+    from gateway.protocol.frames import frame_tag
+
+    try:
+        frame = decode_frame(body + frame_tag(key, body), key)
+    except FrameError as e:
+        assert e.code in {
+            FrameErrorCode.TRUNCATED_RECORD,
+            FrameErrorCode.VARINT_TOO_LONG,
+            FrameErrorCode.BAD_VALUE,
+            FrameErrorCode.SEQ_OVERFLOW,
+        }
+    else:
+        assert len(frame) >= 1
+        # re-encoding gives the same samples (bytes may differ: varints can be non-canonical)
+        again = encode_frame(
+            key, 5, first_seq, 1000, [(c, t, v) for _, c, t, v in frame.samples()], bool(flags)
+        )
+        assert decode_frame(again, key).samples() == frame.samples()
+        assert all(gw.CHANNEL_MIN[c] <= v <= gw.CHANNEL_MAX[c] for _, c, _, v in frame.samples())
+
+
+# --- size budget ---------------------------------------------------------------------------
+
+
+def default_rate_stream(hours: float, seed: int = 1):
+    """Samples at the default periods (UV 5 s, temperature 10 s, hydration 60 s, battery
+    300 s), in tick order, with realistic slow-changing values in protocol units."""
+    rng = random.Random(seed)
+    temp, uv, hyd, bat = 4250, 300, 52000, 25600  # 33.2 °C, UVI 3, 52 pF, 100 %
+    out = []
+    for s in range(0, int(hours * 3600), 5):
+        t = 1000 + s * 10
+        if s % 10 == 0:
+            temp = max(3840, min(4608, temp + rng.randint(-3, 3)))  # 30..36 °C, ±0.02 °C
+            out.append((0, t, temp))
+        uv = max(0, min(1200, uv + rng.randint(-8, 8)))
+        out.append((1, t, uv))
+        if s % 60 == 0:
+            hyd = max(10000, hyd + rng.randint(-60, 60))
+            out.append((2, t, hyd))
+        if s % 300 == 0:
+            bat = max(0, bat - rng.randint(0, 30))  # 100 % -> 0 in ~7 days
+            out.append((3, t, bat))
+    return out
+
+
+def test_bytes_per_sample_at_default_rates():
+    samples = default_rate_stream(hours=24)
+    enc = FrameEncoder(bytes(32), 247 - 3)
+    frames = encode_stream(enc, 1, 0, samples)
+    total = sum(len(f) for f in frames)
+    per_sample = total / len(samples)
+    with_att = (total + 3 * len(frames)) / len(samples)
+    print(
+        f"\n{len(samples)} samples in {len(frames)} frames at MTU 247: "
+        f"{per_sample:.3f} bytes/sample ({with_att:.3f} with the 3-byte ATT header)"
+    )
+    assert per_sample <= 3.0
+    assert per_sample > 2.0  # sanity: records are at least 2 bytes
+    decoded = [(c, t, v) for f in frames for _, c, t, v in decode_frame(f, bytes(32)).samples()]
+    assert decoded == samples
+
+
+# --- constants -----------------------------------------------------------------------------
+
+_PREFIX_ENUM = {
+    "OP_": gw.Opcode,
+    "ST_": gw.Status,
+    "CFG_": gw.ConfigKey,
+    "CH_": gw.Channel,
+    "ERR_": gw.ErrorFlag,
+    "ADV_": gw.AdvFlag,
+}
+
+
+def test_firmware_and_gateway_constants_agree():
+    fw_names = {n: getattr(fw_ids, n) for n in dir(fw_ids) if n.isupper() and not n.startswith("_")}
+    assert len(fw_names) > 50
+    for name, value in fw_names.items():
+        if hasattr(gw, name):
+            assert getattr(gw, name) == value, name
+            continue
+        prefix = next((p for p in _PREFIX_ENUM if name.startswith(p)), None)
+        assert prefix, f"firmware constant {name} has no gateway counterpart"
+        member = _PREFIX_ENUM[prefix][name[len(prefix) :]]
+        assert int(member) == value, name
+    for prefix, enum in _PREFIX_ENUM.items():
+        for member in enum:
+            assert fw_names.get(prefix + member.name) == int(member), f"{prefix}{member.name}"
+
+
+# --- control point -------------------------------------------------------------------------
+
+REQUESTS = CONTROL["requests"]
+RESPONSES = CONTROL["responses"]
+
+
+def _gateway_request(case):
+    """The gateway helper that should produce this request, if any."""
+    op, operand = case["opcode"], case["operand"]
+    return {
+        1: lambda: cp.set_time(CP_KEY, CP_BOOT, operand),
+        2: lambda: cp.ack(CP_KEY, CP_BOOT, operand),
+        3: lambda: cp.replay(CP_KEY, CP_BOOT, operand),
+        4: lambda: cp.set_config(CP_KEY, CP_BOOT, *operand),
+        5: lambda: cp.get_status(CP_KEY, CP_BOOT),
+        6: lambda: cp.identify(CP_KEY, CP_BOOT, operand),
+    }[op]()
+
+
+@pytest.mark.parametrize("case", REQUESTS, ids=_ids(REQUESTS))
+def test_firmware_parse_request_vector(case):
+    op, status, operand = fw_cp.parse_request(bytes.fromhex(case["request"]), CP_KEY, CP_BOOT)
+    assert (op, status) == (case["opcode"], case["status"])
+    assert (list(operand) if isinstance(operand, tuple) else operand) == case["operand"]
+    # the same with a prebuilt Hmac8 and with a bytearray/memoryview
+    data = bytearray.fromhex(case["request"])
+    assert fw_cp.parse_request(memoryview(data), Hmac8(CP_KEY), CP_BOOT)[:2] == (op, status)
+
+
+@pytest.mark.parametrize("case", [c for c in REQUESTS if c["status"] == 0], ids=lambda c: c["name"])
+def test_gateway_encodes_request_vector(case):
+    assert _gateway_request(case).hex() == case["request"]
+    op = case["opcode"]
+    raw = bytes.fromhex(case["request"])
+    assert cp.encode_request(CP_KEY, CP_BOOT, op, raw[1:-8]) == raw
+
+
+def test_firmware_parse_request_unprovisioned():
+    req = bytes.fromhex(REQUESTS[0]["request"])
+    assert fw_cp.parse_request(req, None, CP_BOOT) == (1, gw.Status.NOT_PROVISIONED, None)
+    assert fw_cp.parse_request(req, b"", CP_BOOT)[1] == gw.Status.NOT_PROVISIONED
+
+
+def test_gateway_request_helpers_refuse_bad_values():
+    with pytest.raises(ValueError):
+        cp.set_config(CP_KEY, CP_BOOT, 7, 10)
+    with pytest.raises(ValueError):
+        cp.set_config(CP_KEY, CP_BOOT, gw.ConfigKey.UV_PERIOD_S, 0)
+    with pytest.raises(ValueError):
+        cp.ack(CP_KEY, CP_BOOT, 2**32)
+    with pytest.raises(ValueError):
+        cp.identify(CP_KEY, CP_BOOT, 256)
+    with pytest.raises(ValueError):
+        cp.get_status(CP_KEY, 0x10000)
+    with pytest.raises(ValueError, match="32 bytes"):
+        cp.get_status(b"k" * 16, CP_BOOT)
+
+
+@pytest.mark.parametrize("case", RESPONSES, ids=_ids(RESPONSES))
+def test_firmware_builds_response_vector(case):
+    buf = bytearray(40)
+    payload = bytes.fromhex(case["payload"]) or None
+    out = fw_cp.build_response(buf, case["opcode"], case["status"], payload)
+    assert bytes(out).hex() == case["response"]
+
+
+@pytest.mark.parametrize("case", RESPONSES, ids=_ids(RESPONSES))
+def test_gateway_decodes_response_vector(case):
+    data = bytes.fromhex(case["response"])
+    if case["opcode"] not in set(gw.Opcode):
+        with pytest.raises(cp.ControlError, match="unknown opcode"):
+            cp.decode_response(data)
+        return
+    r = cp.decode_response(data)
+    assert (r.opcode, r.status, r.payload.hex()) == (
+        case["opcode"],
+        case["status"],
+        case["payload"],
+    )
+    assert r.ok is (case["status"] == 0)
+    if case["name"] == "set_time_ok":
+        assert cp.decode_set_time_result(r.payload) == cp.SetTimeResult(**case["result"])
+        assert fw_cp.pack_set_time_result(**case["result"]) == r.payload
+    if case["name"] == "replay_ok":
+        assert cp.decode_replay_result(r.payload) == cp.ReplayResult(**case["result"])
+        assert fw_cp.pack_replay_result(**case["result"]) == r.payload
+    if case["name"] == "get_status_ok":
+        assert cp.decode_status(r.payload).boot_id == CONTROL["status"]["boot_id"]
+
+
+@pytest.mark.parametrize("case", CONTROL["bad_responses"], ids=_ids(CONTROL["bad_responses"]))
+def test_gateway_rejects_bad_response(case):
+    with pytest.raises(cp.ControlError):
+        cp.decode_response(bytes.fromhex(case["response"]))
+
+
+def test_status_record_both_sides():
+    s = CONTROL["status"]
+    buf = bytearray(40)
+    out = fw_cp.pack_status(
+        buf,
+        s["fw"],
+        s["boot_id"],
+        s["oldest_seq"],
+        s["next_seq"],
+        s["tick"],
+        s["error_flags"],
+        s["periods"],
+        s["battery_pct"],
+        offset=3,
+    )
+    assert bytes(out).hex() == s["record"] and bytes(buf[3:34]).hex() == s["record"]
+    st_ = cp.decode_status(bytes.fromhex(s["record"]))
+    assert st_.fw_version == tuple(s["fw"]) and st_.fw_revision == "1.2.3"
+    assert (st_.boot_id, st_.oldest_seq, st_.next_seq, st_.tick, st_.battery_pct) == (
+        s["boot_id"],
+        s["oldest_seq"],
+        s["next_seq"],
+        s["tick"],
+        s["battery_pct"],
+    )
+    assert st_.error_flags == gw.ErrorFlag.CLOCK_NOT_SET | gw.ErrorFlag.UV_SENSOR
+    assert st_.config == {
+        gw.ConfigKey.TEMP_PERIOD_S: 10,
+        gw.ConfigKey.UV_PERIOD_S: 5,
+        gw.ConfigKey.UV_FAST_PERIOD_S: 1,
+        gw.ConfigKey.HYDRATION_PERIOD_S: 60,
+        gw.ConfigKey.BATTERY_PERIOD_S: 300,
+    }
+    assert st_.unacked == 234
+    record = bytes.fromhex(s["record"])
+    for bad in (record[:-1], record + b"\0", b"\x02" + record[1:], b""):
+        with pytest.raises(cp.ControlError):
+            cp.decode_status(bad)
+
+
+@pytest.mark.parametrize(
+    "case", CONTROL["manufacturer_data"], ids=_ids(CONTROL["manufacturer_data"])
+)
+def test_manufacturer_data_both_sides(case):
+    data = fw_cp.pack_manufacturer_data(
+        case["fw"],
+        case["battery_pct"],
+        case["unacked_samples"],
+        case["provisioned"],
+        case["log_full"],
+    )
+    assert data.hex() == case["data"]
+    info = cp.decode_manufacturer_data(data)
+    assert info.fw_version == tuple(case["fw"]) and info.battery_pct == case["battery_pct"]
+    assert info.unacked_samples == case.get("unacked_advertised", case["unacked_samples"])
+    assert (info.provisioned, info.log_full) == (case["provisioned"], case["log_full"])
+    assert cp.decode_manufacturer_data(b"\xff\xff" + data) == info
+    with pytest.raises(cp.ControlError):
+        cp.decode_manufacturer_data(data[:-1])
+
+
+@pytest.mark.parametrize("case", CONTROL["device_names"], ids=lambda c: c["name"])
+def test_device_name(case):
+    assert fw_cp.device_name(case["device_id"]) == case["name"]
+
+
+def test_device_name_rejects_bad_ids():
+    for bad in ("3f2a0c11d4e59b0", "3f2a0c11d4e59b07a", "3f2a0c11d4e59bzz"):
+        with pytest.raises(ValueError):
+            fw_cp.device_name(bad)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.binary(max_size=40), boot_id=st.integers(0, 0xFFFF))
+def test_parse_request_never_raises_on_random_bytes(data, boot_id):
+    op, status, operand = fw_cp.parse_request(data, CP_KEY, boot_id)
+    assert op == (data[0] if data else 0)
+    assert status in (gw.Status.INVALID_OPERAND, gw.Status.AUTH_FAILED)
+    assert operand is None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(opcode=st.integers(0, 255), operands=st.binary(max_size=12), boot_id=st.integers(0, 0xFFFF))
+def test_parse_request_on_authenticated_random_requests(opcode, operands, boot_id):
+    req = cp.encode_request(CP_KEY, boot_id, opcode, operands)
+    op, status, operand = fw_cp.parse_request(req, CP_KEY, boot_id)
+    assert op == opcode
+    expected_len = {1: 8, 2: 4, 3: 4, 4: 5, 5: 0, 6: 1}.get(opcode)
+    if expected_len is None:
+        assert status == gw.Status.OPCODE_NOT_SUPPORTED
+    elif len(operands) != expected_len:
+        assert status == gw.Status.INVALID_OPERAND
+    elif opcode == 4 and not (
+        1 <= operands[0] <= 6 and 1 <= int.from_bytes(operands[1:], "little") <= 0xFFFF
+    ):
+        assert status == gw.Status.INVALID_OPERAND
+    else:
+        assert status == gw.Status.SUCCESS
+    assert (operand is None) == (status != gw.Status.SUCCESS or opcode == 5)
+    # the tag binds the boot id
+    assert fw_cp.parse_request(req, CP_KEY, boot_id ^ 1)[1] == gw.Status.AUTH_FAILED

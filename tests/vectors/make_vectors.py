@@ -1,0 +1,430 @@
+"""Write the golden vectors tests/vectors/frames.json and control.json (docs/protocol.md).
+
+Every case is specified here by hand: its meaning (samples, operands) AND, for the small
+cases, its record/operand bytes written out literally. A third, deliberately naive
+encoder below (`_records`) checks that the hand-written bytes match the meaning, so a
+mistake in either is caught here and not copied into both codecs. Only the HMAC tags are
+computed. Neither codec is imported.
+
+    .venv/bin/python tests/vectors/make_vectors.py          # rewrite the JSON files
+    .venv/bin/python tests/vectors/make_vectors.py --check  # fail if they are stale
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+K1 = bytes(range(32))  # 000102...1f
+K2 = hashlib.sha256(b"dermtwin test key 2").digest()
+
+
+# fmt: off
+# (the case tables below are laid out by hand, one case per call)
+
+# --- naive helpers (independent of firmware/ and gateway/) ---------------------------------
+
+
+def _tag(key: bytes, msg: bytes) -> bytes:
+    return hmac.new(key, msg, hashlib.sha256).digest()[:8]
+
+
+def _leb(u: int) -> bytes:
+    out = b""
+    while True:
+        if u < 128:
+            return out + bytes([u])
+        out += bytes([128 + u % 128])
+        u //= 128
+
+
+def _zigzag(v: int) -> int:
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
+def _records(base_tick: int, samples: list[tuple[int, int, int]]) -> bytes:
+    out = b""
+    last = base_tick
+    prev = {0: 0, 1: 0, 2: 0, 3: 0}
+    for ch, tick, value in samples:
+        dt = tick - last
+        out += bytes([ch * 64 + min(dt, 63)])
+        if dt >= 63:
+            out += _leb(dt)
+        out += _leb(_zigzag(value - prev[ch]))
+        prev[ch] = value
+        last = tick
+    return out
+
+
+def _hex(s: str) -> bytes:
+    return bytes.fromhex(s.replace(" ", ""))
+
+
+def _frame(key, boot_id, first_seq, base_tick, records: bytes, *, version=1, flags=0) -> bytes:
+    body = struct.pack("<BBHII", version, flags, boot_id, first_seq, base_tick) + records
+    return body + _tag(key, body)
+
+
+# --- frames --------------------------------------------------------------------------------
+
+VALID: list[dict] = []
+INVALID: list[dict] = []
+
+
+def valid(name, description, key, boot_id, first_seq, base_tick, samples, records_hex=None,
+          historical=False, max_frame_bytes=244):
+    records = _records(base_tick, samples)
+    if records_hex is not None:
+        assert records == _hex(records_hex), (name, records.hex(" "), records_hex)
+    frame = _frame(key, boot_id, first_seq, base_tick, records, flags=1 if historical else 0)
+    assert len(frame) <= max_frame_bytes, (name, len(frame))
+    VALID.append({
+        "name": name,
+        "description": description,
+        "key": key.hex(),
+        "boot_id": boot_id,
+        "first_seq": first_seq,
+        "base_tick": base_tick,
+        "historical": historical,
+        "max_frame_bytes": max_frame_bytes,
+        "samples": [[first_seq + i, ch, t, v] for i, (ch, t, v) in enumerate(samples)],
+        "frame": frame.hex(),
+    })
+    return frame
+
+
+def invalid(name, description, key, frame: bytes, error: str):
+    INVALID.append({
+        "name": name, "description": description, "key": key.hex(),
+        "frame": frame.hex(), "error": error,
+    })
+
+
+def frames() -> None:
+    single = valid(
+        "single_sample", "one UV sample (UVI 0.25) at base_tick: the minimal 22-byte frame",
+        K1, 1, 0, 100, [(1, 100, 25)], "40 32")
+    valid("single_temperature", "one skin temperature 33.0 degC (raw 4224), 2-byte varint",
+          K1, 1, 1, 100, [(0, 100, 4224)], "00 80 42")
+    valid(
+        "four_channels_negative_deltas",
+        "all four channels, first of each against 0, then negative deltas; dt 50 and dt 0",
+        K1, 7, 1000, 5000,
+        [(0, 5000, 4224), (1, 5000, 350), (2, 5000, 45000), (3, 5000, 20480),
+         (1, 5050, 340), (0, 5100, 4220), (1, 5100, 300), (2, 5100, 44900), (3, 5100, 20479)],
+        "00 80 42  40 BC 05  80 90 BF 05  C0 80 C0 02  72 13  32 07  40 4F  80 C7 01  C0 01")
+    valid(
+        "dt_escape_and_zero",
+        "record 0 is 3 ticks after base_tick; dt 62 (largest in head), 63 and 200 (escape), "
+        "dt 0, and one hour (36000 ticks, 3-byte dt_ext)",
+        K1, 2, 50, 0,
+        [(1, 3, 0), (1, 65, 0), (1, 128, 1), (1, 328, 1), (0, 328, -100), (0, 36328, -100)],
+        "43 00  7E 00  7F 3F 02  7F C8 01 00  00 C7 01  3F A0 99 02 00")
+    valid(
+        "multibyte_varints",
+        "5-byte value varints (hydration 2^31-1 then 0), temperature extremes, a 5-byte dt_ext "
+        "(2^32-1 ticks), UV and battery maxima",
+        K2, 0xFFFF, 0xFFFFFF00, 0,
+        [(2, 0, 2147483647), (2, 0, 0), (0, 0, -32768), (0, 0, 32767),
+         (3, 4294967295, 65535), (1, 4294967295, 65535)],
+        "80 FE FF FF FF 0F  80 FD FF FF FF 0F  00 FF FF 03  00 FE FF 07  "
+        "FF FF FF FF FF 0F FE FF 07  40 FE FF 07")
+    valid("historical", "HISTORICAL flag set (sent because of REPLAY)", K2, 3, 77, 1234,
+          [(1, 1234, 120), (1, 1284, 118)], "40 F0 01  72 03", historical=True)
+    valid("seq_max", "first_seq 0xFFFFFFFF with one record: the last seq there is", K1, 9,
+          0xFFFFFFFF, 10, [(3, 10, 100)], "C0 C8 01")
+
+    # A full 244-byte frame at the default rates (UV every 5 s, temperature every 10 s,
+    # hydration every 60 s, battery every 300 s), slow-changing values; records are added
+    # until the frame is exactly 244 bytes (the last record's value is chosen to fill it).
+    base = 864000  # one day after boot
+    stream = []
+    temp, uv, hyd, bat = 4224, 350, 45000, 20480
+    for s in range(0, 10_000, 5):
+        t = base + s * 10
+        if s % 300 == 0:
+            bat -= 3
+            stream.append((3, t, bat))
+        if s % 60 == 0:
+            hyd += (s // 60) % 3 - 1
+            stream.append((2, t, hyd))
+        if s % 10 == 0:
+            temp += (s // 10) % 5 - 2
+            stream.append((0, t, temp))
+        uv += (s // 5) % 7 - 3
+        stream.append((1, t, uv))
+    room = 244 - 20
+    chosen = []
+    for smp in stream:
+        if len(_records(base, chosen + [smp])) > room:
+            break
+        chosen.append(smp)
+    gap = room - len(_records(base, chosen))
+    # widen the last UV record's delta until the records fill the frame exactly
+    ch, t, v = chosen[-1]
+    assert ch == 1
+    prev_uv = [x[2] for x in chosen[:-1] if x[0] == 1][-1]
+    for delta in range(0, 40000):
+        trial = chosen[:-1] + [(1, t, prev_uv + delta)]
+        if len(_records(base, trial)) == room:
+            chosen = trial
+            break
+    else:
+        raise AssertionError(f"cannot fill the gap of {gap}")
+    full = valid(
+        "full_244",
+        "a full 244-byte frame (MTU 247) at default rates; the last UV value is chosen so the "
+        "records fill it exactly; any further sample does not fit",
+        K2, 300, 123456, base, chosen)
+    assert len(full) == 244, len(full)
+
+    # --- invalid: each has a valid tag unless the tag is the point ---
+    invalid("empty", "zero bytes", K1, b"", "TRUNCATED")
+    invalid("truncated_21", "single_sample minus its last byte (21 bytes)", K1, single[:-1],
+            "TRUNCATED")
+    invalid("bad_version_2", "version 2, tag valid", K1,
+            _frame(K1, 1, 0, 100, _hex("40 32"), version=2), "BAD_VERSION")
+    invalid("bad_version_0", "version 0, tag valid", K1,
+            _frame(K1, 1, 0, 100, _hex("40 32"), version=0), "BAD_VERSION")
+    invalid("bad_version_before_tag", "version 2 and a wrong tag: version is checked first", K1,
+            _frame(K2, 1, 0, 100, _hex("40 32"), version=2), "BAD_VERSION")
+    invalid("reserved_flag", "flags 0x02 (reserved), tag valid", K1,
+            _frame(K1, 1, 0, 100, _hex("40 32"), flags=0x02), "RESERVED_FLAGS")
+    invalid("reserved_flag_high", "flags 0x81 (HISTORICAL + reserved bit 7), tag valid", K1,
+            _frame(K1, 1, 0, 100, _hex("40 32"), flags=0x81), "RESERVED_FLAGS")
+    invalid("bad_tag_flipped", "single_sample with the last tag bit flipped", K1,
+            single[:-1] + bytes([single[-1] ^ 0x01]), "BAD_TAG")
+    invalid("bad_tag_wrong_key", "single_sample tagged with another device's key", K2, single,
+            "BAD_TAG")
+    invalid("bad_tag_body_changed", "single_sample with its value byte changed after tagging",
+            K1, single[:13] + b"\x34" + single[14:], "BAD_TAG")
+    invalid("truncated_record_head_only", "last record is a head with no value", K1,
+            _frame(K1, 1, 0, 100, _hex("40 32 40")), "TRUNCATED_RECORD")
+    invalid("truncated_record_varint", "last value varint has its continuation bit set at the tag",
+            K1, _frame(K1, 1, 0, 100, _hex("40 32 40 80")), "TRUNCATED_RECORD")
+    invalid("truncated_record_dt_ext", "dt escape with nothing after the head", K1,
+            _frame(K1, 1, 0, 100, _hex("40 32 7F")), "TRUNCATED_RECORD")
+    invalid("truncated_record_before_too_long",
+            "record 0 has a 6-byte varint and the last record is cut: TRUNCATED_RECORD comes "
+            "first in the table", K1,
+            _frame(K1, 1, 0, 100, _hex("40 80 80 80 80 80 00 40")), "TRUNCATED_RECORD")
+    invalid("varint_too_long_value", "a 6-byte value varint (of 0)", K1,
+            _frame(K1, 1, 0, 100, _hex("40 80 80 80 80 80 00")), "VARINT_TOO_LONG")
+    invalid("varint_too_long_dt_ext", "a 6-byte dt_ext varint", K1,
+            _frame(K1, 1, 0, 100, _hex("7F 80 80 80 80 80 01 00")), "VARINT_TOO_LONG")
+    invalid("varint_too_long_before_bad_value",
+            "record 0 is out of range (UV -1) and record 1 has a 6-byte varint", K1,
+            _frame(K1, 1, 0, 100, _hex("40 01 40 80 80 80 80 80 00")), "VARINT_TOO_LONG")
+    invalid("bad_value_temperature", "temperature 32768 (out of int16)", K1,
+            _frame(K1, 1, 0, 100, _hex("00 80 80 04")), "BAD_VALUE")
+    invalid("bad_value_temperature_delta", "temperature 32767 then +1", K1,
+            _frame(K1, 1, 0, 100, _hex("00 FE FF 03 00 02")), "BAD_VALUE")
+    invalid("bad_value_uv_negative", "UV index -1", K1,
+            _frame(K1, 1, 0, 100, _hex("40 01")), "BAD_VALUE")
+    invalid("bad_value_hydration_2p31", "hydration 2^31 (zigzag 2^32, a 5-byte varint)", K1,
+            _frame(K1, 1, 0, 100, _hex("80 80 80 80 80 10")), "BAD_VALUE")
+    invalid("bad_value_battery", "battery 65536", K1,
+            _frame(K1, 1, 0, 100, _hex("C0 80 80 08")), "BAD_VALUE")
+    invalid("bad_value_tick_overflow", "base_tick 0xFFFFFFF0 + dt 16: a tick beyond u32", K1,
+            _frame(K1, 1, 0, 0xFFFFFFF0, _hex("40 32 50 00")), "BAD_VALUE")
+    invalid("seq_overflow", "first_seq 0xFFFFFFFF with two records", K1,
+            _frame(K1, 1, 0xFFFFFFFF, 100, _hex("40 32 40 00")), "SEQ_OVERFLOW")
+    invalid("seq_overflow_far", "first_seq 0xFFFFFFF0 with 17 records", K1,
+            _frame(K1, 1, 0xFFFFFFF0, 100, _hex("40 00" * 17)), "SEQ_OVERFLOW")
+    invalid("bad_value_before_seq_overflow", "seq overflows and a value is out of range", K1,
+            _frame(K1, 1, 0xFFFFFFFF, 100, _hex("40 32 40 01 40 81 80 08")), "BAD_VALUE")
+
+
+# --- control -------------------------------------------------------------------------------
+
+CP_KEY = K1
+CP_BOOT = 0x1234
+
+
+def _request(opcode: int, operands: bytes, *, key=CP_KEY, boot_id=CP_BOOT) -> bytes:
+    body = bytes([opcode]) + operands
+    return body + _tag(key, b"dtcp" + struct.pack("<H", boot_id) + body)
+
+
+def control() -> dict:
+    requests = []
+
+    def req(name, description, data: bytes, opcode, status, operand, operands_hex=None):
+        if operands_hex is not None:
+            assert data[1:-8] == _hex(operands_hex), (name, data[1:-8].hex(" "))
+        requests.append({
+            "name": name, "description": description, "request": data.hex(),
+            "opcode": opcode, "status": status, "operand": operand,
+        })
+
+    utc = 1764201600000  # 2025-11-27T00:00:00Z
+    req("set_time", "SET_TIME utc_ms 1764201600000 (2025-11-27T00:00Z)",
+        _request(1, struct.pack("<Q", utc)), 1, 0, utc, "00 14 9C C2 9A 01 00 00")
+    req("ack", "ACK seq 123456", _request(2, struct.pack("<I", 123456)), 2, 0, 123456,
+        "40 E2 01 00")
+    req("replay", "REPLAY from_seq 0", _request(3, b"\0\0\0\0"), 3, 0, 0, "00 00 00 00")
+    req("replay_max", "REPLAY from_seq 0xFFFFFFFF", _request(3, b"\xff" * 4), 3, 0, 0xFFFFFFFF)
+    req("set_config", "SET_CONFIG key 2 (UV period) = 5 s",
+        _request(4, struct.pack("<BI", 2, 5)), 4, 0, [2, 5], "02 05 00 00 00")
+    req("set_config_max", "SET_CONFIG key 6 (flush interval) = 65535 s",
+        _request(4, struct.pack("<BI", 6, 65535)), 4, 0, [6, 65535], "06 FF FF 00 00")
+    req("get_status", "GET_STATUS", _request(5, b""), 5, 0, None, "")
+    req("identify", "IDENTIFY 3 s", _request(6, b"\x03"), 6, 0, 3, "03")
+
+    good_ack = _request(2, struct.pack("<I", 123456))
+    req("bad_tag", "ACK with the last tag bit flipped", good_ack[:-1] + bytes([good_ack[-1] ^ 1]),
+        2, 6, None)
+    req("wrong_boot_id", "ACK tagged for boot_id 0x1233 (replayed from the previous boot)",
+        _request(2, struct.pack("<I", 123456), boot_id=0x1233), 2, 6, None)
+    req("wrong_key", "ACK tagged with another key", _request(2, b"\0\0\0\0", key=K2), 2, 6, None)
+    req("bad_tag_unknown_opcode", "unknown opcode 0x07 and a bad tag: the tag is checked first",
+        _request(7, b"", key=K2), 7, 6, None)
+    req("unknown_opcode", "opcode 0x07, tag valid", _request(7, b""), 7, 1, None)
+    req("opcode_zero", "opcode 0x00, tag valid", _request(0, b""), 0, 1, None)
+    req("response_opcode", "opcode 0x80 written to the Control Point, tag valid",
+        _request(0x80, b"\0\0\0"), 0x80, 1, None)
+    req("ack_short", "ACK with a 3-byte operand, tag valid", _request(2, b"\1\2\3"), 2, 2, None)
+    req("set_time_long", "SET_TIME with a 9-byte operand, tag valid", _request(1, bytes(9)),
+        1, 2, None)
+    req("get_status_operand", "GET_STATUS with a 1-byte operand, tag valid",
+        _request(5, b"\0"), 5, 2, None)
+    req("identify_empty", "IDENTIFY with no operand, tag valid", _request(6, b""), 6, 2, None)
+    req("set_config_unknown_key", "SET_CONFIG key 7, tag valid",
+        _request(4, struct.pack("<BI", 7, 10)), 4, 2, None)
+    req("set_config_key_zero", "SET_CONFIG key 0, tag valid",
+        _request(4, struct.pack("<BI", 0, 10)), 4, 2, None)
+    req("set_config_zero", "SET_CONFIG key 1 = 0 s, tag valid",
+        _request(4, struct.pack("<BI", 1, 0)), 4, 2, None)
+    req("set_config_too_big", "SET_CONFIG key 1 = 65536 s (not a u16 period), tag valid",
+        _request(4, struct.pack("<BI", 1, 65536)), 4, 2, None)
+    req("too_short", "5 bytes: no room for opcode + tag", good_ack[:5], 2, 2, None)
+    req("tag_only_length", "8 bytes: a tag without its opcode", good_ack[-8:], good_ack[-8], 2,
+        None)
+    req("empty", "empty write", b"", 0, 2, None)
+
+    status_rec = _hex("01 010203 3412 E8030000 D2040000 407E0500 1200 0A00 0500 0100 3C00 2C01 57")
+    assert status_rec == struct.pack("<BBBBHIIIHHHHHHB", 1, 1, 2, 3, 0x1234, 1000, 1234, 360000,
+                                     0x12, 10, 5, 1, 60, 300, 87)
+    status = {
+        "name": "status", "record": status_rec.hex(),
+        "fw": [1, 2, 3], "boot_id": 0x1234, "oldest_seq": 1000, "next_seq": 1234,
+        "tick": 360000, "error_flags": 0x12, "periods": [10, 5, 1, 60, 300], "battery_pct": 87,
+        "description": "fw 1.2.3, 234 unacked samples, clock not set + UV sensor fault, "
+                       "default periods with UV fast 1 s, battery 87 %",
+    }
+
+    responses = []
+
+    def resp(name, description, hex_, opcode, status_, payload_hex, result=None):
+        data = _hex(hex_)
+        assert data[:3] == bytes([0x80, opcode, status_]) and data[3:] == _hex(payload_hex)
+        responses.append({
+            "name": name, "description": description, "response": data.hex(),
+            "opcode": opcode, "status": status_, "payload": _hex(payload_hex).hex(),
+            "result": result,
+        })
+
+    resp("set_time_ok", "SET_TIME success: boot 0x1234, tick 360000", "80 01 00 3412 407E0500", 1, 0, "3412 407E0500",
+         {"boot_id": 0x1234, "tick": 360000})
+    resp("ack_ok", "ACK success", "80 02 00", 2, 0, "")
+    resp("replay_ok", "REPLAY success: oldest 1000, next 1234", "80 03 00 E8030000 D2040000",
+         3, 0, "E8030000 D2040000", {"oldest_seq": 1000, "next_seq": 1234})
+    resp("set_config_invalid", "SET_CONFIG answered INVALID_OPERAND", "80 04 02", 4, 2, "")
+    resp("get_status_ok", "GET_STATUS success with the status record", "80 05 00 " +
+         status_rec.hex(), 5, 0, status_rec.hex())
+    resp("identify_ok", "IDENTIFY success", "80 06 00", 6, 0, "")
+    resp("ack_auth_failed", "ACK answered AUTH_FAILED", "80 02 06", 2, 6, "")
+    resp("unknown_opcode", "opcode 0x07 answered OPCODE_NOT_SUPPORTED (gateway: ControlError, "
+         "it never sends 0x07)", "80 07 01", 7, 1, "")
+    resp("busy", "REPLAY answered BUSY", "80 03 05", 3, 5, "")
+
+    bad_responses = [
+        {"name": "short", "response": "8001", "why": "fewer than 3 bytes"},
+        {"name": "not_response", "response": "010100", "why": "first byte is not 0x80"},
+        {"name": "unknown_status", "response": "800207", "why": "status 0x07 is undefined"},
+        {"name": "set_time_short_payload", "response": "8001003412", "why": "payload 2 != 6"},
+        {"name": "ack_with_payload", "response": "80020000", "why": "ACK success has no payload"},
+        {"name": "error_with_payload", "response": "80030501", "why": "BUSY carries no payload"},
+    ]
+
+    manufacturer = [
+        {"name": "provisioned", "fw": [1, 2, 3], "battery_pct": 87, "unacked_samples": 234,
+         "provisioned": True, "log_full": False, "data": "01020357ea0001"},
+        {"name": "saturated_log_full", "fw": [0, 9, 255], "battery_pct": 5,
+         "unacked_samples": 70000, "provisioned": True, "log_full": True,
+         "data": "0009ff05ffff03", "unacked_advertised": 65535},
+        {"name": "unprovisioned", "fw": [1, 0, 0], "battery_pct": 100, "unacked_samples": 0,
+         "provisioned": False, "log_full": False, "data": "01000064000000"},
+    ]
+    names = [
+        {"device_id": "3f2a0c11d4e59b07", "name": "DT-9B07"},
+        {"device_id": "0000000000000000", "name": "DT-0000"},
+        {"device_id": "ffffffffffffabcd", "name": "DT-ABCD"},
+    ]
+    return {
+        "description": "Control Point, Status and advertising vectors (docs/protocol.md §2, §5, §6). "
+                       "Requests use key and boot_id below; 'status' is what the patch answers, "
+                       "'operand' what it decodes on SUCCESS.",
+        "key": CP_KEY.hex(),
+        "boot_id": CP_BOOT,
+        "requests": requests,
+        "responses": responses,
+        "bad_responses": bad_responses,
+        "status": status,
+        "manufacturer_data": manufacturer,
+        "device_names": names,
+    }
+
+
+# fmt: on
+
+
+def build() -> dict[str, str]:
+    VALID.clear()
+    INVALID.clear()
+    frames()
+    frames_doc = {
+        "description": "Sample frame vectors (docs/protocol.md §4). Valid: encoder inputs "
+        "(start + samples as [seq, channel, tick, value]) and the exact frame. "
+        "Invalid: the frame and the decoder's error code under 'key'.",
+        "valid": VALID,
+        "invalid": INVALID,
+    }
+    return {"frames.json": _dump(frames_doc) + "\n", "control.json": _dump(control()) + "\n"}
+
+
+def _dump(obj, level: int = 0) -> str:
+    """Stable pretty JSON with lists of scalars (a sample, a version) kept on one line."""
+    pad = "  " * (level + 1)
+    if isinstance(obj, dict):
+        items = [f"{pad}{json.dumps(k)}: {_dump(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * level + "}"
+    if isinstance(obj, list) and any(isinstance(x, dict | list) for x in obj):
+        items = [pad + _dump(x, level + 1) for x in obj]
+        return "[\n" + ",\n".join(items) + "\n" + "  " * level + "]"
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def main(argv: list[str]) -> int:
+    outputs = build()
+    if "--check" in argv:
+        stale = [n for n, text in outputs.items() if (HERE / n).read_text() != text]
+        if stale:
+            print("stale:", ", ".join(stale), "- run tests/vectors/make_vectors.py")
+            return 1
+        return 0
+    for name, text in outputs.items():
+        (HERE / name).write_text(text)
+        print(f"wrote {HERE / name} ({len(text)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
