@@ -27,17 +27,24 @@ class Patch:
         self.sampler = Sampler(self.log, self.clock, self.config, self.boot_state,
                                self.link.on_sample)
         self.link.sampler = self.sampler
+        self.sampling_tasks = []
 
     async def run(self):
         i2c = self.board.make_i2c()
-        tasks = [asyncio.create_task(self.link.serve_forever())]
+        link_task = asyncio.create_task(self.link.serve_forever())
         try:
             skin_temperature = TMP117(i2c)
-            tasks.append(asyncio.create_task(self.sampler.run_skin_temperature(skin_temperature)))
+            self.sampling_tasks.append(
+                asyncio.create_task(self.sampler.run_skin_temperature(skin_temperature)))
         except OSError as e:
             print("skin temperature sensor unavailable:", e)
             self.sampler.error_flags |= ids.ERR_TEMP_SENSOR
-        await asyncio.gather(*tasks)
+        await link_task
+
+    def stop_sampling(self):
+        for task in self.sampling_tasks:
+            task.cancel()
+        self.sampling_tasks = []
 
 
 async def run(board):

@@ -4,6 +4,7 @@ gateway.session.PatchSession. Everything the session decides happens here, in or
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import deque
@@ -29,10 +30,21 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 SESSION_TICK_S = 1.0
 BLE_ERRORS = (BleakError, TimeoutError, EOFError, ConnectionError, OSError)
+REFUSAL_PREFIXES = ("MTU ", "identity mismatch", "unreadable status", "patch answered")
 
 
 def utc_now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class Outcome(enum.Enum):
+    """How a connection attempt ended; the connection manager's retry policy keys on it."""
+
+    STREAMED = "streamed"              # the session delivered frames, then the link ended
+    LINK_LOST = "link lost"            # transient: the patch is near, try again soon
+    CONNECT_FAILED = "connect failed"  # device gone or out of range
+    REFUSED = "refused"                # wrong key, identity or MTU: needs a technician
+    STORE_FAILED = "store failed"      # our disk: wait for it, the patch keeps the samples
 
 
 class PatchLink:
@@ -50,6 +62,7 @@ class PatchLink:
         self.connects = 0
         self.last_close_reason: str | None = None
         self.frames_rejected_total = 0
+        self.auth_failures = 0
 
     # called by the ingest pipeline after a commit
     def on_committed(self, up_to_seq: int) -> None:
@@ -58,7 +71,7 @@ class PatchLink:
     def on_commit_failed(self, reason: str) -> None:
         self.events.put_nowait(("commit_failed", reason))
 
-    async def run(self, ble_device: Any) -> str:
+    async def run(self, ble_device: Any) -> Outcome:
         self.events = asyncio.Queue()
         events = self.events
         client = self.radio.client(
@@ -67,30 +80,45 @@ class PatchLink:
             await client.connect(timeout=CONNECT_TIMEOUT_S)
         except BLE_ERRORS as e:
             self.last_close_reason = f"connect failed: {e}"
-            return self.last_close_reason
+            return Outcome.CONNECT_FAILED
         self.connects += 1
         session = PatchSession(self.device.device_id, self.device.key,
                                self.committed_seq(self.device.device_id))
         self.session = session
         try:
             await self._execute(client, session, session.start(client.mtu_size, utc_now_ms()))
+            next_tick = time.monotonic() + SESSION_TICK_S
             while session.state is not State.CLOSED:
                 try:
                     event = await asyncio.wait_for(events.get(), SESSION_TICK_S)
+                    await self._execute(client, session, self._dispatch(session, event))
                 except TimeoutError:
+                    pass
+                if time.monotonic() >= next_tick:   # timeouts run even while events flow
+                    next_tick = time.monotonic() + SESSION_TICK_S
                     await self._execute(client, session, session.tick(utc_now_ms()))
-                    continue
-                await self._execute(client, session, self._dispatch(session, event))
         except BLE_ERRORS as e:
             session.disconnected(f"BLE error: {e}")
         finally:
             self.last_close_reason = session.close_reason
+            if session.close_reason and "AUTH_FAILED" in session.close_reason:
+                self.auth_failures += 1
+                log.error("%s: patch refused our key (AUTH_FAILED); check its registry entry",
+                          self.device.device_id)
             if client.is_connected:
                 try:
                     await client.disconnect()
                 except BLE_ERRORS:
                     pass
-        return self.last_close_reason or "closed"
+        return self._outcome(session)
+
+    def _outcome(self, session: PatchSession) -> Outcome:
+        reason = session.close_reason or ""
+        if reason.startswith("store refused"):
+            return Outcome.STORE_FAILED
+        if reason.startswith(REFUSAL_PREFIXES) or "AUTH_FAILED" in reason:
+            return Outcome.REFUSED
+        return Outcome.STREAMED if session.stats.frames_ok else Outcome.LINK_LOST
 
     def _dispatch(self, session: PatchSession, event: tuple) -> list:
         kind, now = event[0], utc_now_ms()

@@ -22,14 +22,17 @@ from gateway.ingest import Ingest, encode
 from gateway.mqtt.config import MqttConfig
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
-from gateway.patch_link import PatchLink
+from gateway.patch_link import Outcome, PatchLink
 from gateway.twin import CHANNEL_SCALE, TwinEngine
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 5
-BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
+# Retry policy per outcome (seconds before the next attempt; jittered by x0.5..1).
+RETRY_AFTER_LINK_LOSS_S = 0.5      # the patch was just there: come back quickly
+RETRY_CONNECT_FAILED_S = (1.0, 30.0)  # exponential: device out of range or gone
+RETRY_REFUSED_S = 60.0             # wrong key/identity/MTU: a technician must act
+RETRY_STORE_FAILED_S = 10.0        # our disk is full: the patch keeps its samples
 MANAGER_POLL_S = 0.5
 META_EXPIRY_S = 30 * 24 * 3600
 MODELS_USED = ("temp_anomaly",)
@@ -122,20 +125,37 @@ class Gateway:
 
     async def _serve(self, device_id: str, slot: LinkSlot) -> None:
         async with self._slots_free:
-            reason = await slot.link.run(slot.sighting)
-        session = slot.link.session
-        streamed = session is not None and session.stats.frames_ok > 0
-        slot.failures = 0 if streamed else slot.failures + 1
-        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(slot.failures, 6))
+            outcome = await slot.link.run(slot.sighting)
+        delay = self._retry_delay_s(slot, outcome)
         slot.next_attempt_s = time.monotonic() + delay * random.uniform(0.5, 1.0)
         slot.sighting = None   # connect again only to a fresh advertisement
-        log.info("%s: session ended (%s); next attempt in %.1f s", device_id, reason, delay)
+        log.info("%s: %s (%s); next attempt in %.1f s", device_id, outcome.value,
+                 slot.link.last_close_reason, delay)
+
+    @staticmethod
+    def _retry_delay_s(slot: LinkSlot, outcome: Outcome) -> float:
+        if outcome is Outcome.CONNECT_FAILED:
+            slot.failures += 1
+            low, high = RETRY_CONNECT_FAILED_S
+            return min(high, low * 2 ** min(slot.failures - 1, 8))
+        slot.failures = 0
+        if outcome is Outcome.REFUSED:
+            return RETRY_REFUSED_S
+        if outcome is Outcome.STORE_FAILED:
+            return RETRY_STORE_FAILED_S
+        return RETRY_AFTER_LINK_LOSS_S
 
     async def _manage_connections(self) -> None:
         while True:
             now = time.monotonic()
             for device_id, slot in self.slots.items():
                 busy = slot.task is not None and not slot.task.done()
+                if slot.task is not None and slot.task.done() and not slot.task.cancelled():
+                    error = slot.task.exception()
+                    if error is not None:   # a bug, not a BLE condition: say so, keep going
+                        log.error("%s: connection task failed: %r", device_id, error)
+                        slot.next_attempt_s = now + RETRY_STORE_FAILED_S
+                    slot.task = None
                 if not busy and slot.sighting is not None and now >= slot.next_attempt_s:
                     slot.task = asyncio.create_task(self._serve(device_id, slot))
             try:

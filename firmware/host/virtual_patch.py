@@ -100,6 +100,19 @@ class VirtualPatch:
         self.patch = context.run(app.Patch, board)
         self.task = asyncio.create_task(self.patch.run(), context=context)
 
+    def preload_backlog(self, count: int, channel: int = 0, value: int = 4300) -> None:
+        """Samples taken while no gateway was in range (a backlog for the next connection)."""
+        log = self.patch.log
+        # Ticks only grow: spread the backlog between the last sample and now.
+        start = log.tick(log.next_seq - 1) if log.next_seq > log.oldest_seq else 0
+        span = self.patch.clock.now() - start
+        for i in range(count):
+            log.append(channel, start + span * i // count, value + i % 64)
+        self.patch.boot_state.reserve(log.next_seq)
+
+    def stop_sampling(self) -> None:
+        self.patch.stop_sampling()
+
     @property
     def samples_taken(self) -> int:
         log = self.patch.log if self.patch else None

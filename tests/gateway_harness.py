@@ -1,0 +1,96 @@
+"""An in-process rig for gateway tests: a private mosquitto, a Bumble virtual radio,
+virtual patches running the firmware source, and a Gateway on its own adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from firmware.host.virtual_patch import VirtualPatch
+from gateway import store as store_mod
+from gateway.ble.radio import BleRadio
+from gateway.ble.virtual_radio import VirtualRadio
+from gateway.demo import demo_identity
+from gateway.inference import default_models_dir
+from gateway.mqtt.broker import LocalBroker
+from gateway.mqtt.config import MqttConfig
+from gateway.service import Gateway, GatewayConfig
+
+FAST_PATCH_CONFIG = {1: 1, 6: 1}   # skin temperature every 1 s, flush frames every 1 s
+
+
+async def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class GatewayRig:
+    def __init__(self, tmp_path: Path, patches: int = 1, *, max_connections: int = 5,
+                 patch_config: dict | None = None, registry_keys: dict[int, bytes] | None = None,
+                 seed: int = 1):
+        self.tmp_path = tmp_path
+        self.n_patches = patches
+        self.max_connections = max_connections
+        self.patch_config = patch_config or FAST_PATCH_CONFIG
+        self.registry_keys = registry_keys or {}
+        self.seed = seed
+        self.db_path = tmp_path / "gateway.sqlite3"
+        self.patches: list[VirtualPatch] = []
+        self.gateway: Gateway | None = None
+        self._stop = asyncio.Event()
+        self._run: asyncio.Task | None = None
+
+    async def __aenter__(self) -> GatewayRig:
+        self.broker = LocalBroker(data_dir=self.tmp_path / "mosquitto")
+        await self.broker.start()
+        self.radio = VirtualRadio(seed=self.seed)
+        secret = os.urandom(32)
+        self.identities = [demo_identity(i, secret) for i in range(self.n_patches)]
+        registry = store_mod.Store(store_mod.connect(self.db_path))
+        with registry.transaction():
+            for i, (device_id, key, subject) in enumerate(self.identities):
+                registry.register(store_mod.RegisteredDevice(
+                    device_id, self.registry_keys.get(i, key), subject, 3, None), 0)
+        registry.conn.close()
+        for i, (device_id, key, _) in enumerate(self.identities):
+            patch = VirtualPatch(self.radio, device_id, key, self.tmp_path / f"patch-{i}",
+                                 seed=i + 1, config_overrides=self.patch_config,
+                                 log_capacity=20_000)
+            await patch.start()
+            self.patches.append(patch)
+        return self
+
+    async def start_gateway(self) -> Gateway:
+        mqtt = MqttConfig.from_url(self.broker.url, gateway_id="rig")
+        self.gateway = Gateway(
+            GatewayConfig(self.db_path, mqtt, default_models_dir(),
+                          max_connections=self.max_connections),
+            BleRadio(await self.radio.new_adapter()))
+        self._stop = asyncio.Event()
+        self._run = asyncio.create_task(self.gateway.run(self._stop))
+        return self.gateway
+
+    async def stop_gateway(self) -> None:
+        if self._run is not None:
+            self._stop.set()
+            await self._run
+            self._run = None
+            self.gateway.close()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop_gateway()
+        for patch in self.patches:
+            await patch.stop()
+        await self.radio.close()
+        await self.broker.stop()
+
+    def link(self, index: int):
+        return self.gateway.slots[self.identities[index][0]].link
+
+    def connected(self, index: int) -> bool:
+        return bool(self.patches[index].bumble_device.connections)
