@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-connections", type=_positive_int, default=5)
     run.add_argument("--models-dir", type=Path)
 
+    sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
+                                          "for a gateway in another process")
+    sim.add_argument("--patches", type=_positive_int, default=3)
+    sim.add_argument("--hci-port", type=int, default=0, help="TCP port (default: a free one)")
+    sim.add_argument("--workdir", type=Path, default=Path("var/simulator"),
+                     help="registry.json, patches.json and patch flash images (var/simulator)")
+    sim.add_argument("--backlog", type=int, default=0,
+                     help="samples each patch holds at start, as if back from out of range")
+    sim.add_argument("--fast", action="store_true",
+                     help="sample skin temperature every 1 s and flush frames every 1 s")
+    sim.add_argument("--pair-db", type=Path, metavar="DB",
+                     help="also register the patches in this gateway database")
+
     devices = sub.add_parser("devices", help="list paired patches")
     devices.add_argument("--db", type=Path, default=DEFAULT_DB)
     devices.add_argument("--json", action="store_true")
@@ -100,6 +113,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"revs {summary['last_rev']}")
     if args.summary:
         print(f"summary written to {args.summary}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.simulator import run_simulator
+
+    if args.backlog < 0:
+        raise CliError(f"--backlog {args.backlog}: must not be negative")
+    asyncio.run(run_simulator(args.patches, args.workdir, hci_port=args.hci_port,
+                              patch_config={1: 1, 6: 1} if args.fast else None,
+                              backlog=args.backlog, pair_db=args.pair_db))
     return 0
 
 
@@ -192,7 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "devices": cmd_devices, "pair": cmd_pair,
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair}
 
 

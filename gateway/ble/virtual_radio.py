@@ -55,6 +55,17 @@ class VirtualController(Controller):
       Complete event the spec requires, so a connect attempt can time out cleanly.
     """
 
+    def on_hci_reset_command(self, command: Any) -> Any:
+        # Core spec Vol 4, Part E, 7.3.2: Reset ends every connection. A host that died
+        # left its links up; its successor's Reset must drop them so the patches see the
+        # disconnection and advertise again.
+        for connection in list(self.le_connections.values()):
+            if self.link:
+                connection.send_ll_control_pdu(
+                    ll.TerminateInd(hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR))
+            del self.le_connections[connection.peer_address]
+        return super().on_hci_reset_command(command)
+
     # LE Data Length Extension (Core 4.2+): one 251-byte LL payload carries a full
     # ATT_MTU 247 notification, as on the ESP32, Pico W and Pi controllers.
     le_acl_data_packet_length: int = 251
@@ -196,6 +207,61 @@ class VirtualController(Controller):
             )
 
 
+class _HostSink:
+    """Controller → host bytes go to whichever TCP client is attached now."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+
+    def on_packet(self, packet: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(packet)
+
+
+class HciTcpServer:
+    """One virtual controller offered to a host process over TCP, like a UART dongle.
+
+    Each client gets a fresh HCI packet parser, so a host killed in the middle of a packet
+    cannot garble the next one's stream, and a client that goes away is treated like a
+    host that died: the next host's HCI Reset drops the links it left behind.
+    """
+
+    def __init__(self, controller: VirtualController) -> None:
+        self.controller = controller
+        self.sink = _HostSink()
+        controller.host = self.sink
+        self.server: asyncio.base_events.Server | None = None
+        self.clients = 0
+
+    async def start(self, host: str, port: int) -> int:
+        from bumble.transport.common import StreamPacketSource
+
+        server_self = self
+
+        class Protocol(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+                self.source = StreamPacketSource()
+                self.source.set_packet_sink(server_self.controller)
+                server_self.sink.transport = transport  # type: ignore[assignment]
+                server_self.clients += 1
+
+            def data_received(self, data: bytes) -> None:
+                self.source.data_received(data)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if server_self.sink.transport is self.transport:
+                    server_self.sink.transport = None
+
+        self.server = await asyncio.get_running_loop().create_server(Protocol, host, port)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
 class VirtualRadio:
     """One shared in-process BLE link plus the virtual devices attached to it."""
 
@@ -205,6 +271,7 @@ class VirtualRadio:
         self._devices: list[Device] = []
         self._controllers: list[Controller] = []
         self._transports: list[Any] = []
+        self._hci_servers: list[HciTcpServer] = []
         self._adapters: list[BumbleAdapter] = []
         self._used_addresses: set[str] = set()
 
@@ -261,6 +328,17 @@ class VirtualRadio:
         self._controllers.append(controller)
         return controller
 
+    async def serve_hci_tcp(self, port: int = 0, host: str = "127.0.0.1",
+                            name: str = "ctrl-hci") -> int:
+        """Offer one more controller to a host in another process over TCP (one host at a
+        time; a new one may attach after the previous one died). Returns the port."""
+        controller = VirtualController(name, link=self.link)
+        server = HciTcpServer(controller)
+        bound = await server.start(host, port)
+        self._controllers.append(controller)
+        self._hci_servers.append(server)
+        return bound
+
     async def drop_link(self, address: str, reason: int = LINK_LOST_REASON) -> int:
         """Drop every connection of the device with `address`, or to a peer with it.
 
@@ -288,6 +366,8 @@ class VirtualRadio:
         return dropped
 
     async def close(self) -> None:
+        for server in self._hci_servers:
+            await server.close()
         for adapter in self._adapters:
             await adapter.close()
         for device in self._devices:

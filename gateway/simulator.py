@@ -1,0 +1,88 @@
+"""`dermtwin simulate`: virtual patches on a software radio, offered to a gateway in another
+process over an HCI-over-TCP controller, as a USB/UART dongle would be.
+
+The gateway runs `dermtwin run --hci tcp-client:127.0.0.1:PORT`, so it can be stopped,
+killed and restarted while the patches live on. The simulator writes `registry.json` (what a
+technician's provisioning produced: device ids, keys, subjects) and refreshes `patches.json`
+(each patch's log state) in its work directory. SIGUSR1 stops sampling (the patches keep
+their logs and keep serving); SIGINT/SIGTERM exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from gateway import store as store_mod
+from gateway.demo import demo_identity
+
+STATUS_INTERVAL_S = 0.25
+
+
+def _write_json(path: Path, payload: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def patch_status(patches) -> dict:
+    return {p.device_id_hex: {"name": p.name, "first_seq": p.patch.boot_state.first_seq,
+                              "oldest_seq": p.patch.log.oldest_seq,
+                              "next_seq": p.patch.log.next_seq, "unacked": p.unacked,
+                              "connected": bool(p.bumble_device.connections),
+                              "sampling": bool(p.patch.sampling_tasks)}
+            for p in patches}
+
+
+async def run_simulator(patches: int, workdir: Path, *, hci_port: int = 0,
+                        patch_config: dict | None = None, backlog: int = 0,
+                        pair_db: Path | None = None, seed: int = 1) -> None:
+    from firmware.host.virtual_patch import VirtualPatch
+    from gateway.ble.virtual_radio import VirtualRadio
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    radio = VirtualRadio(seed=seed)
+    secret = os.urandom(32)
+    identities = [demo_identity(i, secret) for i in range(patches)]
+    _write_json(workdir / "registry.json", [
+        {"device_id": d, "key": k.hex(), "subject": s} for d, k, s in identities])
+    if pair_db is not None:
+        registry = store_mod.Store(store_mod.connect(pair_db))
+        with registry.transaction():
+            for device_id, key, subject in identities:
+                registry.register(store_mod.RegisteredDevice(device_id, key, subject, 3, None),
+                                  int(time.time() * 1000))
+        registry.conn.close()
+    virtual = [VirtualPatch(radio, d, k, workdir / f"patch-{i}", seed=i + 1,
+                            config_overrides=patch_config, log_capacity=max(20_000, 2 * backlog))
+               for i, (d, k, _) in enumerate(identities)]
+    for patch in virtual:
+        await patch.start()
+        if backlog:
+            patch.preload_backlog(backlog)
+    port = await radio.serve_hci_tcp(hci_port)
+    print(f"simulating {patches} patches; gateway: dermtwin run --hci tcp-client:127.0.0.1:{port}",
+          flush=True)
+    _write_json(workdir / "hci.json", {"port": port})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: [p.stop_sampling() for p in virtual])
+    try:
+        while not stop.is_set():
+            _write_json(workdir / "patches.json", patch_status(virtual))
+            try:
+                await asyncio.wait_for(stop.wait(), STATUS_INTERVAL_S)
+            except TimeoutError:
+                pass
+    finally:
+        _write_json(workdir / "patches.json", patch_status(virtual))
+        for patch in virtual:
+            await patch.stop()
+        await radio.close()
