@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable
 
 from rich.console import Console
@@ -25,7 +26,7 @@ def _fmt(leaf: dict | None, digits: int = 2) -> str:
 def twin_table(gateway, footer: str) -> Table:
     table = Table(title="dermtwin — live twins", caption=footer, expand=False)
     for name in ("subject", "patch", "link", "skin °C", "baseline °C", "Δ °C", "score",
-                 "inflam.", "rev", "stored", "bad frames"):
+                 "inflam.", "rev", "stored", "backlog", "bad frames"):
         table.add_column(name, justify="right" if name not in ("subject", "patch", "link")
                          else "left")
     for device_id, slot in gateway.slots.items():
@@ -40,6 +41,7 @@ def twin_table(gateway, footer: str) -> Table:
             _fmt(state.get("temp_delta_c")), _fmt(state.get("temp_anomaly_score")),
             _fmt(state.get("inflammation")), str(twin.rev if twin else 0),
             str(session.stats.samples_new if session else 0),
+            slot.link.drain.describe(time.monotonic()) if slot.link.drain else "—",
             str(slot.link.frames_rejected_total))
     return table
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from bleak.exc import BleakError
 
+from gateway.progress import DrainProgress
 from gateway.protocol import constants as ids
 from gateway.session import (
     Commit,
@@ -28,6 +29,8 @@ from gateway.store import RegisteredDevice, SampleBatch
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
+DRAIN_LOG_EVERY_S = 5.0
+DRAIN_MIN_SAMPLES = 500       # smaller catch-ups are not worth a progress line
 SESSION_TICK_S = 1.0
 BLE_ERRORS = (BleakError, TimeoutError, EOFError, ConnectionError, OSError)
 REFUSAL_PREFIXES = ("MTU ", "identity mismatch", "unreadable status", "patch answered")
@@ -63,6 +66,8 @@ class PatchLink:
         self.last_close_reason: str | None = None
         self.frames_rejected_total = 0
         self.auth_failures = 0
+        self.drain: DrainProgress | None = None
+        self._drain_logged_s = 0.0
 
     # called by the ingest pipeline after a commit
     def on_committed(self, up_to_seq: int) -> None:
@@ -97,6 +102,7 @@ class PatchLink:
                 if time.monotonic() >= next_tick:   # timeouts run even while events flow
                     next_tick = time.monotonic() + SESSION_TICK_S
                     await self._execute(client, session, session.tick(utc_now_ms()))
+                self._track_drain(session)
         except BLE_ERRORS as e:
             session.disconnected(f"BLE error: {e}")
         finally:
@@ -111,6 +117,24 @@ class PatchLink:
                 except BLE_ERRORS:
                     pass
         return self._outcome(session)
+
+    def _track_drain(self, session: PatchSession) -> None:
+        now = time.monotonic()
+        target = session.drain_target_seq
+        if target is not None and (self.drain is None or self.drain.target_seq != target):
+            first = session.expected_seq
+            if target - first >= DRAIN_MIN_SAMPLES:
+                self.drain = DrainProgress(first, target, now)
+                log.info("%s: draining a backlog of %d samples", self.device.device_id,
+                         target - first)
+        if self.drain is None:
+            return
+        self.drain.done_seq = session.expected_seq
+        if self.drain.finished or now - self._drain_logged_s >= DRAIN_LOG_EVERY_S:
+            self._drain_logged_s = now
+            log.info("%s: backlog %s", self.device.device_id, self.drain.describe(now))
+        if self.drain.finished:
+            self.drain = None
 
     def _outcome(self, session: PatchSession) -> Outcome:
         reason = session.close_reason or ""

@@ -98,6 +98,7 @@ class PatchSession:
         self._queued_replay: int | None = None
         self._replay_requested_for: int | None = None
         self._acked_seq = committed_seq
+        self.drain_target_seq: int | None = None   # the patch's next seq when REPLAY began
 
     # -- events in -------------------------------------------------------------
     def start(self, mtu: int, now_ms: int) -> list[Action]:
@@ -164,6 +165,7 @@ class PatchSession:
                 self.stats.samples_lost_at_patch += result.oldest_seq - self.expected_seq
                 self.expected_seq = result.oldest_seq
             self._replay_requested_for = None
+            self.drain_target_seq = result.next_seq
             self.state = State.STREAMING
         return actions + self._flush_queue(now_ms)
 
