@@ -33,6 +33,7 @@ DRAIN_LOG_EVERY_S = 5.0
 DRAIN_MIN_SAMPLES = 500       # smaller catch-ups are not worth a progress line
 SESSION_TICK_S = 1.0
 BLE_ERRORS = (BleakError, TimeoutError, EOFError, ConnectionError, OSError)
+YIELD_REASON = "yielding the connection slot to a waiting patch"
 REFUSAL_PREFIXES = ("MTU ", "identity mismatch", "unreadable status", "patch answered")
 
 
@@ -48,6 +49,7 @@ class Outcome(enum.Enum):
     CONNECT_FAILED = "connect failed"  # device gone or out of range
     REFUSED = "refused"                # wrong key, identity or MTU: needs a technician
     STORE_FAILED = "store failed"      # our disk: wait for it, the patch keeps the samples
+    YIELDED = "yielded"                # gave its connection slot to a waiting patch
 
 
 class PatchLink:
@@ -75,6 +77,9 @@ class PatchLink:
 
     def on_commit_failed(self, reason: str) -> None:
         self.events.put_nowait(("commit_failed", reason))
+
+    def request_yield(self) -> None:
+        self.events.put_nowait(("yield",))
 
     async def run(self, ble_device: Any) -> Outcome:
         self.events = asyncio.Queue()
@@ -140,6 +145,8 @@ class PatchLink:
         reason = session.close_reason or ""
         if reason.startswith("store refused"):
             return Outcome.STORE_FAILED
+        if reason == YIELD_REASON:
+            return Outcome.YIELDED
         if reason.startswith(REFUSAL_PREFIXES) or "AUTH_FAILED" in reason:
             return Outcome.REFUSED
         return Outcome.STREAMED if session.stats.frames_ok else Outcome.LINK_LOST
@@ -161,6 +168,8 @@ class PatchLink:
             return session.committed(event[1], now)
         if kind == "commit_failed":
             return [Disconnect(f"store refused the samples: {event[1]}")]
+        if kind == "yield":
+            return [Disconnect(YIELD_REASON)]
         if kind == "disconnected":
             session.disconnected("link lost")
         return []

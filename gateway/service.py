@@ -33,6 +33,14 @@ RETRY_AFTER_LINK_LOSS_S = 0.5      # the patch was just there: come back quickly
 RETRY_CONNECT_FAILED_S = (1.0, 30.0)  # exponential: device out of range or gone
 RETRY_REFUSED_S = 60.0             # wrong key/identity/MTU: a technician must act
 RETRY_STORE_FAILED_S = 10.0        # our disk is full: the patch keeps its samples
+RETRY_AFTER_YIELD_S = 10.0         # gave its slot to a waiting patch: let that one drain
+# Slots are shared: a patch streaming live (no backlog) for this long gives its slot up
+# when another registered patch is waiting for one. It loses nothing: it keeps its log.
+SLOT_SHARE_AFTER_S = 30.0
+# Watchdog: nothing heard from a registered, unconnected patch for this long → restart the
+# scan; still nothing after as long again → reset the adapter. It never exits.
+WATCHDOG_SILENCE_S = 60.0
+PRUNE_EVERY_S = 3600.0
 MANAGER_POLL_S = 0.5
 META_EXPIRY_S = 30 * 24 * 3600
 MODELS_USED = ("temp_anomaly",)
@@ -56,10 +64,13 @@ class GatewayConfig:
     models_dir: Path
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     will_delay_s: int = 10
+    retention_days: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_connections <= 20:
             raise ValueError(f"max_connections {self.max_connections}: must be 1..20")
+        if self.retention_days <= 0:
+            raise ValueError(f"retention_days {self.retention_days}: must be positive")
 
 
 @dataclass
@@ -69,6 +80,7 @@ class LinkSlot:
     next_attempt_s: float = 0.0
     failures: int = 0
     sighting: Any = None
+    connected_since_s: float | None = None
 
 
 class Gateway:
@@ -97,6 +109,9 @@ class Gateway:
         self._by_name = {advertised_name(did): did for did in self.devices}
         self._wake = asyncio.Event()
         self._slots_free = asyncio.Semaphore(config.max_connections)
+        self._active = 0
+        self._last_heard_s = time.monotonic()
+        self.watchdog_escalations = 0
 
     def _state_payload(self, online: bool) -> bytes:
         return encode({"online": online, "sess": self.sess, "ts": now_ms()})
@@ -121,11 +136,18 @@ class Gateway:
         device_id = self._by_name.get(adv.local_name or getattr(device, "name", None) or "")
         if device_id is not None:
             self.slots[device_id].sighting = device
+            self._last_heard_s = time.monotonic()
             self._wake.set()
 
     async def _serve(self, device_id: str, slot: LinkSlot) -> None:
         async with self._slots_free:
-            outcome = await slot.link.run(slot.sighting)
+            self._active += 1
+            slot.connected_since_s = time.monotonic()
+            try:
+                outcome = await slot.link.run(slot.sighting)
+            finally:
+                self._active -= 1
+                slot.connected_since_s = None
         delay = self._retry_delay_s(slot, outcome)
         slot.next_attempt_s = time.monotonic() + delay * random.uniform(0.5, 1.0)
         slot.sighting = None   # connect again only to a fresh advertisement
@@ -143,6 +165,8 @@ class Gateway:
             return RETRY_REFUSED_S
         if outcome is Outcome.STORE_FAILED:
             return RETRY_STORE_FAILED_S
+        if outcome is Outcome.YIELDED:
+            return RETRY_AFTER_YIELD_S
         return RETRY_AFTER_LINK_LOSS_S
 
     async def _manage_connections(self) -> None:
@@ -158,20 +182,75 @@ class Gateway:
                     slot.task = None
                 if not busy and slot.sighting is not None and now >= slot.next_attempt_s:
                     slot.task = asyncio.create_task(self._serve(device_id, slot))
+            self._share_slots(now)
             try:
                 await asyncio.wait_for(self._wake.wait(), MANAGER_POLL_S)
             except TimeoutError:
                 pass
             self._wake.clear()
 
+    def _waiting(self, now: float) -> int:
+        """Patches that are due and in range but not being served (more than free slots)."""
+        due = sum(1 for s in self.slots.values()
+                  if s.sighting is not None and s.connected_since_s is None
+                  and now >= s.next_attempt_s)
+        return max(0, due - (self.config.max_connections - self._active))
+
+    def _share_slots(self, now: float) -> None:
+        waiting = self._waiting(now)
+        if not waiting:
+            return
+        candidates = sorted(
+            (s for s in self.slots.values()
+             if s.connected_since_s is not None and now - s.connected_since_s >= SLOT_SHARE_AFTER_S
+             and s.link.drain is None and s.link.session is not None
+             and s.link.session.state.value == "streaming"),
+            key=lambda s: s.connected_since_s)
+        for slot in candidates[:waiting]:
+            slot.link.request_yield()
+
+    async def _watchdog(self, scanner: Any) -> None:
+        """Escalate, loudly, when registered patches are out of reach; never exit."""
+        while True:
+            await asyncio.sleep(WATCHDOG_SILENCE_S / 4)
+            unconnected = [d for d, s in self.slots.items() if s.connected_since_s is None]
+            silent_s = time.monotonic() - self._last_heard_s
+            if not unconnected or silent_s < WATCHDOG_SILENCE_S:
+                self.watchdog_escalations = 0
+                continue
+            self.watchdog_escalations += 1
+            self._last_heard_s = time.monotonic()
+            if self.watchdog_escalations == 1:
+                log.warning("watchdog: no advertisement from %d unconnected patches for %.0f s;"
+                            " restarting the scan", len(unconnected), silent_s)
+                await scanner.stop()
+                await scanner.start()
+            else:
+                log.error("watchdog: still nothing heard after a scan restart; resetting the "
+                          "BLE adapter (escalation %d)", self.watchdog_escalations)
+                await scanner.stop()
+                await self.radio.reset_adapter()
+                await scanner.start()
+
+    async def _prune(self) -> None:
+        while True:
+            cutoff = now_ms() - int(self.config.retention_days * 86_400_000)
+            removed = self.store.prune_samples(cutoff)
+            if removed:
+                log.info("retention: removed %d samples older than %.0f days", removed,
+                         self.config.retention_days)
+            await asyncio.sleep(PRUNE_EVERY_S)
+
     # -- run ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._birth_messages()
         await self.publisher.start()
-        tasks = [asyncio.create_task(self.ingest.run()),
-                 asyncio.create_task(self._manage_connections())]
         scanner = self.radio.scanner(self._on_advertisement)
         await scanner.start()
+        tasks = [asyncio.create_task(self.ingest.run()),
+                 asyncio.create_task(self._manage_connections()),
+                 asyncio.create_task(self._watchdog(scanner)),
+                 asyncio.create_task(self._prune())]
         try:
             await stop.wait()
         finally:

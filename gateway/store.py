@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS samples (
     historical INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watermarks (
+    device_id      TEXT PRIMARY KEY,
+    committed_seq  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS twins (
     subject     TEXT PRIMARY KEY,
     rev         INTEGER NOT NULL,
@@ -129,16 +133,16 @@ class Store:
 
     # -- samples ---------------------------------------------------------------
     def committed_seq(self, device_id: str) -> int:
-        """Highest seq stored for the device, -1 when none (the session keeps the store
-        gap-free, so every seq up to this one is stored)."""
+        """Every seq up to this one has been committed (the session keeps commits gap-free);
+        -1 when none. Kept as a watermark so pruning old samples cannot move it back."""
         row = self.conn.execute(
-            "SELECT MAX(seq) FROM samples WHERE device_id=?", (device_id,)).fetchone()
-        return -1 if row[0] is None else int(row[0])
+            "SELECT committed_seq FROM watermarks WHERE device_id=?", (device_id,)).fetchone()
+        return -1 if row is None else int(row[0])
 
     def insert_samples(self, batches: Iterable[SampleBatch]) -> int:
         """Insert inside the caller's transaction; duplicates by (device, seq) are ignored.
         Returns the number of new rows."""
-        before = self.conn.total_changes
+        inserted = 0
         for batch in batches:
             utc = [None if u < 0 else int(u) for u in batch.utc_ms.tolist()]
             rows = zip(
@@ -146,10 +150,23 @@ class Store:
                 [batch.boot_id] * len(batch), batch.tick.tolist(), utc,
                 batch.channel.tolist(), batch.value.tolist(),
                 [int(batch.historical)] * len(batch), strict=True)
-            self.conn.executemany(
+            inserted += self.conn.executemany(
                 "INSERT OR IGNORE INTO samples(device_id, seq, boot_id, tick, utc_ms, channel,"
-                " value, historical) VALUES (?,?,?,?,?,?,?,?)", rows)
-        return self.conn.total_changes - before
+                " value, historical) VALUES (?,?,?,?,?,?,?,?)", rows).rowcount
+            if len(batch):
+                self.conn.execute(
+                    "INSERT INTO watermarks(device_id, committed_seq) VALUES (?, ?)"
+                    " ON CONFLICT(device_id) DO UPDATE SET committed_seq ="
+                    " MAX(committed_seq, excluded.committed_seq)",
+                    (batch.device_id, int(batch.seq[-1])))
+        return inserted
+
+    def prune_samples(self, older_than_utc_ms: int) -> int:
+        """Retention: delete samples taken before the cutoff (watermarks stay)."""
+        with self.transaction():
+            return self.conn.execute(
+                "DELETE FROM samples WHERE utc_ms IS NOT NULL AND utc_ms < ?",
+                (older_than_utc_ms,)).rowcount
 
     def sample_count(self, device_id: str | None = None) -> int:
         if device_id is None:

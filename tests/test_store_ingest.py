@@ -111,3 +111,12 @@ def test_transaction_classifies_disk_full(store):
     store.conn.execute("PRAGMA max_page_count=1")
     with pytest.raises(DiskFullError), store.transaction():
         store.insert_samples([batch("a" * 16, range(0, 5000))])
+
+
+def test_retention_prunes_old_samples_but_not_the_watermark(store):
+    with store.transaction():
+        store.insert_samples([batch("a" * 16, range(0, 10))])   # utc = base + seq s
+    removed = store.prune_samples(older_than_utc_ms=1_700_000_000_000 + 5_000)
+    assert removed == 5
+    assert store.sample_seqs("a" * 16) == [5, 6, 7, 8, 9]
+    assert store.committed_seq("a" * 16) == 9

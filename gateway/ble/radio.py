@@ -22,6 +22,12 @@ class BleRadio:
                    else bumble_backend.BumbleClientBackend)
         return {"backend": backend, "bumble": {"adapter": self.bumble_adapter}}
 
+    async def reset_adapter(self) -> None:
+        """The watchdog's last resort. Through Bumble: power-cycle the controller (HCI Reset
+        drops its links). BlueZ adapters are reset by bluetoothd, not by us."""
+        if self.bumble_adapter is not None:
+            await self.bumble_adapter.device.power_on()
+
     def scanner(self, detection_callback: Callable) -> BleakScanner:
         return BleakScanner(detection_callback=detection_callback,
                             **self._backend_kwargs("scanner"))
