@@ -7,9 +7,21 @@ from firmware.ble_link import PatchLink
 from firmware.clock import TickClock
 from firmware.persist import BootState
 from firmware.sample_log import SampleLog
-from firmware.sampler import Sampler
+from firmware.sampler import CHANNELS, Sampler
 from firmware.sampling_config import SamplingConfig
+from sensor_drivers.fdc1004 import FDC1004
+from sensor_drivers.ltr390 import LTR390
+from sensor_drivers.max17048 import MAX17048
 from sensor_drivers.tmp117 import TMP117
+
+# channel -> driver class; each chip is set up on its own so one missing chip only costs its
+# channel (the error flag says which).
+DRIVERS = (
+    (ids.CH_TEMPERATURE, TMP117),
+    (ids.CH_UV, LTR390),
+    (ids.CH_HYDRATION, FDC1004),
+    (ids.CH_BATTERY, MAX17048),
+)
 
 
 class Patch:
@@ -32,13 +44,15 @@ class Patch:
     async def run(self):
         i2c = self.board.make_i2c()
         link_task = asyncio.create_task(self.link.serve_forever())
-        try:
-            skin_temperature = TMP117(i2c)
+        for channel, driver in DRIVERS:
+            try:
+                sensor = driver(i2c)
+            except OSError as e:
+                print("sensor unavailable:", e)
+                self.sampler.error_flags |= CHANNELS[channel][1]
+                continue
             self.sampling_tasks.append(
-                asyncio.create_task(self.sampler.run_skin_temperature(skin_temperature)))
-        except OSError as e:
-            print("skin temperature sensor unavailable:", e)
-            self.sampler.error_flags |= ids.ERR_TEMP_SENSOR
+                asyncio.create_task(self.sampler.run_channel(channel, sensor)))
         await link_task
 
     def stop_sampling(self):

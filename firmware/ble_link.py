@@ -13,6 +13,7 @@ from sensor_drivers.tmp117 import raw_to_centi_celsius
 ADV_INTERVAL_US = 250_000
 ENOMEM = 12
 STREAM_POLL_MS = 100
+LINK_WATCH_MS = 250
 MAX_FRAME_BYTES = ids.FRAME_MAX_BYTES
 MIN_FRAME_BYTES = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
 
@@ -34,7 +35,11 @@ class PatchLink:
         self._status_buf = bytearray(31)
         self._payload_buf = bytearray(8)
         self._temp_buf = bytearray(2)
+        self._byte_buf = bytearray(1)
+        self.battery_pct = 100
         self.connection = None
+        self.control_task = None
+        self.stream_task = None
         self.cursor = -1          # next seq to send; -1 while not streaming
         self.replay_end = 0       # seqs below this are sent flagged HISTORICAL
         self.clock_set = False
@@ -46,6 +51,14 @@ class PatchLink:
             # ESS Temperature is sint16 in 0.01 degC.
             struct.pack_into("<h", self._temp_buf, 0, raw_to_centi_celsius(value))
             self.gatt.temperature.write(self._temp_buf)
+        elif channel == ids.CH_UV:
+            # ESS UV Index is uint8; the wire unit is UVI x 100.
+            self._byte_buf[0] = (value + 50) // 100 if value < 25_550 else 255
+            self.gatt.uv_index.write(self._byte_buf)
+        elif channel == ids.CH_BATTERY:
+            self.battery_pct = (value + 128) >> 8 if value < 25_600 else 100
+            self._byte_buf[0] = self.battery_pct
+            self.gatt.battery_level.write(self._byte_buf)
 
     # -- advertising ---------------------------------------------------------------
     def _error_flags(self):
@@ -64,7 +77,7 @@ class PatchLink:
         control_codec.pack_status(
             self._status_buf, self.gatt.firmware_version, self.boot_state.boot_id,
             self.log.oldest_seq, self.log.next_seq, self.clock.now(), self._error_flags(),
-            periods, self.board.battery_percent())
+            periods, self.battery_pct)
         self.gatt.status.write(self._status_buf)
 
     async def serve_forever(self):
@@ -72,7 +85,7 @@ class PatchLink:
             self._refresh_status()
             unacked = len(self.log)
             manufacturer = control_codec.pack_manufacturer_data(
-                self.gatt.firmware_version, self.board.battery_percent(), unacked,
+                self.gatt.firmware_version, self.battery_pct, unacked,
                 bool(self.key), self.log.is_full())
             connection = await aioble.advertise(
                 ADV_INTERVAL_US, name=self.name, services=[self.gatt.stream_service_uuid],
@@ -82,25 +95,42 @@ class PatchLink:
     async def serve(self, connection):
         self.connection = connection
         self.cursor = -1
-        control = aio.create_task(self._control_loop(connection))
-        streamer = aio.create_task(self._stream_loop(connection))
+        control = self.control_task = aio.create_task(self._control_loop(connection))
+        streamer = self.stream_task = aio.create_task(self._stream_loop(connection))
         try:
-            await connection.disconnected(timeout_ms=None)
+            await self._until_disconnected_or_failed(connection, control, streamer)
         finally:
             control.cancel()
             streamer.cancel()
             self.cursor = -1
             self.connection = None
 
+    async def _until_disconnected_or_failed(self, connection, control, streamer):
+        # A task that died would leave the patch connected but mute: end the link instead,
+        # so the gateway reconnects and both sides start clean.
+        while connection.is_connected():
+            if control.done() or streamer.done():
+                print("ble link: a task ended unexpectedly; disconnecting")
+                await connection.disconnect()
+                return
+            await aio.sleep_ms(LINK_WATCH_MS)
+
     # -- control point ---------------------------------------------------------------
     async def _control_loop(self, connection):
         while True:
-            _, data = await self.gatt.control_point.written()
+            written = await self.gatt.control_point.written()
+            if not written:   # woken without a write (a wake-up left over from a dropped link)
+                continue
+            _, data = written
             opcode, status, operands = control_codec.parse_request(
                 data, self.key, self.boot_state.boot_id)
             payload = None
             if status == ids.ST_SUCCESS:
-                status, payload = self._execute(opcode, operands)
+                try:
+                    status, payload = self._execute(opcode, operands)
+                except Exception as e:  # a bug must cost one request, not the control point
+                    print("control point:", opcode, "failed:", repr(e))
+                    status, payload = ids.ST_OPERATION_FAILED, None
             response = control_codec.build_response(
                 self._response_buf, opcode, status, payload)
             try:

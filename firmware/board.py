@@ -51,9 +51,6 @@ class Board:
             import machine
             return binascii.hexlify(machine.unique_id()[:8]).decode(), b""
 
-    def battery_percent(self):
-        return 100
-
     def identify(self, seconds):
         pass
 

@@ -29,10 +29,12 @@ from gateway.service import Gateway, GatewayConfig
 log = logging.getLogger(__name__)
 
 # Lively defaults so a short demo shows the twins move (the firmware defaults are 10 s / 60 s).
-DEMO_PATCH_CONFIG = {1: 1, 6: 2}   # skin temperature every 1 s, flush frames every 2 s
+# Lively: temperature every 1 s, UV every 2 s, hydration every 5 s, battery every 10 s,
+# frames flushed every 2 s (the firmware defaults are 10 s / 5 s / 60 s / 300 s).
+DEMO_PATCH_CONFIG = {1: 1, 2: 2, 4: 5, 5: 10, 6: 2}
 DEMO_GATEWAY_ID = "demo"
 DEMO_TIME_SCALE = 120          # skin physiology runs 2 minutes per wall-clock second
-DEMO_INFLAMMATION = (2.6, 900.0, 600.0)   # patch 0: +2.6 °C from model minute 15, 10 min rise
+DEMO_INFLAMMATION = (2.6, 900.0, 600.0)   # patch 0: +2.6 °C 15 model-minutes in, 10 min rise
 
 
 def demo_identity(index: int, secret: bytes) -> tuple[str, bytes, str]:
@@ -84,7 +86,9 @@ async def run_demo(patches: int, duration_s: float, broker_url: str | None = Non
                      time_scale=DEMO_TIME_SCALE)
         for i, (device_id, key, _) in enumerate(identities)]
     offset_c, start_s, rise_s = DEMO_INFLAMMATION
-    virtual_patches[0].skin.set_inflammation(offset_c, start_s=start_s, rise_s=rise_s)
+    first = virtual_patches[0]
+    first.environment.set_inflammation(offset_c, start_s=first.model_start_s + start_s,
+                                       rise_s=rise_s)
     for patch in virtual_patches:
         await patch.start()
 

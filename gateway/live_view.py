@@ -23,10 +23,20 @@ def _fmt(leaf: dict | None, digits: int = 2) -> str:
     return text if leaf.get("q") == "good" else text + "?"
 
 
+def _percent(leaf: dict | None) -> dict | None:
+    return None if leaf is None else {**leaf, "v": leaf["v"] * 100}
+
+
+def _hydration(state: dict) -> str:
+    au, label = state.get("hydration_au"), state.get("hydration_state")
+    return "—" if au is None else f"{au['v']:.0f} {label['v'] if label else ''}".strip()
+
+
 def twin_table(gateway, footer: str) -> Table:
     table = Table(title="dermtwin — live twins", caption=footer, expand=False)
-    for name in ("subject", "patch", "link", "skin °C", "baseline °C", "Δ °C", "score",
-                 "inflam.", "rev", "stored", "backlog", "bad frames"):
+    for name in ("subject", "patch", "link", "skin °C", "Δ °C", "score", "inflam.", "UVI",
+                 "MED %", "to MED min", "hydration", "batt %", "rev", "stored", "backlog",
+                 "bad frames"):
         table.add_column(name, justify="right" if name not in ("subject", "patch", "link")
                          else "left")
     for device_id, slot in gateway.slots.items():
@@ -37,9 +47,11 @@ def twin_table(gateway, footer: str) -> Table:
         link = session.state.value if session else "waiting"
         table.add_row(
             dev.subject, device_id[-4:].upper(), link,
-            _fmt(state.get("skin_temp_c")), _fmt(state.get("temp_baseline_c")),
-            _fmt(state.get("temp_delta_c")), _fmt(state.get("temp_anomaly_score")),
-            _fmt(state.get("inflammation")), str(twin.rev if twin else 0),
+            _fmt(state.get("skin_temp_c")), _fmt(state.get("temp_delta_c")),
+            _fmt(state.get("temp_anomaly_score")), _fmt(state.get("inflammation")),
+            _fmt(state.get("uv_index"), 1), _fmt(_percent(state.get("uv_med_fraction")), 0),
+            _fmt(state.get("minutes_to_med"), 0), _hydration(state),
+            _fmt(state.get("battery_pct"), 0), str(twin.rev if twin else 0),
             str(session.stats.samples_new if session else 0),
             slot.link.drain.describe(time.monotonic()) if slot.link.drain else "—",
             str(slot.link.frames_rejected_total))

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.serial_repl import DEFAULT_TIMEOUT_S, BoardError, RawRepl, ReplError
+from gateway.serial_repl import DEFAULT_TIMEOUT_S, BoardConnectionError, RawRepl, ReplError
 
 DEVICE_ID_BYTES = 8
 DEVICE_ID_HEX_CHARS = 2 * DEVICE_ID_BYTES
@@ -220,6 +220,8 @@ def provision(port: str | RawRepl, device_id_hex: str | None = None,
         try:
             repl.put_file(text, path)
             written = repl.get_file(path)
+        except BoardConnectionError:
+            raise
         except ReplError as error:
             raise ProvisionError(f"writing {path} on {repl.port} failed: {error}") from error
         if written != text:
@@ -333,7 +335,9 @@ def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: b
                                            board_path, True))
             if soft_reset:
                 repl.soft_reset()
-        except BoardError as error:
+        except BoardConnectionError:
+            raise
+        except ReplError as error:  # an exception on the board, or a copy that did not verify
             raise FlashError(f"flashing {repl.port} failed: {error}") from error
         return FlashResult(
             repl.port, len(files), bytes_total, time.monotonic() - started, source,

@@ -12,8 +12,9 @@ Protocol (MicroPython docs, "raw REPL"):
     enter:  \\r Ctrl-C Ctrl-C (stop whatever runs), \\r Ctrl-A -> "raw REPL; CTRL-B to exit\\r\\n>"
     exec:   code, Ctrl-D -> "OK", stdout, \\x04, exception text, \\x04, ">"
     exit:   Ctrl-B (back to the friendly REPL)
-Code is written 256 bytes at a time with a 10 ms pause (what mpremote does without
-raw-paste mode) so a UART-bridged board's receive buffer cannot overflow.
+Code goes in raw-paste mode (Ctrl-E A Ctrl-A; the board grants flow-control windows)
+when the board has it, as mpremote does; otherwise 256 bytes at a time with a 10 ms pause
+so a UART-bridged board's receive buffer cannot overflow.
 
 Every read has a deadline; errors name the port. Output lines end in \\n (a board sends
 \\r\\n; both are accepted).
@@ -49,6 +50,7 @@ TRANSFER_BYTES_PER_S = 8_000
 RAW_REPL_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 PROMPT = b">"
 CTRL_A, CTRL_B, CTRL_C, CTRL_D = b"\x01", b"\x02", b"\x03", b"\x04"
+RAW_PASTE_REQUEST = b"\x05A\x01"
 
 # Names the helpers leave in the board's __main__ between execs start with this.
 _NS = "_dt_"
@@ -90,7 +92,8 @@ class RawRepl:
 
     def __init__(self, port: str, baudrate: int = DEFAULT_BAUDRATE,
                  timeout_s: float = DEFAULT_TIMEOUT_S, *,
-                 write_chunk_bytes: int = WRITE_CHUNK_BYTES, write_pause_s: float = WRITE_PAUSE_S):
+                 raw_paste: bool = True, write_chunk_bytes: int = WRITE_CHUNK_BYTES,
+                 write_pause_s: float = WRITE_PAUSE_S):
         self.port = port
         self.baudrate = baudrate
         self.timeout_s = timeout_s
@@ -100,6 +103,7 @@ class RawRepl:
         self._in_raw = False
         self._helpers_ready = False
         self._rx = bytearray()  # received, not yet consumed
+        self._raw_paste: bool | None = None if raw_paste else False  # None: not asked yet
 
     # -- connection ------------------------------------------------------------------
 
@@ -110,8 +114,10 @@ class RawRepl:
             self._serial = serial.Serial(self.port, self.baudrate, timeout=READ_POLL_S,
                                          write_timeout=self.timeout_s)
         except (serial.SerialException, OSError, ValueError) as error:
+            cause = error.__context__ if isinstance(error.__context__, OSError) else error
+            reason = getattr(cause, "strerror", None) or str(error)
             raise BoardConnectionError(
-                f"cannot open serial port {self.port}: {error}. Is the board plugged in, and is "
+                f"cannot open serial port {self.port}: {reason}. Is the board plugged in, and is "
                 "the port right (ls /dev/ttyACM* /dev/ttyUSB*)? Close any other program using it "
                 "(a serial monitor, mpremote).") from error
 
@@ -250,6 +256,8 @@ class RawRepl:
                 self.serial.read(waiting)
         except (serial.SerialException, OSError) as error:
             raise BoardConnectionError(f"reading from {self.port} failed: {error}") from error
+        if self._raw_paste is not False and self._try_raw_paste(data):
+            return
         for start in range(0, len(data), self.write_chunk_bytes):
             self._write(data[start:start + self.write_chunk_bytes])
             if self.write_pause_s:
@@ -260,6 +268,63 @@ class RawRepl:
             self._in_raw = False
             raise BoardConnectionError(
                 f"the board on {self.port} did not accept the code: {answer[-200:]!r}")
+
+    def _try_raw_paste(self, data: bytes) -> bool:
+        """Send data in raw-paste mode if the board has it (MicroPython >= 1.14).
+
+        The board grants a window of bytes at a time (b"\x01" = one more window), so no
+        pacing guesswork is needed. False if the board does not support it (then never
+        asked again on this connection).
+        """
+        self._write(RAW_PASTE_REQUEST)
+        answer = self._read_exact(2, "raw-paste answer")
+        if answer == b"R\x00":
+            self._raw_paste = False
+            return False
+        if answer != b"R\x01":
+            # A board that predates raw-paste took the request as input; the Ctrl-A in it
+            # restarted its raw REPL.
+            self._raw_paste = False
+            self.read_until(RAW_REPL_BANNER + PROMPT, self.timeout_s, "raw-REPL prompt")
+            return False
+        self._raw_paste = True
+        window = int.from_bytes(self._read_exact(2, "raw-paste window size"), "little")
+        remaining = window
+        sent = 0
+        while sent < len(data):
+            while remaining == 0 or self._rx or self.serial.in_waiting:
+                flow = self._read_exact(1, "raw-paste flow control")
+                if flow == b"\x01":
+                    remaining += window
+                elif flow == CTRL_D:
+                    # The board ended the transfer (e.g. out of memory): acknowledge it.
+                    self._write(CTRL_D)
+                    self.read_until(CTRL_D, self.timeout_s, "raw-paste abort")
+                    raise BoardConnectionError(
+                        f"the board on {self.port} aborted the raw-paste transfer after "
+                        f"{sent} of {len(data)} bytes")
+                else:
+                    raise BoardConnectionError(
+                        f"unexpected byte {flow!r} from {self.port} during raw-paste transfer")
+            chunk = data[sent:sent + remaining]
+            self._write(chunk)
+            sent += len(chunk)
+            remaining -= len(chunk)
+        self._write(CTRL_D)
+        self.read_until(CTRL_D, self.timeout_s, "end-of-code acknowledgement")
+        return True
+
+    def _read_exact(self, count: int, what: str) -> bytes:
+        deadline = time.monotonic() + self.timeout_s
+        while len(self._rx) < count:
+            if time.monotonic() > deadline:
+                raise BoardConnectionError(
+                    f"no {what} from the board on {self.port} within {self.timeout_s:.1f} s "
+                    f"(received {bytes(self._rx)!r})")
+            self._rx += self._read_available()
+        data = bytes(self._rx[:count])
+        del self._rx[:count]
+        return data
 
     def follow(self, timeout_s: float | None = None) -> tuple[str, str]:
         """Read the running code's (stdout, exception text) until the board's next prompt."""

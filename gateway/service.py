@@ -19,6 +19,7 @@ from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.inference import load_models
 from gateway.ingest import Ingest, encode
+from gateway.model_contracts import MED_SED_BY_FITZPATRICK
 from gateway.mqtt.config import MqttConfig
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
@@ -43,10 +44,12 @@ WATCHDOG_SILENCE_S = 60.0
 PRUNE_EVERY_S = 3600.0
 MANAGER_POLL_S = 0.5
 META_EXPIRY_S = 30 * 24 * 3600
-MODELS_USED = ("temp_anomaly",)
+MODELS_USED = ("temp_anomaly", "uv_dose", "hydration")
 UCUM_UNITS = {"skin_temp_c": "Cel", "temp_baseline_c": "Cel", "temp_delta_c": "K",
               "temp_anomaly_score": "1", "inflammation": "1", "uv_index": "{UVI}",
-              "capacitance_pf": "pF", "battery_pct": "%"}
+              "capacitance_pf": "pF", "battery_pct": "%", "uv_dose_sed": "100.J/m2",
+              "uv_med_fraction": "1", "minutes_to_med": "min", "hydration_au": "{AU}",
+              "hydration_state": "{state}"}
 
 
 def now_ms() -> int:
@@ -95,7 +98,9 @@ class Gateway:
         self.devices = {d.device_id: d for d in self.store.devices()}
         self.engine = TwinEngine(
             self.sess, {d.device_id: d.subject for d in self.devices.values()},
-            lambda name, inputs: self.models[name].run(inputs), self.store.load_twins())
+            lambda name, inputs: self.models[name].run(inputs), self.store.load_twins(),
+            med_sed_of={d.subject: MED_SED_BY_FITZPATRICK[d.skin_type]
+                        for d in self.devices.values()})
         self.publisher = MqttPublisher(
             config.mqtt, config.db_path, will_topic=config.mqtt.state_topic,
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),

@@ -35,7 +35,12 @@ CHANNEL_SCALE = {
 # Smallest change worth a delta, per property (skin_temp_c: below one TMP117 LSB).
 DEADBAND = {"skin_temp_c": 0.005, "temp_baseline_c": 0.01, "temp_delta_c": 0.01,
             "temp_anomaly_score": 0.02, "uv_index": 0.01, "capacitance_pf": 0.01,
-            "battery_pct": 0.5}
+            "battery_pct": 0.5, "uv_dose_sed": 0.001, "uv_med_fraction": 0.001,
+            "minutes_to_med": 0.5, "hydration_au": 0.5}
+UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
+MAX_UV_GAP_S = 600                   # longer gaps between UV samples count as no exposure
+DAY_MS = 86_400_000                  # UV dose is a daily quantity: reset at 00:00 UTC
+HYDRATION_STATES = ("very dry", "dry", "normal")
 ROUND_DIGITS = 3
 
 RunModel = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
@@ -63,32 +68,52 @@ class SubjectTwin:
     new_temp: bool = False
     last_temp_t: int = 0
     inflamed: bool = False
+    med_sed: float = 3.0
+    uv_dose_sed: float = 0.0
+    uv_dose_day: int | None = None
+    last_uv_t: int | None = None
+    uv_exposure: float = 0.0          # Σ UVI·dt over samples not yet run through uv_dose
+    uv_exposure_s: float = 0.0
+    uv_last: float = 0.0
+    uv_alerted: bool = False
+    new_hydration: bool = False
 
     def to_saved(self) -> dict:
         return {"state": self.state, "baseline_c": self.baseline_c,
-                "temp_window": list(self.temp_window)}
+                "temp_window": list(self.temp_window), "uv_dose_sed": self.uv_dose_sed,
+                "uv_dose_day": self.uv_dose_day, "last_uv_t": self.last_uv_t,
+                "uv_alerted": self.uv_alerted}
 
     @classmethod
     def from_saved(cls, subject: str, rev: int, saved: dict) -> SubjectTwin:
         twin = cls(subject, rev, dict(saved.get("state", {})))
         twin.baseline_c = saved.get("baseline_c")
         twin.temp_window.extend(saved.get("temp_window", []))
+        twin.uv_dose_sed = saved.get("uv_dose_sed", 0.0)
+        twin.uv_dose_day = saved.get("uv_dose_day")
+        twin.last_uv_t = saved.get("last_uv_t")
+        twin.uv_alerted = saved.get("uv_alerted", False)
         return twin
 
 
 class TwinEngine:
     def __init__(self, sess: int, subject_of: Mapping[str, str], run_model: RunModel,
-                 saved: Mapping[str, tuple[int, dict]] | None = None):
+                 saved: Mapping[str, tuple[int, dict]] | None = None,
+                 med_sed_of: Mapping[str, float] | None = None,
+                 models: tuple[str, ...] = ("temp_anomaly", "uv_dose", "hydration")):
         self.sess = sess
         self.subject_of = dict(subject_of)
         self.run_model = run_model
+        self.models = models
+        self.med_sed_of = dict(med_sed_of or {})
         self.twins: dict[str, SubjectTwin] = {}
         for subject, (rev, state) in (saved or {}).items():
             self.twins[subject] = SubjectTwin.from_saved(subject, rev, state)
+            self.twins[subject].med_sed = self.med_sed_of.get(subject, 3.0)
 
     def twin(self, subject: str) -> SubjectTwin:
         if subject not in self.twins:
-            self.twins[subject] = SubjectTwin(subject)
+            self.twins[subject] = SubjectTwin(subject, med_sed=self.med_sed_of.get(subject, 3.0))
         return self.twins[subject]
 
     def ingest(self, batch: SampleBatch) -> None:
@@ -113,9 +138,35 @@ class TwinEngine:
                         twin.baseline_c + BASELINE_EWMA_ALPHA * (v - twin.baseline_c))
                 twin.new_temp = True
                 twin.last_temp_t = int(times[-1])
+            elif channel == ids.Channel.UV:
+                self._accumulate_uv(twin, values, times)
+            elif channel == ids.Channel.HYDRATION:
+                twin.new_hydration = True
+
+    @staticmethod
+    def _accumulate_uv(twin: SubjectTwin, uvi: np.ndarray, times: np.ndarray) -> None:
+        """Erythemal exposure Σ UVI·dt (each sample's UVI held until the next sample)."""
+        for value, t in zip(uvi.tolist(), times.tolist(), strict=True):
+            if t < 0:
+                continue
+            day = t // DAY_MS
+            if twin.uv_dose_day != day:          # a new day: the daily dose starts again
+                twin.uv_dose_day, twin.uv_dose_sed, twin.uv_alerted = day, 0.0, False
+                twin.last_uv_t = None
+            if twin.last_uv_t is not None:
+                dt_s = (t - twin.last_uv_t) / 1000
+                if 0 < dt_s <= MAX_UV_GAP_S:
+                    twin.uv_exposure += twin.uv_last * dt_s
+                    twin.uv_exposure_s += dt_s
+            twin.last_uv_t, twin.uv_last = t, value
 
     def step(self, now_ms: int) -> list[TwinUpdate]:
-        self._run_temp_anomaly()
+        if "temp_anomaly" in self.models:
+            self._run_temp_anomaly()
+        if "uv_dose" in self.models:
+            self._run_uv_dose()
+        if "hydration" in self.models:
+            self._run_hydration()
         updates = []
         for twin in self.twins.values():
             update = self._publishable(twin, now_ms)
@@ -153,6 +204,41 @@ class TwinEngine:
                 "v": bool(out["inflammation"][row, 0] > 0.5), "t": t, "q": quality}
             twin.new_temp = False
 
+    def _run_uv_dose(self) -> None:
+        ready = [t for t in self.twins.values() if t.uv_exposure_s > 0]
+        if not ready:
+            return
+        dt_s = np.array([[t.uv_exposure_s] for t in ready], dtype=np.float32)
+        mean_uvi = np.array([[t.uv_exposure / t.uv_exposure_s] for t in ready], dtype=np.float32)
+        out = self.run_model("uv_dose", {
+            "uvi": mean_uvi, "dt_s": dt_s,
+            "dose_sed_in": np.array([[t.uv_dose_sed] for t in ready], dtype=np.float32),
+            "med_sed": np.array([[t.med_sed] for t in ready], dtype=np.float32)})
+        for row, twin in enumerate(ready):
+            twin.uv_dose_sed = float(out["dose_sed"][row, 0])
+            twin.uv_exposure = twin.uv_exposure_s = 0.0
+            t = int(twin.last_uv_t or 0)
+            twin.pending["uv_dose_sed"] = _leaf(twin.uv_dose_sed, t, "good")
+            twin.pending["uv_med_fraction"] = _leaf(float(out["med_fraction"][row, 0]), t, "good")
+            twin.pending["minutes_to_med"] = _leaf(float(out["minutes_to_med"][row, 0]), t, "good")
+
+    def _run_hydration(self) -> None:
+        ready = [t for t in self.twins.values() if t.new_hydration
+                 and "capacitance_pf" in t.pending and "skin_temp_c" in (t.state | t.pending)]
+        if not ready:
+            return
+        skin = [(t.pending.get("skin_temp_c") or t.state["skin_temp_c"])["v"] for t in ready]
+        out = self.run_model("hydration", {
+            "capacitance_pf": np.array([[t.pending["capacitance_pf"]["v"]] for t in ready],
+                                       dtype=np.float32),
+            "skin_temp_c": np.array([[v] for v in skin], dtype=np.float32)})
+        for row, twin in enumerate(ready):
+            t = twin.pending["capacitance_pf"]["t"]
+            twin.pending["hydration_au"] = _leaf(float(out["corneometer_au"][row, 0]), t, "good")
+            state = HYDRATION_STATES[int(out["state"][row, 0])]
+            twin.pending["hydration_state"] = {"v": state, "t": t, "q": "good"}
+            twin.new_hydration = False
+
     def _publishable(self, twin: SubjectTwin, now_ms: int) -> TwinUpdate | None:
         changed = {}
         for prop, leaf in twin.pending.items():
@@ -181,12 +267,19 @@ class TwinEngine:
         return update
 
     def _alerts(self, twin: SubjectTwin, changed: dict, now_ms: int) -> list[dict]:
+        alerts = []
         leaf = changed.get("inflammation")
-        if leaf is None or leaf["v"] == twin.inflamed:
-            return []
-        twin.inflamed = leaf["v"]
-        return [{"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "inflammation",
-                 "active": leaf["v"], "delta_c": twin.state["temp_delta_c"]["v"]}]
+        if leaf is not None and leaf["v"] != twin.inflamed:
+            twin.inflamed = leaf["v"]
+            alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "inflammation",
+                           "active": leaf["v"], "delta_c": twin.state["temp_delta_c"]["v"]})
+        fraction = changed.get("uv_med_fraction")
+        if fraction is not None and fraction["v"] >= UV_ALERT_MED_FRACTION and not twin.uv_alerted:
+            twin.uv_alerted = True
+            alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "uv_dose",
+                           "active": True, "med_fraction": fraction["v"],
+                           "dose_sed": twin.state["uv_dose_sed"]["v"]})
+        return alerts
 
     def _snapshot_payload(self, twin: SubjectTwin, now_ms: int) -> dict:
         return {"schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
@@ -200,6 +293,6 @@ def _leaf(value: float, t: int, quality: str) -> dict:
 def _differs(prop: str, old: dict, new: dict) -> bool:
     if old.get("q") != new.get("q"):
         return True
-    if isinstance(new["v"], bool) or isinstance(old["v"], bool):
+    if not isinstance(new["v"], float) or not isinstance(old["v"], float):
         return old["v"] != new["v"]
     return abs(new["v"] - old["v"]) >= DEADBAND.get(prop, 0.0)

@@ -123,6 +123,10 @@ class TMP117:
             raise bus_error(CHIP_NAME, self.address, error, action) from error
         return (buffer[0] << 8) | buffer[1]
 
+    def start(self):
+        """Start one conversion (the start/ready/read_raw pattern every driver shares)."""
+        return self.start_oneshot()
+
     def start_oneshot(self):
         """Start one conversion; returns the ms until its result is ready."""
         buffer = self._write_buffer

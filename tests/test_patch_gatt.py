@@ -29,8 +29,8 @@ async def patch_and_peer(tmp_path):
                          config_overrides={1: 1}, baseline_c=34.0)
     await patch.start()
     central = await radio.new_device("independent-client")
-    for _ in range(100):   # the first temperature sample lands within about 0.2 s
-        if patch.patch.log.next_seq > patch.patch.boot_state.first_seq:
+    for _ in range(100):   # the first sample of all four channels lands within about 0.3 s
+        if patch.patch.log.next_seq - patch.patch.boot_state.first_seq >= 4:
             break
         await asyncio.sleep(0.05)
     connection = await central.connect(patch.bumble_device.random_address, timeout=5)
@@ -58,19 +58,22 @@ async def test_all_services_are_discovered(patch_and_peer):
 
 
 async def test_device_information_and_battery(patch_and_peer):
-    _, peer = patch_and_peer
+    patch, peer = patch_and_peer
     assert await read(peer, uuid16(0x2A29)) == b"dermtwin"
     assert await read(peer, uuid16(0x2A24)) == b"virtual"
     assert await read(peer, uuid16(0x2A25)) == DEVICE_ID.encode()
     assert await read(peer, uuid16(0x2A26)) == b"0.1.0"
-    assert await read(peer, uuid16(0x2A19)) == bytes([100])
+    [level] = await read(peer, uuid16(0x2A19))
+    assert level == patch.patch.link.battery_pct    # from the MAX17048's SOC register
+    assert abs(level - patch.environment.battery_soc_pct_at(patch.model_time_s())) <= 1
 
 
 async def test_environmental_sensing_values_are_correct(patch_and_peer):
     patch, peer = patch_and_peer
     centi_c = struct.unpack("<h", await read(peer, uuid16(0x2A6E)))[0]
     assert centi_c / 100 == pytest.approx(patch.skin_celsius(), abs=0.1)   # TMP117: ±0.1 °C
-    assert await read(peer, uuid16(0x2A76)) == bytes([0])   # no UV channel on this patch yet
+    [uvi] = await read(peer, uuid16(0x2A76))
+    assert uvi == round(patch.environment.uv_index_at(patch.model_time_s()))
 
 
 async def test_stream_service_characteristics_and_status(patch_and_peer):

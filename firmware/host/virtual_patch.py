@@ -21,8 +21,11 @@ import aioble  # noqa: E402  (the host shim, found through install())
 from firmware import app  # noqa: E402
 from firmware.board import Board  # noqa: E402
 from sensor_drivers.emulators.i2c_bus import VirtualI2C  # noqa: E402
-from sensor_drivers.emulators.tmp117 import TMP117Emulator  # noqa: E402
-from sensor_drivers.skin_model import SkinTemperatureModel  # noqa: E402
+from sensor_drivers.environment_model import PatchEnvironment, attach_patch_chips  # noqa: E402
+
+# The model's t = 0 is local midnight; a virtual patch starts its day at 10:00 so the demo
+# and tests see daylight UV.
+DEFAULT_MODEL_START_S = 10 * 3600
 
 
 def monotonic_ms() -> int:
@@ -62,6 +65,7 @@ class VirtualPatch:
         log_capacity: int = 4096,
         baseline_c: float = 33.5,
         time_scale: float = 1.0,
+        model_start_s: float = DEFAULT_MODEL_START_S,
     ):
         self.radio = radio
         self.device_id_hex = device_id_hex
@@ -70,7 +74,8 @@ class VirtualPatch:
         self.seed = seed
         self.config_overrides = config_overrides
         self.log_capacity = log_capacity
-        self.skin = SkinTemperatureModel(seed=seed, baseline_c=baseline_c)
+        self.environment = PatchEnvironment(seed=seed, skin_baseline_c=baseline_c)
+        self.model_start_s = model_start_s
         # Physiology may run faster than the wall clock (a demo shows an hour in a minute);
         # sample times, ticks and the protocol stay real-time.
         self.time_scale = time_scale
@@ -84,15 +89,15 @@ class VirtualPatch:
         return "DT-" + self.device_id_hex[-4:].upper()
 
     def model_time_s(self) -> float:
-        return (time.monotonic() - self.started_s) * self.time_scale
+        return self.model_start_s + (time.monotonic() - self.started_s) * self.time_scale
 
     def skin_celsius(self) -> float:
-        return self.skin.celsius_at(self.model_time_s())
+        return self.environment.skin_temp_c_at(self.model_time_s())
 
     async def start(self) -> None:
         write_identity(self.data_dir, self.device_id_hex, self.key)
         bus = VirtualI2C(clock_ms=monotonic_ms)
-        bus.attach(TMP117Emulator(self.skin_celsius, clock_ms=monotonic_ms))
+        self.chips = attach_patch_chips(bus, self.environment, self.model_time_s)
         board = HostBoard(self.data_dir, bus, self.config_overrides, self.log_capacity)
         self.bumble_device = await self.radio.new_device(self.name)
         context = contextvars.copy_context()
