@@ -9,7 +9,7 @@ NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models clean mosquitto
+.PHONY: setup test demo lint firmware bench models clean mosquitto virtual-board simulate
 
 setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto
 
@@ -41,6 +41,12 @@ firmware: setup
 
 models: setup
 	$(PY) models_onnx/build_models.py
+
+virtual-board: setup
+	$(PY) tools/virtual_board.py
+
+simulate: setup
+	$(VENV)/bin/dermtwin simulate --patches $(PATCHES) --fast --pair-db var/gateway.sqlite3
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -82,6 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--pair-db", type=Path, metavar="DB",
                      help="also register the patches in this gateway database")
 
+    prov = sub.add_parser("provision", help="write a patch's device id and key over USB serial "
+                                            "and pair it with this gateway")
+    prov.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyACM0")
+    prov.add_argument("--device-id", help="16 hex chars (default: a new random id)")
+    prov.add_argument("--key-file", type=Path,
+                      help="32-byte key as 64 hex chars (default: a new random key)")
+    prov.add_argument("--subject", help="pseudonymous subject id to pair with (default: "
+                                        "provision only; pair later with `dermtwin pair`)")
+    prov.add_argument("--skin-type", type=int, choices=range(1, 7), default=3)
+    prov.add_argument("--db", type=Path, default=DEFAULT_DB)
+    prov.add_argument("--force", action="store_true", help="replace an existing identity")
+
+    flash = sub.add_parser("flash", help="copy the firmware build onto a patch over USB serial")
+    flash.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyACM0")
+    flash.add_argument("--build-dir", type=Path, default=Path("build/firmware"),
+                       help="output of `make firmware` (build/firmware)")
+    flash.add_argument("--source", action="store_true",
+                       help="copy the .py sources instead of the .mpy build")
+    flash.add_argument("--no-reset", action="store_true", help="do not soft-reset afterwards")
+
     devices = sub.add_parser("devices", help="list paired patches")
     devices.add_argument("--db", type=Path, default=DEFAULT_DB)
     devices.add_argument("--json", action="store_true")
@@ -171,6 +191,50 @@ def cmd_pair(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from gateway import store as store_mod
+    from gateway.provision import ProvisionError, load_key_file, provision
+
+    if args.subject is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.subject):
+        raise CliError(f"--subject {args.subject!r}: use 1-64 letters, digits, '-' or '_' "
+                       "(a pseudonymous id, never a name)")
+    try:
+        key = load_key_file(args.key_file) if args.key_file else None
+        result = provision(args.port, args.device_id, key, force=args.force)
+    except ProvisionError as e:
+        raise CliError(str(e)) from e
+    print(f"provisioned {args.port}: device {result.device_id} (DT-{result.device_id[-4:].upper()})"
+          + ("; replaced an earlier identity" if result.replaced else ""))
+    if args.subject is None:
+        key_path = Path(f"{result.device_id}.key")
+        key_path.write_text(result.key.hex() + "\n")
+        key_path.chmod(0o600)
+        print(f"key saved to {key_path} (mode 600); pair it with: dermtwin pair --device-id "
+              f"{result.device_id} --key-file {key_path} --subject <pseudonymous id>")
+        return 0
+    store = _open_store(args.db)
+    with store.transaction():
+        store.register(store_mod.RegisteredDevice(result.device_id, result.key, args.subject,
+                                                  args.skin_type, None), int(time.time() * 1000))
+    print(f"paired {result.device_id} as subject {args.subject} in {args.db}")
+    return 0
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    from gateway.provision import ProvisionError, flash, print_progress
+
+    try:
+        result = flash(args.port, None if args.source else args.build_dir, source=args.source,
+                       progress=print_progress, soft_reset=not args.no_reset)
+    except ProvisionError as e:
+        raise CliError(str(e)) from e
+    kind = "sources" if result.source else "files"
+    print(f"flashed {result.files} {kind} ({result.bytes} bytes) to {result.port} in "
+          f"{result.seconds:.1f} s" + (f" (board reads mpy {result.board_mpy})"
+                                        if result.board_mpy else ""))
+    return 0
+
+
 def cmd_unpair(args: argparse.Namespace) -> int:
     store = _open_store(args.db)
     with store.transaction():
@@ -216,7 +280,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices, "pair": cmd_pair,
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
+            "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair}
 
 

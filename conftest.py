@@ -1,10 +1,12 @@
+"""Repo-wide pytest setup: shared fixtures for tests/ and hil_tests/, and a closing line that
+counts the tests that ran under the real MicroPython VM."""
+
 import sys
 from pathlib import Path
 
 import pytest
 
-TESTS_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 pytest_plugins = ["mpvm", "mqtt_fixtures"]
 
