@@ -37,6 +37,7 @@ class IngestStats:
     snapshots: int = 0
     alerts: int = 0
     commit_failures: int = 0
+    store_alarm: bool = False      # the last commit failed: nothing is being acknowledged
     last_error: str | None = None
     last_rev: dict[str, int] = field(default_factory=dict)
 
@@ -89,12 +90,16 @@ class Ingest:
                 self.publish_updates(self.engine.step(now_ms))
         except StoreError as e:
             self.stats.commit_failures += 1
+            self.stats.store_alarm = True
             self.stats.last_error = str(e)
             log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
             for link in {id(link): link for link, _ in waiting}.values():
                 link.on_commit_failed(str(e))
             return
         self.stats.cycles += 1
+        if self.stats.store_alarm:
+            log.warning("ingest: the store accepts writes again; acknowledging resumes")
+            self.stats.store_alarm = False
         total = sum(len(b) for b in batches)
         self.stats.samples_committed += new_rows
         self.stats.samples_duplicate += total - new_rows

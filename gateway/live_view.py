@@ -60,9 +60,12 @@ def twin_table(gateway, footer: str) -> Table:
 
 def _footer(gateway, extra: Callable[[], str] | None) -> str:
     pub = gateway.publisher
+    stats = gateway.ingest.stats
     text = (f"MQTT {'connected' if pub.connected else 'DISCONNECTED'} · published {pub.published}"
-            f" · outbox {pub.pending} · stored {gateway.ingest.stats.samples_committed}"
-            "  (? = warming up)")
+            f" · outbox {pub.pending} · stored {stats.samples_committed}  (? = warming up)")
+    if stats.store_alarm:
+        text = f"STORE ALARM ({stats.commit_failures} failed commits, not acknowledging): " \
+               f"{stats.last_error} · " + text
     return text + (" · " + extra() if extra else "")
 
 

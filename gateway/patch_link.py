@@ -87,7 +87,8 @@ class PatchLink:
         client = self.radio.client(
             ble_device, disconnected_callback=lambda _c: events.put_nowait(("disconnected",)))
         try:
-            await client.connect(timeout=CONNECT_TIMEOUT_S)
+            async with self.radio.connect_lock:
+                await client.connect(timeout=CONNECT_TIMEOUT_S)
         except BLE_ERRORS as e:
             self.last_close_reason = f"connect failed: {e}"
             return Outcome.CONNECT_FAILED

@@ -103,8 +103,12 @@ def test_disk_full_acknowledges_nothing_and_keeps_what_was_stored(store, ingest)
     ingest.cycle(now_ms=2)
     assert link.committed == [4], "nothing may be acknowledged that is not durable"
     assert len(link.failed) == 1 and "full" in link.failed[0]
-    assert ingest.stats.commit_failures == 1
+    assert ingest.stats.commit_failures == 1 and ingest.stats.store_alarm
     assert store.sample_seqs("a" * 16) == list(range(5))
+    store.conn.execute("PRAGMA max_page_count=1073741823")   # space freed
+    ingest.submit(link, batch("a" * 16, range(5, 10)))
+    ingest.cycle(now_ms=3)
+    assert link.committed == [4, 9] and not ingest.stats.store_alarm
 
 
 def test_transaction_classifies_disk_full(store):

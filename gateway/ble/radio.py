@@ -3,6 +3,7 @@ or a real HCI dongle through a Bumble transport). Gateway code only sees bleak's
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,9 @@ from bleak import BleakClient, BleakScanner
 class BleRadio:
     def __init__(self, bumble_adapter: Any = None):
         self.bumble_adapter = bumble_adapter
+        # One connection attempt at a time per adapter: controllers (and BlueZ) handle a
+        # single pending LE Create Connection; parallel attempts fail in confusing ways.
+        self.connect_lock = asyncio.Lock()
 
     def _backend_kwargs(self, kind: str) -> dict:
         if self.bumble_adapter is None:
