@@ -57,7 +57,7 @@ def streaming_session() -> PatchSession:
 def bench_gateway_path(frames, db_path: Path) -> float:
     conn = store_mod.connect(db_path)
     store = store_mod.Store(conn)
-    models = load_models(default_models_dir(), names=["temp_anomaly"])
+    models = load_models(default_models_dir())
     engine = TwinEngine(1, {DEVICE: "s-bench"}, lambda n, i: models[n].run(i))
     ingest = Ingest(store, Outbox(conn), engine, lambda *lv: "dermtwin/v1/bench/" + "/".join(lv),
                     lambda: None)

@@ -40,8 +40,8 @@ __all__ = ["DecodedFrame", "FrameError", "FrameErrorCode", "decode_frame", "enco
 
 _HEADER = struct.Struct("<BBHII")
 _U32_MAX = 0xFFFFFFFF
-_CH_MIN = np.array(CHANNEL_MIN, dtype=np.int64)
-_CH_MAX = np.array(CHANNEL_MAX, dtype=np.int64)
+_CH_LO = tuple(CHANNEL_MIN)
+_CH_HI = tuple(CHANNEL_MAX)
 
 
 class FrameError(ValueError):
@@ -119,12 +119,17 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
     if not hmac.compare_digest(frame_tag(key, data[:end]), data[end:]):
         raise FrameError(FrameErrorCode.BAD_TAG, "tag does not match the device key")
 
-    # Walk the records. Every structural problem is noted; the first TRUNCATED_RECORD wins
-    # over any VARINT_TOO_LONG (table order), and both over value checks.
-    heads: list[int] = []
-    dts: list[int] = []
-    zzs: list[int] = []
+    # Walk the records once, in plain Python: frames hold ~100 records, too few for numpy
+    # to pay per frame (bench/bench_codec.py); the columns become arrays at the end.
+    # Structural problems are noted as found; the first TRUNCATED_RECORD wins over any
+    # VARINT_TOO_LONG (table order), and both over value checks.
+    channels: list[int] = []
+    ticks: list[int] = []
+    values: list[int] = []
+    prev = [0, 0, 0, 0]
+    tick = base_tick
     too_long_at = -1
+    bad_value_at = -1
     i = FRAME_HEADER_LEN
     while i < end:
         rec_start = i
@@ -140,7 +145,8 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
                 if i >= end:
                     raise FrameError(
                         FrameErrorCode.TRUNCATED_RECORD,
-                        f"record {len(heads)} at byte {rec_start} runs into the tag at byte {end}",
+                        f"record {len(channels)} at byte {rec_start} runs into the tag at "
+                        f"byte {end}",
                     )
                 b = data[i]
                 i += 1
@@ -153,39 +159,36 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
                 too_long_at = rec_start
             if k == 0 and varints == 2:
                 dt = u
-        heads.append(head)
-        dts.append(dt)
-        zzs.append(u)
+        channel = head >> 6
+        value = prev[channel] + ((u >> 1) ^ -(u & 1))
+        prev[channel] = value
+        tick += dt
+        if bad_value_at < 0 and (not _CH_LO[channel] <= value <= _CH_HI[channel]
+                                 or tick > _U32_MAX):
+            bad_value_at = len(channels)
+        channels.append(channel)
+        ticks.append(tick)
+        values.append(value)
     if too_long_at >= 0:
         raise FrameError(
             FrameErrorCode.VARINT_TOO_LONG,
             f"record at byte {too_long_at} has a varint longer than {VARINT_MAX_BYTES} bytes",
         )
-
-    count = len(heads)
-    channel = (np.array(heads, dtype=np.uint8) >> 6).astype(np.uint8)
-    tick = base_tick + np.cumsum(np.array(dts, dtype=np.int64))
-    zz = np.array(zzs, dtype=np.int64)  # < 2**35: varints are at most 5 bytes
-    delta = (zz >> 1) ^ -(zz & 1)
-    value = np.empty(count, dtype=np.int64)
-    for c in range(CHANNEL_COUNT):
-        mask = channel == c
-        if mask.any():
-            value[mask] = np.cumsum(delta[mask])
-    bad = (value < _CH_MIN[channel]) | (value > _CH_MAX[channel])
-    if bad.any():
-        j = int(np.argmax(bad))
-        c = Channel(int(channel[j]))
+    count = len(channels)
+    if bad_value_at >= 0:
+        j = bad_value_at
+        c = Channel(channels[j])
+        if ticks[j] > _U32_MAX:
+            raise FrameError(
+                FrameErrorCode.BAD_VALUE, f"record {j}: tick {ticks[j]} is beyond a u32")
         raise FrameError(
             FrameErrorCode.BAD_VALUE,
-            f"record {j}: {c.name.lower()} value {int(value[j])} outside "
+            f"record {j}: {c.name.lower()} value {values[j]} outside "
             f"{CHANNEL_MIN[c]}..{CHANNEL_MAX[c]}",
         )
-    if tick[-1] > _U32_MAX:  # ticks only grow within a frame
-        j = int(np.argmax(tick > _U32_MAX))
-        raise FrameError(
-            FrameErrorCode.BAD_VALUE, f"record {j}: tick {int(tick[j])} is beyond a u32"
-        )
+    channel = np.array(channels, dtype=np.uint8)
+    tick = np.array(ticks, dtype=np.int64)
+    value = np.array(values, dtype=np.int32)
     if first_seq + count - 1 > _U32_MAX:
         raise FrameError(
             FrameErrorCode.SEQ_OVERFLOW,
@@ -200,7 +203,7 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
         seq=first_seq + np.arange(count, dtype=np.int64),
         channel=channel,
         tick=tick,
-        value=value.astype(np.int32),
+        value=value,
     )
 
 
