@@ -30,7 +30,7 @@ pF, less than the 30 pF window, so it cannot jump over the value) towards it
 and raises SensorError; the next measurement is then closer or in range.
 """
 
-from sensor_drivers.errors import SensorError, bus_error
+from sensor_drivers.register_io import Register16Device
 
 try:
     from micropython import const
@@ -113,12 +113,14 @@ def registers_to_result(msb, lsb):
     return result
 
 
-class FDC1004:
+class FDC1004(Register16Device):
     """Driver for one FDC1004 measuring CIN`channel` single-ended against the CAPDAC.
 
     Uses measurement slot 1 (CONF_MEAS1/MEAS1). `capdac` is the starting CAPDAC
     code; with `auto_range` the driver moves it to keep readings in range.
     """
+
+    CHIP_NAME = CHIP_NAME
 
     def __init__(
         self,
@@ -135,50 +137,17 @@ class FDC1004:
             raise ValueError(f"FDC1004 capdac must be 0..{CAPDAC_MAX}, got {capdac!r}")
         if rate_sps not in RATE_CODE_BY_SPS:
             raise ValueError(f"FDC1004 rate_sps must be 100, 200 or 400, got {rate_sps!r}")
-        self._i2c = i2c
-        self.address = address
+        super().__init__(i2c, address)
         self.channel = channel
         self.capdac = capdac
         self.auto_range = auto_range
         self.conversion_time_ms = MEASUREMENT_MS_BY_SPS[rate_sps]
         self._trigger = (RATE_CODE_BY_SPS[rate_sps] << FDC_CONF_RATE_SHIFT) | FDC_CONF_MEAS1
         self._measured_capdac = capdac
-        self._buffer = bytearray(2)
-        self._check_ids()
-
-    # --- bus helpers -------------------------------------------------------
-    def _read_register(self, register, action):
-        buffer = self._buffer
-        try:
-            self._i2c.readfrom_mem_into(self.address, register, buffer)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, action) from error
-        return (buffer[0] << 8) | buffer[1]
-
-    def _write_register(self, register, value, action):
-        buffer = self._buffer
-        buffer[0] = (value >> 8) & 0xFF
-        buffer[1] = value & 0xFF
-        try:
-            self._i2c.writeto_mem(self.address, register, buffer)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, action) from error
-
-    def _check_ids(self):
-        manufacturer = self._read_register(REG_MANUFACTURER_ID, _ACTION_READ_MFR)
-        if manufacturer != MANUFACTURER_ID_EXPECTED:
-            raise SensorError(
-                CHIP_NAME,
-                self.address,
-                f"manufacturer id 0x{manufacturer:04X}, expected 0x{MANUFACTURER_ID_EXPECTED:04X}",
-            )
-        device = self._read_register(REG_DEVICE_ID, _ACTION_READ_DEV)
-        if device != DEVICE_ID_EXPECTED:
-            raise SensorError(
-                CHIP_NAME,
-                self.address,
-                f"device id 0x{device:04X}, expected 0x{DEVICE_ID_EXPECTED:04X}",
-            )
+        self._check_id(
+            REG_MANUFACTURER_ID, _ACTION_READ_MFR, "manufacturer id", MANUFACTURER_ID_EXPECTED
+        )
+        self._check_id(REG_DEVICE_ID, _ACTION_READ_DEV, "device id", DEVICE_ID_EXPECTED)
 
     # --- start / ready / read -----------------------------------------------
     def start(self):
@@ -221,11 +190,9 @@ class FDC1004:
             hint = f"; CAPDAC moved to {moved} for the next measurement"
         else:
             hint = ": beyond the measurable range"
-        return SensorError(
-            CHIP_NAME,
-            self.address,
+        return self._error(
             f"capacitance out of range, {side} +-15 pF around CAPDAC {capdac} "
-            f"({capdac * 3.125} pF){hint}",
+            f"({capdac * 3.125} pF){hint}"
         )
 
     def read_raw(self):
@@ -236,9 +203,7 @@ class FDC1004:
             raise self._out_of_range(result, capdac)
         femtofarads = result_to_femtofarads(result, capdac)
         if femtofarads < 0:
-            raise SensorError(
-                CHIP_NAME, self.address, f"capacitance {femtofarads} fF is negative: out of range"
-            )
+            raise self._error(f"capacitance {femtofarads} fF is negative: out of range")
         if self.auto_range and (result > RECENTRE_RESULT or result < -RECENTRE_RESULT):
             code = (femtofarads + CAPDAC_FEMTOFARADS // 2) // CAPDAC_FEMTOFARADS
             self.capdac = code if code <= CAPDAC_MAX else CAPDAC_MAX

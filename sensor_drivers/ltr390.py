@@ -32,7 +32,7 @@ active time (and current) short; 20-bit would only add resolution we do not
 transmit, at 4x the integration time.
 """
 
-from sensor_drivers.errors import SensorError, bus_error
+from sensor_drivers.register_io import Register8Device
 
 try:
     from micropython import const
@@ -57,6 +57,7 @@ REG_UVS_DATA_0 = const(0x10)  # UVS_DATA_0..2 = 0x10..0x12, 20 bits, LSB first
 PART_ID_EXPECTED = const(0xB2)
 PART_NUMBER_SHIFT = const(4)
 PART_NUMBER = const(0xB)
+PART_NUMBER_MASK = const(0xF0)
 
 # MAIN_CTRL bits (MAIN_CTRL register).
 MAIN_CTRL_SW_RESET = const(1 << 4)
@@ -132,13 +133,15 @@ def counts_to_uvi(counts, gain=DEFAULT_GAIN, resolution_bits=DEFAULT_RESOLUTION_
     return counts / counts_per_uvi(gain, resolution_bits)
 
 
-class LTR390:
+class LTR390(Register8Device):
     """Driver for one LTR-390UV-01 in UVS mode on a machine.I2C-shaped bus.
 
     `gain` is one of 1, 3, 6, 9, 18; `resolution_bits` one of 16..20.
     `window_transmission_percent` (1..100) is the UV transmission of the patch
     window in front of the sensor; the datasheet's Wfac is 100 / that.
     """
+
+    CHIP_NAME = CHIP_NAME
 
     def __init__(
         self,
@@ -154,8 +157,7 @@ class LTR390:
             raise ValueError(f"LTR390 resolution_bits must be 16..20, got {resolution_bits!r}")
         if not 1 <= window_transmission_percent <= 100:
             raise ValueError("LTR390 window_transmission_percent must be 1..100")
-        self._i2c = i2c
-        self.address = address
+        super().__init__(i2c, address)
         self.gain = gain
         self.resolution_bits = resolution_bits
         self._gain_code = GAIN_BY_CODE.index(gain)
@@ -170,70 +172,43 @@ class LTR390:
         self._ratio_numerator, self._ratio_denominator = uvi_x100_ratio(
             gain, resolution_bits, window_transmission_percent
         )
-        self._byte = bytearray(1)
         self._data = bytearray(3)
-        self._check_part_id()
+        # Only the part number (bits 7:4) must match; any revision is accepted.
+        self._check_id(REG_PART_ID, _ACTION_READ_ID, "part id", PART_ID_EXPECTED, PART_NUMBER_MASK)
         self.configure()
-
-    # --- bus helpers -------------------------------------------------------
-    def _read_byte(self, register, action):
-        try:
-            self._i2c.readfrom_mem_into(self.address, register, self._byte)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, action) from error
-        return self._byte[0]
-
-    def _write_byte(self, register, value, action):
-        self._byte[0] = value
-        try:
-            self._i2c.writeto_mem(self.address, register, self._byte)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, action) from error
-
-    def _check_part_id(self):
-        part_id = self._read_byte(REG_PART_ID, _ACTION_READ_ID)
-        if part_id >> PART_NUMBER_SHIFT != PART_NUMBER:
-            raise SensorError(
-                CHIP_NAME,
-                self.address,
-                f"part id 0x{part_id:02X}, expected 0x{PART_ID_EXPECTED:02X}",
-            )
 
     def configure(self):
         """Standby in UVS mode with our gain and resolution (also after a chip reset)."""
-        self._write_byte(REG_MAIN_CTRL, MAIN_CTRL_UVS_MODE, _ACTION_WRITE_CTRL)
-        self._write_byte(REG_MEAS_RATE, self._meas_rate, _ACTION_WRITE_RATE)
-        self._write_byte(REG_GAIN, self._gain_code, _ACTION_WRITE_GAIN)
-        self._read_byte(REG_MAIN_STATUS, _ACTION_READ_STATUS)  # clear power-on status
+        self._write_register(REG_MAIN_CTRL, MAIN_CTRL_UVS_MODE, _ACTION_WRITE_CTRL)
+        self._write_register(REG_MEAS_RATE, self._meas_rate, _ACTION_WRITE_RATE)
+        self._write_register(REG_GAIN, self._gain_code, _ACTION_WRITE_GAIN)
+        self._read_register(REG_MAIN_STATUS, _ACTION_READ_STATUS)  # clear power-on status
 
     # --- start / ready / read -----------------------------------------------
     def start(self):
         """Enable the UVS for one integration; returns the ms until its result is ready."""
-        self._write_byte(REG_MAIN_CTRL, MAIN_CTRL_UVS_MODE | MAIN_CTRL_ENABLE, _ACTION_WRITE_CTRL)
+        self._write_register(
+            REG_MAIN_CTRL, MAIN_CTRL_UVS_MODE | MAIN_CTRL_ENABLE, _ACTION_WRITE_CTRL
+        )
         return self.conversion_time_ms
 
     start_oneshot = start  # the name the firmware sampler uses for every chip
 
     def ready(self):
         """True once a new UVS result exists; reading MAIN_STATUS clears the flag."""
-        status = self._read_byte(REG_MAIN_STATUS, _ACTION_READ_STATUS)
+        status = self._read_register(REG_MAIN_STATUS, _ACTION_READ_STATUS)
         return bool(status & STATUS_DATA)
 
     def read_counts(self):
         """The 20-bit UVS count; puts the chip back in standby. Full scale is an error."""
         data = self._data
-        try:
-            self._i2c.readfrom_mem_into(self.address, REG_UVS_DATA_0, data)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, _ACTION_READ_DATA) from error
+        self._read_into(REG_UVS_DATA_0, data, _ACTION_READ_DATA)
         counts = data[0] | (data[1] << 8) | ((data[2] & 0x0F) << 16)
-        self._write_byte(REG_MAIN_CTRL, MAIN_CTRL_UVS_MODE, _ACTION_WRITE_CTRL)
+        self._write_register(REG_MAIN_CTRL, MAIN_CTRL_UVS_MODE, _ACTION_WRITE_CTRL)
         if counts >= self.full_scale_counts:
-            raise SensorError(
-                CHIP_NAME,
-                self.address,
+            raise self._error(
                 f"UVS count {counts} is full scale at {self.resolution_bits}-bit, "
-                f"gain {self.gain}: UV out of range",
+                f"gain {self.gain}: UV out of range"
             )
         return counts
 

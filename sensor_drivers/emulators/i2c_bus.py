@@ -18,6 +18,15 @@ Runs on CPython and MicroPython.
 import errno
 import time
 
+# micropython.const, or the same on CPython; the chip emulators import it from here.
+try:
+    from micropython import const
+except ImportError:
+
+    def const(value):  # type: ignore[misc]  # same behaviour as micropython.const
+        return value
+
+
 DEFAULT_TIMEOUT_MS = 50  # machine.SoftI2C's default timeout is 50 000 us
 
 
@@ -52,7 +61,48 @@ class ManualClock:
     sleep_ms = advance
 
 
-class RegisterChip16:
+class EmulatedChip:
+    """What every emulated chip shares: its name and address, power-on, its clock, errors.
+
+    Subclasses set `chip_name` and `address` (and `_clock_ms`, a callable returning
+    ms, to run without a VirtualI2C) and implement _reset_registers(now_ms); the
+    chip powers on when attached to a bus, or at its first transfer.
+    """
+
+    chip_name = "chip"
+    address = 0
+    _clock_ms = None
+    _powered = False
+
+    def power_on(self, now_ms):
+        if self._clock_ms is not None:
+            now_ms = self._clock_ms()
+        self._powered = True
+        self._reset_registers(now_ms)
+
+    def _reset_registers(self, now_ms):
+        pass
+
+    def _now(self, now_ms):
+        """The time a transfer happens at (the chip's own clock if it has one); powers on."""
+        if self._clock_ms is not None:
+            now_ms = self._clock_ms()
+        if not self._powered:
+            self.power_on(now_ms)
+        return now_ms
+
+    # --- errors: a driver bug, raised loudly ---------------------------------
+    def _error(self, detail):
+        return ValueError(f"{self.chip_name} emulator at 0x{self.address:02X}: {detail}")
+
+    def _unknown(self, register):
+        return self._error(f"no register 0x{register:02X}")
+
+    def _read_only(self, register):
+        return self._error(f"register 0x{register:02X} is read-only")
+
+
+class RegisterChip16(EmulatedChip):
     """Base for emulated chips with 16-bit big-endian registers (TMP117, FDC1004, MAX17048).
 
     Subclasses set `chip_name` and `address` and implement
@@ -60,15 +110,9 @@ class RegisterChip16:
     A transfer that is not exactly one register wide is a driver bug: ValueError.
     """
 
-    chip_name = "chip"
-    address = 0
-
     def _check_width(self, register, buf, verb):
         if len(buf) != 2:
-            raise ValueError(
-                f"{self.chip_name} emulator at 0x{self.address:02X}: "
-                f"{verb} {len(buf)} bytes at 16-bit register 0x{register:02X}"
-            )
+            raise self._error(f"{verb} {len(buf)} bytes at 16-bit register 0x{register:02X}")
 
     def read_into(self, register, buf, now_ms):
         self._check_width(register, buf, "read of")

@@ -16,15 +16,8 @@ returns the UV index at the sensor (behind the window) and `lux_source()` the
 illuminance in lux.
 """
 
+from sensor_drivers.emulators.i2c_bus import const
 from sensor_drivers.emulators.registers8 import RegisterChip8
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(value):  # type: ignore[misc]  # same behaviour as micropython.const
-        return value
-
 
 # Register addresses and reset values ("Register Set" table).
 REG_MAIN_CTRL = const(0x00)
@@ -88,16 +81,9 @@ class LTR390Emulator(RegisterChip8):
         self._lux_source = lux_source
         self._clock_ms = clock_ms
         self.measurements = 0
-        self._powered = False
         self._reset_registers(0)
 
-    # --- power and reset -------------------------------------------------
-    def power_on(self, now_ms):
-        if self._clock_ms is not None:
-            now_ms = self._clock_ms()
-        self._powered = True
-        self._reset_registers(now_ms)
-
+    # --- reset -----------------------------------------------------------
     def _reset_registers(self, now_ms):
         self._ctrl = RESET_MAIN_CTRL
         self._meas_rate = RESET_MEAS_RATE
@@ -129,10 +115,7 @@ class LTR390Emulator(RegisterChip8):
 
     # --- time ----------------------------------------------------------------
     def _advance(self, now_ms):
-        if self._clock_ms is not None:
-            now_ms = self._clock_ms()
-        if not self._powered:
-            self.power_on(now_ms)
+        now_ms = self._now(now_ms)
         if not self._ctrl & MAIN_CTRL_ENABLE:
             return now_ms
         elapsed_us = int(now_ms * 1000) - self._start_us
@@ -162,9 +145,6 @@ class LTR390Emulator(RegisterChip8):
         self._status |= STATUS_DATA
 
     # --- registers -------------------------------------------------------------
-    def _unknown(self, register):
-        return ValueError(f"LTR390 emulator at 0x{self.address:02X}: no register 0x{register:02X}")
-
     def read_register(self, register, now_ms):
         self._advance(now_ms)
         if register == REG_MAIN_CTRL:
@@ -217,8 +197,6 @@ class LTR390Emulator(RegisterChip8):
         elif register in (REG_PART_ID, REG_MAIN_STATUS) or (
             REG_ALS_DATA_0 <= register <= REG_UVS_DATA_0 + 2
         ):
-            raise ValueError(
-                f"LTR390 emulator at 0x{self.address:02X}: register 0x{register:02X} is read-only"
-            )
+            raise self._read_only(register)
         else:
             raise self._unknown(register)

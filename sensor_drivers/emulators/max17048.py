@@ -24,15 +24,7 @@ resetting); the first conversion 250 ms after power-on.
 
 import errno
 
-from sensor_drivers.emulators.i2c_bus import RegisterChip16
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(value):  # type: ignore[misc]  # same behaviour as micropython.const
-        return value
-
+from sensor_drivers.emulators.i2c_bus import RegisterChip16, const
 
 # Register addresses and reset values (Register Summary).
 REG_VCELL = const(0x02)
@@ -96,16 +88,9 @@ class MAX17048Emulator(RegisterChip16):
         self._clock_ms = clock_ms
         self.conversions = 0
         self.resets = 0
-        self._powered = False
         self._reset_registers(0)
 
-    # --- power and reset -------------------------------------------------
-    def power_on(self, now_ms):
-        if self._clock_ms is not None:
-            now_ms = self._clock_ms()
-        self._powered = True
-        self._reset_registers(now_ms)
-
+    # --- reset -----------------------------------------------------------
     def _reset_registers(self, now_ms):
         self._vcell = 0
         self._soc = 0
@@ -132,10 +117,7 @@ class MAX17048Emulator(RegisterChip16):
 
     # --- time ------------------------------------------------------------
     def _advance(self, now_ms):
-        if self._clock_ms is not None:
-            now_ms = self._clock_ms()
-        if not self._powered:
-            self.power_on(now_ms)
+        now_ms = self._now(now_ms)
         now_us = int(now_ms * 1000)
         if self.sleeping():
             self._next_conversion_us = max(self._next_conversion_us, now_us)
@@ -165,11 +147,6 @@ class MAX17048Emulator(RegisterChip16):
         self.conversions += 1
 
     # --- registers -------------------------------------------------------
-    def _unknown(self, register):
-        return ValueError(
-            f"MAX17048 emulator at 0x{self.address:02X}: no register 0x{register:02X}"
-        )
-
     def read_register(self, register, now_ms):
         self._advance(now_ms)
         if register == REG_VCELL:
@@ -222,8 +199,6 @@ class MAX17048Emulator(RegisterChip16):
                 self._reset_registers(now_ms)
                 raise OSError(errno.ENODEV)  # reset before the ACK
         elif register in (REG_VCELL, REG_SOC, REG_VERSION, REG_CRATE):
-            raise ValueError(
-                f"MAX17048 emulator at 0x{self.address:02X}: register 0x{register:02X} is read-only"
-            )
+            raise self._read_only(register)
         else:
             raise self._unknown(register)

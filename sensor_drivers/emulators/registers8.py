@@ -10,17 +10,13 @@ a driver bug: ValueError.
 Runs on CPython and MicroPython.
 """
 
+from sensor_drivers.emulators.i2c_bus import EmulatedChip
 
-class RegisterChip8:
-    chip_name = "chip"
-    address = 0
 
+class RegisterChip8(EmulatedChip):
     def _check_length(self, register, buf, verb):
         if len(buf) == 0:
-            raise ValueError(
-                f"{self.chip_name} emulator at 0x{self.address:02X}: "
-                f"{verb} 0 bytes at register 0x{register:02X}"
-            )
+            raise self._error(f"{verb} 0 bytes at register 0x{register:02X}")
 
     def read_into(self, register, buf, now_ms):
         self._check_length(register, buf, "read of")

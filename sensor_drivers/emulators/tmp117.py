@@ -12,15 +12,7 @@ The temperature source (a callable returning °C) is sampled when a completed
 conversion is first observed on the bus, i.e. at bus time.
 """
 
-from sensor_drivers.emulators.i2c_bus import RegisterChip16
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(value):  # type: ignore[misc]  # same behaviour as micropython.const
-        return value
-
+from sensor_drivers.emulators.i2c_bus import RegisterChip16, const
 
 # Register addresses and reset values (§7.6 register map).
 REG_TEMP_RESULT = const(0x00)
@@ -85,17 +77,10 @@ class TMP117Emulator(RegisterChip16):
         self.device_id = device_id
         self._temperature_source = temperature_source
         self.conversions = 0
-        self._powered = False
         self._eeprom = {REG_EEPROM_UL: 0, REG_EEPROM1: 0, REG_EEPROM2: 0, REG_EEPROM3: 0}
         self._reset_registers(0)
 
-    # --- power and reset -------------------------------------------------
-    def power_on(self, now_ms):
-        if self._clock_ms is not None:
-            now_ms = self._clock_ms()
-        self._powered = True
-        self._reset_registers(now_ms)
-
+    # --- reset -----------------------------------------------------------
     def _reset_registers(self, now_ms):
         self._config = RESET_CONFIGURATION & CONFIG_WRITABLE_MASK
         self._flags = 0
@@ -132,10 +117,7 @@ class TMP117Emulator(RegisterChip16):
     # --- time ------------------------------------------------------------
     def _advance(self, now_ms):
         """Complete whatever conversions have finished by now; returns the time used."""
-        if self._clock_ms is not None:
-            now_ms = self._clock_ms()
-        if not self._powered:
-            self.power_on(now_ms)
+        now_ms = self._now(now_ms)
         now_us = int(now_ms * 1000)
         mod = self._mod()
         if mod == MOD_ONESHOT:
@@ -171,9 +153,6 @@ class TMP117Emulator(RegisterChip16):
             self._flags |= CONFIG_LOW_ALERT
 
     # --- registers -------------------------------------------------------
-    def _unknown(self, register):
-        return ValueError(f"TMP117 emulator at 0x{self.address:02X}: no register 0x{register:02X}")
-
     def read_register(self, register, now_ms):
         now_ms = self._advance(now_ms)
         if register == REG_TEMP_RESULT:
@@ -213,8 +192,6 @@ class TMP117Emulator(RegisterChip16):
         elif register in self._eeprom:
             self._eeprom[register] = value
         elif register in (REG_TEMP_RESULT, REG_DEVICE_ID):
-            raise ValueError(
-                f"TMP117 emulator at 0x{self.address:02X}: register 0x{register:02X} is read-only"
-            )
+            raise self._read_only(register)
         else:
             raise self._unknown(register)
