@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hci", metavar="TRANSPORT",
                      help="drive a controller through Bumble (usb:0, serial:/dev/ttyUSB0, "
                           "tcp-client:HOST:PORT) instead of BlueZ")
-    run.add_argument("--max-connections", type=_positive_int, default=5)
+    run.add_argument("--max-connections", type=_positive_int, default=5,
+                     help="BLE connection slots on the adapter (5)")
+    run.add_argument("--retention-days", type=_positive_float, default=30.0,
+                     help="keep stored samples this long (30)")
     run.add_argument("--models-dir", type=Path)
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
@@ -265,7 +268,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             from gateway.ble.bumble_backend import BumbleAdapter
             adapter = await BumbleAdapter.open(args.hci)
         gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
-                                        max_connections=args.max_connections),
+                                        max_connections=args.max_connections,
+                                        retention_days=args.retention_days),
                           BleRadio(adapter))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

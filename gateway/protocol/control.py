@@ -14,7 +14,6 @@ from .constants import (
     CFG_VALUE_MIN,
     CP_RESPONSE,
     CP_TAG_PREFIX,
-    DEVICE_KEY_LEN,
     MANUFACTURER_DATA_LEN,
     STATUS_CONFIG_KEYS,
     STATUS_FORMAT,
@@ -26,6 +25,7 @@ from .constants import (
     Opcode,
     Status,
 )
+from .frames import check_device_key
 
 __all__ = [
     "AdvertInfo",
@@ -72,19 +72,10 @@ class ControlError(ValueError):
 # --- requests ------------------------------------------------------------------------------
 
 
-def _check_key(key: bytes) -> bytes:
-    if not isinstance(key, bytes | bytearray | memoryview):
-        raise TypeError(f"device key must be bytes, not {type(key).__name__}")
-    key = bytes(key)
-    if len(key) != DEVICE_KEY_LEN:
-        raise ValueError(f"device key must be {DEVICE_KEY_LEN} bytes, got {len(key)}")
-    return key
-
-
 def request_tag(key: bytes, boot_id: int, body: bytes) -> bytes:
     """HMAC-SHA256(key, b"dtcp" + boot_id u16 + opcode + operands)[:8]."""
     msg = CP_TAG_PREFIX + struct.pack("<H", boot_id) + bytes(body)
-    return hmac.new(_check_key(key), msg, hashlib.sha256).digest()[:TAG_LEN]
+    return hmac.new(check_device_key(key), msg, hashlib.sha256).digest()[:TAG_LEN]
 
 
 def encode_request(key: bytes, boot_id: int, opcode: int, operands: bytes = b"") -> bytes:

@@ -87,7 +87,8 @@ class DecodedFrame:
         )
 
 
-def _check_key(key: bytes) -> bytes:
+def check_device_key(key: bytes) -> bytes:
+    """The key as bytes, or TypeError/ValueError naming what is wrong with it."""
     if not isinstance(key, bytes | bytearray | memoryview):
         raise TypeError(f"device key must be bytes, not {type(key).__name__}")
     key = bytes(key)
@@ -103,7 +104,7 @@ def frame_tag(key: bytes, body: bytes) -> bytes:
 
 def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
     """Authenticate and decode one frame. Raises FrameError (see FrameErrorCode)."""
-    key = _check_key(key)
+    key = check_device_key(key)
     data = bytes(data)
     n = len(data)
     if n < FRAME_MIN_BYTES:
@@ -228,7 +229,7 @@ def encode_frame(
 
     No size limit is applied; split samples yourself to respect an MTU.
     """
-    key = _check_key(key)
+    key = check_device_key(key)
     if not 0 <= boot_id <= 0xFFFF:
         raise ValueError(f"boot_id {boot_id} is not a u16")
     if not 0 <= first_seq <= _U32_MAX or not 0 <= base_tick <= _U32_MAX:
