@@ -10,12 +10,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 pytest_plugins = ["mpvm", "mqtt_fixtures"]
 
-_micropython_results = {"passed": 0, "failed": 0}
+_micropython_results = {"passed": 0, "failed": 0, "skipped": 0}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when == "call" and "micropython" in report.keywords:
-        _micropython_results["passed" if report.passed else "failed"] += 1
+    if "micropython" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _micropython_results[report.outcome] += 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

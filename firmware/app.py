@@ -5,8 +5,8 @@ from firmware import protocol_ids as ids
 from firmware.ble_gatt import GattTable
 from firmware.ble_link import PatchLink
 from firmware.clock import TickClock
+from firmware.flash_log import FlashLog
 from firmware.persist import BootState
-from firmware.sample_log import SampleLog
 from firmware.sampler import CHANNELS, Sampler
 from firmware.sampling_config import SamplingConfig
 from sensor_drivers.fdc1004 import FDC1004
@@ -30,14 +30,17 @@ class Patch:
         device_id_hex, key = board.identity()
         self.device_id_hex = device_id_hex
         self.boot_state = BootState(board.data_dir)
-        self.log = SampleLog(board.log_capacity, self.boot_state.first_seq)
+        # The power-loss-safe log of every sample not yet acknowledged (flash_log.py).
+        self.log = FlashLog(board.log_dir, max_segments=board.log_max_segments(),
+                            boot_id=self.boot_state.boot_id,
+                            first_seq=self.boot_state.seq_floor)
+        self.boot_state.first_seq = self.log.next_seq
         self.clock = TickClock()
         self.config = SamplingConfig(board.config_overrides)
         self.gatt = GattTable(device_id_hex, board.name)
         self.link = PatchLink(self.gatt, device_id_hex, key, self.boot_state, self.log,
                               self.clock, self.config, board)
-        self.sampler = Sampler(self.log, self.clock, self.config, self.boot_state,
-                               self.link.on_sample)
+        self.sampler = Sampler(self.log, self.clock, self.config, self.link.on_sample)
         self.link.sampler = self.sampler
         self.sampling_tasks = []
 

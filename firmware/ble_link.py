@@ -13,6 +13,7 @@ from sensor_drivers.tmp117 import raw_to_centi_celsius
 ADV_INTERVAL_US = 250_000
 ENOMEM = 12
 STREAM_POLL_MS = 100
+MS_PER_TICK = ids.TICK_MS
 LINK_WATCH_MS = 250
 MAX_FRAME_BYTES = ids.FRAME_MAX_BYTES
 MIN_FRAME_BYTES = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
@@ -42,6 +43,8 @@ class PatchLink:
         self.stream_task = None
         self.cursor = -1          # next seq to send; -1 while not streaming
         self.replay_end = 0       # seqs below this are sent flagged HISTORICAL
+        self._pending_since = -1  # tick when unsent samples were first seen; -1: none
+        self.replays = 0          # REPLAY requests served: a frame in flight must not undo one
         self.clock_set = False
         self.frames_sent = 0
 
@@ -149,10 +152,14 @@ class PatchLink:
             self._refresh_status()
             return ids.ST_SUCCESS, None
         if opcode == ids.OP_REPLAY:
-            start = operands if operands > log.oldest_seq else log.oldest_seq
-            self.cursor = start if start < log.next_seq else log.next_seq
+            # Answer with the first seq at or after from_seq that holds a sample, not just the
+            # log's oldest: seqs may have no record (the hole a reboot leaves, a record that
+            # failed its CRC), and the gateway moves past them only on this answer.
+            start = self._first_held(operands if operands > log.oldest_seq else log.oldest_seq)
+            self.cursor = start
             self.replay_end = log.next_seq
-            struct.pack_into("<II", self._payload_buf, 0, log.oldest_seq, log.next_seq)
+            self.replays += 1
+            struct.pack_into("<II", self._payload_buf, 0, start, log.next_seq)
             return ids.ST_SUCCESS, self._payload_buf
         if opcode == ids.OP_SET_CONFIG:
             cfg_key, value = operands
@@ -169,14 +176,29 @@ class PatchLink:
         return ids.ST_OPCODE_NOT_SUPPORTED, None
 
     # -- streaming -----------------------------------------------------------------
+    def _first_held(self, seq):
+        # The first seq >= seq with a readable record, or next_seq. Reads flash: REPLAY only.
+        log = self.log
+        seq = log.next_record(seq)
+        while seq < log.next_seq and log.boot(seq) < 0:
+            seq = log.next_record(seq + 1)
+        return seq
+
     def _frame_due(self):
+        # Called every STREAM_POLL_MS: reads no record (reading an unflushed one would force a
+        # flash sync per sample). The age of the oldest unsent sample is taken from our own
+        # clock, noted when next_seq first passes the cursor.
         log = self.log
         if self.cursor < 0 or self.cursor >= log.next_seq:
+            self._pending_since = -1
             return False
         if self.cursor < self.replay_end:
             return True
-        waited_ms = (self.clock.now() - log.tick(self.cursor)) * 100
-        if waited_ms >= self.config.get(ids.CFG_FLUSH_INTERVAL_S) * 1000:
+        now = self.clock.now()
+        if self._pending_since < 0:
+            self._pending_since = now
+        if (now - self._pending_since) * MS_PER_TICK >= \
+                self.config.get(ids.CFG_FLUSH_INTERVAL_S) * 1000:
             return True
         # Enough pending to fill a frame (records are about 2 bytes each).
         return log.next_seq - self.cursor >= (self.encoder.max_frame_bytes - 20) // 2
@@ -195,13 +217,26 @@ class PatchLink:
                 await aio.sleep_ms(STREAM_POLL_MS)
                 continue
             seq = self.cursor
+            boot = log.boot(seq)   # a frame carries one boot's records: their own boot id
+            if boot < 0:           # no record at seq (a hole): skip to the next one
+                self.cursor = log.next_record(seq + 1)
+                continue
             enc.set_max_frame_bytes(self._frame_bytes(connection))
-            enc.start(self.boot_state.boot_id, seq, log.tick(seq), seq < self.replay_end)
-            while seq < log.next_seq and enc.add(log.channel(seq), log.tick(seq), log.value(seq)):
+            enc.start(boot, seq, log.tick(seq), seq < self.replay_end)
+            # A frame ends when full, at next_seq, at a boot change or at a hole: its seqs are
+            # contiguous (protocol.md §4).
+            while (seq < log.next_seq and log.boot(seq) == boot
+                   and enc.add(log.channel(seq), log.tick(seq), log.value(seq))):
                 seq += 1
+            caught_up = seq >= log.next_seq
+            replays = self.replays
             await self._notify(connection, enc.finish())
-            self.cursor = seq
             self.frames_sent += 1
+            if self.replays != replays:
+                continue   # a REPLAY moved the cursor while this frame was in flight
+            self.cursor = seq
+            if caught_up:
+                self._pending_since = -1   # what arrived during the notify waits afresh
 
     async def _notify(self, connection, frame):
         backoff_ms = 5

@@ -6,8 +6,12 @@ _BOARDS = {
     "esp32": {"name": "esp32s3", "i2c": (0, 9, 8), "ble_stack": "nimble", "pairing": True},
     "rp2": {"name": "rp2-pico-w", "i2c": (0, 5, 4), "ble_stack": "btstack", "pairing": False},
 }
-DEFAULT_LOG_CAPACITY = 4096
 IDENTITY_FILE = "identity"
+LOG_DIR = "/log"   # under data_dir: the flash log's segment files (flash_log.py)
+# Upper bound on flash-log segments, whatever the filesystem could hold: the log keeps 12 B of
+# RAM per segment (5 KB here). 432 segments of 1018 samples = 14 days at default rates,
+# twice design.md's 7-day target.
+LOG_SEGMENTS_MAX = 432
 
 
 def parse_identity(text):
@@ -27,13 +31,28 @@ def parse_identity(text):
 
 
 class Board:
-    def __init__(self, name, i2c_pins, data_dir, log_capacity=DEFAULT_LOG_CAPACITY,
-                 config_overrides=None):
+    def __init__(self, name, i2c_pins, data_dir, log_segments=0, config_overrides=None):
         self.name = name
         self.i2c_pins = i2c_pins
         self.data_dir = data_dir
-        self.log_capacity = log_capacity
+        self.log_dir = data_dir + LOG_DIR
+        self.log_segments = log_segments   # 0: as many as the filesystem holds
         self.config_overrides = config_overrides
+
+    def log_max_segments(self):
+        """max_segments for the flash log: the board's fixed number, or what the free flash
+        holds (counting the log's own segments), at least 2 and at most LOG_SEGMENTS_MAX."""
+        if self.log_segments:
+            return self.log_segments
+        import os
+
+        from firmware.flash_log import segments_for_filesystem
+        try:
+            os.mkdir(self.log_dir)
+        except OSError:
+            pass
+        n = segments_for_filesystem(self.log_dir)
+        return LOG_SEGMENTS_MAX if n > LOG_SEGMENTS_MAX else (n if n > 2 else 2)
 
     def make_i2c(self):
         from machine import I2C, Pin

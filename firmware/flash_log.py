@@ -403,7 +403,7 @@ class FlashLog:
         return self._rf
 
     def _load(self, seq):
-        if seq == self._cseq:
+        if seq == self._cseq and seq >= 0:  # (_cseq is -1 when nothing is cached)
             return True
         s = self._find(seq)
         if s < 0:
@@ -579,25 +579,9 @@ class FlashLog:
         """Unacknowledged gaps, oldest first (the open one, if the log is full, last)."""
         return list(self._gaps)
 
-    def _drop(self, channel, tick):
-        g = self._gap
-        if g is None:
-            g = Gap(self.next_seq, self.boot_id, tick, tick)
-            self._gap = g
-            self._gaps.append(g)
-        g.counts[channel] += 1
-        g.last_tick = tick
-        self.dropped_total += 1
-        self._persist_gap(g)  # every drop: the count survives a power loss exactly
-
-    def _close_gap(self):
-        self._gap = None  # already persisted at its last drop; the next sample is at seq_at
-
-    def append_gap(self, channel, first_tick, last_tick, count):
-        """Record count samples of channel not taken between first_tick and last_tick (this
-        boot), before the next sample to be logged. Merges with a gap at the same place."""
-        if channel < 0 or channel > 3 or count < 1 or last_tick < first_tick:
-            raise ValueError("bad gap")
+    def _gap_here(self, first_tick, last_tick):
+        # The gap just before next_seq: the open one, one append_gap() made here, or a new
+        # one. One gap per (seq_at, boot): _load_gaps() keeps the last snapshot of each.
         g = self._gap
         if g is None:
             for old in self._gaps:
@@ -610,6 +594,24 @@ class FlashLog:
             g.first_tick = first_tick
         if last_tick > g.last_tick:
             g.last_tick = last_tick
+        return g
+
+    def _drop(self, channel, tick):
+        g = self._gap_here(tick, tick)
+        self._gap = g  # open until the next sample is logged
+        g.counts[channel] += 1
+        self.dropped_total += 1
+        self._persist_gap(g)  # every drop: the count survives a power loss exactly
+
+    def _close_gap(self):
+        self._gap = None  # already persisted at its last drop; the next sample is at seq_at
+
+    def append_gap(self, channel, first_tick, last_tick, count):
+        """Record count samples of channel not taken between first_tick and last_tick (this
+        boot), before the next sample to be logged. Merges with a gap at the same place."""
+        if channel < 0 or channel > 3 or count < 1 or last_tick < first_tick:
+            raise ValueError("bad gap")
+        g = self._gap_here(first_tick, last_tick)
         g.counts[channel] += count
         self._persist_gap(g)
         return g

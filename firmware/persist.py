@@ -1,13 +1,5 @@
-# Small persistent counters: boot id and the seq floor that keeps seqs unique across reboots.
-# The seq floor is written ahead in blocks, so a reboot skips at most SEQ_BLOCK seqs and never
-# reuses one, at one flash write per SEQ_BLOCK samples.
-try:
-    from micropython import const
-except ImportError:
-    def const(x):  # type: ignore[misc]  # same behaviour as micropython.const
-        return x
-
-SEQ_BLOCK = const(1024)
+# Small persistent counters: the boot id. Seqs are the flash log's business (flash_log.py: it
+# recovers next_seq from its segments and never reuses one across reboots).
 
 
 def _read_int(path, default):
@@ -29,15 +21,12 @@ def _write_int(path, value):
 class BootState:
     def __init__(self, data_dir):
         self._boot_path = data_dir + "/boot_id"
-        self._seq_path = data_dir + "/seq_floor"
         self.boot_id = (_read_int(self._boot_path, -1) + 1) & 0xFFFF
         _write_int(self._boot_path, self.boot_id)
-        self.first_seq = _read_int(self._seq_path, 0)
-        self._seq_reserved = self.first_seq + SEQ_BLOCK
-        _write_int(self._seq_path, self._seq_reserved)
-
-    def reserve(self, next_seq):
-        # Call after each append; writes only when a new block is entered.
-        if next_seq >= self._seq_reserved:
-            self._seq_reserved = next_seq + SEQ_BLOCK
-            _write_int(self._seq_path, self._seq_reserved)
+        # Seq floor left by firmware that kept samples in RAM (sample_log.py) and reserved seqs
+        # in blocks in the file `seq_floor`: the flash log starts at or above it, so a patch
+        # updated from that firmware does not reuse a seq the gateway already holds. Read
+        # only; 0 on a patch that never ran it.
+        self.seq_floor = _read_int(data_dir + "/seq_floor", 0)
+        # The first seq this boot hands out: the log's owner sets it once the log is open.
+        self.first_seq = self.seq_floor

@@ -1,6 +1,11 @@
 # One asyncio task per sensor channel: start a conversion, poll until ready without blocking
 # the loop, log the value in its wire unit, tell the listeners. A sensor fault sets that
 # channel's error flag and the other channels go on.
+#
+# Full log (flash_log.FlashLog.is_full(): every segment holds unacknowledged samples): the log
+# refuses the sample and counts it in a gap record; the sampler sets ERR_LOG_FULL and samples
+# FULL_SLOWDOWN times less often until the gateway acknowledges, reporting the samples it
+# skipped on purpose with log.append_gap() so the gateway learns how many are missing where.
 from firmware import aio
 from firmware import protocol_ids as ids
 
@@ -8,6 +13,7 @@ POLL_MS = 10
 CONVERSION_TIMEOUT_MS = 2000
 FAULT_RETRY_MS = 5000
 UV_FAST_ABOVE_X100 = 50   # design.md §1: sample UV every second while UVI > 0.5
+FULL_SLOWDOWN = 6         # while the log is full: one sample per 6 periods (5 skipped)
 
 # channel -> (period config key, error flag)
 CHANNELS = {
@@ -19,26 +25,41 @@ CHANNELS = {
 
 
 class Sampler:
-    def __init__(self, log, clock, config, boot_state, on_sample):
+    def __init__(self, log, clock, config, on_sample):
         self.log = log
         self.clock = clock
         self.config = config
-        self.boot_state = boot_state
         self.on_sample = on_sample
         self.error_flags = 0
-        self.dropped_log_full = 0
         self.last_uv_x100 = 0
+        # per channel: samples skipped on purpose since the last one taken, and its tick
+        self._skipped = [0, 0, 0, 0]
+        self._last_tick = [0, 0, 0, 0]
+
+    @property
+    def dropped_total(self):
+        """Samples the full log refused since boot (each is counted in a gap record)."""
+        return self.log.dropped_total
 
     def record(self, channel, value):
-        seq = self.log.append(channel, self.clock.now(), value)
-        if seq < 0:
-            # Issue 4 turns this into an explicit gap record in the flash log.
-            self.dropped_log_full += 1
-            self.error_flags |= ids.ERR_LOG_FULL
+        tick = self.clock.now()
+        log = self.log
+        skipped = self._skipped[channel]
+        if skipped:
+            # before the next sample is logged: the gap sits just before its seq
+            log.append_gap(channel, self._last_tick[channel], tick, skipped)
+            self._skipped[channel] = 0
+        self._last_tick[channel] = tick
+        try:
+            seq = log.append(channel, tick, value)
+        except ValueError:  # a reading outside the channel's range: a sensor fault
+            self.error_flags |= CHANNELS[channel][1]
             return
-        self.error_flags &= ~ids.ERR_LOG_FULL
-        self.boot_state.reserve(self.log.next_seq)
-        self.on_sample(channel, value)
+        if seq < 0:  # LOG_FULL: the log counted it in its open gap
+            self.error_flags |= ids.ERR_LOG_FULL
+        else:
+            self.error_flags &= ~ids.ERR_LOG_FULL
+        self.on_sample(channel, value)  # live values (ESS, battery) stay current either way
 
     def period_ms(self, channel):
         if channel == ids.CH_UV and self.last_uv_x100 > UV_FAST_ABOVE_X100:
@@ -66,4 +87,7 @@ class Sampler:
                 self.last_uv_x100 = value
             self.record(channel, value)
             period_ms = self.period_ms(channel)
+            if self.log.is_full():
+                period_ms *= FULL_SLOWDOWN
+                self._skipped[channel] = FULL_SLOWDOWN - 1
             await aio.sleep_ms(period_ms - waited_ms if period_ms > waited_ms else 0)

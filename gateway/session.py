@@ -6,7 +6,8 @@ connect → MTU (refuse below 64) → identity (Serial Number, Status) → SET_T
 The session never touches BLE, SQLite or clocks: the adapter feeds it what happened (with the
 current UTC in ms) and carries out the actions it returns, in order. Frames become `Commit`
 actions holding only samples the store does not have yet, contiguous from the last committed
-seq; a gap (a rejected frame) is healed with REPLAY instead of being acknowledged over.
+seq; a gap (a rejected frame, or seqs the patch has no sample for) is healed with REPLAY
+instead of being acknowledged over: its answer says where the patch's next sample is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from gateway.store import SampleBatch
 
 MIN_MTU = 64
 CONTROL_TIMEOUT_MS = 5_000
+# No frame for this long while streaming: ask the patch what it holds, and REPLAY what we
+# never received (anti-entropy for a notification lost below the session).
+IDLE_STATUS_CHECK_MS = 10_000
 MS_PER_TICK = 100
 SERIAL_NUMBER_UUID = "00002a25-0000-1000-8000-00805f9b34fb"
 
@@ -73,7 +77,8 @@ class SessionStats:
     samples_new: int = 0
     samples_duplicate: int = 0
     gaps: int = 0
-    samples_lost_at_patch: int = 0
+    seqs_skipped: int = 0   # seqs the patch said it holds no sample for (see REPLAY)
+    resyncs: int = 0        # REPLAYs asked because samples went missing without a gap
     frames_rejected: Counter | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +103,8 @@ class PatchSession:
         self._queued_replay: int | None = None
         self._replay_requested_for: int | None = None
         self._acked_seq = committed_seq
+        self._last_frame_ms = 0
+        self._last_status_check_ms = 0
         self.drain_target_seq: int | None = None   # the patch's next seq when REPLAY began
 
     # -- events in -------------------------------------------------------------
@@ -153,6 +160,14 @@ class PatchSession:
             self.state = State.GET_STATUS
             actions.append(self._request(
                 ids.Opcode.GET_STATUS, control.get_status(self.key, self.boot_id), now_ms))
+        elif response.opcode == ids.Opcode.GET_STATUS and self.state is State.STREAMING:
+            # The idle check (tick): the patch holds samples we never received and nothing
+            # is on its way (a notification lost below us): fetch them again.
+            self.status = control.decode_status(response.payload)
+            if (self.status.next_seq > self.expected_seq
+                    and self._last_frame_ms <= sent_at_ms):
+                self.stats.resyncs += 1
+                actions.append(self._replay(self.expected_seq, now_ms))
         elif response.opcode == ids.Opcode.GET_STATUS:
             self.status = control.decode_status(response.payload)
             self.state = State.REPLAY
@@ -161,11 +176,16 @@ class PatchSession:
         elif response.opcode == ids.Opcode.REPLAY:
             result = control.decode_replay_result(response.payload)
             if result.oldest_seq > self.expected_seq:
-                # The patch no longer holds these: it records such loss itself (issue 4).
-                self.stats.samples_lost_at_patch += result.oldest_seq - self.expected_seq
+                # The patch answers with the first seq at or after from_seq that it holds a
+                # sample for: no sample will ever come for the seqs before it (the unused seqs
+                # a reboot leaves, a record the patch could not read back, or samples deleted
+                # before this store had them). Move past them, or a hole inside the patch's
+                # log would make every later frame a gap (protocol.md §5, REPLAY).
+                self.stats.seqs_skipped += result.oldest_seq - self.expected_seq
                 self.expected_seq = result.oldest_seq
             self._replay_requested_for = None
             self.drain_target_seq = result.next_seq
+            self._last_status_check_ms = now_ms
             self.state = State.STREAMING
         return actions + self._flush_queue(now_ms)
 
@@ -180,6 +200,7 @@ class PatchSession:
             self.stats.frames_rejected[str(e.code)] += 1
             return []
         self.stats.frames_ok += 1
+        self._last_frame_ms = now_ms
         first, last = frame.first_seq, frame.first_seq + len(frame) - 1
         if first > self.expected_seq:
             self.stats.gaps += 1
@@ -208,6 +229,12 @@ class PatchSession:
             return self._close(
                 f"control point: no answer to {ids.Opcode(self._pending[0]).name} "
                 f"within {CONTROL_TIMEOUT_MS} ms")
+        quiet_ms = now_ms - max(self._last_frame_ms, self._last_status_check_ms)
+        if (self.state is State.STREAMING and self._pending is None
+                and quiet_ms >= IDLE_STATUS_CHECK_MS):
+            self._last_status_check_ms = now_ms
+            return [self._request(ids.Opcode.GET_STATUS,
+                                  control.get_status(self.key, self.boot_id), now_ms)]
         return []
 
     def disconnected(self, reason: str = "link lost") -> None:

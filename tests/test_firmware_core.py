@@ -1,9 +1,10 @@
-"""Firmware core modules (sample log, boot state, sampling config) on CPython and on the
+"""Firmware core modules (RAM sample log, boot state, sampling config) on CPython and on the
 real MicroPython VM."""
 
 import pytest
 
-from firmware.persist import SEQ_BLOCK, BootState
+from firmware.flash_log import FlashLog
+from firmware.persist import BootState
 from firmware.sample_log import LOG_FULL, SampleLog
 from firmware.sampling_config import SamplingConfig
 
@@ -31,14 +32,35 @@ def test_full_log_refuses_instead_of_overwriting():
     assert log.append(0, 9, 9) == 4 and log.value(4) == 9
 
 
-def test_boot_state_never_reuses_a_seq_across_reboots(tmp_path):
+def test_boot_state_counts_boots_and_reads_the_legacy_seq_floor(tmp_path):
     data = str(tmp_path)
     first = BootState(data)
-    assert first.boot_id == 0 and first.first_seq == 0
-    first.reserve(SEQ_BLOCK + 5)       # crossed into a second block
-    second = BootState(data)            # power loss, reboot
-    assert second.boot_id == 1
-    assert second.first_seq > SEQ_BLOCK + 5
+    assert (first.boot_id, first.seq_floor, first.first_seq) == (0, 0, 0)
+    (tmp_path / "seq_floor").write_text("6024")   # left by the RAM-log firmware
+    second = BootState(data)                       # reboot
+    assert (second.boot_id, second.seq_floor) == (1, 6024)
+    assert (tmp_path / "seq_floor").read_text() == "6024"   # read only: no seq block per boot
+
+
+def test_patch_log_starts_above_the_legacy_floor_and_never_reuses_a_seq(tmp_path):
+    # What app.Patch does at boot: the flash log, floored by the old firmware's seq floor.
+    (tmp_path / "seq_floor").write_text("2048")
+    boot = BootState(str(tmp_path))
+    log = FlashLog(str(tmp_path / "log"), segment_records=8, max_segments=4,
+                   boot_id=boot.boot_id, first_seq=boot.seq_floor)
+    assert log.next_seq == 2048
+    for i in range(5):
+        log.append(0, i, 4300 + i)
+    log.flush()   # as a read for a frame does
+    # power loss (nothing closed): the next boot starts past every seq handed out
+    boot = BootState(str(tmp_path))
+    log2 = FlashLog(str(tmp_path / "log"), segment_records=8, max_segments=4,
+                   boot_id=boot.boot_id, first_seq=boot.seq_floor)
+    assert 2053 <= log2.next_seq <= 2053 + log2.flush_every
+    assert [log2.value(s) for s in range(2048, 2053)] == [4300 + i for i in range(5)]
+    assert log2.boot(log2.next_seq - 1) < 0 and log2.next_record(2053) == log2.next_seq
+    log.close()
+    log2.close()
 
 
 def test_sampling_config_validates():
@@ -70,9 +92,80 @@ finally:
 print("appended", log.next_seq, "oldest", log.oldest_seq)
 os.mkdir("/data")
 a = BootState("/data")
-a.reserve(5000)
+with open("/data/seq_floor", "w") as f:
+    f.write("6024")
 b = BootState("/data")
-print("boots", a.boot_id, b.boot_id, "first_seq", b.first_seq)
+print("boots", a.boot_id, b.boot_id, "seq_floor", a.seq_floor, b.seq_floor)
 """)
     assert "appended 226 oldest 101" in out
-    assert "boots 0 1 first_seq 6024" in out
+    assert "boots 0 1 seq_floor 0 6024" in out
+
+
+class FakeClock:
+    def __init__(self):
+        self.tick = 0
+
+    def now(self):
+        return self.tick
+
+
+class FakeTMP117:
+    """Always ready; each read is one more sample (and 10 s of ticks)."""
+
+    def __init__(self, clock, values):
+        self.clock = clock
+        self.values = list(values)
+
+    def start(self):
+        pass
+
+    def ready(self):
+        return True
+
+    def read_raw(self):
+        self.clock.tick += 100
+        return self.values.pop(0)
+
+
+async def test_sampler_slows_down_and_reports_gaps_while_the_log_is_full(tmp_path, monkeypatch):
+    from firmware import aio
+    from firmware import protocol_ids as ids
+    from firmware.sampler import FULL_SLOWDOWN, Sampler
+
+    class Done(Exception):
+        pass
+
+    slept = []
+
+    async def sleep_ms(ms):
+        slept.append(ms)
+        if len(slept) == 12:
+            raise Done
+
+    monkeypatch.setattr(aio, "sleep_ms", sleep_ms)
+    log = FlashLog(str(tmp_path / "log"), segment_records=4, max_segments=2, flush_every=1)
+    clock = FakeClock()
+    seen = []
+    sampler = Sampler(log, clock, SamplingConfig(), lambda ch, v: seen.append(v))
+    values = [4300 + i for i in range(8)] + [40_000] + [4400 + i for i in range(3)]
+    with pytest.raises(Done):
+        await sampler.run_channel(ids.CH_TEMPERATURE, FakeTMP117(clock, values))
+    # 8 samples fill the log; from then on 60 s periods, 5 samples reported skipped before
+    # each one taken; the 9th is out of range (a sensor fault: not logged, not a drop), the
+    # next three are refused by the full log
+    assert log.next_seq == 8 and log.is_full()
+    assert slept[:7] == [10_000] * 7 and slept[7:] == [10_000 * FULL_SLOWDOWN] * 5
+    assert sampler.error_flags & ids.ERR_LOG_FULL
+    assert sampler.dropped_total == log.dropped_total == 3
+    [gap] = log.gaps()
+    assert gap.seq_at == 8 and gap.counts[0] == 3 + 4 * (FULL_SLOWDOWN - 1)
+    assert 40_000 not in seen and seen[-1] == 4402     # live values go on while full
+    # the gateway acknowledges: the next sample is logged after the skipped ones' gap
+    log.ack(7)
+    sampler._skipped[ids.CH_TEMPERATURE] = FULL_SLOWDOWN - 1   # as run_channel left it
+    sampler.record(ids.CH_TEMPERATURE, 4500)
+    assert log.next_seq == 9 and not sampler.error_flags & ids.ERR_LOG_FULL
+    [gap] = log.gaps()                       # the same gap, now closed: just before seq 8
+    assert gap.seq_at == 8 and gap.counts[0] == 3 + 5 * (FULL_SLOWDOWN - 1)
+    assert log.value(8) == 4500
+    log.close()

@@ -39,6 +39,13 @@ def read_json(path: Path):
         return None
 
 
+def gateway_sessions(db: Path) -> int:
+    conn = store_mod.connect(db)
+    row = conn.execute("SELECT value FROM gateway_meta WHERE name='sess'").fetchone()
+    conn.close()
+    return 0 if row is None else row[0]
+
+
 def start_gateway(db: Path, broker: LocalBroker, port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run", "--db", str(db), "--broker", broker.url,
@@ -77,6 +84,10 @@ def test_gateway_killed_ten_times_loses_and_duplicates_nothing(tmp_path):
             lambda: (s := read_json(work / "patches.json")) and not any(
                 p["sampling"] for p in s.values()) and all(
                 p["unacked"] == 0 for p in s.values()) and s, 90, "every patch log to drain")
+        # The drain may have finished before this gateway was fully up: let it start (its
+        # session counter is written at start) before asking it to stop cleanly.
+        wait_until(lambda: gateway_sessions(db) == KILLS + 1, 30, "the last gateway to start")
+        time.sleep(1.0)
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(20) == 0, gw_log.read_text()[-3000:]
         gateway = None

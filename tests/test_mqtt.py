@@ -413,7 +413,7 @@ def test_password_protected_broker(tmp_path, mqtt_collector, db_path):
         wrong.start_sync()
         try:
             wait_until(
-                lambda: "Not authorized" in (wrong.last_error or ""),
+                lambda: "Not authorized" in (wrong.last_refusal or ""),
                 what="the broker to refuse a wrong password",
             )
             assert not wrong.connected

@@ -178,6 +178,60 @@ def test_unanswered_control_request_times_out():
 
 def test_samples_from_patch_that_lost_data_resume_at_its_oldest():
     s = streaming_session(committed=9, oldest=20, next_seq=30)
-    assert s.stats.samples_lost_at_patch == 10
+    assert s.stats.seqs_skipped == 10
     [commit] = s.notification(frame(20, 3), T0_MS)
     assert commit.batch.seq.tolist() == [20, 21, 22]
+
+
+def test_hole_inside_the_patch_log_is_skipped_on_the_replay_answer():
+    # The patch holds 50..99 and 116..139: a reboot left 100..115 unused. Frames never span
+    # the hole; the frame after it is a gap, and the REPLAY answer (the first seq at or after
+    # from_seq that the patch holds) moves the session past it.
+    s = streaming_session(committed=49, oldest=50, next_seq=140)
+    [commit] = s.notification(frame(50, 50), T0_MS)
+    assert commit.batch.seq.tolist()[-1] == 99
+    [replay] = s.notification(frame(116, 10, boot_id=BOOT + 1), T0_MS)
+    assert struct.unpack_from("<I", replay.data, 1)[0] == 100
+    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
+    assert s.expected_seq == 116 and s.stats.seqs_skipped == 16
+    [commit] = s.notification(frame(116, 10, boot_id=BOOT + 1), T0_MS)
+    assert commit.batch.seq.tolist() == list(range(116, 126))
+
+
+def test_replayed_frame_overtaking_the_answer_past_a_hole_converges():
+    s = streaming_session(committed=99, oldest=116, next_seq=140)
+    assert s.expected_seq == 116 and s.stats.seqs_skipped == 16   # hole at the log's start
+    s = streaming_session(committed=79, oldest=80, next_seq=140)   # hole 100..115 ahead
+    s.notification(frame(80, 20), T0_MS)
+    [replay] = s.notification(frame(116, 4), T0_MS)
+    assert s.notification(frame(120, 4), T0_MS) == []   # same gap, no second REPLAY
+    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
+    [replay] = s.notification(frame(124, 4), T0_MS)     # sent before the patch rewound
+    assert struct.unpack_from("<I", replay.data, 1)[0] == 116
+    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
+    [commit] = s.notification(frame(116, 8), T0_MS)
+    assert commit.batch.seq.tolist() == list(range(116, 124))
+
+
+def test_quiet_link_with_samples_missing_is_resynced():
+    s = streaming_session()
+    s.notification(frame(0, 3), T0_MS + 100)
+    assert s.tick(T0_MS + 5_000) == []                       # not quiet long enough
+    [check] = s.tick(T0_MS + 11_000)                           # nothing for 10 s: ask
+    assert check.opcode == ids.Opcode.GET_STATUS
+    actions = s.control_response(
+        response(ids.Opcode.GET_STATUS, 0, status_record(oldest=0, next_seq=8)), T0_MS + 11_050)
+    [replay] = actions                                         # it holds 3..7, we never got them
+    assert replay.opcode == ids.Opcode.REPLAY
+    assert struct.unpack_from("<I", replay.data, 1)[0] == 3
+    assert s.stats.resyncs == 1
+
+
+def test_quiet_link_with_nothing_missing_just_checks():
+    s = streaming_session()
+    s.notification(frame(0, 3), T0_MS + 100)
+    [check] = s.tick(T0_MS + 11_000)
+    assert s.control_response(
+        response(ids.Opcode.GET_STATUS, 0, status_record(oldest=0, next_seq=3)),
+        T0_MS + 11_050) == []
+    assert s.tick(T0_MS + 12_000) == []                        # not again right away

@@ -20,6 +20,7 @@ import aioble  # noqa: E402  (the host shim, found through install())
 
 from firmware import app  # noqa: E402
 from firmware.board import Board  # noqa: E402
+from firmware.flash_log import DEFAULT_SEGMENT_RECORDS  # noqa: E402
 from sensor_drivers.emulators.i2c_bus import VirtualI2C  # noqa: E402
 from sensor_drivers.environment_model import PatchEnvironment, attach_patch_chips  # noqa: E402
 
@@ -38,10 +39,17 @@ def write_identity(data_dir: Path, device_id_hex: str, key: bytes) -> None:
     (data_dir / "identity").write_text(f"device_id={device_id_hex}\nkey={key.hex()}\n")
 
 
+def log_segments_for(capacity: int) -> int:
+    """Flash-log segments that hold at least `capacity` unacknowledged samples: whole segments
+    are freed, and the newest is partly filled, so one more than the samples need."""
+    return -(-capacity // DEFAULT_SEGMENT_RECORDS) + 1
+
+
 class HostBoard(Board):
     def __init__(self, data_dir: Path, bus: VirtualI2C, config_overrides=None,
                  log_capacity: int = 4096):
-        super().__init__("virtual", (0, 0, 0), str(data_dir), log_capacity, config_overrides)
+        super().__init__("virtual", (0, 0, 0), str(data_dir), log_segments_for(log_capacity),
+                         config_overrides)
         self.bus = bus
         self.identify_requests: list[int] = []
 
@@ -108,18 +116,20 @@ class VirtualPatch:
     def preload_backlog(self, count: int, channel: int = 0, value: int = 4300) -> None:
         """Samples taken while no gateway was in range (a backlog for the next connection)."""
         log = self.patch.log
-        # Ticks only grow: spread the backlog between the last sample and now.
-        start = log.tick(log.next_seq - 1) if log.next_seq > log.oldest_seq else 0
+        # Ticks only grow within a boot: spread the backlog between this boot's last sample
+        # (if any) and now.
+        last = log.next_seq - 1
+        start = log.tick(last) if log.boot(last) == self.patch.boot_state.boot_id else 0
         span = self.patch.clock.now() - start
         for i in range(count):
             log.append(channel, start + span * i // count, value + i % 64)
-        self.patch.boot_state.reserve(log.next_seq)
 
     def stop_sampling(self) -> None:
         self.patch.stop_sampling()
 
     @property
     def samples_taken(self) -> int:
+        """Samples logged since this boot (seqs are contiguous within a boot)."""
         log = self.patch.log if self.patch else None
         return 0 if log is None else log.next_seq - self.patch.boot_state.first_seq
 
@@ -132,3 +142,6 @@ class VirtualPatch:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
+        if self.patch is not None:
+            self.patch.stop_sampling()
+            self.patch.log.close()   # flushes and closes its segment files

@@ -169,6 +169,7 @@ class MqttPublisher:
         self._expired = 0
         self._pending = 0
         self._last_error: str | None = None
+        self._last_refusal: str | None = None
         self._last_paho_error: str | None = (
             None  # paho reports TLS and socket errors only in its log
         )
@@ -204,6 +205,11 @@ class MqttPublisher:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def last_refusal(self) -> str | None:
+        """The broker's last CONNACK refusal (kept when later errors replace last_error)."""
+        return self._last_refusal
 
     @property
     def last_error(self) -> str | None:
@@ -359,6 +365,7 @@ class MqttPublisher:
         if reason_code.is_failure:
             self._connack_refused = True
             self._last_error = f"broker refused connection: {reason_code}"
+            self._last_refusal = self._last_error
             log.warning("mqtt %s refused connection: %s", self.config.url, reason_code)
             return
         try:
