@@ -9,6 +9,7 @@ from firmware.flash_log import FlashLog
 from firmware.persist import BootState
 from firmware.sampler import CHANNELS, Sampler
 from firmware.sampling_config import SamplingConfig
+from firmware.watchdog import TaskWatchdog
 from sensor_drivers.fdc1004 import FDC1004
 from sensor_drivers.ltr390 import LTR390
 from sensor_drivers.max17048 import MAX17048
@@ -36,17 +37,19 @@ class Patch:
                             first_seq=self.boot_state.seq_floor)
         self.boot_state.first_seq = self.log.next_seq
         self.clock = TickClock()
-        self.config = SamplingConfig(board.config_overrides)
+        self.config = SamplingConfig(board.config_overrides, board.data_dir + "/config.json")
         self.gatt = GattTable(device_id_hex, board.name)
         self.link = PatchLink(self.gatt, device_id_hex, key, self.boot_state, self.log,
                               self.clock, self.config, board)
         self.sampler = Sampler(self.log, self.clock, self.config, self.link.on_sample)
         self.link.sampler = self.sampler
         self.sampling_tasks = []
+        self.watchdog = TaskWatchdog(board.make_watchdog)
 
     async def run(self):
         i2c = self.board.make_i2c()
         link_task = asyncio.create_task(self.link.serve_forever())
+        self.watchdog.watch(link_task)
         for channel, driver in DRIVERS:
             try:
                 sensor = driver(i2c)
@@ -54,12 +57,18 @@ class Patch:
                 print("sensor unavailable:", e)
                 self.sampler.error_flags |= CHANNELS[channel][1]
                 continue
-            self.sampling_tasks.append(
-                asyncio.create_task(self.sampler.run_channel(channel, sensor)))
-        await link_task
+            task = asyncio.create_task(self.sampler.run_channel(channel, sensor))
+            self.sampling_tasks.append(task)
+            self.watchdog.watch(task)
+        watchdog_task = asyncio.create_task(self.watchdog.run())
+        try:
+            await link_task
+        finally:
+            watchdog_task.cancel()
 
     def stop_sampling(self):
         for task in self.sampling_tasks:
+            self.watchdog.tasks.remove(task)
             task.cancel()
         self.sampling_tasks = []
 

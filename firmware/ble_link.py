@@ -165,6 +165,7 @@ class PatchLink:
             cfg_key, value = operands
             if not self.config.set(cfg_key, value):
                 return ids.ST_INVALID_OPERAND, None
+            self.config.save()
             self._refresh_status()
             return ids.ST_SUCCESS, None
         if opcode == ids.OP_GET_STATUS:

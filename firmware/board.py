@@ -54,6 +54,10 @@ class Board:
         n = segments_for_filesystem(self.log_dir)
         return LOG_SEGMENTS_MAX if n > LOG_SEGMENTS_MAX else (n if n > 2 else 2)
 
+    def make_watchdog(self, timeout_ms):
+        from machine import WDT
+        return WDT(timeout=timeout_ms)
+
     def make_i2c(self):
         from machine import I2C, Pin
         bus_id, scl, sda = self.i2c_pins

@@ -1,4 +1,7 @@
 # Sampling schedule, changeable from the gateway (SET_CONFIG). Periods in seconds.
+import json
+import os
+
 from firmware.protocol_ids import (
     CFG_BATTERY_PERIOD_S,
     CFG_FLUSH_INTERVAL_S,
@@ -21,12 +24,36 @@ _MAX_PERIOD_S = 65535  # periods travel as u16 in the status record
 
 
 class SamplingConfig:
-    def __init__(self, overrides=None):
+    """Defaults, then the board's overrides, then what the gateway set (SET_CONFIG), which
+    is persisted at `path` and survives reboots."""
+
+    def __init__(self, overrides=None, path=None):
         self.values = dict(_DEFAULTS)
+        self.path = path
         if overrides:
             for key in overrides:
                 if not self.set(key, overrides[key]):
                     raise ValueError("bad sampling config key %r = %r" % (key, overrides[key]))
+        for key, value in self._load().items():
+            self.set(key, value)   # a bad saved entry is ignored, not fatal
+
+    def _load(self):
+        if self.path is None:
+            return {}
+        try:
+            with open(self.path) as f:
+                saved = json.load(f)
+            return {int(k): int(v) for k, v in saved.items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def save(self):
+        if self.path is None:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({str(k): v for k, v in self.values.items()}, f)
+        os.rename(tmp, self.path)
 
     def set(self, key, value):
         if key not in self.values or value < 1 or value > _MAX_PERIOD_S:
