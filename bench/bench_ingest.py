@@ -50,7 +50,7 @@ def streaming_session() -> PatchSession:
     session = PatchSession(DEVICE, KEY, -1)
     session.state = State.STREAMING
     session.boot_id = 1
-    session._anchor = (1, 0, 1_764_000_000_000.0)
+    session.anchors[1] = (0, 1_764_000_000_000.0)
     return session
 
 

@@ -57,11 +57,12 @@ class PatchLink:
 
     def __init__(self, device: RegisteredDevice, radio: Any,
                  submit: Callable[[PatchLink, SampleBatch], None],
-                 committed_seq: Callable[[str], int]):
+                 committed_seq: Callable[[str], int], store: Any = None):
         self.device = device
         self.radio = radio
         self.submit = submit
         self.committed_seq = committed_seq
+        self.store = store   # clock anchors only; samples go through `submit`
         self.session: PatchSession | None = None
         self.events: asyncio.Queue = asyncio.Queue()
         self.connects = 0
@@ -93,8 +94,9 @@ class PatchLink:
             self.last_close_reason = f"connect failed: {e}"
             return Outcome.CONNECT_FAILED
         self.connects += 1
+        anchors = self.store.anchors(self.device.device_id) if self.store else None
         session = PatchSession(self.device.device_id, self.device.key,
-                               self.committed_seq(self.device.device_id))
+                               self.committed_seq(self.device.device_id), anchors)
         self.session = session
         try:
             await self._execute(client, session, session.start(client.mtu_size, utc_now_ms()))
@@ -109,6 +111,7 @@ class PatchLink:
                     next_tick = time.monotonic() + SESSION_TICK_S
                     await self._execute(client, session, session.tick(utc_now_ms()))
                 self._track_drain(session)
+                self._save_anchor(session)
         except BLE_ERRORS as e:
             session.disconnected(f"BLE error: {e}")
         finally:
@@ -123,6 +126,12 @@ class PatchLink:
                 except BLE_ERRORS:
                     pass
         return self._outcome(session)
+
+    def _save_anchor(self, session: PatchSession) -> None:
+        if session.new_anchor is not None and self.store is not None:
+            boot_id, tick, utc_ms = session.new_anchor
+            session.new_anchor = None
+            self.store.save_anchor(self.device.device_id, boot_id, tick, utc_ms)
 
     def _track_drain(self, session: PatchSession) -> None:
         now = time.monotonic()

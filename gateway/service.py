@@ -109,7 +109,8 @@ class Gateway:
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
                              self.publisher.kick)
         self.slots = {
-            did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq))
+            did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
+                                    self.store))
             for did, dev in self.devices.items()}
         self._by_name = {advertised_name(did): did for did in self.devices}
         self._wake = asyncio.Event()

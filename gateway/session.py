@@ -87,7 +87,8 @@ class SessionStats:
 
 
 class PatchSession:
-    def __init__(self, device_id: str, key: bytes, committed_seq: int):
+    def __init__(self, device_id: str, key: bytes, committed_seq: int,
+                 anchors: dict[int, tuple[int, float]] | None = None):
         self.device_id = device_id
         self.key = key
         self.state = State.NEW
@@ -97,7 +98,10 @@ class PatchSession:
         self.stats = SessionStats()
         self.close_reason: str | None = None
         self._serial: str | None = None
-        self._anchor: tuple[int, int, float] | None = None  # boot_id, tick, utc_ms
+        # boot_id -> (tick, utc_ms) from SET_TIME: this boot's, and earlier boots' (from the
+        # store), so replayed samples of an earlier boot get their UTC too.
+        self.anchors: dict[int, tuple[int, float]] = dict(anchors or {})
+        self.new_anchor: tuple[int, int, float] | None = None   # to persist: boot, tick, utc
         self._pending: tuple[int, int] | None = None  # opcode, sent_at_ms
         self._queued_ack: int | None = None
         self._queued_replay: int | None = None
@@ -155,7 +159,9 @@ class PatchSession:
         if response.opcode == ids.Opcode.SET_TIME:
             result = control.decode_set_time_result(response.payload)
             # The patch stamped its tick on receipt: half-way through the round trip.
-            self._anchor = (result.boot_id, result.tick, (sent_at_ms + now_ms) / 2)
+            utc_ms = (sent_at_ms + now_ms) / 2
+            self.anchors[result.boot_id] = (result.tick, utc_ms)
+            self.new_anchor = (result.boot_id, result.tick, utc_ms)
             self.boot_id = result.boot_id
             self.state = State.GET_STATUS
             actions.append(self._request(
@@ -245,9 +251,10 @@ class PatchSession:
     # -- helpers ---------------------------------------------------------------
     def _batch(self, frame, skip: int) -> SampleBatch:
         ticks = frame.tick[skip:]
-        if self._anchor is not None and self._anchor[0] == frame.boot_id:
-            utc = np.rint(self._anchor[2] + (ticks - self._anchor[1]) * MS_PER_TICK).astype(
-                np.int64)
+        anchor = self.anchors.get(frame.boot_id)
+        if anchor is not None:
+            tick0, utc0 = anchor
+            utc = np.rint(utc0 + (ticks - tick0) * MS_PER_TICK).astype(np.int64)
         else:
             utc = np.full(ticks.shape, -1, dtype=np.int64)
         return SampleBatch(

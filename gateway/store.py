@@ -42,6 +42,13 @@ CREATE TABLE IF NOT EXISTS watermarks (
     device_id      TEXT PRIMARY KEY,
     committed_seq  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS anchors (
+    device_id  TEXT NOT NULL,
+    boot_id    INTEGER NOT NULL,
+    tick       INTEGER NOT NULL,
+    utc_ms     REAL NOT NULL,
+    PRIMARY KEY (device_id, boot_id)
+);
 CREATE TABLE IF NOT EXISTS twins (
     subject     TEXT PRIMARY KEY,
     rev         INTEGER NOT NULL,
@@ -177,6 +184,19 @@ class Store:
     def sample_seqs(self, device_id: str) -> list[int]:
         return [r[0] for r in self.conn.execute(
             "SELECT seq FROM samples WHERE device_id=? ORDER BY seq", (device_id,))]
+
+    # -- clock anchors -----------------------------------------------------------
+    def save_anchor(self, device_id: str, boot_id: int, tick: int, utc_ms: float) -> None:
+        """SET_TIME's pairing of a boot's tick with UTC (the latest one per boot wins)."""
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO anchors(device_id, boot_id, tick, utc_ms) VALUES (?,?,?,?)"
+                " ON CONFLICT(device_id, boot_id) DO UPDATE SET tick=excluded.tick,"
+                " utc_ms=excluded.utc_ms", (device_id, boot_id, tick, utc_ms))
+
+    def anchors(self, device_id: str) -> dict[int, tuple[int, float]]:
+        return {r[0]: (r[1], r[2]) for r in self.conn.execute(
+            "SELECT boot_id, tick, utc_ms FROM anchors WHERE device_id=?", (device_id,))}
 
     # -- twins -----------------------------------------------------------------
     def load_twins(self) -> dict[str, tuple[int, dict]]:

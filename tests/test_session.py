@@ -235,3 +235,19 @@ def test_quiet_link_with_nothing_missing_just_checks():
         response(ids.Opcode.GET_STATUS, 0, status_record(oldest=0, next_seq=3)),
         T0_MS + 11_050) == []
     assert s.tick(T0_MS + 12_000) == []                        # not again right away
+
+
+def test_samples_of_an_earlier_boot_get_utc_from_its_stored_anchor():
+    s = PatchSession(DEVICE, KEY, -1, anchors={BOOT - 1: (500, float(T0_MS - 3_600_000))})
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
+    s.control_response(response(ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)),
+                       T0_MS + 20)
+    assert s.new_anchor == (BOOT, 1000, T0_MS + 10)
+    s.control_response(response(ids.Opcode.GET_STATUS, 0, status_record()), T0_MS + 30)
+    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 10)), T0_MS + 40)
+    [old] = s.notification(frame(0, 2, tick0=600, boot_id=BOOT - 1), T0_MS + 50)
+    assert old.batch.utc_ms.tolist() == [T0_MS - 3_600_000 + 10_000, T0_MS - 3_600_000 + 11_000]
+    [unknown] = s.notification(frame(2, 1, tick0=5, boot_id=BOOT - 2), T0_MS + 60)
+    assert unknown.batch.utc_ms.tolist() == [-1]      # a boot nobody set the time for
