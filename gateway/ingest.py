@@ -48,12 +48,14 @@ def encode(payload: dict) -> bytes:
 
 class Ingest:
     def __init__(self, store: Store, outbox: Outbox, engine: TwinEngine,
-                 topic: Callable[..., str], on_outbox_written: Callable[[], None]):
+                 topic: Callable[..., str], on_outbox_written: Callable[[], None],
+                 on_alarm_change: Callable[[], None] = lambda: None):
         self.store = store
         self.outbox = outbox
         self.engine = engine
         self.topic = topic
         self.on_outbox_written = on_outbox_written
+        self.on_alarm_change = on_alarm_change
         self.stats = IngestStats()
         self._waiting: list[tuple[Any, SampleBatch]] = []
         self._wake = asyncio.Event()
@@ -90,8 +92,11 @@ class Ingest:
                 self.publish_updates(self.engine.step(now_ms))
         except StoreError as e:
             self.stats.commit_failures += 1
+            raised = not self.stats.store_alarm
             self.stats.store_alarm = True
             self.stats.last_error = str(e)
+            if raised:
+                self.on_alarm_change()
             log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
             for link in {id(link): link for link, _ in waiting}.values():
                 link.on_commit_failed(str(e))
@@ -100,6 +105,7 @@ class Ingest:
         if self.stats.store_alarm:
             log.warning("ingest: the store accepts writes again; acknowledging resumes")
             self.stats.store_alarm = False
+            self.on_alarm_change()
         total = sum(len(b) for b in batches)
         self.stats.samples_committed += new_rows
         self.stats.samples_duplicate += total - new_rows

@@ -107,7 +107,7 @@ class Gateway:
             offline_payload_fn=lambda: self._state_payload(False),
             will_delay_s=config.will_delay_s)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
-                             self.publisher.kick)
+                             self.publisher.kick, self.publisher.republish_state)
         self.slots = {
             did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
                                     self.store))
@@ -120,7 +120,12 @@ class Gateway:
         self.watchdog_escalations = 0
 
     def _state_payload(self, online: bool) -> bytes:
-        return encode({"online": online, "sess": self.sess, "ts": now_ms()})
+        state = {"online": online, "sess": self.sess, "ts": now_ms()}
+        ingest = getattr(self, "ingest", None)
+        if online and ingest is not None and ingest.stats.store_alarm:
+            # Published directly, not through the outbox it concerns (docs/mqtt.md).
+            state["alarm"] = {"kind": "store", "detail": ingest.stats.last_error}
+        return encode(state)
 
     # -- birth -----------------------------------------------------------------------
     def _birth_messages(self) -> None:

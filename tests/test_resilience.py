@@ -80,3 +80,30 @@ async def test_frames_with_bad_tag_are_counted_and_not_stored(tmp_path):
         assert all(seq < firmware.log.next_seq + 100 for seq in
                    gateway.store.sample_seqs(rig.identities[0][0]))
         assert gateway.store.sample_count() >= before
+
+
+async def test_disk_full_raises_a_store_alarm_on_mqtt_and_loses_nothing(tmp_path, mqtt_collector):
+    import json
+    async with GatewayRig(tmp_path, patches=1) as rig:
+        collector = mqtt_collector(rig.broker, "dermtwin/v1/rig/state")
+        gateway = await rig.start_gateway()
+        await wait_for(lambda: gateway.store.sample_count() >= 2, what="streaming")
+        conn = gateway.store.conn
+        conn.execute(f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}")
+        rig.patches[0].preload_backlog(5000)    # more than the pages left can hold
+
+        def states():
+            return [json.loads(m.payload) for m in collector.on_topic("dermtwin/v1/rig/state")]
+
+        await wait_for(lambda: gateway.ingest.stats.store_alarm, what="the store alarm")
+        await wait_for(lambda: any("alarm" in s for s in states()),
+                       what=f"the alarm on MQTT (seen: {states()})")
+        assert gateway.ingest.stats.store_alarm
+        conn.execute("PRAGMA max_page_count=1073741823")          # space is back
+        await wait_for(lambda: not gateway.ingest.stats.store_alarm, 30, "the alarm to clear")
+        await wait_for(lambda: "alarm" not in states()[-1], what="a clear state on MQTT")
+        rig.patches[0].stop_sampling()
+        patch = rig.patches[0].patch
+        await wait_for(lambda: len(patch.log) == 0, 40, "the patch log to drain")
+        stored = gateway.store.sample_seqs(rig.identities[0][0])
+        assert stored == list(range(patch.boot_state.first_seq, patch.log.next_seq))

@@ -46,10 +46,12 @@ def store(tmp_path):
 def ingest(store):
     models = load_models(default_models_dir(), names=["temp_anomaly"])
     engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
-    kicks = []
+    kicks, alarms = [], []
     topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
-    pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: kicks.append(1))
+    pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: kicks.append(1),
+                      lambda: alarms.append(pipeline.stats.store_alarm))
     pipeline.kicks = kicks
+    pipeline.alarms = alarms
     return pipeline
 
 
@@ -109,6 +111,7 @@ def test_disk_full_acknowledges_nothing_and_keeps_what_was_stored(store, ingest)
     ingest.submit(link, batch("a" * 16, range(5, 10)))
     ingest.cycle(now_ms=3)
     assert link.committed == [4, 9] and not ingest.stats.store_alarm
+    assert ingest.alarms == [True, False]    # raised once, cleared once
 
 
 def test_transaction_classifies_disk_full(store):

@@ -424,6 +424,17 @@ class MqttPublisher:
         self._events.put(_Ack(mid, reason_code.value, str(reason_code)))
         self._wake.set()
 
+    def republish_state(self) -> bool:
+        """Publish the birth payload again now, bypassing the outbox: for news that cannot
+        wait for, or cannot be written to, the outbox (the store alarm). False if offline;
+        the next (re)connect publishes the birth payload anyway."""
+        with self._client_lock:
+            client = self._client
+        if client is None or not self._connected:
+            return False
+        client.publish(self.will_topic, self._birth_payload_fn(), qos=1, retain=True)
+        return True
+
     def _publish_offline(self, client: paho.Client, timeout_s: float) -> None:
         try:
             info = client.publish(self.will_topic, self._offline_payload_fn(), qos=1, retain=True)
