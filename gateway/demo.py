@@ -46,6 +46,20 @@ def demo_identity(index: int, secret: bytes) -> tuple[str, bytes, str]:
     return device_id, key, subject
 
 
+def pair_virtual_patches(db_path: Path, identities: list[tuple[str, bytes, str]],
+                         keys: dict[int, bytes] | None = None) -> None:
+    """Register virtual patches in a gateway database, as `dermtwin pair` would. `keys`
+    overrides the registered key of some patches (to test a patch the gateway cannot
+    authenticate)."""
+    registry = store_mod.Store(store_mod.connect(db_path))
+    with registry.transaction():
+        for i, (device_id, key, subject) in enumerate(identities):
+            registry.register(
+                store_mod.RegisteredDevice(device_id, (keys or {}).get(i, key), subject, 3, None),
+                int(time.time() * 1000))
+    registry.conn.close()
+
+
 async def run_demo(patches: int, duration_s: float, broker_url: str | None = None,
                    summary_path: Path | None = None, workdir: Path | None = None,
                    live: bool = True, gateway_id: str = DEMO_GATEWAY_ID) -> dict:
@@ -71,13 +85,8 @@ async def run_demo(patches: int, duration_s: float, broker_url: str | None = Non
 
     secret = os.urandom(32)
     db_path = workdir / "gateway.sqlite3"
-    registry = store_mod.Store(store_mod.connect(db_path))
     identities = [demo_identity(i, secret) for i in range(patches)]
-    with registry.transaction():
-        for device_id, key, subject in identities:
-            registry.register(store_mod.RegisteredDevice(device_id, key, subject, 3, None),
-                              int(time.time() * 1000))
-    registry.conn.close()
+    pair_virtual_patches(db_path, identities)
 
     radio = VirtualRadio(seed=1)
     virtual_patches = [

@@ -14,11 +14,9 @@ import asyncio
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
-from gateway import store as store_mod
-from gateway.demo import demo_identity
+from gateway.demo import demo_identity, pair_virtual_patches
 
 STATUS_INTERVAL_S = 0.25
 
@@ -51,12 +49,7 @@ async def run_simulator(patches: int, workdir: Path, *, hci_port: int = 0,
     _write_json(workdir / "registry.json", [
         {"device_id": d, "key": k.hex(), "subject": s} for d, k, s in identities])
     if pair_db is not None:
-        registry = store_mod.Store(store_mod.connect(pair_db))
-        with registry.transaction():
-            for device_id, key, subject in identities:
-                registry.register(store_mod.RegisteredDevice(device_id, key, subject, 3, None),
-                                  int(time.time() * 1000))
-        registry.conn.close()
+        pair_virtual_patches(pair_db, identities)
     virtual = [VirtualPatch(radio, d, k, workdir / f"patch-{i}", seed=i + 1,
                             config_overrides=patch_config, log_capacity=max(20_000, 2 * backlog))
                for i, (d, k, _) in enumerate(identities)]

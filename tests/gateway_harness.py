@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 from firmware.host.virtual_patch import VirtualPatch
-from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.ble.virtual_radio import VirtualRadio
-from gateway.demo import demo_identity
+from gateway.demo import demo_identity, pair_virtual_patches
 from gateway.inference import default_models_dir
 from gateway.mqtt.broker import LocalBroker
 from gateway.mqtt.config import MqttConfig
@@ -51,12 +50,7 @@ class GatewayRig:
         self.radio = VirtualRadio(seed=self.seed)
         secret = os.urandom(32)
         self.identities = [demo_identity(i, secret) for i in range(self.n_patches)]
-        registry = store_mod.Store(store_mod.connect(self.db_path))
-        with registry.transaction():
-            for i, (device_id, key, subject) in enumerate(self.identities):
-                registry.register(store_mod.RegisteredDevice(
-                    device_id, self.registry_keys.get(i, key), subject, 3, None), 0)
-        registry.conn.close()
+        pair_virtual_patches(self.db_path, self.identities, self.registry_keys)
         for i, (device_id, key, _) in enumerate(self.identities):
             patch = VirtualPatch(self.radio, device_id, key, self.tmp_path / f"patch-{i}",
                                  seed=i + 1, config_overrides=self.patch_config,

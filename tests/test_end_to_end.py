@@ -2,9 +2,7 @@
 Bumble, TMP117 emulators) → gateway (bleak API, session, SQLite, ONNX) → a real mosquitto,
 checked by an independent `mosquitto_sub`."""
 
-import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -87,57 +85,23 @@ def test_demo_cli_publishes_state_twins_and_consecutive_deltas(tmp_path):
 
 
 async def test_malformed_frame_is_counted_and_dropped_and_session_continues(tmp_path):
-    from firmware.host.virtual_patch import VirtualPatch
-    from gateway import store as store_mod
-    from gateway.ble.radio import BleRadio
-    from gateway.ble.virtual_radio import VirtualRadio
-    from gateway.demo import demo_identity
-    from gateway.inference import default_models_dir
-    from gateway.mqtt.config import MqttConfig
-    from gateway.service import Gateway, GatewayConfig
+    from gateway_harness import GatewayRig, wait_for
+
     from gateway.session import State
 
-    broker = LocalBroker()
-    await broker.start()
-    radio = VirtualRadio(seed=3)
-    device_id, key, subject = demo_identity(0, os.urandom(32))
-    db = tmp_path / "gw.sqlite3"
-    registry = store_mod.Store(store_mod.connect(db))
-    with registry.transaction():
-        registry.register(store_mod.RegisteredDevice(device_id, key, subject, 3, None), 0)
-    registry.conn.close()
-    patch = VirtualPatch(radio, device_id, key, tmp_path / "patch", config_overrides={1: 1, 6: 1})
-    await patch.start()
-    gateway = Gateway(GatewayConfig(db, MqttConfig.from_url(broker.url, gateway_id="t"),
-                                    default_models_dir()), BleRadio(await radio.new_adapter()))
-    stop = asyncio.Event()
-    run = asyncio.create_task(gateway.run(stop))
-    slot = gateway.slots[device_id]
-
-    async def wait_for(predicate, timeout_s=20.0):
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.1)
-
-    try:
-        await wait_for(lambda: gateway.store.sample_count() >= 3)
-        session = slot.link.session
+    async with GatewayRig(tmp_path, patches=1, seed=3) as rig:
+        gateway = await rig.start_gateway()
+        await wait_for(lambda: gateway.store.sample_count() >= 3, what="streaming")
+        link = rig.link(0)
+        session = link.session
         assert session.state is State.STREAMING
-        firmware = patch.patch
+        firmware = rig.patches[0].patch
         # A patch with a firmware bug (or a corrupted notification) sends garbage, a frame of
         # the wrong version and a truncated one, through its own aioble characteristic.
         for garbage in (b"\x01\x00garbage-bytes-here-xx", b"\x02" + b"\x00" * 30, b"\x01"):
             firmware.gatt.samples.notify(firmware.link.connection, garbage)
-        await wait_for(lambda: slot.link.frames_rejected_total >= 3)
+        await wait_for(lambda: link.frames_rejected_total >= 3, what="the rejections")
         stored = gateway.store.sample_count()
-        await wait_for(lambda: gateway.store.sample_count() >= stored + 2)
-        assert slot.link.session is session and session.state is State.STREAMING
+        await wait_for(lambda: gateway.store.sample_count() >= stored + 2, what="more samples")
+        assert link.session is session and session.state is State.STREAMING
         assert sum(session.stats.frames_rejected.values()) == 3
-    finally:
-        stop.set()
-        await run
-        gateway.close()
-        await patch.stop()
-        await radio.close()
-        await broker.stop()
