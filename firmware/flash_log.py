@@ -5,29 +5,52 @@
 # dropped_total.
 #
 # Layout: a directory of segment files `seg_<first_seq>.log`, append-only, one boot each.
-#   header  32 B  two identical copies of: b"DTL", version u8, first_seq u32, boot_id u16,
+#   header  32 B  two identical copies of: b"DTL", version u8 (2), first_seq u32, boot_id u16,
 #                 base_tick u32, crc16 u16 (over the 14 bytes before it). Written and flushed
-#                 before the segment's first record; a corrupt copy is survived.
-#   record   8 B  u24 w = tick_offset << 3 | channel << 1 | 1   (tick_offset = tick - base_tick,
-#                 21 bits = 2.4 days; bit 0 set so an all-zero record never parses), then
-#                 i24 value, then crc16 over seq(u32) + those 6 bytes. The seq is implicit
-#                 (first_seq + index) but covered by the CRC, so a record read at the wrong
-#                 place fails. An all-0xFF record decodes as battery = -1: out of range, refused.
+#                 before the segment's first block; a corrupt copy is survived.
+#   blocks        one per flush (at most BLOCK_RECORDS records), back to back:
+#     len u8        body bytes (2 x count .. 9 x count)
+#     count u8      records in the block, 1..BLOCK_RECORDS
+#     seq_off u16   seq of the first record - first_seq (seqs are contiguous in a segment)
+#     tick_off u24  tick of the first record - base_tick
+#     body          per record: head u8 = channel << 6 | dt (dt = tick - previous record's
+#                   tick in the block, the first's is 0; 63 = escape: the zigzag varint of dt
+#                   follows, for a long or a backward step),
+#                   then the zigzag varint of value - the previous value of that channel in
+#                   the block (the first one of a channel: against 0). Varints are LEB128, as
+#                   in the BLE sample frames (protocol.md §4).
+#     crc16 u16     over seq (u32 of the first record) + the 7 header bytes + the body. The seq
+#                   is implicit but covered, so a block read at the wrong place fails.
 #   All little-endian. CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), table-driven: it detects
 #   every error confined to 16 consecutive bits, i.e. any single corrupted byte.
-# Default 1018 records per segment: 32 + 8 x 1018 = 8176 B, exactly two 4 KiB LittleFS blocks
-# (the second block gives 4 bytes to its CTZ skip-list pointer).
+# A block depends on nothing but its segment header: a bad block costs its own records only.
+# At default rates a 16-record block is ~40 B: about 2.5 B per sample (7 days: ~0.55 MB), see
+# tests/test_flash_log.py. Segments are bounded in bytes: default 8176 B, exactly two 4 KiB
+# LittleFS blocks (the second block gives 4 bytes to its CTZ skip-list pointer); a segment
+# takes another record while a worst-case block still fits.
 #
-# Seqs: the log is the source of truth. At boot, next_seq = (extent of the newest segment,
-# counting a torn record) + flush_every, or the persisted acked watermark, or the caller's
-# first_seq floor, whichever is largest. At most flush_every - 1 appended records are ever
-# unflushed, so every seq handed out before the power loss is below the new next_seq: a seq is
-# never reused. A reboot therefore leaves a hole of up to flush_every seqs; a record that fails
-# its CRC is a hole of one. boot(seq) returns NO_RECORD for a hole; next_record() skips them.
+# Finding a record: the segment table in RAM (first seq, record count, boot, base tick and a
+# verified block position per segment: 16 B) gives the segment; the block is found by hopping
+# from block header to block header (from the segment's hint, the last block decoded, so
+# sequential reading is one hop), then read, CRC-checked and decoded into a one-block cache.
+# A hop checks the header's plausibility and that its seq_off continues the chain; when the
+# chain breaks (a corrupt len or count), the block before is CRC-checked and the log resyncs
+# on the next block whose header is plausible, whose seq_off fits the bytes skipped and whose
+# CRC checks. The records in between are a hole.
 #
-# Durability: a record is flushed (LittleFS: file.flush() == lfs_file_sync) every flush_every
-# appends, at a segment change, on flush(), and before it is read: the streamer reads a record
-# to send it, so the gateway never holds (or ACKs) a record that is not on flash. A power loss
+# Seqs: the log is the source of truth. At boot, next_seq = (extent of the newest segment)
+# + flush_every, or the persisted acked watermark, or the caller's first_seq floor, whichever is
+# largest. The extent is the end of the segment's last good block plus (bytes after it) // 2:
+# a torn or corrupt tail counts as many records as its bytes could hold (>= 2 B each). At most
+# flush_every - 1 appended records are ever unflushed, so every seq handed out before the power
+# loss is below the new next_seq: a seq is never reused. A reboot therefore leaves a hole of up
+# to flush_every seqs (more after a torn tail); a block that fails its CRC is a hole of its
+# records. boot(seq) returns NO_RECORD for a hole; next_record() skips the reboot holes.
+#
+# Durability: appended records wait in a RAM block (preallocated) and are written as one block,
+# then flushed (LittleFS: file.flush() == lfs_file_sync), every flush_every appends, at a
+# segment change, on flush(), and before one of them is read: the streamer reads a record to
+# send it, so the gateway never holds (or ACKs) a record that is not on flash. A power loss
 # loses at most the flush_every - 1 newest samples, which nobody outside the log has seen.
 # Cost: each sync commits metadata and makes the next append copy the segment's partly
 # written last block (littlefs cannot program a page twice), so read records only when a
@@ -45,12 +68,17 @@
 # gateway ACKs a seq >= seq_at: it is to be sent just before the sample at seq_at, so that
 # ACK covers it.
 #
-# Memory: appending and reading allocate nothing once warmed up (preallocated record buffers,
-# readinto, the append file kept open, small ints), except when a segment starts or the read
-# moves to another segment (one file object and its name, once per segment), when a gap
-# opens or is persisted, and in ack(). Ticks, values and seqs stay small ints (< 2**30).
+# Memory: appending and reading allocate nothing once warmed up (preallocated block buffers
+# and cache arrays, readinto, write(buf, off, n), the append file kept open, small ints), except
+# when a segment starts or the read moves to another segment (one file object and its name,
+# once per segment), when a gap opens or is persisted, and in ack(). Ticks, values and seqs
+# stay small ints (< 2**30). Hot functions keep their VM state within 11 words: MicroPython
+# heap-allocates a bigger one on every call (py/objfun.c, VM_MAX_STATE_ON_STACK), hence the
+# small helpers and the walk state kept in attributes; tests/test_flash_log_micropython.py
+# checks the compiled sizes.
 import os
 import struct
+import sys
 from array import array
 
 try:
@@ -64,20 +92,30 @@ except ImportError:
 LOG_FULL = const(-1)
 NO_RECORD = const(-1)
 
-REC_BYTES = const(8)
-HDR_BYTES = const(32)  # two 16-byte copies
-DEFAULT_SEGMENT_RECORDS = const(1018)  # 8176 B: two 4 KiB LittleFS blocks
-# 7 days at default rates = 213,696 samples = 210 segments; + margin for reboots (each boot
-# starts a segment, leaving the previous one partly filled).
-DEFAULT_MAX_SEGMENTS = const(216)
+HDR_BYTES = const(32)  # segment header: two 16-byte copies
+BLOCK_OVERHEAD = const(9)  # block header (7) + crc (2)
+BLOCK_RECORDS = const(64)  # records per block at most (the read cache holds one block)
+REC_MAX_BYTES = const(9)  # head + dt varint (4) + value varint (4)
+DEFAULT_SEGMENT_BYTES = const(8176)  # two 4 KiB LittleFS blocks
+# 7 days at default rates = 213,696 samples = ~67 segments at ~2.5 B/sample; + margin for
+# reboots (each boot starts a segment, leaving the previous one partly filled) and wetter,
+# noisier weeks. Boards size the log from their filesystem (board.py).
+DEFAULT_MAX_SEGMENTS = const(80)
 DEFAULT_FLUSH_EVERY = const(16)  # at default rates one flush per ~50 s; at most 15 samples lost
 LFS_BLOCK_BYTES = const(4096)
 
+_MPY = sys.implementation.name == "micropython"
 _COPY_BYTES = const(16)
-_VERSION = const(1)
-_TICK_OFFSET_MAX = const(0x1FFFFF)
-_VALUE_SIGN = const(0x800000)
-_VALUE_WRAP = const(0x1000000)
+_VERSION = const(2)
+_TICK_OFFSET_MAX = const(0xFFFFFF)
+_DT_ESCAPE = const(63)
+_BODY = const(11)  # block buffers: [seq u32][header 7][body ...][crc 2]
+_BODY_MAX = const(255)
+_BODY_END_MAX = const(_BODY + _BODY_MAX - REC_MAX_BYTES)  # room for one more record
+# a segment takes a record while header + pending body + a new block with a worst-case
+# record still fit: apos + bend + _ROOM <= segment_bytes
+_ROOM = const(2 * BLOCK_OVERHEAD + REC_MAX_BYTES - _BODY)
+_SEGMENT_MIN = const(HDR_BYTES + 2 * BLOCK_OVERHEAD + REC_MAX_BYTES)
 _GAP_BYTES = const(36)
 _GAP_MAGIC = const(0x47)  # "G"
 # inclusive value range per channel: temperature (TMP117 LSB), UV (UVI x 100), hydration (fF;
@@ -108,17 +146,20 @@ def crc16(buf, n):
     return crc
 
 
-def segment_bytes(segment_records=DEFAULT_SEGMENT_RECORDS):
-    return HDR_BYTES + REC_BYTES * segment_records
+def _write(f, buf, n):
+    # buf[4:n] to f without a slice object on MicroPython (stream write(buf, off, len)).
+    if _MPY:
+        f.write(buf, 4, n - 4)  # type: ignore[call-arg]
+    else:
+        f.write(bytes(buf[4:n]))
 
 
-def segment_blocks(segment_records=DEFAULT_SEGMENT_RECORDS, block_bytes=LFS_BLOCK_BYTES):
+def segment_blocks(segment_bytes=DEFAULT_SEGMENT_BYTES, block_bytes=LFS_BLOCK_BYTES):
     """LittleFS blocks one full segment file takes (CTZ skip-list: block i >= 1 spends
     4 * (ctz(i) + 1) bytes on pointers)."""
-    size = segment_bytes(segment_records)
     blocks = 0
     room = 0
-    while room < size:
+    while room < segment_bytes:
         pointers = 0
         if blocks:
             i = blocks
@@ -131,18 +172,23 @@ def segment_blocks(segment_records=DEFAULT_SEGMENT_RECORDS, block_bytes=LFS_BLOC
     return blocks
 
 
-def segments_that_fit(free_bytes, segment_records=DEFAULT_SEGMENT_RECORDS,
+def segment_records_min(segment_bytes=DEFAULT_SEGMENT_BYTES):
+    """Records a segment holds at the least: every record a worst-case one, alone in its
+    block (a flush after every append). At default rates a segment holds ~3,200."""
+    return (segment_bytes - HDR_BYTES - _BODY - _ROOM) // (BLOCK_OVERHEAD + REC_MAX_BYTES) + 1
+
+
+def segments_that_fit(free_bytes, segment_bytes=DEFAULT_SEGMENT_BYTES,
                       block_bytes=LFS_BLOCK_BYTES, reserve_blocks=8):
     """How many segments a filesystem with free_bytes free can hold, keeping reserve_blocks
     for metadata, the acked/gaps files and LittleFS copy-on-write headroom. Use with
     os.statvfs(dir): free_bytes = f_bsize * f_bavail."""
     blocks = free_bytes // block_bytes - reserve_blocks
-    n = blocks // segment_blocks(segment_records, block_bytes)
+    n = blocks // segment_blocks(segment_bytes, block_bytes)
     return n if n > 0 else 0
 
 
-def segments_for_filesystem(directory, segment_records=DEFAULT_SEGMENT_RECORDS,
-                            reserve_blocks=8):
+def segments_for_filesystem(directory, segment_bytes=DEFAULT_SEGMENT_BYTES, reserve_blocks=8):
     """max_segments for a log in directory (which must exist): the filesystem's free space
     plus what the log's segments already hold, so a full log does not shrink its own limit."""
     st = os.statvfs(directory)  # f_bsize, f_frsize, f_blocks, f_bfree, ...
@@ -151,8 +197,8 @@ def segments_for_filesystem(directory, segment_records=DEFAULT_SEGMENT_RECORDS,
         if name.startswith("seg_") and name.endswith(".log"):
             held += 1
     block = st[0]
-    free = st[0] * st[3] + held * segment_blocks(segment_records, block) * block
-    return segments_that_fit(free, segment_records, block, reserve_blocks)
+    free = st[0] * st[3] + held * segment_blocks(segment_bytes, block) * block
+    return segments_that_fit(free, segment_bytes, block, reserve_blocks)
 
 
 class Gap:
@@ -184,13 +230,6 @@ def _zeros(typecode, n):
     return a
 
 
-def _size(path):
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return -1
-
-
 def _replace(path, data):
     # Atomic on LittleFS and POSIX: the old content or the new, never a mix.
     tmp = path + ".tmp"
@@ -200,38 +239,61 @@ def _replace(path, data):
 
 
 class FlashLog:
-    def __init__(self, directory, segment_records=DEFAULT_SEGMENT_RECORDS,
+    def __init__(self, directory, segment_bytes=DEFAULT_SEGMENT_BYTES,
                  max_segments=DEFAULT_MAX_SEGMENTS, boot_id=0, first_seq=0,
                  flush_every=DEFAULT_FLUSH_EVERY):
-        if not 1 <= segment_records <= 0xFFFF or max_segments < 1 or flush_every < 1:
+        if not _SEGMENT_MIN <= segment_bytes <= 0xFFFF or max_segments < 1 or flush_every < 1:
             raise ValueError("bad FlashLog geometry")
         self.dir = directory
-        self.segment_records = segment_records
+        self.segment_bytes = segment_bytes
         self.max_segments = max_segments
-        self.capacity = segment_records * max_segments
+        self.capacity = segment_records_min(segment_bytes) * max_segments  # at the least
         self.boot_id = boot_id & 0xFFFF
         self.flush_every = flush_every
         self.dropped_total = 0  # samples refused (LOG_FULL) since this boot
         # recovery statistics
-        self.trimmed = 0  # torn or corrupt records cut from segment tails
+        self.trimmed = 0  # segments whose torn or corrupt tail was cut
         self.bad_headers = 0  # segments whose two header copies both failed
-        # preallocated buffers: [seq u32][record 8 B]; the file sees the last 8 bytes
-        self._wbuf = bytearray(4 + REC_BYTES)
-        self._wrec = memoryview(self._wbuf)[4:]
-        self._rbuf = bytearray(4 + REC_BYTES)
-        self._rrec = memoryview(self._rbuf)[4:]
-        self._hdr = bytearray(HDR_BYTES)
-        # cache of the last record read
-        self._cseq = -1
-        self._cch = 0
-        self._ctick = 0
-        self._cval = 0
+        # the block being appended, in RAM: [seq u32][header 7][body][crc 2]; the file sees [4:]
+        self._wblk = bytearray(_BODY + _BODY_MAX + 2)
+        self._wlast = array("i", (0, 0, 0, 0))  # previous value per channel in the block
+        self._bn = 0  # records in it
+        self._bend = _BODY  # end of its body in _wblk
+        self._bseq = 0  # seq of its first record
+        self._bt0 = 0  # tick of its first record
+        self._btick = 0  # tick of its last record
+        self._apos = 0  # bytes of the active segment in its file
+        # a block read from flash, same layout
+        self._rblk = bytearray(_BODY + _BODY_MAX + 2)
+        self._rview = memoryview(self._rblk)[4:]
+        self._hview = memoryview(self._rblk)[4:_BODY]
+        self._rp = 0
+        self._rend = 0
+        self._dlast = array("i", (0, 0, 0, 0))
+        # a walk along a segment's blocks: file, size, first seq, position and seq offset of a
+        # block, and of the unchecked block before it (-1: none)
+        self._wf = None
+        self._wsize = 0
+        self._wfirst = 0
+        self._wpos = 0
+        self._woff = 0
+        self._wprev = -1
+        self._wpoff = 0
+        # cache: the last block decoded
+        self._cch = bytearray(BLOCK_RECORDS)
+        self._ctk = _zeros("I", BLOCK_RECORDS)
+        self._cval = _zeros("i", BLOCK_RECORDS)
+        self._cfirst = 0  # seq of its first record
+        self._cn = 0  # its records (0: nothing cached)
+        self._ci = 0  # index of the record asked for last
         self._cboot = 0
+        self._hdr = bytearray(HDR_BYTES)
         # open files
         self._af = None  # append handle of the active segment (this boot's newest)
         self._as = -1  # its ring slot
         self._rf = None  # read handle of an older segment
         self._rs = -1  # its ring slot
+        self._rsize = 0  # its size
         self._ls = -1  # slot of the last lookup
         self._gap = None  # the open gap (log full), if any
         self._gaps = []
@@ -264,36 +326,36 @@ class FlashLog:
         self._count = _zeros("H", ring)
         self._boot = _zeros("H", ring)
         self._base = _zeros("I", ring)
+        self._hpos = _zeros("H", ring)  # reading hint: a block start known good ...
+        self._hoff = _zeros("H", ring)  # ... and its seq offset
         self._head = 0
         self._nseg = 0
         extent = -1  # one past the highest seq any segment may have handed out
         for first in firsts:
-            path = self._seg_path(first)
-            size = _size(path)
-            raw = (size - HDR_BYTES + REC_BYTES - 1) // REC_BYTES if size > HDR_BYTES else 0
-            if first + raw > extent:
-                extent = first + raw
             slot = self._nseg
             self._nseg += 1
             self._first[slot] = first
-            self._count[slot] = 0
-            with open(path, "rb") as f:
+            self._hpos[slot] = HDR_BYTES
+            self._hoff[slot] = 0
+            with open(self._seg_path(first), "rb") as f:
+                size = f.seek(0, 2)
+                if size > 0xFFFF:  # (written with other settings: keep what the table holds)
+                    size = 0xFFFF
+                f.seek(0)
                 n = f.readinto(self._hdr)
-                header = self._parse_header(first, n, slot)
-                if not header:
-                    self.bad_headers += 1
-                    continue  # records without boot and base tick mean nothing; kept empty
-                count = (size - HDR_BYTES) // REC_BYTES if size > HDR_BYTES else 0
-                if count > 0xFFFF:  # (written with other settings: keep what the table holds)
-                    count = 0xFFFF
-                self.trimmed += raw - count
-                while count > 0:  # cut a torn or corrupt tail
-                    f.seek(HDR_BYTES + (count - 1) * REC_BYTES)
-                    if f.readinto(self._rrec) == REC_BYTES and self._decode(first + count - 1, slot):
-                        break
-                    count -= 1
-                    self.trimmed += 1
-                self._count[slot] = count
+                self._wpos = HDR_BYTES if size > HDR_BYTES else size
+                self._woff = 0
+                if self._parse_header(first, n, slot):
+                    self._scan(f, size, first)
+                else:
+                    self.bad_headers += 1  # records without boot and base tick mean nothing
+            self._count[slot] = self._woff
+            if size > self._wpos:
+                self.trimmed += 1
+            # a cut tail counts as many records as its bytes could hold (each >= 2 bytes)
+            end = first + self._woff + (size - self._wpos) // 2
+            if end > extent:
+                extent = end
         next_seq = extent + self.flush_every if extent >= 0 else 0
         if first_seq > next_seq:
             next_seq = first_seq
@@ -306,9 +368,21 @@ class FlashLog:
         self._durable = next_seq
         self._watermark = watermark  # every seq below it is acknowledged
         self.oldest_seq = self._skip_holes(watermark)
-        self._cseq = -1
+        self._cn = 0
         self._load_gaps()
         self._delete_acked()
+
+    def _scan(self, f, size, first):
+        # Walk the whole segment; leaves _wpos/_woff at the end of its last good block.
+        self._wf = f
+        self._wsize = size
+        self._wfirst = first
+        self._wprev = -1
+        self._walk(0x7FFFFFFF)
+        if self._wprev >= 0 and not self._verified(self._wprev, self._wpoff):
+            self._wpos = self._wprev  # the last block is torn or corrupt: cut
+            self._woff = self._wpoff
+        self._wf = None
 
     def _parse_header(self, first, n, slot):
         h = self._hdr
@@ -369,28 +443,198 @@ class FlashLog:
         r = self.next_record(seq)
         return r if r > seq else seq
 
+    # -- walking a segment's blocks ----------------------------------------------------------------
+    def _walk(self, target):
+        """Advance the walk (_wpos: a block's start, _woff: its seq offset) to the block holding
+        seq offset target, CRC-checked into _rblk: True; False if target is in the hole of a
+        bad block or past the end, with _wpos/_woff then at the end of the last good block
+        reached (the blocks hopped over are not CRC-checked: _scan checks the last)."""
+        while self._wpos + BLOCK_OVERHEAD + 2 <= self._wsize:
+            if self._hop_ok():
+                n = self._rblk[5]
+                if target >= self._woff + n:
+                    self._wprev = self._wpos
+                    self._wpoff = self._woff
+                    self._wpos += BLOCK_OVERHEAD + self._rblk[4]
+                    self._woff += n
+                    continue
+                if self._verified(self._wpos, self._woff):
+                    return True
+                self._wprev = -1  # the block itself is bad (its count may lie): a hole from it
+            if not self._resync() or target < self._woff:
+                return False
+        return False
+
+    def _plausible(self):
+        # The header in _rblk[4:11]: a record count and a body length that go together.
+        b = self._rblk
+        n = b[5]
+        return 0 < n <= BLOCK_RECORDS and n + n <= b[4] <= REC_MAX_BYTES * n
+
+    def _hop_ok(self):
+        # The header at _wpos: plausible, continuing the chain, inside the file (unchecked CRC).
+        f = self._wf
+        f.seek(self._wpos)  # type: ignore[union-attr]  # a walk has its file
+        if f.readinto(self._hview) != _BODY - 4:  # type: ignore[union-attr]
+            return False
+        b = self._rblk
+        return (self._plausible() and b[6] | b[7] << 8 == self._woff
+                and self._wpos + BLOCK_OVERHEAD + b[4] <= self._wsize)
+
+    def _resync(self):
+        # The chain broke at _wpos. If the unchecked block before fails its CRC, its header
+        # lied: the hole starts there. The next good block starts after the hole's first byte,
+        # holds a later seq, no further on than the bytes skipped could hold (>= 2 B per
+        # record), and passes its CRC.
+        if self._wprev >= 0 and not self._verified(self._wprev, self._wpoff):
+            self._wpos = self._wprev
+            self._woff = self._wpoff
+        self._wprev = -1
+        p = self._wpos + 1
+        while p + BLOCK_OVERHEAD + 2 <= self._wsize:
+            if self._candidate(p):
+                self._wpos = p
+                self._woff = self._rblk[6] | self._rblk[7] << 8
+                return True
+            p += 1
+        return False
+
+    def _candidate(self, p):
+        f = self._wf
+        f.seek(p)  # type: ignore[union-attr]
+        if f.readinto(self._hview) != _BODY - 4 or not self._plausible():  # type: ignore[union-attr]
+            return False
+        b = self._rblk
+        off = b[6] | b[7] << 8
+        if off <= self._woff or off > self._woff + (p - self._wpos) // 2:
+            return False
+        return p + BLOCK_OVERHEAD + b[4] <= self._wsize and self._verified(p, off)
+
+    def _verified(self, pos, off):
+        # The block at pos read into _rblk: plausible, starting at seq offset off, CRC good.
+        f = self._wf
+        f.seek(pos)  # type: ignore[union-attr]
+        n = f.readinto(self._rview)  # type: ignore[union-attr]
+        b = self._rblk
+        if n < BLOCK_OVERHEAD + 2 or not self._plausible() or n < BLOCK_OVERHEAD + b[4]:
+            return False
+        if b[6] | b[7] << 8 != off:
+            return False
+        n = self._wfirst + off
+        b[0] = n & 0xFF
+        b[1] = (n >> 8) & 0xFF
+        b[2] = (n >> 16) & 0xFF
+        b[3] = (n >> 24) & 0xFF
+        n = _BODY + b[4]
+        return crc16(b, n) == b[n] | b[n + 1] << 8
+
     # -- reading -------------------------------------------------------------------------------
-    def _decode(self, seq, slot):
-        # Check the record in self._rbuf (read for seq); fill the cache if it is good.
-        b = self._rbuf
-        b[0] = seq & 0xFF
-        b[1] = (seq >> 8) & 0xFF
-        b[2] = (seq >> 16) & 0xFF
-        b[3] = (seq >> 24) & 0xFF
-        if crc16(b, 10) != b[10] | b[11] << 8 or not b[4] & 1:
+    def _load(self, seq):
+        i = seq - self._cfirst
+        if 0 <= i < self._cn:
+            self._ci = i
+            return True
+        if not self._fill(seq):
             return False
-        ch = (b[4] >> 1) & 3
-        v = b[7] | b[8] << 8 | b[9] << 16
-        if v & _VALUE_SIGN:
-            v -= _VALUE_WRAP
-        if v < _CH_MIN[ch] or v > _CH_MAX[ch]:
-            return False
-        self._cch = ch
-        self._cval = v
-        self._ctick = self._base[slot] + ((b[4] >> 3) | b[5] << 5 | b[6] << 13)
-        self._cboot = self._boot[slot]
-        self._cseq = seq
+        self._ci = seq - self._cfirst
         return True
+
+    def _fill(self, seq):
+        # Decode the block holding seq into the cache.
+        self._cn = 0
+        s = self._find(seq)
+        if s < 0:
+            return False
+        self._start_walk(s, seq)
+        if not self._walk(seq - self._first[s]) or not self._unpack(s):
+            return False
+        self._cfirst = self._first[s] + self._woff
+        self._cboot = self._boot[s]
+        self._cn = self._rblk[5]
+        # hint: the block after this verified one (its length and count are good)
+        self._hpos[s] = self._wpos + BLOCK_OVERHEAD + self._rblk[4]
+        self._hoff[s] = self._woff + self._cn
+        return True
+
+    def _start_walk(self, s, seq):
+        if s == self._as:
+            if seq >= self._durable:
+                self.flush()  # whatever may leave the log must be on flash first
+            self._wf = self._af
+            self._wsize = self._apos
+        else:
+            self._wf = self._read_handle(s)
+            self._wsize = self._rsize
+        self._wfirst = self._first[s]
+        self._wprev = -1
+        if self._hoff[s] <= seq - self._wfirst:  # from the hint, else from the start
+            self._wpos = self._hpos[s]
+            self._woff = self._hoff[s]
+        else:
+            self._wpos = HDR_BYTES
+            self._woff = 0
+
+    def _unpack(self, s):
+        # The verified block in _rblk into the cache arrays.
+        b = self._rblk
+        self._rp = _BODY
+        self._rend = _BODY + b[4]
+        d = self._dlast
+        d[0] = 0
+        d[1] = 0
+        d[2] = 0
+        d[3] = 0
+        return self._records(self._base[s] + (b[8] | b[9] << 8 | b[10] << 16), b[5])
+
+    def _records(self, tick, n):
+        i = 0
+        while i < n:
+            if self._rp >= self._rend:
+                return False
+            h = self._rblk[self._rp]
+            self._rp += 1
+            dt = h & _DT_ESCAPE
+            if dt == _DT_ESCAPE:
+                dt = self._ruvar()
+                if dt < 0:
+                    return False
+                dt = -(dt >> 1) - 1 if dt & 1 else dt >> 1
+            tick += dt
+            if tick < 0:
+                return False
+            if not self._record(i, h >> 6, tick):
+                return False
+            i += 1
+        return self._rp == self._rend  # every body byte used: the count and length agree
+
+    def _record(self, i, ch, tick):
+        z = self._ruvar()
+        if z < 0:
+            return False
+        z = self._dlast[ch] + (-(z >> 1) - 1 if z & 1 else z >> 1)
+        if z < _CH_MIN[ch] or z > _CH_MAX[ch]:
+            return False
+        self._dlast[ch] = z
+        self._cval[i] = z
+        self._ctk[i] = tick
+        self._cch[i] = ch
+        return True
+
+    def _ruvar(self):
+        # An unsigned varint of at most 4 bytes at _rp, inside the body; -1 if there is none.
+        b = self._rblk
+        p = self._rp
+        z = 0
+        k = 0
+        while p < self._rend and k < 28:
+            c = b[p]
+            p += 1
+            z |= (c & 0x7F) << k
+            if c < 0x80:
+                self._rp = p
+                return z
+            k += 7
+        return -1
 
     def _read_handle(self, slot):
         if slot != self._rs:
@@ -398,41 +642,25 @@ class FlashLog:
                 self._rf.close()
                 self._rf = None
                 self._rs = -1
-            self._rf = open(self._seg_path(self._first[slot]), "rb")
+            f = open(self._seg_path(self._first[slot]), "rb")
+            self._rsize = f.seek(0, 2)
+            self._rf = f
             self._rs = slot
         return self._rf
 
-    def _load(self, seq):
-        if seq == self._cseq and seq >= 0:  # (_cseq is -1 when nothing is cached)
-            return True
-        s = self._find(seq)
-        if s < 0:
-            return False
-        if s == self._as:
-            if seq >= self._durable:
-                self.flush()  # whatever may leave the log must be on flash first
-            f = self._af
-        else:
-            f = self._read_handle(s)
-        # f is an open file here: the active segment always has _af
-        f.seek(HDR_BYTES + (seq - self._first[s]) * REC_BYTES)  # type: ignore[union-attr]
-        if f.readinto(self._rrec) != REC_BYTES:  # type: ignore[union-attr]
-            return False
-        return self._decode(seq, s)
-
     def boot(self, seq):
         """Boot id of the record seq, or NO_RECORD (-1) if there is none (a hole left at a
-        reboot, a record that failed its CRC, acknowledged and deleted, not yet written)."""
+        reboot, a block that failed its CRC, acknowledged and deleted, not yet written)."""
         return self._cboot if self._load(seq) else NO_RECORD
 
     def channel(self, seq):
-        return self._cch if self._load(seq) else NO_RECORD
+        return self._cch[self._ci] if self._load(seq) else NO_RECORD
 
     def tick(self, seq):
-        return self._ctick if self._load(seq) else 0
+        return self._ctk[self._ci] if self._load(seq) else 0
 
     def value(self, seq):
-        return self._cval if self._load(seq) else 0
+        return self._cval[self._ci] if self._load(seq) else 0
 
     # -- appending -----------------------------------------------------------------------------
     def __len__(self):
@@ -449,12 +677,12 @@ class FlashLog:
 
     def _needs_segment(self, tick):
         s = self._as
-        return (s < 0 or self._count[s] >= self.segment_records or tick < self._base[s]
-                or tick - self._base[s] > _TICK_OFFSET_MAX)
+        return (s < 0 or self._apos + self._bend + _ROOM > self.segment_bytes
+                or tick < self._base[s] or tick - self._base[s] > _TICK_OFFSET_MAX)
 
     def is_full(self):
-        s = self._as
-        return self._nseg >= self.max_segments and (s < 0 or self._count[s] >= self.segment_records)
+        return self._nseg >= self.max_segments and (
+            self._as < 0 or self._apos + self._bend + _ROOM > self.segment_bytes)
 
     def append(self, channel, tick, value):
         """Log one sample; its seq, or LOG_FULL (the sample is then counted in a gap)."""
@@ -465,39 +693,91 @@ class FlashLog:
             return LOG_FULL
         if self._gap is not None:
             self._close_gap()
-        seq = self._write(channel, tick, value)
+        seq = self._put(channel, tick, value)
         if seq + 1 - self._durable >= self.flush_every:
             self.flush()
         return seq
 
-    def _write(self, channel, tick, value):
-        # The hot path is split so that each function's VM state (locals + stack) stays within
-        # 11 words: MicroPython heap-allocates a bigger one on every call (py/objfun.c,
-        # VM_MAX_STATE_ON_STACK). tests/test_flash_log_micropython.py checks the compiled sizes.
-        b = self._wbuf
-        seq = self.next_seq
-        w = (tick - self._base[self._as]) << 3 | channel << 1 | 1
-        b[0] = seq & 0xFF
-        b[1] = (seq >> 8) & 0xFF
-        b[2] = (seq >> 16) & 0xFF
-        b[3] = (seq >> 24) & 0xFF
-        b[4] = w & 0xFF
-        b[5] = (w >> 8) & 0xFF
-        b[6] = w >> 16
-        value &= 0xFFFFFF
-        b[7] = value & 0xFF
-        b[8] = (value >> 8) & 0xFF
-        b[9] = value >> 16
-        w = crc16(b, 10)
-        b[10] = w & 0xFF
-        b[11] = w >> 8
-        self._af.write(self._wrec)  # type: ignore[union-attr]  # open: _new_segment ran
+    def _put(self, channel, tick, value):
+        # The record goes into the RAM block.
+        if self._bn and (self._bend > _BODY_END_MAX or self._bn >= BLOCK_RECORDS):
+            self._emit()
+        if not self._bn:
+            self._open_block(tick)
+        b = self._wblk
+        dt = tick - self._btick
+        self._btick = tick
+        if 0 <= dt < _DT_ESCAPE:
+            b[self._bend] = channel << 6 | dt
+            self._bend += 1
+        else:  # a long or a backward step: zigzag varint
+            b[self._bend] = channel << 6 | _DT_ESCAPE
+            self._bend += 1
+            self._uvar(dt + dt if dt >= 0 else -dt - dt - 1)
+        dt = value - self._wlast[channel]
+        self._wlast[channel] = value
+        self._uvar(dt + dt if dt >= 0 else -dt - dt - 1)  # zigzag
+        self._bn += 1
         self._count[self._as] += 1
-        self.next_seq = seq + 1
-        return seq
+        dt = self.next_seq
+        self.next_seq = dt + 1
+        return dt
+
+    def _uvar(self, z):
+        b = self._wblk
+        n = self._bend
+        while z > 0x7F:
+            b[n] = (z & 0x7F) | 0x80
+            z >>= 7
+            n += 1
+        b[n] = z
+        self._bend = n + 1
+
+    def _open_block(self, tick):
+        self._bseq = self.next_seq
+        self._bt0 = tick
+        self._btick = tick
+        w = self._wlast
+        w[0] = 0
+        w[1] = 0
+        w[2] = 0
+        w[3] = 0
+        self._bend = _BODY
+
+    def _emit(self):
+        # Seal the RAM block and write it to the active segment (synced by flush()).
+        n = self._seal()
+        _write(self._af, self._wblk, n)
+        self._apos += n - 4
+        self._bn = 0
+        self._bend = _BODY
+
+    def _seal(self):
+        b = self._wblk
+        v = self._bseq
+        b[0] = v & 0xFF
+        b[1] = (v >> 8) & 0xFF
+        b[2] = (v >> 16) & 0xFF
+        b[3] = (v >> 24) & 0xFF
+        v -= self._first[self._as]
+        b[6] = v & 0xFF
+        b[7] = v >> 8
+        v = self._bt0 - self._base[self._as]
+        b[8] = v & 0xFF
+        b[9] = (v >> 8) & 0xFF
+        b[10] = v >> 16
+        n = self._bend
+        b[4] = n - _BODY
+        b[5] = self._bn
+        v = crc16(b, n)
+        b[n] = v & 0xFF
+        b[n + 1] = v >> 8
+        return n + 2
 
     def flush(self):
         """Put every appended record on flash (LittleFS: lfs_file_sync)."""
+        if self._bn:
+            self._emit()
         if self._af is not None and self._durable < self.next_seq:
             self._af.flush()
         self._durable = self.next_seq
@@ -506,6 +786,8 @@ class FlashLog:
         if self._nseg >= self.max_segments:
             return False
         if self._af is not None:
+            if self._bn:
+                self._emit()
             self._af.flush()
             self._af.close()
             self._af = None
@@ -525,9 +807,14 @@ class FlashLog:
         self._count[slot] = 0
         self._boot[slot] = self.boot_id
         self._base[slot] = tick
+        self._hpos[slot] = HDR_BYTES
+        self._hoff[slot] = 0
         self._nseg += 1
         self._af = f
         self._as = slot
+        self._apos = HDR_BYTES
+        self._bn = 0
+        self._bend = _BODY
         self._durable = first
         return True
 
@@ -568,7 +855,7 @@ class FlashLog:
             self._head = (s + 1) % self._ring
             self._nseg -= 1
             self._ls = -1
-            self._cseq = -1
+            self._cn = 0
             try:
                 os.remove(self._seg_path(first))
             except OSError:

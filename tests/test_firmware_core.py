@@ -46,7 +46,7 @@ def test_patch_log_starts_above_the_legacy_floor_and_never_reuses_a_seq(tmp_path
     # What app.Patch does at boot: the flash log, floored by the old firmware's seq floor.
     (tmp_path / "seq_floor").write_text("2048")
     boot = BootState(str(tmp_path))
-    log = FlashLog(str(tmp_path / "log"), segment_records=8, max_segments=4,
+    log = FlashLog(str(tmp_path / "log"), max_segments=4,
                    boot_id=boot.boot_id, first_seq=boot.seq_floor)
     assert log.next_seq == 2048
     for i in range(5):
@@ -54,8 +54,8 @@ def test_patch_log_starts_above_the_legacy_floor_and_never_reuses_a_seq(tmp_path
     log.flush()   # as a read for a frame does
     # power loss (nothing closed): the next boot starts past every seq handed out
     boot = BootState(str(tmp_path))
-    log2 = FlashLog(str(tmp_path / "log"), segment_records=8, max_segments=4,
-                   boot_id=boot.boot_id, first_seq=boot.seq_floor)
+    log2 = FlashLog(str(tmp_path / "log"), max_segments=4,
+                    boot_id=boot.boot_id, first_seq=boot.seq_floor)
     assert 2053 <= log2.next_seq <= 2053 + log2.flush_every
     assert [log2.value(s) for s in range(2048, 2053)] == [4300 + i for i in range(5)]
     assert log2.boot(log2.next_seq - 1) < 0 and log2.next_record(2053) == log2.next_seq
@@ -143,7 +143,8 @@ async def test_sampler_slows_down_and_reports_gaps_while_the_log_is_full(tmp_pat
             raise Done
 
     monkeypatch.setattr(aio, "sleep_ms", sleep_ms)
-    log = FlashLog(str(tmp_path / "log"), segment_records=4, max_segments=2, flush_every=1)
+    # segments of 100 B take 4 of these samples each (a 12-byte block per flush): 8 fill the log
+    log = FlashLog(str(tmp_path / "log"), segment_bytes=100, max_segments=2, flush_every=1)
     clock = FakeClock()
     seen = []
     sampler = Sampler(log, clock, SamplingConfig(), lambda ch, v: seen.append(v))

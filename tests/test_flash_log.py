@@ -1,15 +1,25 @@
 """The power-loss-safe flash log (firmware/flash_log.py) on CPython, on a temporary directory.
 
 A power loss is simulated by copying the log directory while the log is still open: the copy
-holds what reached the file (what flush() pushed), not what sits in the writer's buffer, just
-as flash holds only synced data. Torn writes and bit rot are simulated by truncating and
-corrupting the copy at every byte offset of its newest records.
+holds what reached the file (what flush() pushed), not what sits in the writer's buffer or the
+log's RAM block, just as flash holds only synced data. Torn writes and bit rot are simulated by
+truncating and corrupting the copy at every byte offset of its newest blocks.
+
+Block boundaries and expected records come from `parse_segment`, an independent reading of the
+documented format (CRC by binascii.crc_hqx), not from the log's own code.
 """
 
 from __future__ import annotations
 
+import binascii
+import math
 import os
+import random
 import shutil
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,18 +27,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware.flash_log import (
+    BLOCK_OVERHEAD,
     DEFAULT_MAX_SEGMENTS,
-    DEFAULT_SEGMENT_RECORDS,
+    DEFAULT_SEGMENT_BYTES,
     HDR_BYTES,
+    LFS_BLOCK_BYTES,
     LOG_FULL,
     NO_RECORD,
-    REC_BYTES,
     FlashLog,
     crc16,
     segment_blocks,
-    segment_bytes,
+    segment_records_min,
     segments_that_fit,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def sample(i: int) -> tuple[int, int, int]:
@@ -46,6 +59,9 @@ def record_of(log: FlashLog, seq: int) -> tuple[int, int, int, int]:
     return log.boot(seq), log.channel(seq), log.tick(seq), log.value(seq)
 
 
+MISSING = (NO_RECORD, NO_RECORD, 0, 0)
+
+
 def power_loss(src: Path, dst: Path) -> Path:
     """The directory as flash would hold it if power failed now."""
     if dst.exists():
@@ -59,36 +75,134 @@ def segment_files(directory: Path) -> list[str]:
                   key=lambda name: int(name[4:-4]))
 
 
+# --- an independent reader of the format -------------------------------------------------------
+
+@dataclass
+class Block:
+    pos: int            # first byte in the file
+    end: int            # one past its last byte
+    seq_off: int
+    count: int
+    records: list[tuple[int, int, int]]   # (channel, tick, value)
+
+
+def _varint(data: bytes, p: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[p]
+        p += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, p
+        shift += 7
+
+
+def _unzigzag(z: int) -> int:
+    return -(z >> 1) - 1 if z & 1 else z >> 1
+
+
+def parse_segment(data: bytes) -> tuple[int, int, int, list[Block]]:
+    """(first_seq, boot_id, base_tick, blocks) of an intact segment image."""
+    magic, version, first, boot, base, crc = struct.unpack_from("<3sBIHIH", data, 0)
+    assert (magic, version) == (b"DTL", 2) and data[:16] == data[16:32]
+    assert crc == binascii.crc_hqx(data[:14], 0xFFFF)
+    blocks = []
+    pos = HDR_BYTES
+    while pos < len(data):
+        length, count, seq_off = struct.unpack_from("<BBH", data, pos)
+        tick = base + int.from_bytes(data[pos + 4:pos + 7], "little")
+        end = pos + 7 + length + 2
+        assert end <= len(data), "torn block"
+        covered = struct.pack("<I", first + seq_off) + data[pos:pos + 7 + length]
+        assert binascii.crc_hqx(covered, 0xFFFF) == int.from_bytes(data[end - 2:end], "little")
+        records, last, p = [], [0, 0, 0, 0], pos + 7
+        while p < pos + 7 + length:
+            head = data[p]
+            p += 1
+            channel, dt = head >> 6, head & 63
+            if dt == 63:
+                z, p = _varint(data, p)
+                dt = _unzigzag(z)
+            tick += dt
+            z, p = _varint(data, p)
+            last[channel] += _unzigzag(z)
+            records.append((channel, tick, last[channel]))
+        assert p == pos + 7 + length and len(records) == count
+        blocks.append(Block(pos, end, seq_off, count, records))
+        pos = end
+    return first, boot, base, blocks
+
+
 def test_crc16_is_ccitt_false():
     assert crc16(b"123456789", 9) == 0x29B1  # the catalogued check value
 
 
+def test_on_flash_format_is_the_documented_one(tmp_path):
+    d = tmp_path / "log"
+    log = FlashLog(str(d), flush_every=4, boot_id=0x1234)
+    samples = [(0, 100, 4480), (1, 100, 0), (0, 150, 4475), (1, 150, 3),  # dt 0, 0, 50, 0
+               (2, 400, 60_000), (3, 400, 25_600), (1, 1000, 250),        # dt 600: escape
+               (0, 990, 4470),                                            # dt -10: escape
+               (0, 1000, 4471)]
+    for s in samples:
+        log.append(*s)
+    log.flush()
+    image = (d / "seg_0.log").read_bytes()
+    first, boot, base, blocks = parse_segment(image)
+    assert (first, boot, base) == (0, 0x1234, 100)
+    assert [(b.seq_off, b.count) for b in blocks] == [(0, 4), (4, 4), (8, 1)]
+    assert [r for b in blocks for r in b.records] == samples
+    # block 1: heads and zigzag deltas exactly as documented (first of a channel against 0)
+    body = image[blocks[0].pos + 7:blocks[0].end - 2]
+    assert body == bytes([0 << 6 | 0, 0x80, 0x46,        # temp 4480 -> zigzag 8960, varint
+                          1 << 6 | 0, 0,                # uv 0
+                          0 << 6 | 50, 9,               # temp -5 -> zigzag 9
+                          1 << 6 | 0, 6])               # uv +3 -> zigzag 6
+    assert image[blocks[0].pos:blocks[0].pos + 7] == bytes([len(body), 4, 0, 0, 0, 0, 0])
+    assert image[blocks[1].pos + 4:blocks[1].pos + 7] == (400 - 100).to_bytes(3, "little")
+    body = image[blocks[1].pos + 7:blocks[1].end - 2]
+    assert body[-9:] == bytes([1 << 6 | 63, 0xB0, 0x09,   # uv, dt escape: 600 -> zigzag 1200
+                               0xF4, 0x03,                # 250 -> zigzag 500
+                               0 << 6 | 63, 0x13,         # temp, dt -10 -> zigzag 19
+                               0xEC, 0x45])               # 4470 (first temp) -> zigzag 8940
+    assert len(image) == HDR_BYTES + sum(b.end - b.pos for b in blocks)
+    assert all(b.end - b.pos == BLOCK_OVERHEAD + len(image[b.pos + 7:b.end - 2]) for b in blocks)
+
+
 def test_append_read_ack_and_whole_segment_deletion(tmp_path):
     d = tmp_path / "log"
-    log = FlashLog(str(d), segment_records=4, max_segments=8, flush_every=2)
+    log = FlashLog(str(d), segment_bytes=96, max_segments=8, flush_every=2)
     assert log.next_seq == log.oldest_seq == 0 and len(log) == 0
-    assert fill(log, 10) == list(range(10))
-    for seq in range(10):
+    assert fill(log, 30) == list(range(30))
+    for seq in range(30):
         assert record_of(log, seq) == (0, *sample(seq))
-    assert record_of(log, 10) == (NO_RECORD, NO_RECORD, 0, 0)
-    assert segment_files(d) == ["seg_0.log", "seg_4.log", "seg_8.log"]
-    assert (d / "seg_0.log").stat().st_size == segment_bytes(4)
+    assert record_of(log, 30) == MISSING
+    names = segment_files(d)
+    firsts = [int(n[4:-4]) for n in names]
+    assert len(names) >= 3 and firsts[0] == 0
+    assert all((d / n).stat().st_size <= 96 for n in names)          # bounded in bytes
+    for name in names[:-1]:                                           # and filled
+        assert (d / name).stat().st_size > 96 - BLOCK_OVERHEAD - 2 * 9
+    log.flush()
+    parsed = [parse_segment((d / n).read_bytes()) for n in names]
+    assert [r for p in parsed for b in p[3] for r in b.records] == [sample(i) for i in range(30)]
 
-    log.ack(5)                             # seg_0 fully acknowledged, seg_4 not
-    assert log.oldest_seq == 6 and len(log) == 4
-    assert segment_files(d) == ["seg_4.log", "seg_8.log"]
-    assert record_of(log, 3)[0] == NO_RECORD and record_of(log, 6) == (0, *sample(6))
+    log.ack(firsts[1] + 1)                 # the first segment fully acknowledged, the second not
+    assert log.oldest_seq == firsts[1] + 2 and len(log) == 30 - firsts[1] - 2
+    assert segment_files(d) == names[1:]
+    assert record_of(log, 0) == MISSING and record_of(log, 29) == (0, *sample(29))
     log.ack(2)                             # an old ACK changes nothing
-    assert log.oldest_seq == 6
+    assert log.oldest_seq == firsts[1] + 2
     log.ack(10_000)                        # beyond what exists: only what exists
-    assert log.oldest_seq == log.next_seq == 10 and len(log) == 0
+    assert log.oldest_seq == log.next_seq == 30 and len(log) == 0
     # the newest segment stays: it carries the seq extent the next boot starts after
-    assert segment_files(d) == ["seg_8.log"]
+    assert segment_files(d) == names[-1:]
 
 
 def test_reads_interleaved_with_appends_and_values_at_the_limits(tmp_path):
-    log = FlashLog(str(tmp_path / "log"), segment_records=16, flush_every=4)
-    limits = [(0, -32768), (0, 32767), (1, 0), (1, 65535), (2, 0), (2, 0x7FFFFF), (3, 65535)]
+    log = FlashLog(str(tmp_path / "log"), flush_every=4)
+    limits = [(0, -32768), (0, 32767), (1, 0), (1, 65535), (2, 0), (2, 0x7FFFFF), (3, 65535),
+              (2, 0), (0, -32768)]                   # the largest deltas, both ways
     for i, (channel, value) in enumerate(limits):
         seq = log.append(channel, 1000 + i, value)
         assert record_of(log, seq) == (0, channel, 1000 + i, value)
@@ -97,31 +211,37 @@ def test_reads_interleaved_with_appends_and_values_at_the_limits(tmp_path):
         with pytest.raises(ValueError):
             log.append(*bad)
     assert log.next_seq == len(limits)
+    log.close()
+    again = FlashLog(str(tmp_path / "log"))
+    assert [record_of(again, s)[1:] for s in range(len(limits))] == [
+        (c, 1000 + i, v) for i, (c, v) in enumerate(limits)]
 
 
-def test_long_tick_gaps_start_a_new_segment(tmp_path):
-    log = FlashLog(str(tmp_path / "log"), segment_records=100)
-    log.append(0, 5, 1)
-    log.append(0, 5 + 0x1FFFFF, 2)          # largest offset that fits 21 bits
-    log.append(0, 6 + 0x1FFFFF, 3)          # needs a new segment (base tick moves)
-    assert [log.tick(s) for s in range(3)] == [5, 5 + 0x1FFFFF, 6 + 0x1FFFFF]
-    assert segment_files(tmp_path / "log") == ["seg_0.log", "seg_2.log"]
+def test_tick_steps_long_and_backward_and_segment_tick_range(tmp_path):
+    log = FlashLog(str(tmp_path / "log"))
+    ticks = [5, 5, 67, 68, 5 + 1000, 500, 5, 5 + 0xFFFFFF]   # 62 fits the head, 63 escapes
+    for i, t in enumerate(ticks):
+        assert log.append(i % 4, t, 7) == i
+    log.append(0, 6 + 0xFFFFFF, 3)          # past the 24-bit offset: a new segment
+    log.append(0, 4, 3)                     # before the segment's base tick: another one
+    assert [log.tick(s) for s in range(len(ticks) + 2)] == ticks + [6 + 0xFFFFFF, 4]
+    assert segment_files(tmp_path / "log") == ["seg_0.log", "seg_8.log", "seg_9.log"]
 
 
 def test_reboot_keeps_unacked_records_and_never_reuses_a_seq(tmp_path):
     d = tmp_path / "log"
-    log = FlashLog(str(d), segment_records=8, flush_every=4, boot_id=7)
-    fill(log, 21)                  # seqs 0..20; 0..19 flushed (every 4th), 20 still buffered
+    log = FlashLog(str(d), segment_bytes=120, flush_every=4, boot_id=7)
+    fill(log, 21)                  # seqs 0..20; 0..19 flushed (every 4th), 20 still in RAM
     log.ack(9)
     crashed = power_loss(d, tmp_path / "after")
     log.close()
 
-    log2 = FlashLog(str(crashed), segment_records=8, flush_every=4, boot_id=8)
-    assert log2.oldest_seq == 10                           # acked stays acked
+    log2 = FlashLog(str(crashed), segment_bytes=120, flush_every=4, boot_id=8)
+    assert log2.trimmed == 0 and log2.oldest_seq == 10           # acked stays acked
     assert [record_of(log2, s) for s in range(10, 20)] == [(7, *sample(s)) for s in range(10, 20)]
     assert log2.boot(20) == NO_RECORD                      # never reached flash
     # next seq = extent of the newest segment (20) + flush_every: above every seq handed out
-    assert log2.next_seq == 24 and log2.next_seq > 20
+    assert log2.next_seq == 24
     assert len(log2) == 10
     seq = log2.append(0, 3, 42)
     assert seq == 24 and record_of(log2, 24) == (8, 0, 3, 42)
@@ -132,7 +252,7 @@ def test_reboot_keeps_unacked_records_and_never_reuses_a_seq(tmp_path):
     assert log2.oldest_seq == 24 and len(log2) == 1
     assert segment_files(crashed) == ["seg_24.log"]
 
-    log3 = FlashLog(str(crashed), segment_records=8, flush_every=4, boot_id=9)
+    log3 = FlashLog(str(crashed), segment_bytes=120, flush_every=4, boot_id=9)
     assert log3.oldest_seq == 24 and log3.next_seq == 25 + 4
     assert record_of(log3, 24) == (8, 0, 3, 42)
 
@@ -151,29 +271,53 @@ def test_empty_log_resumes_from_the_floor_and_the_acked_watermark(tmp_path):
 
 def test_record_is_on_flash_before_it_can_be_read_for_sending(tmp_path):
     d = tmp_path / "log"
-    log = FlashLog(str(d), segment_records=64, flush_every=16)
+    log = FlashLog(str(d), flush_every=16)
     fill(log, 3)
     assert power_loss(d, tmp_path / "before").joinpath("seg_0.log").stat().st_size == HDR_BYTES
     assert log.value(2) == sample(2)[2]    # the streamer reads seq 2 to send it ...
     after = power_loss(d, tmp_path / "after")
-    assert (after / "seg_0.log").stat().st_size == HDR_BYTES + 3 * REC_BYTES   # ... so it is durable
+    [block] = parse_segment((after / "seg_0.log").read_bytes())[3]   # ... so it is durable
+    assert (block.seq_off, block.count) == (0, 3)
     assert FlashLog(str(after)).value(2) == sample(2)[2]
+
+
+def test_sequential_and_jumping_reads_across_many_blocks_and_segments(tmp_path):
+    d = tmp_path / "log"
+    log = FlashLog(str(d), segment_bytes=400, flush_every=5, boot_id=2)
+    fill(log, 700)
+    log.close()
+    log = FlashLog(str(d), segment_bytes=400, flush_every=5)
+    assert len(segment_files(d)) > 10
+    for seq in range(700):                                   # forward, as the streamer reads
+        assert record_of(log, seq) == (2, *sample(seq))
+    rng = random.Random(3)
+    for seq in [rng.randrange(700) for _ in range(300)]:     # after REPLAYs, anywhere
+        assert record_of(log, seq) == (2, *sample(seq))
+    for seq in range(699, -1, -1):                           # and backwards
+        assert log.value(seq) == sample(seq)[2]
 
 
 # --- power loss at every byte ------------------------------------------------------------------
 
-SWEEP_SEGMENT = 16
+SWEEP_SEGMENT = 200
 SWEEP_FLUSH = 4
 
 
-def crashed_image(tmp_path: Path) -> tuple[Path, int]:
-    """A log of two full segments + 6 records (seqs 32..37) in the active one, all flushed."""
+def crashed_image(tmp_path: Path) -> tuple[Path, int, int]:
+    """Two full segments and an active one of 5 blocks (4, 4, 4, 4, 2 records), all flushed;
+    seqs 0..3 acknowledged. Returns (directory, first seq of the active segment, next_seq)."""
     src = tmp_path / "src"
-    log = FlashLog(str(src), segment_records=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH, boot_id=3)
-    fill(log, 2 * SWEEP_SEGMENT + 6)
+    log = FlashLog(str(src), segment_bytes=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH, boot_id=3)
+    i = 0
+    while len(segment_files(src)) < 3:
+        log.append(*sample(i))
+        i += 1
+    fill(log, 17, i)
     log.ack(3)
     log.flush()
-    return src, log.next_seq
+    active = segment_files(src)[-1]
+    assert len(parse_segment((src / active).read_bytes())[3]) == 5
+    return src, int(active[4:-4]), log.next_seq
 
 
 def check_recovered(log: FlashLog, intact: set[int], first: int, last_seq: int) -> None:
@@ -182,83 +326,126 @@ def check_recovered(log: FlashLog, intact: set[int], first: int, last_seq: int) 
         if seq < first or seq in intact:
             assert record_of(log, seq) == (3, *sample(seq)), seq
         else:
-            assert record_of(log, seq) == (NO_RECORD, NO_RECORD, 0, 0), seq
+            assert record_of(log, seq) == MISSING, seq
     assert log.oldest_seq == 4
 
 
+def expected_next_seq(first: int, blocks: list[Block], cut: int, hit: int | None,
+                      flush: int) -> int:
+    """The documented rule: end of the last good block + (bytes after it) // 2 + flush_every."""
+    good_end, end_seq = min(cut, HDR_BYTES), 0
+    complete = [b for b in blocks if b.end <= cut]
+    if complete and hit is not None and complete[-1].pos <= hit < complete[-1].end:
+        complete.pop()                        # the last block corrupt: cut with the tail
+    if complete:
+        good_end, end_seq = complete[-1].end, complete[-1].seq_off + complete[-1].count
+    return first + end_seq + (cut - good_end) // 2 + flush
+
+
 def test_truncation_at_every_byte_of_the_active_segment(tmp_path):
-    src, next_seq = crashed_image(tmp_path)
-    first = 2 * SWEEP_SEGMENT                               # seqs 32..37 live in seg_32
+    src, first, next_seq = crashed_image(tmp_path)
     path = src / f"seg_{first}.log"
     image = path.read_bytes()
-    assert len(image) == HDR_BYTES + 6 * REC_BYTES
+    blocks = parse_segment(image)[3]
     for cut in range(len(image) + 1):
         path.write_bytes(image[:cut])
-        log = FlashLog(str(src), segment_records=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH)
-        complete = (cut - HDR_BYTES) // REC_BYTES if cut >= HDR_BYTES else 0
-        check_recovered(log, set(range(first, first + complete)), first, next_seq - 1)
-        started = -(-(cut - HDR_BYTES) // REC_BYTES) if cut > HDR_BYTES else 0  # incl. a torn one
-        assert log.next_seq == first + started + SWEEP_FLUSH, cut
-        assert log.next_seq > first + started - 1               # above every seq on flash
-        if next_seq - (first + complete) < SWEEP_FLUSH:         # lost only unflushed-sized tail
+        log = FlashLog(str(src), segment_bytes=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH)
+        whole = [b for b in blocks if b.end <= cut]
+        intact = {first + b.seq_off + k for b in whole for k in range(b.count)}
+        check_recovered(log, intact, first, next_seq - 1)
+        assert log.next_seq == expected_next_seq(first, blocks, cut, None, SWEEP_FLUSH), cut
+        assert log.next_seq > max(intact | {first - 1})         # above every seq on flash
+        if next_seq - (first + len(intact)) < SWEEP_FLUSH:      # lost only an unflushed-sized tail
             assert log.next_seq >= next_seq, cut                # never reuses a handed-out seq
-        assert len(log) == 28 + complete
+        assert log.trimmed == (1 if cut > (whole[-1].end if whole else HDR_BYTES) else 0)
+        assert len(log) == first - 4 + len(intact)
         log.close()
     path.write_bytes(image)
 
 
-def test_corruption_of_every_byte_of_the_newest_records(tmp_path):
-    src, next_seq = crashed_image(tmp_path)
-    first = 2 * SWEEP_SEGMENT
+def test_corruption_of_every_byte_of_the_active_segment(tmp_path):
+    src, first, next_seq = crashed_image(tmp_path)
     path = src / f"seg_{first}.log"
     image = path.read_bytes()
+    blocks = parse_segment(image)[3]
     all_records = set(range(first, next_seq))
     for pos in range(len(image)):
         for flip in (0x01, 0x80, 0xFF, 0x5A):
             bad = bytearray(image)
             bad[pos] ^= flip
             path.write_bytes(bad)
-            log = FlashLog(str(src), segment_records=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH)
-            if pos < HDR_BYTES:             # one header copy hit: the other one serves
-                intact = all_records
-            else:
-                intact = all_records - {first + (pos - HDR_BYTES) // REC_BYTES}
-            check_recovered(log, intact, first, next_seq - 1)
-            assert log.next_seq == next_seq + SWEEP_FLUSH, (pos, flip)
-            assert log.trimmed == (1 if pos >= len(image) - REC_BYTES else 0)
+            log = FlashLog(str(src), segment_bytes=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH)
+            lost = set()
+            for b in blocks:                  # a hit costs its own block, nothing else
+                if b.pos <= pos < b.end:
+                    lost = {first + b.seq_off + k for k in range(b.count)}
+            check_recovered(log, all_records - lost, first, next_seq - 1)
+            assert log.next_seq == expected_next_seq(first, blocks, len(image), pos, SWEEP_FLUSH)
+            assert log.next_seq >= next_seq + SWEEP_FLUSH, (pos, flip)   # never reused
+            assert log.trimmed == (1 if pos >= blocks[-1].pos else 0)
+            # the log goes on: appends after the damage and reads them back
+            seq = log.append(1, 10**6, 5)
+            assert seq == log.next_seq - 1 and record_of(log, seq) == (0, 1, 10**6, 5)
+            log.close()
+            (src / f"seg_{seq}.log").unlink()       # the next case starts from the image
+    path.write_bytes(image)
+
+
+def test_corruption_in_the_middle_of_a_full_segment_costs_one_block(tmp_path):
+    # A full, older segment: every byte of its third block, by every kind of flip.
+    src, _, next_seq = crashed_image(tmp_path)
+    name = segment_files(src)[1]
+    path = src / name
+    image = path.read_bytes()
+    first = int(name[4:-4])
+    blocks = parse_segment(image)[3]
+    victim = blocks[2]
+    lost = {first + victim.seq_off + k for k in range(victim.count)}
+    for pos in range(victim.pos, victim.end):
+        for flip in (0x01, 0x10, 0x80, 0xFF):
+            bad = bytearray(image)
+            bad[pos] ^= flip
+            path.write_bytes(bad)
+            log = FlashLog(str(src), segment_bytes=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH)
+            check_recovered(log, set(range(next_seq)) - lost, 0, next_seq - 1)
+            assert log.next_seq == next_seq + SWEEP_FLUSH and log.trimmed == 0
+            # the streamer walks the hole record by record, then reads on
+            assert [log.boot(s) for s in sorted(lost)] == [NO_RECORD] * len(lost)
             log.close()
     path.write_bytes(image)
 
 
 def test_both_header_copies_lost_drops_the_segment_but_not_its_seqs(tmp_path):
-    src, next_seq = crashed_image(tmp_path)
-    path = src / "seg_32.log"
+    src, first, next_seq = crashed_image(tmp_path)
+    path = src / f"seg_{first}.log"
     bad = bytearray(path.read_bytes())
     bad[5] ^= 1
     bad[16 + 5] ^= 1
     path.write_bytes(bad)
-    log = FlashLog(str(src), segment_records=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH)
+    log = FlashLog(str(src), segment_bytes=SWEEP_SEGMENT, flush_every=SWEEP_FLUSH)
     assert log.bad_headers == 1
-    check_recovered(log, set(), 32, next_seq - 1)
-    assert log.next_seq == next_seq + SWEEP_FLUSH
-    assert log.append(0, 1, 1) == next_seq + SWEEP_FLUSH
+    check_recovered(log, set(), first, next_seq - 1)
+    # its bytes count as records: (size - header) // 2 >= the records it held
+    assert log.next_seq == first + (len(bad) - HDR_BYTES) // 2 + SWEEP_FLUSH > next_seq
+    assert log.append(0, 1, 1) == log.next_seq - 1
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=80, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n=st.integers(1, 40), seg=st.integers(1, 12), cut_back=st.integers(0, 40),
-       pos_back=st.integers(1, 40), value=st.integers(0, 255), data=st.data())
+@given(n=st.integers(1, 60), segment=st.integers(80, 260), flush=st.integers(1, 6),
+       cut_back=st.integers(0, 60), pos_back=st.integers(1, 80), value=st.integers(0, 255))
 def test_any_tail_cut_plus_any_corrupt_byte_recovers_exactly_the_intact_records(
-        tmp_path, n, seg, cut_back, pos_back, value, data):
-    case = tmp_path / f"case_{n}_{seg}_{cut_back}_{pos_back}_{value}"
+        tmp_path, n, segment, flush, cut_back, pos_back, value):
+    case = tmp_path / f"case_{n}_{segment}_{flush}_{cut_back}_{pos_back}_{value}"
     shutil.rmtree(case, ignore_errors=True)
-    log = FlashLog(str(case), segment_records=seg, flush_every=3, boot_id=1)
+    log = FlashLog(str(case), segment_bytes=segment, flush_every=flush, boot_id=1)
     fill(log, n)
     log.close()
     active = segment_files(case)[-1]
     first = int(active[4:-4])
     path = case / active
     image = bytearray(path.read_bytes())
+    blocks = parse_segment(bytes(image))[3]
     cut = max(0, len(image) - cut_back)
     image = image[:cut]
     hit = None
@@ -268,55 +455,76 @@ def test_any_tail_cut_plus_any_corrupt_byte_recovers_exactly_the_intact_records(
             image[pos] = value
             hit = pos
     path.write_bytes(bytes(image))
-    again = FlashLog(str(case), segment_records=seg, flush_every=3, boot_id=2)
-    complete = (cut - HDR_BYTES) // REC_BYTES if cut >= HDR_BYTES else 0
-    header_ok = cut >= HDR_BYTES and not (hit is not None and hit < HDR_BYTES and cut < 2 * 16)
+    again = FlashLog(str(case), segment_bytes=segment, flush_every=flush, boot_id=2)
+    header_ok = cut >= HDR_BYTES
+    good = set()
+    for b in blocks:
+        if header_ok and b.end <= cut and not (hit is not None and b.pos <= hit < b.end):
+            good |= {first + b.seq_off + k for k in range(b.count)}
     for seq in range(n):
-        if seq < first:
-            expected_ok = True
-        else:
-            expected_ok = header_ok and seq - first < complete and not (
-                hit is not None and hit >= HDR_BYTES and (hit - HDR_BYTES) // REC_BYTES == seq - first)
-        got = record_of(again, seq)
-        assert got == ((1, *sample(seq)) if expected_ok else (NO_RECORD, NO_RECORD, 0, 0)), seq
-    started = -(-(cut - HDR_BYTES) // REC_BYTES) if cut > HDR_BYTES else 0
-    assert again.next_seq == first + started + 3
-    assert again.append(0, 0, 0) == again.next_seq - 1 >= first + started
+        expected_ok = seq < first or seq in good
+        assert record_of(again, seq) == ((1, *sample(seq)) if expected_ok else MISSING), seq
+    expected = expected_next_seq(first, blocks if header_ok else [], cut,
+                                 hit if hit is None or hit >= HDR_BYTES else None, flush)
+    assert again.next_seq == expected
+    if n - max(good | {first - 1}) - 1 <= flush:     # lost no more than a power loss can
+        assert again.next_seq >= n                   # never reuses a handed-out seq
+    assert again.append(0, 0, 0) == again.next_seq - 1 >= max(good | {first})
 
 
 # --- full log and gaps ---------------------------------------------------------------------------
 
+def fill_until_full(log: FlashLog, start: int = 0) -> int:
+    i = start
+    while not log.is_full():
+        assert log.append(*sample(i)) == i
+        i += 1
+    return i
+
+
 def test_full_log_refuses_counts_the_loss_in_a_gap_and_resumes_after_ack(tmp_path):
     d = tmp_path / "log"
-    log = FlashLog(str(d), segment_records=4, max_segments=2, flush_every=2, boot_id=5)
-    assert log.capacity == 8
-    fill(log, 8)
-    assert log.is_full()
+    log = FlashLog(str(d), segment_bytes=80, max_segments=2, flush_every=2, boot_id=5)
+    n = fill_until_full(log)
+    assert n >= log.capacity == 2 * segment_records_min(80)
+    second = int(segment_files(d)[1][4:-4])
     assert log.append(1, 500, 10) == LOG_FULL
     assert log.append(1, 510, 11) == LOG_FULL
     assert log.append(2, 520, 12) == LOG_FULL
-    assert log.dropped_total == 3 and log.next_seq == 8
+    assert log.dropped_total == 3 and log.next_seq == n
     [gap] = log.gaps()
-    assert (gap.seq_at, gap.boot_id, gap.first_tick, gap.last_tick) == (8, 5, 500, 520)
+    assert (gap.seq_at, gap.boot_id, gap.first_tick, gap.last_tick) == (n, 5, 500, 520)
     assert gap.counts == [0, 2, 1, 0] and gap.count == 3
 
     # the gap survives a power loss with its exact counts
     crashed = power_loss(d, tmp_path / "crashed")
-    [kept] = FlashLog(str(crashed), segment_records=4, max_segments=2).gaps()
+    [kept] = FlashLog(str(crashed), segment_bytes=80, max_segments=2).gaps()
     assert (kept.seq_at, kept.boot_id, kept.first_tick, kept.last_tick, kept.counts) == (
-        8, 5, 500, 520, [0, 2, 1, 0])
+        n, 5, 500, 520, [0, 2, 1, 0])
 
-    log.ack(3)                                   # frees seg_0
+    log.ack(second - 1)                          # frees the first segment
     assert not log.is_full()
-    assert log.append(0, 530, 13) == 8           # logging resumes, the gap closes before seq 8
-    assert log.append(1, 540, 14) == 9
-    assert [g.seq_at for g in log.gaps()] == [8]
-    log.ack(7)                                   # acks seqs before the gap: gap stays
-    assert [g.seq_at for g in log.gaps()] == [8]
-    log.ack(8)                                   # the sample after the gap: gap acknowledged
+    assert log.append(0, 530, 13) == n           # logging resumes, the gap closes before n
+    assert log.append(1, 540, 14) == n + 1
+    assert [g.seq_at for g in log.gaps()] == [n]
+    log.ack(n - 1)                               # acks seqs before the gap: gap stays
+    assert [g.seq_at for g in log.gaps()] == [n]
+    log.ack(n)                                   # the sample after the gap: gap acknowledged
     assert log.gaps() == []
     log.close()
-    assert FlashLog(str(d), segment_records=4, max_segments=2).gaps() == []
+    assert FlashLog(str(d), segment_bytes=80, max_segments=2).gaps() == []
+
+
+def test_capacity_is_a_floor_even_for_worst_case_records(tmp_path):
+    # Large records (24-bit value swings), each alone in its block (a flush per append): the
+    # log still holds `capacity` records.
+    log = FlashLog(str(tmp_path / "log"), segment_bytes=300, max_segments=3, flush_every=1)
+    i = 0
+    while not log.is_full():
+        assert log.append(2, i * 1000, 0x7FFFFF if i % 2 else 0) == i
+        i += 1
+    assert i >= log.capacity == 3 * segment_records_min(300)
+    assert log.capacity > 0 and all(log.value(s) == (0x7FFFFF if s % 2 else 0) for s in range(i))
 
 
 def test_append_gap_reports_samples_not_taken_and_merges(tmp_path):
@@ -338,23 +546,28 @@ def test_append_gap_reports_samples_not_taken_and_merges(tmp_path):
 
 def test_gap_file_stays_small_while_a_long_outage_is_counted(tmp_path):
     d = tmp_path / "log"
-    log = FlashLog(str(d), segment_records=2, max_segments=1)
-    fill(log, 2)
+    log = FlashLog(str(d), segment_bytes=60, max_segments=1)
+    fill_until_full(log)
     for i in range(500):
         assert log.append(i % 4, 100 + i, 1) == LOG_FULL
     assert log.gaps()[0].count == 500 == log.dropped_total
     assert (d / "gaps.log").stat().st_size <= 10 * 36
-    assert FlashLog(str(d), segment_records=2, max_segments=1).gaps()[0].count == 500
+    assert FlashLog(str(d), segment_bytes=60, max_segments=1).gaps()[0].count == 500
 
 
 # --- capacity ----------------------------------------------------------------------------------
 
 TICKS_PER_S = 10
 DAY_S = 86_400
+SAMPLES_PER_DAY = 30_528
+# Raspberry Pi Pico W: MicroPython's rp2 port gives the filesystem
+# MICROPY_HW_FLASH_STORAGE_BYTES = 848 * 1024 (ports/rp2/boards/RPI_PICO_W/mpconfigboard.h),
+# LittleFS v2 on 4 KiB erase blocks (FLASH_SECTOR_SIZE): 212 blocks.
+PICO_W_FS_BYTES = 848 * 1024
 
 
-def default_rate_schedule(days: int):
-    """(tick, channel) of every sample at the default rates: temperature 10 s, UV 5 s
+def default_rate_schedule(days: int) -> list[tuple[int, int]]:
+    """(second, channel) of every sample at the default rates: temperature 10 s, UV 5 s
     (1 s during one outdoor hour a day with UVI > 0.5), hydration 60 s, battery 300 s."""
     events = []
     for day in range(days):
@@ -366,45 +579,101 @@ def default_rate_schedule(days: int):
         events += [(t0 + s, 2) for s in range(0, DAY_S, 60)]
         events += [(t0 + s, 3) for s in range(0, DAY_S, 300)]
     events.sort()
-    return [(t * TICKS_PER_S, ch) for t, ch in events]
+    return events
 
 
-def test_seven_days_at_default_rates_fit_the_documented_capacity(tmp_path):
-    schedule = default_rate_schedule(7)
-    assert len(schedule) == 7 * 30_528 == 213_696
+def realistic_week() -> list[tuple[int, int, int]]:
+    """(channel, tick, value) for 7 days at default rates, in wire units, from the patch's
+    environment model (indoors, one outdoor hour at noon, midsummer at 45 N) plus sensor noise:
+    TMP117 sigma 1.5 LSB (12 m degC), UV 1 (0.01 UVI), FDC1004 20 fF, fuel gauge 1 LSB."""
+    from sensor_drivers.environment_model import PatchEnvironment
+
+    env = PatchEnvironment(seed=7, default_location="indoor")
+    for day in range(7):
+        env.set_location("outdoor", day * DAY_S + 12 * 3600, day * DAY_S + 13 * 3600)
+        env.add_exercise(day * DAY_S + 18 * 3600, 40 * 60, intensity=0.7)
+    env.apply_moisturiser(2 * DAY_S + 8 * 3600)
+    rng = random.Random(5)
+    out = []
+    for s, channel in default_rate_schedule(7):
+        if channel == 0:
+            value = round(env.skin_temp_c_at(s) / 0.0078125 + rng.gauss(0, 1.5))
+        elif channel == 1:
+            value = max(0, round(env.uv_index_at(s) * 100 + rng.gauss(0, 1)))
+        elif channel == 2:
+            value = round(env.capacitance_pf_at(s) * 1000 + rng.gauss(0, 20))
+        else:
+            value = round(env.battery_soc_pct_at(s) * 256 + rng.gauss(0, 1))
+        out.append((channel, s * TICKS_PER_S, value))
+    return out
+
+
+def firmware_blocks_on_lfs() -> int:
+    """LittleFS blocks the deployed firmware files take (tools/build_firmware.py output; each
+    file at least one 4 KiB block)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run([sys.executable, str(REPO / "tools" / "build_firmware.py"), "--out", out],
+                       check=True, capture_output=True)
+        return sum(max(1, math.ceil(p.stat().st_size / LFS_BLOCK_BYTES))
+                   for p in Path(out).rglob("*") if p.is_file())
+
+
+def test_seven_days_at_default_rates_fit_a_pico_w(tmp_path):
+    week = realistic_week()
+    assert len(week) == 7 * SAMPLES_PER_DAY == 213_696
+    ranges = [(min(v for ch, _, v in week if ch == c), max(v for ch, _, v in week if ch == c))
+              for c in range(4)]
+    print("\nvalue ranges per channel:", ranges)
+    (t0, t1), (u0, u1), (h0, h1), (b0, b1) = ranges
+    assert 4000 <= t0 < t1 <= 4800 and t1 - t0 > 100            # 31..37.5 degC, it moves
+    assert u0 == 0 and 500 < u1 <= 1200                          # outdoor noon: UVI 5..12
+    assert 10_000 <= h0 < h1 <= 20_000 and h1 - h0 > 500         # 10..20 pF, moisturiser
+    assert 10_000 <= b0 < b1 <= 25_600                           # 100 % .. ~40 %
     d = tmp_path / "log"
-    log = FlashLog(str(d))                      # defaults: 1018 records x 216 segments
-    assert log.capacity == DEFAULT_SEGMENT_RECORDS * DEFAULT_MAX_SEGMENTS >= len(schedule)
-    for i, (tick, channel) in enumerate(schedule):
-        assert log.append(channel, tick, i % 30_000) == i
+    log = FlashLog(str(d), max_segments=200)
+    for i, sample_ in enumerate(week):
+        assert log.append(*sample_) == i
     log.close()
     files = segment_files(d)
-    assert len(files) == -(-len(schedule) // DEFAULT_SEGMENT_RECORDS) == 210
     total = sum((d / name).stat().st_size for name in files)
-    assert total == len(files) * HDR_BYTES + len(schedule) * REC_BYTES   # 1,716,288 B
-    assert segment_blocks() == 2 and total <= len(files) * 2 * 4096      # <= 1.72 MB on LittleFS
+    per_sample = total / len(week)
+    print(f"\n7 days at default rates: {len(week)} samples, {total} B in {len(files)} "
+          f"segments of <= {DEFAULT_SEGMENT_BYTES} B: {per_sample:.3f} B/sample")
+    assert per_sample <= 3.0
+    assert all((d / name).stat().st_size <= DEFAULT_SEGMENT_BYTES for name in files)
+    assert segment_blocks() == 2                                 # 8176 B: two LittleFS blocks
 
-    again = FlashLog(str(d), boot_id=1)         # reboot: recover 210 segments
-    assert again.oldest_seq == 0 and len(again) == len(schedule)
-    for seq in (0, 1017, 1018, 100_000, len(schedule) - 1):
-        tick, channel = schedule[seq]
-        assert record_of(again, seq) == (0, channel, tick, seq % 30_000)
-    appended = 0
-    while again.append(0, 10**6, 0) != LOG_FULL:
-        appended += 1
-    assert appended == (DEFAULT_MAX_SEGMENTS - 210) * DEFAULT_SEGMENT_RECORDS
-    again.ack(len(schedule) - 1)
-    assert len(os.listdir(d)) <= 2 + DEFAULT_MAX_SEGMENTS - 210
+    # The Pico W: 212 blocks, minus the firmware files, minus the log's 8-block reserve.
+    fw_blocks = firmware_blocks_on_lfs()
+    fit = segments_that_fit(PICO_W_FS_BYTES - fw_blocks * LFS_BLOCK_BYTES)
+    print(f"Pico W: {PICO_W_FS_BYTES // LFS_BLOCK_BYTES} blocks, firmware {fw_blocks} blocks, "
+          f"room for {fit} segments ({fit * segment_blocks()} blocks); 7 days need {len(files)} "
+          f"segments ({len(files) * segment_blocks()} blocks, {total / 1024:.0f} KiB of data)")
+    assert fw_blocks <= 40                       # the 150 KB the Pico W budget assumes
+    assert len(files) * 1.1 <= fit               # with >= 10 % margin (reboots, wetter weeks)
+    assert len(files) <= DEFAULT_MAX_SEGMENTS
+
+    again = FlashLog(str(d), boot_id=1, max_segments=200)     # reboot: recover every segment
+    assert again.trimmed == again.bad_headers == 0
+    assert again.oldest_seq == 0 and len(again) == len(week)
+    assert again.next_seq == len(week) + again.flush_every
+    for seq in range(len(week)):                               # every sample, exactly
+        assert (again.boot(seq), again.channel(seq), again.tick(seq), again.value(seq)) == (
+            0, *week[seq]), seq
+    again.ack(len(week) - 1)
+    assert len(os.listdir(d)) == 2                               # newest segment + acked
 
 
 def test_what_fits_on_the_boards():
-    blocks_per_segment = segment_blocks()
-    assert blocks_per_segment == 2 and segment_bytes() == 8176
-    per_day = 30_528
+    assert segment_blocks() == 2 and segment_blocks(4096 - 1) == 1 and segment_blocks(8192) == 3
+    per_segment = 213_696 / 73            # measured above: 73 segments a week, ~2,900 each
     # ESP32-S3 (8 MB flash: MicroPython's vfs partition is about 6 MB)
-    esp32s3 = segments_that_fit(6 * 1024 * 1024) * DEFAULT_SEGMENT_RECORDS / per_day
+    esp32s3 = segments_that_fit(6 * 1024 * 1024) * per_segment / SAMPLES_PER_DAY
     # ESP32-C3 / 4 MB boards (vfs about 2 MB)
-    esp32_4mb = segments_that_fit(2 * 1024 * 1024) * DEFAULT_SEGMENT_RECORDS / per_day
+    esp32_4mb = segments_that_fit(2 * 1024 * 1024) * per_segment / SAMPLES_PER_DAY
     # Pico W: 848 KB filesystem, about 150 KB of it taken by the firmware files
-    pico_w = segments_that_fit((848 - 150) * 1024) * DEFAULT_SEGMENT_RECORDS / per_day
-    assert esp32s3 > 25 and esp32_4mb > 8 and 2.5 < pico_w < 3.5
+    pico_w = segments_that_fit((848 - 150) * 1024) * per_segment / SAMPLES_PER_DAY
+    assert esp32s3 > 60 and esp32_4mb > 20 and 7.5 < pico_w < 9
+    # worst case (every record a flush of its own, 18 B): still a floor on the count
+    assert segment_records_min() == (DEFAULT_SEGMENT_BYTES - HDR_BYTES - 27) // 18 + 1

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 PRELUDE = """
 import gc, micropython, os
-from firmware.flash_log import FlashLog, LOG_FULL, NO_RECORD, HDR_BYTES, REC_BYTES
+from firmware.flash_log import FlashLog, LOG_FULL, NO_RECORD, HDR_BYTES
 
 def sample(i):
     ch = i % 4
@@ -35,104 +35,143 @@ def rec(log, seq):
 def expect(cond, what):
     if not cond:
         raise AssertionError(what)
+
+def blocks(image):
+    # (pos, end, seq_off, count) of each whole block after the segment header
+    out = []
+    pos = HDR_BYTES
+    while pos + 9 <= len(image) and pos + 9 + image[pos] <= len(image):
+        out.append((pos, pos + 9 + image[pos], image[pos + 2] | image[pos + 3] << 8, image[pos + 1]))
+        pos += 9 + image[pos]
+    return out
+
+def segs(d):
+    return sorted([n for n in os.listdir(d) if n.startswith("seg_")], key=lambda n: int(n[4:-4]))
 """
 
 
 def test_core_behaviour_under_micropython(micropython):
     out = micropython(PRELUDE + """
 os.mkdir("/data")
-log = FlashLog("/data/log", segment_records=4, max_segments=3, flush_every=2, boot_id=1)
-fill(log, 0, 10)
-for s in range(10):
+log = FlashLog("/data/log", segment_bytes=80, max_segments=3, flush_every=2, boot_id=1)
+fill(log, 0, 8)
+for s in range(8):
     c, t, v = sample(s)
     expect(rec(log, s) == (1, c, t, v), s)
-print("files", sorted(os.listdir("/data/log")))
-log.ack(5)
-print("after ack", log.oldest_seq, len(log), sorted(os.listdir("/data/log")))
-fill(log, 10, 8)                      # 10..15 fit (seg_8, seg_12); 16 and 17 are dropped
-print("full", log.is_full(), log.next_seq, log.dropped_total, log.gaps())
+names = segs("/data/log")
+firsts = [int(n[4:-4]) for n in names]
+print("files", len(names), firsts[0], all(os.stat("/data/log/" + n)[6] <= 80 for n in names))
+log.ack(firsts[1] - 1)
+print("after ack", log.oldest_seq == firsts[1], len(log) == 8 - firsts[1],
+      sorted(os.listdir("/data/log")) == ["acked"] + names[1:])
+n = 8
+while not log.is_full():
+    c, t, v = sample(n)
+    expect(log.append(c, t, v) == n, n)
+    n += 1
+print("full", log.append(0, 900, 1), log.append(1, 910, 2), log.next_seq == n, log.dropped_total,
+      log.gaps()[0].counts, log.gaps()[0].seq_at == n)
 
 # reboot without closing (power loss): unacked records, acked watermark and gap survive
-log2 = FlashLog("/data/log", segment_records=4, max_segments=3, flush_every=2, boot_id=2)
-print("reboot", log2.oldest_seq, log2.next_seq, len(log2), rec(log2, 6), rec(log2, 3)[0])
-print("gaps", [(g.seq_at, g.boot_id, g.first_tick, g.last_tick, g.counts) for g in log2.gaps()])
-log2.ack(11)
+log2 = FlashLog("/data/log", segment_bytes=80, max_segments=3, flush_every=2, boot_id=2)
+print("reboot", log2.oldest_seq == firsts[1], log2.next_seq == n + 2, len(log2) == n - firsts[1],
+      all(rec(log2, s) == (1,) + sample(s) for s in range(firsts[1], n)), rec(log2, 0)[0])
+print("gaps", [(g.boot_id, g.first_tick, g.last_tick, g.counts) for g in log2.gaps()])
+log2.ack(n - 1)
 seq = log2.append(2, 7, 123)
-print("resumed", seq, rec(log2, seq), log2.next_record(16), log2.boot(16))
-print("gaps after", log2.gaps(), "after ack", log2.ack(seq), log2.gaps())
+print("resumed", seq == n + 2, rec(log2, seq), log2.next_record(n) == seq, log2.boot(n))
+log2.ack(seq)
+print("gaps after ack", log2.gaps())
 
 from firmware.flash_log import segments_for_filesystem
 st = os.statvfs("/data/log")
-print("fs", st[0], st[3], segments_for_filesystem("/data/log", segment_records=4),
-      len([n for n in os.listdir("/data/log") if n.startswith("seg_")]))
+print("fs", st[0], st[3], segments_for_filesystem("/data/log", segment_bytes=80),
+      len(segs("/data/log")))
 """)
-    assert "files ['seg_0.log', 'seg_4.log', 'seg_8.log']" in out
-    assert "after ack 6 4 ['acked', 'seg_4.log', 'seg_8.log']" in out
-    assert "full True 16 2 [Gap(seq_at=16, boot_id=1, ticks=160..170, counts=[1, 1, 0, 0])]" in out
-    # records 6..15 kept, seq 3 acked and deleted, next seq = extent 16 + flush_every 2
-    assert "reboot 6 18 10 (1, 2, 60, 25066) -1" in out
-    assert "gaps [(16, 1, 160, 170, [1, 1, 0, 0])]" in out
-    assert "resumed 18 (2, 2, 7, 123) 18 -1" in out
-    assert "gaps after [Gap(seq_at=16, boot_id=1, ticks=160..170, counts=[1, 1, 0, 0])] " \
-           "after ack None []" in out
+    assert "files 2 0 True" in out
+    assert "after ack True True True" in out
+    assert "full -1 -1 True 2 [1, 1, 0, 0] True" in out
+    assert "reboot True True True True -1" in out
+    assert "gaps [(1, 900, 910, [1, 1, 0, 0])]" in out
+    assert "resumed True (2, 2, 7, 123) True -1" in out
+    assert "gaps after ack []" in out
     # limit for max_segments: free blocks + the block the log's one segment holds, minus the
-    # 8-block reserve; a 4-record segment takes one block
+    # 8-block reserve; an 80-byte segment takes one block
     fs = next(line for line in out.splitlines() if line.startswith("fs ")).split()
     bsize, bfree, limit, held = (int(x) for x in fs[1:])
     assert (bsize, held) == (4096, 1) and limit == bfree + held - 8
 
 
 def test_power_loss_sweep_under_micropython(micropython):
-    # Truncate the active segment at every byte of its last 3 records and corrupt every byte
-    # of its header copies and last 2 records; the image is rewritten (MicroPython files have
+    # Truncate the active segment at every byte of its last 2 blocks and corrupt every byte
+    # of its header copies and last 2 blocks; the image is rewritten (MicroPython files have
     # no truncate()).
     out = micropython(PRELUDE + """
 os.mkdir("/d")
-log = FlashLog("/d/log", segment_records=8, flush_every=3, boot_id=4)
-fill(log, 0, 13)                       # seg_0 full, seg_8 holds 8..12
+log = FlashLog("/d/log", segment_bytes=140, flush_every=3, boot_id=4)
+i = 0
+while len(segs("/d/log")) < 2:
+    c, t, v = sample(i)
+    log.append(c, t, v)
+    i += 1
+first = i - 1
+fill(log, i, 10)                       # seg_<first> holds 11 records: blocks of 3, 3, 3, 2
 log.ack(2)
 log.close()
-path = "/d/log/seg_8.log"
+last = first + 10
+path = "/d/log/seg_%d.log" % first
 with open(path, "rb") as f:
     image = f.read()
-expect(len(image) == HDR_BYTES + 5 * REC_BYTES, "image size")
+bl = blocks(image)
+expect([b[3] for b in bl] == [3, 3, 3, 2] and bl[-1][1] == len(image), bl)
 
 def write(data):
     with open(path, "wb") as f:
         f.write(data)
 
-def check(intact, next_seq, what):
-    log = FlashLog("/d/log", segment_records=8, flush_every=3)
-    for seq in range(3, 13):
-        if seq < 8 or seq in intact:
-            c, t, v = sample(seq)
-            expect(rec(log, seq) == (4, c, t, v), (what, seq))
+def check(intact, next_seq, what, power_loss=True):
+    log = FlashLog("/d/log", segment_bytes=140, flush_every=3)
+    for seq in range(3, last + 1):
+        if seq < first or seq in intact:
+            expect(rec(log, seq) == (4,) + sample(seq), (what, seq))
         else:
             expect(rec(log, seq) == (NO_RECORD, NO_RECORD, 0, 0), (what, seq))
     expect(log.next_seq == next_seq, (what, log.next_seq, next_seq))
+    if power_loss:                     # (not after cutting more than the last block off)
+        expect(log.next_seq > last, (what, "reused"))
     expect(log.oldest_seq == 3, (what, "oldest"))
     log.close()
 
+def records(bs):
+    return set(first + b[2] + k for b in bs for k in range(b[3]))
+
 cuts = 0
-for cut in range(HDR_BYTES + 2 * REC_BYTES, len(image) + 1):
+for cut in range(bl[1][1], len(image) + 1):
     write(image[:cut])
-    complete = (cut - HDR_BYTES) // REC_BYTES
-    started = -(-(cut - HDR_BYTES) // REC_BYTES)
-    check(set(range(8, 8 + complete)), 8 + started + 3, ("cut", cut))
+    whole = [b for b in bl if b[1] <= cut]
+    end = whole[-1]
+    check(records(whole), first + end[2] + end[3] + (cut - end[1]) // 2 + 3, ("cut", cut),
+          cut >= bl[-1][0])
     cuts += 1
 flips = 0
-positions = list(range(HDR_BYTES)) + list(range(len(image) - 2 * REC_BYTES, len(image)))
+positions = list(range(HDR_BYTES)) + list(range(bl[2][0], len(image)))
 for pos in positions:
     bad = bytearray(image)
     bad[pos] ^= 0xA5
     write(bad)
-    hit = 8 + (pos - HDR_BYTES) // REC_BYTES if pos >= HDR_BYTES else -1
-    check(set(range(8, 13)) - {hit}, 13 + 3, ("flip", pos))
+    hit = [b for b in bl if b[0] <= pos < b[1]]
+    if hit and hit[0] == bl[-1]:       # the last block: cut, its bytes count as records
+        nxt = first + bl[-1][2] + (bl[-1][1] - bl[-1][0]) // 2 + 3
+    else:
+        nxt = last + 1 + 3
+    check(records(bl) - records(hit), nxt, ("flip", pos))
     flips += 1
 write(image)
-print("swept", cuts, "cuts", flips, "flips")
+print("swept", cuts, "cuts", flips, "flips", len(image) - bl[1][1] + 1 == cuts)
 """)
-    assert "swept 25 cuts 48 flips" in out
+    assert "swept" in out and out.strip().endswith("True"), out
+    cuts, flips = int(out.split()[1]), int(out.split()[3])
+    assert cuts > 30 and flips > 60
 
 
 def test_encoding_and_logging_a_sample_allocates_nothing(micropython):
@@ -164,7 +203,8 @@ def frame(log, n, base):
     return k
 
 def replay(log, first, n):
-    # Read n older records through the cached read handle of a full segment.
+    # Read n older records (a full segment, block after block) through the cached read
+    # handle, then jump back to its start and read again, as after a REPLAY.
     m = gc.mem_alloc()
     micropython.heap_lock()
     try:
@@ -174,13 +214,17 @@ def replay(log, first, n):
             log.tick(first + k)
             log.channel(first + k)
             k += 1
+        k = 0
+        while k < n:
+            log.boot(first + k)
+            k += 7
     finally:
         micropython.heap_unlock()
-    return k, gc.mem_alloc() - m
+    return n, gc.mem_alloc() - m
 
 def main():
     before = gc.mem_alloc()
-    log = FlashLog("/data/log", boot_id=9)          # default geometry: 1018 x 216 segments
+    log = FlashLog("/data/log", boot_id=9)          # default geometry
     print("ram empty log", gc.mem_alloc() - before)
     for i in range(40):                              # warm up: opens the segment
         c, t, v = sample(i)
@@ -192,38 +236,51 @@ def main():
     print("locked samples", logged, "alloc delta", delta[0])
     print("flushed within the lock", log._durable >= log.next_seq - log.flush_every)
     i = log.next_seq
-    while i < 1100:                                 # seg_0 full; seg_1018 active
+    while log._nseg < 2:                            # fill seg_0; the next one is active
         log.append(i & 3, 2000 + i, i)
         i += 1
+    second = log.next_seq - 1
     log.value(0)                                    # warm: opens seg_0 for reading
-    print("replayed %d alloc delta %d" % replay(log, 1, 900))
+    print("replayed %d alloc delta %d" % replay(log, 1, second - 1))
     print("ram two segments, both files open", gc.mem_alloc() - before)
+    print("segment records", second)
 
 main()
 """)
     assert "locked samples 600 alloc delta 0" in out
     assert "flushed within the lock True" in out
-    assert "replayed 900 alloc delta 0" in out
+    assert "alloc delta 0" in out.split("replayed")[1]
+    records = int(out.split("segment records")[1].split()[0])
+    # a default segment of blocks of one record (each read right after its append forces a
+    # flush), replayed block after block
+    assert records > 700, out
     ram = dict(
         (line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1]))
         for line in out.splitlines() if line.startswith("ram ")
     )
     # Everything allocated since the log was made (this VM's gc.collect() frees nothing, so
     # this counts construction garbage too: an upper bound): the log object, its segment
-    # table for 216 segments (12 B each), buffers, the open files, 1100 samples' worth of
-    # segment changes, plus the encoder's per-frame tags.
+    # table for 80 segments (16 B each), block buffers and the one-block cache, the open
+    # files, the segment changes, plus the encoder's per-frame tags.
     assert ram["ram empty log"] < 4 * 1024, out
-    assert ram["ram two segments, both files open"] < 12 * 1024, out
+    assert ram["ram two segments, both files open"] < 16 * 1024, out
 
 
 # --- static check of the compiled hot path -----------------------------------------------------
 
 VM_MAX_STATE_ON_STACK_WORDS = 11
 HOT_PATH = {
-    "firmware/flash_log.py": ["crc16", "FlashLog.append", "FlashLog._write",
-                              "FlashLog._needs_segment", "FlashLog.flush", "FlashLog._load",
-                              "FlashLog._find", "FlashLog._decode", "FlashLog.boot",
-                              "FlashLog.channel", "FlashLog.tick", "FlashLog.value"],
+    "firmware/flash_log.py": [
+        "crc16", "_write",
+        # appending: into the RAM block, sealed and written at a flush
+        "FlashLog.append", "FlashLog._needs_segment", "FlashLog._put", "FlashLog._uvar",
+        "FlashLog._open_block", "FlashLog.flush", "FlashLog._emit", "FlashLog._seal",
+        # reading: cache hit, else find the segment, walk to the block, check and decode it
+        "FlashLog.boot", "FlashLog.channel", "FlashLog.tick", "FlashLog.value",
+        "FlashLog._load", "FlashLog._fill", "FlashLog._find", "FlashLog._start_walk",
+        "FlashLog._walk", "FlashLog._hop_ok", "FlashLog._plausible", "FlashLog._verified",
+        "FlashLog._resync", "FlashLog._candidate", "FlashLog._unpack", "FlashLog._records",
+        "FlashLog._record", "FlashLog._ruvar"],
     "firmware/frame_encoder.py": ["FrameEncoder.add"],
 }
 

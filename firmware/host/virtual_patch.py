@@ -20,7 +20,7 @@ import aioble  # noqa: E402  (the host shim, found through install())
 
 from firmware import app  # noqa: E402
 from firmware.board import Board  # noqa: E402
-from firmware.flash_log import DEFAULT_SEGMENT_RECORDS  # noqa: E402
+from firmware.flash_log import segment_records_min  # noqa: E402
 from sensor_drivers.emulators.i2c_bus import VirtualI2C  # noqa: E402
 from sensor_drivers.environment_model import PatchEnvironment, attach_patch_chips  # noqa: E402
 
@@ -40,9 +40,10 @@ def write_identity(data_dir: Path, device_id_hex: str, key: bytes) -> None:
 
 
 def log_segments_for(capacity: int) -> int:
-    """Flash-log segments that hold at least `capacity` unacknowledged samples: whole segments
-    are freed, and the newest is partly filled, so one more than the samples need."""
-    return -(-capacity // DEFAULT_SEGMENT_RECORDS) + 1
+    """Flash-log segments that hold at least `capacity` unacknowledged samples, however they
+    compress (segment_records_min: worst-case records): whole segments are freed, and the
+    newest is partly filled, so one more than the samples need."""
+    return -(-capacity // segment_records_min()) + 1
 
 
 class HostBoard(Board):
