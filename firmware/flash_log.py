@@ -24,7 +24,10 @@
 #   All little-endian. CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), table-driven: it detects
 #   every error confined to 16 consecutive bits, i.e. any single corrupted byte.
 # A block depends on nothing but its segment header: a bad block costs its own records only.
-# At default rates a 16-record block is ~40 B: about 2.5 B per sample (7 days: ~0.55 MB), see
+# (Segments of the 8-byte-record format, version 1, read as segments whose headers failed:
+# their records are not read back, their seqs are not reused.)
+# At default rates a 16-record block is ~44 B: 2.76 B per sample measured on a modelled week
+# with sensor noise (7 days: 576 KiB, 73 segments; a Pico W's filesystem has room for 83), see
 # tests/test_flash_log.py. Segments are bounded in bytes: default 8176 B, exactly two 4 KiB
 # LittleFS blocks (the second block gives 4 bytes to its CTZ skip-list pointer); a segment
 # takes another record while a worst-case block still fits.
@@ -97,7 +100,7 @@ BLOCK_OVERHEAD = const(9)  # block header (7) + crc (2)
 BLOCK_RECORDS = const(64)  # records per block at most (the read cache holds one block)
 REC_MAX_BYTES = const(9)  # head + dt varint (4) + value varint (4)
 DEFAULT_SEGMENT_BYTES = const(8176)  # two 4 KiB LittleFS blocks
-# 7 days at default rates = 213,696 samples = ~67 segments at ~2.5 B/sample; + margin for
+# 7 days at default rates = 213,696 samples = 73 segments at 2.76 B/sample; + margin for
 # reboots (each boot starts a segment, leaving the previous one partly filled) and wetter,
 # noisier weeks. Boards size the log from their filesystem (board.py).
 DEFAULT_MAX_SEGMENTS = const(80)
@@ -174,7 +177,7 @@ def segment_blocks(segment_bytes=DEFAULT_SEGMENT_BYTES, block_bytes=LFS_BLOCK_BY
 
 def segment_records_min(segment_bytes=DEFAULT_SEGMENT_BYTES):
     """Records a segment holds at the least: every record a worst-case one, alone in its
-    block (a flush after every append). At default rates a segment holds ~3,200."""
+    block (a flush after every append). At default rates a segment holds ~2,900."""
     return (segment_bytes - HDR_BYTES - _BODY - _ROOM) // (BLOCK_OVERHEAD + REC_MAX_BYTES) + 1
 
 
