@@ -1,6 +1,10 @@
-# Samples not yet acknowledged by the gateway, oldest first, addressed by seq.
-# Walking-skeleton version: a preallocated RAM ring. The power-loss-safe flash log (issue 4)
-# keeps this interface. Appending and reading allocate nothing.
+# RETIRED: the walking-skeleton RAM log, replaced by flash_log.FlashLog (which kept this
+# interface). Nothing in the firmware or the tests uses it any more; it stays only because
+# hil_tests/test_provision.py imports it on the board as one of its BOARD_MODULES. Delete it
+# together with that entry.
+#
+# Samples not yet acknowledged by the gateway, oldest first, addressed by seq: a preallocated
+# RAM ring. Appending and reading allocate nothing.
 from array import array
 
 try:

@@ -1,5 +1,7 @@
-"""The non-BLE firmware on the board under test: TMP117 -> SampleLog -> FrameEncoder, with
-the key provisioned over serial; the gateway decodes the frames the board built.
+"""The non-BLE firmware on the board under test: TMP117 -> FlashLog -> FrameEncoder, with
+the key provisioned over serial; the gateway decodes the frames the board built. The flash log
+lives on the board's filesystem (under the scratch directory), so a log reopened without being
+closed (a power loss) is read back from what reached the board's flash.
 
 Files go onto the board over the raw REPL as .py sources: firmware/ without host/ and the
 BLE modules (ble_*.py, app.py, main.py need aioble), and sensor_drivers/ with its
@@ -19,6 +21,7 @@ from gateway.provision import provision
 
 NON_BLE_EXCLUDED = ("app.py", "main.py")
 DATA_DIR = f"{SCRATCH_DIR}/data"
+LOG_DIR = f"{DATA_DIR}/log"
 BOOT_ID = 0x1234
 FIRST_SEQ = 5000
 LSB_PER_CELSIUS = 128  # TMP117: 7.8125 m°C per LSB
@@ -71,8 +74,8 @@ from sensor_drivers.emulators.tmp117 import TMP117Emulator
 from sensor_drivers.tmp117 import TMP117
 from firmware import protocol_ids as ids
 from firmware.board import Board
+from firmware.flash_log import FlashLog
 from firmware.frame_encoder import FrameEncoder
-from firmware.sample_log import SampleLog
 
 device_id, key = Board('test', (0, 0, 0), {DATA_DIR!r}).identity()
 skin = {{'c': 0.0}}
@@ -80,7 +83,18 @@ clock = ManualClock(1000)
 bus = VirtualI2C(clock)
 bus.attach(TMP117Emulator(lambda: skin['c']))
 sensor = TMP117(bus)
-log = SampleLog(64, {FIRST_SEQ})
+
+def fresh_log():
+    # each test starts from an empty log on the board's filesystem
+    import os
+    try:
+        for name in os.listdir({LOG_DIR!r}):
+            os.remove({LOG_DIR!r} + '/' + name)
+    except OSError:
+        pass
+    return FlashLog({LOG_DIR!r}, boot_id={BOOT_ID}, first_seq={FIRST_SEQ})
+
+log = fresh_log()
 
 def sample(celsius, tick):
     skin['c'] = celsius
@@ -90,13 +104,15 @@ def sample(celsius, tick):
     return log.append(ids.CH_TEMPERATURE, tick, sensor.read_raw())
 
 def frames(max_bytes):
+    # as the streamer does: records read back from the log (reading flushes them first), up
+    # to the first hole
     enc = FrameEncoder(key, max_bytes)
     seq = log.oldest_seq
-    enc.start({BOOT_ID}, seq, log.tick(seq))
-    while seq < log.next_seq:
+    enc.start(log.boot(seq), seq, log.tick(seq))
+    while seq < log.next_seq and log.boot(seq) >= 0:
         if not enc.add(log.channel(seq), log.tick(seq), log.value(seq)):
             print(binascii.hexlify(enc.finish()).decode())
-            enc.start({BOOT_ID}, seq, log.tick(seq))
+            enc.start(log.boot(seq), seq, log.tick(seq))
             continue
         seq += 1
     print(binascii.hexlify(enc.finish()).decode())
@@ -136,6 +152,31 @@ def test_frames_split_at_the_size_limit_and_carry_every_sample(firmware_board):
     assert len(frames) > 1 and all(len(f) <= 64 for f in frames)
     decoded = [sample for f in frames for sample in decode_frame(f, identity.key).samples()]
     assert decoded == expected
+
+
+@pytest.mark.virtual_only
+def test_the_log_on_the_board_survives_a_power_loss_and_acks(firmware_board):
+    _, repl, identity = firmware_board
+    repl.exec(SAMPLE_WITH_EMULATOR)
+    for i, c in enumerate(TEMPERATURES_C):
+        repl.eval(f"sample({c!r}, {i * TICK_PERIOD})")
+    (frame_hex,) = repl.exec("frames(244)").split()      # read for sending: now on flash
+    repl.eval(f"sample(30.0, {len(TEMPERATURES_C) * TICK_PERIOD})")   # still in RAM only
+    # power loss: the log is reopened without close(), as the next boot does
+    repl.exec(f"log = FlashLog({LOG_DIR!r}, boot_id={BOOT_ID + 1})")
+    n = len(TEMPERATURES_C)
+    assert repl.eval("(log.oldest_seq, log.next_seq, len(log))") == (
+        FIRST_SEQ, FIRST_SEQ + n + 16, n)                  # extent + flush_every: no reuse
+    assert repl.eval(f"log.boot({FIRST_SEQ + n})") == -1   # the unflushed sample is gone
+    assert repl.exec("frames(244)").split() == [frame_hex]  # the same frame, from flash
+    decoded = decode_frame(bytes.fromhex(frame_hex), identity.key)
+    assert decoded.boot_id == BOOT_ID and len(decoded) == n
+    # the gateway acknowledges: the log empties, and the ack survives the next reopening
+    repl.exec(f"log.ack({FIRST_SEQ + n - 1})")
+    assert repl.eval("(log.oldest_seq, len(log))") == (FIRST_SEQ + n + 16, 0)
+    repl.exec(f"log = FlashLog({LOG_DIR!r}, boot_id={BOOT_ID + 2})")
+    assert repl.eval("(log.oldest_seq, len(log), log.next_seq)") == (
+        FIRST_SEQ + n + 16, 0, FIRST_SEQ + n + 16)         # nothing to re-send, no seq reused
 
 
 @pytest.mark.virtual_only

@@ -1,35 +1,11 @@
-"""Firmware core modules (RAM sample log, boot state, sampling config) on CPython and on the
-real MicroPython VM."""
+"""Firmware core modules (the flash log as the patch builds it, boot state, sampling config,
+the sampler against a full log) on CPython and on the real MicroPython VM."""
 
 import pytest
 
 from firmware.flash_log import FlashLog
 from firmware.persist import BootState
-from firmware.sample_log import LOG_FULL, SampleLog
 from firmware.sampling_config import SamplingConfig
-
-
-def test_log_appends_reads_and_acks_in_seq_order():
-    log = SampleLog(8, first_seq=100)
-    seqs = [log.append(i % 4, 10 * i, -5 + i) for i in range(6)]
-    assert seqs == list(range(100, 106))
-    assert (log.channel(103), log.tick(103), log.value(103)) == (3, 30, -2)
-    log.ack(102)
-    assert log.oldest_seq == 103 and len(log) == 3
-    log.ack(50)                       # old ACK: no effect
-    assert log.oldest_seq == 103
-    log.ack(10_000)                   # beyond what exists: acknowledges only what exists
-    assert log.oldest_seq == log.next_seq == 106
-
-
-def test_full_log_refuses_instead_of_overwriting():
-    log = SampleLog(4)
-    for i in range(4):
-        assert log.append(0, i, i) == i
-    assert log.is_full() and log.append(0, 9, 9) == LOG_FULL
-    assert [log.value(s) for s in range(4)] == [0, 1, 2, 3]
-    log.ack(0)
-    assert log.append(0, 9, 9) == 4 and log.value(4) == 9
 
 
 def test_boot_state_counts_boots_and_reads_the_legacy_seq_floor(tmp_path):
@@ -72,33 +48,37 @@ def test_sampling_config_validates():
 
 
 def test_log_and_boot_state_under_micropython(micropython):
+    # What app.Patch does at boot, on the VM's filesystem: BootState, then the flash log
+    # floored by the legacy seq floor; appending and reading back allocate nothing.
     out = micropython("""
 import gc, micropython, os
-from firmware.sample_log import SampleLog
+from firmware.flash_log import FlashLog
 from firmware.persist import BootState
-log = SampleLog(256, first_seq=10)
-for i in range(16):
-    log.append(i % 4, i, i - 8)
-gc.collect()
-micropython.heap_lock()
-try:
-    for i in range(200):
-        log.append(i % 4, i, -i)
-        log.channel(log.next_seq - 1)
-        log.value(log.next_seq - 1)
-    log.ack(100)
-finally:
-    micropython.heap_unlock()
-print("appended", log.next_seq, "oldest", log.oldest_seq)
 os.mkdir("/data")
 a = BootState("/data")
 with open("/data/seq_floor", "w") as f:
     f.write("6024")
 b = BootState("/data")
 print("boots", a.boot_id, b.boot_id, "seq_floor", a.seq_floor, b.seq_floor)
+log = FlashLog("/data/log", boot_id=b.boot_id, first_seq=b.seq_floor)
+for i in range(16):
+    log.append(i % 4, i, i + 8)
+log.value(log.next_seq - 1)
+gc.collect()
+micropython.heap_lock()
+try:
+    for i in range(200):
+        log.append(i % 4, 16 + i, i)
+        log.channel(log.next_seq - 1)
+        log.value(log.next_seq - 1)
+finally:
+    micropython.heap_unlock()
+log.ack(6123)
+print("appended", log.next_seq, "oldest", log.oldest_seq, "held", len(log),
+      "values", [log.value(s) for s in (6124, 6239)])
 """)
-    assert "appended 226 oldest 101" in out
     assert "boots 0 1 seq_floor 0 6024" in out
+    assert "appended 6240 oldest 6124 held 116 values [84, 199]" in out
 
 
 class FakeClock:
