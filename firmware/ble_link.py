@@ -17,6 +17,7 @@ MS_PER_TICK = ids.TICK_MS
 LINK_WATCH_MS = 250
 MAX_FRAME_BYTES = ids.FRAME_MAX_BYTES
 MIN_FRAME_BYTES = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
+NO_GAP_AHEAD = 0x100000000   # above every seq
 
 
 class PatchLink:
@@ -45,6 +46,7 @@ class PatchLink:
         self.replay_end = 0       # seqs below this are sent flagged HISTORICAL
         self._pending_since = -1  # tick when unsent samples were first seen; -1: none
         self.replays = 0          # REPLAY requests served: a frame in flight must not undo one
+        self.gap_mark = 0         # gap notices at seqs below this were sent in this pass
         self.clock_set = False
         self.frames_sent = 0
 
@@ -158,6 +160,7 @@ class PatchLink:
             start = self._first_held(operands if operands > log.oldest_seq else log.oldest_seq)
             self.cursor = start
             self.replay_end = log.next_seq
+            self.gap_mark = operands   # gaps in a hole before start are re-sent too
             self.replays += 1
             struct.pack_into("<II", self._payload_buf, 0, start, log.next_seq)
             return ids.ST_SUCCESS, self._payload_buf
@@ -222,15 +225,19 @@ class PatchLink:
             if boot < 0:           # no record at seq (a hole): skip to the next one
                 self.cursor = log.next_record(seq + 1)
                 continue
+            historical = seq < self.replay_end
+            replays = self.replays
+            limit, gaps_sent = await self._send_gaps(connection, seq, historical, replays)
+            if self.replays != replays:
+                continue   # a REPLAY moved the cursor while a gap notice was in flight
             enc.set_max_frame_bytes(self._frame_bytes(connection))
-            enc.start(boot, seq, log.tick(seq), seq < self.replay_end)
-            # A frame ends when full, at next_seq, at a boot change or at a hole: its seqs are
-            # contiguous (protocol.md §4).
-            while (seq < log.next_seq and log.boot(seq) == boot
+            enc.start(boot, seq, log.tick(seq), historical, gaps_sent > 0)
+            # A frame ends when full, at next_seq, at a boot change, at a hole and before the
+            # next gap: its seqs are contiguous (protocol.md §4).
+            while (seq < limit and seq < log.next_seq and log.boot(seq) == boot
                    and enc.add(log.channel(seq), log.tick(seq), log.value(seq))):
                 seq += 1
             caught_up = seq >= log.next_seq
-            replays = self.replays
             await self._notify(connection, enc.finish())
             self.frames_sent += 1
             if self.replays != replays:
@@ -238,6 +245,26 @@ class PatchLink:
             self.cursor = seq
             if caught_up:
                 self._pending_since = -1   # what arrived during the notify waits afresh
+
+    async def _send_gaps(self, connection, seq, historical, replays):
+        # Gap notices (protocol.md §4.1) for the frame about to start at seq: every gap at or
+        # before seq not yet sent in this pass, so that a gap in a hole goes out too. Returns
+        # the seq of the next gap ahead (the frame must end before it) and how many were sent.
+        limit = NO_GAP_AHEAD
+        sent = 0
+        gaps = self.log.gaps()
+        for g in gaps:
+            if g.seq_at > seq:
+                if g.seq_at < limit:
+                    limit = g.seq_at
+            elif g.seq_at >= self.gap_mark:
+                await self._notify(connection, self.encoder.gap_frame(
+                    g.boot_id, g.seq_at, g.first_tick, g.last_tick, g.counts, historical))
+                sent += 1
+                if self.replays != replays:
+                    return limit, sent
+        self.gap_mark = seq + 1
+        return limit, sent
 
     async def _notify(self, connection, frame):
         backoff_ms = 5

@@ -26,6 +26,8 @@ import struct
 
 _VERSION = const(1)
 _FLAG_HISTORICAL = const(0x01)
+_FLAG_GAP = const(0x02)
+_FLAG_GAPS_BEFORE = const(0x04)
 _HEADER_LEN = const(12)
 _TAG_LEN = const(8)
 _MIN_FRAME = const(22)
@@ -110,8 +112,9 @@ class FrameEncoder:
         """Records in the current (or just finished) frame."""
         return self._count
 
-    def start(self, boot_id, first_seq, base_tick, historical=False):
-        """Begin a frame; first_seq is the seq of the next sample added."""
+    def start(self, boot_id, first_seq, base_tick, historical=False, gaps_before=False):
+        """Begin a frame; first_seq is the seq of the next sample added. gaps_before: gap
+        notices for this position were sent just before it (protocol.md §4.1)."""
         if not 0 <= boot_id <= 0xFFFF:
             raise ValueError("boot_id must be u16")
         if first_seq < 0 or first_seq > 0xFFFFFFFF or base_tick < 0 or base_tick > 0xFFFFFFFF:
@@ -121,7 +124,7 @@ class FrameEncoder:
             self._buf,
             0,
             _VERSION,
-            _FLAG_HISTORICAL if historical else 0,
+            (_FLAG_HISTORICAL if historical else 0) | (_FLAG_GAPS_BEFORE if gaps_before else 0),
             boot_id,
             first_seq,
             base_tick,
@@ -135,6 +138,36 @@ class FrameEncoder:
         self._count = 0
         self._last = base_tick
         self._open = True
+
+    def gap_frame(self, boot_id, seq_at, first_tick, last_tick, counts, historical=False):
+        """A tagged gap notice (protocol.md §4.1) in this encoder's buffer, as a memoryview
+        valid until the next start() or gap_frame(). Not during a frame: start() afresh after.
+        counts: samples not logged per channel (a list of four)."""
+        if not 0 <= boot_id <= 0xFFFF or seq_at < 0 or seq_at > 0xFFFFFFFF:
+            raise ValueError("boot_id must be u16 and seq_at u32")
+        if first_tick < 0 or last_tick < first_tick or last_tick > 0xFFFFFFFF:
+            raise ValueError("gap ticks must be an ordered u32 range")
+        total = 0
+        for c in counts:
+            if c < 0 or c > 0xFFFFFFFF:
+                raise ValueError("gap counts must be u32")
+            total += c
+        if len(counts) != 4 or total == 0:
+            raise ValueError("a gap needs four counts, not all 0")
+        buf = self._buf
+        struct.pack_into("<BBHII", buf, 0, _VERSION,
+                         _FLAG_GAP | (_FLAG_HISTORICAL if historical else 0),
+                         boot_id, seq_at, first_tick)
+        pos = _put_varint(buf, _HEADER_LEN, last_tick - first_tick)
+        for c in counts:
+            pos = _put_varint(buf, pos, c)
+        mac = self._mac
+        h = mac.begin()
+        h.update(self._mv[:pos])
+        mac.end(h, buf, pos)
+        self._open = False
+        self._count = 0
+        return self._mv[: pos + _TAG_LEN]
 
     def add(self, channel, tick, value):
         """Append one sample. False (and the frame unchanged) if it would not fit; then
@@ -195,3 +228,12 @@ class FrameEncoder:
         mac.end(h, self._buf, pos)
         self._open = False
         return self._mv[: pos + _TAG_LEN]
+
+
+def _put_varint(buf, pos, u):
+    while u > 0x7F:
+        buf[pos] = (u & 0x7F) | 0x80
+        u >>= 7
+        pos += 1
+    buf[pos] = u
+    return pos + 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.outbox import Outbox
-from gateway.store import SampleBatch, Store, StoreError
+from gateway.store import LostSamples, SampleBatch, Store, StoreError
 from gateway.twin import TwinEngine, TwinUpdate
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 CYCLE_S = 0.1
 IDLE_STEP_S = 1.0
 SNAPSHOT_EXPIRY_S = 7 * 24 * 3600   # retained twins of vanished devices expire after a week
+CHANNEL_PROPERTIES = ("skin_temp_c", "uv_index", "capacitance_pf", "battery_pct")
+
+
+def data_loss_alert(gap: LostSamples, now_ms: int) -> dict:
+    """The `data_loss` alert for samples a patch could not log (docs/mqtt.md)."""
+    return {"schema": 1, "ts": now_ms, "kind": "data_loss",
+            "from": gap.first_utc_ms, "to": gap.last_utc_ms,
+            "samples": dict(zip(CHANNEL_PROPERTIES, gap.counts, strict=True))}
 
 
 @dataclass
@@ -36,6 +44,7 @@ class IngestStats:
     deltas: int = 0
     snapshots: int = 0
     alerts: int = 0
+    gaps: int = 0                  # gap records (samples a patch could not log) stored
     commit_failures: int = 0
     store_alarm: bool = False      # the last commit failed: nothing is being acknowledged
     last_error: str | None = None
@@ -81,12 +90,24 @@ class Ingest:
                 self.stats.alerts += 1
             self.stats.last_rev[update.subject] = twin.rev
 
+    def publish_gaps(self, gaps: list[tuple[str, LostSamples]], now_ms: int) -> None:
+        """One `data_loss` alert per newly stored gap (inside the caller's transaction)."""
+        for device_id, gap in gaps:
+            self.stats.gaps += 1
+            log.warning("ingest: %s could not log %d samples (boot %d, before seq %d)",
+                        device_id, gap.count, gap.boot_id, gap.seq_at)
+            subject = self.engine.subject_of.get(device_id)
+            if subject is not None:
+                self.outbox.put(self.topic(subject, "alert"), encode(data_loss_alert(gap, now_ms)))
+                self.stats.alerts += 1
+
     def cycle(self, now_ms: int) -> None:
         waiting, self._waiting = self._waiting, []
         batches = [batch for _, batch in waiting]
         try:
             with self.store.transaction():
                 new_rows = self.store.insert_samples(batches)
+                self.publish_gaps(self.store.insert_gaps(batches), now_ms)
                 for batch in batches:
                     self.engine.ingest(batch)
                 self.publish_updates(self.engine.step(now_ms))

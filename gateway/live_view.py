@@ -63,6 +63,8 @@ def _footer(gateway, extra: Callable[[], str] | None) -> str:
     stats = gateway.ingest.stats
     text = (f"MQTT {'connected' if pub.connected else 'DISCONNECTED'} · published {pub.published}"
             f" · outbox {pub.pending} · stored {stats.samples_committed}  (? = warming up)")
+    if stats.gaps:
+        text += f" · {stats.gaps} log-full gaps reported"
     if stats.store_alarm:
         text = f"STORE ALARM ({stats.commit_failures} failed commits, not acknowledging): " \
                f"{stats.last_error} · " + text

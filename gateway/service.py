@@ -282,6 +282,7 @@ class Gateway:
         return {
             "sess": self.sess,
             "samples_stored": self.store.sample_count(),
+            "gaps_stored": self.ingest.stats.gaps,
             "published": self.publisher.published,
             "outbox_pending": self.outbox.count(),
             "last_rev": {t.subject: t.rev for t in self.engine.twins.values()},

@@ -20,8 +20,8 @@ import numpy as np
 
 from gateway.protocol import constants as ids
 from gateway.protocol import control
-from gateway.protocol.frames import FrameError, decode_frame
-from gateway.store import SampleBatch
+from gateway.protocol.frames import DecodedFrame, DecodedGap, FrameError, decode_frame
+from gateway.store import LostSamples, SampleBatch
 
 MIN_MTU = 64
 CONTROL_TIMEOUT_MS = 5_000
@@ -79,6 +79,8 @@ class SessionStats:
     gaps: int = 0
     seqs_skipped: int = 0   # seqs the patch said it holds no sample for (see REPLAY)
     resyncs: int = 0        # REPLAYs asked because samples went missing without a gap
+    gap_notices: int = 0    # gap notices received (protocol.md §4.1), replays included
+    gap_notices_missed: int = 0   # GAPS_BEFORE frames that came without their notices
     frames_rejected: Counter | None = None
 
     def __post_init__(self) -> None:
@@ -107,6 +109,7 @@ class PatchSession:
         self._queued_replay: int | None = None
         self._replay_requested_for: int | None = None
         self._acked_seq = committed_seq
+        self._pending_gaps: dict[tuple[int, int], DecodedGap] = {}   # (boot, seq_at) -> notice
         self._last_frame_ms = 0
         self._last_status_check_ms = 0
         self.drain_target_seq: int | None = None   # the patch's next seq when REPLAY began
@@ -207,16 +210,23 @@ class PatchSession:
             return []
         self.stats.frames_ok += 1
         self._last_frame_ms = now_ms
+        if isinstance(frame, DecodedGap):
+            # Held until the sample frame it precedes: the two commit together.
+            self.stats.gap_notices += 1
+            self._pending_gaps[(frame.boot_id, frame.seq_at)] = frame
+            return []
         first, last = frame.first_seq, frame.first_seq + len(frame) - 1
         if first > self.expected_seq:
-            self.stats.gaps += 1
-            if self._replay_requested_for != self.expected_seq:
-                return self._queue_replay(self.expected_seq, now_ms)
-            return []
+            return self._missing(now_ms)
         if last < self.expected_seq:
             self.stats.samples_duplicate += len(frame)
+            self._pending_gaps.clear()   # stored with these samples the first time
             return []
         skip = self.expected_seq - first
+        if (skip == 0 and frame.gaps_before
+                and not any(g.seq_at <= first for g in self._pending_gaps.values())):
+            self.stats.gap_notices_missed += 1
+            return self._missing(now_ms)
         self.stats.samples_duplicate += skip
         batch = self._batch(frame, skip)
         self.expected_seq = last + 1
@@ -249,18 +259,37 @@ class PatchSession:
             self.close_reason = reason
 
     # -- helpers ---------------------------------------------------------------
-    def _batch(self, frame, skip: int) -> SampleBatch:
+    def _missing(self, now_ms: int) -> list[Action]:
+        # Something before this frame never arrived: fetch it again rather than commit over it.
+        self.stats.gaps += 1
+        if self._replay_requested_for != self.expected_seq:
+            return self._queue_replay(self.expected_seq, now_ms)
+        return []
+
+    def _utc_ms(self, boot_id: int, ticks: np.ndarray) -> np.ndarray:
+        """UTC in ms for ticks of boot_id, -1 where the boot has no SET_TIME anchor."""
+        anchor = self.anchors.get(boot_id)
+        if anchor is None:
+            return np.full(ticks.shape, -1, dtype=np.int64)
+        tick0, utc0 = anchor
+        return np.rint(utc0 + (ticks - tick0) * MS_PER_TICK).astype(np.int64)
+
+    def _lost(self, gap: DecodedGap) -> LostSamples:
+        first, last = (int(u) if u >= 0 else None for u in self._utc_ms(
+            gap.boot_id, np.array([gap.first_tick, gap.last_tick], dtype=np.int64)))
+        return LostSamples(boot_id=gap.boot_id, seq_at=gap.seq_at, first_tick=gap.first_tick,
+                           last_tick=gap.last_tick, first_utc_ms=first, last_utc_ms=last,
+                           counts=gap.counts)
+
+    def _batch(self, frame: DecodedFrame, skip: int) -> SampleBatch:
         ticks = frame.tick[skip:]
-        anchor = self.anchors.get(frame.boot_id)
-        if anchor is not None:
-            tick0, utc0 = anchor
-            utc = np.rint(utc0 + (ticks - tick0) * MS_PER_TICK).astype(np.int64)
-        else:
-            utc = np.full(ticks.shape, -1, dtype=np.int64)
+        gaps = tuple(self._lost(g) for g in self._pending_gaps.values())
+        self._pending_gaps.clear()
         return SampleBatch(
             device_id=self.device_id, boot_id=frame.boot_id, seq=frame.seq[skip:],
-            tick=ticks, utc_ms=utc, channel=frame.channel[skip:], value=frame.value[skip:],
-            historical=frame.historical)
+            tick=ticks, utc_ms=self._utc_ms(frame.boot_id, ticks),
+            channel=frame.channel[skip:], value=frame.value[skip:],
+            historical=frame.historical, gaps=gaps)
 
     def _request(self, opcode: int, data: bytes, now_ms: int) -> WriteControl:
         self._pending = (int(opcode), now_ms)

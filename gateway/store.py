@@ -1,7 +1,7 @@
 """The gateway's durable store: one SQLite database in WAL mode.
 
 Tables: `devices` (the registry of paired patches), `samples` (every sample once, keyed by
-device and seq), `twins` (per-subject revision and last published state), `gateway_meta`
+device and seq), `gaps` (samples a patch reported it could not log: protocol.md §4.1), `twins` (per-subject revision and last published state), `gateway_meta`
 (the gateway session counter). The outbox lives in the same file (gateway/outbox.py), so a
 batch of samples, the twin revisions it causes and the MQTT messages announcing them commit
 in one transaction.
@@ -37,6 +37,20 @@ CREATE TABLE IF NOT EXISTS samples (
     value      INTEGER NOT NULL,
     historical INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gaps (
+    device_id     TEXT NOT NULL,
+    boot_id       INTEGER NOT NULL,
+    seq_at        INTEGER NOT NULL,
+    first_tick    INTEGER NOT NULL,
+    last_tick     INTEGER NOT NULL,
+    first_utc_ms  INTEGER,
+    last_utc_ms   INTEGER,
+    n_temperature INTEGER NOT NULL,
+    n_uv          INTEGER NOT NULL,
+    n_hydration   INTEGER NOT NULL,
+    n_battery     INTEGER NOT NULL,
+    PRIMARY KEY (device_id, boot_id, seq_at)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS watermarks (
     device_id      TEXT PRIMARY KEY,
@@ -79,9 +93,28 @@ class RegisteredDevice:
     config: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LostSamples:
+    """Samples a patch could not log (protocol.md §4.1): per-channel counts over a tick range
+    of one boot, just before the sample `seq_at`. UTC is None where the time is not known."""
+
+    boot_id: int
+    seq_at: int
+    first_tick: int
+    last_tick: int
+    first_utc_ms: int | None
+    last_utc_ms: int | None
+    counts: tuple[int, int, int, int]
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
 @dataclass
 class SampleBatch:
-    """Samples from one device, ready to commit (numpy columns of equal length)."""
+    """Samples from one device, ready to commit (numpy columns of equal length), with the
+    gaps the patch reported just before them: they commit (and are acknowledged) together."""
 
     device_id: str
     boot_id: int
@@ -91,6 +124,7 @@ class SampleBatch:
     channel: np.ndarray
     value: np.ndarray
     historical: bool = False
+    gaps: tuple[LostSamples, ...] = ()
 
     def __len__(self) -> int:
         return int(self.seq.shape[0])
@@ -168,9 +202,37 @@ class Store:
                     (batch.device_id, int(batch.seq[-1])))
         return inserted
 
+    def insert_gaps(self, batches: Iterable[SampleBatch]) -> list[tuple[str, LostSamples]]:
+        """Insert the batches' gaps inside the caller's transaction; a gap already stored
+        (same device, boot and seq_at: a replayed notice) is ignored. Returns the new ones."""
+        new: list[tuple[str, LostSamples]] = []
+        for batch in batches:
+            for gap in batch.gaps:
+                if self.conn.execute(
+                        "INSERT OR IGNORE INTO gaps(device_id, boot_id, seq_at, first_tick,"
+                        " last_tick, first_utc_ms, last_utc_ms, n_temperature, n_uv,"
+                        " n_hydration, n_battery) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (batch.device_id, gap.boot_id, gap.seq_at, gap.first_tick,
+                         gap.last_tick, gap.first_utc_ms, gap.last_utc_ms, *gap.counts),
+                ).rowcount:
+                    new.append((batch.device_id, gap))
+        return new
+
+    def gaps(self, device_id: str) -> list[LostSamples]:
+        rows = self.conn.execute(
+            "SELECT boot_id, seq_at, first_tick, last_tick, first_utc_ms, last_utc_ms,"
+            " n_temperature, n_uv, n_hydration, n_battery FROM gaps WHERE device_id=?"
+            " ORDER BY seq_at, boot_id", (device_id,))
+        return [LostSamples(r[0], r[1], r[2], r[3], r[4], r[5], (r[6], r[7], r[8], r[9]))
+                for r in rows]
+
     def prune_samples(self, older_than_utc_ms: int) -> int:
-        """Retention: delete samples taken before the cutoff (watermarks stay)."""
+        """Retention: delete samples (and gap records) from before the cutoff (watermarks
+        stay). Returns the samples deleted."""
         with self.transaction():
+            self.conn.execute(
+                "DELETE FROM gaps WHERE last_utc_ms IS NOT NULL AND last_utc_ms < ?",
+                (older_than_utc_ms,))
             return self.conn.execute(
                 "DELETE FROM samples WHERE utc_ms IS NOT NULL AND utc_ms < ?",
                 (older_than_utc_ms,)).rowcount

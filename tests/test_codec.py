@@ -23,13 +23,22 @@ from firmware import control_codec as fw_cp
 from firmware.frame_encoder import FrameEncoder, Hmac8
 from gateway.protocol import constants as gw
 from gateway.protocol import control as cp
-from gateway.protocol.frames import FrameError, FrameErrorCode, decode_frame, encode_frame
+from gateway.protocol.frames import (
+    DecodedFrame,
+    DecodedGap,
+    FrameError,
+    FrameErrorCode,
+    decode_frame,
+    encode_frame,
+    encode_gap_frame,
+)
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 FRAMES = json.loads((VECTORS / "frames.json").read_text())
 CONTROL = json.loads((VECTORS / "control.json").read_text())
 VALID = FRAMES["valid"]
 INVALID = FRAMES["invalid"]
+GAPS = FRAMES["gaps"]
 CP_KEY = bytes.fromhex(CONTROL["key"])
 CP_BOOT = CONTROL["boot_id"]
 
@@ -54,9 +63,11 @@ def test_vectors_are_fresh():
 @pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
 def test_decode_valid_vector(case):
     frame = decode_frame(bytes.fromhex(case["frame"]), bytes.fromhex(case["key"]))
+    assert isinstance(frame, DecodedFrame)
     assert frame.version == 1
     assert frame.historical is case["historical"]
-    assert frame.flags == (1 if case["historical"] else 0)
+    assert frame.gaps_before is case["gaps_before"]
+    assert frame.flags == (1 if case["historical"] else 0) | (4 if case["gaps_before"] else 0)
     assert (frame.boot_id, frame.first_seq, frame.base_tick) == (
         case["boot_id"],
         case["first_seq"],
@@ -102,6 +113,7 @@ def test_gateway_reference_encoder_vector(case):
         case["base_tick"],
         [(ch, t, v) for _, ch, t, v in case["samples"]],
         historical=case["historical"],
+        gaps_before=case["gaps_before"],
     )
     assert data.hex() == case["frame"]
 
@@ -110,13 +122,74 @@ def test_gateway_reference_encoder_vector(case):
 def test_firmware_encoder_vector(case):
     enc = FrameEncoder(bytes.fromhex(case["key"]), case["max_frame_bytes"])
     for _ in range(2):  # the second pass reuses the encoder: start() must reset everything
-        enc.start(case["boot_id"], case["first_seq"], case["base_tick"], case["historical"])
+        enc.start(case["boot_id"], case["first_seq"], case["base_tick"], case["historical"],
+                  case["gaps_before"])
         for _, ch, t, v in case["samples"]:
             assert enc.add(ch, t, v)
         assert enc.count == len(case["samples"])
         out = enc.finish()
         assert isinstance(out, memoryview)
         assert bytes(out).hex() == case["frame"]
+
+
+# --- gap notices (§4.1) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", GAPS, ids=_ids(GAPS))
+def test_decode_gap_vector(case):
+    gap = decode_frame(bytes.fromhex(case["frame"]), bytes.fromhex(case["key"]))
+    assert isinstance(gap, DecodedGap)
+    assert (gap.boot_id, gap.seq_at, gap.first_tick, gap.last_tick) == (
+        case["boot_id"], case["seq_at"], case["first_tick"], case["last_tick"])
+    assert list(gap.counts) == case["counts"]
+    assert gap.count == sum(case["counts"])
+    assert gap.historical is case["historical"]
+
+
+@pytest.mark.parametrize("case", GAPS, ids=_ids(GAPS))
+def test_gap_encoders_reproduce_vector(case):
+    key = bytes.fromhex(case["key"])
+    args = (case["boot_id"], case["seq_at"], case["first_tick"], case["last_tick"],
+            case["counts"])
+    assert encode_gap_frame(key, *args, historical=case["historical"]).hex() == case["frame"]
+    enc = FrameEncoder(key, 61)  # a gap notice fits the smallest frame (MTU 64)
+    assert bytes(enc.gap_frame(*args, historical=case["historical"])).hex() == case["frame"]
+    # the encoder is usable for samples right after (gap notices go between frames)
+    enc.start(1, case["seq_at"], 0)
+    assert enc.add(1, 0, 5)
+    assert isinstance(decode_frame(bytes(enc.finish()), key), DecodedFrame)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(counts=[0, 0, 0, 0]), dict(counts=[1, 2, 3]), dict(counts=[-1, 0, 0, 1]),
+    dict(counts=[2**32, 0, 0, 0]), dict(first_tick=10, last_tick=9),
+    dict(boot_id=0x10000), dict(seq_at=-1),
+])
+def test_gap_encoders_refuse_bad_gaps(bad):
+    fields = dict(boot_id=1, seq_at=5, first_tick=0, last_tick=10, counts=[0, 1, 0, 0])
+    fields.update(bad)
+    key = bytes(32)
+    with pytest.raises(ValueError):
+        encode_gap_frame(key, **fields)
+    with pytest.raises(ValueError):
+        FrameEncoder(key).gap_frame(**fields)
+
+
+@given(
+    boot_id=st.integers(0, 0xFFFF), seq_at=st.integers(0, 0xFFFFFFFF),
+    first_tick=st.integers(0, 0xFFFFFFFF), span=st.integers(0, 0xFFFFFFFF),
+    counts=st.lists(st.integers(0, 0xFFFFFFFF), min_size=4, max_size=4).filter(any),
+    historical=st.booleans(),
+)
+def test_gap_round_trip(boot_id, seq_at, first_tick, span, counts, historical):
+    last_tick = min(first_tick + span, 0xFFFFFFFF)
+    key = bytes(range(32))
+    data = bytes(FrameEncoder(key).gap_frame(boot_id, seq_at, first_tick, last_tick, counts,
+                                             historical))
+    assert len(data) <= 45
+    gap = decode_frame(data, key)
+    assert gap == DecodedGap(flags=2 | int(historical), boot_id=boot_id, seq_at=seq_at,
+                             first_tick=first_tick, last_tick=last_tick, counts=tuple(counts))
 
 
 def test_firmware_encoder_full_frame_refuses_one_more():

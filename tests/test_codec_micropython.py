@@ -36,6 +36,7 @@ def test_frame_vectors_byte_for_byte(micropython):
             c["first_seq"],
             c["base_tick"],
             c["historical"],
+            c["gaps_before"],
             c["max_frame_bytes"],
             [s[1:] for s in c["samples"]],
         ]
@@ -46,9 +47,9 @@ import json, binascii
 from firmware.frame_encoder import FrameEncoder
 CASES = {cases!r}
 out = {{}}
-for name, key, boot_id, first_seq, base_tick, historical, max_bytes, samples in CASES:
+for name, key, boot_id, first_seq, base_tick, historical, gaps_before, max_bytes, samples in CASES:
     enc = FrameEncoder(binascii.unhexlify(key), max_bytes)
-    enc.start(boot_id, first_seq, base_tick, historical)
+    enc.start(boot_id, first_seq, base_tick, historical, gaps_before)
     added = 0
     for ch, tick, value in samples:
         if enc.add(ch, tick, value):
@@ -65,6 +66,22 @@ print(json.dumps(out))
         assert (added, count) == (n, n), case["name"]
         assert frame_hex == case["frame"], case["name"]
         assert kind == "memoryview"
+
+
+def test_gap_vectors_byte_for_byte(micropython):
+    cases = [[c["name"], c["key"], c["boot_id"], c["seq_at"], c["first_tick"], c["last_tick"],
+              c["counts"], c["historical"]] for c in FRAMES["gaps"]]
+    code = f"""
+import json, binascii
+from firmware.frame_encoder import FrameEncoder
+out = {{}}
+for name, key, boot_id, seq_at, t0, t1, counts, historical in {cases!r}:
+    enc = FrameEncoder(binascii.unhexlify(key), 61)
+    out[name] = binascii.hexlify(enc.gap_frame(boot_id, seq_at, t0, t1, counts, historical)).decode()
+print(json.dumps(out))
+"""
+    got = _last_json(micropython(code))
+    assert got == {c["name"]: c["frame"] for c in FRAMES["gaps"]}
 
 
 def test_full_frame_refuses_one_more_under_micropython(micropython):

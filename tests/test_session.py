@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from gateway.protocol import constants as ids
-from gateway.protocol.frames import encode_frame
+from gateway.protocol.frames import encode_frame, encode_gap_frame
 from gateway.session import (
     SERIAL_NUMBER_UUID,
     Commit,
@@ -67,9 +67,13 @@ def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000):
     return s
 
 
-def frame(first_seq, n, tick0=1000, boot_id=BOOT, key=KEY):
+def frame(first_seq, n, tick0=1000, boot_id=BOOT, key=KEY, gaps_before=False):
     samples = [(0, tick0 + 10 * i, 4224 + i) for i in range(n)]
-    return encode_frame(key, boot_id, first_seq, tick0, samples)
+    return encode_frame(key, boot_id, first_seq, tick0, samples, gaps_before=gaps_before)
+
+
+def gap_notice(seq_at, counts=(2, 4, 0, 0), first_tick=900, last_tick=990, boot_id=BOOT):
+    return encode_gap_frame(KEY, boot_id, seq_at, first_tick, last_tick, counts)
 
 
 def test_handshake_reaches_streaming():
@@ -251,3 +255,65 @@ def test_samples_of_an_earlier_boot_get_utc_from_its_stored_anchor():
     assert old.batch.utc_ms.tolist() == [T0_MS - 3_600_000 + 10_000, T0_MS - 3_600_000 + 11_000]
     [unknown] = s.notification(frame(2, 1, tick0=5, boot_id=BOOT - 2), T0_MS + 60)
     assert unknown.batch.utc_ms.tolist() == [-1]      # a boot nobody set the time for
+
+
+def test_gap_notice_commits_with_the_frame_after_it():
+    s = streaming_session(tick_at_set=1000)
+    s.notification(frame(0, 5), T0_MS)
+    assert s.notification(gap_notice(5), T0_MS) == []        # held until its frame
+    [commit] = s.notification(frame(5, 3, tick0=1000, gaps_before=True), T0_MS)
+    [lost] = commit.batch.gaps
+    assert (lost.boot_id, lost.seq_at, lost.counts, lost.count) == (BOOT, 5, (2, 4, 0, 0), 6)
+    # UTC from the SET_TIME anchor (tick 1000 at T0 + 10 ms), 100 ms per tick
+    assert (lost.first_utc_ms, lost.last_utc_ms) == (T0_MS + 10 - 10_000, T0_MS + 10 - 1_000)
+    assert commit.batch.seq.tolist() == [5, 6, 7]
+    [commit] = s.notification(frame(8, 2), T0_MS)
+    assert commit.batch.gaps == ()                           # committed once
+    assert s.stats.gap_notices == 1
+
+
+def test_frame_flagged_gaps_before_without_its_notice_is_replayed():
+    s = streaming_session()
+    s.notification(frame(0, 5), T0_MS)
+    [replay] = s.notification(frame(5, 3, gaps_before=True), T0_MS)   # the notice was lost
+    assert replay.opcode == ids.Opcode.REPLAY
+    assert struct.unpack_from("<I", replay.data, 1)[0] == 5
+    assert s.expected_seq == 5 and s.stats.gap_notices_missed == 1
+    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 5, 8)), T0_MS)
+    s.notification(gap_notice(5), T0_MS)
+    [commit] = s.notification(frame(5, 3, gaps_before=True), T0_MS)
+    assert [g.seq_at for g in commit.batch.gaps] == [5]
+
+
+def test_gap_in_a_hole_arrives_with_the_first_held_sample_and_replays_dedupe():
+    # A gap at seq 5 of boot 6, then a reboot: seqs 5..20 hold nothing, boot 7 resumes at 21.
+    s = streaming_session(committed=4)
+    s.notification(gap_notice(5, boot_id=6, counts=(1, 0, 0, 0)), T0_MS)
+    s.notification(gap_notice(5, boot_id=6, counts=(1, 0, 0, 0)), T0_MS)   # replayed twice
+    [replay] = s.notification(frame(21, 2, gaps_before=True), T0_MS)
+    assert struct.unpack_from("<I", replay.data, 1)[0] == 5
+    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 21, 23)), T0_MS)
+    [commit] = s.notification(frame(21, 2, gaps_before=True), T0_MS)
+    [lost] = commit.batch.gaps
+    assert (lost.boot_id, lost.seq_at) == (6, 5)
+    assert lost.first_utc_ms is None      # boot 6 never had its time set
+    assert commit.batch.seq.tolist() == [21, 22]
+
+
+def test_gap_notices_before_a_duplicate_frame_are_not_committed_again():
+    s = streaming_session()
+    s.notification(gap_notice(0), T0_MS)
+    [commit] = s.notification(frame(0, 4, gaps_before=True), T0_MS)
+    assert len(commit.batch.gaps) == 1
+    s.notification(gap_notice(0), T0_MS)                      # a REPLAY sends both again
+    assert s.notification(frame(0, 4, gaps_before=True), T0_MS) == []
+    [commit] = s.notification(frame(4, 1), T0_MS)
+    assert commit.batch.gaps == ()
+
+
+def test_malformed_gap_notice_is_counted_and_dropped():
+    s = streaming_session()
+    bad = bytearray(gap_notice(0))
+    bad[-1] ^= 1
+    assert s.notification(bytes(bad), T0_MS) == []
+    assert s.stats.frames_rejected["BAD_TAG"] == 1 and s.stats.gap_notices == 0

@@ -10,7 +10,7 @@ from gateway import store as store_mod
 from gateway.inference import default_models_dir, load_models
 from gateway.ingest import Ingest
 from gateway.outbox import Outbox
-from gateway.store import DiskFullError, RegisteredDevice, SampleBatch, Store
+from gateway.store import DiskFullError, LostSamples, RegisteredDevice, SampleBatch, Store
 from gateway.twin import TwinEngine
 
 
@@ -92,6 +92,31 @@ def test_cycle_commits_then_acknowledges_and_queues_messages(store, ingest):
     assert delta["rev"] == 1 and "skin_temp_c" in delta["set"]
     assert store.load_twins()["s-a"][0] == 1
     assert ingest.kicks
+
+
+def test_gaps_commit_with_their_batch_once_and_raise_a_data_loss_alert(store, ingest):
+    link = FakeLink()
+    lost = LostSamples(boot_id=1, seq_at=5, first_tick=20, last_tick=49,
+                       first_utc_ms=1_700_000_002_000, last_utc_ms=1_700_000_004_900,
+                       counts=(3, 6, 0, 1))
+    first = batch("a" * 16, range(5, 8))
+    ingest.submit(link, SampleBatch(**{**first.__dict__, "gaps": (lost,)}))
+    ingest.cycle(now_ms=1)
+    assert link.committed == [7]
+    assert store.gaps("a" * 16) == [lost]
+    [alert] = [json.loads(m.payload) for m in ingest.outbox.pending(100)
+               if m.topic == "dermtwin/v1/gw/s-a/alert"]
+    assert alert == {"schema": 1, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
+                     "to": 1_700_000_004_900, "samples": {"skin_temp_c": 3, "uv_index": 6,
+                                                          "capacitance_pf": 0, "battery_pct": 1}}
+    # replayed: the same gap again with its samples is neither stored nor announced twice
+    ingest.submit(link, SampleBatch(**{**first.__dict__, "gaps": (lost,)}))
+    ingest.cycle(now_ms=2)
+    assert store.gaps("a" * 16) == [lost] and ingest.stats.gaps == 1
+    assert sum(m.topic.endswith("/alert") for m in ingest.outbox.pending(100)) == 1
+    # retention removes gap records with the samples of their time
+    store.prune_samples(older_than_utc_ms=1_700_000_005_000)
+    assert store.gaps("a" * 16) == []
 
 
 def test_disk_full_acknowledges_nothing_and_keeps_what_was_stored(store, ingest):

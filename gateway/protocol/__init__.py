@@ -30,7 +30,14 @@ from .control import (
     set_config,
     set_time,
 )
-from .frames import DecodedFrame, FrameError, decode_frame, encode_frame
+from .frames import (
+    DecodedFrame,
+    DecodedGap,
+    FrameError,
+    decode_frame,
+    encode_frame,
+    encode_gap_frame,
+)
 
 __all__ = [
     "AdvFlag",
@@ -40,6 +47,7 @@ __all__ = [
     "ControlError",
     "ControlResponse",
     "DecodedFrame",
+    "DecodedGap",
     "ErrorFlag",
     "FrameError",
     "FrameErrorCode",
@@ -56,6 +64,7 @@ __all__ = [
     "decode_set_time_result",
     "decode_status",
     "encode_frame",
+    "encode_gap_frame",
     "encode_request",
     "get_status",
     "identify",

@@ -43,7 +43,10 @@ ATT_NOTIFY_OVERHEAD = 3
 # --- sample frames (§4) --------------------------------------------------------------------
 FRAME_VERSION = 1
 FRAME_FLAG_HISTORICAL = 0x01
-FRAME_FLAGS_RESERVED = 0xFE
+FRAME_FLAG_GAP = 0x02  # a gap notice, not samples (§4.1)
+FRAME_FLAG_GAPS_BEFORE = 0x04  # gap notices were sent just before this sample frame
+FRAME_FLAGS_RESERVED = 0xF8
+GAP_FRAME_VARINTS = 5  # tick span, then one count per channel
 FRAME_HEADER_LEN = 12
 FRAME_MIN_BYTES = 22
 FRAME_MAX_BYTES = 244
@@ -152,5 +155,6 @@ class FrameErrorCode(StrEnum):
     BAD_TAG = "BAD_TAG"
     TRUNCATED_RECORD = "TRUNCATED_RECORD"
     VARINT_TOO_LONG = "VARINT_TOO_LONG"
+    BAD_GAP = "BAD_GAP"
     BAD_VALUE = "BAD_VALUE"
     SEQ_OVERFLOW = "SEQ_OVERFLOW"

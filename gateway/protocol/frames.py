@@ -1,11 +1,11 @@
 """Sample frames (docs/protocol.md §4), gateway side: a sans-I/O decoder and a reference encoder.
 
-`decode_frame(data, key)` authenticates and decodes one Samples notification into numpy
-arrays, or raises FrameError with the first §4 error code that applies (checked in the
-order of the table). The record walk is a short Python loop over at most 244 bytes; ticks
+`decode_frame(data, key)` authenticates and decodes one Samples notification: a sample
+frame into numpy arrays (DecodedFrame), a gap notice (§4.1) into a DecodedGap, or raises
+FrameError with the first §4 error code that applies (checked in the order of the table). The record walk is a short Python loop over at most 244 bytes; ticks
 and per-channel values are cumulative sums in numpy.
 
-`encode_frame(...)` is a plain reference encoder for tests and simulation; the patch's own
+`encode_frame(...)` and `encode_gap_frame(...)` are plain reference encoders for tests and simulation; the patch's own
 encoder is firmware/frame_encoder.py and the two share only the golden vectors.
 """
 
@@ -25,18 +25,29 @@ from .constants import (
     CHANNEL_MIN,
     DEVICE_KEY_LEN,
     DT_ESCAPE,
+    FRAME_FLAG_GAP,
+    FRAME_FLAG_GAPS_BEFORE,
     FRAME_FLAG_HISTORICAL,
     FRAME_FLAGS_RESERVED,
     FRAME_HEADER_LEN,
     FRAME_MIN_BYTES,
     FRAME_VERSION,
+    GAP_FRAME_VARINTS,
     TAG_LEN,
     VARINT_MAX_BYTES,
     Channel,
     FrameErrorCode,
 )
 
-__all__ = ["DecodedFrame", "FrameError", "FrameErrorCode", "decode_frame", "encode_frame"]
+__all__ = [
+    "DecodedFrame",
+    "DecodedGap",
+    "FrameError",
+    "FrameErrorCode",
+    "decode_frame",
+    "encode_frame",
+    "encode_gap_frame",
+]
 
 _HEADER = struct.Struct("<BBHII")
 _U32_MAX = 0xFFFFFFFF
@@ -71,6 +82,11 @@ class DecodedFrame:
     def historical(self) -> bool:
         return bool(self.flags & FRAME_FLAG_HISTORICAL)
 
+    @property
+    def gaps_before(self) -> bool:
+        """The patch sent gap notices for this frame's position just before it (§4.1)."""
+        return bool(self.flags & FRAME_FLAG_GAPS_BEFORE)
+
     def __len__(self) -> int:
         return len(self.seq)
 
@@ -85,6 +101,27 @@ class DecodedFrame:
                 strict=True,
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedGap:
+    """One authenticated gap notice (§4.1): samples the patch could not log. They would have
+    come just before the sample `seq_at` (a gap takes no seq); ticks are of boot `boot_id`."""
+
+    flags: int
+    boot_id: int
+    seq_at: int
+    first_tick: int
+    last_tick: int
+    counts: tuple[int, int, int, int]  # per channel, in channel order
+
+    @property
+    def historical(self) -> bool:
+        return bool(self.flags & FRAME_FLAG_HISTORICAL)
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
 def check_device_key(key: bytes) -> bytes:
@@ -102,8 +139,8 @@ def frame_tag(key: bytes, body: bytes) -> bytes:
     return hmac.new(key, body, hashlib.sha256).digest()[:TAG_LEN]
 
 
-def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
-    """Authenticate and decode one frame. Raises FrameError (see FrameErrorCode)."""
+def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
+    """Authenticate and decode one frame or gap notice. Raises FrameError (see FrameErrorCode)."""
     key = check_device_key(key)
     data = bytes(data)
     n = len(data)
@@ -116,9 +153,14 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
         raise FrameError(FrameErrorCode.BAD_VERSION, f"version {version}, expected {FRAME_VERSION}")
     if flags & FRAME_FLAGS_RESERVED:
         raise FrameError(FrameErrorCode.RESERVED_FLAGS, f"flags 0x{flags:02x} set reserved bits")
+    if flags & FRAME_FLAG_GAP and flags & FRAME_FLAG_GAPS_BEFORE:
+        raise FrameError(FrameErrorCode.RESERVED_FLAGS,
+                         f"flags 0x{flags:02x}: GAPS_BEFORE is for sample frames, not GAP")
     end = n - TAG_LEN
     if not hmac.compare_digest(frame_tag(key, data[:end]), data[end:]):
         raise FrameError(FrameErrorCode.BAD_TAG, "tag does not match the device key")
+    if flags & FRAME_FLAG_GAP:
+        return _decode_gap(data, end, flags, boot_id, first_seq, base_tick)
 
     # Walk the records once, in plain Python: frames hold ~100 records, too few for numpy
     # to pay per frame (bench/bench_codec.py); the columns become arrays at the end.
@@ -208,6 +250,47 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame:
     )
 
 
+def _decode_gap(data: bytes, end: int, flags: int, boot_id: int, seq_at: int,
+                first_tick: int) -> DecodedGap:
+    fields: list[int] = []
+    too_long = False
+    i = FRAME_HEADER_LEN
+    while len(fields) < GAP_FRAME_VARINTS:
+        u = 0
+        shift = 0
+        length = 0
+        while True:
+            if i >= end:
+                raise FrameError(
+                    FrameErrorCode.TRUNCATED_RECORD,
+                    f"gap notice: varint {len(fields)} runs into the tag at byte {end}")
+            b = data[i]
+            i += 1
+            length += 1
+            u |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        too_long = too_long or length > VARINT_MAX_BYTES
+        fields.append(u)
+    if too_long:
+        raise FrameError(FrameErrorCode.VARINT_TOO_LONG,
+                         f"gap notice: a varint longer than {VARINT_MAX_BYTES} bytes")
+    span, *counts = fields
+    if i != end:
+        raise FrameError(FrameErrorCode.BAD_GAP,
+                         f"gap notice: {end - i} bytes after its {GAP_FRAME_VARINTS} varints")
+    if first_tick + span > _U32_MAX:
+        raise FrameError(FrameErrorCode.BAD_GAP,
+                         f"gap notice: last tick {first_tick + span} is beyond a u32")
+    if max(counts) > _U32_MAX:
+        raise FrameError(FrameErrorCode.BAD_GAP, f"gap notice: count {max(counts)} is not a u32")
+    if not any(counts):
+        raise FrameError(FrameErrorCode.BAD_GAP, "gap notice: every count is 0")
+    return DecodedGap(flags=flags, boot_id=boot_id, seq_at=seq_at, first_tick=first_tick,
+                      last_tick=first_tick + span, counts=tuple(counts))  # type: ignore[arg-type]
+
+
 def _varint(u: int) -> bytes:
     out = bytearray()
     while u > 0x7F:
@@ -224,6 +307,7 @@ def encode_frame(
     base_tick: int,
     samples: Iterable[tuple[int, int, int]],
     historical: bool = False,
+    gaps_before: bool = False,
 ) -> bytes:
     """Reference encoder: samples are (channel, tick, value) in seq order from first_seq.
 
@@ -234,11 +318,9 @@ def encode_frame(
         raise ValueError(f"boot_id {boot_id} is not a u16")
     if not 0 <= first_seq <= _U32_MAX or not 0 <= base_tick <= _U32_MAX:
         raise ValueError("first_seq and base_tick must be u32")
-    body = bytearray(
-        _HEADER.pack(
-            FRAME_VERSION, FRAME_FLAG_HISTORICAL if historical else 0, boot_id, first_seq, base_tick
-        )
-    )
+    flags = (FRAME_FLAG_HISTORICAL if historical else 0) | (
+        FRAME_FLAG_GAPS_BEFORE if gaps_before else 0)
+    body = bytearray(_HEADER.pack(FRAME_VERSION, flags, boot_id, first_seq, base_tick))
     prev = [0] * CHANNEL_COUNT
     last_tick = base_tick
     count = 0
@@ -267,3 +349,29 @@ def encode_frame(
     if first_seq + count - 1 > _U32_MAX:
         raise ValueError("seq passes 0xFFFFFFFF")
     return bytes(body) + frame_tag(key, bytes(body))
+
+
+def encode_gap_frame(
+    key: bytes,
+    boot_id: int,
+    seq_at: int,
+    first_tick: int,
+    last_tick: int,
+    counts: Iterable[int],
+    historical: bool = False,
+) -> bytes:
+    """Reference encoder of a gap notice (§4.1)."""
+    key = check_device_key(key)
+    counts = list(counts)
+    if len(counts) != CHANNEL_COUNT or min(counts) < 0 or max(counts) > _U32_MAX:
+        raise ValueError(f"counts must be {CHANNEL_COUNT} u32, got {counts}")
+    if not any(counts):
+        raise ValueError("a gap needs at least one missing sample")
+    if not 0 <= first_tick <= last_tick <= _U32_MAX:
+        raise ValueError(f"ticks {first_tick}..{last_tick} are not an ordered u32 range")
+    if not 0 <= boot_id <= 0xFFFF or not 0 <= seq_at <= _U32_MAX:
+        raise ValueError("boot_id must be u16 and seq_at u32")
+    flags = FRAME_FLAG_GAP | (FRAME_FLAG_HISTORICAL if historical else 0)
+    body = _HEADER.pack(FRAME_VERSION, flags, boot_id, seq_at, first_tick)
+    body += _varint(last_tick - first_tick) + b"".join(_varint(c) for c in counts)
+    return body + frame_tag(key, body)

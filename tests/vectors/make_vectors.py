@@ -79,11 +79,12 @@ INVALID: list[dict] = []
 
 
 def valid(name, description, key, boot_id, first_seq, base_tick, samples, records_hex=None,
-          historical=False, max_frame_bytes=244):
+          historical=False, max_frame_bytes=244, gaps_before=False):
     records = _records(base_tick, samples)
     if records_hex is not None:
         assert records == _hex(records_hex), (name, records.hex(" "), records_hex)
-    frame = _frame(key, boot_id, first_seq, base_tick, records, flags=1 if historical else 0)
+    flags = (1 if historical else 0) + (4 if gaps_before else 0)
+    frame = _frame(key, boot_id, first_seq, base_tick, records, flags=flags)
     assert len(frame) <= max_frame_bytes, (name, len(frame))
     VALID.append({
         "name": name,
@@ -93,9 +94,26 @@ def valid(name, description, key, boot_id, first_seq, base_tick, samples, record
         "first_seq": first_seq,
         "base_tick": base_tick,
         "historical": historical,
+        "gaps_before": gaps_before,
         "max_frame_bytes": max_frame_bytes,
         "samples": [[first_seq + i, ch, t, v] for i, (ch, t, v) in enumerate(samples)],
         "frame": frame.hex(),
+    })
+    return frame
+
+
+GAPS: list[dict] = []
+
+
+def gap_notice(name, description, key, boot_id, seq_at, first_tick, last_tick, counts, body_hex,
+        historical=False):
+    body = _leb(last_tick - first_tick) + b"".join(_leb(c) for c in counts)
+    assert body == _hex(body_hex), (name, body.hex(" "), body_hex)
+    frame = _frame(key, boot_id, seq_at, first_tick, body, flags=2 + (1 if historical else 0))
+    GAPS.append({
+        "name": name, "description": description, "key": key.hex(), "boot_id": boot_id,
+        "seq_at": seq_at, "first_tick": first_tick, "last_tick": last_tick,
+        "counts": list(counts), "historical": historical, "frame": frame.hex(),
     })
     return frame
 
@@ -140,6 +158,24 @@ def frames() -> None:
           [(1, 1234, 120), (1, 1284, 118)], "40 F0 01  72 03", historical=True)
     valid("seq_max", "first_seq 0xFFFFFFFF with one record: the last seq there is", K1, 9,
           0xFFFFFFFF, 10, [(3, 10, 100)], "C0 C8 01")
+    valid("gaps_before", "GAPS_BEFORE set: gap notices for seq 4000 were sent just before",
+          K1, 5, 4000, 7200, [(0, 7200, 4300)], "00 98 43", gaps_before=True)
+    valid("historical_gaps_before", "HISTORICAL + GAPS_BEFORE (a replayed position after a "
+          "gap)", K2, 5, 4000, 7200, [(1, 7200, 0), (1, 7250, 5)], "40 00  72 0A",
+          historical=True, gaps_before=True)
+
+    # --- gap notices (§4.1) ---
+    gap_notice("gap_uv_only", "12 UV samples not logged over one minute (ticks 7000..7600), before "
+        "seq 4000", K1, 5, 4000, 7000, 7600, [0, 12, 0, 0], "D8 04 00 0C 00 00")
+    gap_hour = gap_notice(
+        "gap_all_channels", "one hour at reduced rate: 360 temperature, 720 UV, 60 hydration, "
+        "12 battery samples not logged", K2, 0xBEEF, 123456, 36000, 72000,
+        [360, 720, 60, 12], "A0 99 02  E8 02  D0 05  3C  0C")
+    gap_notice("gap_historical_single_tick", "HISTORICAL (replayed); one battery sample at one tick",
+        K1, 1, 0, 99, 99, [0, 0, 0, 1], "00 00 00 00 01", historical=True)
+    gap_notice("gap_max", "largest values: 5-byte varints, last tick 0xFFFFFFFF, seq_at 0xFFFFFFFF",
+        K1, 0xFFFF, 0xFFFFFFFF, 0, 0xFFFFFFFF, [0xFFFFFFFF] * 4,
+        "FF FF FF FF 0F" * 5)
 
     # A full 244-byte frame at the default rates (UV every 5 s, temperature every 10 s,
     # hydration every 60 s, battery every 300 s), slow-changing values; records are added
@@ -195,8 +231,8 @@ def frames() -> None:
             _frame(K1, 1, 0, 100, _hex("40 32"), version=0), "BAD_VERSION")
     invalid("bad_version_before_tag", "version 2 and a wrong tag: version is checked first", K1,
             _frame(K2, 1, 0, 100, _hex("40 32"), version=2), "BAD_VERSION")
-    invalid("reserved_flag", "flags 0x02 (reserved), tag valid", K1,
-            _frame(K1, 1, 0, 100, _hex("40 32"), flags=0x02), "RESERVED_FLAGS")
+    invalid("reserved_flag", "flags 0x08 (reserved), tag valid", K1,
+            _frame(K1, 1, 0, 100, _hex("40 32"), flags=0x08), "RESERVED_FLAGS")
     invalid("reserved_flag_high", "flags 0x81 (HISTORICAL + reserved bit 7), tag valid", K1,
             _frame(K1, 1, 0, 100, _hex("40 32"), flags=0x81), "RESERVED_FLAGS")
     invalid("bad_tag_flipped", "single_sample with the last tag bit flipped", K1,
@@ -234,6 +270,23 @@ def frames() -> None:
             _frame(K1, 1, 0, 100, _hex("C0 80 80 08")), "BAD_VALUE")
     invalid("bad_value_tick_overflow", "base_tick 0xFFFFFFF0 + dt 16: a tick beyond u32", K1,
             _frame(K1, 1, 0, 0xFFFFFFF0, _hex("40 32 50 00")), "BAD_VALUE")
+    invalid("gap_trailing_byte", "gap notice with a byte after its five varints", K1,
+            _frame(K1, 1, 10, 100, _hex("05 01 00 00 00 00"), flags=2), "BAD_GAP")
+    invalid("gap_zero_counts", "gap notice whose four counts are all 0", K1,
+            _frame(K1, 1, 10, 100, _hex("05 00 00 00 00"), flags=2), "BAD_GAP")
+    invalid("gap_tick_overflow", "gap notice: first tick 0xFFFFFFF0 + span 16", K1,
+            _frame(K1, 1, 10, 0xFFFFFFF0, _hex("10 01 00 00 00"), flags=2), "BAD_GAP")
+    invalid("gap_count_overflow", "gap notice: a count of 2^32", K1,
+            _frame(K1, 1, 10, 100, _hex("00 80 80 80 80 10 00 00 00"), flags=2), "BAD_GAP")
+    invalid("gap_truncated", "gap notice with four varints", K1,
+            _frame(K1, 1, 10, 100, _hex("05 01 00 00"), flags=2), "TRUNCATED_RECORD")
+    invalid("gap_varint_too_long", "gap notice with a 6-byte span varint", K1,
+            _frame(K1, 1, 10, 100, _hex("80 80 80 80 80 00 01 00 00 00"), flags=2),
+            "VARINT_TOO_LONG")
+    invalid("gap_with_gaps_before", "GAP and GAPS_BEFORE together (flags 0x06)", K1,
+            _frame(K1, 1, 10, 100, _hex("05 01 00 00 00"), flags=6), "RESERVED_FLAGS")
+    invalid("gap_bad_tag", "gap_all_channels with its last count changed after tagging", K2,
+            gap_hour[:-9] + b"\x0d" + gap_hour[-8:], "BAD_TAG")
     invalid("seq_overflow", "first_seq 0xFFFFFFFF with two records", K1,
             _frame(K1, 1, 0xFFFFFFFF, 100, _hex("40 32 40 00")), "SEQ_OVERFLOW")
     invalid("seq_overflow_far", "first_seq 0xFFFFFFF0 with 17 records", K1,
@@ -389,12 +442,15 @@ def control() -> dict:
 def build() -> dict[str, str]:
     VALID.clear()
     INVALID.clear()
+    GAPS.clear()
     frames()
     frames_doc = {
         "description": "Sample frame vectors (docs/protocol.md §4). Valid: encoder inputs "
         "(start + samples as [seq, channel, tick, value]) and the exact frame. "
+        "Gaps: gap notices (§4.1), their fields and the exact frame. "
         "Invalid: the frame and the decoder's error code under 'key'.",
         "valid": VALID,
+        "gaps": GAPS,
         "invalid": INVALID,
     }
     return {"frames.json": _dump(frames_doc) + "\n", "control.json": _dump(control()) + "\n"}
