@@ -1,8 +1,7 @@
 # Samples not yet acknowledged by the gateway, on flash, addressed by seq (design.md §1, issue 4).
 #
-# Interface: append/channel/tick/value/ack, oldest_seq, next_seq, len, is_full (those of the
-# retired RAM log, sample_log.py) plus boot(seq), next_record(seq), flush(), gaps(),
-# append_gap() and dropped_total.
+# Interface: append/channel/tick/value/ack, oldest_seq, next_seq, len, is_full, boot(seq),
+# next_record(seq), flush(), gaps(), append_gap() and dropped_total.
 #
 # Layout: a directory of segment files `seg_<first_seq>.log`, append-only, one boot each.
 #   header  32 B  two identical copies of: b"DTL", version u8 (2), first_seq u32, boot_id u16,

@@ -23,7 +23,7 @@ class BootState:
         self._boot_path = data_dir + "/boot_id"
         self.boot_id = (_read_int(self._boot_path, -1) + 1) & 0xFFFF
         _write_int(self._boot_path, self.boot_id)
-        # Seq floor left by firmware that kept samples in RAM (sample_log.py) and reserved seqs
+        # Seq floor left by earlier firmware that kept samples in RAM and reserved seqs
         # in blocks in the file `seq_floor`: the flash log starts at or above it, so a patch
         # updated from that firmware does not reuse a seq the gateway already holds. Read
         # only; 0 on a patch that never ran it.

@@ -30,7 +30,7 @@ DATA_DIR = f"{SCRATCH_DIR}/data"
 IDENTITY_PATH = f"{DATA_DIR}/identity"
 DEVICE_ID = "0123456789abcdef"
 KEY = bytes(range(1, 33))
-BOARD_MODULES = ("firmware.board", "firmware.frame_encoder", "firmware.sample_log",
+BOARD_MODULES = ("firmware.board", "firmware.frame_encoder", "firmware.flash_log",
                  "firmware.clock", "sensor_drivers.tmp117", "sensor_drivers.emulators.tmp117")
 MPY_CROSS_MAJOR_FILE_VERSION = 6  # what mpy-cross 1.2x writes (.mpy header byte 1)
 
