@@ -235,6 +235,9 @@ def cmd_flash(args: argparse.Namespace) -> int:
     print(f"flashed {result.files} {kind} ({result.bytes} bytes) to {result.port} in "
           f"{result.seconds:.1f} s" + (f" (board reads mpy {result.board_mpy})"
                                         if result.board_mpy else ""))
+    if not result.aioble_on_board:
+        from gateway.provision import AIOBLE_MISSING
+        print(f"warning: {AIOBLE_MISSING}", file=sys.stderr)
     return 0
 
 

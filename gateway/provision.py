@@ -102,6 +102,7 @@ class FlashResult:
     source: bool  # .py sources rather than .mpy
     board_mpy: str | None  # e.g. "6.3"; None if the board does not say
     board_paths: tuple[str, ...]
+    aioble_on_board: bool = True  # the firmware's BLE library (micropython-lib), not ours
 
 
 # -- validation ---------------------------------------------------------------------
@@ -333,6 +334,7 @@ def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: b
                 if progress is not None:
                     progress(FlashProgress(index + 1, len(files), bytes_before, bytes_total,
                                            board_path, True))
+            aioble = _board_has_aioble(repl)
             if soft_reset:
                 repl.soft_reset()
         except BoardConnectionError:
@@ -342,7 +344,20 @@ def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: b
         return FlashResult(
             repl.port, len(files), bytes_total, time.monotonic() - started, source,
             None if board_mpy is None else f"{board_mpy & 0xFF}.{(board_mpy >> 8) & 0x3}",
-            tuple(board_path for _, board_path in files))
+            tuple(board_path for _, board_path in files), aioble)
+
+
+AIOBLE_MISSING = (
+    "aioble is not on the board, and the patch cannot advertise without it: install it once "
+    "with `mpremote mip install aioble` (or copy micropython-lib's aioble package to /lib), "
+    "or build a MicroPython image with the firmware frozen in (build/firmware/manifest.py, "
+    "see docs/firmware.md)")
+
+
+def _board_has_aioble(repl: RawRepl) -> bool:
+    # Frozen into the image or in /lib: either way it imports.
+    out = repl.exec("try:\n import aioble\n print('yes')\nexcept ImportError:\n print('no')\n")
+    return out.strip() == "yes"
 
 
 def _board_mpy(repl: RawRepl) -> int | None:

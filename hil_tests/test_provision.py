@@ -182,6 +182,17 @@ def test_flash_sources(board):
         assert origin == "/lib/" + module.replace(".", "/") + ".py"
 
 
+@pytest.mark.virtual_only
+def test_flash_reports_whether_aioble_is_on_the_board(board):
+    assert flash(board, source=True).aioble_on_board is False
+    board.put_file(b"MAGIC = 1\n", "/lib/aioble/__init__.py")   # stands in for micropython-lib's
+    try:
+        assert flash(board, source=True).aioble_on_board is True
+        assert board.eval("__import__('aioble').MAGIC") == 1      # flash left it alone
+    finally:
+        board.remove("/lib/aioble", recursive=True)
+
+
 def test_board_reads_what_mpy_cross_writes(board, firmware_build):
     """The compatibility check flash() relies on, against this board's own number."""
     board_mpy = board.eval("__import__('sys').implementation._mpy")

@@ -1,0 +1,66 @@
+"""`make firmware` (tools/build_firmware.py): every device file through mpy-cross, and a
+MicroPython freeze manifest of the same files for an image that runs the code from flash."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+from build_firmware import DEVICE_PACKAGES, device_sources  # noqa: E402
+
+
+def build(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "build_firmware.py"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+
+
+def run_manifest(path: Path) -> dict:
+    """Execute a manifest the way MicroPython's tools/manifestfile.py does (a Python file
+    calling include/require/package/module), recording the calls."""
+    calls: dict = {"include": [], "require": [], "package": {}, "module": []}
+
+    def package(name, files=None, base_path=".", opt=None):
+        calls["package"][name] = (files, base_path)
+
+    exec(path.read_text(), {
+        "include": calls["include"].append, "require": lambda name, **_: calls["require"].append(
+            name), "package": package, "module": lambda *a, **k: calls["module"].append(a)})
+    return calls
+
+
+def test_every_device_file_compiles_and_the_manifest_freezes_them(tmp_path):
+    done = build(tmp_path / "fw")
+    assert done.returncode == 0, done.stderr
+    sources = device_sources()
+    mpy = sorted((tmp_path / "fw" / "lib").rglob("*.mpy"))
+    assert len(mpy) == len(sources) and f"compiled {len(sources)} files" in done.stdout
+    assert not any("host" in p.parts for p in mpy)
+
+    calls = run_manifest(tmp_path / "fw" / "manifest.py")
+    assert calls["include"] == ["$(BOARD_DIR)/manifest.py"]   # the board's own frozen modules
+    assert calls["require"] == ["aioble"]                      # BLE library from micropython-lib
+    assert set(calls["package"]) == set(DEVICE_PACKAGES)
+    frozen = set()
+    for name, (files, base_path) in calls["package"].items():
+        for file in files:
+            path = Path(base_path) / name / file
+            assert path.is_file(), path
+            frozen.add(path)
+    expected = {p for p in sources if "emulators" not in p.relative_to(REPO).parts}
+    assert frozen == expected
+    assert (REPO / "firmware" / "flash_log.py") in frozen
+
+
+def test_a_file_mpy_cross_rejects_fails_the_build_naming_it(tmp_path, monkeypatch):
+    import build_firmware
+
+    bad = tmp_path / "firmware" / "broken.py"
+    bad.parent.mkdir()
+    bad.write_text("def f(:\n")
+    monkeypatch.setattr(build_firmware, "REPO", tmp_path)
+    error = build_firmware.compile_one(bad, tmp_path / "out")
+    assert error is not None and error.startswith("firmware/broken.py:")
