@@ -1,4 +1,5 @@
-# Wires the patch together: sensors -> sampler -> log -> BLE link. One task per concern.
+# Wires the patch together: sensors -> sampler -> log -> BLE link, and the battery policy.
+# One task per concern.
 import asyncio
 
 from firmware import protocol_ids as ids
@@ -7,6 +8,7 @@ from firmware.ble_link import PatchLink
 from firmware.clock import TickClock
 from firmware.flash_log import FlashLog
 from firmware.persist import BootState
+from firmware.power import PowerManager
 from firmware.sampler import CHANNELS, Sampler
 from firmware.sampling_config import SamplingConfig
 from firmware.watchdog import TaskWatchdog
@@ -43,6 +45,9 @@ class Patch:
                               self.clock, self.config, board)
         self.sampler = Sampler(self.log, self.clock, self.config, self.link.on_sample)
         self.link.sampler = self.sampler
+        # Battery policy (power.py): flags, flush and sensor pause as the cell runs down; a
+        # change shows in the status record at once.
+        self.power = PowerManager(self.sampler, self.log, self.link._refresh_status)
         self.sampling_tasks = []
         self.watchdog = TaskWatchdog(board.make_watchdog)
 
@@ -60,11 +65,14 @@ class Patch:
             task = asyncio.create_task(self.sampler.run_channel(channel, sensor))
             self.sampling_tasks.append(task)
             self.watchdog.watch(task)
+        power_task = asyncio.create_task(self.power.run())
+        self.watchdog.watch(power_task)
         watchdog_task = asyncio.create_task(self.watchdog.run())
         try:
             await link_task
         finally:
             watchdog_task.cancel()
+            power_task.cancel()
 
     def stop_sampling(self):
         for task in self.sampling_tasks:

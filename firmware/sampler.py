@@ -6,6 +6,11 @@
 # refuses the sample and counts it in a gap record; the sampler sets ERR_LOG_FULL and samples
 # FULL_SLOWDOWN times less often until the gateway acknowledges, reporting the samples it
 # skipped on purpose with log.append_gap() so the gateway learns how many are missing where.
+#
+# Paused (power.py, battery critical): every channel but the battery gauge goes on running
+# its task but takes no sample; each period it counts the sample not taken and its tick, and
+# the next sample it logs after the pause is preceded by log.append_gap(channel, tick of the
+# first sample not taken, tick of the last, count).
 from firmware import aio
 from firmware import protocol_ids as ids
 
@@ -35,6 +40,12 @@ class Sampler:
         # per channel: samples skipped on purpose since the last one taken, and its tick
         self._skipped = [0, 0, 0, 0]
         self._last_tick = [0, 0, 0, 0]
+        # paused (battery critical): per channel, samples not taken and their tick range
+        self.paused = False
+        self._paused_count = [0, 0, 0, 0]
+        self._paused_first = [0, 0, 0, 0]
+        self._paused_last = [0, 0, 0, 0]
+        self.battery_soc = -1   # last logged SOC (1/256 %); -1 until the gauge is read
 
     @property
     def dropped_total(self):
@@ -49,12 +60,19 @@ class Sampler:
             # before the next sample is logged: the gap sits just before its seq
             log.append_gap(channel, self._last_tick[channel], tick, skipped)
             self._skipped[channel] = 0
+        skipped = self._paused_count[channel]
+        if skipped:   # the same place: merges with a log-full gap of this sample
+            log.append_gap(channel, self._paused_first[channel], self._paused_last[channel],
+                           skipped)
+            self._paused_count[channel] = 0
         self._last_tick[channel] = tick
         try:
             seq = log.append(channel, tick, value)
         except ValueError:  # a reading outside the channel's range: a sensor fault
             self.error_flags |= CHANNELS[channel][1]
             return
+        if channel == ids.CH_BATTERY:
+            self.battery_soc = value
         if seq < 0:  # LOG_FULL: the log counted it in its open gap
             self.error_flags |= ids.ERR_LOG_FULL
         else:
@@ -66,9 +84,22 @@ class Sampler:
             return self.config.get(ids.CFG_UV_FAST_PERIOD_S) * 1000
         return self.config.get(CHANNELS[channel][0]) * 1000
 
+    def skip_paused(self, channel):
+        """Count one sample of channel not taken on purpose (paused); returns the period to
+        wait, in ms: the channel's base period (no UV fast rate: UV is not being read)."""
+        tick = self.clock.now()
+        if not self._paused_count[channel]:
+            self._paused_first[channel] = tick
+        self._paused_last[channel] = tick
+        self._paused_count[channel] += 1
+        return self.config.get(CHANNELS[channel][0]) * 1000
+
     async def run_channel(self, channel, sensor):
         error_flag = CHANNELS[channel][1]
         while True:
+            if self.paused and channel != ids.CH_BATTERY:
+                await aio.sleep_ms(self.skip_paused(channel))
+                continue
             try:
                 sensor.start()
                 waited_ms = 0

@@ -137,6 +137,8 @@ class ErrorFlag(IntFlag):
     UV_SENSOR = 0x0010
     HYDRATION_SENSOR = 0x0020
     BATTERY_GAUGE = 0x0040
+    BATTERY_LOW = 0x0080
+    BATTERY_CRITICAL = 0x0100
 
 
 class AdvFlag(IntFlag):
