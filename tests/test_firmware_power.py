@@ -343,3 +343,138 @@ print("resumed", manager.state, sampler.paused, sampler.error_flags,
     assert states == [f"states {expected}" for _, expected in POLICY_CASES.values()]
     assert f"critical 2 True {ids.ERR_BATTERY_LOW | ids.ERR_BATTERY_CRITICAL} 2" in out
     assert "resumed 0 False 0 gap 3 [0, 100, 0, 0] 10 109" in out
+
+
+# --- end to end: a virtual patch whose cell runs down, over Bumble --------------------------
+
+
+class Battery:
+    """Sets the state of charge the patch's MAX17048 emulator reports, at once (a quick-start
+    makes the emulated gauge convert now instead of at its next 45 s hibernate conversion)."""
+
+    def __init__(self, virtual, pct):
+        self.virtual = virtual
+        self.pct = pct
+        virtual.environment.battery_soc_pct_at = lambda t_s: self.pct
+
+    def set(self, pct):
+        from firmware.host.virtual_patch import monotonic_ms
+        from sensor_drivers.max17048 import MODE_QUICK_START, REG_MODE
+
+        self.pct = pct
+        self.virtual.chips["MAX17048"].write_register(REG_MODE, MODE_QUICK_START, monotonic_ms())
+
+
+async def test_status_record_carries_the_battery_flags(tmp_path, monkeypatch):
+    from bumble.core import UUID
+    from bumble.device import Peer
+
+    from firmware.host.virtual_patch import VirtualPatch
+    from gateway.ble.virtual_radio import VirtualRadio
+    from gateway.protocol.constants import STATUS_CHAR_UUID, ErrorFlag
+    from gateway.protocol.control import decode_status
+    from tests.gateway_harness import wait_for
+
+    monkeypatch.setattr(power, "CHECK_MS", 50)
+    radio = VirtualRadio(seed=5)
+    virtual = VirtualPatch(radio, "0a1b2c3d4e5f6072", bytes(32), tmp_path / "patch",
+                           config_overrides={ids.CFG_BATTERY_PERIOD_S: 1})
+    battery = Battery(virtual, 3.0)
+    await virtual.start()
+    central = await radio.new_device("clinic-app")
+    try:
+        await wait_for(lambda: virtual.patch.power.state == CRITICAL, what="critical")
+        connection = await central.connect(virtual.bumble_device.random_address, timeout=5)
+        peer = Peer(connection)
+        await peer.discover_services()
+        for service in peer.services:
+            await service.discover_characteristics()
+        [status_char] = peer.get_characteristics_by_uuid(UUID(STATUS_CHAR_UUID))
+
+        async def status():
+            return decode_status(bytes(await peer.read_value(status_char)))
+
+        read = await status()
+        assert read.error_flags & (ErrorFlag.BATTERY_LOW | ErrorFlag.BATTERY_CRITICAL) == (
+            ErrorFlag.BATTERY_LOW | ErrorFlag.BATTERY_CRITICAL)
+        assert read.battery_pct == 3
+        battery.set(12.0)
+        await wait_for(lambda: virtual.patch.power.state == LOW, what="low")
+        read = await status()
+        assert ErrorFlag.BATTERY_LOW in read.error_flags
+        assert ErrorFlag.BATTERY_CRITICAL not in read.error_flags
+        battery.set(25.0)
+        await wait_for(lambda: virtual.patch.power.state == NORMAL, what="normal")
+        read = await status()
+        assert not read.error_flags & (ErrorFlag.BATTERY_LOW | ErrorFlag.BATTERY_CRITICAL)
+        assert read.battery_pct == 25
+        await connection.disconnect()
+    finally:
+        await virtual.stop()
+        await radio.close()
+
+
+async def test_gateway_drains_while_critical_and_stores_the_pause_as_a_gap(tmp_path, monkeypatch):
+    from tests.gateway_harness import GatewayRig, wait_for
+
+    monkeypatch.setattr(power, "CHECK_MS", 50)
+    # temperature, UV and the battery every second; frames flushed every second
+    config = {ids.CFG_TEMP_PERIOD_S: 1, ids.CFG_UV_PERIOD_S: 1, ids.CFG_BATTERY_PERIOD_S: 1,
+              ids.CFG_FLUSH_INTERVAL_S: 1}
+    async with GatewayRig(tmp_path, patches=1, patch_config=config) as rig:
+        device_id = rig.identities[0][0]
+        virtual = rig.patches[0]
+        battery = Battery(virtual, 60.0)
+        patch = virtual.patch
+        calls = []
+        append_gap = patch.log.append_gap
+
+        def recording_append_gap(channel, first_tick, last_tick, count):
+            calls.append((patch.log.next_seq, channel, first_tick, last_tick, count))
+            return append_gap(channel, first_tick, last_tick, count)
+
+        patch.log.append_gap = recording_append_gap
+        gateway = await rig.start_gateway()
+        store = gateway.store
+
+        def stored(channel):
+            return store.conn.execute(
+                "SELECT seq, tick FROM samples WHERE device_id=? AND channel=? ORDER BY seq",
+                (device_id, channel)).fetchall()
+
+        await wait_for(lambda: stored(0) and stored(1) and stored(3), 30, "live samples")
+        battery.set(3.0)
+        await wait_for(lambda: patch.power.state == CRITICAL, what="critical")
+        paused_at = patch.log.next_seq
+        # the link stays up: battery samples taken while critical reach the store
+        await wait_for(lambda: len([s for s, _ in stored(3) if s >= paused_at]) >= 3, 30,
+                       "battery samples while critical")
+        await wait_for(lambda: patch.sampler._paused_count[0] >= 2
+                       and patch.sampler._paused_count[1] >= 2, what="samples not taken")
+        assert calls == []
+        battery.set(50.0)
+        await wait_for(lambda: patch.power.state == NORMAL, what="normal")
+        await wait_for(lambda: {c[1] for c in calls} >= {0, 1}, what="gaps recorded")
+        await wait_for(lambda: patch.log.gaps() == [], 30, "the ACK that covers the gaps")
+
+        # what the sampler recorded is exactly what the gateway stored, gap by gap
+        expected = {}
+        for seq_at, channel, first_tick, last_tick, count in calls:
+            counts, t0, t1 = expected.get(seq_at, ([0, 0, 0, 0], first_tick, last_tick))
+            counts[channel] += count
+            expected[seq_at] = (counts, min(t0, first_tick), max(t1, last_tick))
+        gaps = store.gaps(device_id)
+        assert {g.seq_at: (list(g.counts), g.first_tick, g.last_tick) for g in gaps} == expected
+        assert {g.boot_id for g in gaps} == {patch.boot_state.boot_id}
+        for g in gaps:
+            [channel] = [ch for ch in range(4) if g.counts[ch]]
+            assert channel in (0, 1, 2)                     # the gauge never pauses
+            ticks = [t for _, t in stored(channel)]
+            # the gap fills the hole in that channel's samples: none inside, one on each side
+            assert not [t for t in ticks if g.first_tick <= t <= g.last_tick]
+            assert max(t for t in ticks if t < g.first_tick) < g.first_tick
+            assert (g.seq_at, min(t for t in ticks if t > g.last_tick)) in stored(channel)
+        battery_ticks = [t for _, t in stored(3)]
+        first = min(g.first_tick for g in gaps)
+        last = max(g.last_tick for g in gaps)
+        assert len([t for t in battery_ticks if first <= t <= last]) >= 2
