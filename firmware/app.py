@@ -45,9 +45,8 @@ class Patch:
                               self.clock, self.config, board)
         self.sampler = Sampler(self.log, self.clock, self.config, self.link.on_sample)
         self.link.sampler = self.sampler
-        # Battery policy (power.py): flags, flush and sensor pause as the cell runs down; a
-        # change shows in the status record at once.
-        self.power = PowerManager(self.sampler, self.log, self.link._refresh_status)
+        # Battery policy (power.py): flags, flush and sensor pause as the cell runs down.
+        self.power = PowerManager(self.link)
         self.sampling_tasks = []
         self.watchdog = TaskWatchdog(board.make_watchdog)
 

@@ -12,8 +12,11 @@
 #            up so the gateway can drain the backlog with the charge left.
 # Until the gauge has been read (no SOC yet) the state stays as it is (NORMAL at boot).
 # Thresholds are strict: "below 15 %" is SOC < 15 %, "above 20 %" is SOC > 20 %.
+#
+# Every name here is a qstr in RAM on a patch (tests/test_firmware_heap.py): the constants are
+# underscored const()s, which mpy-cross folds away, and the states are the status flags they
+# raise (a state needs no name of its own).
 from firmware import aio
-from firmware import protocol_ids as ids
 
 try:
     from micropython import const
@@ -23,23 +26,22 @@ except ImportError:  # CPython (virtual patch, tests)
         return x
 
 
-NORMAL = const(0)
-LOW = const(1)
-CRITICAL = const(2)
-STATE_NAMES = ("normal", "low", "critical")
+# states: the status error flags each one sets (protocol.md §6)
+_NORMAL = const(0)
+_LOW = const(0x0080)        # ids.ERR_BATTERY_LOW
+_CRITICAL = const(0x0180)   # ids.ERR_BATTERY_LOW | ids.ERR_BATTERY_CRITICAL
 
-SOC_PER_PERCENT = const(256)     # MAX17048 SOC register LSB: 1/256 %
-LOW_BELOW_PCT = const(15)
-LOW_CLEAR_ABOVE_PCT = const(20)
-CRITICAL_BELOW_PCT = const(5)
-CRITICAL_CLEAR_ABOVE_PCT = const(8)
-CHECK_MS = 5000                  # how often the task looks at the SOC
+_SOC_PER_PERCENT = const(256)  # MAX17048 SOC register LSB: 1/256 %
+_LOW_BELOW_PCT = const(15)
+_LOW_CLEAR_ABOVE_PCT = const(20)
+_CRITICAL_BELOW_PCT = const(5)
+_CRITICAL_CLEAR_ABOVE_PCT = const(8)
+_LOW_BELOW = const(_LOW_BELOW_PCT * _SOC_PER_PERCENT)
+_LOW_CLEAR = const(_LOW_CLEAR_ABOVE_PCT * _SOC_PER_PERCENT)
+_CRITICAL_BELOW = const(_CRITICAL_BELOW_PCT * _SOC_PER_PERCENT)
+_CRITICAL_CLEAR = const(_CRITICAL_CLEAR_ABOVE_PCT * _SOC_PER_PERCENT)
 
-_LOW_BELOW = const(LOW_BELOW_PCT * SOC_PER_PERCENT)
-_LOW_CLEAR = const(LOW_CLEAR_ABOVE_PCT * SOC_PER_PERCENT)
-_CRITICAL_BELOW = const(CRITICAL_BELOW_PCT * SOC_PER_PERCENT)
-_CRITICAL_CLEAR = const(CRITICAL_CLEAR_ABOVE_PCT * SOC_PER_PERCENT)
-_FLAGS = ids.ERR_BATTERY_LOW | ids.ERR_BATTERY_CRITICAL
+CHECK_MS = 5000   # how often the task looks at the SOC
 
 
 def next_state(state, soc):
@@ -47,63 +49,49 @@ def next_state(state, soc):
     if soc < 0:
         return state
     if soc < _CRITICAL_BELOW:
-        return CRITICAL
-    if state == CRITICAL and soc <= _CRITICAL_CLEAR:
-        return CRITICAL
+        return _CRITICAL
+    if state == _CRITICAL and soc <= _CRITICAL_CLEAR:
+        return _CRITICAL
     if soc < _LOW_BELOW:
-        return LOW
-    if state != NORMAL and soc <= _LOW_CLEAR:
-        return LOW
-    return NORMAL
-
-
-def error_flags(state):
-    """Status error flags (protocol.md §6) for a power state."""
-    if state == CRITICAL:
-        return _FLAGS
-    if state == LOW:
-        return ids.ERR_BATTERY_LOW
-    return 0
+        return _LOW
+    if state != _NORMAL and soc <= _LOW_CLEAR:
+        return _LOW
+    return _NORMAL
 
 
 class PowerManager:
-    """Applies next_state() to the sampler (pause, flags) and the log (flush).
+    """Applies next_state() to the link's sampler (pause, flags) and log (flush); a change
+    refreshes the link's status record at once."""
 
-    `on_change()` is called after every state change (the patch refreshes its status record).
-    """
-
-    def __init__(self, sampler, log, on_change=None):
-        self.sampler = sampler
-        self.log = log
-        self.on_change = on_change
-        self.state = NORMAL
-        self.transitions = 0
+    def __init__(self, link):
+        self.link = link
+        self.state = _NORMAL
         self._flushed_at = -1   # log.next_seq at the last flush while critical
 
     def update(self, soc):
         """One step of the policy for SOC (1/256 %, < 0 unknown); returns the state."""
+        link = self.link
         state = next_state(self.state, soc)
-        if state != self.state:
+        changed = state != self.state
+        if changed:
             self.state = state
-            self.transitions += 1
-            sampler = self.sampler
-            sampler.error_flags = (sampler.error_flags & ~_FLAGS) | error_flags(state)
-            sampler.paused = state == CRITICAL
-            print("power:", STATE_NAMES[state], "at SOC", soc // SOC_PER_PERCENT, "%")
-            if state == CRITICAL:
-                self._flush()
-            if self.on_change is not None:
-                self.on_change()
-        elif state == CRITICAL and self._flushed_at != self.log.next_seq:
-            self._flush()   # a sample (the battery's) was logged since
+            sampler = link.sampler
+            sampler.error_flags = (sampler.error_flags & ~_CRITICAL) | state
+            sampler.paused = state == _CRITICAL
+            print("power", state, soc)   # the state is its flags
+            if state == _CRITICAL:
+                self._flushed_at = -1
+        if state == _CRITICAL and self._flushed_at != link.log.next_seq:
+            # everything taken goes on flash before a brown-out can take it (again after each
+            # sample logged while critical: the battery gauge's)
+            link.log.flush()
+            self._flushed_at = link.log.next_seq
+        if changed:
+            link._refresh_status()   # the status record shows the flags at once
         return state
 
-    def _flush(self):
-        # everything taken goes on flash before a brown-out can take it
-        self.log.flush()
-        self._flushed_at = self.log.next_seq
-
     async def run(self):
+        sampler = self.link.sampler
         while True:
-            self.update(self.sampler.battery_soc)
+            self.update(sampler.battery_soc)
             await aio.sleep_ms(CHECK_MS)

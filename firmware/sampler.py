@@ -40,11 +40,10 @@ class Sampler:
         # per channel: samples skipped on purpose since the last one taken, and its tick
         self._skipped = [0, 0, 0, 0]
         self._last_tick = [0, 0, 0, 0]
-        # paused (battery critical): per channel, samples not taken and their tick range
+        # paused (battery critical): per channel at 3 * channel, samples not taken, the tick
+        # of the first and of the last
         self.paused = False
-        self._paused_count = [0, 0, 0, 0]
-        self._paused_first = [0, 0, 0, 0]
-        self._paused_last = [0, 0, 0, 0]
+        self._not_taken = [0] * 12
         self.battery_soc = -1   # last logged SOC (1/256 %); -1 until the gauge is read
 
     @property
@@ -60,11 +59,11 @@ class Sampler:
             # before the next sample is logged: the gap sits just before its seq
             log.append_gap(channel, self._last_tick[channel], tick, skipped)
             self._skipped[channel] = 0
-        skipped = self._paused_count[channel]
-        if skipped:   # the same place: merges with a log-full gap of this sample
-            log.append_gap(channel, self._paused_first[channel], self._paused_last[channel],
-                           skipped)
-            self._paused_count[channel] = 0
+        not_taken = self._not_taken
+        i = 3 * channel
+        if not_taken[i]:   # the same place: merges with a log-full gap of this sample
+            log.append_gap(channel, not_taken[i + 1], not_taken[i + 2], not_taken[i])
+            not_taken[i] = 0
         self._last_tick[channel] = tick
         try:
             seq = log.append(channel, tick, value)
@@ -87,11 +86,13 @@ class Sampler:
     def skip_paused(self, channel):
         """Count one sample of channel not taken on purpose (paused); returns the period to
         wait, in ms: the channel's base period (no UV fast rate: UV is not being read)."""
+        not_taken = self._not_taken
+        i = 3 * channel
         tick = self.clock.now()
-        if not self._paused_count[channel]:
-            self._paused_first[channel] = tick
-        self._paused_last[channel] = tick
-        self._paused_count[channel] += 1
+        if not not_taken[i]:
+            not_taken[i + 1] = tick
+        not_taken[i + 2] = tick
+        not_taken[i] += 1
         return self.config.get(CHANNELS[channel][0]) * 1000
 
     async def run_channel(self, channel, sensor):
