@@ -120,10 +120,11 @@ _ROOM = const(2 * BLOCK_OVERHEAD + REC_MAX_BYTES - _BODY)
 _SEGMENT_MIN = const(HDR_BYTES + 2 * BLOCK_OVERHEAD + REC_MAX_BYTES)
 _GAP_BYTES = const(36)
 _GAP_MAGIC = const(0x47)  # "G"
-# inclusive value range per channel: temperature (TMP117 LSB), UV (UVI x 100), hydration (fF;
-# the FDC1004 tops out near 115 pF = 115,000 fF, 24 bits hold 8.4 nF), battery (SOC register)
-_CH_MIN = (-32768, 0, 0, 0)
-_CH_MAX = (32767, 65535, 0x7FFFFF, 65535)
+# inclusive value range per channel the log stores (the sampler checks readings against it):
+# temperature (TMP117 LSB), UV (UVI x 100), hydration (fF; the FDC1004 tops out near 115 pF =
+# 115,000 fF, 24 bits hold 8.4 nF), battery (SOC register)
+VALUE_MIN = (-32768, 0, 0, 0)
+VALUE_MAX = (32767, 65535, 0x7FFFFF, 65535)
 
 
 def _make_crc_table():
@@ -614,7 +615,7 @@ class FlashLog:
         if z < 0:
             return False
         z = self._dlast[ch] + (-(z >> 1) - 1 if z & 1 else z >> 1)
-        if z < _CH_MIN[ch] or z > _CH_MAX[ch]:
+        if z < VALUE_MIN[ch] or z > VALUE_MAX[ch]:
             return False
         self._dlast[ch] = z
         self._cval[i] = z
@@ -688,7 +689,7 @@ class FlashLog:
 
     def append(self, channel, tick, value):
         """Log one sample; its seq, or LOG_FULL (the sample is then counted in a gap)."""
-        if channel < 0 or channel > 3 or value < _CH_MIN[channel] or value > _CH_MAX[channel]:
+        if channel < 0 or channel > 3 or value < VALUE_MIN[channel] or value > VALUE_MAX[channel]:
             raise ValueError("channel or value out of range")
         if self._needs_segment(tick) and not self._new_segment(tick):
             self._drop(channel, tick)

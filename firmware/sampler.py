@@ -10,9 +10,11 @@
 # Paused (power.py, battery critical): every channel but the battery gauge goes on running
 # its task but takes no sample; each period it counts the sample not taken and its tick, and
 # the next sample it logs after the pause is preceded by log.append_gap(channel, tick of the
-# first sample not taken, tick of the last, count).
+# first sample not taken, tick of the last, count). Each battery sample taken during the pause
+# is preceded by the counts so far, so they are on flash if the cell gives out.
 from firmware import aio
 from firmware import protocol_ids as ids
+from firmware.flash_log import VALUE_MAX, VALUE_MIN
 
 POLL_MS = 10
 CONVERSION_TIMEOUT_MS = 2000
@@ -52,24 +54,18 @@ class Sampler:
         return self.log.dropped_total
 
     def record(self, channel, value):
+        # Once per sample: kept within the 11-word call state MicroPython holds on the C stack
+        # (a bigger one, or a try block, is heap-allocated on every call), hence no try here
+        # and the rare gap bookkeeping in its own function.
         tick = self.clock.now()
-        log = self.log
-        skipped = self._skipped[channel]
-        if skipped:
-            # before the next sample is logged: the gap sits just before its seq
-            log.append_gap(channel, self._last_tick[channel], tick, skipped)
-            self._skipped[channel] = 0
-        not_taken = self._not_taken
-        i = 3 * channel
-        if not_taken[i]:   # the same place: merges with a log-full gap of this sample
-            log.append_gap(channel, not_taken[i + 1], not_taken[i + 2], not_taken[i])
-            not_taken[i] = 0
+        if (self._skipped[channel] or self._not_taken[3 * channel]
+                or (self.paused and channel == ids.CH_BATTERY)):
+            self._report_gaps(channel, tick)
         self._last_tick[channel] = tick
-        try:
-            seq = log.append(channel, tick, value)
-        except ValueError:  # a reading outside the channel's range: a sensor fault
-            self.error_flags |= CHANNELS[channel][1]
+        if value < VALUE_MIN[channel] or value > VALUE_MAX[channel]:
+            self.error_flags |= CHANNELS[channel][1]   # a reading out of range: a sensor fault
             return
+        seq = self.log.append(channel, tick, value)
         if channel == ids.CH_BATTERY:
             self.battery_soc = value
         if seq < 0:  # LOG_FULL: the log counted it in its open gap
@@ -77,6 +73,24 @@ class Sampler:
         else:
             self.error_flags &= ~ids.ERR_LOG_FULL
         self.on_sample(channel, value)  # live values (ESS, battery) stay current either way
+
+    def _report_gaps(self, channel, tick):
+        # Samples not taken on purpose go into a gap just before the next sample logged.
+        log = self.log
+        skipped = self._skipped[channel]
+        if skipped:
+            log.append_gap(channel, self._last_tick[channel], tick, skipped)
+            self._skipped[channel] = 0
+        # While paused, each battery sample carries every paused channel's count so far, so a
+        # brown-out during the pause cannot take the counts with it.
+        not_taken = self._not_taken
+        ch = 0 if self.paused and channel == ids.CH_BATTERY else channel
+        while ch <= channel:
+            i = 3 * ch
+            if not_taken[i]:   # the same place: merges with a log-full gap of this sample
+                log.append_gap(ch, not_taken[i + 1], not_taken[i + 2], not_taken[i])
+                not_taken[i] = 0
+            ch += 1
 
     def period_ms(self, channel):
         if channel == ids.CH_UV and self.last_uv_x100 > UV_FAST_ABOVE_X100:
