@@ -38,6 +38,9 @@ DEADBAND = {"skin_temp_c": 0.005, "temp_baseline_c": 0.01, "temp_delta_c": 0.01,
             "battery_pct": 0.5, "uv_dose_sed": 0.001, "uv_med_fraction": 0.001,
             "minutes_to_med": 0.5, "hydration_au": 0.5}
 UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
+# the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
+BATTERY_LOW_BELOW_PCT = 15.0
+BATTERY_LOW_CLEAR_ABOVE_PCT = 20.0
 MAX_UV_GAP_S = 600                   # longer gaps between UV samples count as no exposure
 DAY_MS = 86_400_000                  # UV dose is a daily quantity: reset at 00:00 UTC
 HYDRATION_STATES = ("very dry", "dry", "normal")
@@ -76,13 +79,14 @@ class SubjectTwin:
     uv_exposure_s: float = 0.0
     uv_last: float = 0.0
     uv_alerted: bool = False
+    battery_low: bool = False
     new_hydration: bool = False
 
     def to_saved(self) -> dict:
         return {"state": self.state, "baseline_c": self.baseline_c,
                 "temp_window": list(self.temp_window), "uv_dose_sed": self.uv_dose_sed,
                 "uv_dose_day": self.uv_dose_day, "last_uv_t": self.last_uv_t,
-                "uv_alerted": self.uv_alerted}
+                "uv_alerted": self.uv_alerted, "battery_low": self.battery_low}
 
     @classmethod
     def from_saved(cls, subject: str, rev: int, saved: dict) -> SubjectTwin:
@@ -93,6 +97,7 @@ class SubjectTwin:
         twin.uv_dose_day = saved.get("uv_dose_day")
         twin.last_uv_t = saved.get("last_uv_t")
         twin.uv_alerted = saved.get("uv_alerted", False)
+        twin.battery_low = saved.get("battery_low", False)
         return twin
 
 
@@ -279,6 +284,14 @@ class TwinEngine:
             alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "uv_dose",
                            "active": True, "med_fraction": fraction["v"],
                            "dose_sed": twin.state["uv_dose_sed"]["v"]})
+        battery = changed.get("battery_pct")
+        if battery is not None:
+            limit = BATTERY_LOW_CLEAR_ABOVE_PCT if twin.battery_low else BATTERY_LOW_BELOW_PCT
+            low = battery["v"] <= limit if twin.battery_low else battery["v"] < limit
+            if low != twin.battery_low:   # time to swap or charge the patch, or no longer
+                twin.battery_low = low
+                alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "battery_low",
+                               "active": low, "battery_pct": battery["v"]})
         return alerts
 
     def _snapshot_payload(self, twin: SubjectTwin, now_ms: int) -> dict:

@@ -76,6 +76,34 @@ def test_inflammation_raises_one_alert(run_model):
     assert all(not u.alerts for u in engine.step(now_ms=2))
 
 
+def battery_batch(device, first_seq, percents, t0_ms=1_700_000_000_000):
+    n = len(percents)
+    return SampleBatch(
+        device_id=device, boot_id=1, seq=np.arange(first_seq, first_seq + n, dtype=np.int64),
+        tick=np.arange(n, dtype=np.int64) * 3000,
+        utc_ms=t0_ms + np.arange(n, dtype=np.int64) * 300_000,
+        channel=np.full(n, 3, dtype=np.uint8),
+        value=np.round(np.asarray(percents) * 256).astype(np.int32))
+
+
+def test_battery_low_alert_with_the_patch_hysteresis(run_model):
+    engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
+    alerts = []
+    seq = 0
+    for pct in (40, 16, 14.9, 10, 18, 20, 20.5, 30, 14):
+        engine.ingest(battery_batch("dev-a", seq, [pct]))
+        seq += 1
+        alerts += [(a["active"], a["battery_pct"]) for u in engine.step(now_ms=seq)
+                   for a in u.alerts if a["kind"] == "battery_low"]
+    assert [(active, round(pct, 1)) for active, pct in alerts] == [
+        (True, 14.9), (False, 20.5), (True, 14.0)]
+    # the state survives a gateway restart: no second "low" for the same episode
+    saved = {"s-a": (engine.twins["s-a"].rev, engine.twins["s-a"].to_saved())}
+    restarted = TwinEngine(2, {"dev-a": "s-a"}, run_model, saved)
+    restarted.ingest(battery_batch("dev-a", seq, [12]))
+    assert not [a for u in restarted.step(now_ms=100) for a in u.alerts]
+
+
 def test_snapshot_due_after_interval_without_new_rev(run_model):
     engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
     engine.ingest(temp_batch("dev-a", 0, [33.0]))
