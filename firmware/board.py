@@ -1,11 +1,14 @@
 # Board differences live here and nowhere else: I2C pins, BLE stack quirks, storage paths.
 import sys
 
-# (I2C bus id, SCL pin, SDA pin) per board; BLE stack noted for pairing support.
-_BOARDS = {
-    "esp32": {"name": "esp32s3", "i2c": (0, 9, 8), "ble_stack": "nimble", "pairing": True},
-    "rp2": {"name": "rp2-pico-w", "i2c": (0, 5, 4), "ble_stack": "btstack", "pairing": False},
-}
+# Supported boards: (sys.platform, text in sys.implementation._machine, name,
+# (I2C bus, SCL, SDA)).
+# The first match wins. BLE: NimBLE on the ESP32s, BTstack on the Pico W (aioble hides both).
+_BOARDS = (
+    ("esp32", "ESP32S3", "esp32s3", (0, 9, 8)),
+    ("esp32", "ESP32C3", "esp32c3", (0, 7, 6)),        # Seeed XIAO ESP32C3 pinout
+    ("rp2", " W with", "rp2-pico-w", (0, 5, 4)),       # "Raspberry Pi Pico W with RP2040"
+)
 IDENTITY_FILE = "identity"
 LOG_DIR = "/log"   # under data_dir: the flash log's segment files (flash_log.py)
 # Upper bound on flash-log segments, whatever the filesystem could hold: the log keeps 16 B of
@@ -79,13 +82,23 @@ class Board:
         pass
 
 
+def board_spec(platform, machine):
+    """(name, i2c pins) of the supported board this is, or None."""
+    for board_platform, marker, name, pins in _BOARDS:
+        if platform == board_platform and marker in machine:
+            return name, pins
+    return None
+
+
 def detect():
-    spec = _BOARDS.get(sys.platform)
-    if spec is None:
-        raise RuntimeError("unsupported board platform %r" % sys.platform)
     import os
+    machine = getattr(sys.implementation, "_machine", "")   # what os.uname().machine says
+    spec = board_spec(sys.platform, machine)
+    if spec is None:
+        raise RuntimeError("unsupported board %r (%s): the patch runs on ESP32-S3, ESP32-C3 "
+                           "and Pico W" % (machine, sys.platform))
     try:
         os.mkdir("/data")
     except OSError:
         pass
-    return Board(spec["name"], spec["i2c"], "/data")
+    return Board(spec[0], spec[1], "/data")
