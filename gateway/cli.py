@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     flash.add_argument("--source", action="store_true",
                        help="copy the .py sources instead of the .mpy build")
     flash.add_argument("--no-reset", action="store_true", help="do not soft-reset afterwards")
+    flash.add_argument("--discard-old-log", action="store_true",
+                       help="flash even if the patch holds unsent samples in an older log "
+                            "format (they are lost)")
 
     devices = sub.add_parser("devices", help="list paired patches")
     devices.add_argument("--db", type=Path, default=DEFAULT_DB)
@@ -228,7 +231,8 @@ def cmd_flash(args: argparse.Namespace) -> int:
 
     try:
         result = flash(args.port, None if args.source else args.build_dir, source=args.source,
-                       progress=print_progress, soft_reset=not args.no_reset)
+                       progress=print_progress, soft_reset=not args.no_reset,
+                       discard_old_log=args.discard_old_log)
     except ProvisionError as e:
         raise CliError(str(e)) from e
     kind = "sources" if result.source else "files"

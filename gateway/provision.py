@@ -295,20 +295,75 @@ def check_mpy_compatible(board_mpy: int, header: bytes, path: str = "") -> None:
             "matches the board's MicroPython, or flash the sources with --source")
 
 
+# The first firmware's flash log: 8-byte records after a 32-byte segment header whose 4th
+# byte is the format version. Today's firmware (format 2, firmware/flash_log.py) does not
+# read such segments, so their unacknowledged samples must reach a gateway before it runs.
+LOG_FORMAT_VERSION = 2
+_V1_RECORD_BYTES = 8
+_SEGMENT_HEADER_BYTES = 32
+_LOG_LISTING = """import os
+d = {log_dir!r}
+out = []
+try:
+    names = os.listdir(d)
+except OSError:
+    names = []
+for n in names:
+    if n.startswith("seg_") and n.endswith(".log"):
+        with open(d + "/" + n, "rb") as f:
+            out.append((n, f.read(4), os.stat(d + "/" + n)[6]))
+acked = b""
+if "acked" in names:
+    with open(d + "/acked", "rb") as f:
+        acked = f.read()
+print(repr((out, acked)))
+"""
+
+
+def unsent_old_format_samples(repl: RawRepl, data_dir: str = DEFAULT_DATA_DIR) -> int:
+    """Samples the patch holds in segments of an older flash-log format that no gateway has
+    acknowledged yet (today's firmware would not read them back)."""
+    import ast
+
+    from firmware.flash_log import crc16
+
+    segments, acked = ast.literal_eval(
+        repl.exec(_LOG_LISTING.format(log_dir=data_dir + "/log")).strip())
+    watermark = 0
+    if len(acked) == 6 and crc16(acked, 4) == acked[4] | acked[5] << 8:
+        watermark = int.from_bytes(acked[:4], "little")
+    unsent = 0
+    for name, head, size in segments:
+        if head[:3] != b"DTL" or len(head) < 4 or head[3] == LOG_FORMAT_VERSION:
+            continue
+        first = int(name[4:-4])
+        records = max(0, (size - _SEGMENT_HEADER_BYTES) // _V1_RECORD_BYTES)
+        unsent += max(0, first + records - max(first, watermark))
+    return unsent
+
+
 def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: bool = False,
           progress: Callable[[FlashProgress], None] | None = None, soft_reset: bool = True,
-          timeout_s: float = DEFAULT_TIMEOUT_S) -> FlashResult:
+          timeout_s: float = DEFAULT_TIMEOUT_S, discard_old_log: bool = False) -> FlashResult:
     """Copy the firmware onto the board, replacing any earlier copy of its packages.
 
-    /data (identity, counters) and other libraries in /lib are left alone. Every file is
-    checked for size (and SHA-256) after the copy; the board is soft-reset afterwards so
-    the next import loads the new code.
+    /data (identity, counters, the flash log) and other libraries in /lib are left alone.
+    Refused while the patch holds unacknowledged samples in an older log format, unless
+    discard_old_log. Every file is checked for size (and SHA-256) after the copy; the board
+    is soft-reset afterwards so the next import loads the new code.
     """
     files = firmware_files(build_dir, source=source)
     sizes = [local.stat().st_size for local, _ in files]
     bytes_total = sum(sizes)
     started = time.monotonic()
     with _connected(port, timeout_s) as repl:
+        unsent = unsent_old_format_samples(repl)
+        if unsent and not discard_old_log:
+            raise FlashError(
+                f"the patch on {repl.port} holds {unsent} samples in an older flash-log format "
+                "that no gateway has acknowledged, and this firmware cannot read them: let a "
+                "gateway drain the patch first (its advertised unacked count reaches 0), or "
+                "pass --discard-old-log to flash anyway and lose them")
         board_mpy = _board_mpy(repl)
         if not source and board_mpy is not None:
             for local, board_path in files:

@@ -183,6 +183,27 @@ def test_flash_sources(board):
 
 
 @pytest.mark.virtual_only
+def test_flash_refuses_over_unsent_samples_in_the_old_log_format(board):
+    # (the virtual board is fresh per test, so its /data, where the patch keeps its log)
+    import struct
+
+    from firmware.flash_log import crc16
+
+    header = struct.pack("<3sBIHIH", b"DTL", 1, 100, 3, 0, 0) * 2      # format 1, first seq 100
+    board.put_file(header + bytes(8 * 5), "/data/log/seg_100.log")   # 5 records
+    with pytest.raises(FlashError, match="holds 5 samples in an older flash-log format"):
+        flash(board, source=True)
+    acked = struct.pack("<I", 103)
+    board.put_file(acked + struct.pack("<H", crc16(acked, 4)), "/data/log/acked")
+    with pytest.raises(FlashError, match="holds 2 samples"):     # 100..102 acknowledged
+        flash(board, source=True)
+    assert flash(board, source=True, discard_old_log=True).files > 0
+    acked = struct.pack("<I", 105)
+    board.put_file(acked + struct.pack("<H", crc16(acked, 4)), "/data/log/acked")
+    assert flash(board, source=True).files > 0                   # drained: nothing to lose
+
+
+@pytest.mark.virtual_only
 def test_flash_reports_whether_aioble_is_on_the_board(board):
     assert flash(board, source=True).aioble_on_board is False
     board.put_file(b"MAGIC = 1\n", "/lib/aioble/__init__.py")   # stands in for micropython-lib's
