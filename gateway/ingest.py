@@ -30,7 +30,7 @@ CHANNEL_PROPERTIES = ("skin_temp_c", "uv_index", "capacitance_pf", "battery_pct"
 
 
 def data_loss_alert(gap: LostSamples, now_ms: int) -> dict:
-    """The `data_loss` alert for samples a patch could not log (docs/mqtt.md)."""
+    """The `data_loss` alert for samples a patch did not log (docs/mqtt.md)."""
     return {"schema": 1, "ts": now_ms, "kind": "data_loss",
             "from": gap.first_utc_ms, "to": gap.last_utc_ms,
             "samples": dict(zip(CHANNEL_PROPERTIES, gap.counts, strict=True))}
@@ -44,7 +44,7 @@ class IngestStats:
     deltas: int = 0
     snapshots: int = 0
     alerts: int = 0
-    gaps: int = 0                  # gap records (samples a patch could not log) stored
+    gaps: int = 0                  # gap records (samples a patch did not log) stored
     commit_failures: int = 0
     store_alarm: bool = False      # the last commit failed: nothing is being acknowledged
     last_error: str | None = None
@@ -94,7 +94,7 @@ class Ingest:
         """One `data_loss` alert per newly stored gap (inside the caller's transaction)."""
         for device_id, gap in gaps:
             self.stats.gaps += 1
-            log.warning("ingest: %s could not log %d samples (boot %d, before seq %d)",
+            log.warning("ingest: %s did not log %d samples (boot %d, before seq %d)",
                         device_id, gap.count, gap.boot_id, gap.seq_at)
             subject = self.engine.subject_of.get(device_id)
             if subject is not None:
