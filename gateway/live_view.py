@@ -64,7 +64,7 @@ def _footer(gateway, extra: Callable[[], str] | None) -> str:
     text = (f"MQTT {'connected' if pub.connected else 'DISCONNECTED'} · published {pub.published}"
             f" · outbox {pub.pending} · stored {stats.samples_committed}  (? = warming up)")
     if stats.gaps:
-        text += f" · {stats.gaps} log-full gaps reported"
+        text += f" · {stats.gaps} gaps reported (samples a patch did not log)"
     if stats.store_alarm:
         text = f"STORE ALARM ({stats.commit_failures} failed commits, not acknowledging): " \
                f"{stats.last_error} · " + text

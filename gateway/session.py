@@ -76,9 +76,9 @@ class SessionStats:
     frames_ok: int = 0
     samples_new: int = 0
     samples_duplicate: int = 0
-    gaps: int = 0
+    missing: int = 0        # frames that came past seqs never received (REPLAY asked)
     seqs_skipped: int = 0   # seqs the patch said it holds no sample for (see REPLAY)
-    resyncs: int = 0        # REPLAYs asked because samples went missing without a gap
+    resyncs: int = 0        # REPLAYs asked by the idle check (samples missing, no frame came)
     gap_notices: int = 0    # gap notices received (protocol.md §4.1), replays included
     gap_notices_missed: int = 0   # GAPS_BEFORE frames that came without their notices
     frames_rejected: Counter | None = None
@@ -261,7 +261,7 @@ class PatchSession:
     # -- helpers ---------------------------------------------------------------
     def _missing(self, now_ms: int) -> list[Action]:
         # Something before this frame never arrived: fetch it again rather than commit over it.
-        self.stats.gaps += 1
+        self.stats.missing += 1
         if self._replay_requested_for != self.expected_seq:
             return self._queue_replay(self.expected_seq, now_ms)
         return []

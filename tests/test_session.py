@@ -123,7 +123,7 @@ def test_gap_asks_for_replay_once_and_is_not_committed():
     assert replay.opcode == ids.Opcode.REPLAY
     assert struct.unpack_from("<I", replay.data, 1)[0] == 5
     assert s.notification(frame(15, 5), T0_MS) == []   # same gap: no second REPLAY
-    assert s.stats.gaps == 2
+    assert s.stats.missing == 2
     s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 20)), T0_MS)
     [commit] = s.notification(frame(5, 5), T0_MS)
     assert commit.batch.seq[0] == 5
