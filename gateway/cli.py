@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retention-days", type=_positive_float, default=30.0,
                      help="keep stored samples this long (30)")
     run.add_argument("--models-dir", type=Path)
+    run.add_argument("--no-raw-samples", action="store_true",
+                     help="do not publish raw samples on {subject}/samples (twins, deltas and "
+                          "alerts only)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -276,7 +279,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             adapter = await BumbleAdapter.open(args.hci)
         gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
                                         max_connections=args.max_connections,
-                                        retention_days=args.retention_days),
+                                        retention_days=args.retention_days,
+                                        publish_samples=not args.no_raw_samples),
                           BleRadio(adapter))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

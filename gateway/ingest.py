@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.outbox import Outbox
+from gateway.samples_message import samples_payload
 from gateway.store import LostSamples, SampleBatch, Store, StoreError
-from gateway.twin import TwinEngine, TwinUpdate
+from gateway.twin import CHANNEL_SCALE, TwinEngine, TwinUpdate
 
 log = logging.getLogger(__name__)
 
 CYCLE_S = 0.1
 IDLE_STEP_S = 1.0
 SNAPSHOT_EXPIRY_S = 7 * 24 * 3600   # retained twins of vanished devices expire after a week
-CHANNEL_PROPERTIES = ("skin_temp_c", "uv_index", "capacitance_pf", "battery_pct")
+CHANNEL_PROPERTIES = tuple(prop for _, prop in CHANNEL_SCALE.values())
 
 
 def data_loss_alert(gap: LostSamples, now_ms: int) -> dict:
@@ -45,6 +46,7 @@ class IngestStats:
     snapshots: int = 0
     alerts: int = 0
     gaps: int = 0                  # gap records (samples a patch did not log) stored
+    sample_messages: int = 0       # {subject}/samples messages written to the outbox
     commit_failures: int = 0
     store_alarm: bool = False      # the last commit failed: nothing is being acknowledged
     last_error: str | None = None
@@ -58,7 +60,9 @@ def encode(payload: dict) -> bytes:
 class Ingest:
     def __init__(self, store: Store, outbox: Outbox, engine: TwinEngine,
                  topic: Callable[..., str], on_outbox_written: Callable[[], None],
-                 on_alarm_change: Callable[[], None] = lambda: None):
+                 on_alarm_change: Callable[[], None] = lambda: None,
+                 publish_samples: bool = True):
+        self.publish_samples = publish_samples
         self.store = store
         self.outbox = outbox
         self.engine = engine
@@ -90,6 +94,22 @@ class Ingest:
                 self.stats.alerts += 1
             self.stats.last_rev[update.subject] = twin.rev
 
+    def publish_raw(self, batches: list[SampleBatch]) -> None:
+        """`{subject}/samples` for every sample not committed before (inside the caller's
+        transaction). Sessions commit each device's seqs in order, so a sample is new when it
+        lies past the device's watermark and past the batches before it in this cycle."""
+        watermark: dict[str, int] = {}
+        for batch in batches:
+            if batch.device_id not in watermark:
+                watermark[batch.device_id] = self.store.committed_seq(batch.device_id)
+            subject = self.engine.subject_of.get(batch.device_id)
+            payload = samples_payload(batch, batch.seq > watermark[batch.device_id])
+            if len(batch):
+                watermark[batch.device_id] = max(watermark[batch.device_id], int(batch.seq[-1]))
+            if subject is not None and payload is not None:
+                self.outbox.put(self.topic(subject, "samples"), encode(payload))
+                self.stats.sample_messages += 1
+
     def publish_gaps(self, gaps: list[tuple[str, LostSamples]], now_ms: int) -> None:
         """One `data_loss` alert per newly stored gap (inside the caller's transaction)."""
         for device_id, gap in gaps:
@@ -106,6 +126,8 @@ class Ingest:
         batches = [batch for _, batch in waiting]
         try:
             with self.store.transaction():
+                if self.publish_samples:
+                    self.publish_raw(batches)   # before the insert: it compares watermarks
                 new_rows = self.store.insert_samples(batches)
                 self.publish_gaps(self.store.insert_gaps(batches), now_ms)
                 for batch in batches:

@@ -68,6 +68,7 @@ class GatewayConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     will_delay_s: int = 10
     retention_days: float = 30.0
+    publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_connections <= 20:
@@ -107,7 +108,8 @@ class Gateway:
             offline_payload_fn=lambda: self._state_payload(False),
             will_delay_s=config.will_delay_s)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
-                             self.publisher.kick, self.publisher.republish_state)
+                             self.publisher.kick, self.publisher.republish_state,
+                             publish_samples=config.publish_samples)
         self.slots = {
             did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
                                     self.store))

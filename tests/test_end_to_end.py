@@ -78,9 +78,20 @@ def test_demo_cli_publishes_state_twins_and_consecutive_deltas(tmp_path):
         assert report["last_rev"][subject] == revs[-1]
     assert report["samples_stored"] > 0
     assert report["samples_generated"] >= report["samples_stored"]
+    # raw samples: every stored sample published once, on its subject's samples topic
+    raw_seqs = defaultdict(list)
+    for _, topic, payload in messages:
+        parts = topic.split("/")
+        if len(parts) == 5 and parts[4] == "samples":
+            assert parts[3] in subjects
+            raw_seqs[parts[3]] += [s for group in payload["samples"].values()
+                                   for s in group["seq"]]
+    assert sum(len(seqs) for seqs in raw_seqs.values()) == report["samples_stored"]
+    assert all(len(seqs) == len(set(seqs)) for seqs in raw_seqs.values()), {
+        subject: sorted(s for s in seqs if seqs.count(s) > 1) for subject, seqs in raw_seqs.items()}
     for topic in {t for _, t, _ in messages}:
         assert all(level in subjects or level in ("dermtwin", "v1", "demo", "state", "twin",
-                                                  "delta", "meta", "alert")
+                                                  "delta", "meta", "alert", "samples")
                    for level in topic.split("/")), topic
 
 

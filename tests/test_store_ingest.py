@@ -44,7 +44,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def ingest(store):
-    models = load_models(default_models_dir(), names=["temp_anomaly"])
+    models = load_models(default_models_dir())
     engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
     kicks, alarms = [], []
     topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
@@ -92,6 +92,44 @@ def test_cycle_commits_then_acknowledges_and_queues_messages(store, ingest):
     assert delta["rev"] == 1 and "skin_temp_c" in delta["set"]
     assert store.load_twins()["s-a"][0] == 1
     assert ingest.kicks
+
+
+def test_raw_samples_are_published_once_in_si_units(store, ingest):
+    link = FakeLink()
+    first = batch("a" * 16, range(0, 4), temp_c=33.5)
+    mixed = SampleBatch("a" * 16, 1, np.array([4, 5, 6, 7]), np.array([40, 50, 60, 70]),
+                        np.array([1_700_000_004_000, -1, 1_700_000_006_000, 1_700_000_007_000]),
+                        np.array([1, 2, 3, 0], dtype=np.uint8),
+                        np.array([35, 45_123, 20_480, 4300], dtype=np.int32), historical=True)
+    ingest.submit(link, first)
+    ingest.submit(link, mixed)
+    ingest.submit(link, batch("a" * 16, range(2, 6)))     # overlaps: nothing new in it
+    ingest.cycle(now_ms=1)
+    raw = [json.loads(m.payload) for m in ingest.outbox.pending(100)
+           if m.topic == "dermtwin/v1/gw/s-a/samples"]
+    assert len(raw) == 2 and ingest.stats.sample_messages == 2
+    assert raw[0] == {"schema": 1, "boot": 1, "historical": False, "samples": {
+        "skin_temp_c": {"seq": [0, 1, 2, 3], "t": [1_700_000_000_000 + 1000 * i for i in range(4)],
+                        "v": [33.5] * 4}}}
+    assert raw[1]["historical"] is True
+    assert raw[1]["samples"] == {
+        "skin_temp_c": {"seq": [7], "t": [1_700_000_007_000], "v": [33.59375]},
+        "uv_index": {"seq": [4], "t": [1_700_000_004_000], "v": [0.35]},
+        "capacitance_pf": {"seq": [5], "t": [None], "v": [45.123]},
+        "battery_pct": {"seq": [6], "t": [1_700_000_006_000], "v": [80.0]}}
+    ingest.submit(link, batch("a" * 16, range(6, 9)))     # 6 and 7 were published already
+    ingest.cycle(now_ms=2)
+    later = [json.loads(m.payload) for m in ingest.outbox.pending(100)
+             if m.topic == "dermtwin/v1/gw/s-a/samples"][2:]
+    assert [m["samples"]["skin_temp_c"]["seq"] for m in later] == [[8]]
+
+
+def test_raw_samples_can_be_switched_off(store, ingest):
+    ingest.publish_samples = False
+    ingest.submit(FakeLink(), batch("a" * 16, range(0, 4)))
+    ingest.cycle(now_ms=1)
+    assert not [m for m in ingest.outbox.pending(100) if m.topic.endswith("/samples")]
+    assert store.sample_count() == 4
 
 
 def test_gaps_commit_with_their_batch_once_and_raise_a_data_loss_alert(store, ingest):
