@@ -8,12 +8,21 @@ current UTC in ms) and carries out the actions it returns, in order. Frames beco
 actions holding only samples the store does not have yet, contiguous from the last committed
 seq; a gap (a rejected frame, or seqs the patch has no sample for) is healed with REPLAY
 instead of being acknowledged over: its answer says where the patch's next sample is.
+
+Remote configuration (`set_desired`, docs/mqtt.md `{subject}/desired`): once streaming, the
+session sends SET_CONFIG for each desired key whose value differs from the patch's status
+record (the flush interval, which the record lacks, whenever the version is not yet applied),
+one request at a time behind any waiting ACK or REPLAY, then emits `ConfigApplied`. A SET_CONFIG
+the patch answers with an error status ends that attempt with `ConfigFailed` and does not
+close the session (every other error status still does).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +77,30 @@ class Disconnect:
     reason: str
 
 
-Action = ReadChar | Subscribe | WriteControl | Commit | Disconnect
+@dataclass(frozen=True)
+class ConfigApplied:
+    """The patch acknowledged every key of desired version `ver`; `cfg` is that version."""
+
+    ver: int
+    cfg: dict[ids.ConfigKey, int]
+
+
+@dataclass(frozen=True)
+class ConfigFailed:
+    """The patch refused a key of desired version `ver`; the rest of it was not sent."""
+
+    ver: int
+    key: ids.ConfigKey
+    value: int
+    status: ids.Status
+
+    @property
+    def detail(self) -> str:
+        return (f"patch answered SET_CONFIG {self.key.name.lower()}={self.value} with "
+                f"{self.status.name}")
+
+
+Action = ReadChar | Subscribe | WriteControl | Commit | Disconnect | ConfigApplied | ConfigFailed
 
 
 @dataclass
@@ -113,6 +145,14 @@ class PatchSession:
         self._last_frame_ms = 0
         self._last_status_check_ms = 0
         self.drain_target_seq: int | None = None   # the patch's next seq when REPLAY began
+        # Remote configuration: the desired version, whether the patch has confirmed it (in
+        # an earlier connection), the SET_CONFIGs left to send and the one awaiting its answer.
+        self._desired: tuple[int, dict[ids.ConfigKey, int]] | None = None
+        self._desired_applied = False
+        self._config_plan_due = False
+        self._config_todo: list[tuple[ids.ConfigKey, int]] = []
+        self._config_inflight: tuple[int, ids.ConfigKey, int] | None = None
+        self._config_attempt: int | None = None   # the ver being sent in this session
 
     # -- events in -------------------------------------------------------------
     def start(self, mtu: int, now_ms: int) -> list[Action]:
@@ -145,6 +185,21 @@ class PatchSession:
                                   control.set_time(self.key, self.boot_id, now_ms), now_ms)]
         return []
 
+    def set_desired(self, ver: int, cfg: Mapping[int, int], now_ms: int = 0, *,
+                    already_applied: bool = False) -> list[Action]:
+        """A desired sampling configuration (SET_CONFIG key → seconds) to bring the patch to;
+        `already_applied`: the patch confirmed this version in an earlier connection. The same
+        version again is ignored; a newer one replaces whatever is still to send."""
+        desired = (ver, {ids.ConfigKey(k): int(v) for k, v in cfg.items()})
+        if self._desired == desired:
+            return []
+        self._desired = desired
+        self._desired_applied = already_applied
+        self._config_plan_due = True
+        self._config_todo = []
+        self._config_attempt = None
+        return self._flush_queue(now_ms)
+
     def control_response(self, data: bytes, now_ms: int) -> list[Action]:
         try:
             response = control.decode_response(bytes(data))
@@ -154,6 +209,8 @@ class PatchSession:
             return []
         sent_at_ms = self._pending[1]
         self._pending = None
+        if response.opcode == ids.Opcode.SET_CONFIG:
+            return self._config_answered(response.status) + self._flush_queue(now_ms)
         if response.status != ids.Status.SUCCESS:
             return self._close(
                 f"patch answered {ids.Opcode(response.opcode).name} with "
@@ -316,7 +373,57 @@ class PatchSession:
         if self._queued_replay is not None:
             seq, self._queued_replay = self._queued_replay, None
             return [self._replay(seq, now_ms)]
-        return []
+        return self._next_config(now_ms)
+
+    # -- remote configuration ---------------------------------------------------
+    def _plan_config(self) -> None:
+        """The SET_CONFIGs that bring the patch to the desired version: keys whose value
+        differs from its status record, and keys the record lacks unless already applied."""
+        self._config_plan_due = False
+        if self._desired is None:
+            return
+        ver, cfg = self._desired
+        known = dict(self.status.config) if self.status is not None else {}
+        if self._config_inflight is not None:
+            known.pop(self._config_inflight[1], None)   # its answer may still change it
+        self._config_todo = [
+            (key, value) for key, value in sorted(cfg.items())
+            if (known[key] != value if key in known else not self._desired_applied)]
+        if self._config_todo or not self._desired_applied:
+            self._config_attempt = ver
+
+    def _next_config(self, now_ms: int) -> list[Action]:
+        if self._config_plan_due:
+            self._plan_config()
+        if self._config_attempt is None or self._desired is None:
+            return []
+        if self._config_todo:
+            key, value = self._config_todo.pop(0)
+            self._config_inflight = (self._config_attempt, key, value)
+            return [self._request(ids.Opcode.SET_CONFIG,
+                                  control.set_config(self.key, self.boot_id, key, value), now_ms)]
+        ver, cfg = self._desired
+        self._config_attempt = None
+        self._desired_applied = True
+        return [ConfigApplied(ver, dict(cfg))]
+
+    def _config_answered(self, status: int) -> list[Action]:
+        inflight, self._config_inflight = self._config_inflight, None
+        if inflight is None:
+            return []
+        ver, key, value = inflight
+        current = ver == self._config_attempt
+        if status == ids.Status.SUCCESS:
+            if self.status is not None and key in self.status.config:
+                self.status = dataclasses.replace(
+                    self.status, config={**self.status.config, key: value})
+            return []
+        if not current:
+            return []   # a superseded version's request: the new plan covers that key
+        # Reported, not retried in this session (the next connection tries again).
+        self._config_todo = []
+        self._config_attempt = None
+        return [ConfigFailed(ver, key, value, ids.Status(status))]
 
     def _close(self, reason: str) -> list[Action]:
         self.state = State.CLOSED

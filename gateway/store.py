@@ -2,7 +2,8 @@
 
 Tables: `devices` (the registry of paired patches), `samples` (every sample once, keyed by
 device and seq), `gaps` (samples a patch reported it could not log: protocol.md §4.1), `twins` (per-subject revision and last published state), `gateway_meta`
-(the gateway session counter). The outbox lives in the same file (gateway/outbox.py), so a
+(the gateway session counter), `desired_config` (the latest sampling configuration accepted
+from `{subject}/desired` per device, and the version last applied to the patch). The outbox lives in the same file (gateway/outbox.py), so a
 batch of samples, the twin revisions it causes and the MQTT messages announcing them commit
 in one transaction.
 """
@@ -68,6 +69,13 @@ CREATE TABLE IF NOT EXISTS twins (
     rev         INTEGER NOT NULL,
     state_json  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS desired_config (
+    device_id    TEXT PRIMARY KEY,
+    ver          INTEGER NOT NULL,
+    cfg_json     TEXT NOT NULL,
+    applied_ver  INTEGER,
+    updated_ms   INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS gateway_meta (
     name   TEXT PRIMARY KEY,
     value  INTEGER NOT NULL
@@ -91,6 +99,20 @@ class RegisteredDevice:
     skin_type: int
     address: str | None
     config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DesiredConfig:
+    """The latest accepted `{subject}/desired` for a device: version, SET_CONFIG key → seconds,
+    and the version the patch last confirmed (None: not yet)."""
+
+    ver: int
+    cfg: dict[int, int]
+    applied_ver: int | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.applied_ver == self.ver
 
 
 @dataclass(frozen=True)
@@ -157,6 +179,7 @@ class Store:
         )
 
     def unregister(self, device_id: str) -> bool:
+        self.conn.execute("DELETE FROM desired_config WHERE device_id=?", (device_id,))
         return self.conn.execute("DELETE FROM devices WHERE device_id=?", (device_id,)).rowcount > 0
 
     def devices(self) -> list[RegisteredDevice]:
@@ -259,6 +282,29 @@ class Store:
     def anchors(self, device_id: str) -> dict[int, tuple[int, float]]:
         return {r[0]: (r[1], r[2]) for r in self.conn.execute(
             "SELECT boot_id, tick, utc_ms FROM anchors WHERE device_id=?", (device_id,))}
+
+    # -- desired configuration (docs/mqtt.md, `{subject}/desired`) ---------------
+    def save_desired(self, device_id: str, ver: int, cfg: dict[int, int], now_ms: int) -> None:
+        """Inside the caller's transaction; the version applied before is kept."""
+        self.conn.execute(
+            "INSERT INTO desired_config(device_id, ver, cfg_json, applied_ver, updated_ms)"
+            " VALUES (?,?,?,NULL,?) ON CONFLICT(device_id) DO UPDATE SET ver=excluded.ver,"
+            " cfg_json=excluded.cfg_json, updated_ms=excluded.updated_ms",
+            (device_id, ver, json.dumps({str(int(k)): int(v) for k, v in cfg.items()},
+                                        sort_keys=True), now_ms))
+
+    def mark_config_applied(self, device_id: str, ver: int) -> None:
+        """Inside the caller's transaction."""
+        self.conn.execute("UPDATE desired_config SET applied_ver=? WHERE device_id=?",
+                          (ver, device_id))
+
+    def desired(self, device_id: str) -> DesiredConfig | None:
+        row = self.conn.execute(
+            "SELECT ver, cfg_json, applied_ver FROM desired_config WHERE device_id=?",
+            (device_id,)).fetchone()
+        if row is None:
+            return None
+        return DesiredConfig(row[0], {int(k): v for k, v in json.loads(row[1]).items()}, row[2])
 
     # -- twins -----------------------------------------------------------------
     def load_twins(self) -> dict[str, tuple[int, dict]]:

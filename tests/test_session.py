@@ -11,6 +11,8 @@ from gateway.protocol.frames import encode_frame, encode_gap_frame
 from gateway.session import (
     SERIAL_NUMBER_UUID,
     Commit,
+    ConfigApplied,
+    ConfigFailed,
     Disconnect,
     PatchSession,
     ReadChar,
@@ -317,3 +319,118 @@ def test_malformed_gap_notice_is_counted_and_dropped():
     bad[-1] ^= 1
     assert s.notification(bytes(bad), T0_MS) == []
     assert s.stats.frames_rejected["BAD_TAG"] == 1 and s.stats.gap_notices == 0
+
+
+# -- remote configuration (set_desired; docs/mqtt.md `{subject}/desired`) ------------------
+# status_record() periods: temp 10, uv 5, uv_fast 1, hydration 60, battery 300
+K = ids.ConfigKey
+
+
+def set_config_of(action):
+    assert isinstance(action, WriteControl) and action.opcode == ids.Opcode.SET_CONFIG
+    assert request_tag_ok(action.data)
+    return struct.unpack_from("<BI", action.data, 1)
+
+
+def test_desired_config_sends_only_differing_keys_one_at_a_time_then_applied():
+    s = streaming_session()
+    [first] = s.set_desired(3, {K.TEMP_PERIOD_S: 10, K.UV_PERIOD_S: 7, K.BATTERY_PERIOD_S: 600},
+                            T0_MS)
+    assert set_config_of(first) == (K.UV_PERIOD_S, 7)        # temp is 10 already: not sent
+    assert s.set_desired(3, {K.TEMP_PERIOD_S: 10, K.UV_PERIOD_S: 7, K.BATTERY_PERIOD_S: 600},
+                         T0_MS) == []                         # the same version again: nothing
+    [second] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    assert set_config_of(second) == (K.BATTERY_PERIOD_S, 600)
+    [done] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    assert done == ConfigApplied(3, {K.TEMP_PERIOD_S: 10, K.UV_PERIOD_S: 7,
+                                     K.BATTERY_PERIOD_S: 600})
+    assert s.status.config[K.UV_PERIOD_S] == 7
+    assert s.state is State.STREAMING
+
+
+def test_acks_go_first_while_configuration_is_sent():
+    s = streaming_session()
+    [cfg1] = s.set_desired(1, {K.TEMP_PERIOD_S: 2, K.UV_PERIOD_S: 3}, T0_MS)
+    s.notification(frame(0, 5), T0_MS)
+    assert s.committed(4, T0_MS) == []                         # SET_CONFIG in flight
+    [ack] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    assert ack.opcode == ids.Opcode.ACK                        # waiting ACK before the next key
+    [cfg2] = s.control_response(response(ids.Opcode.ACK), T0_MS)
+    assert set_config_of(cfg2) == (K.UV_PERIOD_S, 3)
+    s.notification(frame(5, 5), T0_MS)
+    assert s.committed(9, T0_MS) == []
+    [ack2] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    assert ack2.opcode == ids.Opcode.ACK
+    [done] = s.control_response(response(ids.Opcode.ACK), T0_MS)
+    assert isinstance(done, ConfigApplied) and done.ver == 1
+
+
+def test_desired_given_before_connecting_is_sent_once_streaming():
+    s = PatchSession(DEVICE, KEY, -1)
+    assert s.set_desired(5, {K.HYDRATION_PERIOD_S: 60, K.FLUSH_INTERVAL_S: 2}) == []
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
+    s.control_response(response(ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)), T0_MS)
+    s.control_response(response(ids.Opcode.GET_STATUS, 0, status_record()), T0_MS)
+    [cfg] = s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 0)), T0_MS)
+    assert set_config_of(cfg) == (K.FLUSH_INTERVAL_S, 2)   # not in the status record: sent
+    [done] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    assert done == ConfigApplied(5, {K.HYDRATION_PERIOD_S: 60, K.FLUSH_INTERVAL_S: 2})
+
+
+def test_desired_already_applied_and_matching_sends_nothing():
+    s = streaming_session()
+    assert s.set_desired(5, {K.TEMP_PERIOD_S: 10, K.FLUSH_INTERVAL_S: 2}, T0_MS,
+                         already_applied=True) == []
+    s = streaming_session()
+    [cfg] = s.set_desired(5, {K.TEMP_PERIOD_S: 20, K.FLUSH_INTERVAL_S: 2}, T0_MS,
+                          already_applied=True)            # the patch lost it: send again
+    assert set_config_of(cfg) == (K.TEMP_PERIOD_S, 20)
+    [done] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    assert isinstance(done, ConfigApplied)
+
+
+def test_desired_matching_the_patch_is_applied_at_once():
+    s = streaming_session()
+    assert s.set_desired(2, {K.UV_PERIOD_S: 5}, T0_MS) == [ConfigApplied(2, {K.UV_PERIOD_S: 5})]
+
+
+def test_set_config_error_is_reported_without_closing_and_not_retried():
+    s = streaming_session()
+    [cfg] = s.set_desired(4, {K.TEMP_PERIOD_S: 2, K.UV_PERIOD_S: 3}, T0_MS)
+    [failed] = s.control_response(
+        response(ids.Opcode.SET_CONFIG, ids.Status.INVALID_OPERAND), T0_MS)
+    assert failed == ConfigFailed(4, K.TEMP_PERIOD_S, 2, ids.Status.INVALID_OPERAND)
+    assert "temp_period_s" in failed.detail and "INVALID_OPERAND" in failed.detail
+    assert s.state is State.STREAMING and s.close_reason is None
+    s.notification(frame(0, 2), T0_MS)
+    [ack] = s.committed(1, T0_MS)                              # the session goes on
+    assert ack.opcode == ids.Opcode.ACK
+    assert s.control_response(response(ids.Opcode.ACK), T0_MS) == []   # no retry loop
+    assert s.tick(T0_MS + 1000) == []
+
+
+def test_other_error_answers_still_close():
+    s = streaming_session()
+    s.notification(frame(0, 2), T0_MS)
+    s.committed(1, T0_MS)
+    [action] = s.control_response(response(ids.Opcode.ACK, ids.Status.BUSY), T0_MS)
+    assert isinstance(action, Disconnect) and "ACK" in action.reason
+
+
+def test_newer_desired_replaces_what_is_left_to_send():
+    s = streaming_session()
+    [cfg] = s.set_desired(1, {K.TEMP_PERIOD_S: 2, K.UV_PERIOD_S: 3}, T0_MS)
+    assert s.set_desired(2, {K.TEMP_PERIOD_S: 4}, T0_MS) == []     # one request at a time
+    [cfg2] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    assert set_config_of(cfg2) == (K.TEMP_PERIOD_S, 4)
+    [done] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    assert done == ConfigApplied(2, {K.TEMP_PERIOD_S: 4})
+
+
+def test_unanswered_set_config_times_out_like_any_request():
+    s = streaming_session()
+    s.set_desired(1, {K.TEMP_PERIOD_S: 2}, T0_MS)
+    [action] = s.tick(T0_MS + 10_000)
+    assert isinstance(action, Disconnect) and "SET_CONFIG" in action.reason

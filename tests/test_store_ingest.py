@@ -190,3 +190,25 @@ def test_retention_prunes_old_samples_but_not_the_watermark(store):
     assert removed == 5
     assert store.sample_seqs("a" * 16) == [5, 6, 7, 8, 9]
     assert store.committed_seq("a" * 16) == 9
+
+
+def test_desired_config_round_trip_survives_reopening(store, tmp_path):
+    from gateway.store import DesiredConfig
+    device = "a" * 16
+    assert store.desired(device) is None
+    with store.transaction():
+        store.save_desired(device, 3, {1: 20, 6: 5}, 1000)
+    assert store.desired(device) == DesiredConfig(3, {1: 20, 6: 5}, None)
+    with store.transaction():
+        store.mark_config_applied(device, 3)
+        store.save_desired(device, 4, {2: 7}, 2000)     # a newer version keeps applied_ver
+    reopened = Store(store_mod.connect(tmp_path / "gw.sqlite3"))
+    desired = reopened.desired(device)
+    assert desired == DesiredConfig(4, {2: 7}, 3) and not desired.applied
+    with reopened.transaction():
+        reopened.mark_config_applied(device, 4)
+    assert reopened.desired(device).applied
+    with reopened.transaction():
+        reopened.unregister(device)
+    assert reopened.desired(device) is None
+    reopened.conn.close()
