@@ -17,6 +17,8 @@ from gateway.progress import DrainProgress
 from gateway.protocol import constants as ids
 from gateway.session import (
     Commit,
+    ConfigApplied,
+    ConfigFailed,
     Disconnect,
     PatchSession,
     ReadChar,
@@ -57,12 +59,15 @@ class PatchLink:
 
     def __init__(self, device: RegisteredDevice, radio: Any,
                  submit: Callable[[PatchLink, SampleBatch], None],
-                 committed_seq: Callable[[str], int], store: Any = None):
+                 committed_seq: Callable[[str], int], store: Any = None,
+                 on_config: Callable[[PatchLink, ConfigApplied | ConfigFailed], None]
+                 | None = None):
         self.device = device
         self.radio = radio
         self.submit = submit
         self.committed_seq = committed_seq
-        self.store = store   # clock anchors only; samples go through `submit`
+        self.store = store   # clock anchors, desired config; samples go through `submit`
+        self.on_config = on_config   # a desired config applied or refused by the patch
         self.session: PatchSession | None = None
         self.events: asyncio.Queue = asyncio.Queue()
         self.connects = 0
@@ -82,6 +87,19 @@ class PatchLink:
     def request_yield(self) -> None:
         self.events.put_nowait(("yield",))
 
+    def desired_changed(self) -> None:
+        """A new desired config was stored: a connected session picks it up now, an
+        unconnected patch at its next connection (from the store)."""
+        self.events.put_nowait(("desired",))
+
+    def identify(self, seconds: int) -> bool:
+        """Send IDENTIFY if streaming now (fire and forget; False if not connected)."""
+        session = self.session
+        if session is None or session.state is not State.STREAMING:
+            return False
+        self.events.put_nowait(("identify", seconds))
+        return True
+
     async def run(self, ble_device: Any) -> Outcome:
         self.events = asyncio.Queue()
         events = self.events
@@ -97,6 +115,7 @@ class PatchLink:
         anchors = self.store.anchors(self.device.device_id) if self.store else None
         session = PatchSession(self.device.device_id, self.device.key,
                                self.committed_seq(self.device.device_id), anchors)
+        self._give_desired(session, utc_now_ms())
         self.session = session
         try:
             await self._execute(client, session, session.start(client.mtu_size, utc_now_ms()))
@@ -126,6 +145,13 @@ class PatchLink:
                 except BLE_ERRORS:
                     pass
         return self._outcome(session)
+
+    def _give_desired(self, session: PatchSession, now_ms: int) -> list:
+        desired = self.store.desired(self.device.device_id) if self.store else None
+        if desired is None:
+            return []
+        return session.set_desired(desired.ver, desired.cfg, now_ms,
+                                   already_applied=desired.applied)
 
     def _save_anchor(self, session: PatchSession) -> None:
         if session.new_anchor is not None and self.store is not None:
@@ -180,6 +206,10 @@ class PatchLink:
             return [Disconnect(f"store refused the samples: {event[1]}")]
         if kind == "yield":
             return [Disconnect(YIELD_REASON)]
+        if kind == "desired":
+            return self._give_desired(session, now)
+        if kind == "identify":
+            return session.identify(event[1], now)
         if kind == "disconnected":
             session.disconnected("link lost")
         return []
@@ -198,6 +228,12 @@ class PatchLink:
                                              response=True)
             elif isinstance(action, Commit):
                 self.submit(self, action.batch)
+            elif isinstance(action, ConfigApplied | ConfigFailed):
+                if isinstance(action, ConfigFailed):
+                    log.warning("%s: desired config ver %d: %s", self.device.device_id,
+                                action.ver, action.detail)
+                if self.on_config is not None:
+                    self.on_config(self, action)
             elif isinstance(action, Disconnect):
                 log.warning("%s: closing session: %s", self.device.device_id, action.reason)
                 session.disconnected(action.reason)

@@ -153,6 +153,8 @@ class PatchSession:
         self._config_todo: list[tuple[ids.ConfigKey, int]] = []
         self._config_inflight: tuple[int, ids.ConfigKey, int] | None = None
         self._config_attempt: int | None = None   # the ver being sent in this session
+        self._queued_identify: int | None = None
+        self.identify_refusals = 0
 
     # -- events in -------------------------------------------------------------
     def start(self, mtu: int, now_ms: int) -> list[Action]:
@@ -200,6 +202,13 @@ class PatchSession:
         self._config_attempt = None
         return self._flush_queue(now_ms)
 
+    def identify(self, seconds: int, now_ms: int) -> list[Action]:
+        """Ask the patch to blink/buzz for `seconds` (1..255), behind any waiting ACK."""
+        if not 1 <= seconds <= 255:
+            raise ValueError(f"seconds {seconds}: must be 1..255")
+        self._queued_identify = seconds
+        return self._flush_queue(now_ms)
+
     def control_response(self, data: bytes, now_ms: int) -> list[Action]:
         try:
             response = control.decode_response(bytes(data))
@@ -211,6 +220,9 @@ class PatchSession:
         self._pending = None
         if response.opcode == ids.Opcode.SET_CONFIG:
             return self._config_answered(response.status) + self._flush_queue(now_ms)
+        if response.opcode == ids.Opcode.IDENTIFY:   # a blink: an error is no reason to close
+            self.identify_refusals += response.status != ids.Status.SUCCESS
+            return self._flush_queue(now_ms)
         if response.status != ids.Status.SUCCESS:
             return self._close(
                 f"patch answered {ids.Opcode(response.opcode).name} with "
@@ -373,6 +385,10 @@ class PatchSession:
         if self._queued_replay is not None:
             seq, self._queued_replay = self._queued_replay, None
             return [self._replay(seq, now_ms)]
+        if self._queued_identify is not None:
+            seconds, self._queued_identify = self._queued_identify, None
+            return [self._request(ids.Opcode.IDENTIFY,
+                                  control.identify(self.key, self.boot_id, seconds), now_ms)]
         return self._next_config(now_ms)
 
     # -- remote configuration ---------------------------------------------------

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS desired_config (
     ver          INTEGER NOT NULL,
     cfg_json     TEXT NOT NULL,
     applied_ver  INTEGER,
+    applied_cfg_json TEXT NOT NULL DEFAULT '{}',
     updated_ms   INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS gateway_meta (
@@ -109,6 +110,7 @@ class DesiredConfig:
     ver: int
     cfg: dict[int, int]
     applied_ver: int | None = None
+    applied_cfg: dict[int, int] = field(default_factory=dict)   # the config of applied_ver
 
     @property
     def applied(self) -> bool:
@@ -290,21 +292,21 @@ class Store:
             "INSERT INTO desired_config(device_id, ver, cfg_json, applied_ver, updated_ms)"
             " VALUES (?,?,?,NULL,?) ON CONFLICT(device_id) DO UPDATE SET ver=excluded.ver,"
             " cfg_json=excluded.cfg_json, updated_ms=excluded.updated_ms",
-            (device_id, ver, json.dumps({str(int(k)): int(v) for k, v in cfg.items()},
-                                        sort_keys=True), now_ms))
+            (device_id, ver, _cfg_json(cfg), now_ms))
 
-    def mark_config_applied(self, device_id: str, ver: int) -> None:
+    def mark_config_applied(self, device_id: str, ver: int, cfg: dict[int, int]) -> None:
         """Inside the caller's transaction."""
-        self.conn.execute("UPDATE desired_config SET applied_ver=? WHERE device_id=?",
-                          (ver, device_id))
+        self.conn.execute(
+            "UPDATE desired_config SET applied_ver=?, applied_cfg_json=? WHERE device_id=?",
+            (ver, _cfg_json(cfg), device_id))
 
     def desired(self, device_id: str) -> DesiredConfig | None:
         row = self.conn.execute(
-            "SELECT ver, cfg_json, applied_ver FROM desired_config WHERE device_id=?",
-            (device_id,)).fetchone()
+            "SELECT ver, cfg_json, applied_ver, applied_cfg_json FROM desired_config"
+            " WHERE device_id=?", (device_id,)).fetchone()
         if row is None:
             return None
-        return DesiredConfig(row[0], {int(k): v for k, v in json.loads(row[1]).items()}, row[2])
+        return DesiredConfig(row[0], _cfg_of(row[1]), row[2], _cfg_of(row[3]))
 
     # -- twins -----------------------------------------------------------------
     def load_twins(self) -> dict[str, tuple[int, dict]]:
@@ -358,6 +360,14 @@ class _Transaction:
         # SQLite has already rolled back by itself after some errors (SQLITE_FULL).
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+
+def _cfg_json(cfg: dict[int, int]) -> str:
+    return json.dumps({str(int(k)): int(v) for k, v in cfg.items()}, sort_keys=True)
+
+
+def _cfg_of(text: str) -> dict[int, int]:
+    return {int(k): int(v) for k, v in json.loads(text).items()}
 
 
 def _classify(e: sqlite3.OperationalError) -> StoreError:

@@ -89,3 +89,31 @@ class GatewayRig:
 
     def connected(self, index: int) -> bool:
         return bool(self.patches[index].bumble_device.connections)
+
+
+def mqtt5_publish(broker: LocalBroker, topic: str, payload: bytes, *, retain: bool = False,
+                  response_topic: str | None = None, correlation: bytes | None = None) -> None:
+    """Publish one QoS 1 message as an MQTT 5 client would (the clinic's side), waiting for
+    its PUBACK; optionally with a Response Topic and Correlation Data (a `cmd` request)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"rig-clinic-{time.time_ns()}",
+                         protocol=paho.MQTTv5)
+    properties = None
+    if response_topic is not None or correlation is not None:
+        properties = Properties(PacketTypes.PUBLISH)
+        if response_topic is not None:
+            properties.ResponseTopic = response_topic
+        if correlation is not None:
+            properties.CorrelationData = correlation
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        info.wait_for_publish(5)
+        assert info.is_published(), f"publish to {topic} not acknowledged"
+    finally:
+        client.disconnect()
+        client.loop_stop()

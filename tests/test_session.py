@@ -434,3 +434,15 @@ def test_unanswered_set_config_times_out_like_any_request():
     s.set_desired(1, {K.TEMP_PERIOD_S: 2}, T0_MS)
     [action] = s.tick(T0_MS + 10_000)
     assert isinstance(action, Disconnect) and "SET_CONFIG" in action.reason
+
+
+def test_identify_waits_behind_acks_and_an_error_does_not_close():
+    s = streaming_session()
+    s.notification(frame(0, 2), T0_MS)
+    [ack] = s.committed(1, T0_MS)
+    assert s.identify(9, T0_MS) == []                          # the ACK is in flight
+    [ident] = s.control_response(response(ids.Opcode.ACK), T0_MS)
+    assert ident.opcode == ids.Opcode.IDENTIFY and request_tag_ok(ident.data)
+    assert ident.data[1] == 9
+    assert s.control_response(response(ids.Opcode.IDENTIFY, ids.Status.BUSY), T0_MS) == []
+    assert s.state is State.STREAMING and s.identify_refusals == 1

@@ -200,13 +200,13 @@ def test_desired_config_round_trip_survives_reopening(store, tmp_path):
         store.save_desired(device, 3, {1: 20, 6: 5}, 1000)
     assert store.desired(device) == DesiredConfig(3, {1: 20, 6: 5}, None)
     with store.transaction():
-        store.mark_config_applied(device, 3)
+        store.mark_config_applied(device, 3, {1: 20, 6: 5})
         store.save_desired(device, 4, {2: 7}, 2000)     # a newer version keeps applied_ver
     reopened = Store(store_mod.connect(tmp_path / "gw.sqlite3"))
     desired = reopened.desired(device)
-    assert desired == DesiredConfig(4, {2: 7}, 3) and not desired.applied
+    assert desired == DesiredConfig(4, {2: 7}, 3, {1: 20, 6: 5}) and not desired.applied
     with reopened.transaction():
-        reopened.mark_config_applied(device, 4)
+        reopened.mark_config_applied(device, 4, {2: 7})
     assert reopened.desired(device).applied
     with reopened.transaction():
         reopened.unregister(device)

@@ -24,6 +24,12 @@ count in `failed`.
 
 Rows whose Message Expiry Interval ran out while waiting in the outbox are
 deleted unpublished and count in `expired`.
+
+Inbound: the topic filters in `subscriptions` are subscribed (QoS 1) on every
+(re)connect, and each message is handed to `on_message(topic, payload,
+properties)` on paho's network thread: the hook must only hand it on (the
+gateway uses `loop.call_soon_threadsafe`). `publish_direct` sends a message
+that must not wait in the outbox (answers to `cmd` requests).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +132,8 @@ class MqttPublisher:
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         reconnect_min_delay_s: float = DEFAULT_RECONNECT_MIN_DELAY_S,
         reconnect_max_delay_s: float = DEFAULT_RECONNECT_MAX_DELAY_S,
+        subscriptions: Sequence[str] = (),
+        on_message: Callable[[str, bytes, Properties | None], None] | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight {max_inflight}: must be at least 1")
@@ -140,6 +148,8 @@ class MqttPublisher:
         self._will_delay_s = will_delay_s
         self._max_inflight = max_inflight
         self._reconnect_delays_s = (reconnect_min_delay_s, reconnect_max_delay_s)
+        self._subscriptions = tuple(subscriptions)
+        self._on_message_hook = on_message
 
         self._events: queue.SimpleQueue[_Ack | _Connected | _Disconnected] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -342,6 +352,7 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.on_log = self._on_log
         return client
 
@@ -375,6 +386,9 @@ class MqttPublisher:
             self._last_error = f"birth payload: {err}"
         else:
             client.publish(self.will_topic, birth, qos=1, retain=True)
+        if self._subscriptions:
+            # Every connection: a resumed session keeps them, a new one does not.
+            client.subscribe([(topic, 1) for topic in self._subscriptions])
         self._connects += 1
         self._connected = True
         self._connected_event.set()
@@ -423,6 +437,26 @@ class MqttPublisher:
             return  # a replaced session's last words
         self._events.put(_Ack(mid, reason_code.value, str(reason_code)))
         self._wake.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        if client is not self._client or self._on_message_hook is None:
+            return
+        try:
+            self._on_message_hook(message.topic, bytes(message.payload),
+                                  getattr(message, "properties", None))
+        except Exception:  # the gateway's hook; paho's thread must go on
+            log.exception("inbound message handler failed for %s", message.topic)
+
+    def publish_direct(self, topic: str, payload: bytes, *, qos: int = 1,
+                       retain: bool = False, properties: Properties | None = None) -> bool:
+        """Publish now, bypassing the outbox (answers that are worthless later). False if
+        offline: the message is dropped."""
+        with self._client_lock:
+            client = self._client
+        if client is None or not self._connected:
+            return False
+        client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        return True
 
     def republish_state(self) -> bool:
         """Publish the birth payload again now, bypassing the outbox: for news that cannot
