@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.inference import load_models
@@ -114,7 +117,7 @@ class Gateway:
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
             offline_payload_fn=lambda: self._state_payload(False),
             will_delay_s=config.will_delay_s,
-            subscriptions=(f"{config.mqtt.topic_root}/+/desired",),
+            subscriptions=(f"{config.mqtt.topic_root}/+/desired", config.mqtt.topic("cmd")),
             on_message=self._on_mqtt_message)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
                              self.publisher.kick, self.publisher.republish_state,
@@ -165,6 +168,8 @@ class Gateway:
             kind = inbound.classify(self.config.mqtt.topic_root, topic)
             if kind is not None and kind[0] == "desired":
                 self._handle_desired(kind[1], payload)
+            elif kind is not None and kind[0] == "cmd":
+                self._handle_command(payload, properties)
         except Exception:   # a bug here must not take the gateway down
             log.exception("inbound %s: handler failed", topic)
 
@@ -217,6 +222,57 @@ class Gateway:
                  desired.cfg_by_name())
         self.publisher.kick()
         self.slots[device_id].link.desired_changed()
+
+    # -- cmd: requests with MQTT 5 Response Topic + Correlation Data --------------------
+    def _handle_command(self, payload: bytes, properties: Any) -> None:
+        response_topic = getattr(properties, "ResponseTopic", None)
+        correlation = getattr(properties, "CorrelationData", None)
+        try:
+            command = inbound.parse_command(payload)
+            op = command.op
+            ok, detail = self._run_command(command)
+        except InboundError as e:
+            op, ok, detail = inbound.peek_op(payload), False, str(e)
+        (log.info if ok else log.warning)("cmd %s: %s", op, detail)
+        if not response_topic:
+            return   # executed, not answered
+        problem = inbound.response_topic_problem(self.config.mqtt.topic_root, response_topic)
+        if problem is not None:
+            log.warning("cmd %s: not answered: response topic %r %s", op, response_topic, problem)
+            return
+        answer_properties = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            answer_properties.CorrelationData = correlation
+        sent = self.publisher.publish_direct(
+            response_topic, encode(inbound.answer(ok, op, detail)), qos=1,
+            properties=answer_properties)
+        if not sent:
+            log.warning("cmd %s: answer dropped, not connected to the broker", op)
+
+    def _run_command(self, command: inbound.Command) -> tuple[bool, str]:
+        if command.subject is not None and command.subject not in self._by_subject:
+            raise InboundError("subject",
+                               f"{command.subject!r} is not registered at this gateway")
+        if command.op == "identify":
+            link = self.slots[self._by_subject[command.subject]].link
+            if not link.identify(command.seconds):
+                return False, "not_connected"
+            return True, f"identify for {command.seconds} s sent to the patch"
+        # resync: republish retained twin snapshots now, through the outbox
+        subjects = [command.subject] if command.subject is not None else sorted(self._by_subject)
+        subjects = [sub for sub in subjects
+                    if sub in self.engine.twins and self.engine.twins[sub].state]
+        if not subjects:
+            return False, "no twin state yet" + (f" for {command.subject}"
+                                                 if command.subject else "")
+        try:
+            with self.store.transaction():
+                self.ingest.publish_updates(
+                    [self.engine.snapshot(sub, now_ms()) for sub in subjects])
+        except store_mod.StoreError as e:
+            return False, f"store: {e}"
+        self.publisher.kick()
+        return True, f"{len(subjects)} twin snapshot(s) republished"
 
     def _on_config(self, link: PatchLink, result: ConfigApplied | ConfigFailed) -> None:
         """The patch applied (or refused) a desired version: answer on `reported`."""

@@ -117,3 +117,61 @@ def mqtt5_publish(broker: LocalBroker, topic: str, payload: bytes, *, retain: bo
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+class Mqtt5Requester:
+    """The clinic's side of `cmd`: an MQTT 5 client that publishes requests with a Response
+    Topic and Correlation Data and records the answers (payload, correlation, retain, qos)."""
+
+    def __init__(self, broker: LocalBroker, reply_topic: str):
+        import threading
+
+        import paho.mqtt.client as paho
+
+        self.reply_topic = reply_topic
+        self.answers: list[tuple[dict, bytes | None, bool, int]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                                   client_id=f"rig-requester-{time.time_ns()}",
+                                   protocol=paho.MQTTv5)
+        self._client.on_connect = lambda c, *_: c.subscribe(reply_topic, qos=1)
+        self._client.on_subscribe = lambda *_: subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+        assert subscribed.wait(5), "requester did not subscribe"
+
+    def _on_message(self, client, userdata, message) -> None:
+        import json
+        correlation = getattr(message.properties, "CorrelationData", None)
+        with self._lock:
+            self.answers.append((json.loads(message.payload), correlation,
+                                 bool(message.retain), message.qos))
+
+    def request(self, topic: str, doc: dict | bytes, correlation: bytes | None = None,
+                answer: bool = True) -> None:
+        import json
+
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        properties = Properties(PacketTypes.PUBLISH)
+        if answer:
+            properties.ResponseTopic = self.reply_topic
+        if correlation is not None:
+            properties.CorrelationData = correlation
+        payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        info = self._client.publish(topic, payload, qos=1, properties=properties)
+        info.wait_for_publish(5)
+
+    async def answer_to(self, correlation: bytes, timeout_s: float = 10.0) -> tuple:
+        def found():
+            with self._lock:
+                return [a for a in self.answers if a[1] == correlation]
+        await wait_for(lambda: found(), timeout_s, f"an answer with correlation {correlation!r}")
+        [answer] = found()
+        return answer
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

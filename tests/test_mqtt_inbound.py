@@ -101,3 +101,106 @@ def test_bad_commands_name_the_field(payload, field):
 def test_answer_payload():
     assert inbound.answer(False, None, "op: missing") == {"ok": False, "op": None,
                                                          "detail": "op: missing"}
+
+
+def test_response_topic_checks():
+    assert inbound.response_topic_problem(ROOT, "clinic/replies/7") is None
+    assert "wildcard" in inbound.response_topic_problem(ROOT, "clinic/+/x")
+    assert "own topic root" in inbound.response_topic_problem(ROOT, f"{ROOT}/state")
+
+
+# -- `cmd` end to end: real mosquitto, virtual patches, an MQTT 5 requester ------------------
+
+@pytest.fixture
+async def cmd_rig(tmp_path):
+    from gateway_harness import GatewayRig, Mqtt5Requester, wait_for
+    async with GatewayRig(tmp_path, patches=2) as rig:
+        gateway = await rig.start_gateway()
+        await wait_for(lambda: all(gateway.store.sample_count(d) >= 2
+                                   for d, _, _ in rig.identities), what="both streaming")
+        requester = Mqtt5Requester(rig.broker, "clinic/replies/1")
+        try:
+            yield rig, requester
+        finally:
+            requester.close()
+
+
+@pytest.mark.slow
+async def test_cmd_identify_reaches_the_patch_and_is_answered(cmd_rig):
+    import asyncio
+
+    from gateway_harness import wait_for
+    rig, requester = cmd_rig
+    subject = rig.identities[1][2]
+    await asyncio.to_thread(requester.request, "dermtwin/v1/rig/cmd",
+                            {"op": "identify", "subject": subject, "seconds": 7}, b"\x01id")
+    answer, correlation, retain, qos = await requester.answer_to(b"\x01id")
+    assert answer["ok"] is True and answer["op"] == "identify"
+    assert (correlation, retain, qos) == (b"\x01id", False, 1)
+    board = rig.patches[1].patch.board
+    await wait_for(lambda: board.identify_requests == [7], what="IDENTIFY at the patch")
+    assert rig.patches[0].patch.board.identify_requests == []
+    # Without a Response Topic: executed, not answered.
+    await asyncio.to_thread(requester.request, "dermtwin/v1/rig/cmd",
+                            {"op": "identify", "subject": subject, "seconds": 2}, b"quiet",
+                            answer=False)
+    await wait_for(lambda: board.identify_requests == [7, 2], what="the second IDENTIFY")
+    await asyncio.sleep(0.3)
+    assert all(a[1] != b"quiet" for a in requester.answers)
+
+
+@pytest.mark.slow
+async def test_cmd_identify_of_a_patch_not_connected_says_so(cmd_rig):
+    import asyncio
+
+    from gateway_harness import wait_for
+    rig, requester = cmd_rig
+    await rig.patches[0].stop()
+    await wait_for(lambda: rig.link(0).session is None
+                   or rig.link(0).session.state.value == "closed", what="patch 0 gone")
+    await asyncio.to_thread(requester.request, "dermtwin/v1/rig/cmd",
+                            {"op": "identify", "subject": rig.identities[0][2]}, b"nc")
+    answer, *_ = await requester.answer_to(b"nc")
+    assert answer == {"ok": False, "op": "identify", "detail": "not_connected"}
+
+
+@pytest.mark.slow
+async def test_cmd_resync_republishes_twins_and_errors_are_answered(cmd_rig, mqtt_collector):
+    import asyncio
+
+    from gateway_harness import wait_for
+    rig, requester = cmd_rig
+    subjects = [s for _, _, s in rig.identities]
+    await wait_for(lambda: all(rig.gateway.engine.twins.get(s) is not None
+                               and rig.gateway.engine.twins[s].state for s in subjects),
+                   what="twin state for both subjects")
+    collector = mqtt_collector(rig.broker, "dermtwin/v1/rig/+/twin")
+    await asyncio.to_thread(collector.wait_for, lambda m: len(m) >= 2, 10, "retained twins")
+    before = {s: len(collector.on_topic(f"dermtwin/v1/rig/{s}/twin")) for s in subjects}
+
+    await asyncio.to_thread(requester.request, "dermtwin/v1/rig/cmd",
+                            {"op": "resync", "subject": subjects[0]}, b"r1")
+    answer, *_ = await requester.answer_to(b"r1")
+    assert answer["ok"] is True and answer["op"] == "resync"
+    await wait_for(lambda: len(collector.on_topic(f"dermtwin/v1/rig/{subjects[0]}/twin"))
+                   > before[subjects[0]], what="a fresh snapshot")
+    snapshot = json.loads(collector.on_topic(f"dermtwin/v1/rig/{subjects[0]}/twin")[-1].payload)
+    assert snapshot["rev"] == rig.gateway.engine.twins[subjects[0]].rev
+    assert not collector.on_topic(f"dermtwin/v1/rig/{subjects[0]}/twin")[-1].retain  # live copy
+
+    await asyncio.to_thread(requester.request, "dermtwin/v1/rig/cmd", {"op": "resync"}, b"all")
+    answer, *_ = await requester.answer_to(b"all")
+    assert answer["ok"] is True and answer["detail"].startswith("2 ")
+    await wait_for(lambda: all(len(collector.on_topic(f"dermtwin/v1/rig/{s}/twin"))
+                               >= before[s] + 1 for s in subjects), what="both snapshots")
+
+    for correlation, doc, field in [
+            (b"e1", b"{oops", "payload"),
+            (b"e2", {"op": "reboot"}, "op"),
+            (b"e3", {"op": "identify"}, "subject"),
+            (b"e4", {"op": "resync", "subject": "s-nobody"}, "subject"),
+            (b"e5", {"op": "identify", "subject": subjects[0], "seconds": 999}, "seconds")]:
+        await asyncio.to_thread(requester.request, "dermtwin/v1/rig/cmd", doc, correlation)
+        answer, *_ = await requester.answer_to(correlation)
+        assert answer["ok"] is False and answer["detail"].startswith(field + ": "), answer
+    assert rig.gateway.publisher.connected

@@ -154,5 +154,15 @@ def peek_op(payload: bytes) -> str | None:
     return op if isinstance(op, str) and op in OPS else None
 
 
+def response_topic_problem(topic_root: str, topic: str) -> str | None:
+    """Why a request's Response Topic is not answered on (None: fine): wildcards, or a topic
+    in the gateway's own tree, which only the gateway publishes."""
+    if not topic or any(ch in topic for ch in "+#\0"):
+        return "is empty or holds a wildcard"
+    if topic == topic_root or topic.startswith(topic_root + "/"):
+        return "lies under the gateway's own topic root"
+    return None
+
+
 def answer(ok: bool, op: str | None, detail: str | None) -> dict:
     return {"ok": ok, "op": op, "detail": detail}
