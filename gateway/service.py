@@ -15,21 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.inference import load_models
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
-from gateway.mqtt import inbound
 from gateway.mqtt.config import MqttConfig
-from gateway.mqtt.inbound import InboundError
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
 from gateway.patch_link import Outcome, PatchLink
-from gateway.session import ConfigApplied, ConfigFailed
+from gateway.remote_requests import RemoteRequests
 from gateway.twin import CHANNEL_SCALE, TwinEngine
 
 log = logging.getLogger(__name__)
@@ -50,7 +45,6 @@ WATCHDOG_SILENCE_S = 60.0
 PRUNE_EVERY_S = 3600.0
 MANAGER_POLL_S = 0.5
 META_EXPIRY_S = 30 * 24 * 3600
-REPORTED_EXPIRY_S = META_EXPIRY_S
 MODELS_USED = ("temp_anomaly", "uv_dose", "hydration")
 UCUM_UNITS = {"skin_temp_c": "Cel", "temp_baseline_c": "Cel", "temp_delta_c": "K",
               "temp_anomaly_score": "1", "inflammation": "1", "uv_index": "{UVI}",
@@ -109,22 +103,20 @@ class Gateway:
             lambda name, inputs: self.models[name].run(inputs), self.store.load_twins(),
             med_sed_of={d.subject: MED_SED_BY_FITZPATRICK[d.skin_type]
                         for d in self.devices.values()})
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._by_subject = {d.subject: did for did, d in self.devices.items()}
-        self._last_refused: dict[str, bytes] = {}   # subject -> desired payload refused last
+        self.remote = RemoteRequests(self)   # {subject}/desired and cmd
         self.publisher = MqttPublisher(
             config.mqtt, config.db_path, will_topic=config.mqtt.state_topic,
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
             offline_payload_fn=lambda: self._state_payload(False),
             will_delay_s=config.will_delay_s,
             subscriptions=(f"{config.mqtt.topic_root}/+/desired", config.mqtt.topic("cmd")),
-            on_message=self._on_mqtt_message)
+            on_message=self.remote.on_mqtt_message)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
                              self.publisher.kick, self.publisher.republish_state,
                              publish_samples=config.publish_samples)
         self.slots = {
             did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
-                                    self.store, self._on_config))
+                                    self.store, self.remote.on_config))
             for did, dev in self.devices.items()}
         self._by_name = {advertised_name(did): did for did in self.devices}
         self._wake = asyncio.Event()
@@ -155,144 +147,6 @@ class Gateway:
             self.ingest.publish_updates(
                 [self.engine.snapshot(subject, now_ms()) for subject, twin
                  in self.engine.twins.items() if twin.state])
-
-    # -- inbound MQTT (docs/mqtt.md: {subject}/desired) ------------------------------
-    def _on_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
-        """paho's network thread: hand the message to the event loop, nothing more."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._handle_mqtt_message, topic, payload, properties)
-
-    def _handle_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
-        try:
-            kind = inbound.classify(self.config.mqtt.topic_root, topic)
-            if kind is not None and kind[0] == "desired":
-                self._handle_desired(kind[1], payload)
-            elif kind is not None and kind[0] == "cmd":
-                self._handle_command(payload, properties)
-        except Exception:   # a bug here must not take the gateway down
-            log.exception("inbound %s: handler failed", topic)
-
-    def _report(self, subject: str, doc: dict) -> None:
-        """Inside the caller's transaction."""
-        self.outbox.put(self.config.mqtt.topic(subject, "reported"), encode(doc), retain=True,
-                        expiry_s=REPORTED_EXPIRY_S)
-
-    def _handle_desired(self, subject: str, payload: bytes) -> None:
-        if not payload:
-            log.info("desired for %s cleared (empty retained message): the patch keeps its "
-                     "configuration", subject)
-            return
-        device_id = self._by_subject.get(subject)
-        current = self.store.desired(device_id) if device_id is not None else None
-        try:
-            if device_id is None:
-                raise InboundError("subject", f"{subject!r} is not registered at this gateway")
-            desired = inbound.parse_desired(payload)
-            if current is not None and desired.ver <= current.ver:
-                if desired.ver == current.ver and desired.cfg == current.cfg:
-                    return   # the retained message again (every (re)connect): already handled
-                raise InboundError("ver", f"{desired.ver} is not newer than the accepted "
-                                   f"ver {current.ver}")
-        except InboundError as e:
-            if self._last_refused.get(subject) == payload:
-                return       # the same retained message again: answered already
-            self._last_refused[subject] = payload
-            log.warning("desired for %s refused: %s", subject, e)
-            in_force = current.applied_cfg if current is not None else {}
-            try:
-                with self.store.transaction():
-                    self._report(subject, inbound.reported(
-                        inbound.peek_ver(payload), "refused", str(e), now_ms(), in_force))
-            except store_mod.StoreError as err:
-                log.error("desired for %s: cannot store the answer: %s", subject, err)
-                return
-            self.publisher.kick()
-            return
-        self._last_refused.pop(subject, None)
-        try:
-            with self.store.transaction():
-                self.store.save_desired(device_id, desired.ver, desired.cfg, now_ms())
-                self._report(subject, inbound.reported(desired.ver, "pending", None, now_ms(),
-                                                       desired.cfg))
-        except store_mod.StoreError as err:
-            log.error("desired for %s ver %d not accepted: %s", subject, desired.ver, err)
-            return
-        log.info("desired for %s: ver %d accepted %s", subject, desired.ver,
-                 desired.cfg_by_name())
-        self.publisher.kick()
-        self.slots[device_id].link.desired_changed()
-
-    # -- cmd: requests with MQTT 5 Response Topic + Correlation Data --------------------
-    def _handle_command(self, payload: bytes, properties: Any) -> None:
-        response_topic = getattr(properties, "ResponseTopic", None)
-        correlation = getattr(properties, "CorrelationData", None)
-        try:
-            command = inbound.parse_command(payload)
-            op = command.op
-            ok, detail = self._run_command(command)
-        except InboundError as e:
-            op, ok, detail = inbound.peek_op(payload), False, str(e)
-        (log.info if ok else log.warning)("cmd %s: %s", op, detail)
-        if not response_topic:
-            return   # executed, not answered
-        problem = inbound.response_topic_problem(self.config.mqtt.topic_root, response_topic)
-        if problem is not None:
-            log.warning("cmd %s: not answered: response topic %r %s", op, response_topic, problem)
-            return
-        answer_properties = Properties(PacketTypes.PUBLISH)
-        if correlation is not None:
-            answer_properties.CorrelationData = correlation
-        sent = self.publisher.publish_direct(
-            response_topic, encode(inbound.answer(ok, op, detail)), qos=1,
-            properties=answer_properties)
-        if not sent:
-            log.warning("cmd %s: answer dropped, not connected to the broker", op)
-
-    def _run_command(self, command: inbound.Command) -> tuple[bool, str]:
-        if command.subject is not None and command.subject not in self._by_subject:
-            raise InboundError("subject",
-                               f"{command.subject!r} is not registered at this gateway")
-        if command.op == "identify":
-            link = self.slots[self._by_subject[command.subject]].link
-            if not link.identify(command.seconds):
-                return False, "not_connected"
-            return True, f"identify for {command.seconds} s sent to the patch"
-        # resync: republish retained twin snapshots now, through the outbox
-        subjects = [command.subject] if command.subject is not None else sorted(self._by_subject)
-        subjects = [sub for sub in subjects
-                    if sub in self.engine.twins and self.engine.twins[sub].state]
-        if not subjects:
-            return False, "no twin state yet" + (f" for {command.subject}"
-                                                 if command.subject else "")
-        try:
-            with self.store.transaction():
-                self.ingest.publish_updates(
-                    [self.engine.snapshot(sub, now_ms()) for sub in subjects])
-        except store_mod.StoreError as e:
-            return False, f"store: {e}"
-        self.publisher.kick()
-        return True, f"{len(subjects)} twin snapshot(s) republished"
-
-    def _on_config(self, link: PatchLink, result: ConfigApplied | ConfigFailed) -> None:
-        """The patch applied (or refused) a desired version: answer on `reported`."""
-        device_id, subject = link.device.device_id, link.device.subject
-        current = self.store.desired(device_id)
-        try:
-            with self.store.transaction():
-                if isinstance(result, ConfigApplied):
-                    self.store.mark_config_applied(device_id, result.ver, result.cfg)
-                    doc = inbound.reported(result.ver, "applied", None, now_ms(), result.cfg)
-                else:
-                    doc = inbound.reported(result.ver, "refused", result.detail, now_ms(),
-                                           current.applied_cfg if current else {})
-                self._report(subject, doc)
-        except store_mod.StoreError as err:
-            log.error("%s: config ver %d result not stored: %s", device_id, result.ver, err)
-            return
-        if isinstance(result, ConfigApplied):
-            log.info("%s: desired config ver %d applied", device_id, result.ver)
-        self.publisher.kick()
 
     # -- BLE connection manager --------------------------------------------------------
     def _on_advertisement(self, device: Any, adv: Any) -> None:
@@ -406,7 +260,7 @@ class Gateway:
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.remote.loop = asyncio.get_running_loop()
         self._birth_messages()
         await self.publisher.start()
         scanner = self.radio.scanner(self._on_advertisement)
@@ -426,7 +280,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*tasks, *link_tasks, return_exceptions=True)
             self.ingest.cycle(now_ms())   # commit what arrived; patches replay the rest
-            self._loop = None               # inbound from here on: retained, seen next start
+            self.remote.loop = None   # inbound from here on: retained, seen next start
             await self.publisher.stop()
 
     def close(self) -> None:

@@ -1,0 +1,176 @@
+"""The gateway's inbound MQTT (docs/mqtt.md): `{subject}/desired`, answered on the retained
+`{subject}/reported`, and `cmd` requests, answered on their MQTT 5 Response Topic.
+
+Payloads are parsed and checked by gateway/mqtt/inbound.py (sans-I/O); this module acts on
+them with the gateway's store, outbox, publisher, twins and patch links. `on_mqtt_message`
+is the one entry from paho's network thread: it hands the message to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway import store as store_mod
+from gateway.ingest import encode
+from gateway.mqtt import inbound
+from gateway.mqtt.inbound import InboundError
+from gateway.outbox import wall_clock_ms as now_ms
+from gateway.session import ConfigApplied, ConfigFailed
+
+if TYPE_CHECKING:
+    from gateway.patch_link import PatchLink
+    from gateway.service import Gateway
+
+log = logging.getLogger(__name__)
+
+REPORTED_EXPIRY_S = 30 * 24 * 3600   # like meta: a vanished device's answer does not linger
+
+
+class RemoteRequests:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.loop: asyncio.AbstractEventLoop | None = None   # set while the gateway runs
+        self._by_subject = {d.subject: did for did, d in gateway.devices.items()}
+        self._last_refused: dict[str, bytes] = {}   # subject -> desired payload refused last
+
+    def on_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
+        """paho's network thread: hand the message to the event loop, nothing more."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._handle_mqtt_message, topic, payload, properties)
+
+    def _handle_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
+        try:
+            kind = inbound.classify(self.gateway.config.mqtt.topic_root, topic)
+            if kind is not None and kind[0] == "desired":
+                self._handle_desired(kind[1], payload)
+            elif kind is not None and kind[0] == "cmd":
+                self._handle_command(payload, properties)
+        except Exception:   # a bug here must not take the gateway down
+            log.exception("inbound %s: handler failed", topic)
+
+    def _report(self, subject: str, doc: dict) -> None:
+        """Inside the caller's transaction."""
+        self.gateway.outbox.put(self.gateway.config.mqtt.topic(subject, "reported"), encode(doc), retain=True,
+                        expiry_s=REPORTED_EXPIRY_S)
+
+    def _handle_desired(self, subject: str, payload: bytes) -> None:
+        if not payload:
+            log.info("desired for %s cleared (empty retained message): the patch keeps its "
+                     "configuration", subject)
+            return
+        device_id = self._by_subject.get(subject)
+        current = self.gateway.store.desired(device_id) if device_id is not None else None
+        try:
+            if device_id is None:
+                raise InboundError("subject", f"{subject!r} is not registered at this gateway")
+            desired = inbound.parse_desired(payload)
+            if current is not None and desired.ver <= current.ver:
+                if desired.ver == current.ver and desired.cfg == current.cfg:
+                    return   # the retained message again (every (re)connect): already handled
+                raise InboundError("ver", f"{desired.ver} is not newer than the accepted "
+                                   f"ver {current.ver}")
+        except InboundError as e:
+            if self._last_refused.get(subject) == payload:
+                return       # the same retained message again: answered already
+            self._last_refused[subject] = payload
+            log.warning("desired for %s refused: %s", subject, e)
+            in_force = current.applied_cfg if current is not None else {}
+            try:
+                with self.gateway.store.transaction():
+                    self._report(subject, inbound.reported(
+                        inbound.peek_ver(payload), "refused", str(e), now_ms(), in_force))
+            except store_mod.StoreError as err:
+                log.error("desired for %s: cannot store the answer: %s", subject, err)
+                return
+            self.gateway.publisher.kick()
+            return
+        self._last_refused.pop(subject, None)
+        try:
+            with self.gateway.store.transaction():
+                self.gateway.store.save_desired(device_id, desired.ver, desired.cfg, now_ms())
+                self._report(subject, inbound.reported(desired.ver, "pending", None, now_ms(),
+                                                       desired.cfg))
+        except store_mod.StoreError as err:
+            log.error("desired for %s ver %d not accepted: %s", subject, desired.ver, err)
+            return
+        log.info("desired for %s: ver %d accepted %s", subject, desired.ver,
+                 desired.cfg_by_name())
+        self.gateway.publisher.kick()
+        self.gateway.slots[device_id].link.desired_changed()
+
+    # -- cmd: requests with MQTT 5 Response Topic + Correlation Data --------------------
+    def _handle_command(self, payload: bytes, properties: Any) -> None:
+        response_topic = getattr(properties, "ResponseTopic", None)
+        correlation = getattr(properties, "CorrelationData", None)
+        try:
+            command = inbound.parse_command(payload)
+            op = command.op
+            ok, detail = self._run_command(command)
+        except InboundError as e:
+            op, ok, detail = inbound.peek_op(payload), False, str(e)
+        (log.info if ok else log.warning)("cmd %s: %s", op, detail)
+        if not response_topic:
+            return   # executed, not answered
+        problem = inbound.response_topic_problem(self.gateway.config.mqtt.topic_root, response_topic)
+        if problem is not None:
+            log.warning("cmd %s: not answered: response topic %r %s", op, response_topic, problem)
+            return
+        answer_properties = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            answer_properties.CorrelationData = correlation
+        sent = self.gateway.publisher.publish_direct(
+            response_topic, encode(inbound.answer(ok, op, detail)), qos=1,
+            properties=answer_properties)
+        if not sent:
+            log.warning("cmd %s: answer dropped, not connected to the broker", op)
+
+    def _run_command(self, command: inbound.Command) -> tuple[bool, str]:
+        if command.subject is not None and command.subject not in self._by_subject:
+            raise InboundError("subject",
+                               f"{command.subject!r} is not registered at this gateway")
+        if command.op == "identify":
+            link = self.gateway.slots[self._by_subject[command.subject]].link
+            if not link.identify(command.seconds):
+                return False, "not_connected"
+            return True, f"identify for {command.seconds} s sent to the patch"
+        # resync: republish retained twin snapshots now, through the outbox
+        subjects = [command.subject] if command.subject is not None else sorted(self._by_subject)
+        subjects = [sub for sub in subjects
+                    if sub in self.gateway.engine.twins and self.gateway.engine.twins[sub].state]
+        if not subjects:
+            return False, "no twin state yet" + (f" for {command.subject}"
+                                                 if command.subject else "")
+        try:
+            with self.gateway.store.transaction():
+                self.gateway.ingest.publish_updates(
+                    [self.gateway.engine.snapshot(sub, now_ms()) for sub in subjects])
+        except store_mod.StoreError as e:
+            return False, f"store: {e}"
+        self.gateway.publisher.kick()
+        return True, f"{len(subjects)} twin snapshot(s) republished"
+
+    def on_config(self, link: PatchLink, result: ConfigApplied | ConfigFailed) -> None:
+        """The patch applied (or refused) a desired version: answer on `reported`."""
+        device_id, subject = link.device.device_id, link.device.subject
+        current = self.gateway.store.desired(device_id)
+        try:
+            with self.gateway.store.transaction():
+                if isinstance(result, ConfigApplied):
+                    self.gateway.store.mark_config_applied(device_id, result.ver, result.cfg)
+                    doc = inbound.reported(result.ver, "applied", None, now_ms(), result.cfg)
+                else:
+                    doc = inbound.reported(result.ver, "refused", result.detail, now_ms(),
+                                           current.applied_cfg if current else {})
+                self._report(subject, doc)
+        except store_mod.StoreError as err:
+            log.error("%s: config ver %d result not stored: %s", device_id, result.ver, err)
+            return
+        if isinstance(result, ConfigApplied):
+            log.info("%s: desired config ver %d applied", device_id, result.ver)
+        self.gateway.publisher.kick()
