@@ -34,6 +34,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check gateway firmware sensor_drivers models_onnx tests hil_tests bench tools
+	$(PY) -m mypy gateway
 	$(PY) tools/typecheck_firmware.py
 
 firmware: setup

@@ -60,7 +60,7 @@ def encode(payload: dict) -> bytes:
 class Ingest:
     def __init__(self, store: Store, outbox: Outbox, engine: TwinEngine,
                  topic: Callable[..., str], on_outbox_written: Callable[[], None],
-                 on_alarm_change: Callable[[], None] = lambda: None,
+                 on_alarm_change: Callable[[], object] = lambda: None,   # result ignored
                  publish_samples: bool = True):
         self.publish_samples = publish_samples
         self.store = store

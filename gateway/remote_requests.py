@@ -108,6 +108,7 @@ class RemoteRequests:
     def _handle_command(self, payload: bytes, properties: Any) -> None:
         response_topic = getattr(properties, "ResponseTopic", None)
         correlation = getattr(properties, "CorrelationData", None)
+        op: str | None   # None: a malformed request without a valid op
         try:
             command = inbound.parse_command(payload)
             op = command.op
@@ -135,6 +136,8 @@ class RemoteRequests:
             raise InboundError("subject",
                                f"{command.subject!r} is not registered at this gateway")
         if command.op == "identify":
+            if command.subject is None:   # parse_command refuses identify without a subject
+                raise InboundError("subject", "missing (identify needs a subject)")
             link = self.gateway.slots[self._by_subject[command.subject]].link
             if not link.identify(command.seconds):
                 return False, "not_connected"

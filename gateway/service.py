@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
@@ -126,7 +126,7 @@ class Gateway:
         self.watchdog_escalations = 0
 
     def _state_payload(self, online: bool) -> bytes:
-        state = {"online": online, "sess": self.sess, "ts": now_ms()}
+        state: dict[str, Any] = {"online": online, "sess": self.sess, "ts": now_ms()}
         ingest = getattr(self, "ingest", None)
         if online and ingest is not None and ingest.stats.store_alarm:
             # Published directly, not through the outbox it concerns (docs/mqtt.md).
@@ -222,7 +222,8 @@ class Gateway:
              if s.connected_since_s is not None and now - s.connected_since_s >= SLOT_SHARE_AFTER_S
              and s.link.drain is None and s.link.session is not None
              and s.link.session.state.value == "streaming"),
-            key=lambda s: s.connected_since_s)
+            # cast: the filter above keeps only slots with connected_since_s set
+            key=lambda s: cast(float, s.connected_since_s))
         for slot in candidates[:waiting]:
             slot.link.request_yield()
 

@@ -113,11 +113,7 @@ class SessionStats:
     resyncs: int = 0        # REPLAYs asked by the idle check (samples missing, no frame came)
     gap_notices: int = 0    # gap notices received (protocol.md §4.1), replays included
     gap_notices_missed: int = 0   # GAPS_BEFORE frames that came without their notices
-    frames_rejected: Counter | None = None
-
-    def __post_init__(self) -> None:
-        if self.frames_rejected is None:
-            self.frames_rejected = Counter()
+    frames_rejected: Counter[str] = dataclasses.field(default_factory=Counter)
 
 
 class PatchSession:
@@ -229,15 +225,15 @@ class PatchSession:
                 f"{ids.Status(response.status).name}")
         actions: list[Action] = []
         if response.opcode == ids.Opcode.SET_TIME:
-            result = control.decode_set_time_result(response.payload)
+            set_time = control.decode_set_time_result(response.payload)
             # The patch stamped its tick on receipt: half-way through the round trip.
             utc_ms = (sent_at_ms + now_ms) / 2
-            self.anchors[result.boot_id] = (result.tick, utc_ms)
-            self.new_anchor = (result.boot_id, result.tick, utc_ms)
-            self.boot_id = result.boot_id
+            self.anchors[set_time.boot_id] = (set_time.tick, utc_ms)
+            self.new_anchor = (set_time.boot_id, set_time.tick, utc_ms)
+            self.boot_id = set_time.boot_id
             self.state = State.GET_STATUS
             actions.append(self._request(
-                ids.Opcode.GET_STATUS, control.get_status(self.key, self.boot_id), now_ms))
+                ids.Opcode.GET_STATUS, control.get_status(self.key, set_time.boot_id), now_ms))
         elif response.opcode == ids.Opcode.GET_STATUS and self.state is State.STREAMING:
             # The idle check (tick): the patch holds samples we never received and nothing
             # is on its way (a notification lost below us): fetch them again.
@@ -252,17 +248,17 @@ class PatchSession:
             actions.append(Subscribe(ids.SAMPLES_CHAR_UUID))
             actions.append(self._replay(self.expected_seq, now_ms))
         elif response.opcode == ids.Opcode.REPLAY:
-            result = control.decode_replay_result(response.payload)
-            if result.oldest_seq > self.expected_seq:
+            replayed = control.decode_replay_result(response.payload)
+            if replayed.oldest_seq > self.expected_seq:
                 # The patch answers with the first seq at or after from_seq that it holds a
                 # sample for: no sample will ever come for the seqs before it (the unused seqs
                 # a reboot leaves, a record the patch could not read back, or samples deleted
                 # before this store had them). Move past them, or a hole inside the patch's
                 # log would make every later frame a gap (protocol.md §5, REPLAY).
-                self.stats.seqs_skipped += result.oldest_seq - self.expected_seq
-                self.expected_seq = result.oldest_seq
+                self.stats.seqs_skipped += replayed.oldest_seq - self.expected_seq
+                self.expected_seq = replayed.oldest_seq
             self._replay_requested_for = None
-            self.drain_target_seq = result.next_seq
+            self.drain_target_seq = replayed.next_seq
             self._last_status_check_ms = now_ms
             self.state = State.STREAMING
         return actions + self._flush_queue(now_ms)
@@ -319,7 +315,7 @@ class PatchSession:
                 and quiet_ms >= IDLE_STATUS_CHECK_MS):
             self._last_status_check_ms = now_ms
             return [self._request(ids.Opcode.GET_STATUS,
-                                  control.get_status(self.key, self.boot_id), now_ms)]
+                                  control.get_status(self.key, self._known_boot_id()), now_ms)]
         return []
 
     def disconnected(self, reason: str = "link lost") -> None:
@@ -360,13 +356,20 @@ class PatchSession:
             channel=frame.channel[skip:], value=frame.value[skip:],
             historical=frame.historical, gaps=gaps)
 
+    def _known_boot_id(self) -> int:
+        """The boot_id requests are signed for. Set from the status record before SET_TIME,
+        so every request after it (GET_STATUS, REPLAY, ACK, IDENTIFY, SET_CONFIG) has one."""
+        if self.boot_id is None:
+            raise RuntimeError(f"{self.device_id}: no boot_id yet (status record not read)")
+        return self.boot_id
+
     def _request(self, opcode: int, data: bytes, now_ms: int) -> WriteControl:
         self._pending = (int(opcode), now_ms)
         return WriteControl(int(opcode), data)
 
     def _replay(self, from_seq: int, now_ms: int) -> WriteControl:
         self._replay_requested_for = from_seq
-        return self._request(ids.Opcode.REPLAY, control.replay(self.key, self.boot_id, from_seq),
+        return self._request(ids.Opcode.REPLAY, control.replay(self.key, self._known_boot_id(), from_seq),
                              now_ms)
 
     def _queue_replay(self, from_seq: int, now_ms: int) -> list[Action]:
@@ -380,7 +383,7 @@ class PatchSession:
         if self._queued_ack is not None:
             seq, self._queued_ack = self._queued_ack, None
             self._acked_seq = seq
-            return [self._request(ids.Opcode.ACK, control.ack(self.key, self.boot_id, seq),
+            return [self._request(ids.Opcode.ACK, control.ack(self.key, self._known_boot_id(), seq),
                                   now_ms)]
         if self._queued_replay is not None:
             seq, self._queued_replay = self._queued_replay, None
@@ -388,7 +391,7 @@ class PatchSession:
         if self._queued_identify is not None:
             seconds, self._queued_identify = self._queued_identify, None
             return [self._request(ids.Opcode.IDENTIFY,
-                                  control.identify(self.key, self.boot_id, seconds), now_ms)]
+                                  control.identify(self.key, self._known_boot_id(), seconds), now_ms)]
         return self._next_config(now_ms)
 
     # -- remote configuration ---------------------------------------------------
@@ -417,7 +420,7 @@ class PatchSession:
             key, value = self._config_todo.pop(0)
             self._config_inflight = (self._config_attempt, key, value)
             return [self._request(ids.Opcode.SET_CONFIG,
-                                  control.set_config(self.key, self.boot_id, key, value), now_ms)]
+                                  control.set_config(self.key, self._known_boot_id(), key, value), now_ms)]
         ver, cfg = self._desired
         self._config_attempt = None
         self._desired_applied = True

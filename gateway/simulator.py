@@ -66,7 +66,12 @@ async def run_simulator(patches: int, workdir: Path, *, hci_port: int = 0,
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: [p.stop_sampling() for p in virtual])
+
+    def stop_sampling_all() -> None:
+        for p in virtual:
+            p.stop_sampling()
+
+    loop.add_signal_handler(signal.SIGUSR1, stop_sampling_all)
     try:
         while not stop.is_set():
             _write_json(workdir / "patches.json", patch_status(virtual))

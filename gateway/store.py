@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from gateway.protocol.constants import ConfigKey
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -286,7 +288,8 @@ class Store:
             "SELECT boot_id, tick, utc_ms FROM anchors WHERE device_id=?", (device_id,))}
 
     # -- desired configuration (docs/mqtt.md, `{subject}/desired`) ---------------
-    def save_desired(self, device_id: str, ver: int, cfg: dict[int, int], now_ms: int) -> None:
+    def save_desired(self, device_id: str, ver: int, cfg: Mapping[ConfigKey, int],
+                     now_ms: int) -> None:
         """Inside the caller's transaction; the version applied before is kept."""
         self.conn.execute(
             "INSERT INTO desired_config(device_id, ver, cfg_json, applied_ver, updated_ms)"
@@ -294,7 +297,7 @@ class Store:
             " cfg_json=excluded.cfg_json, updated_ms=excluded.updated_ms",
             (device_id, ver, _cfg_json(cfg), now_ms))
 
-    def mark_config_applied(self, device_id: str, ver: int, cfg: dict[int, int]) -> None:
+    def mark_config_applied(self, device_id: str, ver: int, cfg: Mapping[ConfigKey, int]) -> None:
         """Inside the caller's transaction."""
         self.conn.execute(
             "UPDATE desired_config SET applied_ver=?, applied_cfg_json=? WHERE device_id=?",
@@ -362,7 +365,7 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
-def _cfg_json(cfg: dict[int, int]) -> str:
+def _cfg_json(cfg: Mapping[ConfigKey, int]) -> str:
     return json.dumps({str(int(k)): int(v) for k, v in cfg.items()}, sort_keys=True)
 
 

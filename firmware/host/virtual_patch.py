@@ -114,25 +114,32 @@ class VirtualPatch:
         self.patch = context.run(app.Patch, board)
         self.task = asyncio.create_task(self.patch.run(), context=context)
 
+    def _started(self) -> app.Patch:
+        if self.patch is None:
+            raise RuntimeError(f"virtual patch {self.name} is not started (call start() first)")
+        return self.patch
+
     def preload_backlog(self, count: int, channel: int = 0, value: int = 4300) -> None:
         """Samples taken while no gateway was in range (a backlog for the next connection)."""
-        log = self.patch.log
+        patch = self._started()
+        log = patch.log
         # Ticks only grow within a boot: spread the backlog between this boot's last sample
         # (if any) and now.
         last = log.next_seq - 1
-        start = log.tick(last) if log.boot(last) == self.patch.boot_state.boot_id else 0
-        span = self.patch.clock.now() - start
+        start = log.tick(last) if log.boot(last) == patch.boot_state.boot_id else 0
+        span = patch.clock.now() - start
         for i in range(count):
             log.append(channel, start + span * i // count, value + i % 64)
 
     def stop_sampling(self) -> None:
-        self.patch.stop_sampling()
+        self._started().stop_sampling()
 
     @property
     def samples_taken(self) -> int:
         """Samples logged since this boot (seqs are contiguous within a boot)."""
-        log = self.patch.log if self.patch else None
-        return 0 if log is None else log.next_seq - self.patch.boot_state.first_seq
+        if self.patch is None:
+            return 0
+        return self.patch.log.next_seq - self.patch.boot_state.first_seq
 
     @property
     def unacked(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.protocol.constants import CFG_VALUE_MAX, CFG_VALUE_MIN, ConfigKey
 
@@ -50,7 +51,8 @@ def cfg_by_name(cfg: dict) -> dict[str, int]:
     return {CONFIG_NAMES[ConfigKey(k)]: int(v) for k, v in sorted(cfg.items())}
 
 
-def classify(topic_root: str, topic: str) -> tuple[str, str | None] | None:
+def classify(topic_root: str, topic: str) -> (
+        tuple[Literal["desired"], str] | tuple[Literal["cmd"], None] | None):
     """`("desired", subject)` for `{root}/{subject}/desired`, `("cmd", None)` for `{root}/cmd`,
     None for anything else."""
     prefix = topic_root + "/"

@@ -229,9 +229,10 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
             f"record {j}: {c.name.lower()} value {values[j]} outside "
             f"{CHANNEL_MIN[c]}..{CHANNEL_MAX[c]}",
         )
-    channel = np.array(channels, dtype=np.uint8)
-    tick = np.array(ticks, dtype=np.int64)
-    value = np.array(values, dtype=np.int32)
+    # New names: `channel`, `tick` and `value` are the per-record ints of the loop above.
+    channel_arr = np.array(channels, dtype=np.uint8)
+    tick_arr = np.array(ticks, dtype=np.int64)
+    value_arr = np.array(values, dtype=np.int32)
     if first_seq + count - 1 > _U32_MAX:
         raise FrameError(
             FrameErrorCode.SEQ_OVERFLOW,
@@ -244,9 +245,9 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
         first_seq=first_seq,
         base_tick=base_tick,
         seq=first_seq + np.arange(count, dtype=np.int64),
-        channel=channel,
-        tick=tick,
-        value=value,
+        channel=channel_arr,
+        tick=tick_arr,
+        value=value_arr,
     )
 
 
