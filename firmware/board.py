@@ -14,7 +14,7 @@ LOG_DIR = "/log"   # under data_dir: the flash log's segment files (flash_log.py
 # Upper bound on flash-log segments, whatever the filesystem could hold: the log keeps 16 B of
 # RAM per segment (2.5 KB here). A segment (8176 B, two LittleFS blocks) holds ~2,900 samples
 # at default rates (tests/test_flash_log.py measures 73 segments for 7 days), so 160 segments
-# are about 15 days, twice design.md's 7-day target. A Pico W's filesystem holds ~82.
+# are about 15 days, twice design.md's 7-day target. A Pico W's filesystem holds ~86.
 LOG_SEGMENTS_MAX = 160
 
 

@@ -26,7 +26,7 @@
 # (Segments of the 8-byte-record format, version 1, read as segments whose headers failed:
 # their records are not read back, their seqs are not reused.)
 # At default rates a 16-record block is ~44 B: 2.76 B per sample measured on a modelled week
-# with sensor noise (7 days: 576 KiB, 73 segments; a Pico W's filesystem has room for ~82
+# with sensor noise (7 days: 576 KiB, 73 segments; a Pico W's filesystem has room for ~86
 # next to the firmware), see tests/test_flash_log.py. Segments are bounded in bytes: default 8176 B, exactly two 4 KiB
 # LittleFS blocks (the second block gives 4 bytes to its CTZ skip-list pointer); a segment
 # takes another record while a worst-case block still fits.

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     flash.add_argument("--source", action="store_true",
                        help="copy the .py sources instead of the .mpy build")
     flash.add_argument("--no-reset", action="store_true", help="do not soft-reset afterwards")
+    flash.add_argument("--with-emulators", action="store_true",
+                       help="also copy the chip emulators (a board without the sensor chips, "
+                            "e.g. the virtual board)")
     flash.add_argument("--discard-old-log", action="store_true",
                        help="flash even if the patch holds unsent samples in an older log "
                             "format (they are lost)")
@@ -235,7 +238,8 @@ def cmd_flash(args: argparse.Namespace) -> int:
     try:
         result = flash(args.port, None if args.source else args.build_dir, source=args.source,
                        progress=print_progress, soft_reset=not args.no_reset,
-                       discard_old_log=args.discard_old_log)
+                       discard_old_log=args.discard_old_log,
+                       with_emulators=args.with_emulators)
     except ProvisionError as e:
         raise CliError(str(e)) from e
     kind = "sources" if result.source else "files"

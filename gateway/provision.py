@@ -40,6 +40,9 @@ BUILD_LIB_DIR = "lib"
 BOARD_LIB_DIR = "/lib"
 DEVICE_PACKAGES = ("firmware", "sensor_drivers")
 SOURCE_EXCLUDED_DIRS = frozenset({"host", "tests", "__pycache__"})
+# Chip emulators serve boards without the chips (the virtual board, a test bench): a patch
+# does not carry them unless asked (flash(..., with_emulators=True)).
+EMULATOR_DIR = "emulators"
 MPY_MAGIC = ord("M")
 MPY_HEADER_BYTES = 4
 MPY_ARCH_SHIFT = 2  # .mpy header byte 2: arch << 2 | sub-version (py/persistentcode.h)
@@ -242,13 +245,22 @@ def source_root() -> Path:
     return Path(spec.origin).resolve().parent.parent
 
 
-def firmware_files(build_dir: str | Path | None = None, *, source: bool = False
-                   ) -> list[tuple[Path, str]]:
+def firmware_files(build_dir: str | Path | None = None, *, source: bool = False,
+                   with_emulators: bool = False) -> list[tuple[Path, str]]:
     """(local file, board path) pairs to flash, main.py first.
 
     From the mpy-cross build (build_dir/main.py, build_dir/lib/**.mpy), or with
-    source=True from the .py sources (what tools/build_firmware.py compiles).
+    source=True from the .py sources (what tools/build_firmware.py compiles). The chip
+    emulators only with_emulators.
     """
+    files = _firmware_files(build_dir, source)
+    if with_emulators:
+        return files
+    return [(local, board_path) for local, board_path in files
+            if EMULATOR_DIR not in board_path.split("/")]
+
+
+def _firmware_files(build_dir: str | Path | None, source: bool) -> list[tuple[Path, str]]:
     if source:
         root = source_root()
         files = [(root / "firmware" / BUILD_MAIN, "/" + BUILD_MAIN)]
@@ -344,7 +356,8 @@ def unsent_old_format_samples(repl: RawRepl, data_dir: str = DEFAULT_DATA_DIR) -
 
 def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: bool = False,
           progress: Callable[[FlashProgress], None] | None = None, soft_reset: bool = True,
-          timeout_s: float = DEFAULT_TIMEOUT_S, discard_old_log: bool = False) -> FlashResult:
+          timeout_s: float = DEFAULT_TIMEOUT_S, discard_old_log: bool = False,
+          with_emulators: bool = False) -> FlashResult:
     """Copy the firmware onto the board, replacing any earlier copy of its packages.
 
     /data (identity, counters, the flash log) and other libraries in /lib are left alone.
@@ -352,7 +365,7 @@ def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: b
     discard_old_log. Every file is checked for size (and SHA-256) after the copy; the board
     is soft-reset afterwards so the next import loads the new code.
     """
-    files = firmware_files(build_dir, source=source)
+    files = firmware_files(build_dir, source=source, with_emulators=with_emulators)
     sizes = [local.stat().st_size for local, _ in files]
     bytes_total = sum(sizes)
     started = time.monotonic()

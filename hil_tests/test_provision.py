@@ -31,7 +31,7 @@ IDENTITY_PATH = f"{DATA_DIR}/identity"
 DEVICE_ID = "0123456789abcdef"
 KEY = bytes(range(1, 33))
 BOARD_MODULES = ("firmware.board", "firmware.frame_encoder", "firmware.flash_log",
-                 "firmware.clock", "sensor_drivers.tmp117", "sensor_drivers.emulators.tmp117")
+                 "firmware.clock", "sensor_drivers.tmp117")
 MPY_CROSS_MAJOR_FILE_VERSION = 6  # what mpy-cross 1.2x writes (.mpy header byte 1)
 
 
@@ -165,6 +165,7 @@ def test_flash_copies_the_build_and_the_board_imports_it(board, firmware_build):
     for local, board_path in files:
         assert board.stat_size(board_path) == local.stat().st_size, board_path
     assert not board.exists("/lib/firmware/stale_module.py")  # old package contents replaced
+    assert not board.exists("/lib/sensor_drivers/emulators")  # a patch carries no emulators
     assert identity_on_board(board) == (DEVICE_ID, KEY)  # flashing leaves data alone
     for module in BOARD_MODULES:
         origin = board.eval(f"__import__({module!r}, None, None, ['x']).__file__")
@@ -180,6 +181,16 @@ def test_flash_sources(board):
     for module in BOARD_MODULES:
         origin = board.eval(f"__import__({module!r}, None, None, ['x']).__file__")
         assert origin == "/lib/" + module.replace(".", "/") + ".py"
+
+
+def test_flash_with_emulators_for_a_board_without_chips(board):
+    result = flash(board, source=True, with_emulators=True)
+    assert "/lib/sensor_drivers/emulators/tmp117.py" in result.board_paths
+    assert board.eval("__import__('sensor_drivers.emulators.tmp117', None, None, ['x'])"
+                      ".__file__") == "/lib/sensor_drivers/emulators/tmp117.py"
+    plain = flash(board, source=True)
+    assert not any("/emulators/" in path for path in plain.board_paths)
+    assert not board.exists("/lib/sensor_drivers/emulators")   # replaced with the package
 
 
 @pytest.mark.virtual_only

@@ -609,14 +609,16 @@ def realistic_week() -> list[tuple[int, int, int]]:
 
 
 def firmware_blocks_on_lfs() -> int:
-    """LittleFS blocks the deployed firmware files take (tools/build_firmware.py output; each
-    file at least one 4 KiB block)."""
+    """LittleFS blocks the firmware files `dermtwin flash` puts on a patch take (from the
+    tools/build_firmware.py output; each file at least one 4 KiB block)."""
     import tempfile
+
+    from gateway.provision import firmware_files
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, str(REPO / "tools" / "build_firmware.py"), "--out", out],
                        check=True, capture_output=True)
-        return sum(max(1, math.ceil(p.stat().st_size / LFS_BLOCK_BYTES))
-                   for p in Path(out).rglob("*") if p.is_file())
+        return sum(max(1, math.ceil(local.stat().st_size / LFS_BLOCK_BYTES))
+                   for local, _ in firmware_files(out))
 
 
 def test_seven_days_at_default_rates_fit_a_pico_w(tmp_path):
