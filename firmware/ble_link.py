@@ -115,8 +115,11 @@ class PatchLink:
         # so the gateway reconnects and both sides start clean.
         while connection.is_connected():
             if control.done() or streamer.done():
-                print("ble link: a task ended unexpectedly; disconnecting")
-                await connection.disconnect()
+                print("ble link: a task ended; disconnecting")
+                try:
+                    await connection.disconnect()
+                except Exception:   # already gone (a timeout waiting for the event): go on
+                    pass
                 return
             await aio.sleep_ms(LINK_WATCH_MS)
 
@@ -126,7 +129,12 @@ class PatchLink:
             written = await self.gatt.control_point.written()
             if not written:   # woken without a write (a wake-up left over from a dropped link)
                 continue
-            _, data = written
+            writer, data = written
+            if writer is not None and writer is not connection:
+                # Another central wrote: the link served here is gone although the stack
+                # never reported it. End it (the watcher disconnects it) and serve the new one.
+                print("ble link: control point written on another connection; ending this one")
+                return
             opcode, status, operands = control_codec.parse_request(
                 data, self.key, self.boot_state.boot_id)
             payload = None

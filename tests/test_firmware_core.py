@@ -150,3 +150,39 @@ async def test_sampler_slows_down_and_reports_gaps_while_the_log_is_full(tmp_pat
     assert gap.seq_at == 8 and gap.counts[0] == 3 + 5 * (FULL_SLOWDOWN - 1)
     assert log.value(8) == 4500
     log.close()
+
+
+async def test_control_write_from_another_central_ends_the_stale_link():
+    # The stack never reported the served link gone (seen with a virtual controller under
+    # load): a write arriving from another connection must end it, or every later central
+    # would get its answers on the dead link and never be served.
+    import asyncio
+    from types import SimpleNamespace
+
+    from firmware import host
+    from firmware import protocol_ids as ids
+
+    host.install()   # aioble: the host shim
+    from firmware.ble_link import PatchLink
+
+    class ControlPoint:
+        def __init__(self):
+            self.writes = asyncio.Queue()
+            self.indicated = []
+
+        async def written(self):
+            return await self.writes.get()
+
+        async def indicate(self, connection, data):
+            self.indicated.append((connection, bytes(data)))
+
+    cp = ControlPoint()
+    link = PatchLink(SimpleNamespace(control_point=cp), "00" * 8, bytes(32),
+                     SimpleNamespace(boot_id=1), None, None, None, None)
+    served, other = object(), object()
+    task = asyncio.ensure_future(link._control_loop(served))
+    await cp.writes.put((served, b"\x05" + bytes(8)))       # a request with a bad tag
+    await cp.writes.put((other, b"\x05" + bytes(8)))
+    await asyncio.wait_for(task, 2)                          # the loop ended by itself
+    assert [c for c, _ in cp.indicated] == [served]          # answered on its own link only
+    assert cp.indicated[0][1][2] == ids.ST_AUTH_FAILED

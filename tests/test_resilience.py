@@ -45,8 +45,21 @@ async def test_ten_patches_survive_fifty_random_link_drops(tmp_path):
             drops += await rig.radio.drop_link(str(patch.bumble_device.random_address))
         for patch in rig.patches:
             patch.stop_sampling()
-        await wait_for(lambda: all(len(p.patch.log) == 0 for p in rig.patches), 60,
-                       "every patch log to drain")
+        try:
+            await wait_for(lambda: all(len(p.patch.log) == 0 for p in rig.patches), 60,
+                           "every patch log to drain")
+        except AssertionError:
+            now = asyncio.get_running_loop().time()
+            for i, p in enumerate(rig.patches):
+                slot = gateway.slots[rig.identities[i][0]]
+                link = slot.link
+                print(i, "unacked", len(p.patch.log), "connected", rig.connected(i),
+                      "session", link.session.state if link.session else None,
+                      "task", slot.task is not None and not slot.task.done(),
+                      "failures", slot.failures, "next in", round(slot.next_attempt_s - now, 1),
+                      "last", getattr(link, "last_close_reason", None),
+                      "sighting", slot.sighting is not None, "connects", link.connects)
+            raise
         await asyncio.sleep(0.5)
         assert_every_sample_stored_once(rig)
         assert gateway.ingest.stats.commit_failures == 0
