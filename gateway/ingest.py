@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.clock import now_ms
 from gateway.outbox import Outbox
 from gateway.samples_message import samples_payload
 from gateway.store import LostSamples, SampleBatch, Store, StoreError
@@ -169,4 +169,4 @@ class Ingest:
                 pass
             self._wake.clear()
             await asyncio.sleep(CYCLE_S)  # let more batches gather into this transaction
-            self.cycle(time.time_ns() // 1_000_000)
+            self.cycle(now_ms())

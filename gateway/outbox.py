@@ -18,10 +18,11 @@ not retried automatically.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from gateway.clock import now_ms
 
 MAX_TOPIC_BYTES = 65535  # MQTT UTF-8 string length prefix is 16 bits
 SUPPORTED_QOS = (0, 1)
@@ -94,14 +95,10 @@ class ParkedMessage:
     reason: str
 
 
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Outbox:
     """The `outbox` table on a caller's connection. Never commits."""
 
-    def __init__(self, conn: sqlite3.Connection, *, clock_ms=wall_clock_ms) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, clock_ms=now_ms) -> None:
         self._conn = conn
         self._clock_ms = clock_ms
         for statement in SCHEMA.split(";"):
@@ -132,13 +129,13 @@ class Outbox:
         """Add several messages in order; returns their ids. Validates all
         before inserting any, so a bad message leaves nothing half-written."""
         rows = [_validated(NewMessage(*m)) for m in messages]
-        now_ms = self._clock_ms()
+        created_ms = self._clock_ms()
         ids = []
         for row in rows:
             cursor = self._conn.execute(
                 "INSERT INTO outbox (topic, payload, qos, retain, expiry_s, created_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (*row, now_ms),
+                (*row, created_ms),
             )
             assert cursor.lastrowid is not None
             ids.append(cursor.lastrowid)

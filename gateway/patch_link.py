@@ -13,6 +13,7 @@ from typing import Any
 
 from bleak.exc import BleakError
 
+from gateway.clock import now_ms
 from gateway.progress import DrainProgress
 from gateway.protocol import constants as ids
 from gateway.session import (
@@ -37,10 +38,6 @@ SESSION_TICK_S = 1.0
 BLE_ERRORS = (BleakError, TimeoutError, EOFError, ConnectionError, OSError)
 YIELD_REASON = "yielding the connection slot to a waiting patch"
 REFUSAL_PREFIXES = ("MTU ", "identity mismatch", "unreadable status", "patch answered")
-
-
-def utc_now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Outcome(enum.Enum):
@@ -115,10 +112,10 @@ class PatchLink:
         anchors = self.store.anchors(self.device.device_id) if self.store else None
         session = PatchSession(self.device.device_id, self.device.key,
                                self.committed_seq(self.device.device_id), anchors)
-        self._give_desired(session, utc_now_ms())
+        self._give_desired(session, now_ms())
         self.session = session
         try:
-            await self._execute(client, session, session.start(client.mtu_size, utc_now_ms()))
+            await self._execute(client, session, session.start(client.mtu_size, now_ms()))
             next_tick = time.monotonic() + SESSION_TICK_S
             while session.state is not State.CLOSED:
                 try:
@@ -128,7 +125,7 @@ class PatchLink:
                     pass
                 if time.monotonic() >= next_tick:   # timeouts run even while events flow
                     next_tick = time.monotonic() + SESSION_TICK_S
-                    await self._execute(client, session, session.tick(utc_now_ms()))
+                    await self._execute(client, session, session.tick(now_ms()))
                 self._track_drain(session)
                 self._save_anchor(session)
         except BLE_ERRORS as e:
@@ -188,7 +185,7 @@ class PatchLink:
         return Outcome.STREAMED if session.stats.frames_ok else Outcome.LINK_LOST
 
     def _dispatch(self, session: PatchSession, event: tuple) -> list:
-        kind, now = event[0], utc_now_ms()
+        kind, now = event[0], now_ms()
         if kind == "notify":
             before = sum(session.stats.frames_rejected.values())
             actions = session.notification(event[1], now)
@@ -220,7 +217,7 @@ class PatchLink:
             action = work.popleft()
             if isinstance(action, ReadChar):
                 data = await client.read_gatt_char(action.uuid)
-                work.extend(session.read_result(action.uuid, bytes(data), utc_now_ms()))
+                work.extend(session.read_result(action.uuid, bytes(data), now_ms()))
             elif isinstance(action, Subscribe):
                 await client.start_notify(action.uuid, self._notification_handler(action.uuid))
             elif isinstance(action, WriteControl):

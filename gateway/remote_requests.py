@@ -16,10 +16,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway import store as store_mod
+from gateway.clock import now_ms
 from gateway.ingest import encode
 from gateway.mqtt import inbound
 from gateway.mqtt.inbound import InboundError
-from gateway.outbox import wall_clock_ms as now_ms
 from gateway.session import ConfigApplied, ConfigFailed
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
+from gateway.clock import now_ms
 from gateway.inference import load_models
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
@@ -51,10 +52,6 @@ UCUM_UNITS = {"skin_temp_c": "Cel", "temp_baseline_c": "Cel", "temp_delta_c": "K
               "capacitance_pf": "pF", "battery_pct": "%", "uv_dose_sed": "100.J/m2",
               "uv_med_fraction": "1", "minutes_to_med": "min", "hydration_au": "{AU}",
               "hydration_state": "{state}"}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def advertised_name(device_id: str) -> str:

@@ -49,8 +49,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.clock import now_ms
 from gateway.mqtt.config import MqttConfig
-from gateway.outbox import Outbox, OutboxMessage, wall_clock_ms
+from gateway.outbox import Outbox, OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -623,7 +624,7 @@ class MqttPublisher:
             batch = outbox.pending(room, after_id=self._cursor_id)
             if not batch:
                 return
-            now_ms = wall_clock_ms()
+            sent_at_ms = now_ms()
             changed_rows = False
             # After a QoS 0 rewind the batch can hold rows that are still in flight.
             inflight_ids = {m.id for m in self._inflight.values()}
@@ -631,7 +632,7 @@ class MqttPublisher:
                 if message.id in inflight_ids:
                     self._cursor_id = message.id
                     continue
-                verdict = self._send(client, outbox, message, now_ms)
+                verdict = self._send(client, outbox, message, sent_at_ms)
                 if verdict == "retry":
                     return
                 self._cursor_id = message.id
