@@ -33,8 +33,8 @@ demo: setup
 	$(VENV)/bin/dermtwin demo --patches $(PATCHES) --duration $(DURATION) --summary build/demo-summary.json
 
 lint: setup
-	$(VENV)/bin/ruff check gateway firmware sensor_drivers models_onnx tests hil_tests bench tools
-	$(PY) -m mypy gateway
+	$(VENV)/bin/ruff check gateway simulation firmware sensor_drivers models_onnx tests hil_tests bench tools
+	$(PY) -m mypy gateway simulation
 	$(PY) tools/typecheck_firmware.py
 
 firmware: setup

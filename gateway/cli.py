@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from simulation.demo import run_demo
 
     summary = asyncio.run(run_demo(
         args.patches, args.duration, broker_url=args.broker, summary_path=args.summary,
@@ -149,7 +149,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway.simulator import run_simulator
+    from simulation.simulator import run_simulator
 
     if args.backlog < 0:
         raise CliError(f"--backlog {args.backlog}: must not be negative")

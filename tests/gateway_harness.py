@@ -8,14 +8,14 @@ import os
 import time
 from pathlib import Path
 
-from firmware.host.virtual_patch import VirtualPatch
 from gateway.ble.radio import BleRadio
-from gateway.ble.virtual_radio import VirtualRadio
-from gateway.demo import demo_identity, pair_virtual_patches
 from gateway.inference import default_models_dir
-from gateway.mqtt.broker import LocalBroker
 from gateway.mqtt.config import MqttConfig
 from gateway.service import Gateway, GatewayConfig
+from simulation.broker import LocalBroker
+from simulation.demo import demo_identity, pair_virtual_patches
+from simulation.virtual_patch import VirtualPatch
+from simulation.virtual_radio import VirtualRadio
 
 FAST_PATCH_CONFIG = {1: 1, 6: 1}   # skin temperature every 1 s, flush frames every 1 s
 

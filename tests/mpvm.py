@@ -1,7 +1,7 @@
 """Run code under the real MicroPython VM (WebAssembly, via node) from pytest.
 
 The repo's on-device packages are laid out as on a patch: ``/lib/firmware`` and
-``/lib/sensor_drivers`` with ``/lib`` on ``sys.path`` (``host/`` shims and
+``/lib/sensor_drivers`` with ``/lib`` on ``sys.path`` (the simulation and
 ``tests/`` folders are not copied). Top-level ``await`` works in the code you
 pass; ``asyncio.run`` does not exist in this build, so write ``await main()``.
 

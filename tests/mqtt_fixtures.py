@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.mqtt.broker import LocalBroker, free_loopback_port
+from simulation.broker import LocalBroker, free_loopback_port
 
 DEFAULT_WAIT_S = 10.0
 SUBSCRIBE_TIMEOUT_S = 5.0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "firmware" / "host"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "simulation" / "device_shims"))
 
 import aioble  # noqa: E402
 import bluetooth  # noqa: E402
@@ -31,7 +31,7 @@ from gateway.ble.bumble_backend import (  # noqa: E402
     BumbleScannerBackend,
     set_default_adapter,
 )
-from gateway.ble.virtual_radio import VirtualRadio  # noqa: E402
+from simulation.virtual_radio import VirtualRadio  # noqa: E402
 
 STREAM_SERVICE = "d7000001-5345-4c50-834d-247ec90e2b93"
 SAMPLES_CHAR = "d7000002-5345-4c50-834d-247ec90e2b93"

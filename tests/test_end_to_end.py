@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.mqtt.broker import LocalBroker
+from simulation.broker import LocalBroker
 
 REPO = Path(__file__).resolve().parents[1]
 

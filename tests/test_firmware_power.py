@@ -398,8 +398,8 @@ class Battery:
         virtual.environment.battery_soc_pct_at = lambda t_s: self.pct
 
     def set(self, pct):
-        from firmware.host.virtual_patch import monotonic_ms
         from sensor_drivers.max17048 import MODE_QUICK_START, REG_MODE
+        from simulation.virtual_patch import monotonic_ms
 
         self.pct = pct
         self.virtual.chips["MAX17048"].write_register(REG_MODE, MODE_QUICK_START, monotonic_ms())
@@ -409,10 +409,10 @@ async def test_status_record_carries_the_battery_flags(tmp_path, monkeypatch):
     from bumble.core import UUID
     from bumble.device import Peer
 
-    from firmware.host.virtual_patch import VirtualPatch
-    from gateway.ble.virtual_radio import VirtualRadio
     from gateway.protocol.constants import STATUS_CHAR_UUID, ErrorFlag
     from gateway.protocol.control import decode_status
+    from simulation.virtual_patch import VirtualPatch
+    from simulation.virtual_radio import VirtualRadio
     from tests.gateway_harness import wait_for
 
     monkeypatch.setattr(power, "CHECK_MS", 50)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from firmware.flash_log import LOG_FULL
-from firmware.host.virtual_patch import VirtualPatch
+from simulation.virtual_patch import VirtualPatch
 from tests.gateway_harness import GatewayRig, wait_for
 
 

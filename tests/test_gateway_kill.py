@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import store as store_mod
-from gateway.mqtt.broker import LocalBroker
+from simulation.broker import LocalBroker
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -18,16 +18,16 @@ def test_repo_packages_import_from_lib_as_on_the_device(micropython):
         "print(firmware.__file__)\n"
         "print(sensor_drivers.emulators.__file__)\n"
         "try:\n"
-        "    import firmware.host\n"
-        "    print('host shims copied')\n"
+        "    import simulation\n"
+        "    print('simulation copied')\n"
         "except ImportError:\n"
-        "    print('no host shims')\n"
+        "    print('no simulation')\n"
     )
     assert out.splitlines() == [
         "/lib",
         "/lib/firmware/__init__.py",
         "/lib/sensor_drivers/emulators/__init__.py",
-        "no host shims",
+        "no simulation",
     ]
 
 

@@ -14,11 +14,11 @@ import paho.mqtt.client as paho
 import pytest
 from mqtt_fixtures import ReceivedMessage, wait_until
 
-from gateway.mqtt import broker as broker_module
-from gateway.mqtt.broker import BrokerError, LocalBroker, find_mosquitto
 from gateway.mqtt.config import MqttConfig, MqttConfigError
 from gateway.mqtt.publisher import MAX_PROTOCOL_STRIKES, MqttPublisher
 from gateway.outbox import Outbox
+from simulation import broker as broker_module
+from simulation.broker import BrokerError, LocalBroker, find_mosquitto
 
 BIRTH = b'{"online": true}'
 WILL = b'{"online": false, "why": "will"}'

@@ -9,10 +9,10 @@ from bumble.core import UUID
 from bumble.device import Peer
 from bumble.gatt import Characteristic
 
-from firmware.host.virtual_patch import VirtualPatch
-from gateway.ble.virtual_radio import VirtualRadio
 from gateway.protocol import constants as ids
 from gateway.protocol.control import decode_status
+from simulation.virtual_patch import VirtualPatch
+from simulation.virtual_radio import VirtualRadio
 
 DEVICE_ID = "0a1b2c3d4e5f6071"
 STREAM = ids.STREAM_SERVICE_UUID

@@ -18,7 +18,6 @@ from driver_scenarios import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.host import machine
 from sensor_drivers.emulators.i2c_bus import ManualClock, RegisterChip16, VirtualI2C
 from sensor_drivers.emulators.tmp117 import TMP117Emulator
 from sensor_drivers.errors import SensorError
@@ -30,6 +29,7 @@ from sensor_drivers.tmp117 import (
     raw_to_centi_celsius,
     raw_to_milli_celsius,
 )
+from simulation.device_shims import machine
 
 # Datasheet Table 7-1 (§7.3.3): Temp_Result register value -> °C.
 # The table prints 255.9921 for 7FFF; the exact value is 32767/128.

@@ -2,7 +2,7 @@
 
 Output layout mirrors the patch's flash: build/firmware/main.py (the entry point, kept as
 source because MicroPython only runs main.py) and build/firmware/lib/<package>/<module>.mpy.
-CPython-only adapters (firmware/host/) and tests are left out.
+CPython-only stand-ins (simulation/) and tests are left out.
 
 It also writes build/firmware/manifest.py, a MicroPython freeze manifest of the same device
 files plus aioble from micropython-lib, for a custom image whose code runs from flash

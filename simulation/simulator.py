@@ -16,7 +16,7 @@ import os
 import signal
 from pathlib import Path
 
-from gateway.demo import demo_identity, pair_virtual_patches
+from simulation.demo import demo_identity, pair_virtual_patches
 
 STATUS_INTERVAL_S = 0.25
 
@@ -39,8 +39,8 @@ def patch_status(patches) -> dict:
 async def run_simulator(patches: int, workdir: Path, *, hci_port: int = 0,
                         patch_config: dict | None = None, backlog: int = 0,
                         pair_db: Path | None = None, seed: int = 1) -> None:
-    from firmware.host.virtual_patch import VirtualPatch
-    from gateway.ble.virtual_radio import VirtualRadio
+    from simulation.virtual_patch import VirtualPatch
+    from simulation.virtual_radio import VirtualRadio
 
     workdir.mkdir(parents=True, exist_ok=True)
     radio = VirtualRadio(seed=seed)

@@ -1,6 +1,6 @@
 """MicroPython's aioble, re-implemented over Bumble so patch firmware runs on CPython.
 
-Put `firmware/host` first on `sys.path`; then `import aioble` and `import bluetooth`
+Put `simulation/device_shims` first on `sys.path`; then `import aioble` and `import bluetooth`
 resolve here. Each virtual patch has its own Bumble device: call
 `aioble.bind_device(device)` in the patch's task before its firmware starts (tasks it
 creates inherit the binding). Only the peripheral/server side is implemented.

@@ -22,9 +22,9 @@ from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.inference import default_models_dir
 from gateway.live_view import run_live_view
-from gateway.mqtt.broker import LocalBroker
 from gateway.mqtt.config import MqttConfig
 from gateway.service import Gateway, GatewayConfig
+from simulation.broker import LocalBroker
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def pair_virtual_patches(db_path: Path, identities: list[tuple[str, bytes, str]]
 async def run_demo(patches: int, duration_s: float, broker_url: str | None = None,
                    summary_path: Path | None = None, workdir: Path | None = None,
                    live: bool = True, gateway_id: str = DEMO_GATEWAY_ID) -> dict:
-    from firmware.host.virtual_patch import VirtualPatch
-    from gateway.ble.virtual_radio import VirtualRadio
+    from simulation.virtual_patch import VirtualPatch
+    from simulation.virtual_radio import VirtualRadio
 
     if patches < 1:
         raise ValueError("--patches must be at least 1")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import bluetooth  # type: ignore[import-not-found,unused-ignore]  # firmware/host on sys.path
+import bluetooth  # type: ignore[import-not-found,unused-ignore]  # simulation/device_shims on sys.path
 from bumble import att, core, gatt
 
 from .core import GattError, PatchState, ThreadSafeFlag, current_patch

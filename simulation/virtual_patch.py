@@ -12,7 +12,7 @@ import contextvars
 import time
 from pathlib import Path
 
-from firmware.host import install
+from simulation.device_shims import install
 
 install()
 
