@@ -32,11 +32,13 @@ class Patch:
         self.board = board
         device_id_hex, key = board.identity()
         self.device_id_hex = device_id_hex
-        self.boot_state = BootState(board.data_dir)
+        self.boot_state = BootState(board.data_dir, board.random_bytes)
         # The power-loss-safe log of every sample not yet acknowledged (flash_log.py).
         self.log = FlashLog(board.log_dir, max_segments=board.log_max_segments(),
                             boot_id=self.boot_state.boot_id,
                             first_seq=self.boot_state.seq_floor)
+        # Nothing is logged yet: this boot's number may still move off the ones the log holds.
+        self.log.boot_id = self.boot_state.settle(self.log.boots_held())
         self.boot_state.first_seq = self.log.next_seq
         self.clock = TickClock()
         self.config = SamplingConfig(board.config_overrides, board.data_dir + "/config.json")

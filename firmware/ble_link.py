@@ -33,8 +33,11 @@ class PatchLink:
         self.board = board
         self.sampler = None
         self.encoder = FrameEncoder(key, MAX_FRAME_BYTES)
+        # Request authentication for this boot: lives as long as the boot, not a connection,
+        # so a request captured on one link is refused on the next (protocol.md §5).
+        self.guard = control_codec.ControlGuard(key, boot_state.boot_nonce)
         self._response_buf = bytearray(64)
-        self._status_buf = bytearray(31)
+        self._status_buf = bytearray(ids.STATUS_LEN)
         self._payload_buf = bytearray(8)
         self._temp_buf = bytearray(2)
         self._byte_buf = bytearray(1)
@@ -82,7 +85,7 @@ class PatchLink:
         control_codec.pack_status(
             self._status_buf, self.gatt.firmware_version, self.boot_state.boot_id,
             self.log.oldest_seq, self.log.next_seq, self.clock.now(), self._error_flags(),
-            periods, self.battery_pct)
+            periods, self.battery_pct, self.guard.boot_nonce, self.guard.next_counter)
         self.gatt.status.write(self._status_buf)
 
     async def serve_forever(self):
@@ -135,8 +138,7 @@ class PatchLink:
                 # never reported it. End it (the watcher disconnects it) and serve the new one.
                 print("ble link: control point written on another connection; ending this one")
                 return
-            opcode, status, operands = control_codec.parse_request(
-                data, self.key, self.boot_state.boot_id)
+            opcode, status, operands = self.guard.parse(data)
             payload = None
             if status == ids.ST_SUCCESS:
                 try:
@@ -144,8 +146,7 @@ class PatchLink:
                 except Exception as e:  # a bug must cost one request, not the control point
                     print("control point:", opcode, "failed:", repr(e))
                     status, payload = ids.ST_OPERATION_FAILED, None
-            response = control_codec.build_response(
-                self._response_buf, opcode, status, payload)
+            response = self.guard.respond(self._response_buf, data, opcode, status, payload)
             try:
                 await self.gatt.control_point.indicate(connection, response)
             except Exception:  # link gone or confirmation timed out; the central will retry

@@ -58,6 +58,15 @@ class Board:
         n = segments_for_filesystem(self.log_dir)
         return LOG_SEGMENTS_MAX if n > LOG_SEGMENTS_MAX else (n if n > 2 else 2)
 
+    def random_bytes(self, n):
+        """n bytes from the port's hardware random source (the boot nonce, persist.py). A
+        port without os.urandom cannot run the patch: a guessable nonce would let requests
+        captured in one boot be replayed in another."""
+        import os
+        if not hasattr(os, "urandom"):
+            raise OSError("this MicroPython port has no os.urandom: no random source for the boot nonce")
+        return os.urandom(n)
+
     def make_watchdog(self, timeout_ms):
         from machine import WDT
         return WDT(timeout=timeout_ms)

@@ -1,7 +1,7 @@
 # Samples not yet acknowledged by the gateway, on flash, addressed by seq (design.md §1, issue 4).
 #
 # Interface: append/channel/tick/value/ack, oldest_seq, next_seq, len, is_full, boot(seq),
-# next_record(seq), flush(), gaps(), append_gap() and dropped_total.
+# next_record(seq), flush(), gaps(), append_gap(), boots_held() and dropped_total.
 #
 # Layout: a directory of segment files `seg_<first_seq>.log`, append-only, one boot each.
 #   header  32 B  two identical copies of: b"DTL", version u8 (2), first_seq u32, boot_id u16,
@@ -863,6 +863,15 @@ class FlashLog:
                 os.remove(self._seg_path(first))
             except OSError:
                 pass
+
+    def boots_held(self):
+        """Boot ids of every segment and gap the log holds (persist.BootState.settle)."""
+        held = set()
+        for i in range(self._nseg):
+            held.add(self._boot[self._slot(i)])
+        for g in self._gaps:
+            held.add(g.boot_id)
+        return held
 
     # -- gaps ------------------------------------------------------------------------------------
     def gaps(self):

@@ -69,7 +69,10 @@ CHANNEL_MAX = (32767, 65535, 0x7FFFFFFF, 65535)
 
 # --- Control Point (§5) --------------------------------------------------------------------
 CP_TAG_PREFIX = b"dtcp"
+CP_RESPONSE_TAG_PREFIX = b"dtcr"
 CP_RESPONSE = const(0x80)
+CP_REQUEST_MIN_BYTES = const(13)  # opcode + counter u32 + tag
+CP_RESPONSE_MIN_BYTES = const(11)  # 0x80 + opcode + status + tag
 
 OP_SET_TIME = const(0x01)
 OP_ACK = const(0x02)
@@ -85,6 +88,7 @@ ST_OPERATION_FAILED = const(0x03)
 ST_NOT_PROVISIONED = const(0x04)
 ST_BUSY = const(0x05)
 ST_AUTH_FAILED = const(0x06)
+ST_STALE_REQUEST = const(0x07)
 
 CFG_TEMP_PERIOD_S = const(1)
 CFG_UV_PERIOD_S = const(2)
@@ -97,8 +101,8 @@ CFG_VALUE_MIN = const(1)
 CFG_VALUE_MAX = const(0xFFFF)
 
 # --- Status record (§6) --------------------------------------------------------------------
-STATUS_FORMAT = const(1)
-STATUS_LEN = const(31)
+STATUS_FORMAT = const(2)
+STATUS_LEN = const(39)
 
 ERR_LOG_FULL = const(0x0001)
 ERR_CLOCK_NOT_SET = const(0x0002)

@@ -9,6 +9,12 @@ actions holding only samples the store does not have yet, contiguous from the la
 seq; a gap (a rejected frame, or seqs the patch has no sample for) is healed with REPLAY
 instead of being acknowledged over: its answer says where the patch's next sample is.
 
+Control Point requests are tagged for the patch's boot nonce and carry a counter one higher
+per request, both read from the Status record (protocol.md §5): the patch runs each at most
+once. A response is acted on only once its tag proves it is the patch's answer to the request
+pending: any other response closes the session and is counted (`responses_rejected`), so a
+rewritten REPLAY answer can neither skip seqs nor lead to an ACK beyond what was stored.
+
 Remote configuration (`set_desired`, docs/mqtt.md `{subject}/desired`): once streaming, the
 session sends SET_CONFIG for each desired key whose value differs from the patch's status
 record (the flush interval, which the record lacks, whenever the version is not yet applied),
@@ -22,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +119,8 @@ class SessionStats:
     resyncs: int = 0        # REPLAYs asked by the idle check (samples missing, no frame came)
     gap_notices: int = 0    # gap notices received (protocol.md §4.1), replays included
     gap_notices_missed: int = 0   # GAPS_BEFORE frames that came without their notices
+    responses_rejected: int = 0   # control point responses whose tag did not check, or that
+                                  # answered no pending request
     frames_rejected: Counter[str] = dataclasses.field(default_factory=Counter)
 
 
@@ -124,6 +132,8 @@ class PatchSession:
         self.state = State.NEW
         self.expected_seq = committed_seq + 1   # the next seq the store needs
         self.boot_id: int | None = None
+        self.boot_nonce: int | None = None   # requests are tagged for it (Status, §5)
+        self._next_counter = 0               # the counter of the next request
         self.status: control.PatchStatus | None = None
         self.stats = SessionStats()
         self.close_reason: str | None = None
@@ -132,7 +142,7 @@ class PatchSession:
         # store), so replayed samples of an earlier boot get their UTC too.
         self.anchors: dict[int, tuple[int, float]] = dict(anchors or {})
         self.new_anchor: tuple[int, int, float] | None = None   # to persist: boot, tick, utc
-        self._pending: tuple[int, int] | None = None  # opcode, sent_at_ms
+        self._pending: tuple[int, int, bytes] | None = None  # opcode, sent_at_ms, request
         self._queued_ack: int | None = None
         self._queued_replay: int | None = None
         self._replay_requested_for: int | None = None
@@ -175,12 +185,13 @@ class PatchSession:
             except control.ControlError as e:
                 return self._close(f"unreadable status record: {e}")
             self.boot_id = self.status.boot_id
+            self.boot_nonce = self.status.boot_nonce
+            self._next_counter = self.status.next_counter
             if self._serial is None:
                 return []
             self.state = State.SET_TIME
             return [Subscribe(ids.CONTROL_POINT_CHAR_UUID),
-                    self._request(ids.Opcode.SET_TIME,
-                                  control.set_time(self.key, self.boot_id, now_ms), now_ms)]
+                    self._request(control.set_time, now_ms, now_ms=now_ms)]
         return []
 
     def set_desired(self, ver: int, cfg: Mapping[int, int], now_ms: int = 0, *,
@@ -206,13 +217,18 @@ class PatchSession:
         return self._flush_queue(now_ms)
 
     def control_response(self, data: bytes, now_ms: int) -> list[Action]:
+        if self._pending is None:   # nothing asked: no request to check it against
+            self.stats.responses_rejected += 1
+            return []
+        opcode, sent_at_ms, request = self._pending
         try:
-            response = control.decode_response(bytes(data))
+            response = control.decode_response(bytes(data), self.key, self._known_nonce(),
+                                               request)
+        except control.ResponseTagError as e:
+            self.stats.responses_rejected += 1
+            return self._close(_refused_response_reason(opcode, e))
         except control.ControlError as e:
             return self._close(f"malformed control point response: {e}")
-        if self._pending is None or response.opcode != self._pending[0]:
-            return []
-        sent_at_ms = self._pending[1]
         self._pending = None
         if response.opcode == ids.Opcode.SET_CONFIG:
             return self._config_answered(response.status) + self._flush_queue(now_ms)
@@ -232,8 +248,7 @@ class PatchSession:
             self.new_anchor = (set_time.boot_id, set_time.tick, utc_ms)
             self.boot_id = set_time.boot_id
             self.state = State.GET_STATUS
-            actions.append(self._request(
-                ids.Opcode.GET_STATUS, control.get_status(self.key, set_time.boot_id), now_ms))
+            actions.append(self._request(control.get_status, now_ms=now_ms))
         elif response.opcode == ids.Opcode.GET_STATUS and self.state is State.STREAMING:
             # The idle check (tick): the patch holds samples we never received and nothing
             # is on its way (a notification lost below us): fetch them again.
@@ -249,6 +264,10 @@ class PatchSession:
             actions.append(self._replay(self.expected_seq, now_ms))
         elif response.opcode == ids.Opcode.REPLAY:
             replayed = control.decode_replay_result(response.payload)
+            if replayed.oldest_seq > replayed.next_seq:
+                return self._close(
+                    f"malformed control point response: REPLAY oldest_seq "
+                    f"{replayed.oldest_seq} > next_seq {replayed.next_seq}")
             if replayed.oldest_seq > self.expected_seq:
                 # The patch answers with the first seq at or after from_seq that it holds a
                 # sample for: no sample will ever come for the seqs before it (the unused seqs
@@ -314,8 +333,7 @@ class PatchSession:
         if (self.state is State.STREAMING and self._pending is None
                 and quiet_ms >= IDLE_STATUS_CHECK_MS):
             self._last_status_check_ms = now_ms
-            return [self._request(ids.Opcode.GET_STATUS,
-                                  control.get_status(self.key, self._known_boot_id()), now_ms)]
+            return [self._request(control.get_status, now_ms=now_ms)]
         return []
 
     def disconnected(self, reason: str = "link lost") -> None:
@@ -356,21 +374,23 @@ class PatchSession:
             channel=frame.channel[skip:], value=frame.value[skip:],
             historical=frame.historical, gaps=gaps)
 
-    def _known_boot_id(self) -> int:
-        """The boot_id requests are signed for. Set from the status record before SET_TIME,
-        so every request after it (GET_STATUS, REPLAY, ACK, IDENTIFY, SET_CONFIG) has one."""
-        if self.boot_id is None:
-            raise RuntimeError(f"{self.device_id}: no boot_id yet (status record not read)")
-        return self.boot_id
+    def _known_nonce(self) -> int:
+        """The boot nonce requests are tagged for. Set from the status record before SET_TIME,
+        so every request (SET_TIME, GET_STATUS, REPLAY, ACK, IDENTIFY, SET_CONFIG) has one."""
+        if self.boot_nonce is None:
+            raise RuntimeError(f"{self.device_id}: no boot nonce yet (status record not read)")
+        return self.boot_nonce
 
-    def _request(self, opcode: int, data: bytes, now_ms: int) -> WriteControl:
-        self._pending = (int(opcode), now_ms)
-        return WriteControl(int(opcode), data)
+    def _request(self, encode: Callable[..., bytes], *operands: int, now_ms: int) -> WriteControl:
+        """The request `encode(key, boot_nonce, counter, *operands)`, with the next counter."""
+        data = encode(self.key, self._known_nonce(), self._next_counter, *operands)
+        self._next_counter += 1
+        self._pending = (data[0], now_ms, data)
+        return WriteControl(data[0], data)
 
     def _replay(self, from_seq: int, now_ms: int) -> WriteControl:
         self._replay_requested_for = from_seq
-        return self._request(ids.Opcode.REPLAY, control.replay(self.key, self._known_boot_id(), from_seq),
-                             now_ms)
+        return self._request(control.replay, from_seq, now_ms=now_ms)
 
     def _queue_replay(self, from_seq: int, now_ms: int) -> list[Action]:
         self._queued_replay = from_seq
@@ -383,15 +403,13 @@ class PatchSession:
         if self._queued_ack is not None:
             seq, self._queued_ack = self._queued_ack, None
             self._acked_seq = seq
-            return [self._request(ids.Opcode.ACK, control.ack(self.key, self._known_boot_id(), seq),
-                                  now_ms)]
+            return [self._request(control.ack, seq, now_ms=now_ms)]
         if self._queued_replay is not None:
             seq, self._queued_replay = self._queued_replay, None
             return [self._replay(seq, now_ms)]
         if self._queued_identify is not None:
             seconds, self._queued_identify = self._queued_identify, None
-            return [self._request(ids.Opcode.IDENTIFY,
-                                  control.identify(self.key, self._known_boot_id(), seconds), now_ms)]
+            return [self._request(control.identify, seconds, now_ms=now_ms)]
         return self._next_config(now_ms)
 
     # -- remote configuration ---------------------------------------------------
@@ -419,8 +437,7 @@ class PatchSession:
         if self._config_todo:
             key, value = self._config_todo.pop(0)
             self._config_inflight = (self._config_attempt, key, value)
-            return [self._request(ids.Opcode.SET_CONFIG,
-                                  control.set_config(self.key, self._known_boot_id(), key, value), now_ms)]
+            return [self._request(control.set_config, key, value, now_ms=now_ms)]
         ver, cfg = self._desired
         self._config_attempt = None
         self._desired_applied = True
@@ -448,3 +465,16 @@ class PatchSession:
         self.state = State.CLOSED
         self.close_reason = reason
         return [Disconnect(reason)]
+
+
+def _refused_response_reason(opcode: int, e: control.ResponseTagError) -> str:
+    """Why a response whose tag failed closed the session. A patch that holds another key (or
+    none) answers AUTH_FAILED (NOT_PROVISIONED) under a tag we cannot check: say so, in the
+    words the link's key-mismatch alarm looks for; anything else is an unauthenticated
+    response, refused as such."""
+    asked = ids.Opcode(opcode).name
+    claimed = e.claimed_status
+    if claimed in (ids.Status.AUTH_FAILED, ids.Status.NOT_PROVISIONED):
+        return (f"patch answered {asked} with {ids.Status(claimed).name} (response not "
+                f"authenticated: the patch's key is not the registry's, or it was forged)")
+    return f"unauthenticated control point response to {asked} refused: {e}"

@@ -41,6 +41,7 @@ INVALID = FRAMES["invalid"]
 GAPS = FRAMES["gaps"]
 CP_KEY = bytes.fromhex(CONTROL["key"])
 CP_BOOT = CONTROL["boot_id"]
+CP_NONCE = CONTROL["boot_nonce"]
 
 
 def _ids(cases):
@@ -433,27 +434,44 @@ REQUESTS = CONTROL["requests"]
 RESPONSES = CONTROL["responses"]
 
 
+def _counter(case):
+    return struct.unpack_from("<I", bytes.fromhex(case["request"]), 1)[0]
+
+
 def _gateway_request(case):
     """The gateway helper that should produce this request, if any."""
-    op, operand = case["opcode"], case["operand"]
+    op, operand, n = case["opcode"], case["operand"], _counter(case)
     return {
-        1: lambda: cp.set_time(CP_KEY, CP_BOOT, operand),
-        2: lambda: cp.ack(CP_KEY, CP_BOOT, operand),
-        3: lambda: cp.replay(CP_KEY, CP_BOOT, operand),
-        4: lambda: cp.set_config(CP_KEY, CP_BOOT, *operand),
-        5: lambda: cp.get_status(CP_KEY, CP_BOOT),
-        6: lambda: cp.identify(CP_KEY, CP_BOOT, operand),
+        1: lambda: cp.set_time(CP_KEY, CP_NONCE, n, operand),
+        2: lambda: cp.ack(CP_KEY, CP_NONCE, n, operand),
+        3: lambda: cp.replay(CP_KEY, CP_NONCE, n, operand),
+        4: lambda: cp.set_config(CP_KEY, CP_NONCE, n, *operand),
+        5: lambda: cp.get_status(CP_KEY, CP_NONCE, n),
+        6: lambda: cp.identify(CP_KEY, CP_NONCE, n, operand),
     }[op]()
+
+
+def _key_of(case):
+    return None if case["status"] == gw.Status.NOT_PROVISIONED else CP_KEY
 
 
 @pytest.mark.parametrize("case", REQUESTS, ids=_ids(REQUESTS))
 def test_firmware_parse_request_vector(case):
-    op, status, operand = fw_cp.parse_request(bytes.fromhex(case["request"]), CP_KEY, CP_BOOT)
+    data = bytes.fromhex(case["request"])
+    op, status, operand, counter = fw_cp.parse_request(
+        data, _key_of(case), CP_NONCE, case["next_counter"])
     assert (op, status) == (case["opcode"], case["status"])
     assert (list(operand) if isinstance(operand, tuple) else operand) == case["operand"]
-    # the same with a prebuilt Hmac8 and with a bytearray/memoryview
-    data = bytearray.fromhex(case["request"])
-    assert fw_cp.parse_request(memoryview(data), Hmac8(CP_KEY), CP_BOOT)[:2] == (op, status)
+    # the guard applies the counter rule: next_counter after, whatever the status
+    guard = fw_cp.ControlGuard(_key_of(case), CP_NONCE)
+    guard.next_counter = case["next_counter"]
+    assert guard.parse(memoryview(bytearray(data)))[:2] == (op, status)
+    assert guard.next_counter == case["next_counter_after"]
+    assert (counter >= 0) == (case["next_counter_after"] != case["next_counter"])
+    # and answers with the vector's tagged response (SUCCESS payloads: see the responses)
+    if case["response"] is not None:
+        out = guard.respond(bytearray(64), data, op, status)
+        assert bytes(out).hex() == case["response"]
 
 
 @pytest.mark.parametrize("case", [c for c in REQUESTS if c["status"] == 0], ids=lambda c: c["name"])
@@ -461,52 +479,66 @@ def test_gateway_encodes_request_vector(case):
     assert _gateway_request(case).hex() == case["request"]
     op = case["opcode"]
     raw = bytes.fromhex(case["request"])
-    assert cp.encode_request(CP_KEY, CP_BOOT, op, raw[1:-8]) == raw
+    assert cp.encode_request(CP_KEY, CP_NONCE, _counter(case), op, raw[5:-8]) == raw
 
 
-def test_firmware_parse_request_unprovisioned():
-    req = bytes.fromhex(REQUESTS[0]["request"])
-    assert fw_cp.parse_request(req, None, CP_BOOT) == (1, gw.Status.NOT_PROVISIONED, None)
-    assert fw_cp.parse_request(req, b"", CP_BOOT)[1] == gw.Status.NOT_PROVISIONED
+def test_a_request_runs_once():
+    """The counter rule end to end: the gateway's request is accepted once; written again
+    (a capture replayed) it is refused, and so is any older one."""
+    guard = fw_cp.ControlGuard(CP_KEY, CP_NONCE)
+    first = cp.set_config(CP_KEY, CP_NONCE, 0, gw.ConfigKey.UV_PERIOD_S, 5)
+    second = cp.set_config(CP_KEY, CP_NONCE, 1, gw.ConfigKey.UV_PERIOD_S, 60)
+    assert guard.parse(first) == (4, gw.Status.SUCCESS, (2, 5))
+    assert guard.parse(second) == (4, gw.Status.SUCCESS, (2, 60))
+    assert guard.parse(first) == (4, gw.Status.STALE_REQUEST, None)
+    assert guard.parse(second) == (4, gw.Status.STALE_REQUEST, None)
+    assert guard.next_counter == 2
+    # another boot (a new nonce): the same bytes fail their tag
+    assert fw_cp.ControlGuard(CP_KEY, CP_NONCE + 1).parse(second)[1] == gw.Status.AUTH_FAILED
 
 
 def test_gateway_request_helpers_refuse_bad_values():
     with pytest.raises(ValueError):
-        cp.set_config(CP_KEY, CP_BOOT, 7, 10)
+        cp.set_config(CP_KEY, CP_NONCE, 0, 7, 10)
     with pytest.raises(ValueError):
-        cp.set_config(CP_KEY, CP_BOOT, gw.ConfigKey.UV_PERIOD_S, 0)
+        cp.set_config(CP_KEY, CP_NONCE, 0, gw.ConfigKey.UV_PERIOD_S, 0)
     with pytest.raises(ValueError):
-        cp.ack(CP_KEY, CP_BOOT, 2**32)
+        cp.ack(CP_KEY, CP_NONCE, 0, 2**32)
     with pytest.raises(ValueError):
-        cp.identify(CP_KEY, CP_BOOT, 256)
-    with pytest.raises(ValueError):
-        cp.get_status(CP_KEY, 0x10000)
+        cp.identify(CP_KEY, CP_NONCE, 0, 256)
+    with pytest.raises(ValueError, match="boot_nonce"):
+        cp.get_status(CP_KEY, 2**32, 0)
+    with pytest.raises(ValueError, match="counter"):
+        cp.get_status(CP_KEY, CP_NONCE, 0xFFFFFFFF)
     with pytest.raises(ValueError, match="32 bytes"):
-        cp.get_status(b"k" * 16, CP_BOOT)
+        cp.get_status(b"k" * 16, CP_NONCE, 0)
 
 
 @pytest.mark.parametrize("case", RESPONSES, ids=_ids(RESPONSES))
 def test_firmware_builds_response_vector(case):
-    buf = bytearray(40)
+    buf = bytearray(64)
     payload = bytes.fromhex(case["payload"]) or None
-    out = fw_cp.build_response(buf, case["opcode"], case["status"], payload)
+    request = bytes.fromhex(case["request"])
+    out = fw_cp.build_response(buf, CP_KEY, CP_NONCE, request, case["opcode"], case["status"],
+                               payload)
+    assert bytes(out).hex() == case["response"]
+    out = fw_cp.build_response(buf, Hmac8(CP_KEY), CP_NONCE, memoryview(bytearray(request)),
+                               case["opcode"], case["status"], payload)
     assert bytes(out).hex() == case["response"]
 
 
 @pytest.mark.parametrize("case", RESPONSES, ids=_ids(RESPONSES))
 def test_gateway_decodes_response_vector(case):
     data = bytes.fromhex(case["response"])
-    if case["opcode"] not in set(gw.Opcode):
-        with pytest.raises(cp.ControlError, match="unknown opcode"):
-            cp.decode_response(data)
-        return
-    r = cp.decode_response(data)
+    request = bytes.fromhex(case["request"])
+    r = cp.decode_response(data, CP_KEY, CP_NONCE, request)
     assert (r.opcode, r.status, r.payload.hex()) == (
         case["opcode"],
         case["status"],
         case["payload"],
     )
     assert r.ok is (case["status"] == 0)
+    assert cp.response_tag(CP_KEY, CP_NONCE, request, data[:-8]) == data[-8:]
     if case["name"] == "set_time_ok":
         assert cp.decode_set_time_result(r.payload) == cp.SetTimeResult(**case["result"])
         assert fw_cp.pack_set_time_result(**case["result"]) == r.payload
@@ -514,18 +546,29 @@ def test_gateway_decodes_response_vector(case):
         assert cp.decode_replay_result(r.payload) == cp.ReplayResult(**case["result"])
         assert fw_cp.pack_replay_result(**case["result"]) == r.payload
     if case["name"] == "get_status_ok":
-        assert cp.decode_status(r.payload).boot_id == CONTROL["status"]["boot_id"]
+        assert cp.decode_status(r.payload).boot_nonce == CONTROL["status"]["boot_nonce"]
 
 
 @pytest.mark.parametrize("case", CONTROL["bad_responses"], ids=_ids(CONTROL["bad_responses"]))
 def test_gateway_rejects_bad_response(case):
-    with pytest.raises(cp.ControlError):
-        cp.decode_response(bytes.fromhex(case["response"]))
+    data, request = bytes.fromhex(case["response"]), bytes.fromhex(case["request"])
+    with pytest.raises(cp.ControlError) as info:
+        cp.decode_response(data, CP_KEY, CP_NONCE, request)
+    assert isinstance(info.value, cp.ResponseTagError) is (case["error"] == "tag")
+
+
+def test_refused_response_says_what_it_claimed():
+    case = next(c for c in CONTROL["bad_responses"] if c["name"] == "zero_tag")
+    with pytest.raises(cp.ResponseTagError) as info:
+        cp.decode_response(bytes.fromhex(case["response"]), CP_KEY, CP_NONCE,
+                           bytes.fromhex(case["request"]))
+    assert (info.value.claimed_opcode, info.value.claimed_status) == (
+        gw.Opcode.ACK, gw.Status.NOT_PROVISIONED)
 
 
 def test_status_record_both_sides():
     s = CONTROL["status"]
-    buf = bytearray(40)
+    buf = bytearray(48)
     out = fw_cp.pack_status(
         buf,
         s["fw"],
@@ -536,9 +579,11 @@ def test_status_record_both_sides():
         s["error_flags"],
         s["periods"],
         s["battery_pct"],
+        s["boot_nonce"],
+        s["next_counter"],
         offset=3,
     )
-    assert bytes(out).hex() == s["record"] and bytes(buf[3:34]).hex() == s["record"]
+    assert bytes(out).hex() == s["record"] and bytes(buf[3:42]).hex() == s["record"]
     st_ = cp.decode_status(bytes.fromhex(s["record"]))
     assert st_.fw_version == tuple(s["fw"]) and st_.fw_revision == "1.2.3"
     assert (st_.boot_id, st_.oldest_seq, st_.next_seq, st_.tick, st_.battery_pct) == (
@@ -557,10 +602,13 @@ def test_status_record_both_sides():
         gw.ConfigKey.BATTERY_PERIOD_S: 300,
     }
     assert st_.unacked == 234
+    assert (st_.boot_nonce, st_.next_counter) == (s["boot_nonce"], s["next_counter"])
     record = bytes.fromhex(s["record"])
-    for bad in (record[:-1], record + b"\0", b"\x02" + record[1:], b""):
+    for bad in (record[:-1], record + b"\0", b"\x03" + record[1:], b""):
         with pytest.raises(cp.ControlError):
             cp.decode_status(bad)
+    with pytest.raises(cp.ControlError, match="predates authenticated"):
+        cp.decode_status(b"\x01" + record[1:31])   # a format-1 record (older firmware)
 
 
 @pytest.mark.parametrize(
@@ -596,22 +644,30 @@ def test_device_name_rejects_bad_ids():
 
 
 @settings(max_examples=1000, deadline=None)
-@given(data=st.binary(max_size=40), boot_id=st.integers(0, 0xFFFF))
-def test_parse_request_never_raises_on_random_bytes(data, boot_id):
-    op, status, operand = fw_cp.parse_request(data, CP_KEY, boot_id)
+@given(data=st.binary(max_size=40), nonce=st.integers(0, 0xFFFFFFFF),
+       next_counter=st.integers(0, 0xFFFFFFFF))
+def test_parse_request_never_raises_on_random_bytes(data, nonce, next_counter):
+    op, status, operand, counter = fw_cp.parse_request(data, CP_KEY, nonce, next_counter)
     assert op == (data[0] if data else 0)
     assert status in (gw.Status.INVALID_OPERAND, gw.Status.AUTH_FAILED)
-    assert operand is None
+    assert operand is None and counter == -1
+    out = bytes(fw_cp.build_response(bytearray(64), CP_KEY, nonce, data, op, status))
+    assert cp.response_tag(CP_KEY, nonce, data, out[:-8]) == out[-8:]   # bound to this write
 
 
 @settings(max_examples=1000, deadline=None)
-@given(opcode=st.integers(0, 255), operands=st.binary(max_size=12), boot_id=st.integers(0, 0xFFFF))
-def test_parse_request_on_authenticated_random_requests(opcode, operands, boot_id):
-    req = cp.encode_request(CP_KEY, boot_id, opcode, operands)
-    op, status, operand = fw_cp.parse_request(req, CP_KEY, boot_id)
+@given(opcode=st.integers(0, 255), operands=st.binary(max_size=12),
+       nonce=st.integers(0, 0xFFFFFFFF), counter=st.integers(0, 0xFFFFFFFE),
+       behind=st.integers(-3, 3))
+def test_parse_request_on_authenticated_random_requests(opcode, operands, nonce, counter, behind):
+    req = cp.encode_request(CP_KEY, nonce, counter, opcode, operands)
+    next_counter = max(0, counter + behind)
+    op, status, operand, used = fw_cp.parse_request(req, CP_KEY, nonce, next_counter)
     assert op == opcode
     expected_len = {1: 8, 2: 4, 3: 4, 4: 5, 5: 0, 6: 1}.get(opcode)
-    if expected_len is None:
+    if counter < next_counter:
+        assert status == gw.Status.STALE_REQUEST and used == -1
+    elif expected_len is None:
         assert status == gw.Status.OPCODE_NOT_SUPPORTED
     elif len(operands) != expected_len:
         assert status == gw.Status.INVALID_OPERAND
@@ -622,5 +678,15 @@ def test_parse_request_on_authenticated_random_requests(opcode, operands, boot_i
     else:
         assert status == gw.Status.SUCCESS
     assert (operand is None) == (status != gw.Status.SUCCESS or opcode == 5)
-    # the tag binds the boot id
-    assert fw_cp.parse_request(req, CP_KEY, boot_id ^ 1)[1] == gw.Status.AUTH_FAILED
+    assert used == (counter if counter >= next_counter else -1)
+    # the tag binds the boot nonce
+    assert fw_cp.parse_request(req, CP_KEY, nonce ^ 1, 0)[1] == gw.Status.AUTH_FAILED
+    # the response is bound to this request, this boot and this key
+    out = bytes(fw_cp.build_response(bytearray(64), CP_KEY, nonce, req, op, status))
+    if 0 < status and opcode in set(gw.Opcode):
+        assert cp.decode_response(out, CP_KEY, nonce, req).status == status
+    other = cp.encode_request(CP_KEY, nonce, counter ^ 1 if counter < 0xFFFFFFFE else 0, opcode,
+                              operands)
+    for args in ((CP_KEY, nonce, other), (CP_KEY, nonce ^ 1, req), (bytes(32), nonce, req)):
+        with pytest.raises(cp.ResponseTagError):
+            cp.decode_response(out, *args)

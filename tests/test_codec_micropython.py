@@ -102,8 +102,10 @@ print(binascii.hexlify(enc.finish()).decode())
 
 
 def test_control_vectors_under_micropython(micropython):
-    reqs = [[r["name"], r["request"]] for r in CONTROL["requests"]]
-    resps = [[r["name"], r["opcode"], r["status"], r["payload"]] for r in CONTROL["responses"]]
+    reqs = [[r["name"], r["request"], r["next_counter"], r["status"] == 4]
+            for r in CONTROL["requests"]]
+    resps = [[r["name"], r["request"], r["opcode"], r["status"], r["payload"]]
+             for r in CONTROL["responses"]]
     s = CONTROL["status"]
     mfr = [
         [
@@ -122,36 +124,45 @@ import json, binascii
 from firmware import control_codec as cc
 from firmware.frame_encoder import Hmac8
 KEY = binascii.unhexlify({CONTROL["key"]!r})
-BOOT = {CONTROL["boot_id"]}
+NONCE = {CONTROL["boot_nonce"]}
 h = lambda b: binascii.hexlify(b).decode()
 out = {{"requests": {{}}, "responses": {{}}, "mfr": {{}}, "names": []}}
 mac = Hmac8(KEY)
-for name, req in {reqs!r}:
+buf = bytearray(64)
+for name, req, next_counter, unprovisioned in {reqs!r}:
     data = binascii.unhexlify(req)
-    r = cc.parse_request(data, KEY, BOOT)
-    r2 = cc.parse_request(memoryview(bytearray(data)), mac, BOOT)
-    assert r2[:2] == r[:2], name
-    out["requests"][name] = [r[0], r[1], list(r[2]) if isinstance(r[2], tuple) else r[2]]
-buf = bytearray(40)
-for name, op, st, payload in {resps!r}:
+    key = None if unprovisioned else KEY
+    r = cc.parse_request(data, key, NONCE, next_counter)
+    r2 = cc.parse_request(memoryview(bytearray(data)), None if unprovisioned else mac, NONCE,
+                          next_counter)
+    assert r2[:2] == r[:2] and r2[3] == r[3], name
+    guard = cc.ControlGuard(key, NONCE)
+    guard.next_counter = next_counter
+    op, st, operand = guard.parse(data)
+    resp = h(guard.respond(buf, data, op, st)) if st else None
+    out["requests"][name] = [r[0], r[1], list(r[2]) if isinstance(r[2], tuple) else r[2],
+                             guard.next_counter, resp]
+for name, req, op, st, payload in {resps!r}:
     p = binascii.unhexlify(payload) if payload else None
-    out["responses"][name] = h(cc.build_response(buf, op, st, p))
-rec = bytearray(31)
+    out["responses"][name] = h(cc.build_response(buf, KEY, NONCE, binascii.unhexlify(req), op,
+                                                 st, p))
+rec = bytearray(39)
 out["status"] = h(cc.pack_status(rec, {s["fw"]!r}, {s["boot_id"]}, {s["oldest_seq"]},
                   {s["next_seq"]}, {s["tick"]}, {s["error_flags"]}, {s["periods"]!r},
-                  {s["battery_pct"]}))
+                  {s["battery_pct"]}, {s["boot_nonce"]}, {s["next_counter"]}))
 for name, fw, batt, unacked, prov, full in {mfr!r}:
     out["mfr"][name] = h(cc.pack_manufacturer_data(fw, batt, unacked, prov, full))
 for dev in {names!r}:
     out["names"].append(cc.device_name(dev))
 out["set_time"] = h(cc.pack_set_time_result(0x1234, 360000))
 out["replay"] = h(cc.pack_replay_result(1000, 1234))
-out["unprovisioned"] = list(cc.parse_request(binascii.unhexlify({reqs[0][1]!r}), None, BOOT))
 print(json.dumps(out))
 """
     got = _last_json(micropython(code))
     for r in CONTROL["requests"]:
-        assert got["requests"][r["name"]] == [r["opcode"], r["status"], r["operand"]], r["name"]
+        assert got["requests"][r["name"]] == [
+            r["opcode"], r["status"], r["operand"], r["next_counter_after"], r["response"]
+        ], r["name"]
     for r in CONTROL["responses"]:
         assert got["responses"][r["name"]] == r["response"], r["name"]
     assert got["status"] == s["record"]
@@ -159,7 +170,25 @@ print(json.dumps(out))
         assert got["mfr"][m["name"]] == m["data"], m["name"]
     assert got["names"] == [n["name"] for n in CONTROL["device_names"]]
     assert got["set_time"] == "3412407e0500" and got["replay"] == "e8030000d2040000"
-    assert got["unprovisioned"] == [1, 4, None]
+
+
+def test_captured_request_runs_once_under_micropython(micropython):
+    """A SET_CONFIG captured off the air and written again in the same boot is refused by
+    the firmware's guard, on the real VM; in another boot (new nonce) its tag fails."""
+    key = bytes.fromhex(CONTROL["key"])
+    nonce = CONTROL["boot_nonce"]
+    from gateway.protocol import control as cp
+
+    first = cp.set_config(key, nonce, 0, 2, 5).hex()
+    code = f"""
+import binascii
+from firmware import control_codec as cc
+KEY = binascii.unhexlify({CONTROL["key"]!r})
+w = binascii.unhexlify({first!r})
+g = cc.ControlGuard(KEY, {nonce})
+print(g.parse(w), g.parse(w), g.next_counter, cc.ControlGuard(KEY, {nonce + 1}).parse(w)[1])
+"""
+    assert micropython(code).strip().splitlines()[-1] == "(4, 0, (2, 5)) (4, 7, None) 1 6"
 
 
 def test_parse_request_never_raises_under_micropython(micropython):
@@ -172,8 +201,8 @@ seen = set()
 for i in range(3000):
     n = random.getrandbits(6) % 40
     data = bytes(random.getrandbits(8) for _ in range(n))
-    op, status, operand = cc.parse_request(data, KEY, i & 0xFFFF)
-    assert operand is None
+    op, status, operand, counter = cc.parse_request(data, KEY, i * 0x10001, i)
+    assert operand is None and counter == -1
     seen.add(status)
 print(sorted(seen))
 """

@@ -56,11 +56,15 @@ CHANNEL_COUNT = 4
 
 # --- Control Point (§5) --------------------------------------------------------------------
 CP_TAG_PREFIX = b"dtcp"
+CP_RESPONSE_TAG_PREFIX = b"dtcr"
 CP_RESPONSE = 0x80
+CP_REQUEST_MIN_BYTES = 13  # opcode + counter u32 + tag
+CP_RESPONSE_MIN_BYTES = 11  # 0x80 + opcode + status + tag
+CP_COUNTER_MAX = 0xFFFFFFFE  # 0xFFFFFFFF is never accepted
 
 # --- Status record (§6) --------------------------------------------------------------------
-STATUS_FORMAT = 1
-STATUS_LEN = 31
+STATUS_FORMAT = 2
+STATUS_LEN = 39
 
 
 class Channel(IntEnum):
@@ -100,6 +104,7 @@ class Status(IntEnum):
     NOT_PROVISIONED = 0x04
     BUSY = 0x05
     AUTH_FAILED = 0x06
+    STALE_REQUEST = 0x07  # authenticated, but its counter was used already (a replay)
 
 
 class ConfigKey(IntEnum):

@@ -1,5 +1,9 @@
 """Control Point, Status record and advertising payloads (docs/protocol.md §2, §5, §6),
 gateway side. Pure functions: values in, request bytes out; response bytes in, values out.
+
+Requests are tagged for the patch's boot nonce and carry a counter the patch accepts once;
+responses are tagged by the patch and bound to the request they answer, and are checked
+here before anything in them is read (decode_response).
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ import struct
 from dataclasses import dataclass
 
 from .constants import (
+    CP_REQUEST_MIN_BYTES,
     CFG_VALUE_MAX,
     CFG_VALUE_MIN,
+    CP_COUNTER_MAX,
     CP_RESPONSE,
+    CP_RESPONSE_MIN_BYTES,
+    CP_RESPONSE_TAG_PREFIX,
     CP_TAG_PREFIX,
     MANUFACTURER_DATA_LEN,
     STATUS_CONFIG_KEYS,
@@ -33,6 +41,7 @@ __all__ = [
     "ControlResponse",
     "PatchStatus",
     "ReplayResult",
+    "ResponseTagError",
     "SetTimeResult",
     "ack",
     "decode_manufacturer_data",
@@ -45,11 +54,12 @@ __all__ = [
     "identify",
     "replay",
     "request_tag",
+    "response_tag",
     "set_config",
     "set_time",
 ]
 
-_STATUS = struct.Struct("<BBBBHIIIHHHHHHB")
+_STATUS = struct.Struct("<BBBBHIIIHHHHHHBII")
 _MFR = struct.Struct("<BBBBHB")
 _SET_TIME_RESULT = struct.Struct("<HI")
 _REPLAY_RESULT = struct.Struct("<II")
@@ -69,23 +79,38 @@ class ControlError(ValueError):
     """A response, status record or advertisement payload is malformed."""
 
 
+class ResponseTagError(ControlError):
+    """A Control Point response whose tag does not match the request it should answer: forged,
+    altered, answering another request, untagged, or tagged under another key. `claimed_opcode`
+    and `claimed_status` are what its unauthenticated bytes say (None if too short), for the
+    log only: nothing in such a response is acted on."""
+
+    def __init__(self, message: str, claimed_opcode: int | None = None,
+                 claimed_status: int | None = None):
+        super().__init__(message)
+        self.claimed_opcode = claimed_opcode
+        self.claimed_status = claimed_status
+
+
 # --- requests ------------------------------------------------------------------------------
 
 
-def request_tag(key: bytes, boot_id: int, body: bytes) -> bytes:
-    """HMAC-SHA256(key, b"dtcp" + boot_id u16 + opcode + operands)[:8]."""
-    msg = CP_TAG_PREFIX + struct.pack("<H", boot_id) + bytes(body)
+def request_tag(key: bytes, boot_nonce: int, body: bytes) -> bytes:
+    """HMAC-SHA256(key, b"dtcp" + boot_nonce u32 + opcode + counter + operands)[:8]."""
+    msg = CP_TAG_PREFIX + struct.pack("<I", boot_nonce) + bytes(body)
     return hmac.new(check_device_key(key), msg, hashlib.sha256).digest()[:TAG_LEN]
 
 
-def encode_request(key: bytes, boot_id: int, opcode: int, operands: bytes = b"") -> bytes:
-    """`opcode, operands, tag` for the patch's current boot_id (read it from Status first)."""
-    if not 0 <= boot_id <= 0xFFFF:
-        raise ValueError(f"boot_id {boot_id} is not a u16")
-    if not 0 <= opcode <= 0xFF:
-        raise ValueError(f"opcode {opcode} is not a u8")
-    body = bytes([opcode]) + bytes(operands)
-    return body + request_tag(key, boot_id, body)
+def encode_request(key: bytes, boot_nonce: int, counter: int, opcode: int,
+                   operands: bytes = b"") -> bytes:
+    """`opcode, counter, operands, tag` for the patch's current boot nonce; counter at least
+    the patch's next_counter (read both from Status first), one higher for every request."""
+    _u(boot_nonce, 32, "boot_nonce")
+    if not 0 <= counter <= CP_COUNTER_MAX:
+        raise ValueError(f"counter {counter} is not in 0..{CP_COUNTER_MAX}")
+    _u(opcode, 8, "opcode")
+    body = bytes([opcode]) + struct.pack("<I", counter) + bytes(operands)
+    return body + request_tag(key, boot_nonce, body)
 
 
 def _u(value: int, bits: int, what: str) -> int:
@@ -94,36 +119,38 @@ def _u(value: int, bits: int, what: str) -> int:
     return value
 
 
-def set_time(key: bytes, boot_id: int, utc_ms: int) -> bytes:
-    return encode_request(
-        key, boot_id, Opcode.SET_TIME, struct.pack("<Q", _u(utc_ms, 64, "utc_ms"))
-    )
+def set_time(key: bytes, boot_nonce: int, counter: int, utc_ms: int) -> bytes:
+    return encode_request(key, boot_nonce, counter, Opcode.SET_TIME,
+                          struct.pack("<Q", _u(utc_ms, 64, "utc_ms")))
 
 
-def ack(key: bytes, boot_id: int, seq: int) -> bytes:
+def ack(key: bytes, boot_nonce: int, counter: int, seq: int) -> bytes:
     """Every sample with seq <= `seq` is durable at the gateway."""
-    return encode_request(key, boot_id, Opcode.ACK, struct.pack("<I", _u(seq, 32, "seq")))
+    return encode_request(key, boot_nonce, counter, Opcode.ACK,
+                          struct.pack("<I", _u(seq, 32, "seq")))
 
 
-def replay(key: bytes, boot_id: int, from_seq: int) -> bytes:
-    return encode_request(
-        key, boot_id, Opcode.REPLAY, struct.pack("<I", _u(from_seq, 32, "from_seq"))
-    )
+def replay(key: bytes, boot_nonce: int, counter: int, from_seq: int) -> bytes:
+    return encode_request(key, boot_nonce, counter, Opcode.REPLAY,
+                          struct.pack("<I", _u(from_seq, 32, "from_seq")))
 
 
-def set_config(key: bytes, boot_id: int, cfg_key: ConfigKey | int, value: int) -> bytes:
+def set_config(key: bytes, boot_nonce: int, counter: int, cfg_key: ConfigKey | int,
+               value: int) -> bytes:
     cfg_key = ConfigKey(cfg_key)
     if not CFG_VALUE_MIN <= value <= CFG_VALUE_MAX:
         raise ValueError(f"{cfg_key.name} = {value}: must be {CFG_VALUE_MIN}..{CFG_VALUE_MAX}")
-    return encode_request(key, boot_id, Opcode.SET_CONFIG, struct.pack("<BI", cfg_key, value))
+    return encode_request(key, boot_nonce, counter, Opcode.SET_CONFIG,
+                          struct.pack("<BI", cfg_key, value))
 
 
-def get_status(key: bytes, boot_id: int) -> bytes:
-    return encode_request(key, boot_id, Opcode.GET_STATUS)
+def get_status(key: bytes, boot_nonce: int, counter: int) -> bytes:
+    return encode_request(key, boot_nonce, counter, Opcode.GET_STATUS)
 
 
-def identify(key: bytes, boot_id: int, seconds: int) -> bytes:
-    return encode_request(key, boot_id, Opcode.IDENTIFY, bytes([_u(seconds, 8, "seconds")]))
+def identify(key: bytes, boot_nonce: int, counter: int, seconds: int) -> bytes:
+    return encode_request(key, boot_nonce, counter, Opcode.IDENTIFY,
+                          bytes([_u(seconds, 8, "seconds")]))
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -152,26 +179,45 @@ class ReplayResult:
     next_seq: int
 
 
-def decode_response(data: bytes) -> ControlResponse:
-    """Decode one Control Point indication; ControlError if malformed.
+def response_tag(key: bytes, boot_nonce: int, request: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256(key, b"dtcr" + boot_nonce u32 + the request's tag + response body)[:8]:
+    the tag of the response `body` (0x80, opcode, status, payload) to the write `request`."""
+    request = bytes(request)
+    bound = request[-TAG_LEN:] if len(request) >= CP_REQUEST_MIN_BYTES else bytes(TAG_LEN)
+    msg = CP_RESPONSE_TAG_PREFIX + struct.pack("<I", boot_nonce) + bound + bytes(body)
+    return hmac.new(check_device_key(key), msg, hashlib.sha256).digest()[:TAG_LEN]
 
-    A SUCCESS response must carry exactly its opcode's payload (GET_STATUS: any non-empty
-    payload, checked by decode_status); any other status carries none.
+
+def decode_response(data: bytes, key: bytes, boot_nonce: int, request: bytes) -> ControlResponse:
+    """Check and decode the Control Point indication that answers `request` (the bytes the
+    gateway wrote); ResponseTagError if its tag does not match, ControlError if malformed.
+
+    The tag is checked before anything else is read. A SUCCESS response must carry exactly
+    its opcode's payload (GET_STATUS: any non-empty payload, checked by decode_status); any
+    other status carries none; the opcode must be the request's.
     """
     data = bytes(data)
-    if len(data) < 3:
-        raise ControlError(f"response is {len(data)} bytes, at least 3 expected")
-    if data[0] != CP_RESPONSE:
-        raise ControlError(f"response starts with 0x{data[0]:02x}, expected 0x80")
+    if len(data) < CP_RESPONSE_MIN_BYTES:
+        raise ResponseTagError(
+            f"response is {len(data)} bytes, at least {CP_RESPONSE_MIN_BYTES} expected "
+            f"(untagged?)", *(data[1:3] if len(data) >= 3 else ()))
+    body, tag = data[:-TAG_LEN], data[-TAG_LEN:]
+    if not hmac.compare_digest(tag, response_tag(key, boot_nonce, request, body)):
+        raise ResponseTagError("response tag does not match the request it answers",
+                               body[1], body[2])
+    if body[0] != CP_RESPONSE:
+        raise ControlError(f"response starts with 0x{body[0]:02x}, expected 0x80")
     try:
-        opcode = Opcode(data[1])
+        opcode = Opcode(body[1])
     except ValueError:
-        raise ControlError(f"response to unknown opcode 0x{data[1]:02x}") from None
+        raise ControlError(f"response to unknown opcode 0x{body[1]:02x}") from None
+    if opcode != request[0]:
+        raise ControlError(f"{opcode.name} response to a 0x{request[0]:02x} request")
     try:
-        status = Status(data[2])
+        status = Status(body[2])
     except ValueError:
-        raise ControlError(f"unknown status 0x{data[2]:02x} for {opcode.name}") from None
-    payload = data[3:]
+        raise ControlError(f"unknown status 0x{body[2]:02x} for {opcode.name}") from None
+    payload = body[3:]
     if status is Status.SUCCESS:
         want = _SUCCESS_PAYLOAD_LEN.get(opcode)
         if want is None:
@@ -211,6 +257,8 @@ class PatchStatus:
     error_flags: ErrorFlag
     config: dict[ConfigKey, int]  # periods in seconds (keys 1..5; not the flush interval)
     battery_pct: int
+    boot_nonce: int  # what this boot's Control Point requests are tagged with (§5)
+    next_counter: int  # the lowest counter the patch accepts in its next request
 
     @property
     def unacked(self) -> int:
@@ -222,17 +270,20 @@ class PatchStatus:
 
 
 def decode_status(data: bytes) -> PatchStatus:
-    """The 31-byte status record (Status read or GET_STATUS payload)."""
+    """The 39-byte status record (Status read or GET_STATUS payload)."""
     data = bytes(data)
     if not data:
         raise ControlError("empty status record")
+    if data[0] == 1:
+        raise ControlError("status format 1: the patch firmware predates authenticated "
+                           "control responses (format 2); update it")
     if data[0] != STATUS_FORMAT:
         raise ControlError(f"status format {data[0]}, expected {STATUS_FORMAT}")
     if len(data) != STATUS_LEN:
         raise ControlError(f"status record is {len(data)} bytes, expected {STATUS_LEN}")
-    (_, major, minor, patch, boot_id, oldest, nxt, tick, flags, *periods, battery) = _STATUS.unpack(
-        data
-    )
+    (_, major, minor, patch, boot_id, oldest, nxt, tick, flags, p1, p2, p3, p4, p5, battery,
+     boot_nonce, next_counter) = _STATUS.unpack(data)
+    periods = (p1, p2, p3, p4, p5)
     return PatchStatus(
         fw_version=(major, minor, patch),
         boot_id=boot_id,
@@ -242,6 +293,8 @@ def decode_status(data: bytes) -> PatchStatus:
         error_flags=ErrorFlag(flags),
         config=dict(zip(STATUS_CONFIG_KEYS, periods, strict=True)),
         battery_pct=battery,
+        boot_nonce=boot_nonce,
+        next_counter=next_counter,
     )
 
 

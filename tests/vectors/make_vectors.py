@@ -298,30 +298,60 @@ def frames() -> None:
 # --- control -------------------------------------------------------------------------------
 
 CP_KEY = K1
-CP_BOOT = 0x1234
+CP_BOOT = 0x1234          # boot_id: the short boot number in frames and Status
+CP_NONCE = 0x9E3779B9     # boot_nonce: above 2**30, a long int on a MicroPython board
+CP_COUNTER = 41           # the patch's next_counter in most cases
 
 
-def _request(opcode: int, operands: bytes, *, key=CP_KEY, boot_id=CP_BOOT) -> bytes:
-    body = bytes([opcode]) + operands
-    return body + _tag(key, b"dtcp" + struct.pack("<H", boot_id) + body)
+def _request(opcode: int, operands: bytes, *, counter=CP_COUNTER, key=CP_KEY,
+             nonce=CP_NONCE) -> bytes:
+    body = bytes([opcode]) + struct.pack("<I", counter) + operands
+    return body + _tag(key, b"dtcp" + struct.pack("<I", nonce) + body)
+
+
+def _bound(request: bytes) -> bytes:
+    """The request tag a response is bound to (8 zero bytes for a write under 13 bytes)."""
+    return request[-8:] if len(request) >= 13 else bytes(8)
+
+
+def _response(request: bytes, opcode: int, status: int, payload: bytes = b"", *,
+              key=CP_KEY, nonce=CP_NONCE) -> bytes:
+    body = bytes([0x80, opcode, status]) + payload
+    if key is None:   # an unprovisioned patch: it has no key to tag with
+        return body + bytes(8)
+    return body + _tag(key, b"dtcr" + struct.pack("<I", nonce) + _bound(request) + body)
 
 
 def control() -> dict:
     requests = []
 
-    def req(name, description, data: bytes, opcode, status, operand, operands_hex=None):
+    def req(name, description, data: bytes, opcode, status, operand, operands_hex=None, *,
+            next_counter=CP_COUNTER, next_counter_after=None, key=CP_KEY):
         if operands_hex is not None:
-            assert data[1:-8] == _hex(operands_hex), (name, data[1:-8].hex(" "))
+            assert data[5:-8] == _hex(operands_hex), (name, data[5:-8].hex(" "))
+        if next_counter_after is None:   # a fresh authenticated request uses up its counter
+            fresh = status not in (2, 4, 6, 7) or (status == 2 and len(data) >= 13
+                                                   and _request_ok(data))
+            next_counter_after = struct.unpack_from("<I", data, 1)[0] + 1 if fresh else next_counter
         requests.append({
             "name": name, "description": description, "request": data.hex(),
-            "opcode": opcode, "status": status, "operand": operand,
+            "next_counter": next_counter, "opcode": opcode, "status": status,
+            "operand": operand, "next_counter_after": next_counter_after,
+            # what the patch indicates when status is not SUCCESS (SUCCESS payloads depend
+            # on the patch's state; see "responses")
+            "response": None if status == 0 else _response(data, opcode, status, key=key).hex(),
         })
 
+    def _request_ok(data: bytes) -> bool:
+        body = data[:-8]
+        return _tag(CP_KEY, b"dtcp" + struct.pack("<I", CP_NONCE) + body) == data[-8:]
+
     utc = 1764201600000  # 2025-11-27T00:00:00Z
-    req("set_time", "SET_TIME utc_ms 1764201600000 (2025-11-27T00:00Z)",
+    req("set_time", "SET_TIME utc_ms 1764201600000 (2025-11-27T00:00Z), counter 41",
         _request(1, struct.pack("<Q", utc)), 1, 0, utc, "00 14 9C C2 9A 01 00 00")
-    req("ack", "ACK seq 123456", _request(2, struct.pack("<I", 123456)), 2, 0, 123456,
-        "40 E2 01 00")
+    ack = _request(2, struct.pack("<I", 123456))
+    assert ack[:5] == _hex("02 29000000")   # opcode, counter 41
+    req("ack", "ACK seq 123456", ack, 2, 0, 123456, "40 E2 01 00")
     req("replay", "REPLAY from_seq 0", _request(3, b"\0\0\0\0"), 3, 0, 0, "00 00 00 00")
     req("replay_max", "REPLAY from_seq 0xFFFFFFFF", _request(3, b"\xff" * 4), 3, 0, 0xFFFFFFFF)
     req("set_config", "SET_CONFIG key 2 (UV period) = 5 s",
@@ -330,15 +360,30 @@ def control() -> dict:
         _request(4, struct.pack("<BI", 6, 65535)), 4, 0, [6, 65535], "06 FF FF 00 00")
     req("get_status", "GET_STATUS", _request(5, b""), 5, 0, None, "")
     req("identify", "IDENTIFY 3 s", _request(6, b"\x03"), 6, 0, 3, "03")
+    req("counter_ahead", "ACK with counter 1000 while the patch expects 41: accepted, the "
+        "patch then expects 1001", _request(2, struct.pack("<I", 7), counter=1000), 2, 0, 7)
+    req("counter_max", "GET_STATUS with counter 0xFFFFFFFE, the last one a boot accepts",
+        _request(5, b"", counter=0xFFFFFFFE), 5, 0, None, next_counter=0xFFFFFFFE)
 
-    good_ack = _request(2, struct.pack("<I", 123456))
-    req("bad_tag", "ACK with the last tag bit flipped", good_ack[:-1] + bytes([good_ack[-1] ^ 1]),
+    # --- refused: replays, tags ---
+    req("replayed", "the ACK above written again after it was run (the patch expects 42)",
+        ack, 2, 7, None, next_counter=42)
+    req("stale_counter", "ACK with counter 40 while the patch expects 41",
+        _request(2, struct.pack("<I", 123456), counter=40), 2, 7, None)
+    req("counter_spent", "GET_STATUS with counter 0xFFFFFFFF: never accepted",
+        _request(5, b"", counter=0xFFFFFFFF), 5, 7, None)
+    req("bad_tag", "ACK with the last tag bit flipped", ack[:-1] + bytes([ack[-1] ^ 1]),
         2, 6, None)
-    req("wrong_boot_id", "ACK tagged for boot_id 0x1233 (replayed from the previous boot)",
-        _request(2, struct.pack("<I", 123456), boot_id=0x1233), 2, 6, None)
-    req("wrong_key", "ACK tagged with another key", _request(2, b"\0\0\0\0", key=K2), 2, 6, None)
+    req("wrong_boot_nonce", "ACK tagged for another boot's nonce (captured in another boot)",
+        _request(2, struct.pack("<I", 123456), nonce=CP_NONCE ^ 1), 2, 6, None)
+    req("wrong_key", "ACK tagged with another key", _request(2, b"\0\0\0\0", key=K2), 2, 6,
+        None)
+    req("bad_tag_stale_counter", "a stale counter and a bad tag: the tag is checked first",
+        _request(2, b"\0\0\0\0", counter=3, key=K2), 2, 6, None)
     req("bad_tag_unknown_opcode", "unknown opcode 0x07 and a bad tag: the tag is checked first",
         _request(7, b"", key=K2), 7, 6, None)
+
+    # --- authenticated and fresh, but wrong: the counter is used up all the same ---
     req("unknown_opcode", "opcode 0x07, tag valid", _request(7, b""), 7, 1, None)
     req("opcode_zero", "opcode 0x00, tag valid", _request(0, b""), 0, 1, None)
     req("response_opcode", "opcode 0x80 written to the Control Point, tag valid",
@@ -357,55 +402,103 @@ def control() -> dict:
         _request(4, struct.pack("<BI", 1, 0)), 4, 2, None)
     req("set_config_too_big", "SET_CONFIG key 1 = 65536 s (not a u16 period), tag valid",
         _request(4, struct.pack("<BI", 1, 65536)), 4, 2, None)
-    req("too_short", "5 bytes: no room for opcode + tag", good_ack[:5], 2, 2, None)
-    req("tag_only_length", "8 bytes: a tag without its opcode", good_ack[-8:], good_ack[-8], 2,
-        None)
-    req("empty", "empty write", b"", 0, 2, None)
 
-    status_rec = _hex("01 010203 3412 E8030000 D2040000 407E0500 1200 0A00 0500 0100 3C00 2C01 57")
-    assert status_rec == struct.pack("<BBBBHIIIHHHHHHB", 1, 1, 2, 3, 0x1234, 1000, 1234, 360000,
-                                     0x12, 10, 5, 1, 60, 300, 87)
+    # --- too short to be a request: answered, bound to 8 zero bytes ---
+    req("too_short", "12 bytes: no room for opcode + counter + tag", ack[:12], 2, 2, None)
+    req("old_format", "a version-1 request (opcode, operands, tag: no counter), 9 bytes",
+        ack[:1] + ack[-8:], 2, 2, None)
+    req("tag_only_length", "8 bytes: a tag without its opcode", ack[-8:], ack[-8], 2, None)
+    req("empty", "empty write", b"", 0, 2, None)
+    req("not_provisioned", "the ACK above to a patch without a key: answered with a zero tag",
+        ack, 2, 4, None, key=None)
+
+    status_rec = _hex("02 010203 3412 E8030000 D2040000 407E0500 1200 0A00 0500 0100 3C00 2C01 57"
+                      " B979379E 2A000000")
+    assert status_rec == struct.pack("<BBBBHIIIHHHHHHBII", 2, 1, 2, 3, 0x1234, 1000, 1234,
+                                     360000, 0x12, 10, 5, 1, 60, 300, 87, CP_NONCE, 42)
     status = {
         "name": "status", "record": status_rec.hex(),
-        "fw": [1, 2, 3], "boot_id": 0x1234, "oldest_seq": 1000, "next_seq": 1234,
+        "fw": [1, 2, 3], "boot_id": CP_BOOT, "oldest_seq": 1000, "next_seq": 1234,
         "tick": 360000, "error_flags": 0x12, "periods": [10, 5, 1, 60, 300], "battery_pct": 87,
+        "boot_nonce": CP_NONCE, "next_counter": 42,
         "description": "fw 1.2.3, 234 unacked samples, clock not set + UV sensor fault, "
-                       "default periods with UV fast 1 s, battery 87 %",
+                       "default periods with UV fast 1 s, battery 87 %; the GET_STATUS "
+                       "request (counter 41) was the last one run",
     }
 
     responses = []
 
-    def resp(name, description, hex_, opcode, status_, payload_hex, result=None):
+    def resp(name, description, request: bytes, hex_, opcode, status_, payload_hex, result=None):
         data = _hex(hex_)
         assert data[:3] == bytes([0x80, opcode, status_]) and data[3:] == _hex(payload_hex)
+        full = _response(request, opcode, status_, data[3:])
         responses.append({
-            "name": name, "description": description, "response": data.hex(),
-            "opcode": opcode, "status": status_, "payload": _hex(payload_hex).hex(),
-            "result": result,
+            "name": name, "description": description, "request": request.hex(),
+            "response": full.hex(), "opcode": opcode, "status": status_,
+            "payload": _hex(payload_hex).hex(), "result": result,
         })
+        return full
 
-    resp("set_time_ok", "SET_TIME success: boot 0x1234, tick 360000", "80 01 00 3412 407E0500", 1, 0, "3412 407E0500",
-         {"boot_id": 0x1234, "tick": 360000})
-    resp("ack_ok", "ACK success", "80 02 00", 2, 0, "")
-    resp("replay_ok", "REPLAY success: oldest 1000, next 1234", "80 03 00 E8030000 D2040000",
-         3, 0, "E8030000 D2040000", {"oldest_seq": 1000, "next_seq": 1234})
-    resp("set_config_invalid", "SET_CONFIG answered INVALID_OPERAND", "80 04 02", 4, 2, "")
-    resp("get_status_ok", "GET_STATUS success with the status record", "80 05 00 " +
-         status_rec.hex(), 5, 0, status_rec.hex())
-    resp("identify_ok", "IDENTIFY success", "80 06 00", 6, 0, "")
-    resp("ack_auth_failed", "ACK answered AUTH_FAILED", "80 02 06", 2, 6, "")
-    resp("unknown_opcode", "opcode 0x07 answered OPCODE_NOT_SUPPORTED (gateway: ControlError, "
-         "it never sends 0x07)", "80 07 01", 7, 1, "")
-    resp("busy", "REPLAY answered BUSY", "80 03 05", 3, 5, "")
+    get_status = _request(5, b"")
+    replay_req = _request(3, struct.pack("<I", 100))
+    set_time_req = _request(1, struct.pack("<Q", utc))
+    set_time_ok = resp("set_time_ok", "SET_TIME success: boot 0x1234, tick 360000", set_time_req,
+                       "80 01 00 3412 407E0500", 1, 0, "3412 407E0500",
+                       {"boot_id": 0x1234, "tick": 360000})
+    ack_ok = resp("ack_ok", "ACK success", ack, "80 02 00", 2, 0, "")
+    replay_ok = resp("replay_ok", "REPLAY from 100 answered: oldest 100, next 1234", replay_req,
+                     "80 03 00 64000000 D2040000", 3, 0, "64000000 D2040000",
+                     {"oldest_seq": 100, "next_seq": 1234})
+    resp("set_config_invalid", "SET_CONFIG answered INVALID_OPERAND",
+         _request(4, struct.pack("<BI", 7, 10)), "80 04 02", 4, 2, "")
+    resp("get_status_ok", "GET_STATUS success with the status record", get_status,
+         "80 05 00 " + status_rec.hex(), 5, 0, status_rec.hex())
+    resp("identify_ok", "IDENTIFY success", _request(6, b"\x03"), "80 06 00", 6, 0, "")
+    resp("ack_stale", "the ACK replayed, answered STALE_REQUEST", ack, "80 02 07", 2, 7, "")
+    resp("busy", "REPLAY answered BUSY", replay_req, "80 03 05", 3, 5, "")
 
-    bad_responses = [
-        {"name": "short", "response": "8001", "why": "fewer than 3 bytes"},
-        {"name": "not_response", "response": "010100", "why": "first byte is not 0x80"},
-        {"name": "unknown_status", "response": "800207", "why": "status 0x07 is undefined"},
-        {"name": "set_time_short_payload", "response": "8001003412", "why": "payload 2 != 6"},
-        {"name": "ack_with_payload", "response": "80020000", "why": "ACK success has no payload"},
-        {"name": "error_with_payload", "response": "80030501", "why": "BUSY carries no payload"},
-    ]
+    def rebind(full: bytes, body: bytes) -> bytes:
+        """body tagged as the answer to the request `full` answered."""
+        req_of = {r["response"]: bytes.fromhex(r["request"]) for r in responses}[full.hex()]
+        return body + _tag(CP_KEY, b"dtcr" + struct.pack("<I", CP_NONCE) + req_of[-8:] + body)
+
+    bad_responses = []
+
+    def bad(name, why, request: bytes, data: bytes, error: str):
+        assert error in ("tag", "malformed")
+        bad_responses.append({"name": name, "why": why, "request": request.hex(),
+                              "response": data.hex(), "error": error})
+
+    bad("replay_oldest_rewritten", "replay_ok with oldest_seq rewritten 100 -> 1000 in flight "
+        "(issue 11: the gateway skipped 900 seqs and acknowledged them)", replay_req,
+        replay_ok[:3] + struct.pack("<I", 1000) + replay_ok[7:], "tag")
+    bad("untagged", "a version-1 response: 0x80, opcode, status, no tag", ack, _hex("80 02 00"),
+        "tag")
+    bad("untagged_with_payload", "replay_ok without its tag (11 bytes: the payload is read as "
+        "the tag)", replay_req, replay_ok[:-8], "tag")
+    bad("other_request", "ack_ok answering an ACK with counter 42 instead of 41",
+        _request(2, struct.pack("<I", 123456), counter=42), ack_ok, "tag")
+    bad("other_boot", "ack_ok tagged under another boot nonce", ack,
+        _response(ack, 2, 0, nonce=CP_NONCE ^ 1), "tag")
+    bad("other_key", "ack_ok tagged with another key", ack, _response(ack, 2, 0, key=K2), "tag")
+    bad("tag_flipped", "set_time_ok with the last tag bit flipped", set_time_req,
+        set_time_ok[:-1] + bytes([set_time_ok[-1] ^ 1]), "tag")
+    bad("zero_tag", "NOT_PROVISIONED with the zero tag of a patch without a key", ack,
+        _response(ack, 2, 4, key=None), "tag")
+    bad("short", "fewer than 11 bytes", ack, _hex("8002"), "tag")
+    # tagged correctly, malformed all the same
+    bad("not_response", "first byte 0x01, tag valid", ack, rebind(ack_ok, _hex("01 02 00")),
+        "malformed")
+    bad("unknown_status", "status 0x08 is undefined, tag valid", ack,
+        rebind(ack_ok, _hex("80 02 08")), "malformed")
+    bad("set_time_short_payload", "payload 2 != 6, tag valid", set_time_req,
+        rebind(set_time_ok, _hex("80 01 00 3412")), "malformed")
+    bad("ack_with_payload", "ACK success has no payload, tag valid", ack,
+        rebind(ack_ok, _hex("80 02 00 00")), "malformed")
+    bad("error_with_payload", "BUSY carries no payload, tag valid", replay_req,
+        rebind(replay_ok, _hex("80 03 05 01")), "malformed")
+    bad("other_opcode", "a REPLAY success tagged as the answer to an ACK", ack,
+        rebind(ack_ok, replay_ok[:-8]), "malformed")
 
     manufacturer = [
         {"name": "provisioned", "fw": [1, 2, 3], "battery_pct": 87, "unacked_samples": 234,
@@ -423,9 +516,14 @@ def control() -> dict:
     ]
     return {
         "description": "Control Point, Status and advertising vectors (docs/protocol.md §2, §5, §6). "
-                       "Requests use key and boot_id below; 'status' is what the patch answers, "
-                       "'operand' what it decodes on SUCCESS.",
+                       "Requests are tagged with 'key' for 'boot_nonce'; each request case gives "
+                       "the patch's next_counter before it, what the patch answers (status, "
+                       "and the whole tagged response unless SUCCESS), the operand it decodes "
+                       "on SUCCESS and its next_counter after. Responses: the request each "
+                       "answers and the tagged indication. Bad responses: 'tag' = refused as "
+                       "unauthenticated, 'malformed' = tag valid, content not.",
         "key": CP_KEY.hex(),
+        "boot_nonce": CP_NONCE,
         "boot_id": CP_BOOT,
         "requests": requests,
         "responses": responses,
