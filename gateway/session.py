@@ -336,6 +336,11 @@ class PatchSession:
             return [self._request(control.get_status, now_ms=now_ms)]
         return []
 
+    @property
+    def pending_request(self) -> bytes | None:
+        """The Control Point request awaiting its answer (the answer is bound to it)."""
+        return self._pending[2] if self._pending is not None else None
+
     def disconnected(self, reason: str = "link lost") -> None:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED

@@ -24,22 +24,40 @@ from gateway.session import (
 KEY = bytes(range(32))
 DEVICE = "3f2a0c11d4e59b07"
 BOOT = 7
+NONCE = 0xC0FFEE42
+COUNTER0 = 17     # the patch's next_counter when the session reads Status
 T0_MS = 1_800_000_000_000
 
 
-def status_record(boot_id=BOOT, oldest=0, next_seq=0, tick=1000):
-    return struct.pack("<BBBBHIIIHHHHHHB", 1, 0, 1, 0, boot_id, oldest, next_seq, tick, 0,
-                       10, 5, 1, 60, 300, 90)
+def status_record(boot_id=BOOT, oldest=0, next_seq=0, tick=1000, nonce=NONCE,
+                  next_counter=COUNTER0):
+    return struct.pack("<BBBBHIIIHHHHHHBII", 2, 0, 1, 0, boot_id, oldest, next_seq, tick, 0,
+                       10, 5, 1, 60, 300, 90, nonce, next_counter)
 
 
-def response(opcode, status=0, payload=b""):
-    return bytes([0x80, int(opcode), int(status)]) + payload
+def _tag(msg: bytes, key=KEY) -> bytes:
+    return hmac.new(key, msg, hashlib.sha256).digest()[:8]
 
 
-def request_tag_ok(data: bytes, boot_id=BOOT) -> bool:
+def tagged_response(request: bytes, opcode, status=0, payload=b"", key=KEY, nonce=NONCE) -> bytes:
+    """The patch's indication answering `request` (protocol.md §5), written out here."""
+    body = bytes([0x80, int(opcode), int(status)]) + payload
+    return body + _tag(b"dtcr" + struct.pack("<I", nonce) + request[-8:] + body, key)
+
+
+def response(s: PatchSession, opcode, status=0, payload=b"") -> bytes:
+    """The patch's answer to the request the session is waiting on."""
+    assert s.pending_request is not None and s.pending_request[0] == opcode
+    return tagged_response(s.pending_request, opcode, status, payload)
+
+
+def request_tag_ok(data: bytes, nonce=NONCE) -> bool:
     body, tag = data[:-8], data[-8:]
-    expected = hmac.new(KEY, b"dtcp" + struct.pack("<H", boot_id) + body, hashlib.sha256)
-    return hmac.compare_digest(expected.digest()[:8], tag)
+    return hmac.compare_digest(_tag(b"dtcp" + struct.pack("<I", nonce) + body), tag)
+
+
+def operand_u32(action) -> int:
+    return struct.unpack_from("<I", action.data, 5)[0]
 
 
 def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000):
@@ -51,19 +69,19 @@ def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000):
     set_time = actions[1]
     assert isinstance(set_time, WriteControl) and set_time.opcode == ids.Opcode.SET_TIME
     assert request_tag_ok(set_time.data)
-    assert struct.unpack_from("<Q", set_time.data, 1)[0] == T0_MS
+    assert struct.unpack_from("<Q", set_time.data, 5)[0] == T0_MS
     actions = s.control_response(
-        response(ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, tick_at_set)), T0_MS + 20)
+        response(s, ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, tick_at_set)), T0_MS + 20)
     [get_status] = actions
     assert get_status.opcode == ids.Opcode.GET_STATUS and request_tag_ok(get_status.data)
     actions = s.control_response(
-        response(ids.Opcode.GET_STATUS, 0, status_record(oldest=oldest, next_seq=next_seq)),
+        response(s, ids.Opcode.GET_STATUS, 0, status_record(oldest=oldest, next_seq=next_seq)),
         T0_MS + 30)
     assert actions[0] == Subscribe(ids.SAMPLES_CHAR_UUID)
     replay = actions[1]
     assert replay.opcode == ids.Opcode.REPLAY and request_tag_ok(replay.data)
-    assert struct.unpack_from("<I", replay.data, 1)[0] == committed + 1
-    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", oldest, next_seq)),
+    assert operand_u32(replay) == committed + 1
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", oldest, next_seq)),
                        T0_MS + 40)
     assert s.state is State.STREAMING
     return s
@@ -123,10 +141,10 @@ def test_gap_asks_for_replay_once_and_is_not_committed():
     s.notification(frame(0, 5), T0_MS)
     [replay] = s.notification(frame(10, 5), T0_MS)
     assert replay.opcode == ids.Opcode.REPLAY
-    assert struct.unpack_from("<I", replay.data, 1)[0] == 5
+    assert operand_u32(replay) == 5
     assert s.notification(frame(15, 5), T0_MS) == []   # same gap: no second REPLAY
     assert s.stats.missing == 2
-    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 20)), T0_MS)
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 20)), T0_MS)
     [commit] = s.notification(frame(5, 5), T0_MS)
     assert commit.batch.seq[0] == 5
 
@@ -154,12 +172,12 @@ def test_ack_only_after_commit_and_one_request_at_a_time():
     s = streaming_session()
     s.notification(frame(0, 5), T0_MS)
     [ack] = s.committed(4, T0_MS)
-    assert ack.opcode == ids.Opcode.ACK and struct.unpack_from("<I", ack.data, 1)[0] == 4
+    assert ack.opcode == ids.Opcode.ACK and operand_u32(ack) == 4
     assert request_tag_ok(ack.data)
     s.notification(frame(5, 5), T0_MS)
     assert s.committed(9, T0_MS) == []     # previous ACK not yet answered
-    [ack2] = s.control_response(response(ids.Opcode.ACK), T0_MS)
-    assert struct.unpack_from("<I", ack2.data, 1)[0] == 9
+    [ack2] = s.control_response(response(s, ids.Opcode.ACK), T0_MS)
+    assert operand_u32(ack2) == 9
     assert s.committed(9, T0_MS) == []     # already acknowledged
 
 
@@ -168,7 +186,7 @@ def test_error_status_closes_naming_the_request():
     s.start(247, T0_MS)
     s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
     s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
-    [action] = s.control_response(response(ids.Opcode.SET_TIME, ids.Status.AUTH_FAILED), T0_MS)
+    [action] = s.control_response(response(s, ids.Opcode.SET_TIME, ids.Status.AUTH_FAILED), T0_MS)
     assert isinstance(action, Disconnect)
     assert "SET_TIME" in action.reason and "AUTH_FAILED" in action.reason
 
@@ -197,8 +215,8 @@ def test_hole_inside_the_patch_log_is_skipped_on_the_replay_answer():
     [commit] = s.notification(frame(50, 50), T0_MS)
     assert commit.batch.seq.tolist()[-1] == 99
     [replay] = s.notification(frame(116, 10, boot_id=BOOT + 1), T0_MS)
-    assert struct.unpack_from("<I", replay.data, 1)[0] == 100
-    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
+    assert operand_u32(replay) == 100
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
     assert s.expected_seq == 116 and s.stats.seqs_skipped == 16
     [commit] = s.notification(frame(116, 10, boot_id=BOOT + 1), T0_MS)
     assert commit.batch.seq.tolist() == list(range(116, 126))
@@ -211,10 +229,10 @@ def test_replayed_frame_overtaking_the_answer_past_a_hole_converges():
     s.notification(frame(80, 20), T0_MS)
     [replay] = s.notification(frame(116, 4), T0_MS)
     assert s.notification(frame(120, 4), T0_MS) == []   # same gap, no second REPLAY
-    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
     [replay] = s.notification(frame(124, 4), T0_MS)     # sent before the patch rewound
-    assert struct.unpack_from("<I", replay.data, 1)[0] == 116
-    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
+    assert operand_u32(replay) == 116
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 116, 140)), T0_MS)
     [commit] = s.notification(frame(116, 8), T0_MS)
     assert commit.batch.seq.tolist() == list(range(116, 124))
 
@@ -226,10 +244,10 @@ def test_quiet_link_with_samples_missing_is_resynced():
     [check] = s.tick(T0_MS + 11_000)                           # nothing for 10 s: ask
     assert check.opcode == ids.Opcode.GET_STATUS
     actions = s.control_response(
-        response(ids.Opcode.GET_STATUS, 0, status_record(oldest=0, next_seq=8)), T0_MS + 11_050)
+        response(s, ids.Opcode.GET_STATUS, 0, status_record(oldest=0, next_seq=8)), T0_MS + 11_050)
     [replay] = actions                                         # it holds 3..7, we never got them
     assert replay.opcode == ids.Opcode.REPLAY
-    assert struct.unpack_from("<I", replay.data, 1)[0] == 3
+    assert operand_u32(replay) == 3
     assert s.stats.resyncs == 1
 
 
@@ -238,7 +256,7 @@ def test_quiet_link_with_nothing_missing_just_checks():
     s.notification(frame(0, 3), T0_MS + 100)
     [check] = s.tick(T0_MS + 11_000)
     assert s.control_response(
-        response(ids.Opcode.GET_STATUS, 0, status_record(oldest=0, next_seq=3)),
+        response(s, ids.Opcode.GET_STATUS, 0, status_record(oldest=0, next_seq=3)),
         T0_MS + 11_050) == []
     assert s.tick(T0_MS + 12_000) == []                        # not again right away
 
@@ -248,11 +266,11 @@ def test_samples_of_an_earlier_boot_get_utc_from_its_stored_anchor():
     s.start(247, T0_MS)
     s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
     s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
-    s.control_response(response(ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)),
+    s.control_response(response(s, ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)),
                        T0_MS + 20)
     assert s.new_anchor == (BOOT, 1000, T0_MS + 10)
-    s.control_response(response(ids.Opcode.GET_STATUS, 0, status_record()), T0_MS + 30)
-    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 10)), T0_MS + 40)
+    s.control_response(response(s, ids.Opcode.GET_STATUS, 0, status_record()), T0_MS + 30)
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 10)), T0_MS + 40)
     [old] = s.notification(frame(0, 2, tick0=600, boot_id=BOOT - 1), T0_MS + 50)
     assert old.batch.utc_ms.tolist() == [T0_MS - 3_600_000 + 10_000, T0_MS - 3_600_000 + 11_000]
     [unknown] = s.notification(frame(2, 1, tick0=5, boot_id=BOOT - 2), T0_MS + 60)
@@ -279,9 +297,9 @@ def test_frame_flagged_gaps_before_without_its_notice_is_replayed():
     s.notification(frame(0, 5), T0_MS)
     [replay] = s.notification(frame(5, 3, gaps_before=True), T0_MS)   # the notice was lost
     assert replay.opcode == ids.Opcode.REPLAY
-    assert struct.unpack_from("<I", replay.data, 1)[0] == 5
+    assert operand_u32(replay) == 5
     assert s.expected_seq == 5 and s.stats.gap_notices_missed == 1
-    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 5, 8)), T0_MS)
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 5, 8)), T0_MS)
     s.notification(gap_notice(5), T0_MS)
     [commit] = s.notification(frame(5, 3, gaps_before=True), T0_MS)
     assert [g.seq_at for g in commit.batch.gaps] == [5]
@@ -293,8 +311,8 @@ def test_gap_in_a_hole_arrives_with_the_first_held_sample_and_replays_dedupe():
     s.notification(gap_notice(5, boot_id=6, counts=(1, 0, 0, 0)), T0_MS)
     s.notification(gap_notice(5, boot_id=6, counts=(1, 0, 0, 0)), T0_MS)   # replayed twice
     [replay] = s.notification(frame(21, 2, gaps_before=True), T0_MS)
-    assert struct.unpack_from("<I", replay.data, 1)[0] == 5
-    s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 21, 23)), T0_MS)
+    assert operand_u32(replay) == 5
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 21, 23)), T0_MS)
     [commit] = s.notification(frame(21, 2, gaps_before=True), T0_MS)
     [lost] = commit.batch.gaps
     assert (lost.boot_id, lost.seq_at) == (6, 5)
@@ -329,7 +347,7 @@ K = ids.ConfigKey
 def set_config_of(action):
     assert isinstance(action, WriteControl) and action.opcode == ids.Opcode.SET_CONFIG
     assert request_tag_ok(action.data)
-    return struct.unpack_from("<BI", action.data, 1)
+    return struct.unpack_from("<BI", action.data, 5)
 
 
 def test_desired_config_sends_only_differing_keys_one_at_a_time_then_applied():
@@ -339,9 +357,9 @@ def test_desired_config_sends_only_differing_keys_one_at_a_time_then_applied():
     assert set_config_of(first) == (K.UV_PERIOD_S, 7)        # temp is 10 already: not sent
     assert s.set_desired(3, {K.TEMP_PERIOD_S: 10, K.UV_PERIOD_S: 7, K.BATTERY_PERIOD_S: 600},
                          T0_MS) == []                         # the same version again: nothing
-    [second] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    [second] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert set_config_of(second) == (K.BATTERY_PERIOD_S, 600)
-    [done] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    [done] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert done == ConfigApplied(3, {K.TEMP_PERIOD_S: 10, K.UV_PERIOD_S: 7,
                                      K.BATTERY_PERIOD_S: 600})
     assert s.status.config[K.UV_PERIOD_S] == 7
@@ -353,15 +371,15 @@ def test_acks_go_first_while_configuration_is_sent():
     [cfg1] = s.set_desired(1, {K.TEMP_PERIOD_S: 2, K.UV_PERIOD_S: 3}, T0_MS)
     s.notification(frame(0, 5), T0_MS)
     assert s.committed(4, T0_MS) == []                         # SET_CONFIG in flight
-    [ack] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    [ack] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert ack.opcode == ids.Opcode.ACK                        # waiting ACK before the next key
-    [cfg2] = s.control_response(response(ids.Opcode.ACK), T0_MS)
+    [cfg2] = s.control_response(response(s, ids.Opcode.ACK), T0_MS)
     assert set_config_of(cfg2) == (K.UV_PERIOD_S, 3)
     s.notification(frame(5, 5), T0_MS)
     assert s.committed(9, T0_MS) == []
-    [ack2] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    [ack2] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert ack2.opcode == ids.Opcode.ACK
-    [done] = s.control_response(response(ids.Opcode.ACK), T0_MS)
+    [done] = s.control_response(response(s, ids.Opcode.ACK), T0_MS)
     assert isinstance(done, ConfigApplied) and done.ver == 1
 
 
@@ -371,11 +389,11 @@ def test_desired_given_before_connecting_is_sent_once_streaming():
     s.start(247, T0_MS)
     s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
     s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
-    s.control_response(response(ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)), T0_MS)
-    s.control_response(response(ids.Opcode.GET_STATUS, 0, status_record()), T0_MS)
-    [cfg] = s.control_response(response(ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 0)), T0_MS)
+    s.control_response(response(s, ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)), T0_MS)
+    s.control_response(response(s, ids.Opcode.GET_STATUS, 0, status_record()), T0_MS)
+    [cfg] = s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 0)), T0_MS)
     assert set_config_of(cfg) == (K.FLUSH_INTERVAL_S, 2)   # not in the status record: sent
-    [done] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    [done] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert done == ConfigApplied(5, {K.HYDRATION_PERIOD_S: 60, K.FLUSH_INTERVAL_S: 2})
 
 
@@ -387,7 +405,7 @@ def test_desired_already_applied_and_matching_sends_nothing():
     [cfg] = s.set_desired(5, {K.TEMP_PERIOD_S: 20, K.FLUSH_INTERVAL_S: 2}, T0_MS,
                           already_applied=True)            # the patch lost it: send again
     assert set_config_of(cfg) == (K.TEMP_PERIOD_S, 20)
-    [done] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    [done] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert isinstance(done, ConfigApplied)
 
 
@@ -400,14 +418,14 @@ def test_set_config_error_is_reported_without_closing_and_not_retried():
     s = streaming_session()
     [cfg] = s.set_desired(4, {K.TEMP_PERIOD_S: 2, K.UV_PERIOD_S: 3}, T0_MS)
     [failed] = s.control_response(
-        response(ids.Opcode.SET_CONFIG, ids.Status.INVALID_OPERAND), T0_MS)
+        response(s, ids.Opcode.SET_CONFIG, ids.Status.INVALID_OPERAND), T0_MS)
     assert failed == ConfigFailed(4, K.TEMP_PERIOD_S, 2, ids.Status.INVALID_OPERAND)
     assert "temp_period_s" in failed.detail and "INVALID_OPERAND" in failed.detail
     assert s.state is State.STREAMING and s.close_reason is None
     s.notification(frame(0, 2), T0_MS)
     [ack] = s.committed(1, T0_MS)                              # the session goes on
     assert ack.opcode == ids.Opcode.ACK
-    assert s.control_response(response(ids.Opcode.ACK), T0_MS) == []   # no retry loop
+    assert s.control_response(response(s, ids.Opcode.ACK), T0_MS) == []   # no retry loop
     assert s.tick(T0_MS + 1000) == []
 
 
@@ -415,7 +433,7 @@ def test_other_error_answers_still_close():
     s = streaming_session()
     s.notification(frame(0, 2), T0_MS)
     s.committed(1, T0_MS)
-    [action] = s.control_response(response(ids.Opcode.ACK, ids.Status.BUSY), T0_MS)
+    [action] = s.control_response(response(s, ids.Opcode.ACK, ids.Status.BUSY), T0_MS)
     assert isinstance(action, Disconnect) and "ACK" in action.reason
 
 
@@ -423,9 +441,9 @@ def test_newer_desired_replaces_what_is_left_to_send():
     s = streaming_session()
     [cfg] = s.set_desired(1, {K.TEMP_PERIOD_S: 2, K.UV_PERIOD_S: 3}, T0_MS)
     assert s.set_desired(2, {K.TEMP_PERIOD_S: 4}, T0_MS) == []     # one request at a time
-    [cfg2] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    [cfg2] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert set_config_of(cfg2) == (K.TEMP_PERIOD_S, 4)
-    [done] = s.control_response(response(ids.Opcode.SET_CONFIG), T0_MS)
+    [done] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert done == ConfigApplied(2, {K.TEMP_PERIOD_S: 4})
 
 
@@ -441,8 +459,135 @@ def test_identify_waits_behind_acks_and_an_error_does_not_close():
     s.notification(frame(0, 2), T0_MS)
     [ack] = s.committed(1, T0_MS)
     assert s.identify(9, T0_MS) == []                          # the ACK is in flight
-    [ident] = s.control_response(response(ids.Opcode.ACK), T0_MS)
+    [ident] = s.control_response(response(s, ids.Opcode.ACK), T0_MS)
     assert ident.opcode == ids.Opcode.IDENTIFY and request_tag_ok(ident.data)
-    assert ident.data[1] == 9
-    assert s.control_response(response(ids.Opcode.IDENTIFY, ids.Status.BUSY), T0_MS) == []
+    assert ident.data[5] == 9
+    assert s.control_response(response(s, ids.Opcode.IDENTIFY, ids.Status.BUSY), T0_MS) == []
     assert s.state is State.STREAMING and s.identify_refusals == 1
+
+
+# -- an authenticated control channel (protocol.md §5, issue 11) ----------------------------
+
+def test_requests_are_tagged_for_the_boot_nonce_with_one_counter_each():
+    s = PatchSession(DEVICE, KEY, -1)
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    [_, set_time] = s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
+    sent = [set_time]
+    sent += s.control_response(response(s, ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 9)),
+                               T0_MS)
+    sent += s.control_response(response(s, ids.Opcode.GET_STATUS, 0, status_record()), T0_MS)[1:]
+    counters = [struct.unpack_from("<I", a.data, 1)[0] for a in sent]
+    assert counters == [COUNTER0, COUNTER0 + 1, COUNTER0 + 2]   # from Status, one per request
+    assert all(request_tag_ok(a.data) for a in sent)
+    assert not any(request_tag_ok(a.data, nonce=NONCE ^ 1) for a in sent)
+
+
+def replay_pending(committed=99, next_seq=1100):
+    """A session that asked REPLAY(committed + 1) and waits for the answer."""
+    s = PatchSession(DEVICE, KEY, committed)
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
+    s.control_response(response(s, ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)), T0_MS)
+    [_, replay] = s.control_response(
+        response(s, ids.Opcode.GET_STATUS, 0, status_record(oldest=100, next_seq=next_seq)), T0_MS)
+    assert replay.opcode == ids.Opcode.REPLAY and operand_u32(replay) == committed + 1
+    return s
+
+
+def test_rewritten_replay_answer_is_refused_and_nothing_is_acknowledged():
+    # Issue 11, reproduced: the patch holds 100..1099 and answers REPLAY(100) with oldest_seq
+    # 100; an attacker rewrites it to 1000 in flight. Untagged, that made the session skip 900
+    # seqs and acknowledge up to 1099, deleting 900 samples never stored.
+    s = replay_pending()
+    genuine = response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 100, 1100))
+    tampered = genuine[:3] + struct.pack("<I", 1000) + genuine[7:]
+    [action] = s.control_response(tampered, T0_MS + 40)
+    assert isinstance(action, Disconnect) and s.state is State.CLOSED
+    assert action.reason.startswith("unauthenticated control point response to REPLAY refused")
+    assert s.stats.responses_rejected == 1
+    assert s.expected_seq == 100 and s.stats.seqs_skipped == 0      # nothing skipped
+    actions = s.notification(frame(1000, 100), T0_MS + 50)           # what the attacker wanted
+    actions += s.committed(1099, T0_MS + 60)
+    actions += s.tick(T0_MS + 70)
+    assert not [a for a in actions if isinstance(a, (Commit, WriteControl))]   # no ACK at all
+
+
+def test_the_genuine_replay_answer_is_taken():
+    s = replay_pending()
+    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 100, 1100)), T0_MS)
+    assert s.state is State.STREAMING and s.expected_seq == 100
+    [commit] = s.notification(frame(100, 5), T0_MS)
+    [ack] = s.committed(104, T0_MS)
+    assert operand_u32(ack) == 104
+
+
+@pytest.mark.parametrize("forge", [
+    pytest.param(lambda s, good: good[:-8], id="untagged"),
+    pytest.param(lambda s, good: good[:-1] + bytes([good[-1] ^ 1]), id="tag_flipped"),
+    pytest.param(lambda s, good: tagged_response(s.pending_request, ids.Opcode.REPLAY, 0,
+                                                 good[3:11], key=bytes(32)), id="other_key"),
+    pytest.param(lambda s, good: tagged_response(s.pending_request, ids.Opcode.REPLAY, 0,
+                                                 good[3:11], nonce=NONCE + 1), id="other_boot"),
+    pytest.param(lambda s, good: tagged_response(bytes(s.pending_request[:-8]) + bytes(8),
+                                                 ids.Opcode.REPLAY, 0, good[3:11]),
+                 id="other_request"),
+])
+def test_untagged_or_wrongly_tagged_answers_are_refused(forge):
+    s = replay_pending()
+    good = response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 100, 1100))
+    [action] = s.control_response(forge(s, good), T0_MS)
+    assert isinstance(action, Disconnect) and "unauthenticated" in action.reason
+    assert s.stats.responses_rejected == 1 and s.expected_seq == 100
+
+
+def test_an_earlier_answer_replayed_does_not_answer_a_later_request():
+    s = streaming_session()
+    s.notification(frame(0, 5), T0_MS)
+    s.committed(4, T0_MS)
+    first_answer = response(s, ids.Opcode.ACK)
+    s.control_response(first_answer, T0_MS)
+    s.notification(frame(5, 5), T0_MS)
+    [ack2] = s.committed(9, T0_MS)
+    [action] = s.control_response(first_answer, T0_MS)     # captured, played back
+    assert isinstance(action, Disconnect) and s.stats.responses_rejected == 1
+
+
+def test_an_answer_nobody_asked_for_is_counted_and_ignored():
+    s = streaming_session()
+    assert s.pending_request is None
+    assert s.control_response(bytes([0x80, 2, 0]) + bytes(8), T0_MS) == []
+    assert s.stats.responses_rejected == 1 and s.state is State.STREAMING
+
+
+def test_patch_with_another_key_is_named_as_such():
+    # The patch answers AUTH_FAILED under its own key: the tag cannot be checked, the reason
+    # says what it claimed in the words the link's key-mismatch alarm looks for.
+    s = PatchSession(DEVICE, KEY, -1)
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    [_, set_time] = s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
+    answer = tagged_response(set_time.data, ids.Opcode.SET_TIME, ids.Status.AUTH_FAILED,
+                             key=b"\x01" * 32)
+    [action] = s.control_response(answer, T0_MS)
+    assert action.reason.startswith("patch answered SET_TIME with AUTH_FAILED (response not "
+                                    "authenticated")
+    assert s.stats.responses_rejected == 1
+
+
+def test_replay_answer_with_oldest_beyond_next_is_malformed():
+    s = replay_pending()
+    [action] = s.control_response(
+        response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 1200, 1100)), T0_MS)
+    assert isinstance(action, Disconnect) and "malformed" in action.reason
+    assert s.expected_seq == 100
+
+
+def test_status_record_of_older_firmware_is_refused_clearly():
+    s = PatchSession(DEVICE, KEY, -1)
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    old = struct.pack("<BBBBHIIIHHHHHHB", 1, 0, 1, 0, BOOT, 0, 0, 1000, 0, 10, 5, 1, 60, 300, 90)
+    [action] = s.read_result(ids.STATUS_CHAR_UUID, old, T0_MS)
+    assert isinstance(action, Disconnect) and "predates authenticated" in action.reason
