@@ -8,20 +8,60 @@ from firmware.persist import BootState
 from firmware.sampling_config import SamplingConfig
 
 
+def fixed_random(*values):
+    """A random source that returns these 4-byte values in turn (a test's dice)."""
+    queue = [v.to_bytes(4, "little") for v in values]
+    return lambda n: queue.pop(0)[:n]
+
+
 def test_boot_state_counts_boots_and_reads_the_legacy_seq_floor(tmp_path):
     data = str(tmp_path)
-    first = BootState(data)
-    assert (first.boot_id, first.seq_floor, first.first_seq) == (0, 0, 0)
+    first = BootState(data, fixed_random(0xA1B2C3D4))
+    # no boot_id file yet: the number starts at random (the nonce's low half)
+    assert (first.boot_nonce, first.boot_id, first.seq_floor, first.first_seq) == (
+        0xA1B2C3D4, 0xC3D4, 0, 0)
     (tmp_path / "seq_floor").write_text("6024")   # left by the RAM-log firmware
-    second = BootState(data)                       # reboot
-    assert (second.boot_id, second.seq_floor) == (1, 6024)
+    second = BootState(data, fixed_random(0x01020304))   # reboot
+    assert (second.boot_nonce, second.boot_id, second.seq_floor) == (0x01020304, 0xC3D5, 6024)
     assert (tmp_path / "seq_floor").read_text() == "6024"   # read only: no seq block per boot
+    assert "0x01020304" not in (tmp_path / "boot_id").read_text()   # the nonce is never stored
+
+
+def test_boot_nonce_is_fresh_every_boot_and_needs_no_file(tmp_path):
+    import os
+    nonces = set()
+    for _ in range(20):
+        (tmp_path / "boot_id").unlink(missing_ok=True)         # the file lost every time
+        nonces.add(BootState(str(tmp_path), os.urandom).boot_nonce)
+    assert len(nonces) == 20
+
+
+def test_a_lost_or_wrapping_boot_number_moves_off_the_boots_the_log_holds(tmp_path):
+    # Boots 0x4000 and 0x4001 left records in the log; then the boot_id file is lost and the
+    # random start lands on 0x4000: the number moves on to one the log does not hold, so no
+    # frame mixes two boots' ticks and no gap takes another boot's anchor.
+    log_dir = str(tmp_path / "log")
+    for boot in (0x4000, 0x4001):
+        log = FlashLog(log_dir, max_segments=8, boot_id=boot)
+        log.append(0, 10, 4300)
+        log.flush()
+        log.close()
+    (tmp_path / "boot_id").write_text("garbage")
+    state = BootState(str(tmp_path), fixed_random(0x77774000))
+    assert state.boot_id == 0x4000
+    log = FlashLog(log_dir, max_segments=8, boot_id=state.boot_id)
+    assert log.boots_held() == {0x4000, 0x4001}
+    assert state.settle(log.boots_held()) == 0x4002
+    assert (tmp_path / "boot_id").read_text() == str(0x4002)   # the next boot counts on
+    (tmp_path / "boot_id").write_text(str(0xFFFF))                # and a wrap skips held ones
+    assert BootState(str(tmp_path), fixed_random(1)).settle({0, 1}) == 2
+    log.close()
 
 
 def test_patch_log_starts_above_the_legacy_floor_and_never_reuses_a_seq(tmp_path):
     # What app.Patch does at boot: the flash log, floored by the old firmware's seq floor.
     (tmp_path / "seq_floor").write_text("2048")
-    boot = BootState(str(tmp_path))
+    boot = BootState(str(tmp_path), fixed_random(1))
     log = FlashLog(str(tmp_path / "log"), max_segments=4,
                    boot_id=boot.boot_id, first_seq=boot.seq_floor)
     assert log.next_seq == 2048
@@ -29,7 +69,7 @@ def test_patch_log_starts_above_the_legacy_floor_and_never_reuses_a_seq(tmp_path
         log.append(0, i, 4300 + i)
     log.flush()   # as a read for a frame does
     # power loss (nothing closed): the next boot starts past every seq handed out
-    boot = BootState(str(tmp_path))
+    boot = BootState(str(tmp_path), fixed_random(2))
     log2 = FlashLog(str(tmp_path / "log"), max_segments=4,
                     boot_id=boot.boot_id, first_seq=boot.seq_floor)
     assert 2053 <= log2.next_seq <= 2053 + log2.flush_every
@@ -54,12 +94,19 @@ def test_log_and_boot_state_under_micropython(micropython):
 import gc, micropython, os
 from firmware.flash_log import FlashLog
 from firmware.persist import BootState
+from firmware.board import Board
 os.mkdir("/data")
-a = BootState("/data")
+dice = [bytes([5, 0, 0, 0x80]), bytes([9, 0, 0, 0xF0])]
+a = BootState("/data", lambda n: dice.pop(0))
 with open("/data/seq_floor", "w") as f:
     f.write("6024")
-b = BootState("/data")
+b = BootState("/data", lambda n: dice.pop(0))
 print("boots", a.boot_id, b.boot_id, "seq_floor", a.seq_floor, b.seq_floor)
+print("nonces", hex(a.boot_nonce), hex(b.boot_nonce))
+try:
+    Board("x", (0, 0, 0), "/data").random_bytes(4)
+except OSError as e:
+    print("no urandom:", e)
 log = FlashLog("/data/log", boot_id=b.boot_id, first_seq=b.seq_floor)
 for i in range(16):
     log.append(i % 4, i, i + 8)
@@ -77,7 +124,10 @@ log.ack(6123)
 print("appended", log.next_seq, "oldest", log.oldest_seq, "held", len(log),
       "values", [log.value(s) for s in (6124, 6239)])
 """)
-    assert "boots 0 1 seq_floor 0 6024" in out
+    assert "boots 5 6 seq_floor 0 6024" in out
+    assert "nonces 0x80000005 0xf0000009" in out
+    # this VM has no os.urandom: the board says so instead of using a guessable nonce
+    assert "no urandom: this MicroPython port has no os.urandom" in out
     assert "appended 6240 oldest 6124 held 116 values [84, 199]" in out
 
 
@@ -159,10 +209,10 @@ async def test_control_write_from_another_central_ends_the_stale_link():
     import asyncio
     from types import SimpleNamespace
 
-    from firmware import host
     from firmware import protocol_ids as ids
+    from simulation import device_shims
 
-    host.install()   # aioble: the host shim
+    device_shims.install()   # aioble: the host shim
     from firmware.ble_link import PatchLink
 
     class ControlPoint:
@@ -178,11 +228,11 @@ async def test_control_write_from_another_central_ends_the_stale_link():
 
     cp = ControlPoint()
     link = PatchLink(SimpleNamespace(control_point=cp), "00" * 8, bytes(32),
-                     SimpleNamespace(boot_id=1), None, None, None, None)
+                     SimpleNamespace(boot_id=1, boot_nonce=5), None, None, None, None)
     served, other = object(), object()
     task = asyncio.ensure_future(link._control_loop(served))
-    await cp.writes.put((served, b"\x05" + bytes(8)))       # a request with a bad tag
-    await cp.writes.put((other, b"\x05" + bytes(8)))
+    await cp.writes.put((served, b"\x05" + bytes(12)))      # a request with a bad tag
+    await cp.writes.put((other, b"\x05" + bytes(12)))
     await asyncio.wait_for(task, 2)                          # the loop ended by itself
     assert [c for c, _ in cp.indicated] == [served]          # answered on its own link only
     assert cp.indicated[0][1][2] == ids.ST_AUTH_FAILED

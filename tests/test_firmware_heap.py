@@ -214,6 +214,10 @@ class TestBoard(Board):
     def make_i2c(self):
         return bus
 
+    def random_bytes(self, n):     # this VM has no os.urandom (a board has)
+        import random
+        return bytes(random.getrandbits(8) for _ in range(n))
+
 patch = app.Patch(TestBoard("heap-test", (0, 0, 0), "/data", LOG_SEGMENTS_MAX))
 i2c = patch.board.make_i2c()
 tasks = [asyncio.create_task(patch.sampler.run_channel(ch, driver(i2c)))
@@ -223,10 +227,13 @@ tasks.append(asyncio.create_task(link.serve(conn)))
 m_built = await live_heap()
 
 # -- the gateway's part: signed Control Point writes ----------------------------------------------
+counter = [0]
+
 def control(opcode, fmt, *operands):
-    body = bytes([opcode]) + struct.pack(fmt, *operands)
+    body = bytes([opcode]) + struct.pack("<I", counter[0]) + struct.pack(fmt, *operands)
+    counter[0] += 1
     cp = patch.gatt.control_point
-    cp.inbox.append((conn, body + request_tag(KEY, patch.boot_state.boot_id, body)))
+    cp.inbox.append((conn, body + request_tag(KEY, patch.boot_state.boot_nonce, body)))
     cp.event.set()
 
 control(ids.OP_SET_TIME, "<Q", 1800000000000)

@@ -10,6 +10,7 @@ from bumble.device import Peer
 from bumble.gatt import Characteristic
 
 from gateway.protocol import constants as ids
+from gateway.protocol import control as cp
 from gateway.protocol.control import decode_status
 from simulation.virtual_patch import VirtualPatch
 from simulation.virtual_radio import VirtualRadio
@@ -22,22 +23,30 @@ def uuid16(value: int) -> UUID:
     return UUID.from_16_bits(value)
 
 
-@pytest.fixture
-async def patch_and_peer(tmp_path):
-    radio = VirtualRadio(seed=11)
-    patch = VirtualPatch(radio, DEVICE_ID, bytes(32), tmp_path / "patch",
-                         config_overrides={1: 1}, baseline_c=34.0)
-    await patch.start()
-    central = await radio.new_device("independent-client")
-    for _ in range(100):   # the first sample of all four channels lands within about 0.3 s
-        if patch.patch.log.next_seq - patch.patch.boot_state.first_seq >= 4:
-            break
-        await asyncio.sleep(0.05)
+KEY = bytes(32)
+
+
+async def connect_peer(radio, patch, name="independent-client"):
+    central = await radio.new_device(name)
     connection = await central.connect(patch.bumble_device.random_address, timeout=5)
     peer = Peer(connection)
     await peer.discover_services()
     for service in peer.services:
         await service.discover_characteristics()
+    return connection, peer
+
+
+@pytest.fixture
+async def patch_and_peer(tmp_path):
+    radio = VirtualRadio(seed=11)
+    patch = VirtualPatch(radio, DEVICE_ID, KEY, tmp_path / "patch",
+                         config_overrides={1: 1}, baseline_c=34.0)
+    await patch.start()
+    for _ in range(100):   # the first sample of all four channels lands within about 0.3 s
+        if patch.patch.log.next_seq - patch.patch.boot_state.first_seq >= 4:
+            break
+        await asyncio.sleep(0.05)
+    connection, peer = await connect_peer(radio, patch)
     yield patch, peer
     await connection.disconnect()
     await patch.stop()
@@ -90,3 +99,83 @@ async def test_stream_service_characteristics_and_status(patch_and_peer):
     assert status.boot_id == patch.patch.boot_state.boot_id
     assert status.next_seq >= status.oldest_seq
     assert status.config[1] == 1   # skin temperature period from SET_CONFIG/board overrides
+
+
+class ControlClient:
+    """A plain Bumble central speaking the Control Point (protocol.md §5) on its own."""
+
+    def __init__(self, peer: Peer):
+        self.peer = peer
+        [self.char] = peer.get_characteristics_by_uuid(UUID(ids.CONTROL_POINT_CHAR_UUID))
+        self.answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def subscribe(self) -> None:
+        await self.peer.subscribe(self.char, lambda value: self.answers.put_nowait(bytes(value)),
+                                  prefer_notify=False)
+
+    async def status(self) -> cp.PatchStatus:
+        return decode_status(await read(self.peer, UUID(ids.STATUS_CHAR_UUID)))
+
+    async def write(self, request: bytes, nonce: int) -> cp.ControlResponse:
+        await self.peer.write_value(self.char, request, with_response=True)
+        answer = await asyncio.wait_for(self.answers.get(), 5)
+        return cp.decode_response(answer, KEY, nonce, request)   # tagged, bound to request
+
+
+async def test_a_captured_set_config_written_again_is_refused(patch_and_peer):
+    patch, peer = patch_and_peer
+    client = ControlClient(peer)
+    await client.subscribe()
+    status = await client.status()
+    n, nonce = status.next_counter, status.boot_nonce
+    assert nonce == patch.patch.boot_state.boot_nonce
+    captured = cp.set_config(KEY, nonce, n, ids.ConfigKey.UV_PERIOD_S, 7)   # off the air
+    assert (await client.write(captured, nonce)).status is ids.Status.SUCCESS
+    assert patch.patch.config.get(ids.ConfigKey.UV_PERIOD_S) == 7
+    later = cp.set_config(KEY, nonce, n + 1, ids.ConfigKey.UV_PERIOD_S, 9)
+    assert (await client.write(later, nonce)).status is ids.Status.SUCCESS
+    replayed = await client.write(captured, nonce)        # the capture, played back
+    assert replayed.status is ids.Status.STALE_REQUEST
+    assert patch.patch.config.get(ids.ConfigKey.UV_PERIOD_S) == 9     # unchanged
+    status = await client.status()
+    assert status.config[ids.ConfigKey.UV_PERIOD_S] == 9 and status.next_counter == n + 2
+
+
+async def test_a_request_captured_before_a_reboot_is_refused_after_it(tmp_path):
+    radio = VirtualRadio(seed=12)
+    data_dir = tmp_path / "patch"
+    first = VirtualPatch(radio, DEVICE_ID, KEY, data_dir)
+    await first.start()
+    connection, peer = await connect_peer(radio, first)
+    client = ControlClient(peer)
+    await client.subscribe()
+    status = await client.status()
+    captured = cp.set_config(KEY, status.boot_nonce, status.next_counter,
+                             ids.ConfigKey.UV_PERIOD_S, 7)
+    assert (await client.write(captured, status.boot_nonce)).ok
+    await connection.disconnect()
+    await first.stop()
+    # A stale boot_id file (an old backup, say) would bring back the first boot's number:
+    # the patch moves past it, since the log still holds that boot's records.
+    first_boot = first.patch.boot_state.boot_id
+    (data_dir / "boot_id").write_text(str((first_boot - 1) & 0xFFFF))
+    second = VirtualPatch(radio, DEVICE_ID, KEY, data_dir)
+    await second.start()
+    connection, peer = await connect_peer(radio, second, "client-after-reboot")
+    client = ControlClient(peer)
+    await client.subscribe()
+    status = await client.status()
+    assert status.boot_nonce == second.patch.boot_state.boot_nonce
+    assert status.boot_nonce != first.patch.boot_state.boot_nonce and status.next_counter == 0
+    assert status.boot_id == (first_boot + 1) & 0xFFFF == second.patch.log.boot_id
+    fresh = cp.set_config(KEY, status.boot_nonce, 0, ids.ConfigKey.UV_PERIOD_S, 9)
+    assert (await client.write(fresh, status.boot_nonce)).ok
+    await peer.write_value(client.char, captured, with_response=True)   # the old capture
+    answer = await asyncio.wait_for(client.answers.get(), 5)
+    refused = cp.decode_response(answer, KEY, status.boot_nonce, captured)
+    assert refused.status is ids.Status.AUTH_FAILED
+    assert second.patch.config.get(ids.ConfigKey.UV_PERIOD_S) == 9   # unchanged
+    assert second.patch.link.guard.next_counter == 1
+    await connection.disconnect()
+    await second.stop()
+    await radio.close()
