@@ -35,9 +35,11 @@ class GattTable:
         stream = aioble.Service(bluetooth.UUID(ids.STREAM_SERVICE_UUID))
         self.samples = aioble.Characteristic(
             stream, bluetooth.UUID(ids.SAMPLES_CHAR_UUID), notify=True)
+        # The initial value sizes the write buffer (MicroPython's default of 20 bytes would
+        # cut a 21-byte SET_TIME short, and its tag with it).
         self.control_point = aioble.Characteristic(
             stream, bluetooth.UUID(ids.CONTROL_POINT_CHAR_UUID),
-            write=True, indicate=True, capture=True)
+            write=True, indicate=True, capture=True, initial=bytes(ids.CP_REQUEST_MAX_BYTES))
         self.status = aioble.Characteristic(
             stream, bluetooth.UUID(ids.STATUS_CHAR_UUID), read=True)
 

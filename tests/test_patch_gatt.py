@@ -129,6 +129,10 @@ async def test_a_captured_set_config_written_again_is_refused(patch_and_peer):
     status = await client.status()
     n, nonce = status.next_counter, status.boot_nonce
     assert nonce == patch.patch.boot_state.boot_nonce
+    set_time = cp.set_time(KEY, nonce, n, 1_800_000_000_000)   # 21 bytes: the longest request
+    answer = await client.write(set_time, nonce)
+    assert answer.status is ids.Status.SUCCESS and len(set_time) == 21
+    n += 1
     captured = cp.set_config(KEY, nonce, n, ids.ConfigKey.UV_PERIOD_S, 7)   # off the air
     assert (await client.write(captured, nonce)).status is ids.Status.SUCCESS
     assert patch.patch.config.get(ids.ConfigKey.UV_PERIOD_S) == 7

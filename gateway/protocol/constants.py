@@ -59,6 +59,7 @@ CP_TAG_PREFIX = b"dtcp"
 CP_RESPONSE_TAG_PREFIX = b"dtcr"
 CP_RESPONSE = 0x80
 CP_REQUEST_MIN_BYTES = 13  # opcode + counter u32 + tag
+CP_REQUEST_MAX_BYTES = 32  # the Control Point's write buffer (SET_TIME, the longest, is 21)
 CP_RESPONSE_MIN_BYTES = 11  # 0x80 + opcode + status + tag
 CP_COUNTER_MAX = 0xFFFFFFFE  # 0xFFFFFFFF is never accepted
 

@@ -14,10 +14,11 @@ import struct
 from dataclasses import dataclass
 
 from .constants import (
-    CP_REQUEST_MIN_BYTES,
     CFG_VALUE_MAX,
     CFG_VALUE_MIN,
     CP_COUNTER_MAX,
+    CP_REQUEST_MAX_BYTES,
+    CP_REQUEST_MIN_BYTES,
     CP_RESPONSE,
     CP_RESPONSE_MIN_BYTES,
     CP_RESPONSE_TAG_PREFIX,
@@ -110,6 +111,9 @@ def encode_request(key: bytes, boot_nonce: int, counter: int, opcode: int,
         raise ValueError(f"counter {counter} is not in 0..{CP_COUNTER_MAX}")
     _u(opcode, 8, "opcode")
     body = bytes([opcode]) + struct.pack("<I", counter) + bytes(operands)
+    if len(body) + TAG_LEN > CP_REQUEST_MAX_BYTES:
+        raise ValueError(f"request of {len(body) + TAG_LEN} bytes: the patch's Control Point "
+                         f"takes at most {CP_REQUEST_MAX_BYTES}")
     return body + request_tag(key, boot_nonce, body)
 
 
