@@ -15,7 +15,8 @@ from __future__ import annotations
 import pytest
 from board_fixture import REPO_DIR, SCRATCH_DIR, board_under_test, connected_repl
 
-from gateway.protocol.constants import Channel
+from gateway.protocol import control as cp
+from gateway.protocol.constants import Channel, ConfigKey, Status
 from gateway.protocol.frames import FrameError, FrameErrorCode, decode_frame
 from gateway.provision import provision
 
@@ -194,6 +195,49 @@ def test_a_frame_under_another_key_is_rejected(firmware_board):
     with pytest.raises(FrameError):
         decode_frame(bytes(tampered), identity.key)
     assert decode_frame(frame, identity.key).samples()[0][3] == 33 * LSB_PER_CELSIUS
+
+
+def test_control_requests_run_once_and_answers_are_bound_on_the_board(firmware_board):
+    """The Control Point's guard on the board, with the key provisioned over serial: the
+    board's boot nonce comes from its own random source, a gateway request runs once (written
+    again it is STALE_REQUEST), and the gateway accepts the board's answers only for the
+    request each one answers."""
+    target, repl, identity = firmware_board
+    repl.exec(f"""
+import binascii
+from firmware import control_codec as cc
+from firmware.board import Board
+from firmware.persist import random_u32
+board = Board('test', (0, 0, 0), {DATA_DIR!r})
+device_id, key = board.identity()
+try:
+    nonce = random_u32(board.random_bytes)
+except OSError as e:       # the virtual board's VM has no os.urandom; a board has
+    print('no urandom')
+    nonce = 0x9E3779B9
+guard = cc.ControlGuard(key, nonce)
+buf = bytearray(64)
+def write(hex_request):
+    request = binascii.unhexlify(hex_request)
+    op, st, operand = guard.parse(request)
+    return binascii.hexlify(guard.respond(buf, request, op, st)).decode(), operand
+""")
+    nonce = repl.eval("nonce")
+    if target.virtual:
+        assert nonce == 0x9E3779B9
+    request = cp.set_config(identity.key, nonce, 0, ConfigKey.UV_PERIOD_S, 7)
+    answer_hex, operand = repl.eval(f"write({request.hex()!r})")
+    answer = bytes.fromhex(answer_hex)
+    assert cp.decode_response(answer, identity.key, nonce, request).status is Status.SUCCESS
+    assert tuple(operand) == (ConfigKey.UV_PERIOD_S, 7)
+    again_hex, operand = repl.eval(f"write({request.hex()!r})")      # replayed
+    assert operand is None
+    assert cp.decode_response(bytes.fromhex(again_hex), identity.key, nonce,
+                              request).status is Status.STALE_REQUEST
+    later = cp.get_status(identity.key, nonce, 1)
+    with pytest.raises(cp.ResponseTagError):      # the first answer does not answer this one
+        cp.decode_response(answer, identity.key, nonce, later)
+    assert repl.eval("guard.next_counter") == 1
 
 
 def test_real_tmp117_on_the_board(firmware_board):

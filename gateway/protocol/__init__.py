@@ -25,10 +25,10 @@ from .control import (
     decode_set_time_result,
     decode_status,
     encode_request,
-    response_tag,
     get_status,
     identify,
     replay,
+    response_tag,
     set_config,
     set_time,
 )
