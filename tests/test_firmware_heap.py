@@ -47,11 +47,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HEAP_GOAL_BYTES = 40 * 1024
-# Measured 64.0 KB: 53.5 KB of module code (bytecode, constants, interned names) + 10.4 KB of
+# Measured 74.5 KB: 54.6 KB of module code (bytecode, constants, interned names) + 19.9 KB of
 # data. A guard against regressions, not a budget: frozen into the image, the code and its
-# names live in flash. Interned names come in pools that grow in steps: the firmware is ~10
-# names below the step (at ~1,260 names) that adds a ~9 KB pool, so the bound allows that one
-# step and no more.
+# names live in flash. Interned names come in pools that grow in steps: the names of the
+# authenticated control channel (issue 11) took the firmware past the step (at ~1,260 names)
+# that adds a ~9 KB pool (64.0 KB before it, 10.4 KB of data); the bound allows that one step
+# and ~1.5 KB more code.
 HEAP_WITH_MPY_CODE_BYTES = 76 * 1024
 # Steady readings agree to within 50 B over thousands of samples; a leak of one byte per
 # sample would show as kilobytes.
