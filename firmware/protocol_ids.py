@@ -71,9 +71,7 @@ CHANNEL_MAX = (32767, 65535, 0x7FFFFFFF, 65535)
 CP_TAG_PREFIX = b"dtcp"
 CP_RESPONSE_TAG_PREFIX = b"dtcr"
 CP_RESPONSE = const(0x80)
-CP_REQUEST_MIN_BYTES = const(13)  # opcode + counter u32 + tag
 CP_REQUEST_MAX_BYTES = const(32)  # the Control Point's write buffer (SET_TIME, the longest, is 21)
-CP_RESPONSE_MIN_BYTES = const(11)  # 0x80 + opcode + status + tag
 
 OP_SET_TIME = const(0x01)
 OP_ACK = const(0x02)
