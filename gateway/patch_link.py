@@ -196,7 +196,12 @@ class PatchLink:
                             dict(session.stats.frames_rejected))
             return actions
         if kind == "control":
-            return session.control_response(event[1], now)
+            before = session.stats.responses_rejected
+            actions = session.control_response(event[1], now)
+            if session.stats.responses_rejected > before and session.state is not State.CLOSED:
+                log.warning("%s: ignored a control point response no request was waiting for "
+                            "(%d so far)", self.device.device_id, session.stats.responses_rejected)
+            return actions
         if kind == "committed":
             return session.committed(event[1], now)
         if kind == "commit_failed":
