@@ -96,7 +96,14 @@ class Gateway:
             lambda name, inputs: self.models[name].run(inputs), self.store.load_twins(),
             med_sed_of={d.subject: MED_SED_BY_FITZPATRICK[d.skin_type]
                         for d in self.devices.values()})
-        self.remote = RemoteRequests(self)   # {subject}/desired and cmd
+        # {subject}/desired and cmd; the publisher, ingest and links it needs come next.
+        self.remote = RemoteRequests(
+            config.mqtt, self.store, self.outbox, self.engine, self.devices.values(),
+            link_of=lambda device_id: self.slots[device_id].link,
+            publish_updates=lambda updates: self.ingest.publish_updates(updates),
+            kick=lambda: self.publisher.kick(),
+            answer=lambda topic, payload, properties: self.publisher.publish_direct(
+                topic, payload, qos=1, properties=properties))
         self.publisher = MqttPublisher(
             config.mqtt, config.db_path, will_topic=config.mqtt.state_topic,
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
