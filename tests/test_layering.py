@@ -53,6 +53,10 @@ SANS_IO_CORES = (
     "gateway.samples_message", "gateway.model_contracts", "gateway.progress",
     "gateway.mqtt.inbound",
 )
+# Cores being introduced in parallel (issue 9: the delivery policy, the topic table, the model
+# registry): held to the same rule from the moment they exist.
+PARALLEL_CORES = ("gateway.mqtt.delivery", "gateway.outbox_message", "gateway.mqtt.topics",
+                  "gateway.models", "gateway.models.registry")
 ADAPTER_PACKAGES = ("sqlite3", "paho", "aiomqtt", "bleak", "bumble", "onnxruntime", "serial",
                     "rich")
 # Outside the project a core may import numpy and the standard library, less sqlite3.
@@ -206,13 +210,14 @@ def test_sans_io_cores_reach_no_adapter() -> None:
     graph, raw = _project_graph()
     missing = [core for core in SANS_IO_CORES if core not in graph]
     assert missing == [], f"listed as cores but not found: {missing}"
+    cores = SANS_IO_CORES + tuple(core for core in PARALLEL_CORES if core in graph)
     packages = {_module_name(p.parent) for p in (ROOT / "gateway").rglob("__init__.py")}
     problems = []
-    for core in SANS_IO_CORES:
+    for core in cores:
         for module in sorted(_closure(graph, core)):
-            if _within(module, ADAPTER_MODULES) and module not in SANS_IO_CORES:
+            if _within(module, ADAPTER_MODULES) and module not in cores:
                 problems.append(f"{core} -> … -> {module} (an adapter)")
-            elif module not in SANS_IO_CORES and module not in packages:
+            elif module not in cores and module not in packages:
                 problems.append(f"{core} -> … -> {module} (not a sans-I/O core)")
             for imp in raw[module]:
                 top = imp.target.split(".")[0]
