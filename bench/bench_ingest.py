@@ -28,7 +28,6 @@ from gateway import store as store_mod  # noqa: E402
 from gateway.inference import default_models_dir, load_models  # noqa: E402
 from gateway.ingest import Ingest  # noqa: E402
 from gateway.outbox import Outbox  # noqa: E402
-from gateway.protocol import constants as ids  # noqa: E402
 from gateway.session import PatchSession, State  # noqa: E402
 from gateway.twin import TwinEngine  # noqa: E402
 
