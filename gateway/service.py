@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 5
 # The retry policy after a connection ends is gateway/retry_policy.py (by close kind);
-# a connection task that crashed (a bug, not a BLE condition) waits this long.
-RETRY_AFTER_TASK_FAILURE_S = 10.0
+# a connection task that crashed (a bug, not a BLE condition) waits as long as after a
+# store failure.
+RETRY_STORE_FAILED_S = 10.0
 # Slots are shared: a patch streaming live (no backlog) for this long gives its slot up
 # when another registered patch is waiting for one. It loses nothing: it keeps its log.
 SLOT_SHARE_AFTER_S = 30.0
@@ -180,7 +181,7 @@ class Gateway:
                     error = slot.task.exception()
                     if error is not None:   # a bug, not a BLE condition: say so, keep going
                         log.error("%s: connection task failed: %r", device_id, error)
-                        slot.next_attempt_s = now + RETRY_AFTER_TASK_FAILURE_S
+                        slot.next_attempt_s = now + RETRY_STORE_FAILED_S
                     slot.task = None
                 if not busy and slot.sighting is not None and now >= slot.next_attempt_s:
                     slot.task = asyncio.create_task(self._serve(device_id, slot))
