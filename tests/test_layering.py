@@ -247,3 +247,39 @@ def test_gateway_reaches_device_code_only_where_allowed_and_deferred() -> None:
                 wrong.append(f"{module} imports {imp.target}"
                              + ("" if imp.deferred else " at module level"))
     assert wrong == []
+
+
+def _owned_names(path: Path) -> set[str]:
+    """Names a module defines itself (classes, functions, assignments), not ones it imports."""
+    owned: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            owned.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            owned.update(t.id for t in targets if isinstance(t, ast.Name))
+    return owned
+
+
+def test_the_store_is_imported_only_for_what_it_owns() -> None:
+    # Value types live in gateway/values.py; the SQLite adapter is no second address for them.
+    owned = _owned_names(ROOT / "gateway" / "store.py")
+    wrong = []
+    for folder in ("gateway", "simulation", "tests", "bench", "hil_tests", "tools"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            aliases = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module == "gateway.store":
+                    wrong += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names
+                              if a.name not in owned]
+                elif isinstance(node, ast.ImportFrom) and node.module == "gateway":
+                    aliases |= {a.asname or a.name for a in node.names if a.name == "store"}
+                elif isinstance(node, ast.Import):
+                    aliases |= {a.asname for a in node.names
+                                if a.name == "gateway.store" and a.asname}
+            wrong += [f"{path.relative_to(ROOT)}: {node.value.id}.{node.attr}"
+                      for node in ast.walk(tree)
+                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                      and node.value.id in aliases and node.attr not in owned]
+    assert wrong == [], "import these from gateway.values (or their own module), not the store"
