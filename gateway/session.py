@@ -36,7 +36,7 @@ import numpy as np
 from gateway.protocol import constants as ids
 from gateway.protocol import control
 from gateway.protocol.frames import DecodedFrame, DecodedGap, FrameError, decode_frame
-from gateway.store import LostSamples, SampleBatch
+from gateway.values import CloseKind, LostSamples, SampleBatch, SessionClose
 
 MIN_MTU = 64
 CONTROL_TIMEOUT_MS = 5_000
@@ -80,7 +80,9 @@ class Commit:
 
 @dataclass(frozen=True)
 class Disconnect:
-    reason: str
+    """End the connection; `close` says why (a kind to branch on, a detail for humans)."""
+
+    close: SessionClose
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class PatchSession:
         self._next_counter = 0               # the counter of the next request
         self.status: control.PatchStatus | None = None
         self.stats = SessionStats()
-        self.close_reason: str | None = None
+        self.close: SessionClose | None = None
         self._serial: str | None = None
         # boot_id -> (tick, utc_ms) from SET_TIME: this boot's, and earlier boots' (from the
         # store), so replayed samples of an earlier boot get their UTC too.
@@ -165,7 +167,8 @@ class PatchSession:
     # -- events in -------------------------------------------------------------
     def start(self, mtu: int, now_ms: int) -> list[Action]:
         if mtu < MIN_MTU:
-            return self._close(f"MTU {mtu} < {MIN_MTU}: patch firmware or adapter too old")
+            return self._close(CloseKind.MTU_TOO_SMALL,
+                               f"MTU {mtu} < {MIN_MTU}: patch firmware or adapter too old")
         self.state = State.IDENTIFY
         return [ReadChar(SERIAL_NUMBER_UUID), ReadChar(ids.STATUS_CHAR_UUID)]
 
@@ -176,14 +179,14 @@ class PatchSession:
             self._serial = bytes(data).decode("ascii", "replace").strip().lower()
             if self._serial != self.device_id:
                 return self._close(
-                    f"identity mismatch: patch says {self._serial!r}, registry has "
+                    CloseKind.IDENTITY_MISMATCH, f"identity mismatch: patch says {self._serial!r}, registry has "
                     f"{self.device_id!r}")
             return []
         if uuid == ids.STATUS_CHAR_UUID:
             try:
                 self.status = control.decode_status(bytes(data))
             except control.ControlError as e:
-                return self._close(f"unreadable status record: {e}")
+                return self._close(CloseKind.BAD_STATUS, f"unreadable status record: {e}")
             self.boot_id = self.status.boot_id
             self.boot_nonce = self.status.boot_nonce
             self._next_counter = self.status.next_counter
@@ -226,9 +229,10 @@ class PatchSession:
                                                request)
         except control.ResponseTagError as e:
             self.stats.responses_rejected += 1
-            return self._close(_refused_response_reason(opcode, e))
+            return self._close(*_refused_response(opcode, e))
         except control.ControlError as e:
-            return self._close(f"malformed control point response: {e}")
+            return self._close(CloseKind.PROTOCOL_ERROR,
+                               f"malformed control point response: {e}")
         self._pending = None
         if response.opcode == ids.Opcode.SET_CONFIG:
             return self._config_answered(response.status) + self._flush_queue(now_ms)
@@ -237,6 +241,8 @@ class PatchSession:
             return self._flush_queue(now_ms)
         if response.status != ids.Status.SUCCESS:
             return self._close(
+                CloseKind.AUTH_FAILED if response.status == ids.Status.AUTH_FAILED
+                else CloseKind.REQUEST_REFUSED,
                 f"patch answered {ids.Opcode(response.opcode).name} with "
                 f"{ids.Status(response.status).name}")
         actions: list[Action] = []
@@ -266,6 +272,7 @@ class PatchSession:
             replayed = control.decode_replay_result(response.payload)
             if replayed.oldest_seq > replayed.next_seq:
                 return self._close(
+                    CloseKind.PROTOCOL_ERROR,
                     f"malformed control point response: REPLAY oldest_seq "
                     f"{replayed.oldest_seq} > next_seq {replayed.next_seq}")
             if replayed.oldest_seq > self.expected_seq:
@@ -327,7 +334,7 @@ class PatchSession:
     def tick(self, now_ms: int) -> list[Action]:
         if self._pending and now_ms - self._pending[1] > CONTROL_TIMEOUT_MS:
             return self._close(
-                f"control point: no answer to {ids.Opcode(self._pending[0]).name} "
+                CloseKind.TIMEOUT, f"control point: no answer to {ids.Opcode(self._pending[0]).name} "
                 f"within {CONTROL_TIMEOUT_MS} ms")
         quiet_ms = now_ms - max(self._last_frame_ms, self._last_status_check_ms)
         if (self.state is State.STREAMING and self._pending is None
@@ -341,10 +348,11 @@ class PatchSession:
         """The Control Point request awaiting its answer (the answer is bound to it)."""
         return self._pending[2] if self._pending is not None else None
 
-    def disconnected(self, reason: str = "link lost") -> None:
+    def disconnected(self, close: SessionClose) -> None:
+        """The adapter ended the connection (or saw it end); the first close wins."""
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
-            self.close_reason = reason
+            self.close = close
 
     # -- helpers ---------------------------------------------------------------
     def _missing(self, now_ms: int) -> list[Action]:
@@ -466,20 +474,23 @@ class PatchSession:
         self._config_attempt = None
         return [ConfigFailed(ver, key, value, ids.Status(status))]
 
-    def _close(self, reason: str) -> list[Action]:
+    def _close(self, kind: CloseKind, detail: str) -> list[Action]:
         self.state = State.CLOSED
-        self.close_reason = reason
-        return [Disconnect(reason)]
+        self.close = SessionClose(kind, detail)
+        return [Disconnect(self.close)]
 
 
-def _refused_response_reason(opcode: int, e: control.ResponseTagError) -> str:
-    """Why a response whose tag failed closed the session. A patch that holds another key (or
-    none) answers AUTH_FAILED (NOT_PROVISIONED) under a tag we cannot check: say so, in the
-    words the link's key-mismatch alarm looks for; anything else is an unauthenticated
-    response, refused as such."""
+def _refused_response(opcode: int, e: control.ResponseTagError) -> tuple[CloseKind, str]:
+    """How a response whose tag failed closes the session. A patch that holds another key (or
+    none) answers AUTH_FAILED (NOT_PROVISIONED) under a tag we cannot check: close as that
+    refusal, so a key mismatch still reaches the operator as one; anything else is an
+    unauthenticated response, refused as such."""
     asked = ids.Opcode(opcode).name
     claimed = e.claimed_status
     if claimed in (ids.Status.AUTH_FAILED, ids.Status.NOT_PROVISIONED):
-        return (f"patch answered {asked} with {ids.Status(claimed).name} (response not "
-                f"authenticated: the patch's key is not the registry's, or it was forged)")
-    return f"unauthenticated control point response to {asked} refused: {e}"
+        kind = (CloseKind.AUTH_FAILED if claimed == ids.Status.AUTH_FAILED
+                else CloseKind.REQUEST_REFUSED)
+        return kind, (f"patch answered {asked} with {ids.Status(claimed).name} (response not "
+                      f"authenticated: the patch's key is not the registry's, or it was forged)")
+    return (CloseKind.BAD_RESPONSE_TAG,
+            f"unauthenticated control point response to {asked} refused: {e}")

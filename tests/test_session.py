@@ -20,6 +20,7 @@ from gateway.session import (
     Subscribe,
     WriteControl,
 )
+from gateway.values import CloseKind
 
 KEY = bytes(range(32))
 DEVICE = "3f2a0c11d4e59b07"
@@ -104,7 +105,8 @@ def test_handshake_reaches_streaming():
 def test_low_mtu_is_refused_with_a_clear_reason():
     s = PatchSession(DEVICE, KEY, -1)
     [action] = s.start(23, T0_MS)
-    assert isinstance(action, Disconnect) and "MTU 23 < 64" in action.reason
+    assert isinstance(action, Disconnect) and "MTU 23 < 64" in action.close.detail
+    assert action.close.kind is CloseKind.MTU_TOO_SMALL and s.close == action.close
     assert s.state is State.CLOSED
 
 
@@ -112,7 +114,8 @@ def test_identity_mismatch_closes():
     s = PatchSession(DEVICE, KEY, -1)
     s.start(247, T0_MS)
     [action] = s.read_result(SERIAL_NUMBER_UUID, b"ffffffffffffffff", T0_MS)
-    assert isinstance(action, Disconnect) and "identity mismatch" in action.reason
+    assert isinstance(action, Disconnect) and "identity mismatch" in action.close.detail
+    assert action.close.kind is CloseKind.IDENTITY_MISMATCH
 
 
 def test_frame_becomes_commit_with_utc_from_set_time_anchor():
@@ -188,7 +191,8 @@ def test_error_status_closes_naming_the_request():
     s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
     [action] = s.control_response(response(s, ids.Opcode.SET_TIME, ids.Status.AUTH_FAILED), T0_MS)
     assert isinstance(action, Disconnect)
-    assert "SET_TIME" in action.reason and "AUTH_FAILED" in action.reason
+    assert "SET_TIME" in action.close.detail and "AUTH_FAILED" in action.close.detail
+    assert action.close.kind is CloseKind.AUTH_FAILED
 
 
 def test_unanswered_control_request_times_out():
@@ -197,7 +201,8 @@ def test_unanswered_control_request_times_out():
     s.committed(0, T0_MS)
     assert s.tick(T0_MS + 1000) == []
     [action] = s.tick(T0_MS + 10_000)
-    assert isinstance(action, Disconnect) and "ACK" in action.reason
+    assert isinstance(action, Disconnect) and "ACK" in action.close.detail
+    assert action.close.kind is CloseKind.TIMEOUT
 
 
 def test_samples_from_patch_that_lost_data_resume_at_its_oldest():
@@ -421,7 +426,7 @@ def test_set_config_error_is_reported_without_closing_and_not_retried():
         response(s, ids.Opcode.SET_CONFIG, ids.Status.INVALID_OPERAND), T0_MS)
     assert failed == ConfigFailed(4, K.TEMP_PERIOD_S, 2, ids.Status.INVALID_OPERAND)
     assert "temp_period_s" in failed.detail and "INVALID_OPERAND" in failed.detail
-    assert s.state is State.STREAMING and s.close_reason is None
+    assert s.state is State.STREAMING and s.close is None
     s.notification(frame(0, 2), T0_MS)
     [ack] = s.committed(1, T0_MS)                              # the session goes on
     assert ack.opcode == ids.Opcode.ACK
@@ -434,7 +439,8 @@ def test_other_error_answers_still_close():
     s.notification(frame(0, 2), T0_MS)
     s.committed(1, T0_MS)
     [action] = s.control_response(response(s, ids.Opcode.ACK, ids.Status.BUSY), T0_MS)
-    assert isinstance(action, Disconnect) and "ACK" in action.reason
+    assert isinstance(action, Disconnect) and "ACK" in action.close.detail
+    assert action.close.kind is CloseKind.REQUEST_REFUSED
 
 
 def test_newer_desired_replaces_what_is_left_to_send():
@@ -451,7 +457,8 @@ def test_unanswered_set_config_times_out_like_any_request():
     s = streaming_session()
     s.set_desired(1, {K.TEMP_PERIOD_S: 2}, T0_MS)
     [action] = s.tick(T0_MS + 10_000)
-    assert isinstance(action, Disconnect) and "SET_CONFIG" in action.reason
+    assert isinstance(action, Disconnect) and "SET_CONFIG" in action.close.detail
+    assert action.close.kind is CloseKind.TIMEOUT
 
 
 def test_identify_waits_behind_acks_and_an_error_does_not_close():
@@ -505,7 +512,9 @@ def test_rewritten_replay_answer_is_refused_and_nothing_is_acknowledged():
     tampered = genuine[:3] + struct.pack("<I", 1000) + genuine[7:]
     [action] = s.control_response(tampered, T0_MS + 40)
     assert isinstance(action, Disconnect) and s.state is State.CLOSED
-    assert action.reason.startswith("unauthenticated control point response to REPLAY refused")
+    assert action.close.kind is CloseKind.BAD_RESPONSE_TAG
+    assert action.close.detail.startswith(
+        "unauthenticated control point response to REPLAY refused")
     assert s.stats.responses_rejected == 1
     assert s.expected_seq == 100 and s.stats.seqs_skipped == 0      # nothing skipped
     actions = s.notification(frame(1000, 100), T0_MS + 50)           # what the attacker wanted
@@ -538,7 +547,7 @@ def test_untagged_or_wrongly_tagged_answers_are_refused(forge):
     s = replay_pending()
     good = response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 100, 1100))
     [action] = s.control_response(forge(s, good), T0_MS)
-    assert isinstance(action, Disconnect) and "unauthenticated" in action.reason
+    assert isinstance(action, Disconnect) and action.close.kind is CloseKind.BAD_RESPONSE_TAG
     assert s.stats.responses_rejected == 1 and s.expected_seq == 100
 
 
@@ -552,6 +561,7 @@ def test_an_earlier_answer_replayed_does_not_answer_a_later_request():
     [ack2] = s.committed(9, T0_MS)
     [action] = s.control_response(first_answer, T0_MS)     # captured, played back
     assert isinstance(action, Disconnect) and s.stats.responses_rejected == 1
+    assert action.close.kind is CloseKind.BAD_RESPONSE_TAG
 
 
 def test_an_answer_nobody_asked_for_is_counted_and_ignored():
@@ -571,8 +581,9 @@ def test_patch_with_another_key_is_named_as_such():
     answer = tagged_response(set_time.data, ids.Opcode.SET_TIME, ids.Status.AUTH_FAILED,
                              key=b"\x01" * 32)
     [action] = s.control_response(answer, T0_MS)
-    assert action.reason.startswith("patch answered SET_TIME with AUTH_FAILED (response not "
-                                    "authenticated")
+    assert action.close.kind is CloseKind.AUTH_FAILED   # the technician's retry rule
+    assert action.close.detail.startswith("patch answered SET_TIME with AUTH_FAILED (response "
+                                          "not authenticated")
     assert s.stats.responses_rejected == 1
 
 
@@ -580,7 +591,7 @@ def test_replay_answer_with_oldest_beyond_next_is_malformed():
     s = replay_pending()
     [action] = s.control_response(
         response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 1200, 1100)), T0_MS)
-    assert isinstance(action, Disconnect) and "malformed" in action.reason
+    assert isinstance(action, Disconnect) and action.close.kind is CloseKind.PROTOCOL_ERROR
     assert s.expected_seq == 100
 
 
@@ -590,4 +601,5 @@ def test_status_record_of_older_firmware_is_refused_clearly():
     s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
     old = struct.pack("<BBBBHIIIHHHHHHB", 1, 0, 1, 0, BOOT, 0, 0, 1000, 0, 10, 5, 1, 60, 300, 90)
     [action] = s.read_result(ids.STATUS_CHAR_UUID, old, T0_MS)
-    assert isinstance(action, Disconnect) and "predates authenticated" in action.reason
+    assert isinstance(action, Disconnect) and action.close.kind is CloseKind.BAD_STATUS
+    assert "predates authenticated" in action.close.detail
