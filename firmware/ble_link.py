@@ -138,7 +138,12 @@ class PatchLink:
                 # never reported it. End it (the watcher disconnects it) and serve the new one.
                 print("ble link: control point written on another connection; ending this one")
                 return
+            counter = self.guard.next_counter
             opcode, status, operands = self.guard.parse(data)
+            if self.guard.next_counter != counter:
+                # Status shows the counter the next request needs, also to a central that
+                # connects while this link is still thought alive.
+                self._refresh_status()
             payload = None
             if status == ids.ST_SUCCESS:
                 try:

@@ -234,6 +234,13 @@ class PatchSession:
             return self._close(CloseKind.PROTOCOL_ERROR,
                                f"malformed control point response: {e}")
         self._pending = None
+        if response.status == ids.Status.STALE_REQUEST:
+            # Our counter is behind the patch's (it ran a request we never saw answered):
+            # a new connection reads the patch's counter from Status again.
+            return self._close(
+                CloseKind.PROTOCOL_ERROR,
+                f"patch answered {ids.Opcode(response.opcode).name} with STALE_REQUEST: "
+                f"request counter {int.from_bytes(request[1:5], 'little')} was used already")
         if response.opcode == ids.Opcode.SET_CONFIG:
             return self._config_answered(response.status) + self._flush_queue(now_ms)
         if response.opcode == ids.Opcode.IDENTIFY:   # a blink: an error is no reason to close

@@ -133,6 +133,7 @@ async def test_a_captured_set_config_written_again_is_refused(patch_and_peer):
     answer = await client.write(set_time, nonce)
     assert answer.status is ids.Status.SUCCESS and len(set_time) == 21
     n += 1
+    assert (await client.status()).next_counter == n   # Status follows every request
     captured = cp.set_config(KEY, nonce, n, ids.ConfigKey.UV_PERIOD_S, 7)   # off the air
     assert (await client.write(captured, nonce)).status is ids.Status.SUCCESS
     assert patch.patch.config.get(ids.ConfigKey.UV_PERIOD_S) == 7

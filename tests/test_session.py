@@ -603,3 +603,22 @@ def test_status_record_of_older_firmware_is_refused_clearly():
     [action] = s.read_result(ids.STATUS_CHAR_UUID, old, T0_MS)
     assert isinstance(action, Disconnect) and action.close.kind is CloseKind.BAD_STATUS
     assert "predates authenticated" in action.close.detail
+
+
+@pytest.mark.parametrize("opcode", [ids.Opcode.ACK, ids.Opcode.SET_CONFIG, ids.Opcode.IDENTIFY])
+def test_a_stale_counter_reconnects_to_read_the_patchs_again(opcode):
+    # The patch ran a request whose answer we never saw: ours is behind. Whatever the request
+    # (even a SET_CONFIG, which is not the clinic's configuration failing), the session ends
+    # with a kind that retries at once, and the next connection reads the counter from Status.
+    s = streaming_session()
+    if opcode == ids.Opcode.ACK:
+        s.notification(frame(0, 2), T0_MS)
+        s.committed(1, T0_MS)
+    elif opcode == ids.Opcode.SET_CONFIG:
+        s.set_desired(1, {K.TEMP_PERIOD_S: 2}, T0_MS)
+    else:
+        s.identify(3, T0_MS)
+    actions = s.control_response(response(s, opcode, ids.Status.STALE_REQUEST), T0_MS)
+    assert [type(a) for a in actions] == [Disconnect]
+    assert actions[0].close.kind is CloseKind.PROTOCOL_ERROR
+    assert "STALE_REQUEST" in actions[0].close.detail
