@@ -111,12 +111,18 @@ class PatchLink:
         self.auth_failures = 0
         self.drain: DrainProgress | None = None
         self._drain_logged_s = 0.0
+        self._store_refused = False   # this connection's samples were refused by the store
 
     # called by the ingest pipeline after a commit
     def on_committed(self, up_to_seq: int) -> None:
         self.events.put_nowait(Committed(up_to_seq))
 
     def on_commit_failed(self, reason: str) -> None:
+        # Called inside the failed ingest cycle. Frames this connection decodes from now on
+        # follow the refused ones: committed once the store has room again, they would leave
+        # a hole under the store's watermark that the next ACK covers (the patch would delete
+        # samples never stored). Submit none; the session closes on the event.
+        self._store_refused = True
         self.events.put_nowait(CommitFailed(reason))
 
     def request_yield(self) -> None:
@@ -138,6 +144,7 @@ class PatchLink:
     async def run(self, ble_device: Any) -> SessionClose:
         """Serve one connection; returns how it ended (`retry_delay_s` says when to retry)."""
         self.events = asyncio.Queue()
+        self._store_refused = False
         events = self.events
         client = self.radio.client(
             ble_device, disconnected_callback=lambda _c: events.put_nowait(LinkDropped()))
@@ -271,7 +278,8 @@ class PatchLink:
                 await client.write_gatt_char(ids.CONTROL_POINT_CHAR_UUID, action.data,
                                              response=True)
             elif isinstance(action, Commit):
-                self.submit(self, action.batch)
+                if not self._store_refused:
+                    self.submit(self, action.batch)
             elif isinstance(action, ConfigApplied | ConfigFailed):
                 if isinstance(action, ConfigFailed):
                     log.warning("%s: desired config ver %d: %s", self.device.device_id,
