@@ -33,6 +33,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_replacement_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reassign", action="store_true",
+                        help="move a device that is paired with another subject to this one")
+    parser.add_argument("--reuse-subject", action="store_true",
+                        help="give a subject that another device wears to this device (the "
+                             "other device is unpaired; its samples are kept)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermtwin", description="dermtwin gateway: skin-patch BLE → digital twin → MQTT")
@@ -98,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "provision only; pair later with `dermtwin pair`)")
     prov.add_argument("--skin-type", type=int, choices=range(1, 7), default=3)
     prov.add_argument("--db", type=Path, default=DEFAULT_DB)
-    prov.add_argument("--force", action="store_true", help="replace an existing identity")
+    prov.add_argument("--replace-identity", "--force", dest="replace_identity",
+                      action="store_true",
+                      help="replace the identity the board already has (pair it again after)")
+    _add_replacement_flags(prov)
 
     flash = sub.add_parser("flash", help="copy the firmware build onto a patch over USB serial")
     flash.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyACM0")
@@ -127,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pseudonymous subject id (letters, digits, '-', '_'; no names)")
     pair.add_argument("--skin-type", type=int, choices=range(1, 7), default=3,
                       help="Fitzpatrick skin type 1–6 (3)")
+    _add_replacement_flags(pair)
 
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, default=DEFAULT_DB)
@@ -181,53 +193,85 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from gateway import store as store_mod
+    from gateway.pairing import (
+        SUBJECT_PATTERN,
+        SUBJECT_RULE,
+        PairingRefused,
+        apply_pairing,
+        plan_pairing,
+    )
 
     device_id = args.device_id.lower()
     if not re.fullmatch(r"[0-9a-f]{16}", device_id):
         raise CliError(f"--device-id {args.device_id!r}: must be 16 hex characters")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.subject):
-        raise CliError(f"--subject {args.subject!r}: use 1-64 letters, digits, '-' or '_' "
-                       "(a pseudonymous id, never a name)")
     try:
         key = bytes.fromhex(args.key_file.read_text().strip())
     except (OSError, ValueError) as e:
         raise CliError(f"--key-file {args.key_file}: {e}") from e
     if len(key) != 32:
         raise CliError(f"--key-file {args.key_file}: key must be 32 bytes (64 hex chars)")
+    if not SUBJECT_PATTERN.fullmatch(args.subject):
+        raise CliError(f"--subject {args.subject!r}: {SUBJECT_RULE}")
     store = _open_store(args.db)
-    with store.transaction():
-        store.register(store_mod.RegisteredDevice(device_id, key, args.subject, args.skin_type,
-                                                  None), int(time.time() * 1000))
+    try:
+        plan = plan_pairing(store, device_id, key, args.subject, args.skin_type,
+                            reassign=args.reassign, reuse_subject=args.reuse_subject)
+        with store.transaction():
+            apply_pairing(store, plan, int(time.time() * 1000))
+    except PairingRefused as e:
+        raise CliError(str(e)) from e
+    for line in plan.replacements():
+        print(f"replaced: {line}")
     print(f"paired {device_id} as subject {args.subject}")
     return 0
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from gateway import store as store_mod
-    from gateway.provision import ProvisionError, load_key_file, provision
+    import secrets
 
-    if args.subject is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.subject):
-        raise CliError(f"--subject {args.subject!r}: use 1-64 letters, digits, '-' or '_' "
-                       "(a pseudonymous id, never a name)")
+    from gateway.pairing import SUBJECT_RULE, PairingRefused, validate_subject
+    from gateway.provision import (
+        DEVICE_ID_BYTES,
+        IdentityRecord,
+        ProvisionError,
+        load_key_file,
+        provision,
+        validate_device_id,
+    )
+    from gateway.provision_record import KeyFileRecord, RegistryRecord
+
     try:
+        if args.subject is not None:
+            validate_subject(args.subject)
+    except PairingRefused as e:
+        raise CliError(f"--subject {args.subject!r}: {SUBJECT_RULE}") from e
+    try:
+        device_id = (validate_device_id(args.device_id) if args.device_id
+                     else secrets.token_bytes(DEVICE_ID_BYTES).hex())
         key = load_key_file(args.key_file) if args.key_file else None
-        result = provision(args.port, args.device_id, key, force=args.force)
-    except ProvisionError as e:
+    except (PairingRefused, ProvisionError) as e:
+        raise CliError(str(e)) from e
+    record: IdentityRecord
+    key_path = None
+    if args.subject is not None:
+        record = RegistryRecord(_open_store(args.db), args.subject, args.skin_type,
+                                reassign=args.reassign, reuse_subject=args.reuse_subject)
+    else:
+        key_path = Path(f"{device_id}.key")
+        record = KeyFileRecord(key_path)
+    try:
+        result = provision(args.port, device_id, key, replace_identity=args.replace_identity,
+                           record=record)
+    except (ProvisionError, PairingRefused) as e:
         raise CliError(str(e)) from e
     print(f"provisioned {args.port}: device {result.device_id} (DT-{result.device_id[-4:].upper()})"
-          + ("; replaced an earlier identity" if result.replaced else ""))
-    if args.subject is None:
-        key_path = Path(f"{result.device_id}.key")
-        key_path.write_text(result.key.hex() + "\n")
-        key_path.chmod(0o600)
+          + ("; replaced the board's earlier identity" if result.replaced else ""))
+    for line in result.replacements:
+        print(f"replaced: {line}")
+    if key_path is not None:
         print(f"key saved to {key_path} (mode 600); pair it with: dermtwin pair --device-id "
               f"{result.device_id} --key-file {key_path} --subject <pseudonymous id>")
         return 0
-    store = _open_store(args.db)
-    with store.transaction():
-        store.register(store_mod.RegisteredDevice(result.device_id, result.key, args.subject,
-                                                  args.skin_type, None), int(time.time() * 1000))
     print(f"paired {result.device_id} as subject {args.subject} in {args.db}")
     return 0
 

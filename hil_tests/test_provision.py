@@ -71,16 +71,17 @@ def test_given_id_and_key_are_written_exactly(board):
     assert board.listdir(DATA_DIR) == ["identity"]  # no .part file left behind
 
 
-def test_refuses_to_overwrite_an_identity_without_force(board):
+def test_refuses_to_overwrite_an_identity_without_the_flag(board):
     provision(board, DEVICE_ID, KEY, data_dir=DATA_DIR)
     before = board.get_file(IDENTITY_PATH)
     with pytest.raises(IdentityExistsError) as caught:
         provision(board, "fedcba9876543210", data_dir=DATA_DIR)
     message = str(caught.value)
-    assert DEVICE_ID in message and "force" in message and board.port in message
+    assert DEVICE_ID in message and "--replace-identity" in message and board.port in message
+    assert "force" not in message
     assert caught.value.device_id == DEVICE_ID
     assert board.get_file(IDENTITY_PATH) == before
-    replaced = provision(board, "fedcba9876543210", data_dir=DATA_DIR, force=True)
+    replaced = provision(board, "fedcba9876543210", data_dir=DATA_DIR, replace_identity=True)
     assert replaced.replaced and replaced.device_id == "fedcba9876543210"
     assert replaced.key != KEY
     put_board_module(board)
