@@ -12,11 +12,22 @@ import sys
 import time
 from pathlib import Path
 
+from gateway import cli_scan, cli_status
+
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 
 
 class CliError(Exception):
     pass
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dermtwin")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermtwin", description="dermtwin gateway: skin-patch BLE → digital twin → MQTT")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"dermtwin {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli_scan.add_parser(sub, DEFAULT_DB)
+    cli_status.add_parser(sub, DEFAULT_DB)
 
     demo = sub.add_parser("demo", help="virtual patches → gateway → MQTT, with a live view")
     demo.add_argument("--patches", type=_positive_int, default=3, help="virtual patches (3)")
@@ -307,7 +321,6 @@ def cmd_unpair(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.ble.radio import BleRadio
     from gateway.inference import default_models_dir
     from gateway.mqtt.config import MqttConfig
     from gateway.service import Gateway, GatewayConfig
@@ -321,15 +334,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         import signal
 
-        adapter = None
-        if args.hci:
-            from gateway.ble.bumble_backend import BumbleAdapter
-            adapter = await BumbleAdapter.open(args.hci)
+        from gateway.ble.availability import open_radio
+
+        radio = await open_radio(args.hci)
         gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
                                         max_connections=args.max_connections,
                                         retention_days=args.retention_days,
                                         publish_samples=not args.no_raw_samples),
-                          BleRadio(adapter))
+                          radio)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -345,7 +357,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
-            "unpair": cmd_unpair}
+            "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,9 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         print(f"dermtwin {args.command}: {e}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError, OSError) as e:
-        # Config, model and broker errors name their field; show them without a traceback.
-        print(f"dermtwin {args.command}: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  # the user sees one line; -vv shows the traceback
+        from gateway.cli_errors import explain
+
+        logging.getLogger("dermtwin").debug("%s failed", args.command, exc_info=True)
+        print(f"dermtwin {args.command}: {explain(e, args)}", file=sys.stderr)
         return 1
 
 

@@ -399,7 +399,8 @@ def _firmware_files(build_dir: str | Path | None, source: bool) -> list[tuple[Pa
     if not main.is_file() or not lib.is_dir():
         raise FlashError(
             f"no firmware build in {build} (need {BUILD_MAIN} and {BUILD_LIB_DIR}/): run "
-            "`python tools/build_firmware.py` first, or flash the sources with --source")
+            "`make firmware` in the dermtwin source tree first (it writes build/firmware), "
+            "or flash the sources with --source")
     files = [(main, "/" + BUILD_MAIN)]
     for path in sorted(p for p in lib.rglob("*") if p.is_file()):
         files.append((path, f"{BOARD_LIB_DIR}/{path.relative_to(lib).as_posix()}"))

@@ -18,6 +18,7 @@ from typing import Any, cast
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.clock import now_ms
+from gateway.health import run_health_writer
 from gateway.inference import load_models
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
@@ -266,7 +267,8 @@ class Gateway:
         tasks = [asyncio.create_task(self.ingest.run()),
                  asyncio.create_task(self._manage_connections()),
                  asyncio.create_task(self._watchdog(scanner)),
-                 asyncio.create_task(self._prune())]
+                 asyncio.create_task(self._prune()),
+                 asyncio.create_task(run_health_writer(self))]   # `dermtwin status`
         try:
             await stop.wait()
         finally:

@@ -247,5 +247,5 @@ def test_flash_refuses_an_incompatible_build_before_writing(board, board_target,
 
 
 def test_flash_without_a_build_says_how_to_make_one(tmp_path):
-    with pytest.raises(FlashError, match="build_firmware.py"):
+    with pytest.raises(FlashError, match="`make firmware`"):
         flash("/dev/dermtwin-no-such-port", tmp_path / "nothing")
