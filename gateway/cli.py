@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dermtwin", description="dermtwin gateway: skin-patch BLE → digital twin → MQTT")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action="version", version=f"dermtwin {_version()}")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="gateway configuration (TOML); default: /etc/dermtwin/gateway.toml, "
+                             "then ~/.config/dermtwin/gateway.toml. Options given here win")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli_scan.add_parser(sub, DEFAULT_DB)
     cli_status.add_parser(sub, DEFAULT_DB)
@@ -75,27 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--gateway-id", default="demo", help="gateway id in MQTT topics (demo)")
     demo.add_argument("--no-live", action="store_true", help="no live table (plain progress)")
 
-    run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios")
-    run.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"database ({DEFAULT_DB})")
-    run.add_argument("--broker", metavar="URL", required=True, help="mqtt://… or mqtts://…")
-    run.add_argument("--username")
+    run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios "
+                                     "(every option can also come from the config file)")
+    run.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
+    run.add_argument("--broker", metavar="URL", help="mqtt://… or mqtts://… ([mqtt] broker)")
+    run.add_argument("--username", help="[mqtt] username")
     run.add_argument("--password-env", metavar="VAR",
-                     help="read the MQTT password from this environment variable")
-    run.add_argument("--ca-file", type=Path)
-    run.add_argument("--cert-file", type=Path)
-    run.add_argument("--key-file", type=Path)
-    run.add_argument("--gateway-id", default="gw1")
+                     help="read the MQTT password from this environment variable "
+                          "([mqtt] password_env or password_file)")
+    run.add_argument("--ca-file", type=Path, help="[mqtt] ca_file")
+    run.add_argument("--cert-file", type=Path, help="[mqtt] cert_file")
+    run.add_argument("--key-file", type=Path, help="[mqtt] key_file")
+    run.add_argument("--gateway-id", help="gateway id in MQTT topics ([gateway] id; gw1)")
     run.add_argument("--hci", metavar="TRANSPORT",
                      help="drive a controller through Bumble (usb:0, serial:/dev/ttyUSB0, "
-                          "tcp-client:HOST:PORT) instead of BlueZ")
-    run.add_argument("--max-connections", type=_positive_int, default=5,
-                     help="BLE connection slots on the adapter (5)")
-    run.add_argument("--retention-days", type=_positive_float, default=30.0,
-                     help="keep stored samples this long (30)")
-    run.add_argument("--models-dir", type=Path)
-    run.add_argument("--no-raw-samples", action="store_true",
+                          "tcp-client:HOST:PORT) instead of BlueZ ([ble] hci)")
+    run.add_argument("--max-connections", type=_positive_int,
+                     help="BLE connection slots on the adapter ([gateway] max_connections; 5)")
+    run.add_argument("--retention-days", type=_positive_float,
+                     help="keep stored samples this long ([gateway] retention_days; 30)")
+    run.add_argument("--models-dir", type=Path, help="[gateway] models_dir")
+    run.add_argument("--no-raw-samples", action="store_true", default=None,
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
-                          "alerts only)")
+                          "alerts only; [gateway] raw_samples = false)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -119,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--subject", help="pseudonymous subject id to pair with (default: "
                                         "provision only; pair later with `dermtwin pair`)")
     prov.add_argument("--skin-type", type=int, choices=range(1, 7), default=3)
-    prov.add_argument("--db", type=Path, default=DEFAULT_DB)
+    prov.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     prov.add_argument("--replace-identity", "--force", dest="replace_identity",
                       action="store_true",
                       help="replace the identity the board already has (pair it again after)")
@@ -140,11 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "format (they are lost)")
 
     devices = sub.add_parser("devices", help="list paired patches")
-    devices.add_argument("--db", type=Path, default=DEFAULT_DB)
+    devices.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     devices.add_argument("--json", action="store_true")
 
     pair = sub.add_parser("pair", help="register a provisioned patch with this gateway")
-    pair.add_argument("--db", type=Path, default=DEFAULT_DB)
+    pair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     pair.add_argument("--device-id", required=True, help="16 hex chars (the patch's serial)")
     pair.add_argument("--key-file", type=Path, required=True,
                       help="file holding the 32-byte device key as 64 hex chars")
@@ -155,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replacement_flags(pair)
 
     unpair = sub.add_parser("unpair", help="forget a patch")
-    unpair.add_argument("--db", type=Path, default=DEFAULT_DB)
+    unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
     return parser
 
@@ -325,23 +330,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.mqtt.config import MqttConfig
     from gateway.service import Gateway, GatewayConfig
 
+    settings = args.settings
+    where = f" or [mqtt] broker in {settings.path}" if settings.path else \
+        " (or [mqtt] broker in /etc/dermtwin/gateway.toml)"
+    broker = args.broker or settings.broker
+    if not broker:
+        raise CliError(f"no broker: give --broker URL{where}")
+    if args.password_env and settings.password is not None:
+        settings.password = None   # the command line wins
     mqtt = MqttConfig.from_url(
-        args.broker, username=args.username, password_env=args.password_env,
-        gateway_id=args.gateway_id, ca_file=args.ca_file, cert_file=args.cert_file,
-        key_file=args.key_file)
+        broker, username=args.username or settings.username, password=settings.password,
+        password_env=args.password_env, gateway_id=args.gateway_id or settings.gateway_id or "gw1",
+        ca_file=args.ca_file or settings.ca_file, cert_file=args.cert_file or settings.cert_file,
+        key_file=args.key_file or settings.key_file)
     args.db.parent.mkdir(parents=True, exist_ok=True)
+    hci = args.hci or settings.hci
+    raw_samples = (not args.no_raw_samples if args.no_raw_samples is not None
+                   else settings.raw_samples if settings.raw_samples is not None else True)
+    config = GatewayConfig(
+        args.db, mqtt, args.models_dir or settings.models_dir or default_models_dir(),
+        max_connections=args.max_connections or settings.max_connections or 5,
+        retention_days=args.retention_days or settings.retention_days or 30.0,
+        publish_samples=raw_samples)
 
     async def main() -> None:
         import signal
 
         from gateway.ble.availability import open_radio
 
-        radio = await open_radio(args.hci)
-        gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
-                                        max_connections=args.max_connections,
-                                        retention_days=args.retention_days,
-                                        publish_samples=not args.no_raw_samples),
-                          radio)
+        radio = await open_radio(hci)
+        gateway = Gateway(config, radio)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -360,11 +378,25 @@ COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run}
 
 
+def _apply_config(args: argparse.Namespace) -> None:
+    """Settings from the config file (gateway.config_file) where the command line is silent.
+    Secrets are read only for `run`."""
+    from gateway import config_file
+
+    settings = config_file.load(args.config, resolve_secrets=args.command == "run")
+    args.settings = settings
+    if getattr(args, "db", DEFAULT_DB) is None:
+        args.db = settings.db or DEFAULT_DB
+    if getattr(args, "hci", "absent") is None and args.command == "scan":
+        args.hci = settings.hci
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        _apply_config(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130

@@ -16,8 +16,8 @@ def add_parser(sub, default_db: Path) -> None:
     scan.add_argument("--hci", metavar="TRANSPORT",
                       help="a controller through Bumble (usb:0, serial:/dev/ttyUSB0, "
                            "tcp-client:HOST:PORT) instead of BlueZ")
-    scan.add_argument("--db", type=Path, default=default_db,
-                      help=f"registry that says which patches are paired ({default_db})")
+    scan.add_argument("--db", type=Path,
+                      help=f"registry that says which patches are paired ([gateway] db; {default_db})")
     scan.add_argument("--json", action="store_true")
 
 

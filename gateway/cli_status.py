@@ -21,7 +21,7 @@ class StatusUnavailable(RuntimeError):
 def add_parser(sub, default_db: Path) -> None:
     status = sub.add_parser("status", help="what the running gateway is doing (patches, "
                                            "backlogs, outbox, broker, alarms, disk)")
-    status.add_argument("--db", type=Path, default=default_db,
+    status.add_argument("--db", type=Path,
                         help=f"the gateway's database; its health file is next to it "
                              f"({default_db})")
     status.add_argument("--json", action="store_true", help="the health file as it is")
