@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the database and patch flash images here (default: temporary)")
     demo.add_argument("--gateway-id", default="demo", help="gateway id in MQTT topics (demo)")
     demo.add_argument("--no-live", action="store_true", help="no live table (plain progress)")
+    demo.add_argument("--wide", action="store_true", default=None,
+                      help="the full table (about 160 columns) instead of a card per subject")
 
     run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios "
                                      "(every option can also come from the config file)")
@@ -170,7 +172,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = asyncio.run(run_demo(
         args.patches, args.duration, broker_url=args.broker, summary_path=args.summary,
-        workdir=args.workdir, live=not args.no_live, gateway_id=args.gateway_id))
+        workdir=args.workdir, live=not args.no_live, gateway_id=args.gateway_id,
+        wide=args.wide))
     print(f"demo done: generated {summary['samples_generated']} samples, stored "
           f"{summary['samples_stored']}, published {summary['published']} MQTT messages; "
           f"revs {summary['last_rev']}")
@@ -296,13 +299,15 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from gateway.provision import ProvisionError, flash, print_progress
+    from gateway.progress_bar import flash_progress
+    from gateway.provision import ProvisionError, flash
 
     try:
-        result = flash(args.port, None if args.source else args.build_dir, source=args.source,
-                       progress=print_progress, soft_reset=not args.no_reset,
-                       discard_old_log=args.discard_old_log,
-                       with_emulators=args.with_emulators)
+        with flash_progress() as progress:
+            result = flash(args.port, None if args.source else args.build_dir,
+                           source=args.source, progress=progress, soft_reset=not args.no_reset,
+                           discard_old_log=args.discard_old_log,
+                           with_emulators=args.with_emulators)
     except ProvisionError as e:
         raise CliError(str(e)) from e
     kind = "sources" if result.source else "files"

@@ -249,3 +249,18 @@ def test_flash_refuses_an_incompatible_build_before_writing(board, board_target,
 def test_flash_without_a_build_says_how_to_make_one(tmp_path):
     with pytest.raises(FlashError, match="`make firmware`"):
         flash("/dev/dermtwin-no-such-port", tmp_path / "nothing")
+
+
+def test_flash_shows_a_bar_with_rate_and_eta_on_a_terminal(board):
+    import io
+
+    from rich.console import Console
+
+    from gateway.progress_bar import flash_progress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
+    with flash_progress(console) as progress:
+        result = flash(board, source=True, progress=progress)
+    out = console.file.getvalue()
+    assert f"[{result.files}/{result.files}]" in out and "ETA" in out
+    assert f"{result.bytes / 1000:.1f} kB" in out or f"{result.bytes / 1000:.0f}" in out
