@@ -50,6 +50,8 @@ SOURCE_EXCLUDED_DIRS = frozenset({"host", "tests", "__pycache__"})
 # Chip emulators serve boards without the chips (the virtual board, a test bench): a patch
 # does not carry them unless asked (flash(..., with_emulators=True)).
 EMULATOR_DIR = "emulators"
+# micropython-lib's aioble, vendored (third_party/aioble/README.md): flashed with the firmware.
+AIOBLE_SOURCE_DIR = Path("third_party") / "aioble"
 MPY_MAGIC = ord("M")
 MPY_HEADER_BYTES = 4
 MPY_ARCH_SHIFT = 2  # .mpy header byte 2: arch << 2 | sub-version (py/persistentcode.h)
@@ -391,6 +393,9 @@ def _firmware_files(build_dir: str | Path | None, source: bool) -> list[tuple[Pa
                 relative = path.relative_to(root)
                 if SOURCE_EXCLUDED_DIRS.isdisjoint(relative.parts[1:-1]):
                     files.append((path, f"{BOARD_LIB_DIR}/{relative.as_posix()}"))
+        aioble = root / AIOBLE_SOURCE_DIR
+        for path in sorted(aioble.glob("aioble/*.py")):
+            files.append((path, f"{BOARD_LIB_DIR}/{path.relative_to(aioble).as_posix()}"))
         return files
     if build_dir is None:
         raise FlashError("no build directory given (or flash the sources with --source)")
@@ -539,14 +544,17 @@ def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: b
 
 
 AIOBLE_MISSING = (
-    "aioble is not on the board, and the patch cannot advertise without it: install it once "
-    "with `mpremote mip install aioble` (or copy micropython-lib's aioble package to /lib), "
-    "or build a MicroPython image with the firmware frozen in (build/firmware/manifest.py, "
-    "see docs/firmware.md)")
+    "aioble is not on the board, and the patch cannot advertise without it: flash a build "
+    "from `make firmware` (it bundles aioble), or build a MicroPython image with the "
+    "firmware frozen in (build/firmware/manifest.py, see docs/firmware.md)")
 
 
 def _board_has_aioble(repl: RawRepl) -> bool:
-    # Frozen into the image or in /lib: either way it imports.
+    # In /lib (flashed with the firmware, or by mip), or frozen into the image. An import
+    # would fail on a board without the `bluetooth` module even with aioble present.
+    if repl.exists(f"{BOARD_LIB_DIR}/aioble/__init__.py") or repl.exists(
+            f"{BOARD_LIB_DIR}/aioble/__init__.mpy"):
+        return True
     out = repl.exec("try:\n import aioble\n print('yes')\nexcept ImportError:\n print('no')\n")
     return out.strip() == "yes"
 

@@ -7,6 +7,7 @@ put that module on the board and read the file back through it.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,14 +217,22 @@ def test_flash_refuses_over_unsent_samples_in_the_old_log_format(board):
 
 
 @pytest.mark.virtual_only
-def test_flash_reports_whether_aioble_is_on_the_board(board):
-    assert flash(board, source=True).aioble_on_board is False
-    board.put_file(b"MAGIC = 1\n", "/lib/aioble/__init__.py")   # stands in for micropython-lib's
-    try:
-        assert flash(board, source=True).aioble_on_board is True
-        assert board.eval("__import__('aioble').MAGIC") == 1      # flash left it alone
-    finally:
-        board.remove("/lib/aioble", recursive=True)
+def test_flash_installs_aioble_with_the_firmware(board, firmware_build, tmp_path):
+    """No network at the clinic: the build carries micropython-lib's aioble (vendored)."""
+    result = flash(board, firmware_build)
+    assert result.aioble_on_board is True
+    for module in ("__init__", "core", "device", "peripheral", "server", "security"):
+        assert f"/lib/aioble/{module}.mpy" in result.board_paths
+        assert board.exists(f"/lib/aioble/{module}.mpy")   # size and SHA-256 checked by flash
+    sources = flash(board, source=True)
+    assert "/lib/aioble/server.py" in sources.board_paths and sources.aioble_on_board
+    assert not board.exists("/lib/aioble/server.mpy")        # the package was replaced
+    # a build without it (an older build dir) is reported
+    old = tmp_path / "old"
+    shutil.copytree(firmware_build, old)
+    shutil.rmtree(old / "lib" / "aioble")
+    board.remove("/lib/aioble", recursive=True)
+    assert flash(board, old).aioble_on_board is False
 
 
 def test_board_reads_what_mpy_cross_writes(board, firmware_build):

@@ -5,6 +5,8 @@ dongle would be driven), `status` from the health file a running gateway writes,
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -83,11 +85,18 @@ def test_status_reads_the_health_file_of_a_running_gateway(simulator, tmp_path):
     work, db, port = simulator
     broker = LocalBroker(data_dir=tmp_path / "mosquitto")
     broker.start_sync()
+    # systemd's side of sd_notify: a datagram socket named in NOTIFY_SOCKET
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(30)
     gateway = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run", "--db", str(db), "--broker", broker.url,
          "--hci", f"tcp-client:127.0.0.1:{port}", "--gateway-id", "statustest"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
     try:
+        assert notify.recv(100) == b"READY=1"
+        assert notify.recv(100) == b"WATCHDOG=1"
         health_path = db.with_suffix(".health.json")
         deadline = time.monotonic() + 60
         health = {}
@@ -111,6 +120,7 @@ def test_status_reads_the_health_file_of_a_running_gateway(simulator, tmp_path):
         gateway.terminate()
         assert gateway.wait(30) == 0
         broker.stop_sync()
+        notify.close()
     stale = json.loads(health_path.read_text())
     stale["written_ms"] -= 3_600_000
     health_path.write_text(json.dumps(stale))

@@ -82,7 +82,12 @@ async def open_radio(hci: str | None) -> BleRadio:
     RadioUnavailable, not later inside the gateway."""
     adapter: Any = None
     if hci:
-        from gateway.ble.bumble_backend import BumbleAdapter
+        try:
+            from gateway.ble.bumble_backend import BumbleAdapter
+        except ImportError as error:
+            raise RadioUnavailable(
+                f"--hci {hci} needs Bumble, which is not installed ({error}): "
+                "pip install 'dermtwin[hci]'") from error
 
         try:
             adapter = await BumbleAdapter.open(hci)
