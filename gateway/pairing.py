@@ -85,7 +85,7 @@ def plan_pairing(store: Store, device_id: str, key: bytes, subject: str, skin_ty
     if displaced is not None and not reuse_subject:
         raise PairingRefused(
             f"subject {subject} is already paired with device {displaced.device_id}; pass "
-            f"{REUSE_SUBJECT_FLAG} to give the subject to {device_id} (unpairs "
+            f"{REUSE_SUBJECT_FLAG} to give it to this device (unpairs "
             f"{displaced.device_id}), or choose another subject", "subject")
     kept = previous if previous is not None and previous.subject == subject else None
     device = RegisteredDevice(device_id, bytes(key), subject, skin_type,
