@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "provision only; pair later with `dermtwin pair`)")
     prov.add_argument("--skin-type", type=int, choices=range(1, 7), default=3)
     prov.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
-    prov.add_argument("--replace-identity", "--force", dest="replace_identity",
+    prov.add_argument("--replace-identity", dest="replace_identity",
                       action="store_true",
                       help="replace the identity the board already has (pair it again after)")
     _add_replacement_flags(prov)
