@@ -63,7 +63,8 @@ def format_status(health: dict, now_ms: int) -> str:
     lines.append("")
     if health["alarms"]:
         for alarm in health["alarms"]:
-            lines.append(f"ALARM {alarm['kind']}: {alarm['detail']}")
+            where = alarm["kind"] + (f" {alarm['source']}" if alarm.get("source") else "")
+            lines.append(f"ALARM {where}: {alarm['detail']}")
     else:
         lines.append("no alarms")
     return "\n".join(lines)

@@ -71,18 +71,24 @@ def _last_sample_ms(state: dict) -> int | None:
 
 
 def _alarms(gateway: Any) -> list[dict]:
-    alarms = []
-    stats = gateway.ingest.stats
-    if stats.store_alarm:
-        alarms.append({"kind": "store", "detail": f"{stats.commit_failures} failed commits, "
-                                                  f"not acknowledging: {stats.last_error}"})
-    if getattr(gateway, "watchdog_escalations", 0):
+    """The gateway's active alarms as {"kind", "detail"[, "source", "since"]}: from its alarm
+    registry (gateway.alarms.Alarms.payload()) where it has one, else from what it reports
+    itself (the store alarm, the BLE watchdog)."""
+    registry = getattr(gateway, "alarms", None)
+    if registry is not None and hasattr(registry, "payload"):
+        alarms = [dict(a) for a in registry.payload()]
+    else:
+        alarms = []
+        stats = gateway.ingest.stats
+        if stats.store_alarm:
+            alarms.append({"kind": "store", "detail": f"{stats.commit_failures} failed "
+                                                      f"commits, not acknowledging: "
+                                                      f"{stats.last_error}"})
+    if getattr(gateway, "watchdog_escalations", 0) and not any(
+            a["kind"] == "ble" for a in alarms):
         alarms.append({"kind": "ble", "detail": "no advertisement from unconnected patches "
                                                 f"(watchdog escalation "
                                                 f"{gateway.watchdog_escalations})"})
-    # Alarms raised by the gateway's supervision, when it keeps them as {kind: detail}.
-    for kind, detail in dict(getattr(gateway, "active_alarms", None) or {}).items():
-        alarms.append({"kind": str(kind), "detail": str(detail)})
     return alarms
 
 
