@@ -41,6 +41,7 @@ class PairingPlan:
     device: RegisteredDevice
     previous: RegisteredDevice | None  # this device's current pairing, if any
     displaced: RegisteredDevice | None  # another device that wears this subject now
+    retired: RegisteredDevice | None = None  # the board's earlier identity, now overwritten
 
     def replacements(self) -> list[str]:
         """What the pairing replaces, one sentence each (empty for a fresh pairing)."""
@@ -55,6 +56,10 @@ class PairingPlan:
             if self.previous.skin_type != dev.skin_type:
                 lines.append(f"skin type of {dev.subject}: {self.previous.skin_type} -> "
                              f"{dev.skin_type}")
+        if self.retired is not None:
+            lines.append(f"device {self.retired.device_id} (subject {self.retired.subject}) "
+                         "is unpaired: the board no longer carries its identity (its stored "
+                         "samples are kept)")
         if self.displaced is not None:
             lines.append(f"subject {dev.subject} was worn with device "
                          f"{self.displaced.device_id}; that device is unpaired (its stored "
@@ -69,8 +74,12 @@ def validate_subject(subject: str) -> str:
 
 
 def plan_pairing(store: Store, device_id: str, key: bytes, subject: str, skin_type: int = 3,
-                 *, reassign: bool = False, reuse_subject: bool = False) -> PairingPlan:
-    """Check a pairing against the registry; PairingRefused names the flag that allows it."""
+                 *, reassign: bool = False, reuse_subject: bool = False,
+                 retiring: str | None = None) -> PairingPlan:
+    """Check a pairing against the registry; PairingRefused names the flag that allows it.
+
+    `retiring`: the device id whose identity the board held before (being overwritten by
+    provisioning): unpaired with the pairing, and its subject free to take."""
     validate_subject(subject)
     if skin_type not in SKIN_TYPES:
         raise PairingRefused(f"skin type {skin_type}: must be a Fitzpatrick type 1-6",
@@ -80,8 +89,9 @@ def plan_pairing(store: Store, device_id: str, key: bytes, subject: str, skin_ty
         raise PairingRefused(
             f"device {device_id} is already paired with subject {previous.subject}; pass "
             f"{REASSIGN_FLAG} to move it to {subject}", "device_id")
-    displaced = next((d for d in store.devices()
-                      if d.subject == subject and d.device_id != device_id), None)
+    retired = store.device(retiring) if retiring and retiring != device_id else None
+    displaced = next((d for d in store.devices() if d.subject == subject
+                      and d.device_id not in (device_id, retiring)), None)
     if displaced is not None and not reuse_subject:
         raise PairingRefused(
             f"subject {subject} is already paired with device {displaced.device_id}; pass "
@@ -91,14 +101,15 @@ def plan_pairing(store: Store, device_id: str, key: bytes, subject: str, skin_ty
     device = RegisteredDevice(device_id, bytes(key), subject, skin_type,
                               kept.address if kept else None,
                               dict(kept.config) if kept else {})
-    return PairingPlan(device, previous, displaced)
+    return PairingPlan(device, previous, displaced, retired)
 
 
 def apply_pairing(store: Store, plan: PairingPlan, paired_at_ms: int) -> None:
     """Write the plan; call inside store.transaction(). A clash that appeared since the plan
     (another process paired the subject meanwhile) is a PairingRefused, not an sqlite error."""
-    if plan.displaced is not None:
-        store.unregister(plan.displaced.device_id)
+    for gone in (plan.displaced, plan.retired):
+        if gone is not None:
+            store.unregister(gone.device_id)
     try:
         store.register(plan.device, paired_at_ms)
     except sqlite3.IntegrityError as error:

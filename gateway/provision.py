@@ -227,15 +227,16 @@ def provision(port: str | RawRepl, device_id_hex: str | None = None,
     text = identity_text(device_id, raw_key).encode()
     with _connected(port, timeout_s) as repl:
         earlier = _read_identity(repl, path)
+        existing_id = (_parse_device_id(earlier.decode(errors="replace"))
+                       if earlier is not None else None)
         if earlier is not None and not replace_identity:
-            existing_id = _parse_device_id(earlier.decode(errors="replace"))
             who = f"device {existing_id}" if existing_id else "an unreadable identity"
             raise IdentityExistsError(
                 f"the board on {repl.port} is already provisioned ({who} in {path}); nothing "
                 "was changed. To give it a new identity (it must then be paired again), run "
                 "`dermtwin provision --replace-identity`", existing_id)
         if record is not None:
-            record.prepare(device_id, raw_key)
+            record.prepare(device_id, raw_key, replaces=existing_id)
         try:
             _write_identity(repl, path, text)
         except (ReplError, ProvisionError) as error:
@@ -265,7 +266,8 @@ class IdentityRecord:
     file). prepare() refuses (raises) before the board is touched; commit() makes it
     durable; abort() undoes prepare(). Subclasses: gateway.provision_record."""
 
-    def prepare(self, device_id: str, key: bytes) -> None:
+    def prepare(self, device_id: str, key: bytes, replaces: str | None = None) -> None:
+        """`replaces`: the device id of the identity the board holds now (overwritten)."""
         raise NotImplementedError
 
     def commit(self, device_id: str, key: bytes) -> None:

@@ -38,15 +38,18 @@ class RegistryRecord(IdentityRecord):
         self.reassign = reassign
         self.reuse_subject = reuse_subject
         self.plan: PairingPlan | None = None
+        self.replaces: str | None = None
 
     def untouched(self) -> str:
         return "the registry is unchanged"
 
     def _plan(self, device_id: str, key: bytes) -> PairingPlan:
         return plan_pairing(self.store, device_id, key, self.subject, self.skin_type,
-                            reassign=self.reassign, reuse_subject=self.reuse_subject)
+                            reassign=self.reassign, reuse_subject=self.reuse_subject,
+                            retiring=self.replaces)
 
-    def prepare(self, device_id: str, key: bytes) -> None:
+    def prepare(self, device_id: str, key: bytes, replaces: str | None = None) -> None:
+        self.replaces = replaces
         plan = self._plan(device_id, key)
         try:
             with self.store.transaction():
@@ -84,7 +87,7 @@ class KeyFileRecord(IdentityRecord):
     def untouched(self) -> str:
         return f"no key file was written ({self.path})"
 
-    def prepare(self, device_id: str, key: bytes) -> None:
+    def prepare(self, device_id: str, key: bytes, replaces: str | None = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:

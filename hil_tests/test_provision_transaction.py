@@ -244,3 +244,16 @@ def test_pairing_clash_without_provisioning_is_not_an_sqlite_error(store):
     with pytest.raises(PairingRefused) as caught:
         plan_pairing(store, NEW_ID, NEW_KEY, "s-1")
     assert not isinstance(caught.value, sqlite3.Error) and caught.value.field == "subject"
+
+
+@pytest.mark.parametrize("subject", ["s-1", "s-2"])
+def test_a_new_identity_retires_the_one_it_overwrites(board, store, subject):
+    """The board's earlier device id exists nowhere once overwritten: it is unpaired in the
+    same commit (no ghost pairing), and its subject is free to take without a flag."""
+    give_earlier_identity(board, store)
+    result = provision(board, NEW_ID, NEW_KEY, data_dir=DATA_DIR, replace_identity=True,
+                       record=RegistryRecord(store, subject))
+    assert registry(store) == {(NEW_ID, subject, NEW_KEY)}
+    assert result.replacements == (f"device {EARLIER_ID} (subject s-1) is unpaired: the board "
+                                   "no longer carries its identity (its stored samples are "
+                                   "kept)",)
