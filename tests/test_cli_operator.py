@@ -151,6 +151,18 @@ ERROR_PATHS = [
     (["run", "--db", "{tmp}/db", "--broker", "http://x"], "scheme must be mqtt"),
     (["run", "--db", "{tmp}/db", "--broker", "mqtt://x", "--password-env", "DT_NONE"],
      "DT_NONE"),
+    (["run", "--db", "{tmp}/db"], "no broker: give --broker URL"),
+    (["run", "--db", "{tmp}/db", "--broker", "mqtts://x", "--ca-file", "{tmp}/none.pem"],
+     "no such file"),
+    (["--config", "{tmp}/none.toml", "devices"], "no such file (given with --config)"),
+    (["simulate", "--backlog", "-1", "--workdir", "{tmp}/sim"], "must not be negative"),
+    (["pair", "--db", "{tmp}/db", "--device-id", "0123456789abcdef", "--key-file",
+      "{tmp}/short.key", "--subject", "s-1"], "32 bytes"),
+    (["pair", "--db", "{tmp}/db", "--device-id", "0123456789abcdef", "--key-file",
+      "{tmp}/good.key", "--subject", "Jane Doe"], "pseudonymous"),
+    (["provision", "--port", "/dev/dermtwin-none", "--key-file", "{tmp}/short.key"],
+     "key must be"),
+    (["provision", "--port", "/dev/dermtwin-none", "--device-id", "xyz"], "device_id"),
 ]
 
 
@@ -158,6 +170,8 @@ ERROR_PATHS = [
                          if isinstance(v, list) else None)
 def test_error_paths_print_one_line_and_no_traceback(tmp_path, argv, fragment):
     (tmp_path / "notadb").write_bytes(b"this is not sqlite" * 100)
+    (tmp_path / "short.key").write_text("abcd\n")
+    (tmp_path / "good.key").write_text("ab" * 32 + "\n")
     done = dermtwin(*[a.replace("{tmp}", str(tmp_path)) for a in argv], timeout=60)
     out = done.stdout + done.stderr
     assert "Traceback" not in out, out
