@@ -69,12 +69,12 @@ def test_scan_lists_the_virtual_patches_from_their_advertisements(simulator):
         assert 0 < s["battery_pct"] <= 100 and s["provisioned"] is True
         assert s["backlog"] >= 120                       # preloaded, nobody drained it
         assert isinstance(s["rssi"], int) and s["firmware"].count(".") == 2
-    table = dermtwin("scan", "--hci", f"tcp-client:127.0.0.1:{port}", "--duration", "2",
+    table = dermtwin("scan", "--hci", f"tcp-client:127.0.0.1:{port}", "--duration", "1.5",
                      "--db", str(db))
     assert table.returncode == 0, table.stderr
     assert all(len(line) <= 80 for line in table.stdout.splitlines())
     assert registry[0]["subject"] in table.stdout
-    unpaired = dermtwin("scan", "--hci", f"tcp-client:127.0.0.1:{port}", "--duration", "2",
+    unpaired = dermtwin("scan", "--hci", f"tcp-client:127.0.0.1:{port}", "--duration", "1.5",
                         "--db", str(work / "empty.sqlite3"), "--json")
     assert {s["paired"] for s in json.loads(unpaired.stdout)} == {False}
 
