@@ -57,7 +57,7 @@ simulate: setup
 	$(VENV)/bin/dermtwin simulate --patches $(PATCHES) --fast --pair-db var/gateway.sqlite3
 
 bench: setup
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -159,7 +159,7 @@ async def test_control_write_from_another_central_ends_the_stale_link():
     import asyncio
     from types import SimpleNamespace
 
-    from firmware import host
+    from simulation import device_shims as host
     from firmware import protocol_ids as ids
 
     host.install()   # aioble: the host shim
