@@ -246,6 +246,12 @@ def provision(port: str | RawRepl, device_id_hex: str | None = None,
                     record.abort()
                 raise ProvisionError(f"writing the identity to {repl.port} failed ({error}); "
                                      f"{where}; {_record_state(record)}") from error
+        except BaseException:
+            # Interrupted (Ctrl-C): put both back as they were, then stop.
+            _settle_after_failure(repl, path, earlier, text, keep_new=False)
+            if record is not None:
+                record.abort()
+            raise
         if record is not None:
             try:
                 record.commit(device_id, raw_key)
@@ -315,11 +321,11 @@ def _reconnect(repl: RawRepl) -> None:
 
 
 def _settle_after_failure(repl: RawRepl, path: str, earlier: bytes | None,
-                          text: bytes) -> tuple[bool, str]:
+                          text: bytes, *, keep_new: bool = True) -> tuple[bool, str]:
     """After a failed write: (the new identity is on the board, where the board was left).
 
     Checks on a fresh connection, removes a half-written file, and puts the earlier
-    identity back if the board holds anything else."""
+    identity back if the board holds anything else (or the new one, unless keep_new)."""
     try:
         _reconnect(repl)
         if repl.exists(path + ".part"):
@@ -329,7 +335,7 @@ def _settle_after_failure(repl: RawRepl, path: str, earlier: bytes | None,
         return False, (f"the board could not be checked afterwards ({error}): it holds either "
                        "its earlier identity or the new one; run `dermtwin provision "
                        "--replace-identity` again once it answers")
-    if now == text:
+    if now == text and keep_new:
         return True, "the new identity is on the board"
     if now == earlier:
         return False, ("the board keeps its earlier identity" if earlier is not None

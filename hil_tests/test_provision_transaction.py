@@ -257,3 +257,31 @@ def test_a_new_identity_retires_the_one_it_overwrites(board, store, subject):
     assert result.replacements == (f"device {EARLIER_ID} (subject s-1) is unpaired: the board "
                                    "no longer carries its identity (its stored samples are "
                                    "kept)",)
+
+
+class InterruptedAfterRename(PulledCable):
+    """The technician presses Ctrl-C just after the board renamed the new identity in."""
+
+    def _pull(self) -> None:
+        self.pulled = True
+        raise KeyboardInterrupt
+
+
+def test_an_interrupt_after_the_write_puts_both_back(board_target, store, tmp_path):
+    key_path = tmp_path / "k.key"
+    with InterruptedAfterRename(board_target.port, "_dt_close('", after_run=True,
+                                timeout_s=10) as repl:
+        repl.enabled = False
+        earlier = give_earlier_identity(repl, store)
+        before = registry(store)
+        repl.enabled = True
+        with pytest.raises(KeyboardInterrupt):
+            provision(repl, NEW_ID, NEW_KEY, data_dir=DATA_DIR, replace_identity=True,
+                      record=RegistryRecord(store, "s-2"))
+        assert_untouched(repl, store, earlier, before)
+        repl.pulled, repl.enabled = False, True
+        with pytest.raises(KeyboardInterrupt):
+            provision(repl, NEW_ID, NEW_KEY, data_dir=DATA_DIR, replace_identity=True,
+                      record=KeyFileRecord(key_path))
+        assert on_board(repl) == earlier and list(tmp_path.glob("k.key*")) == []
+        repl.remove(SCRATCH_DIR, recursive=True)
