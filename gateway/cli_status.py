@@ -38,13 +38,18 @@ def _age(ms: int | None, now_ms: int) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def is_stale(health: dict, now_ms: int) -> bool:
+    return (now_ms - health["written_ms"]) / 1000 > STALE_AFTER_S
+
+
 def format_status(health: dict, now_ms: int) -> str:
     """Plain text, at most 80 columns."""
     broker = health["broker"]
     disk = health["disk"]
     lines = [
         f"gateway pid {health['pid']}, session {health['sess']}, updated "
-        f"{_age(health['written_ms'], now_ms)}",
+        f"{_age(health['written_ms'], now_ms)}"
+        + ("  STALE: values from then" if is_stale(health, now_ms) else ""),
         f"broker  {broker.get('url') or '?'}  "
         f"{'connected' if broker['connected'] else 'DISCONNECTED'}, "
         f"{broker['published']} published, outbox {health['outbox']}",
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_status(health, now_ms))
     age_s = (now_ms - health["written_ms"]) / 1000
-    if age_s > STALE_AFTER_S:
+    if is_stale(health, now_ms):
         raise StatusUnavailable(
             f"the health file is {age_s:.0f} s old: the gateway is not running or is stuck "
             "(`systemctl status dermtwin`, `journalctl -u dermtwin`)")

@@ -126,6 +126,7 @@ def test_status_reads_the_health_file_of_a_running_gateway(simulator, tmp_path):
     health_path.write_text(json.dumps(stale))
     old = dermtwin("status", "--db", str(db))
     assert old.returncode == 1 and "not running or is stuck" in old.stderr
+    assert "STALE: values from then" in old.stdout
 
 
 ERROR_PATHS = [
