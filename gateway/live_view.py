@@ -65,11 +65,26 @@ def twin_table(gateway, footer: str) -> Table:
     return table
 
 
+DRAIN_BAR_CELLS = 6
+
+
 def _compact_drain(drain) -> str:
+    """'━━──── 1200/3000 ETA 4s': a bar, the counts and the time left of a backlog drain."""
     if drain is None:
         return "—"
     eta = drain.eta_s(time.monotonic())
-    return f"{drain.done}/{drain.total}" + (f" ETA {eta:.0f}s" if eta is not None else "")
+    filled = round(DRAIN_BAR_CELLS * drain.done / drain.total) if drain.total else DRAIN_BAR_CELLS
+    bar = "━" * filled + "─" * (DRAIN_BAR_CELLS - filled)
+    return f"{bar} {drain.done}/{drain.total}" + (f" ETA {_short_s(eta)}" if eta is not None
+                                                  else "")
+
+
+def _short_s(seconds: float) -> str:
+    if seconds < 100:
+        return f"{seconds:.0f}s"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
 
 
 def twin_card(gateway, device_id: str, slot) -> Panel:

@@ -4,6 +4,7 @@ subject); the wide table is kept for wide terminals."""
 from __future__ import annotations
 
 import io
+import time
 from types import SimpleNamespace
 
 from rich.console import Console
@@ -31,7 +32,8 @@ def stand_in_gateway(n: int):
             "hydration_state": leaf("normal"), "battery_pct": leaf(81.0 + i, "warming")})
         session = SimpleNamespace(state=SimpleNamespace(value="streaming"),
                                   stats=SimpleNamespace(samples_new=1234 + i))
-        drain = DrainProgress(0, 3000, 0.0, done_seq=1200) if i == 0 else None
+        drain = (DrainProgress(0, 30000, time.monotonic() - 10, done_seq=12000) if i == 0
+                 else None)   # 1,200 samples/s: 15 s left
         slots[device_id] = SimpleNamespace(link=SimpleNamespace(
             session=session, drain=drain, frames_rejected_total=0))
     return SimpleNamespace(
@@ -58,7 +60,7 @@ def test_80_columns_shows_every_subjects_key_values():
                       "95 min", f"{47 + i} normal", f"battery {81 + i}?%", f"rev {100 + i}",
                       f"stored  {1234 + i}", "streaming"):
             assert value in text, (i, value, text)
-    assert "backlog 1200/3000" in text and "ETA" in text
+    assert "backlog ━━──── 12000/30000 ETA 15s" in text   # 40 % of the drain done
     assert "outbox 7" in text and "MQTT connected" in text
 
 
