@@ -18,7 +18,8 @@ import re
 import sqlite3
 from dataclasses import dataclass
 
-from gateway.store import RegisteredDevice, Store, StoreError
+from gateway.store import Store, StoreError
+from gateway.values import RegisteredDevice
 
 SUBJECT_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SUBJECT_RULE = "use 1-64 letters, digits, '-' or '_' (a pseudonymous id, never a name)"

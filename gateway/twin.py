@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.protocol import constants as ids
-from gateway.store import SampleBatch
+from gateway.values import SampleBatch
 
 TEMP_WINDOW_SAMPLES = 30
 TEMP_RECENT_SAMPLES = 6
