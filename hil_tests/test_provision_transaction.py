@@ -285,3 +285,35 @@ def test_an_interrupt_after_the_write_puts_both_back(board_target, store, tmp_pa
                       record=KeyFileRecord(key_path))
         assert on_board(repl) == earlier and list(tmp_path.glob("k.key*")) == []
         repl.remove(SCRATCH_DIR, recursive=True)
+
+
+class FaultyFlash(RawRepl):
+    """A board whose filesystem corrupts what is written to `target` (the copy is written
+    and stored, but with one byte changed)."""
+
+    def __init__(self, port: str, target: str, **kwargs):
+        super().__init__(port, **kwargs)
+        self.target = target
+        self.enabled = True
+
+    def put_file(self, source, remote_path, **kwargs):
+        if self.enabled and remote_path == self.target and isinstance(source, bytes):
+            source = source[:-2] + (b"e" if source[-2:-1] == b"f" else b"f") + b"\n"
+            self.enabled = False
+        return super().put_file(source, remote_path, **kwargs)
+
+
+@pytest.mark.parametrize("earlier_identity", [False, True])
+def test_an_identity_that_reads_back_wrong_is_put_back(board_target, store, earlier_identity):
+    with FaultyFlash(board_target.port, IDENTITY_PATH, timeout_s=10) as repl:
+        repl.enabled = False
+        earlier = give_earlier_identity(repl, store) if earlier_identity else None
+        before = registry(store)
+        repl.enabled = True
+        with pytest.raises(ProvisionError, match="reads back differently") as caught:
+            provision(repl, NEW_ID, NEW_KEY, data_dir=DATA_DIR, replace_identity=True,
+                      record=RegistryRecord(store, "s-2", reuse_subject=True))
+        assert ("earlier identity was put back" if earlier_identity
+                else "identity was removed from the board again") in str(caught.value)
+        assert_untouched(repl, store, earlier, before)
+        repl.remove(SCRATCH_DIR, recursive=True)
