@@ -4,7 +4,9 @@ registry is unchanged, or both hold the new identity).
 
 Failures are real ones: the registry refuses (a clash, a read-only database, a pairing made
 by another process meanwhile), the serial port is closed in the middle of the write (the
-cable pulled), the board raises (a file where its data directory should be).
+cable pulled: before the board runs a step, or after it ran it and before its answer), the
+board raises (a file where its data directory should be), its filesystem stores something
+else than was written, the technician presses Ctrl-C.
 """
 
 from __future__ import annotations
