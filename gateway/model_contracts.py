@@ -58,6 +58,14 @@ TEMP_WINDOW_SAMPLES = 30
 
 TEMP_ANOMALY = ModelContract(
     name="temp_anomaly",
+    inputs={"temp_window_c": TEMP_WINDOW_SAMPLES, "baseline_c": 1, "hydration_au": 1,
+            "hydration_excess_au": 1},
+    outputs={"delta_c": 1, "anomaly_score": 1, "inflammation": 1, "exertion": 1, "detached": 1},
+)
+
+# temp_anomaly 1.x (fixed threshold on a running mean): evaluated against 2.x, not loaded.
+TEMP_ANOMALY_THRESHOLD = ModelContract(
+    name="temp_anomaly",
     inputs={"temp_window_c": TEMP_WINDOW_SAMPLES, "baseline_c": 1},
     outputs={"delta_c": 1, "anomaly_score": 1, "inflammation": 1},
 )
