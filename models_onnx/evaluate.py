@@ -261,16 +261,15 @@ def evaluate_uv(cohort: Path) -> dict:
                 if med_at is not None:
                     continue
                 now_rate = float(uvi[i]) * ERYTHEMAL_W_M2_PER_UVI / SED_J_M2
-                checks = {
-                    "forecast": lambda: (m := forecaster.minutes_to_med(int(utc[i]), dose, med))
-                    is not None and m <= UV_ALERT_MINUTES,
-                    "current rate": lambda: now_rate > 0
-                    and (med - dose) / now_rate / 60 <= UV_ALERT_MINUTES,
-                    "80 % of MED": lambda: dose >= UV_80_FRACTION * med,
-                }
-                for method, check in checks.items():
-                    if first[method] is None and check():
-                        first[method] = t[i]
+                if first["forecast"] is None:
+                    minutes = forecaster.minutes_to_med(int(utc[i]), dose, med)
+                    if minutes is not None and minutes <= UV_ALERT_MINUTES:
+                        first["forecast"] = t[i]
+                if first["current rate"] is None and now_rate > 0 and \
+                        (med - dose) / now_rate / 60 <= UV_ALERT_MINUTES:
+                    first["current rate"] = t[i]
+                if first["80 % of MED"] is None and dose >= UV_80_FRACTION * med:
+                    first["80 % of MED"] = t[i]
             if med_at is not None:
                 med_days += 1
             for method in methods:
