@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from gateway import models_cli
+
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 
 
@@ -31,6 +33,17 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be a positive number")
     return value
+
+
+def _location(text: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give LAT,LON in degrees, e.g. 45.5,-73.6") from None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        raise argparse.ArgumentTypeError(f"{text!r}: latitude -90..90, longitude -180..180")
+    return latitude, longitude
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-raw-samples", action="store_true",
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
                           "alerts only)")
+    run.add_argument("--location", type=_location, metavar="LAT,LON",
+                     help="the gateway's latitude,longitude in degrees (e.g. 45.5,-73.6): "
+                          "enables the UV forecast and local-day UV doses")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -128,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--skin-type", type=int, choices=range(1, 7), default=3,
                       help="Fitzpatrick skin type 1–6 (3)")
 
+    models_cli.add_parser(sub)
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, default=DEFAULT_DB)
     unpair.add_argument("--device-id", required=True)
@@ -284,7 +301,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
                                         max_connections=args.max_connections,
                                         retention_days=args.retention_days,
-                                        publish_samples=not args.no_raw_samples),
+                                        publish_samples=not args.no_raw_samples,
+                                        location=args.location),
                           BleRadio(adapter))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -301,7 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
-            "unpair": cmd_unpair}
+            "unpair": cmd_unpair, "models": models_cli.cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,12 +114,14 @@ class HydrationExcess:
     Skin warms with exercise and in a warm bath while the Corneometer reads wet skin high;
     the temperature model uses this to tell exertion from fever. The slow mean (~6 h) does
     learns from readings more than `EXCESS_FREEZE_AU` above it only slowly (~2.5 days), so
-    an episode is not learned away but a lasting change is."""
+    an episode is not learned away but a lasting change is, and not at all from readings
+    under `OFF_SKIN_BELOW_AU` (a loose patch: no skin under the electrode)."""
 
     __slots__ = ("mean", "latest")
     WEIGHT = 1 / 360                  # per 60 s hydration sample: ~6 h
     SLOW_WEIGHT = 1 / 3600
     EXCESS_FREEZE_AU = 8.0
+    OFF_SKIN_BELOW_AU = 5.0
 
     def __init__(self, mean: float | None = None, latest: float | None = None) -> None:
         self.mean = mean
@@ -127,6 +129,8 @@ class HydrationExcess:
 
     def observe(self, au: float) -> None:
         self.latest = au
+        if au < self.OFF_SKIN_BELOW_AU:       # an electrode off the skin says nothing of it
+            return
         if self.mean is None:
             self.mean = au
         else:

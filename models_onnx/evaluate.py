@@ -287,6 +287,68 @@ def evaluate_uv(cohort: Path) -> dict:
                             "false": false[m]} for m in methods}}
 
 
+def evaluate_drying(cohort: Path) -> dict:
+    """The twin's `drying` alert, fed through TwinEngine itself (real hydration model),
+    against the cohort's drying episodes; other alerts are attributed to what they overlap."""
+    from gateway.inference import default_models_dir, load_models
+    from gateway.store import SampleBatch
+    from gateway.twin import TwinEngine
+
+    models = load_models(default_models_dir())
+    subjects, episodes, samples = load_cohort(cohort)
+    test = [s for s in subjects if s["split"] == "test"]
+    found = total = 0
+    false: dict[str, int] = {}
+    days = 0
+    for subject in test:
+        sid = subject["subject"]
+        engine = TwinEngine(1, {"d": sid}, lambda n, i: models[n].run(i))
+        t_temp, temp = _series(samples, sid, "skin_temp_c")
+        t_hyd, hyd = _series(samples, sid, "hydration_au")
+        days += int(t_hyd.max() // DAY_S) + 1
+        # The reading the patch would send for that hydration at that skin temperature.
+        skin = np.interp(t_hyd, t_temp, temp)
+        pf = 10.0 + hyd / (20.0 * (1 + 0.00454 * (skin - 32.0)))
+        alerts = []
+        for k in range(len(t_hyd)):
+            utc = int(t_hyd[k] * 1000)
+            engine.ingest(SampleBatch(
+                device_id="d", boot_id=1, seq=np.array([2 * k, 2 * k + 1], dtype=np.int64),
+                tick=np.zeros(2, dtype=np.int64), utc_ms=np.array([utc, utc], dtype=np.int64),
+                channel=np.array([0, 2], dtype=np.uint8),
+                value=np.array([round(skin[k] * 128), round(pf[k] * 1000)], dtype=np.int32)))
+            for update in engine.step(utc):
+                alerts += [(t_hyd[k], a) for a in update.alerts if a["kind"] == "drying"
+                           and a["active"]]
+        mine = [e for e in episodes if e["subject"] == sid]
+        drying = [e for e in mine if e["kind"] == "drying"]
+        total += len(drying)
+        found += sum(1 for e in drying if any(e["start_s"] <= t <= e["end_s"] + 3600
+                                              for t, _ in alerts))
+        for t, _ in alerts:
+            if any(e["start_s"] <= t <= e["end_s"] + 3600 for e in drying):
+                continue
+            cause = next((e["kind"] for e in mine if e["kind"] in
+                          ("bath", "moisturiser", "exercise", "loose")
+                          and e["start_s"] <= t <= e["end_s"] + 4 * 3600), "other")
+            false[cause] = false.get(cause, 0) + 1
+    return {"subjects": len(test), "subject_days": days, "found": found, "total": total,
+            "false": dict(sorted(false.items()))}
+
+
+def drying_table(result: dict) -> str:
+    causes = ", ".join(f"{k} {v}" for k, v in result["false"].items()) or "none"
+    return "\n".join([
+        f"Held-out cohort: {result['subjects']} subjects, {result['subject_days']} "
+        "subject-days, fed through the twin engine with this model.",
+        "",
+        "| drying episodes alerted | other `drying` alerts | per subject-day | by cause |",
+        "|---|---|---|---|",
+        f"| {result['found']}/{result['total']} | {sum(result['false'].values())} | "
+        f"{sum(result['false'].values()) / max(result['subject_days'], 1):.2f} | {causes} |",
+    ])
+
+
 def uv_table(result: dict) -> str:
     lines = [
         f"Held-out cohort: {result['subjects']} subjects, {result['days']} subject-days, "
@@ -346,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate: no cohort in {args.cohort}: run `make cohort` first", file=sys.stderr)
         return 2
     tables = {"temp_anomaly": temp_anomaly_table(evaluate_temp_anomaly(args.cohort)),
-              "uv_dose": uv_table(evaluate_uv(args.cohort))}
+              "uv_dose": uv_table(evaluate_uv(args.cohort)),
+              "hydration": drying_table(evaluate_drying(args.cohort))}
     stale = []
     for name, table in tables.items():
         print(f"## {name}\n{table}\n")
