@@ -49,7 +49,7 @@ for s in range(0, DAYS * 86400, 5):
 log.close()
 names = [n for n in os.listdir("/data/log") if n.startswith("seg_")]
 size = sum(os.stat("/data/log/" + n)[6] for n in names)
-from firmware.flash_log import crc16
+from firmware.flash_format import crc16
 buf = bytearray(4096)
 raw, opened = [], []
 for _ in range({rounds}):

@@ -198,7 +198,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from gateway import store as store_mod
+    from gateway.values import RegisteredDevice
 
     device_id = args.device_id.lower()
     if not re.fullmatch(r"[0-9a-f]{16}", device_id):
@@ -214,15 +214,15 @@ def cmd_pair(args: argparse.Namespace) -> int:
         raise CliError(f"--key-file {args.key_file}: key must be 32 bytes (64 hex chars)")
     store = _open_store(args.db)
     with store.transaction():
-        store.register(store_mod.RegisteredDevice(device_id, key, args.subject, args.skin_type,
-                                                  None), int(time.time() * 1000))
+        store.register(RegisteredDevice(device_id, key, args.subject, args.skin_type, None),
+                       int(time.time() * 1000))
     print(f"paired {device_id} as subject {args.subject}")
     return 0
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from gateway import store as store_mod
     from gateway.provision import ProvisionError, load_key_file, provision
+    from gateway.values import RegisteredDevice
 
     if args.subject is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.subject):
         raise CliError(f"--subject {args.subject!r}: use 1-64 letters, digits, '-' or '_' "
@@ -243,8 +243,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         return 0
     store = _open_store(args.db)
     with store.transaction():
-        store.register(store_mod.RegisteredDevice(result.device_id, result.key, args.subject,
-                                                  args.skin_type, None), int(time.time() * 1000))
+        store.register(RegisteredDevice(result.device_id, result.key, args.subject,
+                                        args.skin_type, None), int(time.time() * 1000))
     print(f"paired {result.device_id} as subject {args.subject} in {args.db}")
     return 0
 

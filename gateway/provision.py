@@ -307,12 +307,10 @@ def check_mpy_compatible(board_mpy: int, header: bytes, path: str = "") -> None:
             "matches the board's MicroPython, or flash the sources with --source")
 
 
-# The first firmware's flash log: 8-byte records after a 32-byte segment header whose 4th
-# byte is the format version. Today's firmware (format 2, firmware/flash_log.py) does not
-# read such segments, so their unacknowledged samples must reach a gateway before it runs.
-LOG_FORMAT_VERSION = 2
-_V1_RECORD_BYTES = 8
-_SEGMENT_HEADER_BYTES = 32
+# Before flashing: a patch whose log holds segments of an older format (today's firmware reads
+# only firmware/flash_format.FORMAT_VERSION) must hand their samples to a gateway first. The
+# listing runs on the board's current firmware, which may predate flash_format: it only lists
+# file names, header starts and sizes; the format is read here, with the firmware's module.
 _LOG_LISTING = """import os
 d = {log_dir!r}
 out = []
@@ -337,19 +335,19 @@ def unsent_old_format_samples(repl: RawRepl, data_dir: str = DEFAULT_DATA_DIR) -
     acknowledged yet (today's firmware would not read them back)."""
     import ast
 
-    from firmware.flash_log import crc16
+    # Deferred: `dermtwin run` loads no firmware module (tests/test_layering.py).
+    from firmware import flash_format as fmt
 
     segments, acked = ast.literal_eval(
         repl.exec(_LOG_LISTING.format(log_dir=data_dir + "/log")).strip())
-    watermark = 0
-    if len(acked) == 6 and crc16(acked, 4) == acked[4] | acked[5] << 8:
-        watermark = int.from_bytes(acked[:4], "little")
+    watermark = max(0, fmt.parse_acked(acked))
     unsent = 0
-    for name, head, size in segments:
-        if head[:3] != b"DTL" or len(head) < 4 or head[3] == LOG_FORMAT_VERSION:
+    for name, head, size in segments:   # seg_<first_seq>.log, as the listing filters
+        version = fmt.header_version(head)
+        if version < 0 or version == fmt.FORMAT_VERSION or not name[4:-4].isdigit():
             continue
         first = int(name[4:-4])
-        records = max(0, (size - _SEGMENT_HEADER_BYTES) // _V1_RECORD_BYTES)
+        records = max(0, (size - fmt.HDR_BYTES) // fmt.V1_RECORD_BYTES)
         unsent += max(0, first + records - max(first, watermark))
     return unsent
 

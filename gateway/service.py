@@ -24,19 +24,17 @@ from gateway.model_contracts import MED_SED_BY_FITZPATRICK
 from gateway.mqtt.config import MqttConfig
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
-from gateway.patch_link import Outcome, PatchLink
+from gateway.patch_link import PatchLink
 from gateway.remote_requests import RemoteRequests
 from gateway.twin import CHANNEL_SCALE, TwinEngine
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 5
-# Retry policy per outcome (seconds before the next attempt; jittered by x0.5..1).
-RETRY_AFTER_LINK_LOSS_S = 0.5      # the patch was just there: come back quickly
-RETRY_CONNECT_FAILED_S = (1.0, 30.0)  # exponential: device out of range or gone
-RETRY_REFUSED_S = 60.0             # wrong key/identity/MTU: a technician must act
-RETRY_STORE_FAILED_S = 10.0        # our disk is full: the patch keeps its samples
-RETRY_AFTER_YIELD_S = 10.0         # gave its slot to a waiting patch: let that one drain
+# The retry policy after a connection ends is gateway/retry_policy.py (by close kind);
+# a connection task that crashed (a bug, not a BLE condition) waits as long as after a
+# store failure.
+RETRY_STORE_FAILED_S = 10.0
 # Slots are shared: a patch streaming live (no backlog) for this long gives its slot up
 # when another registered patch is waiting for one. It loses nothing: it keeps its log.
 SLOT_SHARE_AFTER_S = 30.0
@@ -88,7 +86,6 @@ class LinkSlot:
     link: PatchLink
     task: asyncio.Task | None = None
     next_attempt_s: float = 0.0
-    failures: int = 0
     sighting: Any = None
     connected_since_s: float | None = None
 
@@ -109,7 +106,14 @@ class Gateway:
             med_sed_of={d.subject: MED_SED_BY_FITZPATRICK[d.skin_type]
                         for d in self.devices.values()},
             location=config.location)
-        self.remote = RemoteRequests(self)   # {subject}/desired and cmd
+        # {subject}/desired and cmd; the publisher, ingest and links it needs come next.
+        self.remote = RemoteRequests(
+            config.mqtt, self.store, self.outbox, self.engine, self.devices.values(),
+            link_of=lambda device_id: self.slots[device_id].link,
+            publish_updates=lambda updates: self.ingest.publish_updates(updates),
+            kick=lambda: self.publisher.kick(),
+            answer=lambda topic, payload, properties: self.publisher.publish_direct(
+                topic, payload, qos=1, properties=properties))
         self.publisher = MqttPublisher(
             config.mqtt, config.db_path, will_topic=config.mqtt.state_topic,
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
@@ -167,30 +171,15 @@ class Gateway:
             self._active += 1
             slot.connected_since_s = time.monotonic()
             try:
-                outcome = await slot.link.run(slot.sighting)
+                close = await slot.link.run(slot.sighting)
             finally:
                 self._active -= 1
                 slot.connected_since_s = None
-        delay = self._retry_delay_s(slot, outcome)
+        delay = slot.link.retry_delay_s(close)
         slot.next_attempt_s = time.monotonic() + delay * random.uniform(0.5, 1.0)
         slot.sighting = None   # connect again only to a fresh advertisement
-        log.info("%s: %s (%s); next attempt in %.1f s", device_id, outcome.value,
-                 slot.link.last_close_reason, delay)
-
-    @staticmethod
-    def _retry_delay_s(slot: LinkSlot, outcome: Outcome) -> float:
-        if outcome is Outcome.CONNECT_FAILED:
-            slot.failures += 1
-            low, high = RETRY_CONNECT_FAILED_S
-            return min(high, low * 2 ** min(slot.failures - 1, 8))
-        slot.failures = 0
-        if outcome is Outcome.REFUSED:
-            return RETRY_REFUSED_S
-        if outcome is Outcome.STORE_FAILED:
-            return RETRY_STORE_FAILED_S
-        if outcome is Outcome.YIELDED:
-            return RETRY_AFTER_YIELD_S
-        return RETRY_AFTER_LINK_LOSS_S
+        log.info("%s: %s (%s); next attempt in %.1f s", device_id, close.kind.value,
+                 close.detail, delay)
 
     async def _manage_connections(self) -> None:
         while True:

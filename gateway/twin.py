@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.protocol import constants as ids
-from gateway.store import SampleBatch
 from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
 from gateway.uv_forecast import UvForecaster
+from gateway.values import SampleBatch
 
 TEMP_WINDOW_SAMPLES = 30
 TEMP_RECENT_SAMPLES = 6

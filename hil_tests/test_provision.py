@@ -198,7 +198,7 @@ def test_flash_refuses_over_unsent_samples_in_the_old_log_format(board):
     # (the virtual board is fresh per test, so its /data, where the patch keeps its log)
     import struct
 
-    from firmware.flash_log import crc16
+    from firmware.flash_format import crc16
 
     header = struct.pack("<3sBIHIH", b"DTL", 1, 100, 3, 0, 0) * 2      # format 1, first seq 100
     board.put_file(header + bytes(8 * 5), "/data/log/seg_100.log")   # 5 records

@@ -291,8 +291,8 @@ def evaluate_drying(cohort: Path) -> dict:
     """The twin's `drying` alert, fed through TwinEngine itself (real hydration model),
     against the cohort's drying episodes; other alerts are attributed to what they overlap."""
     from gateway.inference import default_models_dir, load_models
-    from gateway.store import SampleBatch
     from gateway.twin import TwinEngine
+    from gateway.values import SampleBatch
 
     models = load_models(default_models_dir())
     subjects, episodes, samples = load_cohort(cohort)

@@ -24,6 +24,7 @@ from gateway.inference import default_models_dir
 from gateway.live_view import run_live_view
 from gateway.mqtt.config import MqttConfig
 from gateway.service import Gateway, GatewayConfig
+from gateway.values import RegisteredDevice
 from simulation.broker import LocalBroker
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def pair_virtual_patches(db_path: Path, identities: list[tuple[str, bytes, str]]
     with registry.transaction():
         for i, (device_id, key, subject) in enumerate(identities):
             registry.register(
-                store_mod.RegisteredDevice(device_id, (keys or {}).get(i, key), subject, 3, None),
+                RegisteredDevice(device_id, (keys or {}).get(i, key), subject, 3, None),
                 int(time.time() * 1000))
     registry.conn.close()
 

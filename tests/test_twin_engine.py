@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gateway.inference import default_models_dir, load_models
-from gateway.store import SampleBatch
 from gateway.twin import SNAPSHOT_EVERY_MS, TwinEngine
+from gateway.values import SampleBatch
 
 LSB_PER_C = 128  # TMP117: 7.8125 m°C per LSB
 

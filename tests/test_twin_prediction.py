@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from gateway.inference import default_models_dir, load_models
-from gateway.store import SampleBatch
 from gateway.temp_baseline import TimeOfDayBaseline
 from gateway.twin import SubjectTwin, TwinEngine
+from gateway.values import SampleBatch
 from sensor_drivers.environment_model import PatchEnvironment
 
 TEMP, UV, HYDRATION = 0, 1, 2
