@@ -10,7 +10,7 @@ NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models clean mosquitto virtual-board simulate
+.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto virtual-board simulate
 
 setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto
 
@@ -49,6 +49,14 @@ firmware: setup
 
 models: setup
 	$(PY) models_onnx/build_models.py
+
+# The virtual cohort (simulation/cohort.py): 64 subjects x 7 days, seed 1, half held out.
+cohort: setup
+	$(PY) -m simulation.cohort --subjects 64 --days 7 --seed 1 --out build/cohort
+
+# Score the models on the held-out cohort and write the tables into models_onnx/cards/.
+eval: cohort
+	$(PY) models_onnx/evaluate.py --cohort build/cohort --write-cards
 
 virtual-board: setup
 	$(PY) tools/virtual_board.py

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway import cli_scan, cli_status
+from gateway import cli_scan, cli_status, models_cli
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 
@@ -50,6 +50,17 @@ def _add_replacement_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse-subject", action="store_true",
                         help="give a subject that another device wears to this device (the "
                              "other device is unpaired; its samples are kept)")
+
+
+def _location(text: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give LAT,LON in degrees, e.g. 45.5,-73.6") from None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        raise argparse.ArgumentTypeError(f"{text!r}: latitude -90..90, longitude -180..180")
+    return latitude, longitude
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-raw-samples", action="store_true", default=None,
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
                           "alerts only; [gateway] raw_samples = false)")
+    run.add_argument("--location", type=_location, metavar="LAT,LON",
+                     help="the gateway's latitude,longitude in degrees (e.g. 45.5,-73.6): "
+                          "enables the UV forecast and local-day UV doses ([gateway] location)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -161,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Fitzpatrick skin type 1–6 (3)")
     _add_replacement_flags(pair)
 
+    models_cli.add_parser(sub)
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
@@ -356,7 +371,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.db, mqtt, args.models_dir or settings.models_dir or default_models_dir(),
         max_connections=args.max_connections or settings.max_connections or 5,
         retention_days=args.retention_days or settings.retention_days or 30.0,
-        publish_samples=raw_samples)
+        publish_samples=raw_samples, location=args.location or settings.location)
 
     async def main() -> None:
         import signal
@@ -380,7 +395,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
-            "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run}
+            "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
+            "models": models_cli.cmd_models}
 
 
 def _apply_config(args: argparse.Namespace) -> None:

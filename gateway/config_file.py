@@ -77,6 +77,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "retention_days": (float, "days raw samples are kept"),
         "max_connections": (int, "BLE connection slots on the adapter"),
         "raw_samples": (bool, "publish raw samples on {subject}/samples"),
+        "location": ("location", "the gateway's \"LAT,LON\" in degrees (UV forecast)"),
     },
     "ble": {
         "hci": (str, "a Bumble HCI transport (usb:0, serial:/dev/ttyUSB0, tcp-client:H:P)"),
@@ -96,6 +97,7 @@ RUN_OPTION_KEYS = {
     "db": "[gateway] db", "gateway_id": "[gateway] id", "models_dir": "[gateway] models_dir",
     "retention_days": "[gateway] retention_days",
     "max_connections": "[gateway] max_connections", "no_raw_samples": "[gateway] raw_samples",
+    "location": "[gateway] location",
     "hci": "[ble] hci", "broker": "[mqtt] broker", "username": "[mqtt] username",
     "password_env": "[mqtt] password_env", "ca_file": "[mqtt] ca_file",
     "cert_file": "[mqtt] cert_file", "key_file": "[mqtt] key_file",
@@ -115,6 +117,7 @@ class GatewaySettings:
     retention_days: float | None = None
     max_connections: int | None = None
     raw_samples: bool | None = None
+    location: tuple[float, float] | None = None
     hci: str | None = None
     broker: str | None = None
     username: str | None = None
@@ -146,6 +149,8 @@ def _check(path: Path, section: str, key: str, value: Any, kind: Any,
         if value <= 0:
             raise ConfigError(path, name, f"must be positive, got {value}")
         return float(value)
+    if kind == "location":
+        return _location(path, name, value)
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(path, name, "must be a non-empty string")
     if kind == "path":
@@ -173,6 +178,19 @@ def _check(path: Path, section: str, key: str, value: Any, kind: Any,
             raise ConfigError(path, name, f"{secret_path} is empty")
         return text
     return value
+
+
+def _location(path: Path, name: str, value: Any) -> tuple[float, float]:
+    """"LAT,LON" or [LAT, LON], in degrees."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        latitude, longitude = (float(x) for x in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(path, name, f'give "LAT,LON" in degrees, e.g. "45.5,-73.6"; got '
+                                      f"{value!r}") from None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        raise ConfigError(path, name, f"latitude -90..90, longitude -180..180; got {value!r}")
+    return latitude, longitude
 
 
 def load_config(path: Path, *, resolve_secrets: bool = True) -> GatewaySettings:

@@ -66,8 +66,16 @@ class GatewayConfig:
     will_delay_s: int = 10
     retention_days: float = 30.0
     publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
+    # (latitude, longitude) of the gateway, degrees: enables the UV forecast (twin.py)
+    location: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.location is not None:
+            latitude, longitude = self.location
+            if not -90 <= latitude <= 90:
+                raise ValueError(f"latitude {latitude}: must be within -90..90")
+            if not -180 <= longitude <= 180:
+                raise ValueError(f"longitude {longitude}: must be within -180..180")
         if not 1 <= self.max_connections <= 20:
             raise ValueError(f"max_connections {self.max_connections}: must be 1..20")
         if self.retention_days <= 0:
@@ -97,7 +105,8 @@ class Gateway:
             self.sess, {d.device_id: d.subject for d in self.devices.values()},
             lambda name, inputs: self.models[name].run(inputs), self.store.load_twins(),
             med_sed_of={d.subject: MED_SED_BY_FITZPATRICK[d.skin_type]
-                        for d in self.devices.values()})
+                        for d in self.devices.values()},
+            location=config.location)
         # {subject}/desired and cmd; the publisher, ingest and links it needs come next.
         self.remote = RemoteRequests(
             config.mqtt, self.store, self.outbox, self.engine, self.devices.values(),

@@ -15,11 +15,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.protocol import constants as ids
+from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
+from gateway.uv_forecast import UvForecaster
 from gateway.values import SampleBatch
 
 TEMP_WINDOW_SAMPLES = 30
 TEMP_RECENT_SAMPLES = 6
-BASELINE_EWMA_ALPHA = 1 / 360        # ~1 h of samples at the default 10 s period
+# Until a first hydration reading: a normal, dry-free skin for temp_anomaly's gates.
+NEUTRAL_HYDRATION_AU = 50.0
+UV_FORECAST_ALERT_MIN = 30.0         # warn when the forecast says MED within 30 minutes
+HYDRATION_TREND_WINDOW_MS = 3_600_000
+HYDRATION_TREND_MIN_SPAN_MS = 1_800_000
+HYDRATION_TREND_MIN_POINTS = 10
+DRYING_TREND_AU_PER_H = -5.0         # drying alert: falling this fast ...
+DRYING_BELOW_OWN_AU = -5.0           # ... and this far below the subject's own ~6 h mean
+DRYING_CLEAR_TREND_AU_PER_H = -2.0
+DRYING_CLEAR_BELOW_OWN_AU = -2.0
+DRYING_PERSISTS_MS = 15 * 60_000
+OFF_SKIN_BELOW_AU = 5.0              # no skin reads this dry: the electrode has lost it
 SNAPSHOT_EVERY_MS = 60_000
 SNAPSHOT_EVERY_DELTAS = 50
 SCHEMA_VERSION = 1
@@ -36,7 +49,8 @@ CHANNEL_SCALE = {
 DEADBAND = {"skin_temp_c": 0.005, "temp_baseline_c": 0.01, "temp_delta_c": 0.01,
             "temp_anomaly_score": 0.02, "uv_index": 0.01, "capacitance_pf": 0.01,
             "battery_pct": 0.5, "uv_dose_sed": 0.001, "uv_med_fraction": 0.001,
-            "minutes_to_med": 0.5, "hydration_au": 0.5}
+            "minutes_to_med": 0.5, "hydration_au": 0.5, "minutes_to_med_forecast": 0.5,
+            "hydration_trend_au_per_h": 0.5}
 UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
 # the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
 BATTERY_LOW_BELOW_PCT = 15.0
@@ -64,7 +78,14 @@ class SubjectTwin:
     rev: int = 0
     state: dict[str, dict] = field(default_factory=dict)
     temp_window: deque = field(default_factory=lambda: deque(maxlen=TEMP_WINDOW_SAMPLES))
-    baseline_c: float | None = None
+    temp_baseline: TimeOfDayBaseline = field(default_factory=TimeOfDayBaseline)
+    hydration: HydrationExcess = field(default_factory=HydrationExcess)
+    hydration_history: deque = field(default_factory=deque)     # (utc_ms, AU), last hour
+    forecaster: UvForecaster | None = None
+    loose: bool = False
+    drying: bool = False
+    drying_since_ms: int | None = None
+    uv_forecast_alerted: bool = False
     last_snapshot_ms: int | None = None
     deltas_since_snapshot: int = 0
     pending: dict[str, dict] = field(default_factory=dict)
@@ -83,15 +104,25 @@ class SubjectTwin:
     new_hydration: bool = False
 
     def to_saved(self) -> dict:
-        return {"state": self.state, "baseline_c": self.baseline_c,
+        return {"state": self.state, "temp_baseline": self.temp_baseline.to_saved(),
+                "hydration_mean_au": self.hydration.mean,
+                "hydration_au": self.hydration.latest,
                 "temp_window": list(self.temp_window), "uv_dose_sed": self.uv_dose_sed,
                 "uv_dose_day": self.uv_dose_day, "last_uv_t": self.last_uv_t,
-                "uv_alerted": self.uv_alerted, "battery_low": self.battery_low}
+                "uv_alerted": self.uv_alerted, "battery_low": self.battery_low,
+                "loose": self.loose, "drying": self.drying,
+                "uv_forecast_alerted": self.uv_forecast_alerted}
 
     @classmethod
     def from_saved(cls, subject: str, rev: int, saved: dict) -> SubjectTwin:
         twin = cls(subject, rev, dict(saved.get("state", {})))
-        twin.baseline_c = saved.get("baseline_c")
+        twin.temp_baseline = TimeOfDayBaseline.from_saved(saved.get("temp_baseline") or {})
+        if twin.temp_baseline.fallback is None and saved.get("baseline_c") is not None:
+            twin.temp_baseline.fallback = saved["baseline_c"]       # saved by twin 1.x
+        twin.hydration = HydrationExcess(saved.get("hydration_mean_au"), saved.get("hydration_au"))
+        twin.loose = saved.get("loose", False)
+        twin.drying = saved.get("drying", False)
+        twin.uv_forecast_alerted = saved.get("uv_forecast_alerted", False)
         twin.temp_window.extend(saved.get("temp_window", []))
         twin.uv_dose_sed = saved.get("uv_dose_sed", 0.0)
         twin.uv_dose_day = saved.get("uv_dose_day")
@@ -105,8 +136,15 @@ class TwinEngine:
     def __init__(self, sess: int, subject_of: Mapping[str, str], run_model: RunModel,
                  saved: Mapping[str, tuple[int, dict]] | None = None,
                  med_sed_of: Mapping[str, float] | None = None,
-                 models: tuple[str, ...] = ("temp_anomaly", "uv_dose", "hydration")):
+                 models: tuple[str, ...] = ("temp_anomaly", "uv_dose", "hydration"),
+                 location: tuple[float, float] | None = None):
+        """`location`: the gateway's (latitude, longitude) in degrees; with it the twin
+        forecasts the UV dose (gateway/uv_forecast.py) and days start at local solar
+        midnight instead of 00:00 UTC."""
         self.sess = sess
+        self.location = location
+        # UV doses are daily: a day starts at local solar midnight (UTC without a location).
+        self.day_offset_ms = int(location[1] / 15 * 3_600_000) if location else 0
         self.subject_of = dict(subject_of)
         self.run_model = run_model
         self.models = models
@@ -117,9 +155,13 @@ class TwinEngine:
             self.twins[subject].med_sed = self.med_sed_of.get(subject, 3.0)
 
     def twin(self, subject: str) -> SubjectTwin:
-        if subject not in self.twins:
-            self.twins[subject] = SubjectTwin(subject, med_sed=self.med_sed_of.get(subject, 3.0))
-        return self.twins[subject]
+        twin = self.twins.get(subject)
+        if twin is None:
+            twin = self.twins[subject] = SubjectTwin(
+                subject, med_sed=self.med_sed_of.get(subject, 3.0))
+        if twin.forecaster is None and self.location is not None:
+            twin.forecaster = UvForecaster(*self.location)
+        return twin
 
     def ingest(self, batch: SampleBatch) -> None:
         """Feed committed samples (any order of devices; each batch in seq order)."""
@@ -137,10 +179,10 @@ class TwinEngine:
             quality = "good" if times[-1] >= 0 else "uncertain"
             twin.pending[prop] = _leaf(values[-1], int(times[-1]), quality)
             if channel == ids.Channel.TEMPERATURE:
-                for v in values.tolist():
+                for v, t in zip(values.tolist(), times.tolist(), strict=True):
                     twin.temp_window.append(v)
-                    twin.baseline_c = v if twin.baseline_c is None else (
-                        twin.baseline_c + BASELINE_EWMA_ALPHA * (v - twin.baseline_c))
+                    if t >= 0:
+                        twin.temp_baseline.observe(t, v)
                 twin.new_temp = True
                 twin.last_temp_t = int(times[-1])
             elif channel == ids.Channel.UV:
@@ -148,15 +190,17 @@ class TwinEngine:
             elif channel == ids.Channel.HYDRATION:
                 twin.new_hydration = True
 
-    @staticmethod
-    def _accumulate_uv(twin: SubjectTwin, uvi: np.ndarray, times: np.ndarray) -> None:
+    def _accumulate_uv(self, twin: SubjectTwin, uvi: np.ndarray, times: np.ndarray) -> None:
         """Erythemal exposure Σ UVI·dt (each sample's UVI held until the next sample)."""
         for value, t in zip(uvi.tolist(), times.tolist(), strict=True):
             if t < 0:
                 continue
-            day = t // DAY_MS
+            if twin.forecaster is not None:
+                twin.forecaster.observe(t, value)
+            day = (t + self.day_offset_ms) // DAY_MS
             if twin.uv_dose_day != day:          # a new day: the daily dose starts again
                 twin.uv_dose_day, twin.uv_dose_sed, twin.uv_alerted = day, 0.0, False
+                twin.uv_forecast_alerted = False
                 twin.last_uv_t = None
             if twin.last_uv_t is not None:
                 dt_s = (t - twin.last_uv_t) / 1000
@@ -196,10 +240,17 @@ class TwinEngine:
             window = list(twin.temp_window)
             # Until the window fills, pad with its oldest sample; quality says so.
             windows[row] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
-        baselines = np.array([[t.baseline_c] for t in ready], dtype=np.float32)
-        out = self.run_model("temp_anomaly", {"temp_window_c": windows, "baseline_c": baselines})
+        baselines = np.array([[_expected_temp(t)] for t in ready], dtype=np.float32)
+        hydration = np.array([[t.hydration.latest if t.hydration.latest is not None
+                               else NEUTRAL_HYDRATION_AU] for t in ready], dtype=np.float32)
+        excess = np.array([[t.hydration.excess_au] for t in ready], dtype=np.float32)
+        out = self.run_model("temp_anomaly", {"temp_window_c": windows, "baseline_c": baselines,
+                                              "hydration_au": hydration,
+                                              "hydration_excess_au": excess})
         for row, twin in enumerate(ready):
-            quality = "good" if len(twin.temp_window) == TEMP_WINDOW_SAMPLES else "uncertain"
+            # A baseline is "good" once it has seen every half hour of a day.
+            quality = ("good" if len(twin.temp_window) == TEMP_WINDOW_SAMPLES
+                       and twin.temp_baseline.learned else "uncertain")
             t = twin.last_temp_t
             twin.pending["temp_baseline_c"] = _leaf(float(baselines[row, 0]), t, quality)
             twin.pending["temp_delta_c"] = _leaf(float(out["delta_c"][row, 0]), t, quality)
@@ -207,6 +258,10 @@ class TwinEngine:
                 float(out["anomaly_score"][row, 0]), t, quality)
             twin.pending["inflammation"] = {
                 "v": bool(out["inflammation"][row, 0] > 0.5), "t": t, "q": quality}
+            twin.pending["exertion"] = {
+                "v": bool(out["exertion"][row, 0] > 0.5), "t": t, "q": "good"}
+            twin.pending["contact"] = {
+                "v": "loose" if out["detached"][row, 0] > 0.5 else "skin", "t": t, "q": "good"}
             twin.new_temp = False
 
     def _run_uv_dose(self) -> None:
@@ -226,6 +281,12 @@ class TwinEngine:
             twin.pending["uv_dose_sed"] = _leaf(twin.uv_dose_sed, t, "good")
             twin.pending["uv_med_fraction"] = _leaf(float(out["med_fraction"][row, 0]), t, "good")
             twin.pending["minutes_to_med"] = _leaf(float(out["minutes_to_med"][row, 0]), t, "good")
+            if twin.forecaster is not None:
+                minutes = twin.forecaster.minutes_to_med(t, twin.uv_dose_sed, twin.med_sed)
+                # None: the dose will not reach MED before sunset at today's pattern.
+                twin.pending["minutes_to_med_forecast"] = (
+                    {"v": None, "t": t, "q": "good"} if minutes is None
+                    else _leaf(minutes, t, "good"))
 
     def _run_hydration(self) -> None:
         ready = [t for t in self.twins.values() if t.new_hydration
@@ -239,9 +300,14 @@ class TwinEngine:
             "skin_temp_c": np.array([[v] for v in skin], dtype=np.float32)})
         for row, twin in enumerate(ready):
             t = twin.pending["capacitance_pf"]["t"]
-            twin.pending["hydration_au"] = _leaf(float(out["corneometer_au"][row, 0]), t, "good")
+            au = float(out["corneometer_au"][row, 0])
+            twin.pending["hydration_au"] = _leaf(au, t, "good")
             state = HYDRATION_STATES[int(out["state"][row, 0])]
             twin.pending["hydration_state"] = {"v": state, "t": t, "q": "good"}
+            twin.hydration.observe(au)
+            trend = _hydration_trend(twin, t, au)
+            if trend is not None:
+                twin.pending["hydration_trend_au_per_h"] = _leaf(trend, t, "good")
             twin.new_hydration = False
 
     def _publishable(self, twin: SubjectTwin, now_ms: int) -> TwinUpdate | None:
@@ -284,6 +350,42 @@ class TwinEngine:
             alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "uv_dose",
                            "active": True, "med_fraction": fraction["v"],
                            "dose_sed": twin.state["uv_dose_sed"]["v"]})
+        contact = changed.get("contact")
+        if contact is not None and (contact["v"] == "loose") != twin.loose:
+            twin.loose = contact["v"] == "loose"
+            alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "patch_loose",
+                           "active": twin.loose})
+        forecast = changed.get("minutes_to_med_forecast")
+        if (forecast is not None and forecast["v"] is not None and not twin.uv_forecast_alerted
+                and not twin.uv_alerted and forecast["v"] <= UV_FORECAST_ALERT_MIN):
+            twin.uv_forecast_alerted = True
+            alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "uv_forecast",
+                           "active": True, "minutes_to_med": forecast["v"],
+                           "med_fraction": twin.state.get("uv_med_fraction", {}).get("v", 0.0)})
+        trend = changed.get("hydration_trend_au_per_h")
+        if trend is not None and "hydration_au" in twin.state:
+            au = twin.state["hydration_au"]["v"]
+            # Falling and below the subject's own level: a bath or sweat drying off comes
+            # back to that level, and a loose patch is not skin at all.
+            below = twin.hydration.excess_au
+            if twin.loose or au < OFF_SKIN_BELOW_AU:
+                drying = False
+            elif twin.drying:
+                drying = (trend["v"] <= DRYING_CLEAR_TREND_AU_PER_H
+                          and below <= DRYING_CLEAR_BELOW_OWN_AU)
+            else:
+                falling = trend["v"] <= DRYING_TREND_AU_PER_H and below <= DRYING_BELOW_OWN_AU
+                if not falling:
+                    twin.drying_since_ms = None
+                elif twin.drying_since_ms is None:
+                    twin.drying_since_ms = trend["t"]
+                # Skin dries over hours; a fall that lasts minutes is a patch coming off.
+                drying = falling and trend["t"] - twin.drying_since_ms >= DRYING_PERSISTS_MS
+            if drying != twin.drying:
+                twin.drying = drying
+                alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "drying",
+                               "active": drying, "hydration_au": au,
+                               "trend_au_per_h": trend["v"]})
         battery = changed.get("battery_pct")
         if battery is not None:
             limit = BATTERY_LOW_CLEAR_ABOVE_PCT if twin.battery_low else BATTERY_LOW_BELOW_PCT
@@ -297,6 +399,26 @@ class TwinEngine:
     def _snapshot_payload(self, twin: SubjectTwin, now_ms: int) -> dict:
         return {"schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
                 "state": dict(twin.state)}
+
+
+def _expected_temp(twin: SubjectTwin) -> float:
+    expected = twin.temp_baseline.expected(twin.last_temp_t)
+    return twin.temp_window[-1] if expected is None else expected
+
+
+def _hydration_trend(twin: SubjectTwin, t: int, au: float) -> float | None:
+    """Least-squares slope of the last hour's hydration, in AU per hour."""
+    history = twin.hydration_history
+    history.append((t, au))
+    while history and t - history[0][0] > HYDRATION_TREND_WINDOW_MS:
+        history.popleft()
+    if len(history) < HYDRATION_TREND_MIN_POINTS or \
+            history[-1][0] - history[0][0] < HYDRATION_TREND_MIN_SPAN_MS:
+        return None
+    times = np.array([h[0] for h in history], dtype=np.float64) / 3_600_000
+    values = np.array([h[1] for h in history], dtype=np.float64)
+    times -= times.mean()
+    return float((times * (values - values.mean())).sum() / (times * times).sum())
 
 
 def _leaf(value: float, t: int, quality: str) -> dict:

@@ -26,6 +26,7 @@ models_dir = "/opt/models"
 retention_days = 14
 max_connections = 3
 raw_samples = false
+location = "45.5,-73.6"
 
 [ble]
 hci = "tcp-client:127.0.0.1:1"
@@ -72,6 +73,7 @@ def test_a_full_file_is_read_with_paths_relative_to_it(tmp_path):
     assert (s.gateway_id, s.db, s.models_dir) == ("gw-7", tmp_path / "state/gw.sqlite3",
                                                   Path("/opt/models"))
     assert (s.retention_days, s.max_connections, s.raw_samples) == (14.0, 3, False)
+    assert s.location == (45.5, -73.6)
     assert s.hci == "tcp-client:127.0.0.1:1" and s.broker.startswith("mqtts://")
     assert s.password == SECRET and SECRET not in repr(s)
     assert s.ca_file == tmp_path / "ca.pem" and s.key_file == tmp_path / "gw.key"
@@ -93,6 +95,8 @@ def test_a_full_file_is_read_with_paths_relative_to_it(tmp_path):
     ('[mqtt]\nkey_file = "gw.key"\n', "[mqtt] key_file", "without cert_file"),
     ('[mqtt]\nca_file = "none.pem"\n', "[mqtt] ca_file", "none.pem: no such file"),
     ('gateway = 3\n', "gateway", "must be a table"),
+    ('[gateway]\nlocation = "north"\n', "[gateway] location", 'give "LAT,LON"'),
+    ('[gateway]\nlocation = [95, 0]\n', "[gateway] location", "latitude -90..90"),
 ])
 def test_a_bad_file_names_file_key_and_reason(tmp_path, text, key, reason):
     path = write(tmp_path, text)
