@@ -21,6 +21,11 @@ class CliError(Exception):
     pass
 
 
+# The gateway reads its registry when it starts (gateway/service.py).
+RESTART_HINT = ("a running gateway sees this after a restart "
+                "(sudo systemctl restart dermtwin)")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -260,6 +265,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
     for line in plan.replacements():
         print(f"replaced: {line}")
     print(f"paired {device_id} as subject {args.subject}")
+    print(RESTART_HINT)
     return 0
 
 
@@ -310,6 +316,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
               f"{result.device_id} --key-file {key_path} --subject <pseudonymous id>")
         return 0
     print(f"paired {result.device_id} as subject {args.subject} in {args.db}")
+    print(RESTART_HINT)
     return 0
 
 
@@ -342,6 +349,7 @@ def cmd_unpair(args: argparse.Namespace) -> int:
     if not removed:
         raise CliError(f"--device-id {args.device_id}: not paired in {args.db}")
     print(f"unpaired {args.device_id}; its stored samples are kept")
+    print(RESTART_HINT)
     return 0
 
 
