@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.model_registry import CHANNEL_SCALE, deadband
 from gateway.protocol import constants as ids
 from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
 from gateway.uv_forecast import UvForecaster
@@ -37,20 +38,6 @@ SNAPSHOT_EVERY_MS = 60_000
 SNAPSHOT_EVERY_DELTAS = 50
 SCHEMA_VERSION = 1
 
-# Integer wire units -> SI (docs/protocol.md §4).
-TMP117_C_PER_LSB = 0.0078125         # TMP117 datasheet §7.3.3, Table 7-1: 7.8125 m°C per LSB
-CHANNEL_SCALE = {
-    ids.Channel.TEMPERATURE: (TMP117_C_PER_LSB, "skin_temp_c"),
-    ids.Channel.UV: (0.01, "uv_index"),
-    ids.Channel.HYDRATION: (0.001, "capacitance_pf"),
-    ids.Channel.BATTERY: (1 / 256, "battery_pct"),
-}
-# Smallest change worth a delta, per property (skin_temp_c: below one TMP117 LSB).
-DEADBAND = {"skin_temp_c": 0.005, "temp_baseline_c": 0.01, "temp_delta_c": 0.01,
-            "temp_anomaly_score": 0.02, "uv_index": 0.01, "capacitance_pf": 0.01,
-            "battery_pct": 0.5, "uv_dose_sed": 0.001, "uv_med_fraction": 0.001,
-            "minutes_to_med": 0.5, "hydration_au": 0.5, "minutes_to_med_forecast": 0.5,
-            "hydration_trend_au_per_h": 0.5}
 UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
 # the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
 BATTERY_LOW_BELOW_PCT = 15.0
@@ -430,4 +417,4 @@ def _differs(prop: str, old: dict, new: dict) -> bool:
         return True
     if not isinstance(new["v"], float) or not isinstance(old["v"], float):
         return old["v"] != new["v"]
-    return abs(new["v"] - old["v"]) >= DEADBAND.get(prop, 0.0)
+    return abs(new["v"] - old["v"]) >= deadband(prop)
