@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from gateway import models_cli
+from gateway.report import cli as report_cli
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Fitzpatrick skin type 1–6 (3)")
 
     models_cli.add_parser(sub)
+    report_cli.add_parsers(sub)
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, default=DEFAULT_DB)
     unpair.add_argument("--device-id", required=True)
@@ -301,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
                                         max_connections=args.max_connections,
                                         retention_days=args.retention_days,
+                                        archive_days=args.archive_days,
                                         publish_samples=not args.no_raw_samples,
                                         location=args.location),
                           BleRadio(adapter))
@@ -320,6 +323,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair, "models": models_cli.cmd_models}
+COMMANDS.update(report=report_cli.cmd_report, export=report_cli.cmd_export)
 
 
 def main(argv: list[str] | None = None) -> int:
