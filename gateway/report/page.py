@@ -212,13 +212,13 @@ def _gaps_chart(data: ReportData) -> str:
         chart.span(start, end, "no-data", f"no readings {utc_text(start)} to {utc_text(end)}",
                    (1.15, 1.85))
     for gap in h.gaps:
-        start = gap.from_ms if gap.from_ms is not None else gap.to_ms
-        if start is None:
+        first = gap.from_ms if gap.from_ms is not None else gap.to_ms
+        if first is None:
             continue
-        end = gap.to_ms if gap.to_ms is not None else start
+        last = gap.to_ms if gap.to_ms is not None else first
         lost = ", ".join(f"{n} {ROW_NAMES[p]}" for p, n in gap.lost.items() if n)
-        chart.span(start, max(end, start + 60_000), "lost",
-                   f"{utc_text(start)}: the patch could not log {lost}", (0.15, 0.85))
+        chart.span(first, max(last, first + 60_000), "lost",
+                   f"{utc_text(first)}: the patch could not log {lost}", (0.15, 0.85))
     chart.legend = [("covered", "readings"), ("archived-cover", "15-minute archive"),
                     ("no-data", "no readings"), ("lost", "samples lost on the patch")]
     return chart.render("Data availability and gaps")
