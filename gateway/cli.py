@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="BLE connection slots on the adapter (5)")
     run.add_argument("--retention-days", type=_positive_float, default=30.0,
                      help="keep stored samples this long (30)")
+    run.add_argument("--archive-days", type=_positive_float, default=730.0,
+                     help="keep 15-minute summaries of pruned samples this long (730)")
     run.add_argument("--models-dir", type=Path)
     run.add_argument("--no-raw-samples", action="store_true",
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "

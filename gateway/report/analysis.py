@@ -134,9 +134,11 @@ def coverage(series: Series) -> list[tuple[int, int]]:
 
 
 def no_data_stretches(history: History) -> list[tuple[int, int]]:
+    # an archived bucket stands for its whole 15 minutes: its start and its end count
     times = np.sort(np.concatenate(
-        [s.t_ms for s in history.series.values()] + [np.zeros(0, np.int64)]))
-    # an archived bucket stands for its whole 15 minutes
+        [s.t_ms for s in history.series.values()]
+        + [np.minimum(s.t_ms[s.archived] + BUCKET_MS, history.to_ms)
+           for s in history.series.values()] + [np.zeros(0, np.int64)]))
     edges = np.concatenate([[history.from_ms], times, [history.to_ms]]).astype(np.int64)
     stretches = []
     for start, end in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
