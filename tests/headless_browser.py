@@ -52,7 +52,8 @@ class HeadlessChromium:
                 "--hide-scrollbars", f"--user-data-dir={self._profile.name}",
                 "--remote-debugging-pipe", "about:blank"]
         self._proc = subprocess.Popen(
-            ["sh", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', *args],
+            # bash, not sh: dash cannot redirect from descriptors above 9
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', *args],
             pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
         os.close(to_browser_r)

@@ -132,7 +132,7 @@ def _uv_chart(data: ReportData) -> str:
                  "dose-over": "MED or more"}
         chart.legend += [(c, names[c]) for c in names if c in used]
     if med is not None:
-        chart.hline(med, "med", f"MED {med:g} SED")
+        chart.hline(med, "med", f"MED {med:g} SED", left=True)
         chart.hline(med * UV_ALERT_MED_FRACTION, "alert", f"{UV_ALERT_MED_FRACTION:.0%} of MED",
                     left=True)
     return chart.render("Erythemal UV dose per day (UTC) against the minimal erythema dose")

@@ -19,8 +19,8 @@ WIDTH = 960
 HEIGHT = 230
 LEFT, RIGHT, TOP, BOTTOM = 84, 16, 14, 34
 COLUMNS = 480                       # envelope columns across the plot area
-_TIME_STEPS_MS = [m * 60_000 for m in (5, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080,
-                                       20160, 43200)]
+_TIME_STEPS_MS = [10_000, 30_000] + [m * 60_000 for m in (
+    1, 2, 5, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080, 20160, 43200)]
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,10 @@ def _nice_step(span: float, target: int = 5) -> float:
     return 10 * power
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.0f}" if abs(value) >= 10 or value == int(value) else f"{value:.1f}"
+def _fmt(value: float, step: float) -> str:
+    """A tick label with as many decimals as the tick step needs (0.25 → 2)."""
+    decimals = next((d for d in range(5) if abs(round(step, d) - step) < 1e-9 * step), 4)
+    return f"{value:.{decimals}f}"
 
 
 @dataclass
@@ -153,7 +155,8 @@ class TimeChart:
         self.legend.append((css, legend))
 
     def bar(self, t_from: int, t_to: int, value: float, css: str, title: str) -> None:
-        x0, x1 = self.x(t_from), self.x(t_to)
+        """A bar over [t_from, t_to), cut to the plotted time range."""
+        x0, x1 = self.x(max(t_from, self.t0)), self.x(min(t_to, self.t1))
         top, base = self.y(value), self.y(max(self.y0, 0.0))
         self.parts.append(
             f'<rect class="data {css}" x="{x0:.1f}" y="{top:.1f}" width="{max(x1 - x0, 1):.1f}"'
@@ -209,15 +212,15 @@ class TimeChart:
             y = self.y(v)
             out.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}"'
                        f' y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}"'
-                       f' text-anchor="end">{_fmt(v)}</text>')
+                       f' text-anchor="end">{_fmt(v, step)}</text>')
             v += step
         span = self.t1 - self.t0
         t_step = next((s for s in _TIME_STEPS_MS if span / s <= 8), _TIME_STEPS_MS[-1])
         t = self.t0 - self.t0 % t_step + (t_step if self.t0 % t_step else 0)
         while t < self.t1 - (self.t1 - self.t0) // 40:   # no label cut at the right edge
             x = self.x(t)
-            label = time.strftime("%m-%d" if t_step >= 86_400_000 or t % 86_400_000 == 0
-                                  else "%H:%M", time.gmtime(t / 1000))
+            label = time.strftime("%m-%d" if t_step >= 86_400_000 else "%H:%M:%S"
+                                  if t_step < 60_000 else "%H:%M", time.gmtime(t / 1000))
             if t_step < 86_400_000 and t % 86_400_000 == 0:
                 label = time.strftime("%m-%d 00:00", time.gmtime(t / 1000))
             out.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}"'
