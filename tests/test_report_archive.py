@@ -3,6 +3,7 @@ before they are pruned, and reports and exports of old ranges read the archive."
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -157,3 +158,39 @@ def test_run_takes_archive_days_and_refuses_one_shorter_than_retention(tmp_path)
     mqtt = MqttConfig.from_url("mqtt://localhost")
     with pytest.raises(ValueError, match="archive_days 5: must be at least retention_days"):
         GatewayConfig(tmp_path / "db", mqtt, tmp_path, retention_days=7, archive_days=5)
+
+
+def test_the_running_gateway_archives_before_it_prunes(tmp_path, monkeypatch):
+    """Gateway._prune (every hour in `dermtwin run`) with --retention-days 1 --archive-days 2
+    at 2026-12-03 12:00: day 0 and half of day 1 become archive rows, the rest stays raw."""
+    from gateway import service
+    from gateway.ble.radio import BleRadio
+    from gateway.inference import default_models_dir
+
+    db = tmp_path / "gateway.sqlite3"
+    readings = rd.fill(db, days=DAYS)
+    now = rd.DAY0_MS + 2 * rd.DAY_MS + 12 * 3_600_000
+    monkeypatch.setattr(service, "now_ms", lambda: now)
+    gateway = service.Gateway(GatewayConfig(
+        db, MqttConfig.from_url("mqtt://127.0.0.1:1"), default_models_dir(),
+        retention_days=1, archive_days=2), BleRadio())
+
+    async def one_pass() -> None:
+        task = asyncio.create_task(gateway._prune())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(one_pass())
+        conn = gateway.store.conn
+        cut = now - rd.DAY_MS
+        assert conn.execute("SELECT MIN(utc_ms) FROM samples").fetchone()[0] == cut
+        assert gateway.store.sample_count() == sum(1 for r in readings if r[0] >= cut)
+        first, last, total = conn.execute(
+            "SELECT MIN(bucket_ms), MAX(bucket_ms), SUM(n) FROM archive").fetchone()
+        # archive_days 2: buckets before 2026-12-01 12:00 are already gone
+        assert (first, last) == (now - 2 * rd.DAY_MS, cut - BUCKET_MS)
+        assert total == sum(1 for r in readings if now - 2 * rd.DAY_MS <= r[0] < cut)
+    finally:
+        gateway.close()
