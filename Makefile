@@ -5,6 +5,7 @@
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PIP_STAMP   := $(VENV)/.dermtwin-installed
+SIM_STAMP   := $(VENV)/.dermtwin-sim-installed
 NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
@@ -19,6 +20,12 @@ $(PIP_STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# `make demo` needs only the runtime and the simulation, not the dev tools.
+$(SIM_STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[sim]'
+	@touch $@
+
 $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
@@ -29,7 +36,7 @@ mosquitto:
 test: setup
 	$(PY) -m pytest
 
-demo: setup
+demo: $(SIM_STAMP) mosquitto
 	$(VENV)/bin/dermtwin demo --patches $(PATCHES) --duration $(DURATION) --summary build/demo-summary.json
 
 lint: setup
@@ -38,7 +45,7 @@ lint: setup
 	$(PY) tools/typecheck_firmware.py
 
 firmware: setup
-	$(PY) tools/build_firmware.py --out build/firmware
+	$(PY) tools/build_firmware.py --out build/firmware $(if $(AIOBLE_DIR),--aioble $(AIOBLE_DIR))
 
 models: setup
 	$(PY) models_onnx/build_models.py

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.twin import CHANNEL_SCALE
+from gateway.model_registry import CHANNEL_SCALE
 from gateway.values import SampleBatch
 
 SCHEMA_VERSION = 1

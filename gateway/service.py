@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from gateway import model_registry
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.clock import now_ms
+from gateway.health import run_health_writer
 from gateway.inference import load_models
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
@@ -27,7 +29,7 @@ from gateway.outbox import Outbox
 from gateway.patch_link import PatchLink
 from gateway.remote_requests import RemoteRequests
 from gateway.report.archive import archive_and_prune
-from gateway.twin import CHANNEL_SCALE, TwinEngine
+from gateway.twin import TwinEngine
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,6 @@ WATCHDOG_SILENCE_S = 60.0
 PRUNE_EVERY_S = 3600.0
 MANAGER_POLL_S = 0.5
 META_EXPIRY_S = 30 * 24 * 3600
-MODELS_USED = ("temp_anomaly", "uv_dose", "hydration")
-UCUM_UNITS = {"skin_temp_c": "Cel", "temp_baseline_c": "Cel", "temp_delta_c": "K",
-              "temp_anomaly_score": "1", "inflammation": "1", "uv_index": "{UVI}",
-              "capacitance_pf": "pF", "battery_pct": "%", "uv_dose_sed": "100.J/m2",
-              "uv_med_fraction": "1", "minutes_to_med": "min", "hydration_au": "{AU}",
-              "hydration_state": "{state}"}
 
 
 def advertised_name(device_id: str) -> str:
@@ -102,7 +98,7 @@ class Gateway:
         self.store = store_mod.Store(store_mod.connect(config.db_path))
         self.outbox = Outbox(self.store.conn)
         # Refuse a bad model at start, naming the file and field (inference.ModelError).
-        self.models = load_models(config.models_dir, names=MODELS_USED)
+        self.models = load_models(config.models_dir, names=model_registry.MODELS)
         self.sess = self.store.next_gateway_session()
         self.devices = {d.device_id: d for d in self.store.devices()}
         self.engine = TwinEngine(
@@ -154,8 +150,8 @@ class Gateway:
         models = {name: {"version": m.version} for name, m in self.models.items()}
         with self.store.transaction():
             for dev in self.devices.values():
-                meta = {"schema": 1, "units": UCUM_UNITS, "models": models,
-                        "channels": sorted(prop for _, prop in CHANNEL_SCALE.values()),
+                meta = {"schema": 1, "units": model_registry.ucum_units(), "models": models,
+                        "channels": sorted(c.prop for c in model_registry.SENSOR_CHANNELS),
                         "device": {"name": advertised_name(dev.device_id)}}
                 self.outbox.put(self.config.mqtt.topic(dev.subject, "meta"), encode(meta),
                                 retain=True, expiry_s=META_EXPIRY_S)
@@ -270,7 +266,8 @@ class Gateway:
         tasks = [asyncio.create_task(self.ingest.run()),
                  asyncio.create_task(self._manage_connections()),
                  asyncio.create_task(self._watchdog(scanner)),
-                 asyncio.create_task(self._prune())]
+                 asyncio.create_task(self._prune()),
+                 asyncio.create_task(run_health_writer(self))]   # `dermtwin status`
         try:
             await stop.wait()
         finally:

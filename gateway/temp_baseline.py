@@ -33,7 +33,8 @@ RELEARN_AFTER_MS = 72 * 3_600_000
 
 
 class TimeOfDayBaseline:
-    __slots__ = ("slot_mean", "slot_count", "level", "fallback", "outlier_since_ms")
+    __slots__ = ("slot_mean", "slot_count", "level", "fallback", "outlier_since_ms",
+                 "_unseen")
 
     def __init__(self) -> None:
         self.slot_mean: list[float | None] = [None] * SLOTS_PER_DAY
@@ -41,11 +42,12 @@ class TimeOfDayBaseline:
         self.level = 0.0                  # mean residual against the profile
         self.fallback: float | None = None
         self.outlier_since_ms: int | None = None
+        self._unseen = SLOTS_PER_DAY
 
     @property
     def learned(self) -> bool:
         """Every slot has been seen at least once (a full day of wear)."""
-        return all(m is not None for m in self.slot_mean)
+        return self._unseen == 0
 
     def expected(self, t_ms: int) -> float | None:
         profile = self._profile(t_ms)
@@ -70,12 +72,14 @@ class TimeOfDayBaseline:
         self.slot_count[slot] = count
         if mean is None:
             self.slot_mean[slot] = celsius - self.level
+            self._unseen -= 1
         else:
             weight = max(1 / count, SLOT_MIN_WEIGHT)
             self.slot_mean[slot] = mean + weight * (celsius - self.level - mean)
-        profile = self._profile(t_ms)
-        if profile is not None and self.learned:
-            self.level += LEVEL_WEIGHT * (celsius - profile - self.level)
+        if self._unseen == 0:
+            profile = self._profile(t_ms)
+            if profile is not None:
+                self.level += LEVEL_WEIGHT * (celsius - profile - self.level)
 
     def _profile(self, t_ms: int) -> float | None:
         """Linear interpolation between the two nearest slot centres."""
@@ -102,6 +106,7 @@ class TimeOfDayBaseline:
         if len(slot_mean) == SLOTS_PER_DAY:
             baseline.slot_mean = list(slot_mean)
             baseline.slot_count = [int(c) for c in saved.get("slot_count", [0] * SLOTS_PER_DAY)]
+            baseline._unseen = sum(1 for m in baseline.slot_mean if m is None)
         baseline.level = float(saved.get("level", 0.0))
         baseline.fallback = saved.get("fallback")
         baseline.outlier_since_ms = saved.get("outlier_since_ms")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.model_registry import CHANNEL_SCALE, deadband
 from gateway.protocol import constants as ids
 from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
 from gateway.uv_forecast import UvForecaster
@@ -24,6 +25,7 @@ TEMP_RECENT_SAMPLES = 6
 # Until a first hydration reading: a normal, dry-free skin for temp_anomaly's gates.
 NEUTRAL_HYDRATION_AU = 50.0
 UV_FORECAST_ALERT_MIN = 30.0         # warn when the forecast says MED within 30 minutes
+FORECAST_EVERY_MS = 60_000
 HYDRATION_TREND_WINDOW_MS = 3_600_000
 HYDRATION_TREND_MIN_SPAN_MS = 1_800_000
 HYDRATION_TREND_MIN_POINTS = 10
@@ -37,20 +39,6 @@ SNAPSHOT_EVERY_MS = 60_000
 SNAPSHOT_EVERY_DELTAS = 50
 SCHEMA_VERSION = 1
 
-# Integer wire units -> SI (docs/protocol.md §4).
-TMP117_C_PER_LSB = 0.0078125         # TMP117 datasheet §7.3.3, Table 7-1: 7.8125 m°C per LSB
-CHANNEL_SCALE = {
-    ids.Channel.TEMPERATURE: (TMP117_C_PER_LSB, "skin_temp_c"),
-    ids.Channel.UV: (0.01, "uv_index"),
-    ids.Channel.HYDRATION: (0.001, "capacitance_pf"),
-    ids.Channel.BATTERY: (1 / 256, "battery_pct"),
-}
-# Smallest change worth a delta, per property (skin_temp_c: below one TMP117 LSB).
-DEADBAND = {"skin_temp_c": 0.005, "temp_baseline_c": 0.01, "temp_delta_c": 0.01,
-            "temp_anomaly_score": 0.02, "uv_index": 0.01, "capacitance_pf": 0.01,
-            "battery_pct": 0.5, "uv_dose_sed": 0.001, "uv_med_fraction": 0.001,
-            "minutes_to_med": 0.5, "hydration_au": 0.5, "minutes_to_med_forecast": 0.5,
-            "hydration_trend_au_per_h": 0.5}
 UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
 # the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
 BATTERY_LOW_BELOW_PCT = 15.0
@@ -86,6 +74,7 @@ class SubjectTwin:
     drying: bool = False
     drying_since_ms: int | None = None
     uv_forecast_alerted: bool = False
+    forecast_at_ms: int | None = None
     last_snapshot_ms: int | None = None
     deltas_since_snapshot: int = 0
     pending: dict[str, dict] = field(default_factory=dict)
@@ -169,30 +158,39 @@ class TwinEngine:
         if subject is None or len(batch) == 0:
             return
         twin = self.twin(subject)
-        utc = batch.utc_ms
-        for channel, (scale, prop) in CHANNEL_SCALE.items():
-            mask = batch.channel == channel
-            if not mask.any():
+        # Group by channel in Python: live batches hold a handful of samples, where numpy
+        # masks per channel cost more than the samples (bench/bench_twin.py).
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for channel, value, t in zip(batch.channel.tolist(), batch.value.tolist(),
+                                     batch.utc_ms.tolist(), strict=True):
+            group = groups.get(channel)
+            if group is None:
+                group = groups[channel] = ([], [])
+            group[0].append(value)
+            group[1].append(t)
+        for channel, (raw, times) in groups.items():
+            entry = CHANNEL_SCALE.get(channel)
+            if entry is None:
                 continue
-            values = batch.value[mask].astype(np.float64) * scale
-            times = utc[mask]
+            scale, prop = entry
+            values = [v * scale for v in raw]
             quality = "good" if times[-1] >= 0 else "uncertain"
-            twin.pending[prop] = _leaf(values[-1], int(times[-1]), quality)
+            twin.pending[prop] = _leaf(values[-1], times[-1], quality)
             if channel == ids.Channel.TEMPERATURE:
-                for v, t in zip(values.tolist(), times.tolist(), strict=True):
+                for v, t in zip(values, times, strict=True):
                     twin.temp_window.append(v)
                     if t >= 0:
                         twin.temp_baseline.observe(t, v)
                 twin.new_temp = True
-                twin.last_temp_t = int(times[-1])
+                twin.last_temp_t = times[-1]
             elif channel == ids.Channel.UV:
                 self._accumulate_uv(twin, values, times)
             elif channel == ids.Channel.HYDRATION:
                 twin.new_hydration = True
 
-    def _accumulate_uv(self, twin: SubjectTwin, uvi: np.ndarray, times: np.ndarray) -> None:
+    def _accumulate_uv(self, twin: SubjectTwin, uvi: list[float], times: list[int]) -> None:
         """Erythemal exposure Σ UVI·dt (each sample's UVI held until the next sample)."""
-        for value, t in zip(uvi.tolist(), times.tolist(), strict=True):
+        for value, t in zip(uvi, times, strict=True):
             if t < 0:
                 continue
             if twin.forecaster is not None:
@@ -240,48 +238,50 @@ class TwinEngine:
             window = list(twin.temp_window)
             # Until the window fills, pad with its oldest sample; quality says so.
             windows[row] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
-        baselines = np.array([[_expected_temp(t)] for t in ready], dtype=np.float32)
-        hydration = np.array([[t.hydration.latest if t.hydration.latest is not None
-                               else NEUTRAL_HYDRATION_AU] for t in ready], dtype=np.float32)
-        excess = np.array([[t.hydration.excess_au] for t in ready], dtype=np.float32)
-        out = self.run_model("temp_anomaly", {"temp_window_c": windows, "baseline_c": baselines,
-                                              "hydration_au": hydration,
-                                              "hydration_excess_au": excess})
+        baselines = _column([_expected_temp(t) for t in ready])
+        hydration = _column([t.hydration.latest if t.hydration.latest is not None
+                             else NEUTRAL_HYDRATION_AU for t in ready])
+        excess = _column([t.hydration.excess_au for t in ready])
+        out = _rows(self.run_model("temp_anomaly", {
+            "temp_window_c": windows, "baseline_c": baselines, "hydration_au": hydration,
+            "hydration_excess_au": excess}))
+        baseline_values = baselines[:, 0].tolist()
         for row, twin in enumerate(ready):
             # A baseline is "good" once it has seen every half hour of a day.
             quality = ("good" if len(twin.temp_window) == TEMP_WINDOW_SAMPLES
                        and twin.temp_baseline.learned else "uncertain")
             t = twin.last_temp_t
-            twin.pending["temp_baseline_c"] = _leaf(float(baselines[row, 0]), t, quality)
-            twin.pending["temp_delta_c"] = _leaf(float(out["delta_c"][row, 0]), t, quality)
-            twin.pending["temp_anomaly_score"] = _leaf(
-                float(out["anomaly_score"][row, 0]), t, quality)
-            twin.pending["inflammation"] = {
-                "v": bool(out["inflammation"][row, 0] > 0.5), "t": t, "q": quality}
-            twin.pending["exertion"] = {
-                "v": bool(out["exertion"][row, 0] > 0.5), "t": t, "q": "good"}
-            twin.pending["contact"] = {
-                "v": "loose" if out["detached"][row, 0] > 0.5 else "skin", "t": t, "q": "good"}
+            pending = twin.pending
+            pending["temp_baseline_c"] = _leaf(baseline_values[row], t, quality)
+            pending["temp_delta_c"] = _leaf(out["delta_c"][row], t, quality)
+            pending["temp_anomaly_score"] = _leaf(out["anomaly_score"][row], t, quality)
+            pending["inflammation"] = {"v": out["inflammation"][row] > 0.5, "t": t, "q": quality}
+            pending["exertion"] = {"v": out["exertion"][row] > 0.5, "t": t, "q": "good"}
+            pending["contact"] = {"v": "loose" if out["detached"][row] > 0.5 else "skin",
+                                  "t": t, "q": "good"}
             twin.new_temp = False
 
     def _run_uv_dose(self) -> None:
         ready = [t for t in self.twins.values() if t.uv_exposure_s > 0]
         if not ready:
             return
-        dt_s = np.array([[t.uv_exposure_s] for t in ready], dtype=np.float32)
-        mean_uvi = np.array([[t.uv_exposure / t.uv_exposure_s] for t in ready], dtype=np.float32)
-        out = self.run_model("uv_dose", {
-            "uvi": mean_uvi, "dt_s": dt_s,
-            "dose_sed_in": np.array([[t.uv_dose_sed] for t in ready], dtype=np.float32),
-            "med_sed": np.array([[t.med_sed] for t in ready], dtype=np.float32)})
+        out = _rows(self.run_model("uv_dose", {
+            "uvi": _column([t.uv_exposure / t.uv_exposure_s for t in ready]),
+            "dt_s": _column([t.uv_exposure_s for t in ready]),
+            "dose_sed_in": _column([t.uv_dose_sed for t in ready]),
+            "med_sed": _column([t.med_sed for t in ready])}))
         for row, twin in enumerate(ready):
-            twin.uv_dose_sed = float(out["dose_sed"][row, 0])
+            twin.uv_dose_sed = out["dose_sed"][row]
             twin.uv_exposure = twin.uv_exposure_s = 0.0
             t = int(twin.last_uv_t or 0)
             twin.pending["uv_dose_sed"] = _leaf(twin.uv_dose_sed, t, "good")
-            twin.pending["uv_med_fraction"] = _leaf(float(out["med_fraction"][row, 0]), t, "good")
-            twin.pending["minutes_to_med"] = _leaf(float(out["minutes_to_med"][row, 0]), t, "good")
-            if twin.forecaster is not None:
+            twin.pending["uv_med_fraction"] = _leaf(out["med_fraction"][row], t, "good")
+            twin.pending["minutes_to_med"] = _leaf(out["minutes_to_med"][row], t, "good")
+            if twin.forecaster is not None and (
+                    twin.forecast_at_ms is None or t - twin.forecast_at_ms >= FORECAST_EVERY_MS
+                    or t < twin.forecast_at_ms):
+                # The sun's path changes slowly: integrate forward once a minute of data.
+                twin.forecast_at_ms = t
                 minutes = twin.forecaster.minutes_to_med(t, twin.uv_dose_sed, twin.med_sed)
                 # None: the dose will not reach MED before sunset at today's pattern.
                 twin.pending["minutes_to_med_forecast"] = (
@@ -294,15 +294,14 @@ class TwinEngine:
         if not ready:
             return
         skin = [(t.pending.get("skin_temp_c") or t.state["skin_temp_c"])["v"] for t in ready]
-        out = self.run_model("hydration", {
-            "capacitance_pf": np.array([[t.pending["capacitance_pf"]["v"]] for t in ready],
-                                       dtype=np.float32),
-            "skin_temp_c": np.array([[v] for v in skin], dtype=np.float32)})
+        out = _rows(self.run_model("hydration", {
+            "capacitance_pf": _column([t.pending["capacitance_pf"]["v"] for t in ready]),
+            "skin_temp_c": _column(skin)}))
         for row, twin in enumerate(ready):
             t = twin.pending["capacitance_pf"]["t"]
-            au = float(out["corneometer_au"][row, 0])
+            au = out["corneometer_au"][row]
             twin.pending["hydration_au"] = _leaf(au, t, "good")
-            state = HYDRATION_STATES[int(out["state"][row, 0])]
+            state = HYDRATION_STATES[int(out["state"][row])]
             twin.pending["hydration_state"] = {"v": state, "t": t, "q": "good"}
             twin.hydration.observe(au)
             trend = _hydration_trend(twin, t, au)
@@ -401,6 +400,16 @@ class TwinEngine:
                 "state": dict(twin.state)}
 
 
+def _column(values: list[float]) -> np.ndarray:
+    """[N, 1] float32 from one value per subject."""
+    return np.array(values, dtype=np.float32).reshape(-1, 1)
+
+
+def _rows(outputs: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+    """Each [N, 1] model output as N Python floats (one conversion per output, not per row)."""
+    return {name: value[:, 0].tolist() for name, value in outputs.items()}
+
+
 def _expected_temp(twin: SubjectTwin) -> float:
     expected = twin.temp_baseline.expected(twin.last_temp_t)
     return twin.temp_window[-1] if expected is None else expected
@@ -430,4 +439,4 @@ def _differs(prop: str, old: dict, new: dict) -> bool:
         return True
     if not isinstance(new["v"], float) or not isinstance(old["v"], float):
         return old["v"] != new["v"]
-    return abs(new["v"] - old["v"]) >= DEADBAND.get(prop, 0.0)
+    return abs(new["v"] - old["v"]) >= deadband(prop)

@@ -51,7 +51,8 @@ def clear_sky_uvi(latitude_deg: float, longitude_deg: float, utc_ms: int) -> flo
 
 
 class UvForecaster:
-    __slots__ = ("latitude_deg", "longitude_deg", "recent", "last_ms")
+    __slots__ = ("latitude_deg", "longitude_deg", "recent", "last_ms", "_measured", "_clear",
+                 "_sun_day", "_sun_terms")
 
     def __init__(self, latitude_deg: float, longitude_deg: float) -> None:
         if not -90 <= latitude_deg <= 90:
@@ -62,31 +63,54 @@ class UvForecaster:
         self.longitude_deg = longitude_deg
         self.recent: deque[tuple[int, float, float]] = deque()   # (utc_ms, measured, clear)
         self.last_ms: int | None = None
+        # Running sums over `recent` where the sun is high enough: factor() in O(1).
+        self._measured = self._clear = 0.0
+        self._sun_day = -1
+        self._sun_terms = (0.0, 0.0)
+
+    def clear_sky(self, utc_ms: int) -> float:
+        """clear_sky_uvi() at this place, with the day's solar terms computed once a day."""
+        day = utc_ms // DAY_MS
+        if day != self._sun_day:
+            n = day_of_year(utc_ms)
+            declination = COOPER_TILT_DEG * _DEG * math.sin(2 * math.pi * (284 + n) / 365)
+            latitude = self.latitude_deg * _DEG
+            self._sun_terms = (math.sin(latitude) * math.sin(declination),
+                               math.cos(latitude) * math.cos(declination))
+            self._sun_day = day
+        solar_hour = ((utc_ms % DAY_MS) / 3_600_000 + self.longitude_deg / 15) % 24
+        mu0 = self._sun_terms[0] + self._sun_terms[1] * math.cos((solar_hour - 12) * 15 * _DEG)
+        if mu0 <= 0:
+            return 0.0
+        return MADRONICH_UVI_SCALE * mu0 ** MADRONICH_MU_EXPONENT
 
     def observe(self, utc_ms: int, uvi: float) -> None:
         if self.last_ms is not None and utc_ms <= self.last_ms:
             return
         self.last_ms = utc_ms
-        self.recent.append((utc_ms, max(uvi, 0.0),
-                            clear_sky_uvi(self.latitude_deg, self.longitude_deg, utc_ms)))
-        while self.recent and utc_ms - self.recent[0][0] > FACTOR_WINDOW_S * 1000:
-            self.recent.popleft()
+        measured, clear = max(uvi, 0.0), self.clear_sky(utc_ms)
+        self.recent.append((utc_ms, measured, clear))
+        if clear >= MIN_CLEAR_SKY_UVI:
+            self._measured += measured
+            self._clear += clear
+        while utc_ms - self.recent[0][0] > FACTOR_WINDOW_S * 1000:
+            _, m, c = self.recent.popleft()
+            if c >= MIN_CLEAR_SKY_UVI:
+                self._measured -= m
+                self._clear -= c
+        if self._clear < MIN_CLEAR_SKY_UVI:      # nothing counted left: clear rounding dust
+            self._measured = self._clear = 0.0
 
     def factor(self) -> float | None:
         """The fraction of clear-sky UV reaching the patch: the larger of the last half
         hour's (exposure-weighted) and the latest sample's, so stepping into the sun
         counts at once and a passing cloud does not hide the afternoon. None while the sun
         is too low to tell."""
-        measured = clear = 0.0
-        for _, m, c in self.recent:
-            if c >= MIN_CLEAR_SKY_UVI:
-                measured += m
-                clear += c
-        if clear <= 0:
+        if self._clear <= 0:
             return None
         _, latest_measured, latest_clear = self.recent[-1]
         latest = latest_measured / latest_clear if latest_clear >= MIN_CLEAR_SKY_UVI else 0.0
-        return max(measured / clear, latest)
+        return max(self._measured / self._clear, latest)
 
     def minutes_to_med(self, utc_ms: int, dose_sed: float, med_sed: float) -> float | None:
         """Minutes from `utc_ms` until the dose reaches MED at today's pattern; 0 when it
@@ -101,7 +125,7 @@ class UvForecaster:
         offset_ms = int(self.longitude_deg / 15 * 3_600_000)       # solar time - UTC
         day_end = ((utc_ms + offset_ms) // DAY_MS + 1) * DAY_MS - offset_ms  # solar midnight
         while t < day_end:
-            uvi = factor * clear_sky_uvi(self.latitude_deg, self.longitude_deg, t)
+            uvi = factor * self.clear_sky(t)
             rate_sed_per_s = uvi * ERYTHEMAL_W_M2_PER_UVI / SED_J_M2
             step_dose = rate_sed_per_s * STEP_S
             if dose + step_dose >= med_sed:

@@ -63,7 +63,8 @@ def pair_virtual_patches(db_path: Path, identities: list[tuple[str, bytes, str]]
 
 async def run_demo(patches: int, duration_s: float, broker_url: str | None = None,
                    summary_path: Path | None = None, workdir: Path | None = None,
-                   live: bool = True, gateway_id: str = DEMO_GATEWAY_ID) -> dict:
+                   live: bool = True, gateway_id: str = DEMO_GATEWAY_ID,
+                   wide: bool | None = None) -> dict:
     from simulation.virtual_patch import VirtualPatch
     from simulation.virtual_radio import VirtualRadio
 
@@ -115,7 +116,7 @@ async def run_demo(patches: int, duration_s: float, broker_url: str | None = Non
     def progress() -> str:
         return f"{time.monotonic() - started:.0f}/{duration_s:.0f} s"
 
-    view = asyncio.create_task(run_live_view(gateway, progress)) if live else None
+    view = asyncio.create_task(run_live_view(gateway, progress, wide=wide)) if live else None
     try:
         await gateway.run(stop)
     finally:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from gateway import store as store_mod
+from gateway.model_registry import TMP117_C_PER_LSB
 from gateway.protocol.constants import Channel
-from gateway.twin import TMP117_C_PER_LSB
 from gateway.values import LostSamples, RegisteredDevice, SampleBatch
 
 DAY0_MS = 1_796_083_200_000          # 2026-12-01 00:00 UTC

@@ -16,10 +16,10 @@ import report_data as rd
 
 from gateway import cli
 from gateway.inference import load_models
+from gateway.model_registry import TMP117_C_PER_LSB
 from gateway.report.analysis import analyse
 from gateway.report.history import load_history, open_readonly
 from gateway.report.page import PLOTS, render
-from gateway.twin import TMP117_C_PER_LSB
 
 HYDRATION = load_models(names=("hydration",))
 

@@ -14,13 +14,13 @@ import report_data as rd
 from gateway import cli
 from gateway import store as store_mod
 from gateway.inference import load_models
+from gateway.model_registry import CHANNEL_SCALE
 from gateway.mqtt.config import MqttConfig
 from gateway.protocol.constants import Channel
 from gateway.report.analysis import analyse
 from gateway.report.archive import BUCKET_MS, archive_and_prune
 from gateway.report.history import load_history, open_readonly
 from gateway.service import GatewayConfig
-from gateway.twin import CHANNEL_SCALE
 from gateway.values import SampleBatch
 
 HYDRATION = load_models(names=("hydration",))

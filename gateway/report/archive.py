@@ -17,8 +17,9 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
+from gateway.model_registry import CHANNEL_SCALE
 from gateway.store import Store
-from gateway.twin import CHANNEL_SCALE, MAX_UV_GAP_S
+from gateway.twin import MAX_UV_GAP_S
 
 log = logging.getLogger(__name__)
 

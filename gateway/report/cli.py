@@ -51,7 +51,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              " days before --to")
     parser.add_argument("--to", dest="to_time", metavar="DATE",
                         help="end: a date includes that whole day (UTC); default now")
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"database ({DEFAULT_DB})")
+    # None: the config file's [gateway] db, else DEFAULT_DB (gateway/cli.py fills it in)
+    parser.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +76,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gateway.report.page import render
 
     from_ms, to_ms = time_range(args)
-    conn = open_readonly(args.db)
+    conn = open_readonly(args.db or DEFAULT_DB)
     try:
         history = load_history(conn, args.subject, from_ms, to_ms)
     finally:
@@ -97,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt is None:
         raise HistoryError(f"--out {args.out}: name it .csv or .parquet, or give --format")
     from_ms, to_ms = time_range(args)
-    conn = open_readonly(args.db)
+    conn = open_readonly(args.db or DEFAULT_DB)
     try:
         history = load_history(conn, args.subject, from_ms, to_ms, with_raw=True)
     finally:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
+from gateway.model_registry import CHANNEL_SCALE
 from gateway.report.archive import BUCKET_MS, HELD_S_SQL, HOLD_MAX_S, samples_with_next_sql
-from gateway.twin import CHANNEL_SCALE
 
 PROPERTIES = tuple(prop for _, prop in CHANNEL_SCALE.values())
 
