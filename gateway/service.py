@@ -249,11 +249,16 @@ class Gateway:
     async def _prune(self) -> None:
         while True:
             now = now_ms()
-            pruned = archive_and_prune(self.store, now - int(self.config.retention_days * 86_400_000),
-                                       now - int(self.config.archive_days * 86_400_000))
-            if pruned.samples_deleted:
-                log.info("retention: archived and removed %d samples older than %.0f days",
-                         pruned.samples_deleted, self.config.retention_days)
+            try:
+                pruned = archive_and_prune(
+                    self.store, now - int(self.config.retention_days * 86_400_000),
+                    now - int(self.config.archive_days * 86_400_000))
+            except store_mod.StoreError as e:   # (disk full) nothing lost: retried next time
+                log.error("retention: archiving old samples failed, kept them: %s", e)
+            else:
+                if pruned.samples_deleted:
+                    log.info("retention: archived and removed %d samples older than %.0f days",
+                             pruned.samples_deleted, self.config.retention_days)
             await asyncio.sleep(PRUNE_EVERY_S)
 
     # -- run ---------------------------------------------------------------------------

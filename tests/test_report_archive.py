@@ -194,3 +194,49 @@ def test_the_running_gateway_archives_before_it_prunes(tmp_path, monkeypatch):
         assert total == sum(1 for r in readings if now - 2 * rd.DAY_MS <= r[0] < cut)
     finally:
         gateway.close()
+
+
+def test_pruning_holds_the_write_lock_for_a_day_of_samples_at_most(tmp_path):
+    db = tmp_path / "gateway.sqlite3"
+    rd.fill(db, days=DAYS)
+    store = store_mod.Store(store_mod.connect(db))
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    archive_and_prune(store, CUTOFF_MS, rd.DAY0_MS - rd.DAY_MS)
+    deletes = [int(s.rsplit("<", 1)[1]) for s in statements if s.startswith("DELETE FROM samples")]
+    assert deletes == [rd.DAY0_MS + rd.DAY_MS, rd.DAY0_MS + 2 * rd.DAY_MS, CUT_MS]
+    # one per day, and one each for the schema and for the old summaries and gap records
+    assert statements.count("BEGIN IMMEDIATE") == len(deletes) + 2 == statements.count("COMMIT")
+
+
+def test_a_full_disk_while_archiving_keeps_the_samples_and_the_prune_loop(tmp_path, monkeypatch,
+                                                                          caplog):
+    from gateway import service
+    from gateway.ble.radio import BleRadio
+    from gateway.inference import default_models_dir
+
+    db = tmp_path / "gateway.sqlite3"
+    readings = rd.fill(db, days=DAYS)
+    monkeypatch.setattr(service, "now_ms", lambda: rd.DAY0_MS + 3 * rd.DAY_MS)
+    gateway = service.Gateway(GatewayConfig(
+        db, MqttConfig.from_url("mqtt://127.0.0.1:1"), default_models_dir(),
+        retention_days=1, archive_days=2), BleRadio())
+    conn = gateway.store.conn
+    # SQLite's own "database or disk is full": no page may be added to the file
+    conn.execute("PRAGMA max_page_count = %d" % conn.execute("PRAGMA page_count").fetchone()[0])
+
+    async def one_pass() -> bool:
+        task = asyncio.create_task(gateway._prune())
+        await asyncio.sleep(0.3)
+        alive = not task.done()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return alive
+
+    try:
+        assert asyncio.run(one_pass()), "the prune loop ended"
+        assert gateway.store.sample_count() == len(readings)
+        assert "retention: archiving old samples failed, kept them" in caplog.text
+        assert "full" in caplog.text
+    finally:
+        gateway.close()

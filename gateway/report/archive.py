@@ -14,7 +14,6 @@ Gap records (`gaps`, a few rows per day at most) are kept as long as the archive
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass
 
 from gateway.model_registry import CHANNEL_SCALE
@@ -26,6 +25,7 @@ log = logging.getLogger(__name__)
 BUCKET_MS = 15 * 60_000
 HOLD_MAX_S = MAX_UV_GAP_S          # a longer silence between samples counts as no data
 DEFAULT_ARCHIVE_DAYS = 730.0
+CHUNK_MS = 86_400_000              # samples archived per transaction: a day at most
 
 ARCHIVE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS archive (
@@ -65,10 +65,6 @@ def samples_with_next_sql(where: str) -> str:
         f" FROM samples WHERE utc_ms IS NOT NULL AND {where}")
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(ARCHIVE_SCHEMA)
-
-
 @dataclass(frozen=True)
 class PruneResult:
     archived_samples: int
@@ -81,9 +77,31 @@ class PruneResult:
 def archive_and_prune(store: Store, raw_cutoff_ms: int, archive_cutoff_ms: int) -> PruneResult:
     """Archive every sample before `raw_cutoff_ms` (rounded down to a bucket start), delete
     those samples, then delete archive rows and gap records before `archive_cutoff_ms`.
-    One transaction: a failure leaves samples and archive as they were (StoreError)."""
+    At most a day of samples per transaction (a shortened retention must not hold the write
+    lock for long); a failure leaves each day archived or raw, never both (StoreError)."""
     cut = raw_cutoff_ms - raw_cutoff_ms % BUCKET_MS
-    ensure_schema(store.conn)
+    with store.transaction() as conn:     # a failure here too is a StoreError
+        conn.execute(ARCHIVE_SCHEMA)
+    oldest = store.conn.execute(
+        "SELECT MIN(utc_ms) FROM samples WHERE utc_ms IS NOT NULL").fetchone()[0]
+    ends = [] if oldest is None or oldest >= cut else [
+        *range(oldest - oldest % BUCKET_MS + CHUNK_MS, cut, CHUNK_MS), cut]
+    archived = buckets = deleted = 0
+    for end in ends:
+        a, b, d = _archive_before(store, end)
+        archived, buckets, deleted = archived + a, buckets + b, deleted + d
+    with store.transaction() as conn:
+        old_archive = conn.execute(
+            "DELETE FROM archive WHERE bucket_ms < ?", (archive_cutoff_ms,)).rowcount
+        old_gaps = conn.execute(
+            "DELETE FROM gaps WHERE last_utc_ms IS NOT NULL AND last_utc_ms < ?",
+            (archive_cutoff_ms,)).rowcount
+    return PruneResult(archived, buckets, deleted, old_archive, old_gaps)
+
+
+def _archive_before(store: Store, cut: int) -> tuple[int, int, int]:
+    """One transaction: aggregate the samples before `cut` (a bucket start) into the archive,
+    merging into buckets already there, and delete them."""
     with store.transaction() as conn:
         # The window reaches HOLD_MAX_S past the cutoff so the last archived sample of a
         # channel is held until the next one, as it is when computed from raw samples.
@@ -103,9 +121,4 @@ def archive_and_prune(store: Store, raw_cutoff_ms: int, archive_cutoff_ms: int) 
             " max = MAX(max, excluded.max), integral = integral + excluded.integral", rows)
         deleted = conn.execute(
             "DELETE FROM samples WHERE utc_ms IS NOT NULL AND utc_ms < ?", (cut,)).rowcount
-        old_archive = conn.execute(
-            "DELETE FROM archive WHERE bucket_ms < ?", (archive_cutoff_ms,)).rowcount
-        old_gaps = conn.execute(
-            "DELETE FROM gaps WHERE last_utc_ms IS NOT NULL AND last_utc_ms < ?",
-            (archive_cutoff_ms,)).rowcount
-    return PruneResult(sum(r[4] for r in rows), len(rows), deleted, old_archive, old_gaps)
+    return sum(r[4] for r in rows), len(rows), deleted
