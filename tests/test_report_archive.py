@@ -223,7 +223,8 @@ def test_a_full_disk_while_archiving_keeps_the_samples_and_the_prune_loop(tmp_pa
         retention_days=1, archive_days=2), BleRadio())
     conn = gateway.store.conn
     # SQLite's own "database or disk is full": no page may be added to the file
-    conn.execute("PRAGMA max_page_count = %d" % conn.execute("PRAGMA page_count").fetchone()[0])
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
 
     async def one_pass() -> bool:
         task = asyncio.create_task(gateway._prune())
