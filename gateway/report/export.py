@@ -42,8 +42,13 @@ class Row:
 
 def rows_of(history: History) -> list[Row]:
     subject = history.subject
-    rows = [Row(subject, s.utc_ms, s.prop, s.value, s.seq, s.boot_id, s.historical, "sample",
-                1, s.value, s.value, None) for s in history.raw]
+    rows = []
+    for prop, (seq, boot, historical) in history.raw_ids.items():
+        series = history.series[prop]
+        raw = ~series.archived
+        for t, v, q, b, h in zip(series.t_ms[raw].tolist(), series.value[raw].tolist(),
+                                 seq.tolist(), boot.tolist(), historical.tolist(), strict=True):
+            rows.append(Row(subject, t, prop, v, q, b, h, "sample", 1, v, v, None))
     for prop, series in history.series.items():
         archived = series.archived
         for t, v, lo, hi, n in zip(series.t_ms[archived].tolist(), series.value[archived].tolist(),

@@ -56,16 +56,6 @@ class GapRecord:
 
 
 @dataclass
-class RawSample:
-    utc_ms: int
-    prop: str
-    value: float
-    seq: int
-    boot_id: int
-    historical: bool
-
-
-@dataclass
 class History:
     subject: str
     from_ms: int
@@ -74,7 +64,9 @@ class History:
     series: dict[str, Series] = field(default_factory=dict)
     gaps: list[GapRecord] = field(default_factory=list)
     samples_without_utc: int = 0
-    raw: list[RawSample] = field(default_factory=list)     # filled for exports only
+    # per property, for exports: (seq, boot id, historical) of the raw samples, in the order
+    # of the series' raw (not archived) points
+    raw_ids: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
     @property
     def med_sed(self) -> float | None:
@@ -120,18 +112,22 @@ def load_history(conn: sqlite3.Connection, subject: str, from_ms: int, to_ms: in
                            + (f" (known: {', '.join(known)})" if known else ""))
     history = History(subject, from_ms, to_ms, None if skin is None else int(skin[0]))
     marks = ",".join("?" * len(devices))
-    raw: dict[str, list[tuple]] = {p: [] for p in PROPERTIES}
+    raw: dict[str, tuple[np.ndarray, ...]] = {}
     if devices:
-        where = f"device_id IN ({marks}) AND utc_ms >= ? AND utc_ms < ?"
-        params = (*devices, from_ms, to_ms + HOLD_MAX_S * 1000)
-        for row in conn.execute(
-                f"SELECT utc_ms, property, si, {HELD_S_SQL}, seq, boot_id, historical"
-                f" FROM ({samples_with_next_sql(where)}) WHERE utc_ms < ? ORDER BY utc_ms, seq",
-                (*params, to_ms)):
-            raw[row[1]].append(row)
+        where = f"device_id IN ({marks}) AND channel = ? AND utc_ms >= ? AND utc_ms < ?"
+        for channel, (_, prop) in CHANNEL_SCALE.items():
+            # one channel at a time: the window's order is the series' order (one device
+            # per subject at a time: the registry's subjects are unique)
+            rows = conn.execute(
+                f"SELECT utc_ms, si, {HELD_S_SQL}, seq, boot_id, historical"
+                f" FROM ({samples_with_next_sql(where)}) WHERE utc_ms < ?",
+                (*devices, int(channel), from_ms, to_ms + HOLD_MAX_S * 1000, to_ms)).fetchall()
+            columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+            t, value, held_s, seq, boot, historical = (np.asarray(c) for c in columns)
+            raw[prop] = (t.astype(np.int64), value.astype(float), held_s.astype(float))
             if with_raw:
-                history.raw.append(RawSample(row[0], row[1], row[2], row[4], row[5],
-                                             bool(row[6])))
+                history.raw_ids[prop] = (seq.astype(np.int64), boot.astype(np.int64),
+                                         historical.astype(bool))
         history.samples_without_utc = conn.execute(
             f"SELECT COUNT(*) FROM samples WHERE device_id IN ({marks}) AND utc_ms IS NULL",
             devices).fetchone()[0]
@@ -146,8 +142,8 @@ def load_history(conn: sqlite3.Connection, subject: str, from_ms: int, to_ms: in
     if has_archive:
         # Merged across devices (a patch swap within a bucket); buckets with raw samples
         # of their own win (they are never both, but a report must not count twice).
-        raw_buckets = {(p, r[0] // BUCKET_MS * BUCKET_MS) for p, rows in raw.items()
-                       for r in rows}
+        raw_buckets = {(p, int(b)) for p, columns in raw.items()
+                       for b in np.unique(columns[0] // BUCKET_MS * BUCKET_MS)}
         for row in conn.execute(
                 "SELECT property, bucket_ms, SUM(n), MIN(min), SUM(sum), MAX(max), SUM(integral)"
                 " FROM archive WHERE subject=? AND bucket_ms >= ? AND bucket_ms < ?"
@@ -156,22 +152,26 @@ def load_history(conn: sqlite3.Connection, subject: str, from_ms: int, to_ms: in
             if row[0] in archived and (row[0], row[1]) not in raw_buckets:
                 archived[row[0]].append(row)
     for prop in PROPERTIES:
-        history.series[prop] = _series(raw[prop], archived[prop])
+        history.series[prop] = _series(raw.get(prop), archived[prop])
     return history
 
 
-def _series(raw: list[tuple], archived: list[tuple]) -> Series:
-    if not raw and not archived:
-        return Series.empty()
-    t = [r[0] for r in raw] + [a[1] for a in archived]
-    value = [r[2] for r in raw] + [a[4] / a[2] for a in archived]
-    lo = [r[2] for r in raw] + [a[3] for a in archived]
-    hi = [r[2] for r in raw] + [a[5] for a in archived]
-    n = [1] * len(raw) + [a[2] for a in archived]
-    integral = [r[2] * r[3] for r in raw] + [a[6] for a in archived]
-    flag = [False] * len(raw) + [True] * len(archived)
-    order = np.argsort(np.asarray(t, np.int64), kind="stable")
-    return Series(np.asarray(t, np.int64)[order], np.asarray(value, float)[order],
-                  np.asarray(lo, float)[order], np.asarray(hi, float)[order],
-                  np.asarray(n, np.int64)[order], np.asarray(integral, float)[order],
-                  np.asarray(flag, bool)[order])
+def _series(raw: tuple[np.ndarray, ...] | None, archived: list[tuple]) -> Series:
+    """Raw samples (time, value, held seconds; in time order) and archive rows (property,
+    bucket, n, min, sum, max, integral) as one series in time order."""
+    t, value, held_s = raw if raw is not None else (np.zeros(0, np.int64), np.zeros(0),
+                                                     np.zeros(0))
+    if not archived:
+        ones = np.ones(t.shape[0], np.int64)
+        return Series(t, value, value, value, ones, value * held_s, np.zeros(t.shape[0], bool))
+    a = np.asarray([row[1:] for row in archived], dtype=float)
+    a_t = a[:, 0].astype(np.int64)
+    order = np.argsort(np.concatenate([t, a_t]), kind="stable")
+    return Series(
+        np.concatenate([t, a_t])[order],
+        np.concatenate([value, a[:, 3] / a[:, 1]])[order],
+        np.concatenate([value, a[:, 2]])[order],
+        np.concatenate([value, a[:, 4]])[order],
+        np.concatenate([np.ones(t.shape[0], np.int64), a[:, 1].astype(np.int64)])[order],
+        np.concatenate([value * held_s, a[:, 5]])[order],
+        np.concatenate([np.zeros(t.shape[0], bool), np.ones(a.shape[0], bool)])[order])
