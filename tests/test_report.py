@@ -113,6 +113,8 @@ def test_report_cli_writes_the_file(db, tmp_path, capsys):
     (["report", rd.SUBJECT, "--from", "yesterday"], "--from 'yesterday': use a date"),
     (["report", rd.SUBJECT, "--from", "2026-12-03", "--to", "2026-12-01"], "is not before"),
     (["export", rd.SUBJECT, "--out", "x.txt"], "name it .csv or .parquet"),
+    (["export", rd.SUBJECT, "--out", "/nonexistent/x.csv"], "--out /nonexistent/x.csv: no "
+                                                           "directory /nonexistent"),
 ])
 def test_bad_input_is_one_line_naming_the_field(db, tmp_path, capsys, argv, message):
     argv = [*argv, "--db", str(db)] + ([] if "--out" in argv else ["--out",

@@ -76,6 +76,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gateway.report.page import render
 
     from_ms, to_ms = time_range(args)
+    _check_out(args.out)
     conn = open_readonly(args.db or DEFAULT_DB)
     try:
         history = load_history(conn, args.subject, from_ms, to_ms)
@@ -98,6 +99,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt is None:
         raise HistoryError(f"--out {args.out}: name it .csv or .parquet, or give --format")
     from_ms, to_ms = time_range(args)
+    _check_out(args.out)
     conn = open_readonly(args.db or DEFAULT_DB)
     try:
         history = load_history(conn, args.subject, from_ms, to_ms, with_raw=True)
@@ -112,6 +114,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         tmp.unlink(missing_ok=True)
     print(f"exported {len(rows):,} rows for {args.subject} ({fmt}) -> {args.out}")
     return 0
+
+
+def _check_out(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise HistoryError(f"--out {path}: no directory {path.parent}")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -117,6 +117,8 @@ def _uv_chart(data: ReportData) -> str:
     else:
         used = set()
         for day in data.daily_uv:
+            if not day.hours_measured:      # no UV readings that day: no bar, not a zero
+                continue
             fraction = day.med_fraction
             css = ("dose-ok" if fraction is None or fraction < UV_ALERT_MED_FRACTION else
                    "dose-over" if fraction >= 1.0 else "dose-near")
