@@ -107,6 +107,15 @@ def test_report_cli_writes_the_file(db, tmp_path, capsys):
     assert f"-> {out}" in capsys.readouterr().out
 
 
+def test_a_day_without_uv_readings_has_no_bar_rather_than_a_zero_dose(data):
+    history = data.history
+    history_before = type(history)(history.subject, history.from_ms - rd.DAY_MS, history.to_ms,
+                                   history.skin_type, history.series, history.gaps)
+    html = render(analyse(history_before, run_model), rd.DAY0_MS + 4 * rd.DAY_MS)
+    assert _plot_marks(html)["uv-dose"] == 3      # 2026-11-30 has none
+    assert "2026-11-30 00:00 UTC to" in html
+
+
 @pytest.mark.parametrize("argv, message", [
     (["report", "s-nobody"], "subject 's-nobody': not paired and not in the archive (known: "
                              "s-rep01)"),
