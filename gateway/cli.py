@@ -384,7 +384,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.db, mqtt, args.models_dir or settings.models_dir or default_models_dir(),
         max_connections=args.max_connections or settings.max_connections or 5,
         retention_days=args.retention_days or settings.retention_days or 30.0,
-        archive_days=args.archive_days or settings.archive_days or 730.0,
+        # by default summaries outlive raw samples by far: 730 days, or the retention if longer
+        archive_days=(args.archive_days or settings.archive_days
+                      or max(730.0, args.retention_days or settings.retention_days or 30.0)),
         publish_samples=raw_samples, location=args.location or settings.location)
 
     async def main() -> None:

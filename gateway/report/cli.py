@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.report.history import HistoryError, load_history, open_readonly
+from gateway.report.errors import HistoryError
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 DEFAULT_DAYS = 7
@@ -73,6 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from gateway.inference import load_models
     from gateway.report.analysis import analyse
+    from gateway.report.history import load_history, open_readonly
     from gateway.report.page import render
 
     from_ms, to_ms = time_range(args)
@@ -94,6 +95,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from gateway.report.export import rows_of, write
+    from gateway.report.history import load_history, open_readonly
 
     fmt = args.format or {".csv": "csv", ".parquet": "parquet"}.get(args.out.suffix.lower())
     if fmt is None:

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.report.archive import BUCKET_MS
-from gateway.report.history import History, HistoryError
+from gateway.report.errors import HistoryError
+from gateway.report.history import History
 
 COLUMNS = ("subject", "utc", "property", "value", "seq", "boot", "historical", "source",
            "count", "min", "max", "utc_end")

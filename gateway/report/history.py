@@ -15,12 +15,9 @@ import numpy as np
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
 from gateway.model_registry import CHANNEL_SCALE
 from gateway.report.archive import BUCKET_MS, HELD_S_SQL, HOLD_MAX_S, samples_with_next_sql
+from gateway.report.errors import HistoryError
 
 PROPERTIES = tuple(prop for _, prop in CHANNEL_SCALE.values())
-
-
-class HistoryError(ValueError):
-    """Bad input for a report or export (unknown subject, unreadable database): user-facing."""
 
 
 @dataclass
