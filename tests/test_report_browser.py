@@ -9,8 +9,10 @@ page's screenshot is kept next to the test's files (`--basetemp` to look at it).
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -90,6 +92,20 @@ def test_report_from_a_simulated_patch_opens_clean_with_every_plot_drawn(browser
     assert f"subject {subject}" in html
     assert int(re.search(r"<td>([\d,]+) samples", html).group(1).replace(",", "")) >= 40
     _open_report(browser, out)
+    # the same range exported: every stored sample once, in SI units
+    csv_out = tmp_path / "simulated.csv"
+    assert cli.main(["export", subject, "--from", time.strftime(
+        "%Y-%m-%dT%H:%M:%S", time.gmtime(started - 120)), "--db",
+        str(tmp_path / "gateway.sqlite3"), "--out", str(csv_out)]) == 0
+    with csv_out.open() as f:
+        rows = list(csv.DictReader(f))
+    stored = sqlite3.connect(tmp_path / "gateway.sqlite3").execute(
+        "SELECT COUNT(*) FROM samples WHERE utc_ms IS NOT NULL").fetchone()[0]
+    assert len(rows) == stored
+    assert {r["property"] for r in rows} == {"skin_temp_c", "uv_index", "capacitance_pf",
+                                             "battery_pct"}
+    temps = [float(r["value"]) for r in rows if r["property"] == "skin_temp_c"]
+    assert all(20 < t < 45 for t in temps)
 
 
 def test_report_of_an_archived_range_opens_clean_with_every_plot_drawn(browser, tmp_path):
