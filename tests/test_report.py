@@ -194,3 +194,28 @@ def test_report_opens_the_database_read_only(db, tmp_path):
     assert cli.main(["report", rd.SUBJECT, "--db", str(db), "--out", str(tmp_path / "r.html")]
                     ) == 0
     assert sqlite3.connect(db).execute("SELECT name FROM sqlite_master").fetchall() == before
+
+
+@pytest.mark.parametrize("longitude, doses", [
+    (-75.0, [0.0, *(rd.expected_dose_sed(d) for d in range(3))]),    # days start 05:00 UTC
+    (90.0, [*(rd.expected_dose_sed(d) for d in range(3)), 0.0]),     # days start 18:00 UTC
+])
+def test_with_a_location_uv_days_start_at_local_solar_midnight(data, longitude, doses):
+    local = analyse(data.history, run_model, (10.0, longitude))
+    offset = int(longitude / 15 * 3_600_000)
+    assert [d.day_ms + offset for d in local.daily_uv] == [
+        rd.DAY0_MS + k * rd.DAY_MS for k in range(-1 if longitude < 0 else 0, len(doses) - (
+            1 if longitude < 0 else 0))]
+    assert [d.dose_sed for d in local.daily_uv] == pytest.approx(doses, rel=1e-6, abs=1e-9)
+    assert "local solar time, UTC" in render(local, rd.DAY0_MS)
+
+
+def test_report_cli_takes_the_location(db, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert cli.main(["report", rd.SUBJECT, "--from", "2026-12-01", "--to", "2026-12-03",
+                     "--location", "45.5,-75", "--db", str(db), "--out", str(out)]) == 0
+    assert "UV dose per day (local solar time, UTC-5.0 h)" in out.read_text()
+    with pytest.raises(SystemExit) as exit_:         # argparse's usage error
+        cli.main(["report", rd.SUBJECT, "--location", "45.5", "--db", str(db), "--out", str(out)])
+    assert exit_.value.code == 2
+    assert "'45.5': give LAT,LON in degrees" in capsys.readouterr().err

@@ -37,7 +37,7 @@ NO_DATA_GAP_MS = 20 * 60_000        # longer than an archive bucket: a real stre
 
 @dataclass(frozen=True)
 class DailyDose:
-    day_ms: int                     # UTC midnight
+    day_ms: int                     # the day's start: UTC midnight, or local solar midnight
     dose_sed: float
     med_fraction: float | None      # None: the subject's skin type is not known
     hours_measured: float           # clock hours with at least one UV reading
@@ -65,22 +65,32 @@ class ReportData:
     hydration: HydrationView
     battery: Series
     no_data: list[tuple[int, int]]  # [from, to) stretches without any reading
+    day_offset_ms: int = 0          # local solar time - UTC of the UV days (0: UTC days)
 
 
-def analyse(history: History, run_model: RunModel | None) -> ReportData:
+def analyse(history: History, run_model: RunModel | None,
+            location: tuple[float, float] | None = None) -> ReportData:
+    """`location`: the gateway's (latitude, longitude); with it, as in the twin, a day of UV
+    dose starts at local solar midnight instead of 00:00 UTC."""
     series = history.series
     return ReportData(
         history, daily_uv_dose(series["uv_index"], history.med_sed, history.from_ms,
-                               history.to_ms),
+                               history.to_ms, day_offset_ms(location)),
         temperature_view(series["skin_temp_c"]),
         hydration_view(series["capacitance_pf"], series["skin_temp_c"], run_model),
-        series["battery_pct"], no_data_stretches(history))
+        series["battery_pct"], no_data_stretches(history), day_offset_ms(location))
 
 
-def daily_uv_dose(uv: Series, med_sed: float | None, from_ms: int, to_ms: int
-                  ) -> list[DailyDose]:
+def day_offset_ms(location: tuple[float, float] | None) -> int:
+    """Local solar time minus UTC at the location's longitude (the twin's day boundary)."""
+    return int(location[1] / 15 * 3_600_000) if location else 0
+
+
+def daily_uv_dose(uv: Series, med_sed: float | None, from_ms: int, to_ms: int,
+                  offset_ms: int = 0) -> list[DailyDose]:
+    """Per day (UTC, or local solar days `offset_ms` ahead of UTC) overlapping the range."""
     days = []
-    first_day = from_ms - from_ms % DAY_MS
+    first_day = (from_ms + offset_ms) // DAY_MS * DAY_MS - offset_ms
     for day in range(first_day, to_ms, DAY_MS):
         mask = (uv.t_ms >= day) & (uv.t_ms < day + DAY_MS)
         dose = float(uv.integral[mask].sum()) * ERYTHEMAL_W_M2_PER_UVI / J_M2_PER_SED

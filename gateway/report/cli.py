@@ -44,6 +44,17 @@ def time_range(args: argparse.Namespace) -> tuple[int, int]:
     return from_ms, to_ms
 
 
+def _location(text: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give LAT,LON in degrees, e.g. 45.5,-73.6") from None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        raise argparse.ArgumentTypeError(f"{text!r}: latitude -90..90, longitude -180..180")
+    return latitude, longitude
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("subject", help="pseudonymous subject id (as paired)")
     parser.add_argument("--from", dest="from_time", metavar="DATE",
@@ -61,6 +72,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                            " gaps)")
     _common(report)
     report.add_argument("--out", type=Path, required=True, metavar="FILE.html")
+    report.add_argument("--location", type=_location, metavar="LAT,LON",
+                        help="the gateway's latitude,longitude: UV doses per local solar day, "
+                             "as the twin counts them ([gateway] location; default: UTC days)")
     report.add_argument("--models-dir", type=Path,
                         help="the twin's models (default: those shipped with the gateway)")
     export = sub.add_parser("export", help="one subject's samples in SI units as CSV or Parquet")
@@ -84,7 +98,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     models = load_models(args.models_dir, names=("hydration",))
-    data = analyse(history, lambda name, inputs: models[name].run(inputs))
+    settings = getattr(args, "settings", None)       # the config file (gateway/cli.py)
+    location = args.location or getattr(settings, "location", None)
+    data = analyse(history, lambda name, inputs: models[name].run(inputs), location)
     html = render(data, int(time.time() * 1000))
     _write_atomically(args.out, html.encode())
     print(f"report for {args.subject}: {history.raw_points:,} samples"

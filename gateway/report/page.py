@@ -124,7 +124,8 @@ def _uv_chart(data: ReportData) -> str:
                    "dose-over" if fraction >= 1.0 else "dose-near")
             used.add(css)
             pad = 86_400_000 // 8
-            text = (f"{time.strftime('%Y-%m-%d', time.gmtime(day.day_ms / 1000))}: "
+            local_day = time.gmtime((day.day_ms + data.day_offset_ms) / 1000)
+            text = (f"{time.strftime('%Y-%m-%d', local_day)}: "
                     f"{day.dose_sed:.2f} SED" + ("" if fraction is None else
                                                  f", {fraction:.0%} of MED")
                     + f"; UV measured in {day.hours_measured:.0f} h of the day")
@@ -137,7 +138,9 @@ def _uv_chart(data: ReportData) -> str:
         chart.hline(med, "med", f"MED {med:g} SED", left=True)
         chart.hline(med * UV_ALERT_MED_FRACTION, "alert", f"{UV_ALERT_MED_FRACTION:.0%} of MED",
                     left=True)
-    return chart.render("Erythemal UV dose per day (UTC) against the minimal erythema dose")
+    days = ("UTC" if not data.day_offset_ms else
+            f"local solar time, UTC{data.day_offset_ms / 3_600_000:+.1f} h")
+    return chart.render(f"Erythemal UV dose per day ({days}) against the minimal erythema dose")
 
 
 def _hydration_chart(data: ReportData) -> str:
