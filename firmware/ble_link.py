@@ -4,6 +4,7 @@
 import struct
 
 import aioble
+from micropython import const
 
 from firmware import aio, control_codec
 from firmware import protocol_ids as ids
@@ -18,6 +19,15 @@ LINK_WATCH_MS = 250
 MAX_FRAME_BYTES = ids.FRAME_MAX_BYTES
 MIN_FRAME_BYTES = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
 NO_GAP_AHEAD = 0x100000000   # above every seq
+# Status record offsets (protocol.md §6) of the fields refreshed on every sample.
+_STATUS_NEXT_SEQ_AT = const(10)   # next_seq u32, tick u32, error flags u16
+_STATUS_BATTERY_AT = const(30)
+# Advertising data (protocol.md §2): AD types (Core Supplement Part A §1) and lengths.
+_AD_FLAGS = const(0x01)
+_AD_COMPLETE_NAME = const(0x09)
+_AD_MANUFACTURER = const(0xFF)
+_FLAGS_LE_GENERAL_NO_BREDR = const(0x06)
+_ADV_LEN = const(23)   # flags 3 + name "DT-XXXX" 9 + manufacturer data 11
 
 
 class PatchLink:
@@ -34,11 +44,16 @@ class PatchLink:
         self.sampler = None
         self.encoder = FrameEncoder(key, MAX_FRAME_BYTES)
         self._response_buf = bytearray(64)
-        self._status_buf = bytearray(31)
+        self._status_buf = bytearray(ids.STATUS_LEN)
+        self._periods = [0, 0, 0, 0, 0, 0]   # config keys 1..6, for the status record
         self._payload_buf = bytearray(8)
+        # ESS and Battery values: written in place, the stack copies them (no allocation)
         self._temp_buf = bytearray(2)
-        self._byte_buf = bytearray(1)
+        self._uv_buf = bytearray(1)
+        self._battery_buf = bytearray(1)
         self.battery_pct = 100
+        self.notifications_skipped = 0   # ESS/Battery updates the stack had no buffer for
+        self._adv_data, self._resp_data = self._advertising_payloads(gatt.stream_service_uuid)
         self.connection = None
         self.control_task = None
         self.stream_task = None
@@ -49,21 +64,46 @@ class PatchLink:
         self.gap_mark = 0         # gap notices at seqs below this were sent in this pass
         self.clock_set = False
         self.frames_sent = 0
+        # Live vs HISTORICAL (protocol.md §4): a sample logged before this connection started
+        # streaming, or already sent on it, goes out flagged HISTORICAL after a REPLAY; one
+        # sent for the first time since is live, whatever REPLAY moved the cursor.
+        self._stream_start = -1   # log.next_seq at this connection's first REPLAY
+        self._sent_end = 0        # one past the highest seq sent on this connection
 
     # -- sensor side ---------------------------------------------------------------
+    # The sampling hot path: allocates nothing (tests/test_firmware_ble.py runs it under
+    # heap_lock). Trigger, documented in docs/protocol.md §3: every new sample updates its
+    # characteristic and notifies the centrals that subscribed to it.
     def on_sample(self, channel, value):
         if channel == ids.CH_TEMPERATURE:
             # ESS Temperature is sint16 in 0.01 degC.
             struct.pack_into("<h", self._temp_buf, 0, raw_to_centi_celsius(value))
-            self.gatt.temperature.write(self._temp_buf)
+            self._publish(self.gatt.temperature, self._temp_buf)
         elif channel == ids.CH_UV:
             # ESS UV Index is uint8; the wire unit is UVI x 100.
-            self._byte_buf[0] = (value + 50) // 100 if value < 25_550 else 255
-            self.gatt.uv_index.write(self._byte_buf)
+            self._uv_buf[0] = (value + 50) // 100 if value < 25_550 else 255
+            self._publish(self.gatt.uv_index, self._uv_buf)
         elif channel == ids.CH_BATTERY:
             self.battery_pct = (value + 128) >> 8 if value < 25_600 else 100
-            self._byte_buf[0] = self.battery_pct
-            self.gatt.battery_level.write(self._byte_buf)
+            self._battery_buf[0] = self.battery_pct
+            self._publish(self.gatt.battery_level, self._battery_buf)
+        self._refresh_progress()
+
+    def _publish(self, characteristic, buf):
+        try:
+            characteristic.write(buf, True)   # send_update: notify subscribed centrals
+        except OSError:   # no notification buffer free: the value is stored, one update lost
+            self.notifications_skipped += 1
+
+    def _refresh_progress(self):
+        # The status record's fields that move with every sample (next_seq, tick, error
+        # flags, battery; protocol.md §6), packed in place: Status is current on every read.
+        # The rest changes only on events, which repack the whole record (_refresh_status).
+        buf = self._status_buf
+        struct.pack_into("<IIH", buf, _STATUS_NEXT_SEQ_AT, self.log.next_seq, self.clock.now(),
+                         self._error_flags())
+        buf[_STATUS_BATTERY_AT] = self.battery_pct
+        self.gatt.status.write(buf)
 
     # -- advertising ---------------------------------------------------------------
     def _error_flags(self):
@@ -76,30 +116,53 @@ class PatchLink:
 
     def _refresh_status(self):
         cfg = self.config
-        periods = (cfg.get(ids.CFG_TEMP_PERIOD_S), cfg.get(ids.CFG_UV_PERIOD_S),
-                   cfg.get(ids.CFG_UV_FAST_PERIOD_S), cfg.get(ids.CFG_HYDRATION_PERIOD_S),
-                   cfg.get(ids.CFG_BATTERY_PERIOD_S))
+        periods = self._periods
+        for i in range(6):
+            periods[i] = cfg.get(i + 1)   # config keys 1..6 (protocol.md §5)
         control_codec.pack_status(
             self._status_buf, self.gatt.firmware_version, self.boot_state.boot_id,
             self.log.oldest_seq, self.log.next_seq, self.clock.now(), self._error_flags(),
             periods, self.battery_pct)
         self.gatt.status.write(self._status_buf)
 
+    @staticmethod
+    def _advertising_payloads(service_uuid):
+        # protocol.md §2, built here rather than left to aioble's packing (which overflows in
+        # argument order): Flags, Name and Manufacturer Data in the advertisement, so a
+        # passive scanner (the gateway's, a BLE proxy) sees the battery and backlog; the
+        # 128-bit Stream Service UUID in the scan response.
+        return bytearray(_ADV_LEN), b"\x11\x07" + bytes(service_uuid)
+
+    def _pack_advertisement(self):
+        adv = self._adv_data
+        name = self.name
+        adv[0], adv[1], adv[2] = 2, _AD_FLAGS, _FLAGS_LE_GENERAL_NO_BREDR
+        adv[3], adv[4] = len(name) + 1, _AD_COMPLETE_NAME
+        for i in range(len(name)):
+            adv[5 + i] = ord(name[i])
+        at = 5 + len(name)
+        adv[at], adv[at + 1] = 3 + ids.MANUFACTURER_DATA_LEN, _AD_MANUFACTURER
+        struct.pack_into("<H", adv, at + 2, ids.COMPANY_ID)
+        adv[at + 4:at + 4 + ids.MANUFACTURER_DATA_LEN] = control_codec.pack_manufacturer_data(
+            self.gatt.firmware_version, self.battery_pct, len(self.log), bool(self.key),
+            self.log.is_full())
+        return adv
+
     async def serve_forever(self):
         while True:
             self._refresh_status()
-            unacked = len(self.log)
-            manufacturer = control_codec.pack_manufacturer_data(
-                self.gatt.firmware_version, self.battery_pct, unacked,
-                bool(self.key), self.log.is_full())
             connection = await aioble.advertise(
-                ADV_INTERVAL_US, name=self.name, services=[self.gatt.stream_service_uuid],
-                manufacturer=(ids.COMPANY_ID, manufacturer))
+                ADV_INTERVAL_US, adv_data=self._pack_advertisement(), resp_data=self._resp_data)
+            if connection is None:   # advertising cancelled (aioble returns None): stop
+                return
             await self.serve(connection)
 
     async def serve(self, connection):
         self.connection = connection
         self.cursor = -1
+        self._stream_start = -1
+        self._sent_end = 0
+        self._refresh_status()
         control = self.control_task = aio.create_task(self._control_loop(connection))
         streamer = self.stream_task = aio.create_task(self._stream_loop(connection))
         try:
@@ -167,7 +230,12 @@ class PatchLink:
             # failed its CRC), and the gateway moves past them only on this answer.
             start = self._first_held(operands if operands > log.oldest_seq else log.oldest_seq)
             self.cursor = start
-            self.replay_end = log.next_seq
+            if self._stream_start < 0:
+                self._stream_start = log.next_seq
+            # HISTORICAL up to what was logged before streaming began or already sent here;
+            # what follows goes out for the first time: live (protocol.md §4).
+            end = self._sent_end if self._sent_end > self._stream_start else self._stream_start
+            self.replay_end = end if end < log.next_seq else log.next_seq
             self.gap_mark = operands   # gaps in a hole before start are re-sent too
             self.replays += 1
             struct.pack_into("<II", self._payload_buf, 0, start, log.next_seq)
@@ -251,6 +319,8 @@ class PatchLink:
             if self.replays != replays:
                 continue   # a REPLAY moved the cursor while this frame was in flight
             self.cursor = seq
+            if seq > self._sent_end:
+                self._sent_end = seq
             if caught_up:
                 self._pending_since = -1   # what arrived during the notify waits afresh
 

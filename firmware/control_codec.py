@@ -36,8 +36,8 @@ _CFG_VALUE_MIN = const(1)
 _CFG_VALUE_MAX = const(0xFFFF)
 
 _STATUS_FORMAT = const(1)
-_STATUS_LEN = const(31)
-_STATUS_FMT = "<BBBBHIIIHHHHHHB"
+_STATUS_LEN = const(33)
+_STATUS_FMT = "<BBBBHIIIHHHHHHBH"
 _MFR_FMT = "<BBBBHB"
 _ADV_PROVISIONED = const(0x01)
 _ADV_LOG_FULL = const(0x02)
@@ -136,10 +136,10 @@ def pack_replay_result(oldest_seq, next_seq):
 def pack_status(
     buf, fw, boot_id, oldest_seq, next_seq, tick, error_flags, periods, battery_pct, offset=0
 ):
-    """Write the 31-byte status record (§6) at buf[offset:]; return a view of it.
+    """Write the 33-byte status record (§6) at buf[offset:]; return a view of it.
 
-    fw: (major, minor, patch); periods: the five periods in seconds in config-key order
-    (temperature, UV, UV fast, hydration, battery).
+    fw: (major, minor, patch); periods: the six config values in config-key order
+    (temperature, UV, UV fast, hydration, battery periods, frame flush interval; seconds).
     """
     struct.pack_into(
         _STATUS_FMT,
@@ -160,6 +160,7 @@ def pack_status(
         periods[3],
         periods[4],
         battery_pct,
+        periods[5],
     )
     return memoryview(buf)[offset : offset + _STATUS_LEN]
 

@@ -98,7 +98,7 @@ CFG_VALUE_MAX = const(0xFFFF)
 
 # --- Status record (§6) --------------------------------------------------------------------
 STATUS_FORMAT = const(1)
-STATUS_LEN = const(31)
+STATUS_LEN = const(33)
 
 ERR_LOG_FULL = const(0x0001)
 ERR_CLOCK_NOT_SET = const(0x0002)

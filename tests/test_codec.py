@@ -538,7 +538,7 @@ def test_status_record_both_sides():
         s["battery_pct"],
         offset=3,
     )
-    assert bytes(out).hex() == s["record"] and bytes(buf[3:34]).hex() == s["record"]
+    assert bytes(out).hex() == s["record"] and bytes(buf[3:36]).hex() == s["record"]
     st_ = cp.decode_status(bytes.fromhex(s["record"]))
     assert st_.fw_version == tuple(s["fw"]) and st_.fw_revision == "1.2.3"
     assert (st_.boot_id, st_.oldest_seq, st_.next_seq, st_.tick, st_.battery_pct) == (
@@ -555,6 +555,7 @@ def test_status_record_both_sides():
         gw.ConfigKey.UV_FAST_PERIOD_S: 1,
         gw.ConfigKey.HYDRATION_PERIOD_S: 60,
         gw.ConfigKey.BATTERY_PERIOD_S: 300,
+        gw.ConfigKey.FLUSH_INTERVAL_S: 60,
     }
     assert st_.unacked == 234
     record = bytes.fromhex(s["record"])

@@ -136,7 +136,7 @@ buf = bytearray(40)
 for name, op, st, payload in {resps!r}:
     p = binascii.unhexlify(payload) if payload else None
     out["responses"][name] = h(cc.build_response(buf, op, st, p))
-rec = bytearray(31)
+rec = bytearray(33)
 out["status"] = h(cc.pack_status(rec, {s["fw"]!r}, {s["boot_id"]}, {s["oldest_seq"]},
                   {s["next_seq"]}, {s["tick"]}, {s["error_flags"]}, {s["periods"]!r},
                   {s["battery_pct"]}))

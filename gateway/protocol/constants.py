@@ -60,7 +60,7 @@ CP_RESPONSE = 0x80
 
 # --- Status record (§6) --------------------------------------------------------------------
 STATUS_FORMAT = 1
-STATUS_LEN = 31
+STATUS_LEN = 33
 
 
 class Channel(IntEnum):
@@ -117,13 +117,15 @@ CFG_KEY_COUNT = len(ConfigKey)
 CFG_VALUE_MIN = 1
 CFG_VALUE_MAX = 0xFFFF
 
-# the periods carried in the status record, in record order
+# the config values carried in the status record, in record order (the flush interval
+# comes after the battery percent, §6)
 STATUS_CONFIG_KEYS = (
     ConfigKey.TEMP_PERIOD_S,
     ConfigKey.UV_PERIOD_S,
     ConfigKey.UV_FAST_PERIOD_S,
     ConfigKey.HYDRATION_PERIOD_S,
     ConfigKey.BATTERY_PERIOD_S,
+    ConfigKey.FLUSH_INTERVAL_S,
 )
 
 

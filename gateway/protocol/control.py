@@ -49,7 +49,7 @@ __all__ = [
     "set_time",
 ]
 
-_STATUS = struct.Struct("<BBBBHIIIHHHHHHB")
+_STATUS = struct.Struct("<BBBBHIIIHHHHHHBH")
 _MFR = struct.Struct("<BBBBHB")
 _SET_TIME_RESULT = struct.Struct("<HI")
 _REPLAY_RESULT = struct.Struct("<II")
@@ -209,7 +209,7 @@ class PatchStatus:
     next_seq: int  # seq the next sample will get
     tick: int
     error_flags: ErrorFlag
-    config: dict[ConfigKey, int]  # periods in seconds (keys 1..5; not the flush interval)
+    config: dict[ConfigKey, int]  # keys 1..6: the periods and the flush interval, seconds
     battery_pct: int
 
     @property
@@ -222,7 +222,7 @@ class PatchStatus:
 
 
 def decode_status(data: bytes) -> PatchStatus:
-    """The 31-byte status record (Status read or GET_STATUS payload)."""
+    """The 33-byte status record (Status read or GET_STATUS payload)."""
     data = bytes(data)
     if not data:
         raise ControlError("empty status record")
@@ -230,9 +230,8 @@ def decode_status(data: bytes) -> PatchStatus:
         raise ControlError(f"status format {data[0]}, expected {STATUS_FORMAT}")
     if len(data) != STATUS_LEN:
         raise ControlError(f"status record is {len(data)} bytes, expected {STATUS_LEN}")
-    (_, major, minor, patch, boot_id, oldest, nxt, tick, flags, *periods, battery) = _STATUS.unpack(
-        data
-    )
+    (_, major, minor, patch, boot_id, oldest, nxt, tick, flags, *periods, battery, flush_s) = (
+        _STATUS.unpack(data))
     return PatchStatus(
         fw_version=(major, minor, patch),
         boot_id=boot_id,
@@ -240,7 +239,7 @@ def decode_status(data: bytes) -> PatchStatus:
         next_seq=nxt,
         tick=tick,
         error_flags=ErrorFlag(flags),
-        config=dict(zip(STATUS_CONFIG_KEYS, periods, strict=True)),
+        config=dict(zip(STATUS_CONFIG_KEYS, (*periods, flush_s), strict=True)),
         battery_pct=battery,
     )
 

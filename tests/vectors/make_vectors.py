@@ -362,15 +362,17 @@ def control() -> dict:
         None)
     req("empty", "empty write", b"", 0, 2, None)
 
-    status_rec = _hex("01 010203 3412 E8030000 D2040000 407E0500 1200 0A00 0500 0100 3C00 2C01 57")
-    assert status_rec == struct.pack("<BBBBHIIIHHHHHHB", 1, 1, 2, 3, 0x1234, 1000, 1234, 360000,
-                                     0x12, 10, 5, 1, 60, 300, 87)
+    status_rec = _hex("01 010203 3412 E8030000 D2040000 407E0500 1200 0A00 0500 0100 3C00 2C01 57"
+                      " 3C00")
+    assert status_rec == struct.pack("<BBBBHIIIHHHHHHBH", 1, 1, 2, 3, 0x1234, 1000, 1234, 360000,
+                                     0x12, 10, 5, 1, 60, 300, 87, 60)
     status = {
         "name": "status", "record": status_rec.hex(),
         "fw": [1, 2, 3], "boot_id": 0x1234, "oldest_seq": 1000, "next_seq": 1234,
-        "tick": 360000, "error_flags": 0x12, "periods": [10, 5, 1, 60, 300], "battery_pct": 87,
+        "tick": 360000, "error_flags": 0x12, "periods": [10, 5, 1, 60, 300, 60], "battery_pct": 87,
         "description": "fw 1.2.3, 234 unacked samples, clock not set + UV sensor fault, "
-                       "default periods with UV fast 1 s, battery 87 %",
+                       "default periods with UV fast 1 s, battery 87 %, flush interval 60 s "
+                       "('periods' holds config keys 1..6 in order)",
     }
 
     responses = []
