@@ -292,7 +292,7 @@ class PatchLink:
     async def _stream_loop(self, connection):
         log = self.log
         enc = self.encoder
-        while True:
+        while connection.is_connected():
             if not self._frame_due():
                 await aio.sleep_ms(STREAM_POLL_MS)
                 continue
@@ -347,6 +347,8 @@ class PatchLink:
     async def _notify(self, connection, frame):
         backoff_ms = 5
         while True:
+            if not connection.is_connected():
+                return   # the link dropped: REPLAY on the next one sends it again
             try:
                 self.gatt.samples.notify(connection, frame)
                 return
