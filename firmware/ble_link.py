@@ -12,6 +12,10 @@ from firmware.frame_encoder import FrameEncoder
 from sensor_drivers.tmp117 import raw_to_centi_celsius
 
 ADV_INTERVAL_US = 250_000
+# Advertising restarts this often with fresh manufacturer data (battery, backlog, flags):
+# aioble cannot change a running advertisement.
+ADV_REFRESH_MS = 30_000
+BATTERY_NOT_KNOWN = 255   # status record and advertisement before the first gauge sample
 ENOMEM = 12
 STREAM_POLL_MS = 100
 MS_PER_TICK = ids.TICK_MS
@@ -42,7 +46,9 @@ class PatchLink:
         self.config = config
         self.board = board
         self.sampler = None
-        self.encoder = FrameEncoder(key, MAX_FRAME_BYTES)
+        # Unprovisioned (no key): no frames; every request is answered NOT_PROVISIONED, so the
+        # stream never starts.
+        self.encoder = FrameEncoder(key, MAX_FRAME_BYTES) if key else None
         self._response_buf = bytearray(64)
         self._status_buf = bytearray(ids.STATUS_LEN)
         self._periods = [0, 0, 0, 0, 0, 0]   # config keys 1..6, for the status record
@@ -51,7 +57,7 @@ class PatchLink:
         self._temp_buf = bytearray(2)
         self._uv_buf = bytearray(1)
         self._battery_buf = bytearray(1)
-        self.battery_pct = 100
+        self.battery_pct = BATTERY_NOT_KNOWN   # until the gauge's first sample
         self.notifications_skipped = 0   # ESS/Battery updates the stack had no buffer for
         self._adv_data, self._resp_data = self._advertising_payloads(gatt.stream_service_uuid)
         self.connection = None
@@ -151,8 +157,12 @@ class PatchLink:
     async def serve_forever(self):
         while True:
             self._refresh_status()
-            connection = await aioble.advertise(
-                ADV_INTERVAL_US, adv_data=self._pack_advertisement(), resp_data=self._resp_data)
+            try:
+                connection = await aioble.advertise(
+                    ADV_INTERVAL_US, adv_data=self._pack_advertisement(),
+                    resp_data=self._resp_data, timeout_ms=ADV_REFRESH_MS)
+            except aio.TimeoutError:   # nobody connected: advertise the current values
+                continue
             if connection is None:   # advertising cancelled (aioble returns None): stop
                 return
             await self.serve(connection)

@@ -159,10 +159,10 @@ async def test_control_write_from_another_central_ends_the_stale_link():
     import asyncio
     from types import SimpleNamespace
 
-    from firmware import host
     from firmware import protocol_ids as ids
+    from simulation.device_shims import install
 
-    host.install()   # aioble: the host shim
+    install()   # aioble: the host shim
     from firmware.ble_link import PatchLink
 
     class ControlPoint:
@@ -177,7 +177,8 @@ async def test_control_write_from_another_central_ends_the_stale_link():
             self.indicated.append((connection, bytes(data)))
 
     cp = ControlPoint()
-    link = PatchLink(SimpleNamespace(control_point=cp), "00" * 8, bytes(32),
+    link = PatchLink(SimpleNamespace(control_point=cp, stream_service_uuid=bytes(16)), "00" * 8,
+                     bytes(32),
                      SimpleNamespace(boot_id=1), None, None, None, None)
     served, other = object(), object()
     task = asyncio.ensure_future(link._control_loop(served))
