@@ -4,7 +4,7 @@
 # central. In the style of micropython-lib's aioble examples/temp_sensor.py.
 import sys
 
-# ruff: noqa: E402
+# ruff: noqa: E402, I001
 sys.path.append("")
 
 from micropython import const
