@@ -4,9 +4,11 @@ Output layout mirrors the patch's flash: build/firmware/main.py (the entry point
 source because MicroPython only runs main.py) and build/firmware/lib/<package>/<module>.mpy.
 CPython-only stand-ins (simulation/) and tests are left out.
 
-It also writes build/firmware/manifest.py, a MicroPython freeze manifest of the same device
-files plus aioble from micropython-lib, for a custom image whose code runs from flash
-(docs/firmware.md): `make BOARD=RPI_PICO_W FROZEN_MANIFEST=.../manifest.py` in a port.
+It also writes build/firmware/manifest.py, a MicroPython freeze manifest of the device files
+a patch runs plus the parts of aioble it uses (peripheral, server) from micropython-lib, for
+a custom image whose code runs from flash (docs/firmware.md):
+`make BOARD=RPI_PICO_W FROZEN_MANIFEST=.../manifest.py` in a port. The simulation that lives
+beside the drivers (chip emulators, the skin and environment models) is left out of it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_PACKAGES = ("firmware", "sensor_drivers")
 EXCLUDED_DIRS = {"host", "tests", "__pycache__"}
+# Compiled (a board without the chips runs them: `dermtwin flash --with-emulators`), never
+# frozen into a patch's image: the chip emulators and the models that feed them.
+SIMULATION_ONLY = ("sensor_drivers/emulators/", "sensor_drivers/environment_model.py",
+                   "sensor_drivers/skin_model.py")
+# micropython-lib packages: aioble's core + peripheral + server, not central, client,
+# security or l2cap (each module imported costs heap even when frozen).
+AIOBLE_PACKAGES = ("aioble-peripheral", "aioble-server")
 
 
 def device_sources() -> list[Path]:
@@ -29,6 +38,11 @@ def device_sources() -> list[Path]:
             if EXCLUDED_DIRS.isdisjoint(path.relative_to(REPO).parts[1:-1]):
                 sources.append(path)
     return sources
+
+
+def simulation_only(path: Path) -> bool:
+    relative = path.relative_to(REPO).as_posix()
+    return any(relative == s or relative.startswith(s) for s in SIMULATION_ONLY)
 
 
 def compile_one(source: Path, out_root: Path) -> str | None:
@@ -51,13 +65,11 @@ def freeze_manifest(sources: list[Path]) -> str:
         "#   cd micropython/ports/rp2 && make BOARD=RPI_PICO_W FROZEN_MANIFEST=<this file>",
         "#   (ESP32-S3: ports/esp32, BOARD=ESP32_GENERIC_S3). main.py stays on the filesystem.",
         'include("$(BOARD_DIR)/manifest.py")',
-        'require("aioble")',
+        *(f"require({name!r})" for name in AIOBLE_PACKAGES),
     ]
     for package in DEVICE_PACKAGES:
-        # the chip emulators serve the virtual board only: not in a patch's image
         files = [str(p.relative_to(REPO / package).as_posix()) for p in sources
-                 if p.relative_to(REPO).parts[0] == package
-                 and "emulators" not in p.relative_to(REPO).parts]
+                 if p.relative_to(REPO).parts[0] == package and not simulation_only(p)]
         lines.append(f"package({package!r}, files={files!r}, base_path={str(REPO)!r})")
     return "\n".join(lines) + "\n"
 
