@@ -6,7 +6,6 @@ import firmware.protocol_ids as ids
 
 FIRMWARE_VERSION = (0, 1, 0)
 MANUFACTURER_NAME = b"dermtwin"
-TEMPERATURE_NOT_KNOWN = b"\x00\x80"   # sint16 0x8000 (GATT Specification Supplement)
 
 
 def _uuid16(value):
@@ -32,7 +31,7 @@ class GattTable:
 
         ess = aioble.Service(_uuid16(0x181A))
         self.temperature = aioble.Characteristic(
-            ess, _uuid16(0x2A6E), read=True, notify=True, initial=TEMPERATURE_NOT_KNOWN)
+            ess, _uuid16(0x2A6E), read=True, notify=True, initial=b"\x00\x80")
         self.uv_index = aioble.Characteristic(
             ess, _uuid16(0x2A76), read=True, notify=True)
 

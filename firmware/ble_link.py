@@ -11,17 +11,16 @@ from firmware import protocol_ids as ids
 from firmware.frame_encoder import FrameEncoder
 from sensor_drivers.tmp117 import raw_to_centi_celsius
 
-ADV_INTERVAL_US = 250_000
+# Module constants are private const()s where they can be: folded by mpy-cross, they cost
+# no global and no interned name on the patch (docs/firmware.md, Memory).
+_ADV_INTERVAL_US = const(250_000)
 # Advertising restarts this often with fresh manufacturer data (battery, backlog, flags):
 # aioble cannot change a running advertisement.
 ADV_REFRESH_MS = 30_000
-BATTERY_NOT_KNOWN = 255   # status record and advertisement before the first gauge sample
-ENOMEM = 12
-STREAM_POLL_MS = 100
-MS_PER_TICK = ids.TICK_MS
-LINK_WATCH_MS = 250
-MAX_FRAME_BYTES = ids.FRAME_MAX_BYTES
-MIN_FRAME_BYTES = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
+_BATTERY_NOT_KNOWN = const(255)   # status and advertisement before the first gauge sample
+_ENOMEM = const(12)
+_STREAM_POLL_MS = const(100)
+_LINK_WATCH_MS = const(250)
 NO_GAP_AHEAD = 0x100000000   # above every seq
 # Status record offsets (protocol.md §6) of the fields refreshed on every sample.
 _STATUS_NEXT_SEQ_AT = const(10)   # next_seq u32, tick u32, error flags u16
@@ -48,7 +47,7 @@ class PatchLink:
         self.sampler = None
         # Unprovisioned (no key): no frames; every request is answered NOT_PROVISIONED, so the
         # stream never starts.
-        self.encoder = FrameEncoder(key, MAX_FRAME_BYTES) if key else None
+        self.encoder = FrameEncoder(key, ids.FRAME_MAX_BYTES) if key else None
         self._response_buf = bytearray(64)
         self._status_buf = bytearray(ids.STATUS_LEN)
         self._periods = [0, 0, 0, 0, 0, 0]   # config keys 1..6, for the status record
@@ -57,7 +56,7 @@ class PatchLink:
         self._temp_buf = bytearray(2)
         self._uv_buf = bytearray(1)
         self._battery_buf = bytearray(1)
-        self.battery_pct = BATTERY_NOT_KNOWN   # until the gauge's first sample
+        self.battery_pct = _BATTERY_NOT_KNOWN   # until the gauge's first sample
         self.notifications_skipped = 0   # ESS/Battery updates the stack had no buffer for
         self._adv_data, self._resp_data = self._advertising_payloads(gatt.stream_service_uuid)
         self.connection = None
@@ -159,7 +158,7 @@ class PatchLink:
             self._refresh_status()
             try:
                 connection = await aioble.advertise(
-                    ADV_INTERVAL_US, adv_data=self._pack_advertisement(),
+                    _ADV_INTERVAL_US, adv_data=self._pack_advertisement(),
                     resp_data=self._resp_data, timeout_ms=ADV_REFRESH_MS)
             except aio.TimeoutError:   # nobody connected: advertise the current values
                 continue
@@ -194,7 +193,7 @@ class PatchLink:
                 except Exception:   # already gone (a timeout waiting for the event): go on
                     pass
                 return
-            await aio.sleep_ms(LINK_WATCH_MS)
+            await aio.sleep_ms(_LINK_WATCH_MS)
 
     # -- control point ---------------------------------------------------------------
     async def _control_loop(self, connection):
@@ -287,7 +286,7 @@ class PatchLink:
         now = self.clock.now()
         if self._pending_since < 0:
             self._pending_since = now
-        if (now - self._pending_since) * MS_PER_TICK >= \
+        if (now - self._pending_since) * ids.TICK_MS >= \
                 self.config.get(ids.CFG_FLUSH_INTERVAL_S) * 1000:
             return True
         # Enough pending to fill a frame (records are about 2 bytes each).
@@ -295,16 +294,17 @@ class PatchLink:
 
     def _frame_bytes(self, connection):
         frame_bytes = (connection.mtu or 23) - ids.ATT_NOTIFY_OVERHEAD
-        if frame_bytes > MAX_FRAME_BYTES:
-            return MAX_FRAME_BYTES
-        return frame_bytes if frame_bytes > MIN_FRAME_BYTES else MIN_FRAME_BYTES
+        if frame_bytes > ids.FRAME_MAX_BYTES:
+            return ids.FRAME_MAX_BYTES
+        least = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
+        return frame_bytes if frame_bytes > least else least
 
     async def _stream_loop(self, connection):
         log = self.log
         enc = self.encoder
         while connection.is_connected():
             if not self._frame_due():
-                await aio.sleep_ms(STREAM_POLL_MS)
+                await aio.sleep_ms(_STREAM_POLL_MS)
                 continue
             seq = self.cursor
             boot = log.boot(seq)   # a frame carries one boot's records: their own boot id
@@ -363,7 +363,7 @@ class PatchLink:
                 self.gatt.samples.notify(connection, frame)
                 return
             except OSError as e:
-                if e.errno != ENOMEM:
+                if e.errno != _ENOMEM:
                     raise
             await aio.sleep_ms(backoff_ms)
             if backoff_ms < 200:

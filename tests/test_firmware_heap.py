@@ -1,4 +1,5 @@
-"""The firmware's steady-state heap use under the real MicroPython VM (issue 4: goal <= 40 KB).
+"""The firmware's steady-state heap use under the real MicroPython VM (goal: frozen firmware
+plus aioble <= 40 KB at steady state; issues 4 and 13).
 
 The non-BLE firmware is built as on a patch: the .mpy files that tools/build_firmware.py
 deploys, `app.Patch` on a board whose I2C bus is a VirtualI2C carrying the four chip
@@ -28,14 +29,23 @@ of garbage disappears under this procedure; the steady readings then agree to wi
 Reported (run with -s to see them):
 - scaffolding: interpreter, asyncio, the emulators, the environment model, the BLE stand-ins;
   subtracted from everything below (none of it is on a patch);
-- code: the firmware and driver modules imported from .mpy (bytecode and interned names in
-  RAM; zero heap if the modules are frozen into the MicroPython image);
+- code: the firmware and driver modules imported from .mpy (bytecode, constants and interned
+  names in RAM, plus what every module keeps even when frozen: module, class and function
+  objects, global name tables, tables built at import);
 - objects at start: what app.Patch, the drivers and the tasks allocate before sampling;
 - steady state: firmware total (code + data) after a warm-up, the lowest reading in each of
   two windows of 40 virtual minutes; the second must not exceed the first (no leak).
 
-Not measured (no BLE in the VM): aioble's code and objects and the port's BLE buffers; and on a
-device, LittleFS gives each of the log's (at most two) open files a small cache buffer.
+Frozen code does not cost zero heap. On a real 32-bit MicroPython (the unix port, this very
+procedure) the steady state was 66.5 KB from .mpy files and 24.9 KB with the firmware frozen:
+freezing moved 41.6 KB to flash, about the size of the device .mpy files (41 KB), and left
+~14 KB of module objects and name tables on the heap. The VM cannot freeze, so the test
+estimates the frozen figure as steady state minus the .mpy bytes of the device modules, and
+adds aioble's estimated frozen share (docs/firmware.md, Memory) for the 40 KB budget.
+
+Not measured (no BLE in the VM): aioble's objects and the port's BLE buffers (estimated, see
+AIOBLE_FROZEN_ESTIMATE_BYTES); and on a device, LittleFS gives each of the log's (at most two)
+open files a small cache buffer.
 """
 
 from __future__ import annotations
@@ -46,12 +56,17 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-HEAP_GOAL_BYTES = 40 * 1024
-# Measured 64.0 KB: 53.5 KB of module code (bytecode, constants, interned names) + 10.4 KB of
-# data. A guard against regressions, not a budget: frozen into the image, the code and its
-# names live in flash. Interned names come in pools that grow in steps: the firmware is ~10
-# names below the step (at ~1,260 names) that adds a ~9 KB pool, so the bound allows that one
-# step and no more.
+HEAP_GOAL_BYTES = 40 * 1024   # frozen firmware + aioble, steady state
+# aioble (core, device, peripheral, server) frozen, estimated: its module, class and function
+# objects ~4 KB, the patch's GATT table 2.5 KB and a connection 1.3 KB (both measured in this
+# VM over a stand-in `bluetooth`), the port's BLE buffers on the heap ~1 KB (rp2/BTstack).
+AIOBLE_FROZEN_ESTIMATE_BYTES = 9 * 1024
+# Measured 66.1 KB: 55.0 KB of module code + 10.6 KB of data (65.7 KB before the live ESS
+# values and the explicit advertisement). A guard against regressions, not a budget: frozen
+# into the image, the bytecode and its names live in flash. Interned names come in pools that
+# grow in steps: the firmware is a few names below the step (at ~1,260 names) that adds a
+# ~9 KB pool, so the bound allows that one step and no more (module constants that are private
+# const()s add no name).
 HEAP_WITH_MPY_CODE_BYTES = 76 * 1024
 # Steady readings agree to within 50 B over thousands of samples; a leak of one byte per
 # sample would show as kilobytes.
@@ -110,7 +125,9 @@ for path, data in MPY_FILES:
 MPY_FILES = None
 sys.path.insert(0, "/mpy")
 with open("/mpy/bluetooth.py", "w") as f:
-    f.write("class UUID:\n    def __init__(self, value):\n        self.value = value\n")
+    # bytes(uuid): the real UUID has the buffer protocol; iterating gives the same bytes
+    f.write("class UUID:\n    def __init__(self, value):\n        self.value = value\n"
+            "    def __iter__(self):\n        return iter(bytes(16))\n")
 with open("/mpy/aioble.py", "w") as f:
     f.write('''import asyncio
 class Service:
@@ -122,7 +139,7 @@ class Characteristic:
         self.value = initial
         self.inbox = []
         self.event = asyncio.Event()
-    def write(self, data):
+    def write(self, data, send_update=False):
         self.value = data
     def notify(self, connection, data=None):
         connection.on_notify(data)
@@ -284,6 +301,16 @@ def compiled_firmware(out: Path) -> list[tuple[str, bytes]]:
             for p in sorted(lib.rglob("*.mpy"))]
 
 
+def device_mpy_bytes(files: list[tuple[str, bytes]]) -> int:
+    """.mpy bytes of the modules a patch runs (what freezing moves to flash): not the
+    simulation beside the drivers, which the scaffolding loads."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from build_firmware import simulation_only
+
+    return sum(len(data) for path, data in files
+               if not simulation_only(REPO / path.removeprefix("/mpy/").replace(".mpy", ".py")))
+
+
 def test_steady_state_heap_is_under_goal_and_does_not_grow(micropython, tmp_path, monkeypatch):
     monkeypatch.setenv("NODE_OPTIONS", "--expose-gc")   # lets the script run JavaScript's gc
     files = compiled_firmware(tmp_path / "build")
@@ -308,10 +335,12 @@ def test_steady_state_heap_is_under_goal_and_does_not_grow(micropython, tmp_path
             for m in re.findall(r"heap (\S+) ([\d ]+)", out)}
     code, objects, steady = heap["code"][0], heap["objects-at-start"][0], heap["steady"]
     data = [s - code for s in steady]
+    frozen = max(steady) - device_mpy_bytes(files)
     print(f"\nfirmware heap: code {code} B (.mpy in RAM), objects at start {objects} B, "
-          f"steady state {steady} B = code + data {data} B")
-    # What the firmware's design holds: objects, buffers, tables, tasks.
-    assert max(data) < HEAP_GOAL_BYTES, (data, out)
-    # With the modules loaded from .mpy files their bytecode is heap too (frozen: none).
+          f"steady state {steady} B = code + data {data} B; frozen, estimated: {frozen} B "
+          f"+ aioble {AIOBLE_FROZEN_ESTIMATE_BYTES} B = {frozen + AIOBLE_FROZEN_ESTIMATE_BYTES} B")
+    # The budget: frozen firmware (measured 24.9 KB on a real build) plus aioble.
+    assert frozen + AIOBLE_FROZEN_ESTIMATE_BYTES <= HEAP_GOAL_BYTES, (frozen, out)
+    # With the modules loaded from .mpy files their bytecode is heap too.
     assert max(steady) < HEAP_WITH_MPY_CODE_BYTES, (steady, out)
     assert steady[-1] - steady[0] < LEAK_TOLERANCE_BYTES, (steady, out)

@@ -226,7 +226,7 @@ async def test_advertisement_carries_manufacturer_data_and_the_scan_response_the
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            if passive and link.battery_pct != ble_link.BATTERY_NOT_KNOWN and info_of(
+            if passive and link.battery_pct != NOT_KNOWN and info_of(
                     passive[-1]).battery_pct == link.battery_pct:
                 break
         await scanner.stop_scanning()
@@ -239,9 +239,9 @@ async def test_advertisement_carries_manufacturer_data_and_the_scan_response_the
         assert adv[12:16] == layout[12:16]                                 # mfr, company 0xFFFF
         info = info_of(passive[-1])
         assert info.fw_version == (0, 1, 0) and info.provisioned and not info.log_full
-        assert info.battery_pct == link.battery_pct != ble_link.BATTERY_NOT_KNOWN
+        assert info.battery_pct == link.battery_pct != NOT_KNOWN
         # the first advertisement went out before the gauge's first sample: "not known"
-        assert info_of(passive[0]).battery_pct in (ble_link.BATTERY_NOT_KNOWN, info.battery_pct)
+        assert info_of(passive[0]).battery_pct in (NOT_KNOWN, info.battery_pct)
         assert passive[-1].data.get(
             AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS) is None
         assert not merged                          # passive: no scan request, no response
@@ -256,6 +256,9 @@ async def test_advertisement_carries_manufacturer_data_and_the_scan_response_the
     finally:
         await patch.stop()
         await radio.close()
+
+
+NOT_KNOWN = 255   # battery_pct before the gauge's first sample (protocol.md §2)
 
 
 def info_of(advertisement):
