@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import mp_asyncio  # type: ignore[import-not-found,unused-ignore]  # device_shims on sys.path
 
+# core and device import each other, as in upstream aioble (core.py's connection handler
+# and device.py's use of the shared state): the import back to .device stays deferred
+# (inside functions / TYPE_CHECKING), the one import cycle tests/test_layering.py allows.
 if TYPE_CHECKING:
     from bumble.device import Device as BumbleDevice
 
