@@ -21,7 +21,7 @@ SOFT_RESET = 5
 DEFAULT_CPU_FREQ_HZ = 240_000_000
 DEFAULT_UNIQUE_ID = bytes.fromhex("d7e1a0000001")
 
-_i2c_buses: dict[int, Any] = {}   # a VirtualI2C (sensor_drivers.emulators.i2c_bus)
+_i2c_buses: dict[int, Any] = {}  # register-level emulator buses (sensor_drivers.emulators)
 _state: dict[str, Any] = {
     "unique_id": DEFAULT_UNIQUE_ID,
     "reset_cause": PWRON_RESET,
