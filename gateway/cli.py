@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, default=DEFAULT_DB)
     unpair.add_argument("--device-id", required=True)
+
+    from gateway import broker_config
+    broker_config.add_subcommand(sub)
     return parser
 
 
@@ -162,7 +165,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _open_store(db: Path):
     from gateway import store as store_mod
 
-    db.parent.mkdir(parents=True, exist_ok=True)
+    db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return store_mod.Store(store_mod.connect(db))
 
 
@@ -205,7 +208,13 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     from gateway import store as store_mod
-    from gateway.provision import ProvisionError, load_key_file, provision
+    from gateway.provision import (
+        ProvisionError,
+        default_key_path,
+        load_key_file,
+        provision,
+        save_key_file,
+    )
 
     if args.subject is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.subject):
         raise CliError(f"--subject {args.subject!r}: use 1-64 letters, digits, '-' or '_' "
@@ -218,9 +227,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     print(f"provisioned {args.port}: device {result.device_id} (DT-{result.device_id[-4:].upper()})"
           + ("; replaced an earlier identity" if result.replaced else ""))
     if args.subject is None:
-        key_path = Path(f"{result.device_id}.key")
-        key_path.write_text(result.key.hex() + "\n")
-        key_path.chmod(0o600)
+        key_path = save_key_file(default_key_path(args.db, result.device_id), result.key)
         print(f"key saved to {key_path} (mode 600); pair it with: dermtwin pair --device-id "
               f"{result.device_id} --key-file {key_path} --subject <pseudonymous id>")
         return 0
@@ -272,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.broker, username=args.username, password_env=args.password_env,
         gateway_id=args.gateway_id, ca_file=args.ca_file, cert_file=args.cert_file,
         key_file=args.key_file)
-    args.db.parent.mkdir(parents=True, exist_ok=True)
+    args.db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def main() -> None:
         import signal
@@ -299,9 +306,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from gateway.broker_config import run_command
+
+    return run_command(args)
+
+
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
-            "unpair": cmd_unpair}
+            "unpair": cmd_unpair, "broker-config": cmd_broker_config}
 
 
 def main(argv: list[str] | None = None) -> int:

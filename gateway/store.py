@@ -11,7 +11,10 @@ in one transaction.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from gateway.protocol.constants import ConfigKey
+
+log = logging.getLogger(__name__)
+
+DB_FILE_MODE = 0o600   # the database holds the device keys
+DB_DIR_MODE = 0o700    # a directory the database creates
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -157,13 +165,32 @@ class SampleBatch:
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (and create) the gateway database with the durability settings we rely on."""
+    """Open (and create) the gateway database with the durability settings we rely on.
+
+    It holds the device keys: created 0600 (SQLite gives its -wal and -shm files the same
+    mode) in a directory created 0700; an existing database readable by others is made
+    0600, with a warning."""
+    _private_db_file(Path(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(SCHEMA)
     return conn
+
+
+def _private_db_file(path: Path) -> None:
+    path.parent.mkdir(mode=DB_DIR_MODE, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, DB_FILE_MODE))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & ~DB_FILE_MODE:
+            log.warning("%s was readable by others (mode %o): holds device keys, now 600",
+                        file, mode)
+            file.chmod(DB_FILE_MODE)
 
 
 class Store:
