@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--username")
     run.add_argument("--password-env", metavar="VAR",
                      help="read the MQTT password from this environment variable")
+    run.add_argument("--password-file", type=Path, metavar="FILE",
+                     help="read the MQTT password from this file (as broker-config writes it)")
     run.add_argument("--ca-file", type=Path)
     run.add_argument("--cert-file", type=Path)
     run.add_argument("--key-file", type=Path)
@@ -277,6 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     mqtt = MqttConfig.from_url(
         args.broker, username=args.username, password_env=args.password_env,
+        password_file=args.password_file,
         gateway_id=args.gateway_id, ca_file=args.ca_file, cert_file=args.cert_file,
         key_file=args.key_file)
     args.db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -330,6 +330,13 @@ class Store:
             "UPDATE desired_config SET applied_ver=?, applied_cfg_json=? WHERE device_id=?",
             (ver, _cfg_json(cfg), device_id))
 
+    def forget_desired(self, device_id: str) -> DesiredConfig | None:
+        """Inside the caller's transaction: drop the accepted desired version (a clinic's
+        `reset_config`), so any `ver` is newer again. Returns what was forgotten."""
+        forgotten = self.desired(device_id)
+        self.conn.execute("DELETE FROM desired_config WHERE device_id=?", (device_id,))
+        return forgotten
+
     def desired(self, device_id: str) -> DesiredConfig | None:
         row = self.conn.execute(
             "SELECT ver, cfg_json, applied_ver, applied_cfg_json FROM desired_config"
