@@ -64,6 +64,9 @@ def free_loopback_port() -> int:
 class LocalBroker:
     """A mosquitto process of our own, listening on 127.0.0.1 only.
 
+    `config_file` runs mosquitto with a configuration of its own (one `dermtwin
+    broker-config` wrote) instead; `port` is then its plain listener's.
+
     `users` maps username -> password; when given, anonymous clients are
     refused. `acl` is the text of a mosquitto ACL file (gateway/broker_config.py writes
     one per role); `LocalBroker.for_deployment` makes both from a `Deployment`. `persistence=True` keeps retained messages across a stop/start
@@ -86,7 +89,12 @@ class LocalBroker:
         tls_key_file: str | os.PathLike[str] | None = None,
         tls_client_ca_file: str | os.PathLike[str] | None = None,
         mosquitto_path: str | None = None,
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        if config_file is not None and (port is None or users or acl or tls_cert_file
+                                        or extra_config or persistence):
+            raise BrokerError("config_file: give only the port of its plain listener with it")
+        self._given_config = None if config_file is None else Path(config_file).resolve()
         if (tls_cert_file is None) != (tls_key_file is None):
             raise BrokerError("tls_cert_file and tls_key_file: give both or neither")
         if tls_client_ca_file is not None and tls_cert_file is None:
@@ -153,7 +161,7 @@ class LocalBroker:
 
     @property
     def config_path(self) -> Path:
-        return self.data_dir / "mosquitto.conf"
+        return self._given_config or self.data_dir / "mosquitto.conf"
 
     @property
     def log_path(self) -> Path:
@@ -208,7 +216,8 @@ class LocalBroker:
         """Start mosquitto and return once its port accepts TCP connections."""
         if self.running:
             raise BrokerError(f"broker on port {self._port} is already running")
-        self._write_config()
+        if self._given_config is None:
+            self._write_config()
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         with open(fd, "ab") as log_file:
             self._process = subprocess.Popen(
