@@ -69,12 +69,12 @@ class LocalBroker:
 
     `users` maps username -> password; when given, anonymous clients are
     refused. `acl` is the text of a mosquitto ACL file (gateway/broker_config.py writes
-    one per role); `LocalBroker.for_deployment` makes both from a `Deployment`. `persistence=True` keeps retained messages across a stop/start
-    (in `data_dir`). With `tls_cert_file` and `tls_key_file` the listener
-    speaks TLS only (`url` becomes mqtts://); `tls_client_ca_file` then
-    requires client certificates signed by that CA. `extra_config` lines are
-    appended verbatim (e.g. "message_size_limit 1024").
-    """
+    one per role); `LocalBroker.for_deployment` makes both from a `Deployment`.
+    `persistence=True` keeps retained messages across a stop/start (in `data_dir`).
+    With `tls_cert_file` and `tls_key_file` the listener speaks TLS only (`url`
+    becomes mqtts://); `tls_client_ca_file` then requires client certificates signed
+    by that CA. `extra_config` lines are appended verbatim (e.g. "message_size_limit
+    1024")."""
 
     def __init__(
         self,
@@ -125,8 +125,8 @@ class LocalBroker:
                        data_dir: str | os.PathLike[str] | None = None,
                        **options: Any) -> LocalBroker:
         """A broker with one account per role of `deployment` (fresh passwords) and its ACL:
-        no anonymous access. `password(name)` and `credentials[name]` (a 0600 file under
-        `data_dir/credentials/`) give each account's password to its client."""
+        no anonymous access. `credentials[name]` is a 0600 file under
+        `data_dir/credentials/` holding that account's password, for its client."""
         passwords = {a.name: generate_password() for a in deployment.accounts}
         broker = cls(data_dir=data_dir, users=passwords, acl=acl_text(deployment), **options)
         credentials_dir = private_dir(broker.data_dir / CREDENTIALS_DIR)
@@ -135,12 +135,6 @@ class LocalBroker:
             write_private(path, password + "\n")
             broker.credentials[name] = path
         return broker
-
-    def password(self, username: str) -> str:
-        try:
-            return self._users[username]
-        except KeyError:
-            raise BrokerError(f"no account {username!r} on this broker") from None
 
     @property
     def port(self) -> int:
