@@ -198,7 +198,8 @@ class Gateway:
                     slot.task = asyncio.create_task(self._serve(device_id, slot))
             self._share_slots(now)
             try:
-                await asyncio.wait_for(self._wake.wait(), MANAGER_POLL_S)
+                async with asyncio.timeout(MANAGER_POLL_S):   # not wait_for: see Ingest.run
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
