@@ -360,6 +360,14 @@ def test_cli_names_an_unusable_tls_file_in_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     with pytest.raises(MqttConfigError, match="password_file '.*': cannot read it"):
         MqttConfig.from_url("mqtt://h", username="u", password_file=tmp_path / "missing")
+    password_file = tmp_path / "gw1.password"
+    password_file.write_text("s3cret-from-broker-config\n")
+    config = MqttConfig.from_url("mqtt://h", username="gw1", password_file=password_file)
+    assert config.password == "s3cret-from-broker-config"
+    assert "s3cret" not in repr(config)
+    with pytest.raises(MqttConfigError, match="password_file: give either password_env or"):
+        MqttConfig.from_url("mqtt://h", username="u", password_env="X",
+                            password_file=password_file)
 
 
 @pytest.mark.slow
