@@ -4,6 +4,10 @@ Output layout mirrors the patch's flash: build/firmware/main.py (the entry point
 source because MicroPython only runs main.py) and build/firmware/lib/<package>/<module>.mpy.
 CPython-only stand-ins (simulation/) and tests are left out.
 
+aioble (micropython-lib's BLE library, vendored in third_party/aioble) is compiled into
+build/firmware/lib/aioble/ too, so `dermtwin flash` installs everything the patch needs
+without a network.
+
 It also writes build/firmware/manifest.py, a MicroPython freeze manifest of the same device
 files plus aioble from micropython-lib, for a custom image whose code runs from flash
 (docs/firmware.md): `make BOARD=RPI_PICO_W FROZEN_MANIFEST=.../manifest.py` in a port.
@@ -19,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_PACKAGES = ("firmware", "sensor_drivers")
+AIOBLE_ROOT = REPO / "third_party" / "aioble"   # holds the aioble/ package
 EXCLUDED_DIRS = {"host", "tests", "__pycache__"}
 
 
@@ -31,8 +36,12 @@ def device_sources() -> list[Path]:
     return sources
 
 
-def compile_one(source: Path, out_root: Path) -> str | None:
-    relative = source.relative_to(REPO)
+def aioble_sources() -> list[Path]:
+    return sorted((AIOBLE_ROOT / "aioble").glob("*.py"))
+
+
+def compile_one(source: Path, out_root: Path, base: Path | None = None) -> str | None:
+    relative = source.relative_to(base or REPO)
     target = out_root / "lib" / relative.with_suffix(".mpy")
     target.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
@@ -70,13 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.out)
     sources = device_sources()
     errors = [e for e in (compile_one(s, args.out) for s in sources) if e]
+    errors += [e for e in (compile_one(s, args.out, AIOBLE_ROOT) for s in aioble_sources()) if e]
     shutil.copy(REPO / "firmware" / "main.py", args.out / "main.py")
     (args.out / "manifest.py").write_text(freeze_manifest(sources))
     total = sum(p.stat().st_size for p in (args.out / "lib").rglob("*.mpy"))
     if errors:
         print("mpy-cross rejected:", *errors, sep="\n  ", file=sys.stderr)
         return 1
-    print(f"compiled {len(sources)} files with mpy-cross into {args.out} ({total} bytes of .mpy)")
+    print(f"compiled {len(sources)} files and aioble ({len(aioble_sources())} files) with "
+          f"mpy-cross into {args.out} ({total} bytes of .mpy)")
     return 0
 
 
