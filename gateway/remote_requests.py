@@ -196,22 +196,21 @@ class RemoteRequests:
     def _reset_config(self, subject: str) -> tuple[bool, str]:
         """Forget the subject's accepted desired version (docs/mqtt.md, reset_config): the
         patch keeps its configuration, the next `desired` may start again at any `ver`."""
-        topic = self.gateway.config.mqtt.topic(subject, "desired")
+        topic = self.mqtt.topic(subject, "desired")
         if self._desired_retained.get(subject):
             return False, (f"{topic} still holds a retained configuration, which would come "
                            "back at the next reconnect: clear it first (an empty retained "
                            "message), then reset")
         device_id = self._by_subject[subject]
         try:
-            with self.gateway.store.transaction():
-                forgotten = self.gateway.store.forget_desired(device_id)
+            with self.store.transaction():
+                forgotten = self.store.forget_desired(device_id)
                 # The retained answer goes too: it speaks of the forgotten version.
-                self.gateway.outbox.put(self.gateway.config.mqtt.topic(subject, "reported"),
-                                        b"", retain=True)
+                self.outbox.put(self.mqtt.topic(subject, "reported"), b"", retain=True)
         except store_mod.StoreError as e:
             return False, f"store: {e}"
         self._last_refused.pop(subject, None)
-        self.gateway.publisher.kick()
+        self.kick()
         was = f"ver {forgotten.ver}" if forgotten is not None else "no version"
         return True, (f"configuration history of {subject} forgotten (was {was}); the patch "
                       "keeps its configuration")
