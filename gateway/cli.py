@@ -104,9 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--password-env", metavar="VAR",
                      help="read the MQTT password from this environment variable "
                           "([mqtt] password_env or password_file)")
-    run.add_argument("--password-file", type=Path, metavar="FILE",
-                     help="read the MQTT password from this file, as broker-config "
-                          "writes it ([mqtt] password_file)")
     run.add_argument("--ca-file", type=Path, help="[mqtt] ca_file")
     run.add_argument("--cert-file", type=Path, help="[mqtt] cert_file")
     run.add_argument("--key-file", type=Path, help="[mqtt] key_file")
@@ -371,12 +368,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     broker = args.broker or settings.broker
     if not broker:
         raise CliError(f"no broker: give --broker URL{where}")
-    if (args.password_env or args.password_file) and settings.password is not None:
+    if args.password_env and settings.password is not None:
         settings.password = None   # the command line wins
     mqtt = MqttConfig.from_url(
         broker, username=args.username or settings.username, password=settings.password,
-        password_env=args.password_env, password_file=args.password_file,
-        gateway_id=args.gateway_id or settings.gateway_id or "gw1",
+        password_env=args.password_env, gateway_id=args.gateway_id or settings.gateway_id or "gw1",
         ca_file=args.ca_file or settings.ca_file, cert_file=args.cert_file or settings.cert_file,
         key_file=args.key_file or settings.key_file)
     args.db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -106,18 +106,22 @@ def connect(path: str | Path) -> sqlite3.Connection:
     It holds the device keys: created 0600 (SQLite gives its -wal and -shm files the same
     mode) in a directory created 0700; an existing database readable by others is made
     0600, with a warning."""
-    _private_db_file(Path(path))
+    _create_private(Path(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(SCHEMA)
+    _tighten(Path(path))   # only a file that opened as a database
     return conn
 
 
-def _private_db_file(path: Path) -> None:
+def _create_private(path: Path) -> None:
     path.parent.mkdir(mode=DB_DIR_MODE, parents=True, exist_ok=True)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, DB_FILE_MODE))
+
+
+def _tighten(path: Path) -> None:
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         try:
             mode = stat.S_IMODE(file.stat().st_mode)

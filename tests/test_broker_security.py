@@ -423,12 +423,12 @@ async def test_a_subscriber_cannot_configure_the_patch_over_a_tls_gateway(
 def test_database_key_files_and_registry_are_private(tmp_path, caplog):
     from gateway import store as store_mod
     from gateway.provision import default_key_path
+    from gateway.values import RegisteredDevice
 
     db = tmp_path / "state" / "gateway.sqlite3"
     store = store_mod.Store(store_mod.connect(db))
     with store.transaction():
-        store.register(store_mod.RegisteredDevice("00112233aabbccdd", b"k" * 32, "s-1", 3, None),
-                       0)
+        store.register(RegisteredDevice("00112233aabbccdd", b"k" * 32, "s-1", 3, None), 0)
     assert mode(db.parent) == 0o700
     for suffix in ("", "-wal", "-shm"):
         assert mode(db.with_name(db.name + suffix)) == 0o600, suffix
