@@ -45,7 +45,7 @@ lint: setup
 	$(PY) tools/typecheck_firmware.py
 
 firmware: setup
-	$(PY) tools/build_firmware.py --out build/firmware
+	$(PY) tools/build_firmware.py --out build/firmware $(if $(AIOBLE_DIR),--aioble $(AIOBLE_DIR))
 
 models: setup
 	$(PY) models_onnx/build_models.py
