@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
+
+    from gateway import broker_config
+    broker_config.add_subcommand(sub)
     return parser
 
 
@@ -221,7 +224,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _open_store(db: Path):
     from gateway import store as store_mod
 
-    db.parent.mkdir(parents=True, exist_ok=True)
+    db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return store_mod.Store(store_mod.connect(db))
 
 
@@ -282,6 +285,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         DEVICE_ID_BYTES,
         IdentityRecord,
         ProvisionError,
+        default_key_path,
         load_key_file,
         provision,
         validate_device_id,
@@ -305,7 +309,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         record = RegistryRecord(_open_store(args.db), args.subject, args.skin_type,
                                 reassign=args.reassign, reuse_subject=args.reuse_subject)
     else:
-        key_path = Path(f"{device_id}.key")
+        key_path = default_key_path(args.db, device_id)   # never the current directory
         record = KeyFileRecord(key_path)
     try:
         result = provision(args.port, device_id, key, replace_identity=args.replace_identity,
@@ -376,7 +380,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         password_env=args.password_env, gateway_id=args.gateway_id or settings.gateway_id or "gw1",
         ca_file=args.ca_file or settings.ca_file, cert_file=args.cert_file or settings.cert_file,
         key_file=args.key_file or settings.key_file)
-    args.db.parent.mkdir(parents=True, exist_ok=True)
+    args.db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     hci = args.hci or settings.hci
     raw_samples = (not args.no_raw_samples if args.no_raw_samples is not None
                    else settings.raw_samples if settings.raw_samples is not None else True)
@@ -409,10 +413,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from gateway.broker_config import run_command
+
+    return run_command(args)
+
+
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
-            "models": models_cli.cmd_models}
+            "models": models_cli.cmd_models, "broker-config": cmd_broker_config}
 COMMANDS.update(report=report_cli.cmd_report, export=report_cli.cmd_export)
 
 

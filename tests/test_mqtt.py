@@ -163,10 +163,18 @@ def test_config_password_from_environment(monkeypatch):
 
 
 def test_config_tls_files_are_checked(tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not checked here, only that it exists")
-    config = MqttConfig.from_url("mqtts://h", ca_file=ca, cert_file=ca, key_file=ca)
-    assert config.ca_file == str(ca)
+    certs = make_certificates(tmp_path)
+    config = MqttConfig.from_url("mqtts://h", ca_file=certs["ca.pem"],
+                                 cert_file=certs["client.pem"], key_file=certs["client.key"])
+    assert config.ca_file == str(certs["ca.pem"])
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
+    with pytest.raises(MqttConfigError, match=r"^ca_file '.*not\.pem': not a usable PEM CA"):
+        MqttConfig.from_url("mqtts://h", ca_file=not_pem)
+    with pytest.raises(MqttConfigError, match=r"^cert_file '.*client\.pem' / key_file "
+                                              r"'.*server\.key': not a PEM certificate with"):
+        MqttConfig.from_url("mqtts://h", ca_file=certs["ca.pem"], cert_file=certs["client.pem"],
+                            key_file=certs["server.key"])
 
 
 @pytest.mark.parametrize(

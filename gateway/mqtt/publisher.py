@@ -38,6 +38,7 @@ import asyncio
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -337,11 +338,7 @@ class MqttPublisher:
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self.config.password)
         if self.config.tls:
-            client.tls_set(
-                ca_certs=self.config.ca_file,
-                certfile=self.config.cert_file,
-                keyfile=self.config.key_file,
-            )
+            client.tls_set_context(self.config.ssl_context())
         will_properties = None
         if self._will_delay_s > 0:
             will_properties = Properties(PacketTypes.WILLMESSAGE)
@@ -411,9 +408,16 @@ class MqttPublisher:
     def _on_connect_fail(self, client, userdata) -> None:
         if client is not self._client:
             return  # a replaced session's last words
-        detail = f": {self._last_paho_error}" if self._last_paho_error else ""
-        self._last_error = f"cannot connect to {self.config.url}{detail}"
-        log.debug("mqtt connect to %s failed; retrying with backoff", self.config.url)
+        # paho calls this inside its `except OSError:` around the connection attempt.
+        error = sys.exc_info()[1]
+        if error is not None:
+            message = self.config.describe_connect_error(error)
+        else:
+            detail = f": {self._last_paho_error}" if self._last_paho_error else ""
+            message = f"cannot connect to {self.config.url}{detail}"
+        if message != self._last_error:   # once per cause, not at every retry
+            log.warning("mqtt %s; retrying with backoff", message)
+        self._last_error = message
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if client is not self._client:
