@@ -15,7 +15,7 @@ import pytest
 from mqtt_fixtures import ReceivedMessage, wait_until
 
 from gateway.mqtt.config import MqttConfig, MqttConfigError
-from gateway.mqtt.publisher import MAX_PROTOCOL_STRIKES, MqttPublisher
+from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
 from simulation import broker as broker_module
 from simulation.broker import BrokerError, LocalBroker, find_mosquitto
@@ -372,12 +372,17 @@ def test_broker_restart_on_the_same_port_loses_nothing(
 
 def test_unacknowledged_rows_survive_a_publisher_crash(mqtt_broker, mqtt_collector, db_path):
     topic = "dermtwin/v1/child/s1/samples"
+    # Fewer than mosquitto's max_queued_messages (1000) beyond what the collector has
+    # taken: a faster publisher would make the broker drop some for the collector.
     expected = sample_messages(topic, 0, 1500)
     put_rows(db_path, expected)
     collector = mqtt_collector(mqtt_broker, topic)
     child = start_child_publisher(mqtt_broker.url, db_path, max_inflight=1)
     try:
         collector.wait_for(lambda ms: len(ms) >= 50, what="the child to publish")
+        # Acknowledged rows are deleted in batches: wait for the first batch.
+        wait_until(lambda: outbox_count(db_path) < len(expected), poll_s=0.002,
+                   what="the child to delete acknowledged rows")
     finally:
         kill(child)
     left = outbox_count(db_path)
@@ -470,7 +475,7 @@ def test_puback_packet_too_large_parks_the_row_instead_of_looping(
                 lambda: publisher.pending == 0 and publisher.failed == 1,
                 what="the big row to be parked",
             )
-            assert publisher.connects <= MAX_PROTOCOL_STRIKES + 2
+            assert publisher.connects <= 3
         finally:
             publisher.stop_sync()
         conn = sqlite3.connect(db_path)
