@@ -5,11 +5,12 @@ Dependency-free (no sqlite3, no paho) so the sans-I/O delivery policy can take i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
+class OutboxMessage(NamedTuple):
+    """A tuple, not a frozen dataclass: the publisher makes one per row, ~3x faster."""
+
     id: int
     topic: str
     payload: bytes

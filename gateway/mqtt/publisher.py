@@ -84,7 +84,8 @@ DEFAULT_RECONNECT_MAX_DELAY_S = 30.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
 # Rows committed without a kick() (e.g. by another process) are found within this time.
 IDLE_POLL_S = 1.0
-# Acknowledged rows wait at most this long for their DELETE when fewer than a batch.
+# Acknowledged rows wait at most this long for their DELETE when fewer than a batch
+# (`delivery.SETTLE_BATCH_ROWS`).
 SETTLE_DELAY_S = 0.05
 COUNT_REFRESH_S = 0.5
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -173,7 +174,6 @@ class MqttPublisher:
         self._pending = 0
         self._parked_count = 0
         self._counted_at = 0.0
-        self._settled_since: float | None = None
         self._last_error: str | None = None
         self._last_refusal: str | None = None
         self._last_paho_error: str | None = None  # paho reports TLS and socket errors only in its log
@@ -405,6 +405,9 @@ class MqttPublisher:
             return
         # paho would now resend what it holds, under no limit; the policy resends instead.
         client.drop_out_messages()
+        # on_log makes paho format every packet's debug line; it only serves to learn why
+        # a connection attempt failed (TLS, socket), so it is off while connected.
+        client.on_log = None
         try:
             birth = self._birth_payload_fn()
         except Exception as err:  # the gateway's payload builder; keep the connection
@@ -434,6 +437,7 @@ class MqttPublisher:
         log.debug("mqtt connect to %s failed; retrying with backoff", self.config.url)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        client.on_log = self._on_log
         was_connected = self._connected
         self._connected = False
         self._connected_event.clear()
@@ -479,7 +483,7 @@ class MqttPublisher:
     def _pump(self) -> None:
         """Feed the inbox to the policy and hand the client what it sends next."""
         policy, inbox = self.policy, self._inbox
-        while True:
+        while inbox or policy.queued:
             while inbox:
                 event = inbox.popleft()
                 if type(event) is tuple:
@@ -494,11 +498,11 @@ class MqttPublisher:
             sends = policy.take_sends(now_ms())
             if not sends:
                 break
-            self._hand(sends)
-        if policy.idle:
+            self._hand(sends)   # fills the window: take more only after more events
+            if not inbox:
+                break
+        if policy.holding and policy.idle:
             self._idle_event.set()
-        else:
-            self._idle_event.clear()
 
     def _hand(self, sends: list[Send]) -> None:
         client = self._client
@@ -575,7 +579,7 @@ class MqttPublisher:
                 policy.rows_committed()
             self._pump()
             retry_due = policy.parked_retry_due
-            settled = policy.take_settled() if self._settle_due() else None
+            settled = policy.take_settled()
         if settled:
             self._write_settled(conn, outbox, settled)
         if retry_due:
@@ -592,21 +596,6 @@ class MqttPublisher:
             if len(rows) < want:
                 break
         self._refresh_counts(outbox, force=bool(settled) and policy.idle)
-
-    def _settle_due(self) -> bool:
-        """Write settled rows now: a batch, parks, nothing left in flight, or old enough."""
-        policy = self.policy
-        if not policy.settled_waiting:
-            self._settled_since = None
-            return False
-        now = time.monotonic()
-        if self._settled_since is None:
-            self._settled_since = now
-        if (policy.settle_batch_due() or policy.idle or self._exit
-                or now - self._settled_since >= SETTLE_DELAY_S):
-            self._settled_since = None
-            return True
-        return False
 
     def _write_settled(self, conn: sqlite3.Connection, outbox: Outbox, settled: Settled) -> None:
         try:
