@@ -4,6 +4,7 @@ splitting, expiry, poison isolation, parking and its retry (gateway/mqtt/deliver
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -330,3 +331,52 @@ def test_split_samples_keeps_every_sample_once_in_order_within_the_limit(count, 
                                          "skin_temp_c": 3}}).encode()])
 def test_split_refuses_what_is_not_a_samples_message(payload):
     assert split_samples_payload(payload, 5) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=10, max_value=9000), min_size=1, max_size=40),
+       broker_limit=st.integers(min_value=1500, max_value=5000),
+       receive_maximum=st.integers(min_value=3, max_value=30))
+def test_a_broker_that_drops_oversize_messages_costs_few_reconnects_and_loses_nothing(
+    sizes, broker_limit, receive_maximum
+):
+    """A stand-in for mosquitto's `message_size_limit`: it answers messages in order and
+    drops the connection at the first one over its limit. Every samples row gets through
+    (split), other rows get through or are parked as too large, after at most two
+    reconnects per lesson, never a loop."""
+    rows = []
+    for i, size in enumerate(sizes, start=1):
+        if i % 2:
+            rows.append(row(i, samples_payload(i * 1000, max(1, size // 25)),
+                            topic=SAMPLES_TOPIC))
+        else:
+            rows.append(row(i, b"x" * size))
+    policy = connected_policy(rows, receive_maximum=receive_maximum)
+    client = Client()
+    connects, delivered_seqs = 1, set()
+    for _ in range(10_000):
+        client.take(policy)
+        if not policy.in_flight:
+            break
+        for mid in sorted(policy._handed):
+            send = client.sent[mid]
+            if len(send.payload) > broker_limit:
+                policy.on_disconnected(PROTOCOL_ERROR)
+                policy.on_connected(receive_maximum, None)
+                connects += 1
+                break
+            if send.topic == SAMPLES_TOPIC:
+                delivered_seqs.update(json.loads(send.payload)["samples"]["skin_temp_c"]["seq"])
+            policy.on_puback(mid)
+    settled = policy.take_settled()
+    parked = {p.row_id for p in settled.parks}
+    assert set(settled.delete_ids) | parked == {r.id for r in rows}
+    assert all(r.topic != SAMPLES_TOPIC for r in rows if r.id in parked)
+    assert all(len(r.payload) > broker_limit for r in rows if r.id in parked)
+    wanted = {s for r in rows if r.topic == SAMPLES_TOPIC
+              for s in json.loads(r.payload)["samples"]["skin_temp_c"]["seq"]}
+    assert delivered_seqs == wanted
+    # each lesson halves the split size; an unsplittable convict is one lesson of its own
+    largest = max(len(r.payload) for r in rows)
+    lessons = math.ceil(math.log2(largest / broker_limit)) + 1 if largest > broker_limit else 0
+    assert connects <= 1 + 2 * (lessons + len(parked)), connects

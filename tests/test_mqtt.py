@@ -13,6 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from mqtt_fixtures import ReceivedMessage, wait_until
+from mqtt_proxy import PubackHoldingProxy
 
 from gateway.mqtt.config import MqttConfig, MqttConfigError
 from gateway.mqtt.publisher import MqttPublisher
@@ -622,6 +623,186 @@ def test_the_same_publisher_can_stop_and_start_again(mqtt_broker, mqtt_collector
     finally:
         publisher.stop_sync()
     assert collector.payloads(topic) == [b"first", b"second"]
+
+
+# ---- size limits: split, refuse, retry, never a reconnect loop ---------------
+
+
+def samples_rows(topic: str, batches: int, per_batch: int) -> list[tuple[str, bytes]]:
+    """`{subject}/samples` payloads (docs/mqtt.md) of `per_batch` samples each."""
+    rows = []
+    for b in range(batches):
+        seqs = list(range(b * per_batch, (b + 1) * per_batch))
+        doc = {"schema": 1, "boot": 3, "historical": True, "samples": {
+            "skin_temp_c": {"seq": seqs[::2], "t": [1764262800000 + 10_000 * s for s in seqs[::2]],
+                            "v": [33.0 + (s % 50) / 128 for s in seqs[::2]]},
+            "uv_index": {"seq": seqs[1::2], "t": [1764262800000 + 5_000 * s for s in seqs[1::2]],
+                         "v": [round((s % 40) * 0.05, 3) for s in seqs[1::2]]}}}
+        rows.append((topic, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()))
+    return rows
+
+
+def received_seqs(collector, topic: str) -> list[int]:
+    seqs = []
+    for payload in collector.payloads(topic):
+        for columns in json.loads(payload)["samples"].values():
+            seqs.extend(columns["seq"])
+    return seqs
+
+
+def all_samples(topic: str, count: int):
+    return lambda ms: set(range(count)) <= {
+        s for m in ms if m.topic == topic
+        for columns in json.loads(m.payload)["samples"].values() for s in columns["seq"]}
+
+
+@pytest.mark.parametrize("configured_limit", [None, 2000])
+def test_samples_over_the_brokers_message_size_limit_arrive_split_without_a_reconnect_loop(
+    tmp_path, mqtt_collector, db_path, configured_limit
+):
+    """mosquitto `message_size_limit 2000`, batches of ~3-7 KB: every sample reaches a plain
+    subscriber. Told the limit (`--max-payload-bytes`), the publisher never breaks it; not
+    told, mosquitto drops the connection over the first big message and the publisher
+    learns the limit from it in two strikes, then splits every batch to fit."""
+    extra = ["message_size_limit 2000"]
+    with LocalBroker(data_dir=tmp_path / "broker", extra_config=extra) as broker:
+        topic = "dermtwin/v1/gw1/s1/samples"
+        collector = mqtt_collector(broker, "dermtwin/#")
+        rows = samples_rows(topic, 40, 150)
+        sizes = [len(p) for _, p in rows]
+        assert min(sizes) > 2000 and max(sizes) < 8000
+        deltas = sample_messages("dermtwin/v1/gw1/s1/delta", 0, 40)
+        put_rows(db_path, [m for pair in zip(rows, deltas, strict=True) for m in pair])
+        publisher = make_publisher(broker.url, db_path, max_payload_bytes=configured_limit)
+        publisher.start_sync()
+        try:
+            collector.wait_for(all_samples(topic, 40 * 150), timeout=20, what="every sample")
+            collector.wait_for(has_all(deltas), what="the deltas between the batches")
+            wait_until(lambda: publisher.pending == 0, what="outbox drained")
+            assert publisher.failed == 0 and publisher.parked_count == 0
+            assert publisher.split == 40
+            if configured_limit is None:
+                # two strikes to learn the limit; then nothing over it is ever sent again
+                assert publisher.connects <= 3, publisher.connects
+                assert publisher.refusals == {"dropped_connection": 1}
+            else:
+                assert publisher.connects == 1
+        finally:
+            publisher.stop_sync()
+        assert all(len(p) <= 2000 for p in collector.payloads(topic))
+        assert sorted(set(received_seqs(collector, topic))) == list(range(40 * 150))
+        assert "oversize" not in broker.log_tail(200) or configured_limit is None
+
+
+def test_samples_fit_the_maximum_packet_size_from_connack(tmp_path, mqtt_collector, db_path):
+    with LocalBroker(data_dir=tmp_path / "broker", extra_config=["max_packet_size 1500"]) as broker:
+        topic = "dermtwin/v1/gw1/s1/samples"
+        collector = mqtt_collector(broker, topic)
+        put_rows(db_path, samples_rows(topic, 10, 200))
+        publisher = make_publisher(broker.url, db_path)
+        publisher.start_sync()
+        try:
+            collector.wait_for(all_samples(topic, 2000), what="every sample")
+            wait_until(lambda: publisher.pending == 0, what="outbox drained")
+            assert (publisher.connects, publisher.failed, publisher.split) == (1, 0, 10)
+            assert publisher.max_payload_bytes is not None
+            assert publisher.max_payload_bytes < 1500
+        finally:
+            publisher.stop_sync()
+        assert "oversize" not in broker.log_tail(200)
+
+
+def test_parked_row_is_retried_when_a_reconnect_brings_a_larger_limit(
+    tmp_path, mqtt_collector, db_path
+):
+    """A message that can never fit is refused before publishing, counted, and parked; the
+    broker comes back with a larger Maximum Packet Size and the row is delivered."""
+    small = LocalBroker(data_dir=tmp_path / "small", extra_config=["max_packet_size 300"])
+    small.start_sync()
+    topic = "dermtwin/v1/gw1/s1/twin"
+    put_rows(db_path, [(topic, b"t" * 400, 1, True), (topic.replace("twin", "delta"), b"d1")])
+    publisher = make_publisher(small.url, db_path)
+    publisher.start_sync()
+    large = None
+    try:
+        wait_until(lambda: publisher.pending == 0 and publisher.parked_count == 1,
+                   what="the twin parked, the delta delivered")
+        assert publisher.refusals == {"over_size_limit": 1}
+        assert publisher.connects == 1
+        small.stop_sync()
+        wait_until(lambda: not publisher.connected, what="the outage")
+        large = LocalBroker(port=small.port, data_dir=tmp_path / "large",
+                            extra_config=["max_packet_size 1000"])
+        large.start_sync()
+        collector = mqtt_collector(large, topic)
+        wait_until(lambda: publisher.connects == 2, what="the reconnect")
+        (twin,) = collector.wait_for(lambda ms: len(ms) >= 1, what="the parked twin")
+        assert twin.payload == b"t" * 400
+        (retained,) = mqtt_collector(large, topic).wait_for(lambda ms: len(ms) >= 1,
+                                                            what="the twin, retained")
+        assert retained.retain
+        wait_until(lambda: publisher.parked_count == 0 and publisher.pending == 0,
+                   what="the parked row gone")
+    finally:
+        publisher.stop_sync()
+        small.close()
+        if large is not None:
+            large.close()
+
+
+def test_configured_limit_change_retries_parked_rows(mqtt_broker, mqtt_collector, db_path):
+    topic = "dermtwin/v1/gw1/s1/alert"
+    collector = mqtt_collector(mqtt_broker, topic)
+    put_rows(db_path, [(topic, b"a" * 150)])
+    publisher = make_publisher(mqtt_broker.url, db_path, max_payload_bytes=100)
+    publisher.start_sync()
+    try:
+        wait_until(lambda: publisher.parked_count == 1, what="the alert parked")
+        assert collector.messages == []
+        publisher.set_max_payload_bytes(200)
+        collector.wait_for(lambda ms: len(ms) == 1, what="the alert after the limit change")
+        wait_until(lambda: publisher.parked_count == 0 and publisher.pending == 0,
+                   what="outbox and parked rows empty")
+    finally:
+        publisher.stop_sync()
+
+
+# ---- delete on PUBACK, not on publish ----------------------------------------
+
+
+def test_rows_whose_pubacks_never_came_survive_a_crash_and_go_out_after_restart(
+    mqtt_broker, mqtt_collector, db_path
+):
+    """The broker has every message, the publisher has none of their PUBACKs (a proxy keeps
+    them back), and the publisher process is killed: every row is still in the outbox, and
+    the next publisher delivers it. A publisher that deleted rows when it published them
+    would have nothing left to deliver."""
+    topic = "dermtwin/v1/child/s1/alert"
+    expected = sample_messages(topic, 0, 12)
+    put_rows(db_path, expected)
+    collector = mqtt_collector(mqtt_broker, topic)
+    proxy = PubackHoldingProxy(mqtt_broker.port)
+    try:
+        child = start_child_publisher(proxy.url, db_path)
+        try:
+            collector.wait_for(has_all(expected), what="the broker to have every message")
+            wait_until(lambda: proxy.held_pubacks() >= len(expected), what="held PUBACKs")
+            time.sleep(0.3)   # several of the publisher's settle periods
+        finally:
+            kill(child)
+    finally:
+        proxy.close()
+    assert outbox_count(db_path) == len(expected)
+
+    publisher = make_publisher(mqtt_broker.url, db_path, gateway_id="child")
+    publisher.start_sync()
+    try:
+        collector.wait_for(lambda ms: len(ms) >= 2 * len(expected), what="the redelivery")
+        wait_until(lambda: publisher.pending == 0, what="outbox drained")
+    finally:
+        publisher.stop_sync()
+    assert sorted(collector.payloads(topic)) == sorted([p for _, p in expected] * 2)
+    assert publisher.published == len(expected)
 
 
 # ---- TLS: configuration, not code -------------------------------------------

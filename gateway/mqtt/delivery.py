@@ -21,7 +21,8 @@ The policy owns:
 - poison messages, in two strikes: a connection dropped with a protocol error while several
   messages were in flight puts the oldest alone on the wire after the reconnect; dropped again
   with it alone, it is the cause. Its size minus one becomes the learned payload limit (it is
-  then split or parked as too large); a message too small to blame on size is parked.
+  then split or parked as too large; splittable rows are split to half of it, so that one
+  lesson is enough); a message too small to blame on size is parked.
   Nothing is ever published again over a limit it broke, so there is no reconnect loop;
 - parking and its retry: `too_large` when it fits the current limits again, `refused`
   (a PUBACK failure code) after every reconnect, `poison` at a new start only.
@@ -59,6 +60,7 @@ PUBACK_FAILURE_MIN = 0x80
 PROTOCOL_ERROR_REASONS = frozenset({0x81, 0x82, 0x95})
 # A message this small that gets the connection dropped is not a size problem: parked as poison.
 MIN_LEARNED_PAYLOAD_BYTES = 256
+LEARNED_LIMIT_CAP = 1 << 28   # MQTT's largest packet: no limit at all
 # Room for the fixed header, remaining length, topic length, packet id and properties of a
 # PUBLISH, besides topic and payload (MQTT 5 §3.3): 1 + 4 + 2 + 2 + 1.
 PUBLISH_FIXED_OVERHEAD_BYTES = 10
@@ -263,7 +265,8 @@ class DeliveryPolicy:
         rows = {id(s.row): s.row for s in self._handed.values() if not s.row.settled}
         self._handed.clear()
         if self._queue and self._queue[0].next_part > 0:
-            rows[id(self._queue[0])] = self._queue.popleft()   # half-sent split row
+            half_sent = self._queue.popleft()   # a split row, some of its parts handed
+            rows[id(half_sent)] = half_sent
         for row in rows.values():
             row.parts = None
             row.next_part = row.acked_parts = 0
@@ -411,9 +414,13 @@ class DeliveryPolicy:
     def _parts_for(self, message: OutboxMessage) -> list[bytes] | None:
         """[payload] if it fits, the parts it splits into, or None if it can never fit."""
         limit = self.max_payload_for(message.topic, message.expiry_s is not None)
+        splitter = self._splitters.get(message.topic.rsplit("/", 1)[-1])
+        if splitter is not None and self.learned_max_payload_bytes is not None:
+            # A learned limit only bounds the broker's from above: split well under it, so
+            # the parts do not teach it again one step lower.
+            limit = min(self.learned_max_payload_bytes // 2, limit or LEARNED_LIMIT_CAP)
         if limit is None or len(message.payload) <= limit:
             return [message.payload]
-        splitter = self._splitters.get(message.topic.rsplit("/", 1)[-1])
         if splitter is None or limit < 1:
             return None
         parts = splitter(message.payload, limit)
