@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-raw-samples", action="store_true",
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
                           "alerts only)")
+    run.add_argument("--max-payload-bytes", type=_positive_int, metavar="N",
+                     help="largest MQTT payload the broker accepts (mosquitto "
+                          "message_size_limit); larger samples messages are split, other "
+                          "messages parked. The broker's Maximum Packet Size is honoured anyway")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -271,7 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     mqtt = MqttConfig.from_url(
         args.broker, username=args.username, password_env=args.password_env,
         gateway_id=args.gateway_id, ca_file=args.ca_file, cert_file=args.cert_file,
-        key_file=args.key_file)
+        key_file=args.key_file, max_payload_bytes=args.max_payload_bytes)
     args.db.parent.mkdir(parents=True, exist_ok=True)
 
     async def main() -> None:

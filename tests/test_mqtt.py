@@ -195,6 +195,17 @@ def test_config_errors_name_the_field(url, options, message):
     assert message in str(caught.value)
 
 
+def test_run_takes_a_payload_limit_and_refuses_a_bad_one(capsys):
+    from gateway.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--broker", "mqtt://h", "--max-payload-bytes", "2000"])
+    assert args.max_payload_bytes == 2000
+    assert build_parser().parse_args(["run", "--broker", "mqtt://h"]).max_payload_bytes is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--broker", "mqtt://h", "--max-payload-bytes", "0"])
+    assert "--max-payload-bytes" in capsys.readouterr().err
+
+
 def test_config_topic_levels_are_checked():
     with pytest.raises(MqttConfigError, match="topic level 'a/b'"):
         MqttConfig.from_url("mqtt://h").topic("a/b")
