@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from gateway.mqtt.delivery import (
     CONTROL_SLOTS,
     MIN_LEARNED_PAYLOAD_BYTES,
+    READ_AHEAD_BYTES,
     DeliveryPolicy,
     ParkedRow,
     ParkKind,
@@ -142,6 +143,18 @@ def test_rows_are_read_ahead_until_the_outbox_has_no_more():
     assert (policy.cursor, policy.rows_wanted()) == (2, 0), "the outbox had no more"
     policy.rows_committed()
     assert policy.rows_wanted() == 6
+
+
+def test_read_ahead_holds_a_bounded_number_of_payload_bytes():
+    policy = DeliveryPolicy()
+    policy.on_connected(20, None)
+    big = b"s" * (READ_AHEAD_BYTES // 4)
+    policy.add_rows([row(i, big) for i in range(1, 4)], asked=3)
+    policy.rows_committed()
+    assert policy.rows_wanted() > 0
+    policy.add_rows([row(4, big)], asked=1)
+    policy.rows_committed()
+    assert policy.rows_wanted() == 0, "4 MiB queued: read no more until some are sent"
 
 
 def test_rows_the_client_would_not_take_go_first_next_time():

@@ -50,6 +50,9 @@ DEFAULT_WINDOW = 100
 # Half of them is the adapter's slack to read more: ~25 ms at 20k messages/s, several of
 # CPython's 5 ms GIL switch intervals.
 DEFAULT_READ_AHEAD_ROWS = 1024
+# ... but no more than this many payload bytes held (a Pi's RAM), read this many rows at a time.
+READ_AHEAD_BYTES = 4 << 20
+READ_CHUNK_ROWS = 256
 # Acknowledged rows worth a DELETE + COMMIT of their own (`io_due`); fewer wait for a timer.
 SETTLE_BATCH_ROWS = 256
 # Receive Maximum slots kept free for the birth/offline state and direct answers.
@@ -285,7 +288,10 @@ class DeliveryPolicy:
         """How many rows to read past `cursor` now (0: none)."""
         if not self.connected or self.holding or self._exhausted:
             return 0
-        return max(0, self.read_ahead_rows - len(self._queue))
+        room = self.read_ahead_rows - len(self._queue)
+        if room <= 0 or sum(len(r.message.payload) for r in self._queue) >= READ_AHEAD_BYTES:
+            return 0
+        return min(room, READ_CHUNK_ROWS)
 
     def add_rows(self, messages: Sequence[OutboxMessage], asked: int) -> None:
         """Rows read with id > cursor, in id order; fewer than `asked` means no more for now."""
