@@ -393,3 +393,16 @@ def test_a_broker_that_drops_oversize_messages_costs_few_reconnects_and_loses_no
     largest = max(len(r.payload) for r in rows)
     lessons = math.ceil(math.log2(largest / broker_limit)) + 1 if largest > broker_limit else 0
     assert connects <= 1 + 2 * (lessons + len(parked)), connects
+
+
+def test_the_policy_imports_no_adapter():
+    """Sans-I/O: importing the delivery policy loads neither paho nor sqlite3."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, gateway.mqtt.delivery, gateway.samples_split; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paho', 'sqlite3', "
+             "'socket')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == "[]", out
