@@ -143,7 +143,8 @@ class Outbox:
             " WHERE id > ? ORDER BY id LIMIT ?",
             (after_id if after_id is not None else 0, limit),
         ).fetchall()
-        return [_message(row) for row in rows]
+        # The publisher's hot path: SQLite's types as they come (retain is 0 or 1).
+        return list(map(OutboxMessage._make, rows))
 
     def delete(self, ids: Iterable[int]) -> int:
         """Delete messages by id; returns how many existed. Runs of consecutive ids (the

@@ -15,7 +15,7 @@ class OutboxMessage(NamedTuple):
     topic: str
     payload: bytes
     qos: int
-    retain: bool
+    retain: bool   # or 0/1 as read from SQLite
     expiry_s: int | None
     created_ms: int
 

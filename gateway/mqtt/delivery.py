@@ -180,6 +180,8 @@ class DeliveryPolicy:
         self.isolating = False                   # a suspect goes alone on the wire
         self.parked_retry_due = False
         self._fresh_start = True                 # no connection yet since `forget_rows`
+        self._no_limits = True                   # cached by _limits_changed
+        self._window_now = window
 
         # counters
         self.connects = 0
@@ -190,6 +192,7 @@ class DeliveryPolicy:
         self.parked = 0            # rows parked by this policy
         self.unparked = 0          # parked rows put back to be tried again
         self.refusals: Counter[str] = Counter()
+        self._limits_changed()
 
     # ---- limits ----------------------------------------------------------------------
 
@@ -211,11 +214,17 @@ class DeliveryPolicy:
                           - publish_packet_bytes(topic, 0, has_expiry))
         return min(limits) if limits else None
 
+    def _limits_changed(self) -> None:
+        self._no_limits = (self.max_payload_bytes is None and self.broker_max_packet_bytes is None
+                           and self.learned_max_payload_bytes is None)
+        self._window_now = self.effective_window
+
     def set_max_payload_bytes(self, limit: int | None) -> None:
         """A new configured limit: queued rows are measured again, parked ones may fit now."""
         if limit is not None and limit < 1:
             raise ValueError(f"max_payload_bytes {limit}: must be positive")
         self.max_payload_bytes = limit
+        self._limits_changed()
         self._unprepare_queued()
         self.parked_retry_due = True
 
@@ -228,6 +237,7 @@ class DeliveryPolicy:
         self.connects += 1
         self.receive_maximum = receive_maximum
         self.broker_max_packet_bytes = maximum_packet_size
+        self._limits_changed()
         self._requeue_handed()
         self._unprepare_queued()
         self._exhausted = False
@@ -241,10 +251,12 @@ class DeliveryPolicy:
         if len(self._handed) > 1:
             # Strike one: whose fault is unclear; the oldest goes alone next time.
             self.isolating = True
+            self._limits_changed()
             return
         (send,) = self._handed.values()
         self.isolating = False
         self._convict(send, reason_code)
+        self._limits_changed()
 
     def _convict(self, send: Send, reason_code: int) -> None:
         """Strike two: the connection was dropped with `send` alone in flight."""
@@ -354,7 +366,7 @@ class DeliveryPolicy:
         settled on the way (see `take_settled`)."""
         if not self.connected or self.holding:
             return []
-        room = self.effective_window - len(self._handed)
+        room = self._window_now - len(self._handed)
         sends: list[Send] = []
         queue = self._queue
         while room > 0 and queue:
@@ -397,7 +409,7 @@ class DeliveryPolicy:
 
     def _prepare(self, row: _Row, now_ms: int) -> list[bytes] | None:
         message = row.message
-        remaining = message.remaining_expiry_s(now_ms)
+        remaining = None if message.expiry_s is None else message.remaining_expiry_s(now_ms)
         if remaining == 0:
             row.settled = True
             self._rows.pop(message.id, None)
@@ -419,6 +431,8 @@ class DeliveryPolicy:
 
     def _parts_for(self, message: OutboxMessage) -> list[bytes] | None:
         """[payload] if it fits, the parts it splits into, or None if it can never fit."""
+        if self._no_limits:
+            return [message.payload]
         limit = self.max_payload_for(message.topic, message.expiry_s is not None)
         splitter = self._splitters.get(message.topic.rsplit("/", 1)[-1])
         if splitter is not None and self.learned_max_payload_bytes is not None:
@@ -454,7 +468,9 @@ class DeliveryPolicy:
             self.refusals[Refusal.PUBACK_FAILURE] += 1
             self._park(row, ParkKind.REFUSED, f"PUBACK 0x{reason_code:02X} {reason}".rstrip())
             return
-        self.isolating = False
+        if self.isolating:
+            self.isolating = False
+            self._limits_changed()
         self.parts_published += 1
         row.acked_parts += 1
         parts = row.parts
@@ -490,14 +506,17 @@ class DeliveryPolicy:
     def settled_waiting(self) -> bool:
         return bool(self._settled)
 
+    def reading_due(self) -> bool:
+        """Whether to read more rows now: the read-ahead queue is half empty, and the outbox
+        may hold more."""
+        return (self.connected and not self.holding and not self._exhausted
+                and len(self._queue) <= self.read_ahead_rows // 2)
+
     def io_due(self) -> bool:
-        """Whether the adapter's outbox side has work now: the read-ahead queue is half
-        empty (and more rows may exist), a batch of settled rows is waiting, or parked rows
-        are due a retry. Smaller settled batches wait for the adapter's timer."""
+        """Whether the adapter has outbox writes to make now: a batch of settled rows, rows to
+        park, or parked rows due a retry. Smaller settled batches wait for a timer."""
         return (
-            (self.connected and not self.holding and not self._exhausted
-             and len(self._queue) <= self.read_ahead_rows // 2)
-            or len(self._settled.delete_ids) >= SETTLE_BATCH_ROWS
+            len(self._settled.delete_ids) >= SETTLE_BATCH_ROWS
             or bool(self._settled.parks)
             or self.parked_retry_due
         )
@@ -514,3 +533,4 @@ class DeliveryPolicy:
         self.connected = self.holding = self.isolating = False
         self.parked_retry_due = False
         self._fresh_start = True
+        self._limits_changed()

@@ -9,12 +9,15 @@ Threads, and who owns what:
   happened (a PUBACK, a connect, a disconnect) to `_inbox` and, if the policy lock is
   free, feeds the inbox to the policy and hands the client what the policy sends next,
   there and then: a PUBACK is answered by the next PUBLISH without a thread switch, as
-  paho's own queue would. It never waits for the lock (paho holds its message lock
-  while it calls us): if the drainer holds it, the drainer feeds the inbox instead.
-- the drainer thread owns the sqlite3 connection. Woken only when the policy has outbox
-  work (`io_due`: read-ahead half empty, a batch of acknowledged rows, rows to park,
-  parked rows to retry), on `kick()`, or by a short timer: it reads rows ahead, deletes
-  acknowledged rows and parks refused ones in one commit per batch, never per PUBACK.
+  paho's own queue would. When the read-ahead runs half empty it reads the next rows
+  there too (a read-only connection, WAL: readers never wait for the writer), so no
+  second thread contends for the GIL row by row. It never waits for the lock (paho holds
+  its message lock while it calls us): if the drainer holds it, the drainer acts instead.
+- the drainer thread owns the writing sqlite3 connection. Woken only when the policy has
+  outbox writes (`io_due`: a batch of acknowledged rows, rows to park, parked rows to
+  retry), on `kick()`, or by a short timer: it deletes acknowledged rows and parks
+  refused ones in one commit per batch, never per PUBACK, and reads rows while nothing is
+  in flight to bring PUBACKs.
 - the caller (asyncio or not) calls `start`, `stop`, `kick`, `publish_direct`,
   `republish_state` and reads the counters.
 
@@ -169,6 +172,7 @@ class MqttPublisher:
         self._exit = False
         self._client: paho.Client | None = None
         self._drainer: threading.Thread | None = None
+        self._reader: Outbox | None = None   # read-only use, under self._lock
 
         self._connected = False
         self._pending = 0
@@ -453,7 +457,27 @@ class MqttPublisher:
             log.warning("mqtt disconnected from %s: %s", self.config.url, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._post((mid, reason_code))
+        # The hot path, once per PUBACK: `_post` without the inbox when nothing waits in it
+        # (only this thread appends to it, so order is kept).
+        if self._inbox or not self._lock.acquire(blocking=False):
+            self._post((mid, reason_code))
+            return
+        policy = self.policy
+        try:
+            code = reason_code.value
+            policy.on_puback(mid, code, str(reason_code) if code >= PUBACK_FAILURE_MIN else "")
+            if policy.reading_due():
+                self._fill()
+            sends = policy.take_sends(now_ms())
+            if sends:
+                self._hand(sends)
+            if policy.holding and policy.idle:
+                self._idle_event.set()
+            due = policy.io_due()
+        finally:
+            self._lock.release()
+        if due and not self._wake.is_set():
+            self._wake.set()
 
     def _on_message(self, client, userdata, message) -> None:
         if self._on_message_hook is None:
@@ -473,7 +497,7 @@ class MqttPublisher:
                 due = self.policy.io_due()
             finally:
                 self._lock.release()
-            if due:
+            if due and not self._wake.is_set():
                 self._wake.set()
         else:
             self._wake.set()   # the drainer holds the policy; it feeds the inbox on release
@@ -483,6 +507,8 @@ class MqttPublisher:
     def _pump(self) -> None:
         """Feed the inbox to the policy and hand the client what it sends next."""
         policy, inbox = self.policy, self._inbox
+        if policy.reading_due():
+            self._fill()
         while inbox or policy.queued:
             while inbox:
                 event = inbox.popleft()
@@ -495,6 +521,8 @@ class MqttPublisher:
                     policy.on_connected(event.receive_maximum, event.maximum_packet_size)
                 elif isinstance(event, _Disconnected):
                     policy.on_disconnected(event.reason_code)
+            if policy.reading_due():
+                self._fill()
             sends = policy.take_sends(now_ms())
             if not sends:
                 break
@@ -503,6 +531,23 @@ class MqttPublisher:
                 break
         if policy.holding and policy.idle:
             self._idle_event.set()
+
+    def _fill(self) -> None:
+        """Read the next rows into the policy's queue."""
+        outbox, policy = self._reader, self.policy
+        if outbox is None:
+            return
+        try:
+            while want := policy.rows_wanted():
+                rows = outbox.pending(want, after_id=policy.cursor)
+                policy.add_rows(rows, want)
+                if len(rows) < want:
+                    break
+        except sqlite3.Error as err:
+            # Read again at the next kick or poll; the rows stay in the outbox meanwhile.
+            policy.add_rows([], 1)
+            self._last_error = f"outbox database: {err}"
+            log.warning("outbox read failed, will retry: %s", err)
 
     def _hand(self, sends: list[Send]) -> None:
         client = self._client
@@ -539,6 +584,12 @@ class MqttPublisher:
                 conn.execute("PRAGMA synchronous=NORMAL")
             outbox = Outbox(conn)
             conn.commit()
+            # Used under self._lock from whichever thread pumps (see the module docstring).
+            reader = sqlite3.connect(self.db_path, timeout=SQLITE_BUSY_TIMEOUT_S,
+                                     check_same_thread=False)
+            with self._lock:
+                self._reader = Outbox(reader)
+            reader.commit()
             self._refresh_counts(outbox, force=True)
         except Exception as err:
             self._drainer_error = err
@@ -568,6 +619,9 @@ class MqttPublisher:
             self._last_error = f"drainer stopped: {err}"
             log.exception("mqtt outbox drainer stopped")
         finally:
+            with self._lock:
+                self._reader = None
+            reader.close()
             conn.close()
 
     def _drain_once(self, conn: sqlite3.Connection, outbox: Outbox, *,
@@ -584,17 +638,8 @@ class MqttPublisher:
             self._write_settled(conn, outbox, settled)
         if retry_due:
             self._retry_parked(conn, outbox)
-        while True:
             with self._lock:
-                want, cursor = policy.rows_wanted(), policy.cursor
-            if not want:
-                break
-            rows = outbox.pending(want, after_id=cursor)
-            with self._lock:
-                policy.add_rows(rows, want)
                 self._pump()
-            if len(rows) < want:
-                break
         self._refresh_counts(outbox, force=bool(settled) and policy.idle)
 
     def _write_settled(self, conn: sqlite3.Connection, outbox: Outbox, settled: Settled) -> None:
