@@ -695,7 +695,8 @@ def test_samples_over_the_brokers_message_size_limit_arrive_split_without_a_reco
             assert publisher.split == 40
             if configured_limit is None:
                 # two strikes to learn the limit; then nothing over it is ever sent again
-                assert publisher.connects <= 3, publisher.connects
+                assert publisher.connects <= 3, (publisher.connects, publisher.refusals, publisher.failed,
+                                         publisher.policy.learned_max_payload_bytes)
                 assert publisher.refusals == {"dropped_connection": 1}
             else:
                 assert publisher.connects == 1
@@ -927,3 +928,39 @@ def test_tls_with_client_certificate_is_configuration_only(tmp_path, db_path):
             refused.stop_sync(timeout_s=1)
     finally:
         broker.close()
+
+
+async def test_gateway_draining_a_backlog_through_a_broker_size_limit_delivers_every_sample(
+    tmp_path, mqtt_collector, monkeypatch
+):
+    """Issue 10's fault, end to end: a patch drains a backlog through the gateway to a broker
+    with `message_size_limit 1000`, below a batch's samples message (~1.5-3 KB), and the
+    gateway is not told. A plain subscriber still gets every stored sample; the gateway
+    learns the limit in at most two reconnects and parks nothing."""
+    from functools import partial
+
+    import gateway_harness
+    from gateway_harness import GatewayRig, wait_for
+
+    monkeypatch.setattr(gateway_harness, "LocalBroker",
+                        partial(LocalBroker, extra_config=["message_size_limit 1000"]))
+    async with GatewayRig(tmp_path, patches=1, seed=5) as rig:
+        device_id, _, subject = rig.identities[0]
+        rig.patches[0].preload_backlog(1500)
+        collector = mqtt_collector(rig.broker, f"dermtwin/v1/rig/{subject}/samples")
+        gateway = await rig.start_gateway()
+        await wait_for(lambda: gateway.store.sample_count() >= 1500, 60, "the backlog stored")
+
+        def delivered_everything() -> bool:
+            stored = set(gateway.store.sample_seqs(device_id))
+            got = {s for p in collector.payloads(f"dermtwin/v1/rig/{subject}/samples")
+                   for columns in json.loads(p)["samples"].values() for s in columns["seq"]}
+            return stored <= got
+
+        await wait_for(delivered_everything, 60, "every stored sample at the subscriber")
+        publisher = gateway.publisher
+        assert publisher.connects <= 3, (publisher.connects, publisher.refusals, publisher.failed,
+                                         publisher.policy.learned_max_payload_bytes)
+        assert publisher.split > 0 and publisher.failed == 0
+        assert publisher.refusals == {"dropped_connection": 1}
+    assert all(len(p) <= 1000 for p in collector.payloads(f"dermtwin/v1/rig/{subject}/samples"))

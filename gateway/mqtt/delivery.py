@@ -21,8 +21,9 @@ The policy owns:
 - poison messages, in two strikes: a connection dropped with a protocol error while several
   messages were in flight puts the oldest alone on the wire after the reconnect; dropped again
   with it alone, it is the cause. Its size minus one becomes the learned payload limit (it is
-  then split or parked as too large; splittable rows are split to half of it, so that one
-  lesson is enough); a message too small to blame on size is parked.
+  then split or parked as too large; splittable rows are split to the largest payload the
+  broker has acknowledged, or a quarter of it if more, so one lesson is usually enough); a
+  message too small to blame on size is parked.
   Nothing is ever published again over a limit it broke, so there is no reconnect loop;
 - parking and its retry: `too_large` when it fits the current limits again, `refused`
   (a PUBACK failure code) after every reconnect, `poison` at a new start only.
@@ -166,6 +167,7 @@ class DeliveryPolicy:
         self.max_payload_bytes = max_payload_bytes     # configured
         self.broker_max_packet_bytes: int | None = None  # from the last CONNACK
         self.learned_max_payload_bytes: int | None = None
+        self.largest_acked_payload_bytes = 0     # a size the broker is known to take
         self.receive_maximum: int | None = None
         self._splitters = dict(splitters or {})
 
@@ -436,9 +438,12 @@ class DeliveryPolicy:
         limit = self.max_payload_for(message.topic, message.expiry_s is not None)
         splitter = self._splitters.get(message.topic.rsplit("/", 1)[-1])
         if splitter is not None and self.learned_max_payload_bytes is not None:
-            # A learned limit only bounds the broker's from above: split well under it, so
-            # the parts do not teach it again one step lower.
-            limit = min(self.learned_max_payload_bytes // 2, limit or LEARNED_LIMIT_CAP)
+            # A learned limit only bounds the broker's from above: split to what it is known
+            # to take (the largest payload acknowledged), or a quarter of the learned limit if
+            # that is more, so the parts do not teach it again one step lower.
+            learned = self.learned_max_payload_bytes
+            target = min(learned, max(self.largest_acked_payload_bytes, learned // 4))
+            limit = min(target, limit or LEARNED_LIMIT_CAP)
         if limit is None or len(message.payload) <= limit:
             return [message.payload]
         if splitter is None or limit < 1:
@@ -472,6 +477,8 @@ class DeliveryPolicy:
             self.isolating = False
             self._limits_changed()
         self.parts_published += 1
+        if len(send.payload) > self.largest_acked_payload_bytes:
+            self.largest_acked_payload_bytes = len(send.payload)
         row.acked_parts += 1
         parts = row.parts
         if parts is not None and row.acked_parts == len(parts):
