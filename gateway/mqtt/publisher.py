@@ -92,6 +92,8 @@ IDLE_POLL_S = 1.0
 SETTLE_DELAY_S = 0.05
 COUNT_REFRESH_S = 0.5
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# WAL readers rarely wait at all; paho's thread must never wait long (keep-alive).
+READER_BUSY_TIMEOUT_S = 1.0
 PARKED_RETRY_BATCH = 1000
 STARTUP_TIMEOUT_S = 10.0
 DEFAULT_SPLITTERS: Mapping[str, Splitter] = {SAMPLES_TOPIC_LEVEL: split_samples_payload}
@@ -585,7 +587,7 @@ class MqttPublisher:
             outbox = Outbox(conn)
             conn.commit()
             # Used under self._lock from whichever thread pumps (see the module docstring).
-            reader = sqlite3.connect(self.db_path, timeout=SQLITE_BUSY_TIMEOUT_S,
+            reader = sqlite3.connect(self.db_path, timeout=READER_BUSY_TIMEOUT_S,
                                      check_same_thread=False)
             with self._lock:
                 self._reader = Outbox(reader)
