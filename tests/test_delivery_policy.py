@@ -87,7 +87,8 @@ def test_window_is_the_receive_maximum_less_control_slots_and_refills_per_puback
         policy.on_puback(mid)
     more = client.take(policy)
     assert len(more) == 5
-    assert [client.sent[m].row.message.id for m in first + more] == list(range(1, 24))
+    assert [client.sent[m].row.message.id for m in first + more] == list(
+        range(1, 20 - CONTROL_SLOTS + 5 + 1))
 
 
 def test_configured_window_below_the_receive_maximum_wins():
@@ -120,13 +121,14 @@ def test_pubacks_out_of_order_settle_exactly_the_acknowledged_rows():
 
 
 def test_a_reconnect_resends_every_unacknowledged_row_oldest_first():
-    policy = connected_policy([row(i) for i in range(1, 31)], receive_maximum=12)
+    receive_maximum = 10 + CONTROL_SLOTS
+    policy = connected_policy([row(i) for i in range(1, 31)], receive_maximum=receive_maximum)
     client = Client()
     mids = client.take(policy)   # rows 1..10
     policy.on_puback(mids[3])   # row 4 is done
     policy.on_disconnected(0)
     assert client.take(policy) == [], "nothing is sent while disconnected"
-    policy.on_connected(12, None)
+    policy.on_connected(receive_maximum, None)
     again = client.take(policy)
     ids = [client.sent[m].row.message.id for m in again]
     assert ids == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
@@ -251,7 +253,8 @@ def test_a_message_the_broker_drops_the_connection_over_is_isolated_then_split()
 
 
 def test_a_small_message_the_broker_drops_the_connection_over_is_parked_as_poison():
-    policy = connected_policy([row(1, b"tiny"), row(2)], receive_maximum=3)   # window 1
+    window_of_one = 1 + CONTROL_SLOTS
+    policy = connected_policy([row(1, b"tiny"), row(2)], receive_maximum=window_of_one)
     client = Client()
     client.take(policy)
     policy.on_disconnected(PROTOCOL_ERROR)
@@ -259,7 +262,7 @@ def test_a_small_message_the_broker_drops_the_connection_over_is_parked_as_poiso
     assert policy.learned_max_payload_bytes is None
     (park,) = policy.take_settled().parks
     assert (park.row_id, park.kind) == (1, ParkKind.POISON)
-    policy.on_connected(3, None)
+    policy.on_connected(window_of_one, None)
     assert [client.sent[m].row.message.id for m in client.take(policy)] == [2]
 
 

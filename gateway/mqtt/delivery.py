@@ -56,8 +56,9 @@ READ_AHEAD_BYTES = 4 << 20
 READ_CHUNK_ROWS = 256
 # Acknowledged rows worth a DELETE + COMMIT of their own (`io_due`); fewer wait for a timer.
 SETTLE_BATCH_ROWS = 256
-# Receive Maximum slots kept free for the birth/offline state and direct answers.
-CONTROL_SLOTS = 2
+# Receive Maximum slot kept free for the state messages and direct answers (one: every slot
+# is throughput while the broker's round trip paces the window).
+CONTROL_SLOTS = 1
 PUBACK_FAILURE_MIN = 0x80
 # Disconnect reasons that blame something we sent: malformed packet, protocol error,
 # packet too large (paho reports mosquitto's PUBACK 0x95 over message_size_limit as 0x82).
