@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 import subprocess
@@ -964,3 +965,36 @@ async def test_gateway_draining_a_backlog_through_a_broker_size_limit_delivers_e
         assert publisher.split > 0 and publisher.failed == 0
         assert publisher.refusals == {"dropped_connection": 1}
     assert all(len(p) <= 1000 for p in collector.payloads(f"dermtwin/v1/rig/{subject}/samples"))
+
+
+def test_outbox_that_cannot_delete_is_reported_once_and_drained_when_it_can(
+    mqtt_broker, mqtt_collector, db_path, caplog
+):
+    """Deletions fail (a trigger stands in for a full disk): the messages still go out, the
+    rows stay (sent twice at worst, never lost), the error is logged once, not per retry,
+    and once deleting works again the outbox drains and the recovery is logged."""
+    topic = "dermtwin/v1/gw1/s1/delta"
+    expected = sample_messages(topic, 0, 30)
+    put_rows(db_path, expected)
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TRIGGER refuse_delete BEFORE DELETE ON outbox "
+                 "BEGIN SELECT RAISE(FAIL, 'database or disk is full (test)'); END")
+    conn.commit()
+    collector = mqtt_collector(mqtt_broker, topic)
+    publisher = make_publisher(mqtt_broker.url, db_path)
+    caplog.set_level(logging.INFO, logger="gateway.mqtt.publisher")
+    publisher.start_sync()
+    try:
+        collector.wait_for(has_all(expected), what="every message, deletes failing or not")
+        time.sleep(0.5)   # ten settle periods: ten failed DELETEs
+        assert outbox_count(db_path) == len(expected)
+        assert "disk is full (test)" in (publisher.last_error or "")
+        conn.execute("DROP TRIGGER refuse_delete")
+        conn.commit()
+        wait_until(lambda: outbox_count(db_path) == 0, what="the outbox drained")
+    finally:
+        publisher.stop_sync()
+        conn.close()
+    errors = [r for r in caplog.records if "outbox database error" in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert any("usable again" in r.getMessage() for r in caplog.records)

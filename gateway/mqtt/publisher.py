@@ -180,6 +180,7 @@ class MqttPublisher:
         self._pending = 0
         self._parked_count = 0
         self._counted_at = 0.0
+        self._db_error: str | None = None   # the outbox error last logged, until it clears
         self._last_error: str | None = None
         self._last_refusal: str | None = None
         self._last_paho_error: str | None = None  # paho reports TLS and socket errors only in its log
@@ -549,7 +550,9 @@ class MqttPublisher:
             # Read again at the next kick or poll; the rows stay in the outbox meanwhile.
             policy.add_rows([], 1)
             self._last_error = f"outbox database: {err}"
-            log.warning("outbox read failed, will retry: %s", err)
+            if str(err) != self._db_error:
+                log.warning("outbox read failed, will retry: %s", err)
+                self._db_error = str(err)
 
     def _hand(self, sends: list[Send]) -> None:
         client = self._client
@@ -606,9 +609,16 @@ class MqttPublisher:
                 self._wake.clear()
                 try:
                     self._drain_once(conn, outbox, looked_for_rows=not woken or self._kicked)
+                    if self._db_error is not None:
+                        log.info("outbox database usable again (after: %s)", self._db_error)
+                        self._db_error = None
                 except sqlite3.Error as err:
+                    # Rows stay in the outbox: at worst sent twice, never lost. Said once
+                    # per distinct error, not every retry (a full disk lasts).
                     self._last_error = f"outbox database: {err}"
-                    log.warning("outbox database error, will retry: %s", err)
+                    if str(err) != self._db_error:
+                        log.warning("outbox database error, will retry: %s", err)
+                        self._db_error = str(err)
                     conn.rollback()
                 except Exception as err:  # a bug must not silence the gateway for good
                     self._last_error = f"drainer: {err!r}"
