@@ -55,7 +55,7 @@ DEFAULT_READ_AHEAD_ROWS = 1024
 READ_AHEAD_BYTES = 4 << 20
 READ_CHUNK_ROWS = 256
 # Acknowledged rows worth a DELETE + COMMIT of their own (`io_due`); fewer wait for a timer.
-SETTLE_BATCH_ROWS = 256
+SETTLE_BATCH_ROWS = 512
 # Receive Maximum slot kept free for the state messages and direct answers (one: every slot
 # is throughput while the broker's round trip paces the window).
 CONTROL_SLOTS = 1

@@ -89,8 +89,8 @@ DEFAULT_STOP_TIMEOUT_S = 5.0
 IDLE_POLL_S = 1.0
 # Acknowledged rows wait at most this long for their DELETE when fewer than a batch
 # (`delivery.SETTLE_BATCH_ROWS`).
-SETTLE_DELAY_S = 0.05
-COUNT_REFRESH_S = 0.5
+SETTLE_DELAY_S = 0.1
+COUNT_REFRESH_S = 1.0
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # WAL readers rarely wait at all; paho's thread must never wait long (keep-alive).
 READER_BUSY_TIMEOUT_S = 1.0
