@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--location", type=_location, metavar="LAT,LON",
                      help="the gateway's latitude,longitude in degrees (e.g. 45.5,-73.6): "
                           "enables the UV forecast and local-day UV doses ([gateway] location)")
+    run.add_argument("--max-payload-bytes", type=_positive_int, metavar="N",
+                     help="largest MQTT payload the broker accepts (mosquitto "
+                          "message_size_limit); larger samples messages are split, other "
+                          "messages parked. The broker's Maximum Packet Size is honoured anyway "
+                          "([mqtt] max_payload_bytes)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -379,7 +384,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         broker, username=args.username or settings.username, password=settings.password,
         password_env=args.password_env, gateway_id=args.gateway_id or settings.gateway_id or "gw1",
         ca_file=args.ca_file or settings.ca_file, cert_file=args.cert_file or settings.cert_file,
-        key_file=args.key_file or settings.key_file)
+        key_file=args.key_file or settings.key_file,
+        max_payload_bytes=args.max_payload_bytes or settings.max_payload_bytes)
     args.db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     hci = args.hci or settings.hci
     raw_samples = (not args.no_raw_samples if args.no_raw_samples is not None

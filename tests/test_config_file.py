@@ -129,7 +129,7 @@ def test_cli_bad_key_fails_with_file_key_and_reason_in_one_line(tmp_path):
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip() == (f"dermtwin run: {path}: [mqtt] brokr: unknown key (known in "
                                    "[mqtt]: broker, username, password_env, password_file, "
-                                   "ca_file, cert_file, key_file)")
+                                   "ca_file, cert_file, key_file, max_payload_bytes)")
     missing = dermtwin("--config", str(tmp_path / "none.toml"), "status")
     assert missing.returncode == 1 and "none.toml: no such file (given with --config)" in \
         missing.stderr
