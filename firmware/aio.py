@@ -10,3 +10,4 @@ except AttributeError:  # CPython
 Event = asyncio.Event
 create_task = asyncio.create_task
 CancelledError = asyncio.CancelledError
+TimeoutError = asyncio.TimeoutError

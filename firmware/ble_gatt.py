@@ -22,15 +22,18 @@ class GattTable:
         aioble.Characteristic(dis, _uuid16(0x2A25), read=True, initial=device_id_hex.encode())
         aioble.Characteristic(dis, _uuid16(0x2A26), read=True, initial=version.encode())
 
+        # Before the first sample: Temperature holds 0x8000, the GSS's "value is not known";
+        # UV Index and Battery Level define no such value, so they hold none (a zero-length
+        # read) rather than a made-up reading. Each notifies on every new sample (ble_link).
         battery = aioble.Service(_uuid16(0x180F))
         self.battery_level = aioble.Characteristic(
-            battery, _uuid16(0x2A19), read=True, notify=True, initial=b"\x64")
+            battery, _uuid16(0x2A19), read=True, notify=True)
 
         ess = aioble.Service(_uuid16(0x181A))
         self.temperature = aioble.Characteristic(
-            ess, _uuid16(0x2A6E), read=True, notify=True, initial=b"\x00\x00")
+            ess, _uuid16(0x2A6E), read=True, notify=True, initial=b"\x00\x80")
         self.uv_index = aioble.Characteristic(
-            ess, _uuid16(0x2A76), read=True, notify=True, initial=b"\x00")
+            ess, _uuid16(0x2A76), read=True, notify=True)
 
         stream = aioble.Service(bluetooth.UUID(ids.STREAM_SERVICE_UUID))
         self.samples = aioble.Characteristic(

@@ -4,20 +4,33 @@
 import struct
 
 import aioble
+from micropython import const
 
 from firmware import aio, control_codec
 from firmware import protocol_ids as ids
 from firmware.frame_encoder import FrameEncoder
 from sensor_drivers.tmp117 import raw_to_centi_celsius
 
-ADV_INTERVAL_US = 250_000
-ENOMEM = 12
-STREAM_POLL_MS = 100
-MS_PER_TICK = ids.TICK_MS
-LINK_WATCH_MS = 250
-MAX_FRAME_BYTES = ids.FRAME_MAX_BYTES
-MIN_FRAME_BYTES = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
+# Module constants are private const()s where they can be: folded by mpy-cross, they cost
+# no global and no interned name on the patch (docs/firmware.md, Memory).
+_ADV_INTERVAL_US = const(250_000)
+# Advertising restarts this often with fresh manufacturer data (battery, backlog, flags):
+# aioble cannot change a running advertisement.
+ADV_REFRESH_MS = 30_000
+_BATTERY_NOT_KNOWN = const(255)   # status and advertisement before the first gauge sample
+_ENOMEM = const(12)
+_STREAM_POLL_MS = const(100)
+_LINK_WATCH_MS = const(250)
 NO_GAP_AHEAD = 0x100000000   # above every seq
+# Status record offsets (protocol.md §6) of the fields refreshed on every sample.
+_STATUS_NEXT_SEQ_AT = const(10)   # next_seq u32, tick u32, error flags u16
+_STATUS_BATTERY_AT = const(30)
+# Advertising data (protocol.md §2): AD types (Core Supplement Part A §1) and lengths.
+_AD_FLAGS = const(0x01)
+_AD_COMPLETE_NAME = const(0x09)
+_AD_MANUFACTURER = const(0xFF)
+_FLAGS_LE_GENERAL_NO_BREDR = const(0x06)
+_ADV_LEN = const(23)   # flags 3 + name "DT-XXXX" 9 + manufacturer data 11
 
 
 class PatchLink:
@@ -32,16 +45,23 @@ class PatchLink:
         self.config = config
         self.board = board
         self.sampler = None
-        self.encoder = FrameEncoder(key, MAX_FRAME_BYTES)
+        # Unprovisioned (no key): no frames; every request is answered NOT_PROVISIONED, so the
+        # stream never starts.
+        self.encoder = FrameEncoder(key, ids.FRAME_MAX_BYTES) if key else None
         # Request authentication for this boot: lives as long as the boot, not a connection,
         # so a request captured on one link is refused on the next (protocol.md §5).
         self.guard = control_codec.ControlGuard(key, boot_state.boot_nonce)
         self._response_buf = bytearray(64)
         self._status_buf = bytearray(ids.STATUS_LEN)
+        self._periods = [0, 0, 0, 0, 0, 0]   # config keys 1..6, for the status record
         self._payload_buf = bytearray(8)
+        # ESS and Battery values: written in place, the stack copies them (no allocation)
         self._temp_buf = bytearray(2)
-        self._byte_buf = bytearray(1)
-        self.battery_pct = 100
+        self._uv_buf = bytearray(1)
+        self._battery_buf = bytearray(1)
+        self.battery_pct = _BATTERY_NOT_KNOWN   # until the gauge's first sample
+        self.notifications_skipped = 0   # ESS/Battery updates the stack had no buffer for
+        self._adv_data, self._resp_data = self._advertising_payloads(gatt.stream_service_uuid)
         self.connection = None
         self.control_task = None
         self.stream_task = None
@@ -52,21 +72,46 @@ class PatchLink:
         self.gap_mark = 0         # gap notices at seqs below this were sent in this pass
         self.clock_set = False
         self.frames_sent = 0
+        # Live vs HISTORICAL (protocol.md §4): a sample logged before this connection started
+        # streaming, or already sent on it, goes out flagged HISTORICAL after a REPLAY; one
+        # sent for the first time since is live, whatever REPLAY moved the cursor.
+        self._stream_start = -1   # log.next_seq at this connection's first REPLAY
+        self._sent_end = 0        # one past the highest seq sent on this connection
 
     # -- sensor side ---------------------------------------------------------------
+    # The sampling hot path: allocates nothing (tests/test_firmware_ble.py runs it under
+    # heap_lock). Trigger, documented in docs/protocol.md §3: every new sample updates its
+    # characteristic and notifies the centrals that subscribed to it.
     def on_sample(self, channel, value):
         if channel == ids.CH_TEMPERATURE:
             # ESS Temperature is sint16 in 0.01 degC.
             struct.pack_into("<h", self._temp_buf, 0, raw_to_centi_celsius(value))
-            self.gatt.temperature.write(self._temp_buf)
+            self._publish(self.gatt.temperature, self._temp_buf)
         elif channel == ids.CH_UV:
             # ESS UV Index is uint8; the wire unit is UVI x 100.
-            self._byte_buf[0] = (value + 50) // 100 if value < 25_550 else 255
-            self.gatt.uv_index.write(self._byte_buf)
+            self._uv_buf[0] = (value + 50) // 100 if value < 25_550 else 255
+            self._publish(self.gatt.uv_index, self._uv_buf)
         elif channel == ids.CH_BATTERY:
             self.battery_pct = (value + 128) >> 8 if value < 25_600 else 100
-            self._byte_buf[0] = self.battery_pct
-            self.gatt.battery_level.write(self._byte_buf)
+            self._battery_buf[0] = self.battery_pct
+            self._publish(self.gatt.battery_level, self._battery_buf)
+        self._refresh_progress()
+
+    def _publish(self, characteristic, buf):
+        try:
+            characteristic.write(buf, True)   # send_update: notify subscribed centrals
+        except OSError:   # no notification buffer free: the value is stored, one update lost
+            self.notifications_skipped += 1
+
+    def _refresh_progress(self):
+        # The status record's fields that move with every sample (next_seq, tick, error
+        # flags, battery; protocol.md §6), packed in place: Status is current on every read.
+        # The rest changes only on events, which repack the whole record (_refresh_status).
+        buf = self._status_buf
+        struct.pack_into("<IIH", buf, _STATUS_NEXT_SEQ_AT, self.log.next_seq, self.clock.now(),
+                         self._error_flags())
+        buf[_STATUS_BATTERY_AT] = self.battery_pct
+        self.gatt.status.write(buf)
 
     # -- advertising ---------------------------------------------------------------
     def _error_flags(self):
@@ -79,30 +124,57 @@ class PatchLink:
 
     def _refresh_status(self):
         cfg = self.config
-        periods = (cfg.get(ids.CFG_TEMP_PERIOD_S), cfg.get(ids.CFG_UV_PERIOD_S),
-                   cfg.get(ids.CFG_UV_FAST_PERIOD_S), cfg.get(ids.CFG_HYDRATION_PERIOD_S),
-                   cfg.get(ids.CFG_BATTERY_PERIOD_S))
+        periods = self._periods
+        for i in range(6):
+            periods[i] = cfg.get(i + 1)   # config keys 1..6 (protocol.md §5)
         control_codec.pack_status(
             self._status_buf, self.gatt.firmware_version, self.boot_state.boot_id,
             self.log.oldest_seq, self.log.next_seq, self.clock.now(), self._error_flags(),
             periods, self.battery_pct, self.guard.boot_nonce, self.guard.next_counter)
         self.gatt.status.write(self._status_buf)
 
+    @staticmethod
+    def _advertising_payloads(service_uuid):
+        # protocol.md §2, built here rather than left to aioble's packing (which overflows in
+        # argument order): Flags, Name and Manufacturer Data in the advertisement, so a
+        # passive scanner (the gateway's, a BLE proxy) sees the battery and backlog; the
+        # 128-bit Stream Service UUID in the scan response.
+        return bytearray(_ADV_LEN), b"\x11\x07" + bytes(service_uuid)
+
+    def _pack_advertisement(self):
+        adv = self._adv_data
+        name = self.name
+        adv[0], adv[1], adv[2] = 2, _AD_FLAGS, _FLAGS_LE_GENERAL_NO_BREDR
+        adv[3], adv[4] = len(name) + 1, _AD_COMPLETE_NAME
+        for i in range(len(name)):
+            adv[5 + i] = ord(name[i])
+        at = 5 + len(name)
+        adv[at], adv[at + 1] = 3 + ids.MANUFACTURER_DATA_LEN, _AD_MANUFACTURER
+        struct.pack_into("<H", adv, at + 2, ids.COMPANY_ID)
+        adv[at + 4:at + 4 + ids.MANUFACTURER_DATA_LEN] = control_codec.pack_manufacturer_data(
+            self.gatt.firmware_version, self.battery_pct, len(self.log), bool(self.key),
+            self.log.is_full())
+        return adv
+
     async def serve_forever(self):
         while True:
             self._refresh_status()
-            unacked = len(self.log)
-            manufacturer = control_codec.pack_manufacturer_data(
-                self.gatt.firmware_version, self.battery_pct, unacked,
-                bool(self.key), self.log.is_full())
-            connection = await aioble.advertise(
-                ADV_INTERVAL_US, name=self.name, services=[self.gatt.stream_service_uuid],
-                manufacturer=(ids.COMPANY_ID, manufacturer))
+            try:
+                connection = await aioble.advertise(
+                    _ADV_INTERVAL_US, adv_data=self._pack_advertisement(),
+                    resp_data=self._resp_data, timeout_ms=ADV_REFRESH_MS)
+            except aio.TimeoutError:   # nobody connected: advertise the current values
+                continue
+            if connection is None:   # advertising cancelled (aioble returns None): stop
+                return
             await self.serve(connection)
 
     async def serve(self, connection):
         self.connection = connection
         self.cursor = -1
+        self._stream_start = -1
+        self._sent_end = 0
+        self._refresh_status()
         control = self.control_task = aio.create_task(self._control_loop(connection))
         streamer = self.stream_task = aio.create_task(self._stream_loop(connection))
         try:
@@ -124,7 +196,7 @@ class PatchLink:
                 except Exception:   # already gone (a timeout waiting for the event): go on
                     pass
                 return
-            await aio.sleep_ms(LINK_WATCH_MS)
+            await aio.sleep_ms(_LINK_WATCH_MS)
 
     # -- control point ---------------------------------------------------------------
     async def _control_loop(self, connection):
@@ -173,7 +245,12 @@ class PatchLink:
             # failed its CRC), and the gateway moves past them only on this answer.
             start = self._first_held(operands if operands > log.oldest_seq else log.oldest_seq)
             self.cursor = start
-            self.replay_end = log.next_seq
+            if self._stream_start < 0:
+                self._stream_start = log.next_seq
+            # HISTORICAL up to what was logged before streaming began or already sent here;
+            # what follows goes out for the first time: live (protocol.md §4).
+            end = self._sent_end if self._sent_end > self._stream_start else self._stream_start
+            self.replay_end = end if end < log.next_seq else log.next_seq
             self.gap_mark = operands   # gaps in a hole before start are re-sent too
             self.replays += 1
             struct.pack_into("<II", self._payload_buf, 0, start, log.next_seq)
@@ -215,7 +292,7 @@ class PatchLink:
         now = self.clock.now()
         if self._pending_since < 0:
             self._pending_since = now
-        if (now - self._pending_since) * MS_PER_TICK >= \
+        if (now - self._pending_since) * ids.TICK_MS >= \
                 self.config.get(ids.CFG_FLUSH_INTERVAL_S) * 1000:
             return True
         # Enough pending to fill a frame (records are about 2 bytes each).
@@ -223,16 +300,17 @@ class PatchLink:
 
     def _frame_bytes(self, connection):
         frame_bytes = (connection.mtu or 23) - ids.ATT_NOTIFY_OVERHEAD
-        if frame_bytes > MAX_FRAME_BYTES:
-            return MAX_FRAME_BYTES
-        return frame_bytes if frame_bytes > MIN_FRAME_BYTES else MIN_FRAME_BYTES
+        if frame_bytes > ids.FRAME_MAX_BYTES:
+            return ids.FRAME_MAX_BYTES
+        least = ids.ATT_MTU_MIN - ids.ATT_NOTIFY_OVERHEAD
+        return frame_bytes if frame_bytes > least else least
 
     async def _stream_loop(self, connection):
         log = self.log
         enc = self.encoder
-        while True:
+        while connection.is_connected():
             if not self._frame_due():
-                await aio.sleep_ms(STREAM_POLL_MS)
+                await aio.sleep_ms(_STREAM_POLL_MS)
                 continue
             seq = self.cursor
             boot = log.boot(seq)   # a frame carries one boot's records: their own boot id
@@ -257,6 +335,8 @@ class PatchLink:
             if self.replays != replays:
                 continue   # a REPLAY moved the cursor while this frame was in flight
             self.cursor = seq
+            if seq > self._sent_end:
+                self._sent_end = seq
             if caught_up:
                 self._pending_since = -1   # what arrived during the notify waits afresh
 
@@ -283,11 +363,13 @@ class PatchLink:
     async def _notify(self, connection, frame):
         backoff_ms = 5
         while True:
+            if not connection.is_connected():
+                return   # the link dropped: REPLAY on the next one sends it again
             try:
                 self.gatt.samples.notify(connection, frame)
                 return
             except OSError as e:
-                if e.errno != ENOMEM:
+                if e.errno != _ENOMEM:
                     raise
             await aio.sleep_ms(backoff_ms)
             if backoff_ms < 200:

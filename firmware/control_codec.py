@@ -39,8 +39,8 @@ _CFG_VALUE_MIN = const(1)
 _CFG_VALUE_MAX = const(0xFFFF)
 
 _STATUS_FORMAT = const(2)
-_STATUS_LEN = const(39)
-_STATUS_FMT = "<BBBBHIIIHHHHHHBII"
+_STATUS_LEN = const(41)
+_STATUS_FMT = "<BBBBHIIIHHHHHHBHII"
 _MFR_FMT = "<BBBBHB"
 _ADV_PROVISIONED = const(0x01)
 _ADV_LOG_FULL = const(0x02)
@@ -208,11 +208,12 @@ def pack_status(
     buf, fw, boot_id, oldest_seq, next_seq, tick, error_flags, periods, battery_pct,
     boot_nonce, next_counter, offset=0
 ):
-    """Write the 39-byte status record (§6) at buf[offset:]; return a view of it.
+    """Write the 41-byte status record (§6) at buf[offset:]; return a view of it.
 
-    fw: (major, minor, patch); periods: the five periods in seconds in config-key order
-    (temperature, UV, UV fast, hydration, battery); boot_nonce and next_counter: what the
-    next Control Point request must be tagged with (ControlGuard).
+    fw: (major, minor, patch); periods: the six config values in config-key order
+    (temperature, UV, UV fast, hydration, battery periods, frame flush interval; seconds);
+    boot_nonce and next_counter: what the next Control Point request must be tagged with
+    (ControlGuard).
     """
     struct.pack_into(
         _STATUS_FMT,
@@ -233,6 +234,7 @@ def pack_status(
         periods[3],
         periods[4],
         battery_pct,
+        periods[5],
         boot_nonce,
         next_counter,
     )

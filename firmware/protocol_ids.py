@@ -101,7 +101,7 @@ CFG_VALUE_MAX = const(0xFFFF)
 
 # --- Status record (§6) --------------------------------------------------------------------
 STATUS_FORMAT = const(2)
-STATUS_LEN = const(39)
+STATUS_LEN = const(41)
 
 ERR_LOG_FULL = const(0x0001)
 ERR_CLOCK_NOT_SET = const(0x0002)

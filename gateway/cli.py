@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--location", type=_location, metavar="LAT,LON",
                      help="the gateway's latitude,longitude in degrees (e.g. 45.5,-73.6): "
                           "enables the UV forecast and local-day UV doses ([gateway] location)")
+    run.add_argument("--max-payload-bytes", type=_positive_int, metavar="N",
+                     help="largest MQTT payload the broker accepts (mosquitto "
+                          "message_size_limit); larger samples messages are split, other "
+                          "messages parked. The broker's Maximum Packet Size is honoured anyway "
+                          "([mqtt] max_payload_bytes)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -189,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
+
+    from gateway import broker_config
+    broker_config.add_subcommand(sub)
     return parser
 
 
@@ -221,7 +229,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _open_store(db: Path):
     from gateway import store as store_mod
 
-    db.parent.mkdir(parents=True, exist_ok=True)
+    db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return store_mod.Store(store_mod.connect(db))
 
 
@@ -282,6 +290,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         DEVICE_ID_BYTES,
         IdentityRecord,
         ProvisionError,
+        default_key_path,
         load_key_file,
         provision,
         validate_device_id,
@@ -305,7 +314,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         record = RegistryRecord(_open_store(args.db), args.subject, args.skin_type,
                                 reassign=args.reassign, reuse_subject=args.reuse_subject)
     else:
-        key_path = Path(f"{device_id}.key")
+        key_path = default_key_path(args.db, device_id)   # never the current directory
         record = KeyFileRecord(key_path)
     try:
         result = provision(args.port, device_id, key, replace_identity=args.replace_identity,
@@ -375,8 +384,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         broker, username=args.username or settings.username, password=settings.password,
         password_env=args.password_env, gateway_id=args.gateway_id or settings.gateway_id or "gw1",
         ca_file=args.ca_file or settings.ca_file, cert_file=args.cert_file or settings.cert_file,
-        key_file=args.key_file or settings.key_file)
-    args.db.parent.mkdir(parents=True, exist_ok=True)
+        key_file=args.key_file or settings.key_file,
+        max_payload_bytes=args.max_payload_bytes or settings.max_payload_bytes)
+    args.db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     hci = args.hci or settings.hci
     raw_samples = (not args.no_raw_samples if args.no_raw_samples is not None
                    else settings.raw_samples if settings.raw_samples is not None else True)
@@ -409,10 +419,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from gateway.broker_config import run_command
+
+    return run_command(args)
+
+
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
-            "models": models_cli.cmd_models}
+            "models": models_cli.cmd_models, "broker-config": cmd_broker_config}
 COMMANDS.update(report=report_cli.cmd_report, export=report_cli.cmd_export)
 
 

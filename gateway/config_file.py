@@ -92,6 +92,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "ca_file": ("path", "CA certificate (PEM) for mqtts"),
         "cert_file": ("path", "client certificate (PEM)"),
         "key_file": ("path", "client key (PEM)"),
+        "max_payload_bytes": (int, "largest payload the broker accepts (message_size_limit)"),
     },
 }
 # Every option of `dermtwin run` (argparse dest) and the key that sets it in the file.
@@ -103,6 +104,7 @@ RUN_OPTION_KEYS = {
     "hci": "[ble] hci", "broker": "[mqtt] broker", "username": "[mqtt] username",
     "password_env": "[mqtt] password_env", "ca_file": "[mqtt] ca_file",
     "cert_file": "[mqtt] cert_file", "key_file": "[mqtt] key_file",
+    "max_payload_bytes": "[mqtt] max_payload_bytes",
 }
 # Keys whose value would be a secret written into the file itself: refused.
 PLAIN_SECRETS = {("mqtt", "password"): "password_file or password_env"}
@@ -128,6 +130,7 @@ class GatewaySettings:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    max_payload_bytes: int | None = None
 
 
 _FIELD_OF = {("gateway", "id"): "gateway_id"}

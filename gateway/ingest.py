@@ -166,7 +166,10 @@ class Ingest:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), IDLE_STEP_S)
+                # Not asyncio.wait_for: on Python 3.11 it loses a cancel that arrives as the
+                # wait ends (gh-86296), and the gateway's stop then waits for this task forever.
+                async with asyncio.timeout(IDLE_STEP_S):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -10,9 +10,11 @@ Row ids come from AUTOINCREMENT and are never reused, so "everything after
 id N" is a stable cursor. SQLite admits one writer at a time, so ids become
 visible in increasing order.
 
-Messages the broker refused (a PUBACK failure reason code) are moved to the
-`outbox_parked` table with the reason, for an operator to inspect; they are
-not retried automatically.
+Messages the delivery policy could not deliver (a PUBACK failure code, over a
+size limit, a message the broker drops the connection over) are moved to the
+`outbox_parked` table with a kind and a reason, for an operator to inspect;
+the policy (gateway/mqtt/delivery.py) decides by kind when to `unpark` one,
+which puts it back with its own id.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from gateway.clock import now_ms
+from gateway.outbox_message import OutboxMessage
+
+__all__ = ["NewMessage", "Outbox", "OutboxError", "OutboxMessage", "ParkedMessage"]
 
 MAX_TOPIC_BYTES = 65535  # MQTT UTF-8 string length prefix is 16 bits
 SUPPORTED_QOS = (0, 1)
@@ -48,9 +53,13 @@ CREATE TABLE IF NOT EXISTS outbox_parked (
     expiry_s     INTEGER,
     created_ms   INTEGER NOT NULL,
     parked_ms    INTEGER NOT NULL,
-    reason       TEXT    NOT NULL
+    reason       TEXT    NOT NULL,
+    kind         TEXT    NOT NULL DEFAULT 'refused'
 );
 """
+# Columns added since the first schema: (table, column, definition), added when missing.
+MIGRATIONS = (("outbox_parked", "kind", "TEXT NOT NULL DEFAULT 'refused'"),)
+DEFAULT_PARK_KIND = "refused"
 
 
 class OutboxError(ValueError):
@@ -68,31 +77,11 @@ class NewMessage(NamedTuple):
 
 
 @dataclass(frozen=True)
-class OutboxMessage:
-    id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    expiry_s: int | None
-    created_ms: int
-
-    def remaining_expiry_s(self, now_ms: int) -> int | None:
-        """Message Expiry Interval left at `now_ms`: None if the message never
-        expires, 0 if it has expired. Time spent in the outbox counts, as it
-        would in a broker. A clock that went backwards counts as no time spent.
-        """
-        if self.expiry_s is None:
-            return None
-        waited_s = max(0, now_ms - self.created_ms) // 1000
-        return max(0, self.expiry_s - waited_s)
-
-
-@dataclass(frozen=True)
 class ParkedMessage:
     message: OutboxMessage
     parked_ms: int
     reason: str
+    kind: str = DEFAULT_PARK_KIND
 
 
 class Outbox:
@@ -104,6 +93,10 @@ class Outbox:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        for table, column, definition in MIGRATIONS:
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def put(
         self,
@@ -150,39 +143,66 @@ class Outbox:
             " WHERE id > ? ORDER BY id LIMIT ?",
             (after_id if after_id is not None else 0, limit),
         ).fetchall()
-        return [_message(row) for row in rows]
+        # The publisher's hot path: SQLite's types as they come (retain is 0 or 1).
+        return list(map(OutboxMessage._make, rows))
 
     def delete(self, ids: Iterable[int]) -> int:
-        """Delete messages by id; returns how many existed."""
-        ids = list(ids)
+        """Delete messages by id; returns how many existed. Runs of consecutive ids (the
+        usual case: PUBACKs of rows published in order) take one range each."""
+        singles: list[int] = []
         deleted = 0
-        for start in range(0, len(ids), DELETE_CHUNK_ROWS):
-            chunk = ids[start : start + DELETE_CHUNK_ROWS]
+        for first, last in _runs(sorted(set(ids))):
+            if last - first >= 2:
+                deleted += self._conn.execute(
+                    "DELETE FROM outbox WHERE id BETWEEN ? AND ?", (first, last)
+                ).rowcount
+            else:
+                singles.extend(range(first, last + 1))
+        for start in range(0, len(singles), DELETE_CHUNK_ROWS):
+            chunk = singles[start : start + DELETE_CHUNK_ROWS]
             marks = ",".join("?" * len(chunk))
             deleted += self._conn.execute(
                 f"DELETE FROM outbox WHERE id IN ({marks})", chunk
             ).rowcount
         return deleted
 
-    def park(self, message_id: int, reason: str) -> bool:
-        """Move a message to `outbox_parked` with a reason; False if it was not pending."""
+    def park(self, message_id: int, reason: str, kind: str = DEFAULT_PARK_KIND) -> bool:
+        """Move a message to `outbox_parked` with a reason and a kind (what decides when it
+        is tried again); False if it was not pending."""
         moved = self._conn.execute(
             "INSERT OR REPLACE INTO outbox_parked"
-            " (id, topic, payload, qos, retain, expiry_s, created_ms, parked_ms, reason)"
-            " SELECT id, topic, payload, qos, retain, expiry_s, created_ms, ?, ?"
+            " (id, topic, payload, qos, retain, expiry_s, created_ms, parked_ms, reason, kind)"
+            " SELECT id, topic, payload, qos, retain, expiry_s, created_ms, ?, ?, ?"
             " FROM outbox WHERE id = ?",
-            (self._clock_ms(), reason, message_id),
+            (self._clock_ms(), reason, kind, message_id),
         ).rowcount
         self._conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
         return moved > 0
 
+    def unpark(self, ids: Iterable[int]) -> list[int]:
+        """Put parked messages back into the outbox with their own ids (so their place in
+        id order is kept); returns the ids moved."""
+        moved = []
+        for message_id in ids:
+            inserted = self._conn.execute(
+                "INSERT OR IGNORE INTO outbox"
+                " (id, topic, payload, qos, retain, expiry_s, created_ms)"
+                " SELECT id, topic, payload, qos, retain, expiry_s, created_ms"
+                " FROM outbox_parked WHERE id = ?",
+                (message_id,),
+            ).rowcount
+            self._conn.execute("DELETE FROM outbox_parked WHERE id = ?", (message_id,))
+            if inserted:
+                moved.append(message_id)
+        return moved
+
     def parked(self, limit: int = 100) -> list[ParkedMessage]:
         rows = self._conn.execute(
-            "SELECT id, topic, payload, qos, retain, expiry_s, created_ms, parked_ms, reason"
-            " FROM outbox_parked ORDER BY id LIMIT ?",
+            "SELECT id, topic, payload, qos, retain, expiry_s, created_ms, parked_ms, reason,"
+            " kind FROM outbox_parked ORDER BY id LIMIT ?",
             (limit,),
         ).fetchall()
-        return [ParkedMessage(_message(row[:7]), row[7], row[8]) for row in rows]
+        return [ParkedMessage(_message(row[:7]), row[7], row[8], row[9]) for row in rows]
 
     def count(self) -> int:
         return self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
@@ -214,6 +234,19 @@ def _validated(message: NewMessage) -> tuple[str, bytes, int, int, int | None]:
             f"expiry_s {expiry_s!r} for {topic!r}: must be 1..4294967295 seconds or None"
         )
     return topic, bytes(payload), qos, int(bool(retain)), expiry_s
+
+
+def _runs(ids: Sequence[int]) -> Iterable[tuple[int, int]]:
+    """(first, last) of each run of consecutive integers in sorted `ids`."""
+    if not ids:
+        return
+    first = last = ids[0]
+    for i in ids[1:]:
+        if i != last + 1:
+            yield first, last
+            first = i
+        last = i
+    yield first, last
 
 
 def _message(row: Sequence) -> OutboxMessage:

@@ -167,7 +167,8 @@ class PatchLink:
             next_tick = time.monotonic() + SESSION_TICK_S
             while session.state is not State.CLOSED:
                 try:
-                    event = await asyncio.wait_for(events.get(), SESSION_TICK_S)
+                    async with asyncio.timeout(SESSION_TICK_S):   # not wait_for: Ingest.run
+                        event = await events.get()
                     await self._execute(client, session, self._dispatch(session, event))
                 except TimeoutError:
                     pass

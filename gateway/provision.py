@@ -40,6 +40,8 @@ DEVICE_ID_HEX_CHARS = 2 * DEVICE_ID_BYTES
 KEY_BYTES = 32  # HMAC-SHA256 key
 KEY_HEX_CHARS = 2 * KEY_BYTES
 DEFAULT_DATA_DIR = "/data"
+KEYS_DIR = "keys"          # beside the gateway's database: keys not yet paired
+
 IDENTITY_FILE = "identity"  # the name firmware/board.py reads
 
 # Flashing: what goes where on the board (tools/build_firmware.py writes this layout).
@@ -174,6 +176,12 @@ def load_key_file(path: str | Path) -> bytes:
         return validate_key(text)
     except ProvisionError as error:
         raise ProvisionError(f"key file {path}: {error}", "key") from None
+
+
+def default_key_path(db_path: str | Path, device_id_hex: str) -> Path:
+    """Where `provision` keeps a key not yet paired: `keys/<id>.key` beside the gateway's
+    database (the state directory), never the current directory (a repository, a share)."""
+    return Path(db_path).parent / KEYS_DIR / f"{validate_device_id(device_id_hex)}.key"
 
 
 def identity_text(device_id_hex: str, key: bytes) -> str:

@@ -88,7 +88,7 @@ class KeyFileRecord(IdentityRecord):
         return f"no key file was written ({self.path})"
 
     def prepare(self, device_id: str, key: bytes, replaces: str | None = None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)   # holds keys
         fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
             file.write(key.hex() + "\n")

@@ -67,6 +67,9 @@ class RemoteRequests:
         self.loop: asyncio.AbstractEventLoop | None = None   # set while the gateway runs
         self._by_subject = {d.subject: d.device_id for d in devices}
         self._last_refused: dict[str, bytes] = {}   # subject -> desired payload refused last
+        # subject -> the last `desired` message seen holds a configuration (not the empty
+        # retained message that clears it): `reset_config` waits for the clear.
+        self._desired_retained: dict[str, bool] = {}
 
     def on_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
         """paho's network thread: hand the message to the event loop, nothing more."""
@@ -90,6 +93,7 @@ class RemoteRequests:
                         expiry_s=REPORTED_EXPIRY_S)
 
     def _handle_desired(self, subject: str, payload: bytes) -> None:
+        self._desired_retained[subject] = bool(payload)
         if not payload:
             log.info("desired for %s cleared (empty retained message): the patch keeps its "
                      "configuration", subject)
@@ -171,6 +175,9 @@ class RemoteRequests:
             if not link.identify(command.seconds):
                 return False, "not_connected"
             return True, f"identify for {command.seconds} s sent to the patch"
+        if command.op == "reset_config":
+            assert command.subject is not None   # parse_command requires it
+            return self._reset_config(command.subject)
         # resync: republish retained twin snapshots now, through the outbox
         subjects = [command.subject] if command.subject is not None else sorted(self._by_subject)
         subjects = [sub for sub in subjects
@@ -185,6 +192,28 @@ class RemoteRequests:
             return False, f"store: {e}"
         self.kick()
         return True, f"{len(subjects)} twin snapshot(s) republished"
+
+    def _reset_config(self, subject: str) -> tuple[bool, str]:
+        """Forget the subject's accepted desired version (docs/mqtt.md, reset_config): the
+        patch keeps its configuration, the next `desired` may start again at any `ver`."""
+        topic = self.mqtt.topic(subject, "desired")
+        if self._desired_retained.get(subject):
+            return False, (f"{topic} still holds a retained configuration, which would come "
+                           "back at the next reconnect: clear it first (an empty retained "
+                           "message), then reset")
+        device_id = self._by_subject[subject]
+        try:
+            with self.store.transaction():
+                forgotten = self.store.forget_desired(device_id)
+                # The retained answer goes too: it speaks of the forgotten version.
+                self.outbox.put(self.mqtt.topic(subject, "reported"), b"", retain=True)
+        except store_mod.StoreError as e:
+            return False, f"store: {e}"
+        self._last_refused.pop(subject, None)
+        self.kick()
+        was = f"ver {forgotten.ver}" if forgotten is not None else "no version"
+        return True, (f"configuration history of {subject} forgotten (was {was}); the patch "
+                      "keeps its configuration")
 
     def on_config(self, link: PatchLink, result: ConfigApplied | ConfigFailed) -> None:
         """The patch applied (or refused) a desired version: answer on `reported`."""

@@ -46,6 +46,7 @@ SLOT_SHARE_AFTER_S = 30.0
 WATCHDOG_SILENCE_S = 60.0
 PRUNE_EVERY_S = 3600.0
 MANAGER_POLL_S = 0.5
+STOP_RECANCEL_S = 1.0       # stopping: cancel again a task still running after this long
 META_EXPIRY_S = 30 * 24 * 3600
 
 
@@ -197,7 +198,8 @@ class Gateway:
                     slot.task = asyncio.create_task(self._serve(device_id, slot))
             self._share_slots(now)
             try:
-                await asyncio.wait_for(self._wake.wait(), MANAGER_POLL_S)
+                async with asyncio.timeout(MANAGER_POLL_S):   # not wait_for: see Ingest.run
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -282,6 +284,11 @@ class Gateway:
             link_tasks = [s.task for s in self.slots.values() if s.task and not s.task.done()]
             for task in link_tasks:
                 task.cancel()
+            pending = {*tasks, *link_tasks}
+            while pending:   # a cancel can be lost in a library (asyncio.wait_for on 3.11):
+                _, pending = await asyncio.wait(pending, timeout=STOP_RECANCEL_S)
+                for task in pending:   # ask again rather than wait forever
+                    task.cancel()
             await asyncio.gather(*tasks, *link_tasks, return_exceptions=True)
             self.ingest.cycle(now_ms())   # commit what arrived; patches replay the rest
             self.remote.loop = None   # inbound from here on: retained, seen next start

@@ -17,7 +17,7 @@ rewritten REPLAY answer can neither skip seqs nor lead to an ACK beyond what was
 
 Remote configuration (`set_desired`, docs/mqtt.md `{subject}/desired`): once streaming, the
 session sends SET_CONFIG for each desired key whose value differs from the patch's status
-record (the flush interval, which the record lacks, whenever the version is not yet applied),
+record,
 one request at a time behind any waiting ACK or REPLAY, then emits `ConfigApplied`. A SET_CONFIG
 the patch answers with an error status ends that attempt with `ConfigFailed` and does not
 close the session (every other error status still does).
@@ -41,10 +41,26 @@ from gateway.values import CloseKind, LostSamples, SampleBatch, SessionClose
 MIN_MTU = 64
 CONTROL_TIMEOUT_MS = 5_000
 # No frame for this long while streaming: ask the patch what it holds, and REPLAY what we
-# never received (anti-entropy for a notification lost below the session).
+# never received (anti-entropy for a notification lost below the session). The patch holds
+# live samples up to its flush interval before it sends a frame, so the check waits that
+# long, plus its shortest sampling period and a margin (quiet_link_ms): asking sooner would
+# REPLAY samples still on their way as live ones.
 IDLE_STATUS_CHECK_MS = 10_000
+IDLE_CHECK_MARGIN_MS = 2_000
 MS_PER_TICK = 100
 SERIAL_NUMBER_UUID = "00002a25-0000-1000-8000-00805f9b34fb"
+
+
+def quiet_link_ms(status: control.PatchStatus | None) -> int:
+    """How long a streaming link may stay without frames before the idle check asks."""
+    if status is None:
+        return IDLE_STATUS_CHECK_MS
+    cfg = status.config
+    flush_s = cfg.get(ids.ConfigKey.FLUSH_INTERVAL_S, 0)
+    shortest_s = min(cfg.get(key, 0) for key in (
+        ids.ConfigKey.TEMP_PERIOD_S, ids.ConfigKey.UV_PERIOD_S,
+        ids.ConfigKey.HYDRATION_PERIOD_S, ids.ConfigKey.BATTERY_PERIOD_S))
+    return max(IDLE_STATUS_CHECK_MS, (flush_s + shortest_s) * 1000 + IDLE_CHECK_MARGIN_MS)
 
 
 class State(enum.Enum):
@@ -345,7 +361,7 @@ class PatchSession:
                 f"within {CONTROL_TIMEOUT_MS} ms")
         quiet_ms = now_ms - max(self._last_frame_ms, self._last_status_check_ms)
         if (self.state is State.STREAMING and self._pending is None
-                and quiet_ms >= IDLE_STATUS_CHECK_MS):
+                and quiet_ms >= quiet_link_ms(self.status)):
             self._last_status_check_ms = now_ms
             return [self._request(control.get_status, now_ms=now_ms)]
         return []

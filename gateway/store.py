@@ -11,12 +11,20 @@ in one transaction.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from gateway.protocol.constants import ConfigKey
 from gateway.values import DesiredConfig, LostSamples, RegisteredDevice, SampleBatch
+
+log = logging.getLogger(__name__)
+
+DB_FILE_MODE = 0o600   # the database holds the device keys
+DB_DIR_MODE = 0o700    # a directory the database creates
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -93,13 +101,36 @@ class DiskFullError(StoreError):
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (and create) the gateway database with the durability settings we rely on."""
+    """Open (and create) the gateway database with the durability settings we rely on.
+
+    It holds the device keys: created 0600 (SQLite gives its -wal and -shm files the same
+    mode) in a directory created 0700; an existing database readable by others is made
+    0600, with a warning."""
+    _create_private(Path(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(SCHEMA)
+    _tighten(Path(path))   # only a file that opened as a database
     return conn
+
+
+def _create_private(path: Path) -> None:
+    path.parent.mkdir(mode=DB_DIR_MODE, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, DB_FILE_MODE))
+
+
+def _tighten(path: Path) -> None:
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & ~DB_FILE_MODE:
+            log.warning("%s was readable by others (mode %o): holds device keys, now 600",
+                        file, mode)
+            file.chmod(DB_FILE_MODE)
 
 
 class Store:
@@ -238,6 +269,13 @@ class Store:
         self.conn.execute(
             "UPDATE desired_config SET applied_ver=?, applied_cfg_json=? WHERE device_id=?",
             (ver, _cfg_json(cfg), device_id))
+
+    def forget_desired(self, device_id: str) -> DesiredConfig | None:
+        """Inside the caller's transaction: drop the accepted desired version (a clinic's
+        `reset_config`), so any `ver` is newer again. Returns what was forgotten."""
+        forgotten = self.desired(device_id)
+        self.conn.execute("DELETE FROM desired_config WHERE device_id=?", (device_id,))
+        return forgotten
 
     def desired(self, device_id: str) -> DesiredConfig | None:
         row = self.conn.execute(

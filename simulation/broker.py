@@ -9,8 +9,6 @@ simulate a broker outage.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import os
 import pwd
 import shutil
@@ -19,15 +17,22 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from gateway.broker_config import (
+    CREDENTIALS_DIR,
+    Deployment,
+    acl_text,
+    generate_password,
+    mosquitto_password_line,
+)
+from gateway.private_files import FILE_MODE, private_dir, write_private
 
 LOOPBACK_HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
 STOP_GRACE_S = 3.0
 PORT_POLL_INTERVAL_S = 0.02
 LOG_TAIL_LINES = 20
-# mosquitto 2.x "$7$" password hashes: PBKDF2-HMAC-SHA512, 101 iterations, 12-byte salt.
-PASSWORD_HASH_ITERATIONS = 101
-PASSWORD_SALT_BYTES = 12
 
 INSTALL_HINT = "install it with: sudo apt-get install mosquitto mosquitto-clients"
 SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin")
@@ -56,27 +61,20 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def mosquitto_password_line(username: str, password: str, salt: bytes | None = None) -> str:
-    """One line of a mosquitto 2.x password file, same format as `mosquitto_passwd`."""
-    if not username or ":" in username:
-        raise ValueError(f"broker username {username!r}: must be non-empty and contain no ':'")
-    salt = salt if salt is not None else os.urandom(PASSWORD_SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PASSWORD_HASH_ITERATIONS)
-    salt_b64 = base64.b64encode(salt).decode()
-    digest_b64 = base64.b64encode(digest).decode()
-    return f"{username}:$7${PASSWORD_HASH_ITERATIONS}${salt_b64}${digest_b64}"
-
-
 class LocalBroker:
     """A mosquitto process of our own, listening on 127.0.0.1 only.
 
+    `config_file` runs mosquitto with a configuration of its own (one `dermtwin
+    broker-config` wrote) instead; `port` is then its plain listener's.
+
     `users` maps username -> password; when given, anonymous clients are
-    refused. `persistence=True` keeps retained messages across a stop/start
-    (in `data_dir`). With `tls_cert_file` and `tls_key_file` the listener
-    speaks TLS only (`url` becomes mqtts://); `tls_client_ca_file` then
-    requires client certificates signed by that CA. `extra_config` lines are
-    appended verbatim (e.g. "message_size_limit 1024").
-    """
+    refused. `acl` is the text of a mosquitto ACL file (gateway/broker_config.py writes
+    one per role); `LocalBroker.for_deployment` makes both from a `Deployment`.
+    `persistence=True` keeps retained messages across a stop/start (in `data_dir`).
+    With `tls_cert_file` and `tls_key_file` the listener speaks TLS only (`url`
+    becomes mqtts://); `tls_client_ca_file` then requires client certificates signed
+    by that CA. `extra_config` lines are appended verbatim (e.g. "message_size_limit
+    1024")."""
 
     def __init__(
         self,
@@ -84,13 +82,19 @@ class LocalBroker:
         port: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         users: dict[str, str] | None = None,
+        acl: str | None = None,
         persistence: bool = False,
         extra_config: list[str] | tuple[str, ...] = (),
         tls_cert_file: str | os.PathLike[str] | None = None,
         tls_key_file: str | os.PathLike[str] | None = None,
         tls_client_ca_file: str | os.PathLike[str] | None = None,
         mosquitto_path: str | None = None,
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        if config_file is not None and (port is None or users or acl or tls_cert_file
+                                        or extra_config or persistence):
+            raise BrokerError("config_file: give only the port of its plain listener with it")
+        self._given_config = None if config_file is None else Path(config_file).resolve()
         if (tls_cert_file is None) != (tls_key_file is None):
             raise BrokerError("tls_cert_file and tls_key_file: give both or neither")
         if tls_client_ca_file is not None and tls_cert_file is None:
@@ -102,8 +106,11 @@ class LocalBroker:
             self._temp_dir = tempfile.TemporaryDirectory(prefix="dermtwin-mosquitto-")
             data_dir = self._temp_dir.name
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         self._users = dict(users or {})
+        if acl is not None and not self._users:
+            raise BrokerError("acl: needs users (an ACL names accounts)")
+        self._acl = acl
         self._persistence = persistence
         self._extra_config = list(extra_config)
         self._tls_files = tuple(
@@ -111,6 +118,23 @@ class LocalBroker:
             for f in (tls_cert_file, tls_key_file, tls_client_ca_file)
         )
         self._process: subprocess.Popen[bytes] | None = None
+        self.credentials: dict[str, Path] = {}
+
+    @classmethod
+    def for_deployment(cls, deployment: Deployment, *,
+                       data_dir: str | os.PathLike[str] | None = None,
+                       **options: Any) -> LocalBroker:
+        """A broker with one account per role of `deployment` (fresh passwords) and its ACL:
+        no anonymous access. `credentials[name]` is a 0600 file under
+        `data_dir/credentials/` holding that account's password, for its client."""
+        passwords = {a.name: generate_password() for a in deployment.accounts}
+        broker = cls(data_dir=data_dir, users=passwords, acl=acl_text(deployment), **options)
+        credentials_dir = private_dir(broker.data_dir / CREDENTIALS_DIR)
+        for name, password in passwords.items():
+            path = credentials_dir / f"{name}.password"
+            write_private(path, password + "\n")
+            broker.credentials[name] = path
+        return broker
 
     @property
     def port(self) -> int:
@@ -131,7 +155,7 @@ class LocalBroker:
 
     @property
     def config_path(self) -> Path:
-        return self.data_dir / "mosquitto.conf"
+        return self._given_config or self.data_dir / "mosquitto.conf"
 
     @property
     def log_path(self) -> Path:
@@ -167,11 +191,12 @@ class LocalBroker:
             config += [f"cafile {client_ca_file}", "require_certificate true"]
         if self._users:
             password_file = self.data_dir / "passwd"
-            password_file.write_text(
-                "".join(mosquitto_password_line(u, p) + "\n" for u, p in self._users.items())
-            )
-            password_file.chmod(0o600)
+            write_private(password_file, "".join(
+                mosquitto_password_line(u, p) + "\n" for u, p in self._users.items()))
             config += ["allow_anonymous false", f"password_file {password_file}"]
+            if self._acl is not None:
+                write_private(self.data_dir / "acl", self._acl)
+                config.append(f"acl_file {self.data_dir / 'acl'}")
         else:
             config.append("allow_anonymous true")
         if self._persistence:
@@ -179,14 +204,16 @@ class LocalBroker:
         else:
             config.append("persistence false")
         config += self._extra_config
-        self.config_path.write_text("\n".join(config) + "\n")
+        write_private(self.config_path, "\n".join(config) + "\n")
 
     def start_sync(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Start mosquitto and return once its port accepts TCP connections."""
         if self.running:
             raise BrokerError(f"broker on port {self._port} is already running")
-        self._write_config()
-        with open(self.log_path, "ab") as log_file:
+        if self._given_config is None:
+            self._write_config()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        with open(fd, "ab") as log_file:
             self._process = subprocess.Popen(
                 [self._mosquitto_path, "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL,

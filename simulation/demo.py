@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
+from gateway.broker_config import CREDENTIALS_DIR, Deployment
 from gateway.inference import default_models_dir
 from gateway.live_view import run_live_view
 from gateway.mqtt.config import MqttConfig
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 # frames flushed every 2 s (the firmware defaults are 10 s / 5 s / 60 s / 300 s).
 DEMO_PATCH_CONFIG = {1: 1, 2: 2, 4: 5, 5: 10, 6: 2}
 DEMO_GATEWAY_ID = "demo"
+DEMO_CLINIC = "clinic"     # the private broker's accounts besides the gateway (broker_config roles)
+DEMO_VIEWER = "viewer"
 DEMO_TIME_SCALE = 120          # skin physiology runs 2 minutes per wall-clock second
 DEMO_INFLAMMATION = (2.6, 900.0, 600.0)   # patch 0: +2.6 °C 15 model-minutes in, 10 min rise
 
@@ -79,11 +82,19 @@ async def run_demo(patches: int, duration_s: float, broker_url: str | None = Non
     workdir.mkdir(parents=True, exist_ok=True)
     broker = None
     if broker_url is None:
-        broker = LocalBroker(data_dir=workdir / "mosquitto")
+        # Not anonymous: one account per role, as `dermtwin broker-config` writes them.
+        broker = LocalBroker.for_deployment(
+            Deployment.of([gateway_id], [DEMO_CLINIC], [DEMO_VIEWER]),
+            data_dir=workdir / "mosquitto")
         await broker.start()
         broker_url = broker.url
-        print(f"started a private mosquitto at {broker_url}")
-    mqtt = MqttConfig.from_url(broker_url, gateway_id=gateway_id)
+        print(f"started a private mosquitto at {broker_url} (no anonymous access; accounts "
+              f"{gateway_id} (gateway), {DEMO_CLINIC}, {DEMO_VIEWER} (read-only); passwords in "
+              f"{broker.data_dir / CREDENTIALS_DIR}/)")
+        mqtt = MqttConfig.from_url(broker_url, gateway_id=gateway_id, username=gateway_id,
+                                   password_file=broker.credentials[gateway_id])
+    else:
+        mqtt = MqttConfig.from_url(broker_url, gateway_id=gateway_id)
 
     secret = os.urandom(32)
     db_path = workdir / "gateway.sqlite3"

@@ -16,15 +16,14 @@ import os
 import signal
 from pathlib import Path
 
+from gateway.private_files import private_dir, write_private
 from simulation.demo import demo_identity, pair_virtual_patches
 
 STATUS_INTERVAL_S = 0.25
 
 
 def _write_json(path: Path, payload: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_private(path, json.dumps(payload, indent=1, sort_keys=True))   # registry.json: keys
 
 
 def patch_status(patches) -> dict:
@@ -42,7 +41,7 @@ async def run_simulator(patches: int, workdir: Path, *, hci_port: int = 0,
     from simulation.virtual_patch import VirtualPatch
     from simulation.virtual_radio import VirtualRadio
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)
     radio = VirtualRadio(seed=seed)
     secret = os.urandom(32)
     identities = [demo_identity(i, secret) for i in range(patches)]

@@ -105,7 +105,7 @@ class VirtualPatch:
 
     async def start(self) -> None:
         write_identity(self.data_dir, self.device_id_hex, self.key)
-        bus = VirtualI2C(clock_ms=monotonic_ms)
+        bus = self.bus = VirtualI2C(clock_ms=monotonic_ms)
         self.chips = attach_patch_chips(bus, self.environment, self.model_time_s)
         board = HostBoard(self.data_dir, bus, self.config_overrides, self.log_capacity)
         self.bumble_device = await self.radio.new_device(self.name)

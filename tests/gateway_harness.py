@@ -31,7 +31,12 @@ async def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition") 
 class GatewayRig:
     def __init__(self, tmp_path: Path, patches: int = 1, *, max_connections: int = 5,
                  patch_config: dict | None = None, registry_keys: dict[int, bytes] | None = None,
-                 seed: int = 1, log_capacity: int = 20_000):
+                 seed: int = 1, log_capacity: int = 20_000,
+                 broker: LocalBroker | None = None, mqtt_url: str | None = None,
+                 mqtt_options: dict | None = None):
+        """`broker`: a broker of the test's own (default: an anonymous private one); the rig
+        starts and stops it unless it is running already; `mqtt_url` and `mqtt_options` (credentials, TLS files)
+        are how the gateway reaches it (default: its plain URL, anonymous)."""
         self.tmp_path = tmp_path
         self.n_patches = patches
         self.max_connections = max_connections
@@ -39,6 +44,9 @@ class GatewayRig:
         self.registry_keys = registry_keys or {}
         self.seed = seed
         self.log_capacity = log_capacity
+        self._given_broker = broker
+        self._mqtt_url = mqtt_url
+        self._mqtt_options = mqtt_options or {}
         self.db_path = tmp_path / "gateway.sqlite3"
         self.patches: list[VirtualPatch] = []
         self.gateway: Gateway | None = None
@@ -46,8 +54,10 @@ class GatewayRig:
         self._run: asyncio.Task | None = None
 
     async def __aenter__(self) -> GatewayRig:
-        self.broker = LocalBroker(data_dir=self.tmp_path / "mosquitto")
-        await self.broker.start()
+        self.broker = self._given_broker or LocalBroker(data_dir=self.tmp_path / "mosquitto")
+        self._started_broker = not self.broker.running
+        if self._started_broker:
+            await self.broker.start()
         self.radio = VirtualRadio(seed=self.seed)
         secret = os.urandom(32)
         self.identities = [demo_identity(i, secret) for i in range(self.n_patches)]
@@ -61,7 +71,8 @@ class GatewayRig:
         return self
 
     async def start_gateway(self) -> Gateway:
-        mqtt = MqttConfig.from_url(self.broker.url, gateway_id="rig")
+        mqtt = MqttConfig.from_url(self._mqtt_url or self.broker.url, gateway_id="rig",
+                                   **self._mqtt_options)
         self.gateway = Gateway(
             GatewayConfig(self.db_path, mqtt, default_models_dir(),
                           max_connections=self.max_connections),
@@ -82,7 +93,8 @@ class GatewayRig:
         for patch in self.patches:
             await patch.stop()
         await self.radio.close()
-        await self.broker.stop()
+        if self._started_broker:
+            await self.broker.stop()
 
     def link(self, index: int):
         return self.gateway.slots[self.identities[index][0]].link

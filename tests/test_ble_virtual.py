@@ -176,6 +176,17 @@ def test_advertising_payload_overflows_into_scan_response_like_aioble():
         build_advertising_payloads(name="N" * 40, services=[bluetooth.UUID(STREAM_SERVICE)])
 
 
+def test_advertising_groups_uuids_of_one_size_in_one_ad_structure_like_aioble():
+    adv, resp = build_advertising_payloads(
+        services=[bluetooth.UUID(0x180F), bluetooth.UUID(STREAM_SERVICE), bluetooth.UUID(0x181A)],
+        name="NN",
+    )
+    assert adv == (b"\x02\x01\x06" + b"\x05\x03\x0f\x18\x1a\x18"
+                   + bytes([17, 0x07]) + bytes(bluetooth.UUID(STREAM_SERVICE)))
+    # 27 bytes + a 4-byte name would make exactly 31, which aioble's `<` check does not allow
+    assert resp == b"\x03\x09NN"
+
+
 # --- scanning ----------------------------------------------------------------------------------
 async def test_scan_sees_name_service_uuid_and_manufacturer_data(adapter, patch):
     device, adv = await scan_until(
@@ -387,9 +398,10 @@ async def test_central_disconnect_reaches_both_sides(adapter, patch):
     await asyncio.wait_for(connection.disconnected(timeout_ms=2000), STEP_TIMEOUT_S)
     assert not connection.is_connected()
     assert central_saw_drop.is_set()
-    with pytest.raises(OSError) as error:
+    # Upstream aioble passes the connection handle it cleared at the disconnect to
+    # ble.gatts_notify: MicroPython's int conversion of None raises TypeError.
+    with pytest.raises(TypeError):
         patch.samples.notify(connection, b"gone")
-    assert error.value.errno == errno.ENOTCONN
     # The patch advertises again and accepts the next connection.
     async with make_client(adapter, patch.address) as again:
         assert again.is_connected

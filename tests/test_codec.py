@@ -583,7 +583,7 @@ def test_status_record_both_sides():
         s["next_counter"],
         offset=3,
     )
-    assert bytes(out).hex() == s["record"] and bytes(buf[3:42]).hex() == s["record"]
+    assert bytes(out).hex() == s["record"] and bytes(buf[3:44]).hex() == s["record"]
     st_ = cp.decode_status(bytes.fromhex(s["record"]))
     assert st_.fw_version == tuple(s["fw"]) and st_.fw_revision == "1.2.3"
     assert (st_.boot_id, st_.oldest_seq, st_.next_seq, st_.tick, st_.battery_pct) == (
@@ -600,6 +600,7 @@ def test_status_record_both_sides():
         gw.ConfigKey.UV_FAST_PERIOD_S: 1,
         gw.ConfigKey.HYDRATION_PERIOD_S: 60,
         gw.ConfigKey.BATTERY_PERIOD_S: 300,
+        gw.ConfigKey.FLUSH_INTERVAL_S: 60,
     }
     assert st_.unacked == 234
     assert (st_.boot_nonce, st_.next_counter) == (s["boot_nonce"], s["next_counter"])

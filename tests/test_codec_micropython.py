@@ -146,7 +146,7 @@ for name, req, op, st, payload in {resps!r}:
     p = binascii.unhexlify(payload) if payload else None
     out["responses"][name] = h(cc.build_response(buf, KEY, NONCE, binascii.unhexlify(req), op,
                                                  st, p))
-rec = bytearray(39)
+rec = bytearray(41)
 out["status"] = h(cc.pack_status(rec, {s["fw"]!r}, {s["boot_id"]}, {s["oldest_seq"]},
                   {s["next_seq"]}, {s["tick"]}, {s["error_flags"]}, {s["periods"]!r},
                   {s["battery_pct"]}, {s["boot_nonce"]}, {s["next_counter"]}))

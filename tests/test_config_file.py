@@ -129,7 +129,7 @@ def test_cli_bad_key_fails_with_file_key_and_reason_in_one_line(tmp_path):
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip() == (f"dermtwin run: {path}: [mqtt] brokr: unknown key (known in "
                                    "[mqtt]: broker, username, password_env, password_file, "
-                                   "ca_file, cert_file, key_file)")
+                                   "ca_file, cert_file, key_file, max_payload_bytes)")
     missing = dermtwin("--config", str(tmp_path / "none.toml"), "status")
     assert missing.returncode == 1 and "none.toml: no such file (given with --config)" in \
         missing.stderr
@@ -140,6 +140,8 @@ def test_the_file_is_used_and_the_command_line_wins(tmp_path):
     secret.write_text(SECRET + "\n")
     secret.chmod(0o600)
     path = write(tmp_path, FULL)
+    from tls_certs import issue, make_ca  # run checks the TLS files are PEM before the radio
+    issue(tmp_path, make_ca(tmp_path, "ca"), "gw", "gw1")
     # status finds the database the file names (and needs no secret to do so)
     status = dermtwin("--config", str(path), "status")
     assert f"no health file at {tmp_path / 'state' / 'gw.health.json'}" in status.stderr

@@ -43,7 +43,8 @@ def test_every_device_file_compiles_and_the_manifest_freezes_them(tmp_path):
 
     calls = run_manifest(tmp_path / "fw" / "manifest.py")
     assert calls["include"] == ["$(BOARD_DIR)/manifest.py"]   # the board's own frozen modules
-    assert calls["require"] == ["aioble"]                      # BLE library from micropython-lib
+    # aioble from micropython-lib: the peripheral and server parts only (each pulls in core)
+    assert calls["require"] == ["aioble-peripheral", "aioble-server"]
     assert set(calls["package"]) == set(DEVICE_PACKAGES)
     frozen = set()
     for name, (files, base_path) in calls["package"].items():
@@ -51,9 +52,12 @@ def test_every_device_file_compiles_and_the_manifest_freezes_them(tmp_path):
             path = Path(base_path) / name / file
             assert path.is_file(), path
             frozen.add(path)
-    expected = {p for p in sources if "emulators" not in p.relative_to(REPO).parts}
-    assert frozen == expected
+    simulation = {p for p in sources if "emulators" in p.relative_to(REPO).parts
+                  or p.name in ("environment_model.py", "skin_model.py")}
+    assert len(simulation) >= 7                                # five emulators, two models
+    assert frozen == set(sources) - simulation                 # no simulation in a patch image
     assert (REPO / "firmware" / "flash_log.py") in frozen
+    assert (REPO / "sensor_drivers" / "tmp117.py") in frozen
 
 
 def test_a_file_mpy_cross_rejects_fails_the_build_naming_it(tmp_path, monkeypatch):
@@ -74,6 +78,7 @@ def stand_in_aioble(root: Path) -> Path:
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("from .core import log_info\n")
     (package / "core.py").write_text("def log_info(*args):\n    pass\n")
+    (package / "central.py").write_text("def scan():\n    pass\n")   # a patch needs no central
     (root / "manifest.py").write_text("package('aioble')\n")     # not compiled: not in aioble/
     return root
 

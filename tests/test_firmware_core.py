@@ -210,9 +210,9 @@ async def test_control_write_from_another_central_ends_the_stale_link():
     from types import SimpleNamespace
 
     from firmware import protocol_ids as ids
-    from simulation import device_shims
+    from simulation.device_shims import install
 
-    device_shims.install()   # aioble: the host shim
+    install()   # aioble: the host shim
     from firmware.ble_link import PatchLink
 
     class ControlPoint:
@@ -227,7 +227,8 @@ async def test_control_write_from_another_central_ends_the_stale_link():
             self.indicated.append((connection, bytes(data)))
 
     cp = ControlPoint()
-    link = PatchLink(SimpleNamespace(control_point=cp), "00" * 8, bytes(32),
+    link = PatchLink(SimpleNamespace(control_point=cp, stream_service_uuid=bytes(16)), "00" * 8,
+                     bytes(32),
                      SimpleNamespace(boot_id=1, boot_nonce=5), None, None, None, None)
     served, other = object(), object()
     task = asyncio.ensure_future(link._control_loop(served))
@@ -236,3 +237,34 @@ async def test_control_write_from_another_central_ends_the_stale_link():
     await asyncio.wait_for(task, 2)                          # the loop ended by itself
     assert [c for c, _ in cp.indicated] == [served]          # answered on its own link only
     assert cp.indicated[0][1][2] == ids.ST_AUTH_FAILED
+
+
+def test_replay_flags_backlog_and_resends_historical_and_first_sends_live(tmp_path):
+    # protocol.md §4: HISTORICAL marks what a REPLAY sends that was logged before this
+    # connection streamed, or was sent on it before; a sample sent for the first time after
+    # that is live, even when a later REPLAY (the gateway's idle check) moved the cursor.
+    from types import SimpleNamespace
+
+    from firmware import protocol_ids as ids
+    from simulation.device_shims import install
+
+    install()   # aioble: the host shim
+    from firmware.ble_link import PatchLink
+
+    log = FlashLog(str(tmp_path / "log"), boot_id=1)
+    for i in range(10):                       # backlog, logged while nobody was connected
+        log.append(0, i, 4300 + i)
+    link = PatchLink(SimpleNamespace(stream_service_uuid=bytes(16)), "00" * 8, bytes(32),
+                     SimpleNamespace(boot_id=1, boot_nonce=5), log, SimpleNamespace(now=lambda: 100),
+                     SamplingConfig(), None)
+    assert link._execute(ids.OP_REPLAY, 0)[0] == ids.ST_SUCCESS
+    assert (link.cursor, link.replay_end) == (0, 10)          # the backlog: historical
+    link.cursor = link._sent_end = 10                          # sent; streaming live now
+    for i in range(10, 16):
+        log.append(0, i, 4300 + i)
+    link.cursor = link._sent_end = 13                          # 10..12 sent live
+    link._execute(ids.OP_REPLAY, 11)                           # one frame was lost
+    assert (link.cursor, link.replay_end) == (11, 13)          # 11, 12 again: historical
+    link._execute(ids.OP_REPLAY, 13)                           # the idle check: nothing lost
+    assert (link.cursor, link.replay_end) == (13, 13)          # 13..15 never sent: live
+    log.close()

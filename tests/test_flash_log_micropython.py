@@ -286,7 +286,8 @@ HOT_PATH = {
     # a sample's way from the sensor task into the log and the live characteristics
     "firmware/sampler.py": ["Sampler.record"],
     "firmware/clock.py": ["TickClock.now"],
-    "firmware/ble_link.py": ["PatchLink.on_sample"],
+    "firmware/ble_link.py": ["PatchLink.on_sample", "PatchLink._publish",
+                              "PatchLink._refresh_progress", "PatchLink._error_flags"],
 }
 
 
@@ -398,7 +399,10 @@ def test_hot_path_call_state_fits_on_the_c_stack(tmp_path):
         states[rel] = _named_states((REPO / rel).read_text(), out.read_bytes())
         for name in names:
             n_state, n_exc = states[rel][name]
-            assert n_state <= VM_MAX_STATE_ON_STACK_WORDS and n_exc == 0, (rel, name, n_state)
+            # py/objfun.c: state = n_state words + n_exc_stack entries of 2 words each
+            # (mp_exc_stack_t); above VM_MAX_STATE_ON_STACK it goes on the heap
+            words = n_state + 2 * n_exc
+            assert words <= VM_MAX_STATE_ON_STACK_WORDS, (rel, name, n_state, n_exc)
     # the parser reads what the encoder's author measured by hand: add() is exactly 11 words
     assert states["firmware/frame_encoder.py"]["FrameEncoder.add"] == (11, 0)
     # ... and sees a try block where there is one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 import subprocess
@@ -13,9 +14,10 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from mqtt_fixtures import ReceivedMessage, wait_until
+from mqtt_proxy import PubackHoldingProxy
 
 from gateway.mqtt.config import MqttConfig, MqttConfigError
-from gateway.mqtt.publisher import MAX_PROTOCOL_STRIKES, MqttPublisher
+from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
 from simulation import broker as broker_module
 from simulation.broker import BrokerError, LocalBroker, find_mosquitto
@@ -163,10 +165,18 @@ def test_config_password_from_environment(monkeypatch):
 
 
 def test_config_tls_files_are_checked(tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not checked here, only that it exists")
-    config = MqttConfig.from_url("mqtts://h", ca_file=ca, cert_file=ca, key_file=ca)
-    assert config.ca_file == str(ca)
+    certs = make_certificates(tmp_path)
+    config = MqttConfig.from_url("mqtts://h", ca_file=certs["ca.pem"],
+                                 cert_file=certs["client.pem"], key_file=certs["client.key"])
+    assert config.ca_file == str(certs["ca.pem"])
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
+    with pytest.raises(MqttConfigError, match=r"^ca_file '.*not\.pem': not a usable PEM CA"):
+        MqttConfig.from_url("mqtts://h", ca_file=not_pem)
+    with pytest.raises(MqttConfigError, match=r"^cert_file '.*client\.pem' / key_file "
+                                              r"'.*server\.key': not a PEM certificate with"):
+        MqttConfig.from_url("mqtts://h", ca_file=certs["ca.pem"], cert_file=certs["client.pem"],
+                            key_file=certs["server.key"])
 
 
 @pytest.mark.parametrize(
@@ -193,6 +203,17 @@ def test_config_errors_name_the_field(url, options, message):
     with pytest.raises(MqttConfigError) as caught:
         MqttConfig.from_url(url, **options)
     assert message in str(caught.value)
+
+
+def test_run_takes_a_payload_limit_and_refuses_a_bad_one(capsys):
+    from gateway.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--broker", "mqtt://h", "--max-payload-bytes", "2000"])
+    assert args.max_payload_bytes == 2000
+    assert build_parser().parse_args(["run", "--broker", "mqtt://h"]).max_payload_bytes is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--broker", "mqtt://h", "--max-payload-bytes", "0"])
+    assert "--max-payload-bytes" in capsys.readouterr().err
 
 
 def test_config_topic_levels_are_checked():
@@ -373,12 +394,17 @@ def test_broker_restart_on_the_same_port_loses_nothing(
 
 def test_unacknowledged_rows_survive_a_publisher_crash(mqtt_broker, mqtt_collector, db_path):
     topic = "dermtwin/v1/child/s1/samples"
+    # Fewer than mosquitto's max_queued_messages (1000) beyond what the collector has
+    # taken: a faster publisher would make the broker drop some for the collector.
     expected = sample_messages(topic, 0, 1500)
     put_rows(db_path, expected)
     collector = mqtt_collector(mqtt_broker, topic)
     child = start_child_publisher(mqtt_broker.url, db_path, max_inflight=1)
     try:
         collector.wait_for(lambda ms: len(ms) >= 50, what="the child to publish")
+        # Acknowledged rows are deleted in batches: wait for the first batch.
+        wait_until(lambda: outbox_count(db_path) < len(expected), poll_s=0.002,
+                   what="the child to delete acknowledged rows")
     finally:
         kill(child)
     left = outbox_count(db_path)
@@ -471,7 +497,7 @@ def test_puback_packet_too_large_parks_the_row_instead_of_looping(
                 lambda: publisher.pending == 0 and publisher.failed == 1,
                 what="the big row to be parked",
             )
-            assert publisher.connects <= MAX_PROTOCOL_STRIKES + 2
+            assert publisher.connects <= 3
         finally:
             publisher.stop_sync()
         conn = sqlite3.connect(db_path)
@@ -620,6 +646,187 @@ def test_the_same_publisher_can_stop_and_start_again(mqtt_broker, mqtt_collector
     assert collector.payloads(topic) == [b"first", b"second"]
 
 
+# ---- size limits: split, refuse, retry, never a reconnect loop ---------------
+
+
+def samples_rows(topic: str, batches: int, per_batch: int) -> list[tuple[str, bytes]]:
+    """`{subject}/samples` payloads (docs/mqtt.md) of `per_batch` samples each."""
+    rows = []
+    for b in range(batches):
+        seqs = list(range(b * per_batch, (b + 1) * per_batch))
+        doc = {"schema": 1, "boot": 3, "historical": True, "samples": {
+            "skin_temp_c": {"seq": seqs[::2], "t": [1764262800000 + 10_000 * s for s in seqs[::2]],
+                            "v": [33.0 + (s % 50) / 128 for s in seqs[::2]]},
+            "uv_index": {"seq": seqs[1::2], "t": [1764262800000 + 5_000 * s for s in seqs[1::2]],
+                         "v": [round((s % 40) * 0.05, 3) for s in seqs[1::2]]}}}
+        rows.append((topic, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()))
+    return rows
+
+
+def received_seqs(collector, topic: str) -> list[int]:
+    seqs = []
+    for payload in collector.payloads(topic):
+        for columns in json.loads(payload)["samples"].values():
+            seqs.extend(columns["seq"])
+    return seqs
+
+
+def all_samples(topic: str, count: int):
+    return lambda ms: set(range(count)) <= {
+        s for m in ms if m.topic == topic
+        for columns in json.loads(m.payload)["samples"].values() for s in columns["seq"]}
+
+
+@pytest.mark.parametrize("configured_limit", [None, 2000])
+def test_samples_over_the_brokers_message_size_limit_arrive_split_without_a_reconnect_loop(
+    tmp_path, mqtt_collector, db_path, configured_limit
+):
+    """mosquitto `message_size_limit 2000`, batches of ~3-7 KB: every sample reaches a plain
+    subscriber. Told the limit (`--max-payload-bytes`), the publisher never breaks it; not
+    told, mosquitto drops the connection over the first big message and the publisher
+    learns the limit from it in two strikes, then splits every batch to fit."""
+    extra = ["message_size_limit 2000"]
+    with LocalBroker(data_dir=tmp_path / "broker", extra_config=extra) as broker:
+        topic = "dermtwin/v1/gw1/s1/samples"
+        collector = mqtt_collector(broker, "dermtwin/#")
+        rows = samples_rows(topic, 40, 150)
+        sizes = [len(p) for _, p in rows]
+        assert min(sizes) > 2000 and max(sizes) < 8000
+        deltas = sample_messages("dermtwin/v1/gw1/s1/delta", 0, 40)
+        put_rows(db_path, [m for pair in zip(rows, deltas, strict=True) for m in pair])
+        publisher = make_publisher(broker.url, db_path, max_payload_bytes=configured_limit)
+        publisher.start_sync()
+        try:
+            collector.wait_for(all_samples(topic, 40 * 150), timeout=20, what="every sample")
+            collector.wait_for(has_all(deltas), what="the deltas between the batches")
+            wait_until(lambda: publisher.pending == 0, what="outbox drained")
+            assert publisher.failed == 0 and publisher.parked_count == 0
+            assert publisher.split == 40
+            if configured_limit is None:
+                # two strikes to learn the limit; then nothing over it is ever sent again
+                assert publisher.connects <= 3, (publisher.connects, publisher.refusals, publisher.failed,
+                                         publisher.policy.learned_max_payload_bytes)
+                assert publisher.refusals == {"dropped_connection": 1}
+            else:
+                assert publisher.connects == 1
+        finally:
+            publisher.stop_sync()
+        assert all(len(p) <= 2000 for p in collector.payloads(topic))
+        assert sorted(set(received_seqs(collector, topic))) == list(range(40 * 150))
+        assert "oversize" not in broker.log_tail(200) or configured_limit is None
+
+
+def test_samples_fit_the_maximum_packet_size_from_connack(tmp_path, mqtt_collector, db_path):
+    with LocalBroker(data_dir=tmp_path / "broker", extra_config=["max_packet_size 1500"]) as broker:
+        topic = "dermtwin/v1/gw1/s1/samples"
+        collector = mqtt_collector(broker, topic)
+        put_rows(db_path, samples_rows(topic, 10, 200))
+        publisher = make_publisher(broker.url, db_path)
+        publisher.start_sync()
+        try:
+            collector.wait_for(all_samples(topic, 2000), what="every sample")
+            wait_until(lambda: publisher.pending == 0, what="outbox drained")
+            assert (publisher.connects, publisher.failed, publisher.split) == (1, 0, 10)
+            assert publisher.max_payload_bytes is not None
+            assert publisher.max_payload_bytes < 1500
+        finally:
+            publisher.stop_sync()
+        assert "oversize" not in broker.log_tail(200)
+
+
+def test_parked_row_is_retried_when_a_reconnect_brings_a_larger_limit(
+    tmp_path, mqtt_collector, db_path
+):
+    """A message that can never fit is refused before publishing, counted, and parked; the
+    broker comes back with a larger Maximum Packet Size and the row is delivered."""
+    small = LocalBroker(data_dir=tmp_path / "small", extra_config=["max_packet_size 300"])
+    small.start_sync()
+    topic = "dermtwin/v1/gw1/s1/twin"
+    put_rows(db_path, [(topic, b"t" * 400, 1, True), (topic.replace("twin", "delta"), b"d1")])
+    publisher = make_publisher(small.url, db_path)
+    publisher.start_sync()
+    large = None
+    try:
+        wait_until(lambda: publisher.pending == 0 and publisher.parked_count == 1,
+                   what="the twin parked, the delta delivered")
+        assert publisher.refusals == {"over_size_limit": 1}
+        assert publisher.connects == 1
+        small.stop_sync()
+        wait_until(lambda: not publisher.connected, what="the outage")
+        large = LocalBroker(port=small.port, data_dir=tmp_path / "large",
+                            extra_config=["max_packet_size 1000"])
+        large.start_sync()
+        collector = mqtt_collector(large, topic)
+        wait_until(lambda: publisher.connects == 2, what="the reconnect")
+        (twin,) = collector.wait_for(lambda ms: len(ms) >= 1, what="the parked twin")
+        assert twin.payload == b"t" * 400
+        (retained,) = mqtt_collector(large, topic).wait_for(lambda ms: len(ms) >= 1,
+                                                            what="the twin, retained")
+        assert retained.retain
+        wait_until(lambda: publisher.parked_count == 0 and publisher.pending == 0,
+                   what="the parked row gone")
+    finally:
+        publisher.stop_sync()
+        small.close()
+        if large is not None:
+            large.close()
+
+
+def test_configured_limit_change_retries_parked_rows(mqtt_broker, mqtt_collector, db_path):
+    topic = "dermtwin/v1/gw1/s1/alert"
+    collector = mqtt_collector(mqtt_broker, topic)
+    put_rows(db_path, [(topic, b"a" * 150)])
+    publisher = make_publisher(mqtt_broker.url, db_path, max_payload_bytes=100)
+    publisher.start_sync()
+    try:
+        wait_until(lambda: publisher.parked_count == 1, what="the alert parked")
+        assert collector.messages == []
+        publisher.set_max_payload_bytes(200)
+        collector.wait_for(lambda ms: len(ms) == 1, what="the alert after the limit change")
+        wait_until(lambda: publisher.parked_count == 0 and publisher.pending == 0,
+                   what="outbox and parked rows empty")
+    finally:
+        publisher.stop_sync()
+
+
+# ---- delete on PUBACK, not on publish ----------------------------------------
+
+
+def test_rows_whose_pubacks_never_came_survive_a_crash_and_go_out_after_restart(
+    mqtt_broker, mqtt_collector, db_path
+):
+    """The broker has every message, the publisher has none of their PUBACKs (a proxy keeps
+    them back), and the publisher process is killed: every row is still in the outbox, and
+    the next publisher delivers it. A publisher that deleted rows when it published them
+    would have nothing left to deliver."""
+    topic = "dermtwin/v1/child/s1/alert"
+    expected = sample_messages(topic, 0, 12)
+    put_rows(db_path, expected)
+    collector = mqtt_collector(mqtt_broker, topic)
+    proxy = PubackHoldingProxy(mqtt_broker.port)
+    try:
+        child = start_child_publisher(proxy.url, db_path)
+        try:
+            collector.wait_for(has_all(expected), what="the broker to have every message")
+            wait_until(lambda: proxy.held_pubacks() >= len(expected), what="held PUBACKs")
+            time.sleep(0.3)   # several of the publisher's settle periods
+        finally:
+            kill(child)
+    finally:
+        proxy.close()
+    assert outbox_count(db_path) == len(expected)
+
+    publisher = make_publisher(mqtt_broker.url, db_path, gateway_id="child")
+    publisher.start_sync()
+    try:
+        collector.wait_for(lambda ms: len(ms) >= 2 * len(expected), what="the redelivery")
+        wait_until(lambda: publisher.pending == 0, what="outbox drained")
+    finally:
+        publisher.stop_sync()
+    assert sorted(collector.payloads(topic)) == sorted([p for _, p in expected] * 2)
+    assert publisher.published == len(expected)
+
+
 # ---- TLS: configuration, not code -------------------------------------------
 
 
@@ -730,3 +937,72 @@ def test_tls_with_client_certificate_is_configuration_only(tmp_path, db_path):
             refused.stop_sync(timeout_s=1)
     finally:
         broker.close()
+
+
+async def test_gateway_draining_a_backlog_through_a_broker_size_limit_delivers_every_sample(
+    tmp_path, mqtt_collector, monkeypatch
+):
+    """Issue 10's fault, end to end: a patch drains a backlog through the gateway to a broker
+    with `message_size_limit 1000`, below a batch's samples message (~1.5-3 KB), and the
+    gateway is not told. A plain subscriber still gets every stored sample; the gateway
+    learns the limit in at most two reconnects and parks nothing."""
+    from functools import partial
+
+    import gateway_harness
+    from gateway_harness import GatewayRig, wait_for
+
+    monkeypatch.setattr(gateway_harness, "LocalBroker",
+                        partial(LocalBroker, extra_config=["message_size_limit 1000"]))
+    async with GatewayRig(tmp_path, patches=1, seed=5) as rig:
+        device_id, _, subject = rig.identities[0]
+        rig.patches[0].preload_backlog(1500)
+        collector = mqtt_collector(rig.broker, f"dermtwin/v1/rig/{subject}/samples")
+        gateway = await rig.start_gateway()
+        await wait_for(lambda: gateway.store.sample_count() >= 1500, 60, "the backlog stored")
+
+        def delivered_everything() -> bool:
+            stored = set(gateway.store.sample_seqs(device_id))
+            got = {s for p in collector.payloads(f"dermtwin/v1/rig/{subject}/samples")
+                   for columns in json.loads(p)["samples"].values() for s in columns["seq"]}
+            return stored <= got
+
+        await wait_for(delivered_everything, 60, "every stored sample at the subscriber")
+        publisher = gateway.publisher
+        assert publisher.connects <= 3, (publisher.connects, publisher.refusals, publisher.failed,
+                                         publisher.policy.learned_max_payload_bytes)
+        assert publisher.split > 0 and publisher.failed == 0
+        assert publisher.refusals == {"dropped_connection": 1}
+    assert all(len(p) <= 1000 for p in collector.payloads(f"dermtwin/v1/rig/{subject}/samples"))
+
+
+def test_outbox_that_cannot_delete_is_reported_once_and_drained_when_it_can(
+    mqtt_broker, mqtt_collector, db_path, caplog
+):
+    """Deletions fail (a trigger stands in for a full disk): the messages still go out, the
+    rows stay (sent twice at worst, never lost), the error is logged once, not per retry,
+    and once deleting works again the outbox drains and the recovery is logged."""
+    topic = "dermtwin/v1/gw1/s1/delta"
+    expected = sample_messages(topic, 0, 30)
+    put_rows(db_path, expected)
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TRIGGER refuse_delete BEFORE DELETE ON outbox "
+                 "BEGIN SELECT RAISE(FAIL, 'database or disk is full (test)'); END")
+    conn.commit()
+    collector = mqtt_collector(mqtt_broker, topic)
+    publisher = make_publisher(mqtt_broker.url, db_path)
+    caplog.set_level(logging.INFO, logger="gateway.mqtt.publisher")
+    publisher.start_sync()
+    try:
+        collector.wait_for(has_all(expected), what="every message, deletes failing or not")
+        time.sleep(0.5)   # ten settle periods: ten failed DELETEs
+        assert outbox_count(db_path) == len(expected)
+        assert "disk is full (test)" in (publisher.last_error or "")
+        conn.execute("DROP TRIGGER refuse_delete")
+        conn.commit()
+        wait_until(lambda: outbox_count(db_path) == 0, what="the outbox drained")
+    finally:
+        publisher.stop_sync()
+        conn.close()
+    errors = [r for r in caplog.records if "outbox database error" in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert any("usable again" in r.getMessage() for r in caplog.records)

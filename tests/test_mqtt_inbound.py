@@ -63,6 +63,17 @@ def test_bad_desired_is_refused_naming_the_field(payload, field):
     assert str(err.value).startswith(field + ": ")
 
 
+def test_ver_is_bounded_to_what_json_consumers_hold():
+    """A `ver` near 2^63 would lock configuration for good: every later one "not newer"."""
+    assert inbound.MAX_VER == 2**53 - 1
+    assert inbound.parse_desired(j({"ver": 2**53 - 1, "cfg": {}})).ver == 2**53 - 1
+    for ver in (2**53, 2**63 - 1, 10**30):
+        with pytest.raises(InboundError) as err:
+            inbound.parse_desired(j({"ver": ver, "cfg": {}}))
+        assert str(err.value) == f"ver: {ver} is not an integer 0..9007199254740991"
+        assert inbound.peek_ver(j({"ver": ver})) is None
+
+
 def test_peek_ver_and_reported_payload():
     assert inbound.peek_ver(j({"ver": 4, "cfg": {"x": 1}})) == 4
     assert inbound.peek_ver(b"nope") is None and inbound.peek_ver(j({"ver": -2})) is None
@@ -79,6 +90,8 @@ def test_commands_parse():
     assert inbound.parse_command(j({"op": "identify", "subject": "s-1"})).seconds == 5
     assert inbound.parse_command(j({"op": "resync"})) == Command("resync", None)
     assert inbound.parse_command(j({"op": "resync", "subject": "s-2"})) == Command("resync", "s-2")
+    assert inbound.parse_command(j({"op": "reset_config", "subject": "s-2"})) == \
+        Command("reset_config", "s-2")
 
 
 @pytest.mark.parametrize("payload, field", [
@@ -90,12 +103,13 @@ def test_commands_parse():
     (j({"op": "identify", "subject": "s", "seconds": 0}), "seconds"),
     (j({"op": "identify", "subject": "s", "seconds": 256}), "seconds"),
     (j({"op": "resync", "subject": ""}), "subject"),
+    (j({"op": "reset_config"}), "subject"),
 ])
 def test_bad_commands_name_the_field(payload, field):
     with pytest.raises(InboundError) as err:
         inbound.parse_command(payload)
     assert err.value.field == field
-    assert inbound.peek_op(payload) in (None, "identify", "resync")
+    assert inbound.peek_op(payload) in (None, "identify", "resync", "reset_config")
 
 
 def test_answer_payload():

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def reported(collector, subject):
     return [json.loads(m.payload)
-            for m in collector.on_topic(f"dermtwin/v1/rig/{subject}/reported")]
+            for m in collector.on_topic(f"dermtwin/v1/rig/{subject}/reported") if m.payload]
 
 
 def temp_ticks(gateway, device_id):
@@ -125,3 +125,74 @@ async def test_malformed_or_stale_desired_is_refused_naming_the_field(tmp_path, 
         assert answer["cfg"] == {"uv_period_s": 9}                   # still in force
         assert rig.patches[0].patch.config.get(ConfigKey.UV_PERIOD_S) == 9
         assert rig.link(0).session.close is None
+
+
+async def test_ver_is_bounded_and_a_clinic_can_reset_the_configuration_history(
+        tmp_path, mqtt_collector):
+    """`ver` above 2^53-1 is refused; the clinic clears the retained desired and sends
+    `reset_config`, after which a small `ver` is accepted again, also after a restart."""
+    from gateway_harness import Mqtt5Requester
+
+    async with GatewayRig(tmp_path, patches=1) as rig:
+        device_id, _, subject = rig.identities[0]
+        topic = f"dermtwin/v1/rig/{subject}/desired"
+        collector = mqtt_collector(rig.broker, "dermtwin/v1/rig/+/reported")
+        gateway = await rig.start_gateway()
+        firmware = rig.patches[0].patch
+        await wait_for(lambda: gateway.store.sample_count() >= 2, what="streaming")
+        requester = Mqtt5Requester(rig.broker, "dermtwin/reply/rig/clinic")
+        try:
+            async def desire(ver, cfg):
+                await asyncio.to_thread(mqtt5_publish, rig.broker, topic,
+                                        json.dumps({"ver": ver, "cfg": cfg}).encode(),
+                                        retain=True)
+
+            async def request(doc, correlation):
+                await asyncio.to_thread(requester.request, "dermtwin/v1/rig/cmd", doc,
+                                        correlation)
+                answer, *_ = await requester.answer_to(correlation)
+                return answer
+
+            await desire(2**63 - 1, {"temp_period_s": 3})
+            await wait_for(lambda: reported(collector, subject), what="an answer")
+            refused = reported(collector, subject)[-1]
+            assert refused["state"] == "refused" and refused["ver"] is None
+            assert refused["detail"] == ("ver: 9223372036854775807 is not an integer "
+                                         "0..9007199254740991")
+            assert gateway.store.desired(device_id) is None
+
+            await desire(2**53 - 1, {"temp_period_s": 2})   # the largest: accepted, and locks
+            await wait_for(lambda: reported(collector, subject)[-1]["state"] == "applied",
+                           what="the largest ver applied")
+            await desire(7, {"temp_period_s": 3})
+            await wait_for(lambda: reported(collector, subject)[-1]["ver"] == 7, what="refusal")
+            assert reported(collector, subject)[-1]["detail"].startswith("ver: 7 is not newer")
+
+            # Reset while the retained desired still holds the locking version: refused.
+            answer = await request({"op": "reset_config", "subject": subject}, b"r1")
+            assert answer["ok"] is False and "clear it first" in answer["detail"]
+            assert gateway.store.desired(device_id).ver == 2**53 - 1
+            # Clear it, then reset.
+            await asyncio.to_thread(mqtt5_publish, rig.broker, topic, b"", retain=True)
+            answer = await request({"op": "reset_config", "subject": subject}, b"r2")
+            assert answer == {"ok": True, "op": "reset_config", "detail": (
+                f"configuration history of {subject} forgotten (was ver 9007199254740991); "
+                "the patch keeps its configuration")}
+            assert gateway.store.desired(device_id) is None
+            await wait_for(lambda: collector.on_topic(f"dermtwin/v1/rig/{subject}/reported")[-1]
+                           .payload == b"", what="the retained reported cleared")
+            assert firmware.config.get(ConfigKey.TEMP_PERIOD_S) == 2   # kept
+
+            await desire(1, {"temp_period_s": 4})
+            await wait_for(lambda: reported(collector, subject)[-1:] and
+                           reported(collector, subject)[-1]["state"] == "applied"
+                           and reported(collector, subject)[-1]["ver"] == 1,
+                           what="ver 1 applied after the reset")
+            assert firmware.config.get(ConfigKey.TEMP_PERIOD_S) == 4
+        finally:
+            requester.close()
+        await rig.stop_gateway()
+        gateway = await rig.start_gateway()   # the retained ver 1 comes back: nothing re-locks
+        await wait_for(lambda: gateway.publisher.connected, what="reconnected")
+        await asyncio.sleep(0.5)
+        assert gateway.store.desired(device_id).ver == 1

@@ -30,10 +30,10 @@ COUNTER0 = 17     # the patch's next_counter when the session reads Status
 T0_MS = 1_800_000_000_000
 
 
-def status_record(boot_id=BOOT, oldest=0, next_seq=0, tick=1000, nonce=NONCE,
+def status_record(boot_id=BOOT, oldest=0, next_seq=0, tick=1000, flush_s=1, nonce=NONCE,
                   next_counter=COUNTER0):
-    return struct.pack("<BBBBHIIIHHHHHHBII", 2, 0, 1, 0, boot_id, oldest, next_seq, tick, 0,
-                       10, 5, 1, 60, 300, 90, nonce, next_counter)
+    return struct.pack("<BBBBHIIIHHHHHHBHII", 2, 0, 1, 0, boot_id, oldest, next_seq, tick, 0,
+                       10, 5, 1, 60, 300, 90, flush_s, nonce, next_counter)
 
 
 def _tag(msg: bytes, key=KEY) -> bytes:
@@ -61,7 +61,7 @@ def operand_u32(action) -> int:
     return struct.unpack_from("<I", action.data, 5)[0]
 
 
-def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000):
+def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000, flush_s=1):
     s = PatchSession(DEVICE, KEY, committed)
     assert s.start(247, T0_MS) == [ReadChar(SERIAL_NUMBER_UUID), ReadChar(ids.STATUS_CHAR_UUID)]
     assert s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS) == []
@@ -76,7 +76,8 @@ def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000):
     [get_status] = actions
     assert get_status.opcode == ids.Opcode.GET_STATUS and request_tag_ok(get_status.data)
     actions = s.control_response(
-        response(s, ids.Opcode.GET_STATUS, 0, status_record(oldest=oldest, next_seq=next_seq)),
+        response(s, ids.Opcode.GET_STATUS, 0,
+                 status_record(oldest=oldest, next_seq=next_seq, flush_s=flush_s)),
         T0_MS + 30)
     assert actions[0] == Subscribe(ids.SAMPLES_CHAR_UUID)
     replay = actions[1]
@@ -256,6 +257,17 @@ def test_quiet_link_with_samples_missing_is_resynced():
     assert s.stats.resyncs == 1
 
 
+def test_quiet_link_check_waits_for_the_patchs_flush_interval():
+    # At the firmware's default flush interval (60 s) live samples wait up to a minute on the
+    # patch: asking sooner would REPLAY them and store live data as historical.
+    s = streaming_session(flush_s=60)
+    s.notification(frame(0, 3), T0_MS + 100)
+    assert s.tick(T0_MS + 60_000) == []
+    assert s.tick(T0_MS + 100 + 66_000) == []              # flush 60 s + UV period 5 s + 1 s
+    [check] = s.tick(T0_MS + 100 + 67_000)                 # + the 2 s margin: ask
+    assert check.opcode == ids.Opcode.GET_STATUS
+
+
 def test_quiet_link_with_nothing_missing_just_checks():
     s = streaming_session()
     s.notification(frame(0, 3), T0_MS + 100)
@@ -345,7 +357,7 @@ def test_malformed_gap_notice_is_counted_and_dropped():
 
 
 # -- remote configuration (set_desired; docs/mqtt.md `{subject}/desired`) ------------------
-# status_record() periods: temp 10, uv 5, uv_fast 1, hydration 60, battery 300
+# status_record() config: temp 10, uv 5, uv_fast 1, hydration 60, battery 300, flush 1
 K = ids.ConfigKey
 
 
@@ -397,16 +409,16 @@ def test_desired_given_before_connecting_is_sent_once_streaming():
     s.control_response(response(s, ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)), T0_MS)
     s.control_response(response(s, ids.Opcode.GET_STATUS, 0, status_record()), T0_MS)
     [cfg] = s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", 0, 0)), T0_MS)
-    assert set_config_of(cfg) == (K.FLUSH_INTERVAL_S, 2)   # not in the status record: sent
+    assert set_config_of(cfg) == (K.FLUSH_INTERVAL_S, 2)   # the record says 1: sent
     [done] = s.control_response(response(s, ids.Opcode.SET_CONFIG), T0_MS)
     assert done == ConfigApplied(5, {K.HYDRATION_PERIOD_S: 60, K.FLUSH_INTERVAL_S: 2})
 
 
 def test_desired_already_applied_and_matching_sends_nothing():
-    s = streaming_session()
+    s = streaming_session(flush_s=2)
     assert s.set_desired(5, {K.TEMP_PERIOD_S: 10, K.FLUSH_INTERVAL_S: 2}, T0_MS,
                          already_applied=True) == []
-    s = streaming_session()
+    s = streaming_session(flush_s=2)
     [cfg] = s.set_desired(5, {K.TEMP_PERIOD_S: 20, K.FLUSH_INTERVAL_S: 2}, T0_MS,
                           already_applied=True)            # the patch lost it: send again
     assert set_config_of(cfg) == (K.TEMP_PERIOD_S, 20)

@@ -240,3 +240,21 @@ def test_desired_config_round_trip_survives_reopening(store, tmp_path):
         reopened.unregister(device)
     assert reopened.desired(device) is None
     reopened.conn.close()
+
+
+async def test_a_cancel_that_meets_a_wake_up_still_ends_the_ingest_loop(ingest):
+    """Gateway.run stops by cancelling Ingest.run. A cancel arriving as a batch wakes it must
+    not be lost (asyncio.wait_for loses it on Python 3.11, gh-86296: the stop hung forever)."""
+    import asyncio
+
+    for steps in range(4):
+        task = asyncio.create_task(ingest.run())
+        await asyncio.sleep(0.01)
+        ingest._wake.set()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        if not done:
+            task.cancel()
+        assert done, f"Ingest.run ignored a cancel {steps} loop steps after a wake-up"

@@ -10,9 +10,11 @@ once on the build machine), aioble is compiled into build/firmware/lib/aioble/ t
 `dermtwin flash` installs everything the patch needs without a network at the clinic.
 dermtwin does not ship aioble's source: it is micropython-lib's, fetched by whoever builds.
 
-It also writes build/firmware/manifest.py, a MicroPython freeze manifest of the same device
-files plus aioble from micropython-lib, for a custom image whose code runs from flash
-(docs/firmware.md): `make BOARD=RPI_PICO_W FROZEN_MANIFEST=.../manifest.py` in a port.
+It also writes build/firmware/manifest.py, a MicroPython freeze manifest of the device files
+a patch runs plus the parts of aioble it uses (peripheral, server) from micropython-lib, for
+a custom image whose code runs from flash (docs/firmware.md):
+`make BOARD=RPI_PICO_W FROZEN_MANIFEST=.../manifest.py` in a port. The simulation that lives
+beside the drivers (chip emulators, the skin and environment models) is left out of it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_PACKAGES = ("firmware", "sensor_drivers")
 EXCLUDED_DIRS = {"host", "tests", "__pycache__"}
+# Compiled (a board without the chips runs them: `dermtwin flash --with-emulators`), never
+# frozen into a patch's image: the chip emulators and the models that feed them.
+SIMULATION_ONLY = ("sensor_drivers/emulators/", "sensor_drivers/environment_model.py",
+                   "sensor_drivers/skin_model.py")
+# micropython-lib packages: aioble's core + peripheral + server, not central, client,
+# security or l2cap (each module imported costs heap even when frozen).
+AIOBLE_PACKAGES = ("aioble-peripheral", "aioble-server")
 
 
 def device_sources() -> list[Path]:
@@ -38,9 +47,19 @@ def device_sources() -> list[Path]:
     return sources
 
 
+def simulation_only(path: Path) -> bool:
+    relative = path.relative_to(REPO).as_posix()
+    return any(relative == s or relative.startswith(s) for s in SIMULATION_ONLY)
+
+
+# The modules of those packages (aioble-core: __init__, core, device); a bundled central or
+# client would be imported by aioble/__init__ and cost heap for nothing.
+AIOBLE_MODULES = ("__init__", "core", "device", "peripheral", "server")
+
+
 def aioble_sources(aioble_root: Path) -> list[Path]:
-    """The package's modules under `aioble_root`/aioble/ (no tests, no examples)."""
-    return sorted((aioble_root / "aioble").glob("*.py"))
+    """The package's modules the patch uses, under `aioble_root`/aioble/."""
+    return sorted(p for p in (aioble_root / "aioble").glob("*.py") if p.stem in AIOBLE_MODULES)
 
 
 def check_aioble_root(aioble_root: Path) -> str | None:
@@ -71,13 +90,11 @@ def freeze_manifest(sources: list[Path]) -> str:
         "#   cd micropython/ports/rp2 && make BOARD=RPI_PICO_W FROZEN_MANIFEST=<this file>",
         "#   (ESP32-S3: ports/esp32, BOARD=ESP32_GENERIC_S3). main.py stays on the filesystem.",
         'include("$(BOARD_DIR)/manifest.py")',
-        'require("aioble")',
+        *(f"require({name!r})" for name in AIOBLE_PACKAGES),
     ]
     for package in DEVICE_PACKAGES:
-        # the chip emulators serve the virtual board only: not in a patch's image
         files = [str(p.relative_to(REPO / package).as_posix()) for p in sources
-                 if p.relative_to(REPO).parts[0] == package
-                 and "emulators" not in p.relative_to(REPO).parts]
+                 if p.relative_to(REPO).parts[0] == package and not simulation_only(p)]
         lines.append(f"package({package!r}, files={files!r}, base_path={str(REPO)!r})")
     return "\n".join(lines) + "\n"
 

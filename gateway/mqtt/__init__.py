@@ -1,6 +1,7 @@
-"""MQTT side of the gateway: broker settings (config), inbound payloads (inbound, sans-I/O)
-and the outbox publisher (publisher, the paho adapter).
+"""MQTT side of the gateway: broker settings (config), inbound payloads (inbound, sans-I/O),
+the delivery policy (delivery, sans-I/O) and the outbox publisher (publisher, the paho
+adapter).
 
 Import from the module you need: this package imports nothing, so a sans-I/O module here
-(inbound) does not load paho.
+(inbound, delivery) does not load paho.
 """

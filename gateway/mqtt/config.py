@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -81,6 +82,44 @@ class MqttConfig:
                 raise MqttConfigError(f"{name} {path!r}: no such file")
         if self.key_file is not None and self.cert_file is None:
             raise MqttConfigError("key_file: given without cert_file")
+        if self.tls:
+            self.ssl_context()   # unreadable or mismatched TLS files fail here, named
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context for this broker: verifies the broker's certificate (against
+        `ca_file`, else the system's CAs) and host name, presents the client certificate.
+        MqttConfigError names the file that cannot be used."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (ssl.SSLError, OSError, ValueError) as err:
+            raise MqttConfigError(f"ca_file {self.ca_file!r}: not a usable PEM CA certificate "
+                                  f"({_ssl_reason(err)})") from None
+        if self.cert_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (ssl.SSLError, OSError) as err:
+                raise MqttConfigError(
+                    f"cert_file {self.cert_file!r} / key_file {self.key_file!r}: not a PEM "
+                    f"certificate with its private key ({_ssl_reason(err)})") from None
+        return context
+
+    def describe_connect_error(self, err: BaseException | None) -> str:
+        """One line saying why a connection attempt failed, naming the setting to check."""
+        where = f"cannot connect to {self.url}"
+        if isinstance(err, ssl.SSLCertVerificationError):
+            trusted = (f"the CA in ca_file {self.ca_file!r}" if self.ca_file
+                       else "the system's CAs")
+            return (f"{where}: TLS: the broker's certificate is not trusted by {trusted} "
+                    f"({err.verify_message or _ssl_reason(err)})")
+        if isinstance(err, ssl.SSLError):
+            hint = ("; the broker asks for a client certificate (cert_file, key_file)"
+                    if "CERTIFICATE_REQUIRED" in str(err) and self.cert_file is None else "")
+            return f"{where}: TLS: {_ssl_reason(err)}{hint}"
+        if isinstance(err, ConnectionRefusedError):
+            return f"{where}: connection refused (is the broker running, is the port right?)"
+        if isinstance(err, OSError):
+            return f"{where}: {err.strerror or err}"
+        return where
 
     @classmethod
     def from_url(
@@ -90,6 +129,7 @@ class MqttConfig:
         username: str | None = None,
         password: str | None = None,
         password_env: str | None = None,
+        password_file: str | os.PathLike[str] | None = None,
         client_id: str | None = None,
         keepalive_s: int = DEFAULT_KEEPALIVE_S,
         gateway_id: str = DEFAULT_GATEWAY_ID,
@@ -102,7 +142,8 @@ class MqttConfig:
 
         Credentials may also come as `mqtt://user:pass@host`; explicit keyword
         arguments win. `password_env` names an environment variable that holds
-        the password, so it never appears on a command line.
+        the password, `password_file` a file (first line; `dermtwin broker-config` writes
+        such files), so it never appears on a command line.
         """
         parts = urlsplit(url)
         if parts.scheme not in (SCHEME_PLAIN, SCHEME_TLS):
@@ -122,8 +163,12 @@ class MqttConfig:
             url_port if url_port is not None else (DEFAULT_PORT_TLS if tls else DEFAULT_PORT_PLAIN)
         )
 
-        if password is not None and password_env is not None:
-            raise MqttConfigError("password_env: give either password or password_env, not both")
+        given = [n for n, v in (("password", password), ("password_env", password_env),
+                                ("password_file", password_file)) if v is not None]
+        if len(given) > 1:
+            raise MqttConfigError(f"{given[-1]}: give either {given[0]} or {given[-1]}, not both")
+        if password_file is not None:
+            password = _read_password_file(password_file)
         if password_env is not None:
             if password_env not in os.environ:
                 raise MqttConfigError(
@@ -182,6 +227,23 @@ class MqttConfig:
                     f"topic level {level!r}: must be non-empty, without '/', '+', '#' or NUL"
                 )
         return "/".join((self.topic_root, *levels))
+
+
+def _read_password_file(path: str | os.PathLike[str]) -> str:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MqttConfigError(f"password_file {os.fspath(path)!r}: cannot read it "
+                              f"({getattr(err, 'strerror', None) or err})") from None
+    if not lines or not lines[0]:
+        raise MqttConfigError(f"password_file {os.fspath(path)!r}: the first line is empty")
+    return lines[0]
+
+
+def _ssl_reason(err: BaseException) -> str:
+    """An SSL error's text without the `(_ssl.c:1000)` source location."""
+    text = str(err.args[1]) if isinstance(err, OSError) and len(err.args) > 1 else str(err)
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text)
 
 
 def _optional_path(path: str | os.PathLike[str] | None) -> str | None:

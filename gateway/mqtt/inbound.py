@@ -12,13 +12,16 @@ from typing import Literal
 from gateway.protocol.constants import CFG_VALUE_MAX, CFG_VALUE_MIN, ConfigKey
 
 MAX_PAYLOAD_BYTES = 4096
-MAX_VER = 2**63 - 1            # stored as an SQLite INTEGER
+# What every JSON consumer holds exactly (JavaScript's Number.MAX_SAFE_INTEGER): a larger
+# `ver` would read back as another number, and one near 2^63 would lock configuration for good.
+MAX_VER = 2**53 - 1
 MAX_IDENTIFY_S = 255           # IDENTIFY carries seconds as a u8
 DEFAULT_IDENTIFY_S = 5
 # cfg names on MQTT: the SET_CONFIG keys (protocol.md §5) in lower case.
 CONFIG_KEYS: dict[str, ConfigKey] = {key.name.lower(): key for key in ConfigKey}
 CONFIG_NAMES: dict[ConfigKey, str] = {key: name for name, key in CONFIG_KEYS.items()}
-OPS = ("identify", "resync")
+OPS = ("identify", "resync", "reset_config")
+NEEDS_SUBJECT = ("identify", "reset_config")
 REPORTED_STATES = ("applied", "pending", "refused")
 
 
@@ -89,7 +92,7 @@ def parse_desired(payload: bytes) -> Desired:
         raise InboundError("ver", "missing")
     ver = doc["ver"]
     if not _is_int(ver) or not 0 <= ver <= MAX_VER:
-        raise InboundError("ver", f"{json.dumps(ver)} is not a non-negative integer")
+        raise InboundError("ver", f"{json.dumps(ver)} is not an integer 0..{MAX_VER}")
     if "cfg" not in doc:
         raise InboundError("cfg", "missing")
     raw = doc["cfg"]
@@ -127,7 +130,8 @@ def reported(ver: int | None, state: str, detail: str | None, ts_ms: int,
 
 
 def parse_command(payload: bytes) -> Command:
-    """`{"op": "identify", "subject": s, "seconds": n}` or `{"op": "resync"[, "subject": s]}`."""
+    """`{"op": "identify", "subject": s, "seconds": n}`, `{"op": "resync"[, "subject": s]}`
+    or `{"op": "reset_config", "subject": s}`."""
     doc = _json_object(payload)
     op = doc.get("op")
     if op is None:
@@ -137,9 +141,9 @@ def parse_command(payload: bytes) -> Command:
     subject = doc.get("subject")
     if subject is not None and (not isinstance(subject, str) or not subject):
         raise InboundError("subject", "must be a non-empty string")
+    if op in NEEDS_SUBJECT and subject is None:
+        raise InboundError("subject", f"missing ({op} needs a subject)")
     if op == "identify":
-        if subject is None:
-            raise InboundError("subject", "missing (identify needs a subject)")
         seconds = doc.get("seconds", DEFAULT_IDENTIFY_S)
         if not _is_int(seconds) or not 1 <= seconds <= MAX_IDENTIFY_S:
             raise InboundError("seconds", f"{json.dumps(seconds)} is not an integer "

@@ -1,46 +1,48 @@
-"""Drain the SQLite outbox to an MQTT 5 broker with paho-mqtt 2.x.
+"""Drain the SQLite outbox to an MQTT 5 broker: paho-mqtt 2.x around the delivery policy.
+
+What to send, when, and what becomes of each row is decided by the sans-I/O
+`DeliveryPolicy` (gateway/mqtt/delivery.py). This adapter only carries it out:
+paho for the network, its own sqlite3 connection for the outbox.
 
 Threads, and who owns what:
-- paho's network thread (`loop_start`) runs the callbacks. They publish the
-  birth message on connect and otherwise only post events to a queue.
-- the drainer thread owns the publisher's own sqlite3 connection. It reads
-  outbox rows, hands them to paho, matches PUBACKs to rows by mid, deletes
-  acknowledged rows and commits. Nothing else touches that connection.
-- the caller (asyncio or not) only calls `start`, `stop` and `kick`.
+- paho's network thread (`loop_start`) runs the callbacks. Each one appends what
+  happened (a PUBACK, a connect, a disconnect) to `_inbox` and, if the policy lock is
+  free, feeds the inbox to the policy and hands the client what the policy sends next,
+  there and then: a PUBACK is answered by the next PUBLISH without a thread switch, as
+  paho's own queue would. When the read-ahead runs half empty it reads the next rows
+  there too (a read-only connection, WAL: readers never wait for the writer), so no
+  second thread contends for the GIL row by row. It never waits for the lock (paho holds
+  its message lock while it calls us): if the drainer holds it, the drainer acts instead.
+- the drainer thread owns the writing sqlite3 connection. Woken only when the policy has
+  outbox writes (`io_due`: a batch of acknowledged rows, rows to park, parked rows to
+  retry), on `kick()`, or by a short timer: it deletes acknowledged rows and parks
+  refused ones in one commit per batch, never per PUBACK, and reads rows while nothing is
+  in flight to bring PUBACKs.
+- the caller (asyncio or not) calls `start`, `stop`, `kick`, `publish_direct`,
+  `republish_state` and reads the counters.
 
-Delivery: QoS 1, at least once. A row is deleted only when its PUBACK
-arrives. Rows in flight when the connection drops stay in paho's session and
-are resent by paho after the reconnect (same mid, DUP set). Rows not yet
-acknowledged when the process stops stay in the outbox and are published by
-the next publisher.
-
-Refused messages are parked, not dropped and not retried: a PUBACK with a
-failure reason code (>= 0x80), a payload over `MqttConfig.max_payload_bytes`
-or the broker's Maximum Packet Size, and a message the broker keeps dropping
-the connection over (mosquitto answers a publish over its
-`message_size_limit` with PUBACK 0x95, which paho rejects as malformed and
-reconnects, forever). Parked rows move to `outbox_parked` with the reason and
-count in `failed`.
-
-Rows whose Message Expiry Interval ran out while waiting in the outbox are
-deleted unpublished and count in `expired`.
+Delivery: QoS 1, at least once. A row is deleted only after its PUBACK (every part's,
+for a split row). On every (re)connect paho's own resend queue is dropped and the policy
+resends what was unacknowledged, under the new connection's limits; rows not acknowledged
+when the process stops stay in the outbox for the next publisher.
 
 Inbound: the topic filters in `subscriptions` are subscribed (QoS 1) on every
-(re)connect, and each message is handed to `on_message(topic, payload,
-properties)` on paho's network thread: the hook must only hand it on (the
-gateway uses `loop.call_soon_threadsafe`). `publish_direct` sends a message
-that must not wait in the outbox (answers to `cmd` requests).
+(re)connect, and each message is handed to `on_message(topic, payload, properties)` on
+paho's network thread: the hook must only hand it on (the gateway uses
+`loop.call_soon_threadsafe`). `publish_direct` sends a message that must not wait in the
+outbox (answers to `cmd` requests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,19 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.clock import now_ms
 from gateway.mqtt.config import MqttConfig
-from gateway.outbox import Outbox, OutboxMessage
+from gateway.mqtt.delivery import (
+    CONTROL_SLOTS,
+    DEFAULT_WINDOW,
+    PUBACK_FAILURE_MIN,
+    DeliveryPolicy,
+    ParkedRow,
+    ParkKind,
+    Send,
+    Settled,
+    Splitter,
+)
+from gateway.outbox import Outbox
+from gateway.samples_split import SAMPLES_TOPIC_LEVEL, split_samples_payload
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +81,33 @@ class _DropReconnectNoise(logging.Filter):
 _paho_log = logging.getLogger(f"{__name__}.paho")
 _paho_log.addFilter(_DropReconnectNoise())
 
-DEFAULT_MAX_INFLIGHT = 100
-# Slots kept free of the broker's Receive Maximum for birth/offline state messages.
-CONTROL_SLOTS = 2
+
+class _PahoWarnings:
+    """What paho logs through: its warnings and errors reach `_paho_log`; its two debug
+    lines per packet stop here, before logging's machinery (a measurable share of a
+    message's CPU at thousands of messages a second)."""
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        if level >= logging.WARNING:
+            _paho_log.log(level, msg, *args)
+
+DEFAULT_MAX_INFLIGHT = DEFAULT_WINDOW
 DEFAULT_WILL_DELAY_S = 10
 DEFAULT_RECONNECT_MIN_DELAY_S = 1.0
 DEFAULT_RECONNECT_MAX_DELAY_S = 30.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
 # Rows committed without a kick() (e.g. by another process) are found within this time.
 IDLE_POLL_S = 1.0
-PENDING_REFRESH_S = 0.5
+# Acknowledged rows wait at most this long for their DELETE when fewer than a batch
+# (`delivery.SETTLE_BATCH_ROWS`).
+SETTLE_DELAY_S = 0.1
+COUNT_REFRESH_S = 1.0
 SQLITE_BUSY_TIMEOUT_S = 30.0
-# A row that is the oldest unacknowledged one when the broker connection fails with a
-# protocol error this many times is taken to be the cause and parked.
-MAX_PROTOCOL_STRIKES = 3
-PROTOCOL_ERROR_REASONS = frozenset({0x81, 0x82, 0x95})  # malformed, protocol error, too large
-PUBACK_FAILURE_MIN = 0x80
+# WAL readers rarely wait at all; paho's thread must never wait long (keep-alive).
+READER_BUSY_TIMEOUT_S = 1.0
+PARKED_RETRY_BATCH = 1000
 STARTUP_TIMEOUT_S = 10.0
+DEFAULT_SPLITTERS: Mapping[str, Splitter] = {SAMPLES_TOPIC_LEVEL: split_samples_payload}
 
 
 @dataclass(frozen=True)
@@ -96,13 +120,8 @@ class PublisherStats:
     pending: int
     in_flight: int
     last_error: str | None
-
-
-@dataclass(frozen=True)
-class _Ack:
-    mid: int
-    reason_code: int
-    reason: str
+    parked: int = 0
+    split: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,7 +133,6 @@ class _Connected:
 @dataclass(frozen=True)
 class _Disconnected:
     reason_code: int
-    reason: str
 
 
 class MqttPublisher:
@@ -135,6 +153,7 @@ class MqttPublisher:
         reconnect_max_delay_s: float = DEFAULT_RECONNECT_MAX_DELAY_S,
         subscriptions: Sequence[str] = (),
         on_message: Callable[[str, bytes, Properties | None], None] | None = None,
+        splitters: Mapping[str, Splitter] = DEFAULT_SPLITTERS,
     ) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight {max_inflight}: must be at least 1")
@@ -147,43 +166,35 @@ class MqttPublisher:
         self._birth_payload_fn = birth_payload_fn
         self._offline_payload_fn = offline_payload_fn or (lambda: self._will_payload)
         self._will_delay_s = will_delay_s
-        self._max_inflight = max_inflight
         self._reconnect_delays_s = (reconnect_min_delay_s, reconnect_max_delay_s)
         self._subscriptions = tuple(subscriptions)
         self._on_message_hook = on_message
+        self.policy = DeliveryPolicy(window=max_inflight,
+                                     max_payload_bytes=config.max_payload_bytes,
+                                     splitters=splitters)
 
-        self._events: queue.SimpleQueue[_Ack | _Connected | _Disconnected] = queue.SimpleQueue()
+        # Guards the policy; paho's thread only ever tries it (see the module docstring).
+        self._lock = threading.Lock()
+        self._inbox: deque[tuple[int, ReasonCode] | _Connected | _Disconnected] = deque()
         self._wake = threading.Event()
+        self._kicked = False
+        self._idle_event = threading.Event()  # set while nothing awaits a PUBACK
         self._connected_event = threading.Event()
-        self._idle_event = threading.Event()  # set while nothing is in flight
         self._drainer_ready = threading.Event()
         self._drainer_error: BaseException | None = None
-        self._hold_new = False  # stop() sets it: publish nothing new, let in-flight finish
         self._exit = False
         self._client: paho.Client | None = None
-        # Held while the drainer swaps paho clients and while stop() takes the client.
-        self._client_lock = threading.Lock()
         self._drainer: threading.Thread | None = None
-
-        # Owned by the drainer thread.
-        self._inflight: dict[int, OutboxMessage] = {}
-        self._cursor_id = 0
-        self._strikes: dict[int, int] = {}
-        self._inflight_limit = max_inflight
-        self._max_packet_bytes: int | None = None
-        self._pending_refreshed_at = 0.0
+        self._reader: Outbox | None = None   # read-only use, under self._lock
 
         self._connected = False
-        self._connects = 0
-        self._published = 0
-        self._failed = 0
-        self._expired = 0
         self._pending = 0
+        self._parked_count = 0
+        self._counted_at = 0.0
+        self._db_error: str | None = None   # the outbox error last logged, until it clears
         self._last_error: str | None = None
         self._last_refusal: str | None = None
-        self._last_paho_error: str | None = (
-            None  # paho reports TLS and socket errors only in its log
-        )
+        self._last_paho_error: str | None = None  # paho reports TLS and socket errors only in its log
         self._connack_refused = False
 
     # ---- public face -------------------------------------------------------
@@ -194,19 +205,31 @@ class MqttPublisher:
 
     @property
     def connects(self) -> int:
-        return self._connects
+        return self.policy.connects
 
     @property
     def published(self) -> int:
-        return self._published
+        """Rows acknowledged by the broker (every part of a split row)."""
+        return self.policy.published
 
     @property
     def failed(self) -> int:
-        return self._failed
+        """Rows parked by this publisher (refused, too large, poison)."""
+        return self.policy.parked
 
     @property
     def expired(self) -> int:
-        return self._expired
+        return self.policy.expired
+
+    @property
+    def split(self) -> int:
+        """Rows published in several parts to fit a size limit."""
+        return self.policy.split_rows
+
+    @property
+    def refusals(self) -> dict[str, int]:
+        """Rows not delivered, counted by reason (`delivery.Refusal`)."""
+        return {str(reason): n for reason, n in self.policy.refusals.items()}
 
     @property
     def pending(self) -> int:
@@ -214,8 +237,23 @@ class MqttPublisher:
         return self._pending
 
     @property
+    def outbox_depth(self) -> int:
+        """The same as `pending`, by the name the state topic uses."""
+        return self._pending
+
+    @property
+    def parked_count(self) -> int:
+        """Rows in `outbox_parked` (refreshed by the drainer)."""
+        return self._parked_count
+
+    @property
     def in_flight(self) -> int:
-        return len(self._inflight)
+        return self.policy.in_flight
+
+    @property
+    def max_payload_bytes(self) -> int | None:
+        """The payload limit in force for a short topic without expiry (all limits known)."""
+        return self.policy.max_payload_for("", False)
 
     @property
     def last_refusal(self) -> str | None:
@@ -229,17 +267,26 @@ class MqttPublisher:
     def stats(self) -> PublisherStats:
         return PublisherStats(
             connected=self._connected,
-            connects=self._connects,
-            published=self._published,
-            failed=self._failed,
-            expired=self._expired,
+            connects=self.connects,
+            published=self.published,
+            failed=self.failed,
+            expired=self.expired,
             pending=self._pending,
-            in_flight=len(self._inflight),
+            in_flight=self.in_flight,
             last_error=self._last_error,
+            parked=self._parked_count,
+            split=self.split,
         )
 
     def kick(self) -> None:
         """Wake the drainer: new rows were committed. Safe from any thread."""
+        self._kicked = True
+        self._wake.set()
+
+    def set_max_payload_bytes(self, limit: int | None) -> None:
+        """Change the configured payload limit while running; parked rows that fit are retried."""
+        with self._lock:
+            self.policy.set_max_payload_bytes(limit)
         self._wake.set()
 
     def wait_connected(self, timeout_s: float) -> bool:
@@ -258,14 +305,12 @@ class MqttPublisher:
         if self._drainer is not None:
             raise RuntimeError("publisher already started")
         self._exit = False
-        self._hold_new = False
         self._drainer_error = None
         self._drainer_ready.clear()
-        # A restart begins from the outbox alone: what was in flight is still in it.
-        self._events = queue.SimpleQueue()
-        self._inflight.clear()
-        self._strikes.clear()
-        self._cursor_id = 0
+        self._inbox.clear()
+        with self._lock:
+            self.policy.forget_rows()  # a restart begins from the outbox alone
+        self._client = self._new_client()
         self._drainer = threading.Thread(
             target=self._drain_thread_main, name="mqtt-outbox-drainer", daemon=True
         )
@@ -274,10 +319,10 @@ class MqttPublisher:
         if self._drainer_error is not None:
             self._drainer.join()
             self._drainer = None
+            self._client = None
             raise RuntimeError(
                 f"outbox database {str(self.db_path)!r}: {self._drainer_error}"
             ) from self._drainer_error
-        self._client = self._new_client()
         self._client.connect_async(
             self.config.host,
             self.config.port,
@@ -300,10 +345,13 @@ class MqttPublisher:
         if self._drainer is None:
             return
         deadline = time.monotonic() + timeout_s
-        self._idle_event.clear()
-        with self._client_lock:
-            self._hold_new = True
-            client = self._client
+        with self._lock:
+            self.policy.holding = True
+            if self.policy.idle:
+                self._idle_event.set()
+            else:
+                self._idle_event.clear()
+        client = self._client
         self._wake.set()
         if client is not None and self._connected:
             self._idle_event.wait(max(0.0, deadline - time.monotonic()))
@@ -318,7 +366,8 @@ class MqttPublisher:
         self._client = None
         self._connected = False
         self._connected_event.clear()
-        log.info("mqtt publisher stopped: %d published, %d pending", self._published, self._pending)
+        log.info("mqtt publisher stopped: %d published, %d pending", self.published,
+                 self._pending)
 
     # ---- paho client and its callbacks (paho's network thread) -------------
 
@@ -329,19 +378,15 @@ class MqttPublisher:
             protocol=paho.MQTTv5,
         )
         client.suppress_exceptions = True  # a bug in a callback must not kill paho's thread
-        client.enable_logger(_paho_log)
-        # Our drainer bounds what is in flight; this is only a backstop.
-        client.max_inflight_messages_set(self._max_inflight + CONTROL_SLOTS)
+        client.enable_logger(_PahoWarnings())  # type: ignore[arg-type]  # duck-typed by paho
+        # The policy bounds what is in flight (the broker's Receive Maximum); paho queues nothing.
+        client.max_inflight_messages_set(0)
         # paho annotates int, but its backoff arithmetic works in float seconds.
         client.reconnect_delay_set(*self._reconnect_delays_s)  # type: ignore[arg-type]
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self.config.password)
         if self.config.tls:
-            client.tls_set(
-                ca_certs=self.config.ca_file,
-                certfile=self.config.cert_file,
-                keyfile=self.config.key_file,
-            )
+            client.tls_set_context(self.config.ssl_context())
         will_properties = None
         if self._will_delay_s > 0:
             will_properties = Properties(PacketTypes.WILLMESSAGE)
@@ -364,22 +409,19 @@ class MqttPublisher:
         properties.SessionExpiryInterval = self._will_delay_s
         return properties
 
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: object,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if client is not self._client:
-            return  # a replaced session's last words
+    def _on_connect(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             self._connack_refused = True
             self._last_error = f"broker refused connection: {reason_code}"
             self._last_refusal = self._last_error
             log.warning("mqtt %s refused connection: %s", self.config.url, reason_code)
             return
+        # paho would now resend what it holds, under no limit; the policy resends instead.
+        client.drop_out_messages()
+        # on_log makes paho format every packet's debug line; it only serves to learn why
+        # a connection attempt failed (TLS, socket), so it is off while connected.
+        client.on_log = None
         try:
             birth = self._birth_payload_fn()
         except Exception as err:  # the gateway's payload builder; keep the connection
@@ -390,16 +432,11 @@ class MqttPublisher:
         if self._subscriptions:
             # Every connection: a resumed session keeps them, a new one does not.
             client.subscribe([(topic, 1) for topic in self._subscriptions])
-        self._connects += 1
         self._connected = True
         self._connected_event.set()
-        self._events.put(
-            _Connected(
-                receive_maximum=getattr(properties, "ReceiveMaximum", None),
-                maximum_packet_size=getattr(properties, "MaximumPacketSize", None),
-            )
-        )
-        self._wake.set()
+        self._post(_Connected(getattr(properties, "ReceiveMaximum", None),
+                              getattr(properties, "MaximumPacketSize", None)))
+        self._wake.set()  # parked rows may be due a retry
         log.info(
             "mqtt connected to %s (session present: %s)", self.config.url, flags.session_present
         )
@@ -411,18 +448,23 @@ class MqttPublisher:
     def _on_connect_fail(self, client, userdata) -> None:
         if client is not self._client:
             return  # a replaced session's last words
-        detail = f": {self._last_paho_error}" if self._last_paho_error else ""
-        self._last_error = f"cannot connect to {self.config.url}{detail}"
-        log.debug("mqtt connect to %s failed; retrying with backoff", self.config.url)
+        # paho calls this inside its `except OSError:` around the connection attempt.
+        error = sys.exc_info()[1]
+        if error is not None:
+            message = self.config.describe_connect_error(error)
+        else:
+            detail = f": {self._last_paho_error}" if self._last_paho_error else ""
+            message = f"cannot connect to {self.config.url}{detail}"
+        if message != self._last_error:   # once per cause, not at every retry
+            log.warning("mqtt %s; retrying with backoff", message)
+        self._last_error = message
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if client is not self._client:
-            return  # a replaced session's last words
+        client.on_log = self._on_log
         was_connected = self._connected
         self._connected = False
         self._connected_event.clear()
-        self._events.put(_Disconnected(reason_code.value, str(reason_code)))
-        self._wake.set()
+        self._post(_Disconnected(reason_code.value))
         refused, self._connack_refused = self._connack_refused, False
         if not was_connected and not refused:
             self._last_error = (
@@ -434,13 +476,30 @@ class MqttPublisher:
             log.warning("mqtt disconnected from %s: %s", self.config.url, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if client is not self._client:
-            return  # a replaced session's last words
-        self._events.put(_Ack(mid, reason_code.value, str(reason_code)))
-        self._wake.set()
+        # The hot path, once per PUBACK: `_post` without the inbox when nothing waits in it
+        # (only this thread appends to it, so order is kept).
+        if self._inbox or not self._lock.acquire(blocking=False):
+            self._post((mid, reason_code))
+            return
+        policy = self.policy
+        try:
+            code = reason_code.value
+            policy.on_puback(mid, code, str(reason_code) if code >= PUBACK_FAILURE_MIN else "")
+            if policy.reading_due():
+                self._fill()
+            sends = policy.take_sends(now_ms())
+            if sends:
+                self._hand(sends)
+            if policy.holding and policy.idle:
+                self._idle_event.set()
+            due = policy.io_due()
+        finally:
+            self._lock.release()
+        if due and not self._wake.is_set():
+            self._wake.set()
 
     def _on_message(self, client, userdata, message) -> None:
-        if client is not self._client or self._on_message_hook is None:
+        if self._on_message_hook is None:
             return
         try:
             self._on_message_hook(message.topic, bytes(message.payload),
@@ -448,12 +507,212 @@ class MqttPublisher:
         except Exception:  # the gateway's hook; paho's thread must go on
             log.exception("inbound message handler failed for %s", message.topic)
 
+    def _post(self, event: tuple[int, ReasonCode] | _Connected | _Disconnected) -> None:
+        """From paho's thread: queue the event and, if the policy is free, act on it now."""
+        self._inbox.append(event)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._pump()
+                due = self.policy.io_due()
+            finally:
+                self._lock.release()
+            if due and not self._wake.is_set():
+                self._wake.set()
+        else:
+            self._wake.set()   # the drainer holds the policy; it feeds the inbox on release
+
+    # ---- the policy's decisions, carried out (with self._lock held) ---------
+
+    def _pump(self) -> None:
+        """Feed the inbox to the policy and hand the client what it sends next."""
+        policy, inbox = self.policy, self._inbox
+        if policy.reading_due():
+            self._fill()
+        while inbox or policy.queued:
+            while inbox:
+                event = inbox.popleft()
+                if type(event) is tuple:
+                    mid, reason_code = event
+                    code = reason_code.value
+                    policy.on_puback(mid, code, str(reason_code) if code >= PUBACK_FAILURE_MIN
+                                     else "")
+                elif isinstance(event, _Connected):
+                    policy.on_connected(event.receive_maximum, event.maximum_packet_size)
+                elif isinstance(event, _Disconnected):
+                    policy.on_disconnected(event.reason_code)
+            if policy.reading_due():
+                self._fill()
+            sends = policy.take_sends(now_ms())
+            if not sends:
+                break
+            self._hand(sends)   # fills the window: take more only after more events
+            if not inbox:
+                break
+        if policy.holding and policy.idle:
+            self._idle_event.set()
+
+    def _fill(self) -> None:
+        """Read the next rows into the policy's queue."""
+        outbox, policy = self._reader, self.policy
+        if outbox is None:
+            return
+        try:
+            while want := policy.rows_wanted():
+                rows = outbox.pending(want, after_id=policy.cursor)
+                policy.add_rows(rows, want)
+                if len(rows) < want:
+                    break
+        except sqlite3.Error as err:
+            # Read again at the next kick or poll; the rows stay in the outbox meanwhile.
+            policy.add_rows([], 1)
+            self._last_error = f"outbox database: {err}"
+            if str(err) != self._db_error:
+                log.warning("outbox read failed, will retry: %s", err)
+                self._db_error = str(err)
+
+    def _hand(self, sends: list[Send]) -> None:
+        client = self._client
+        if client is None:
+            self.policy.not_handed(sends)
+            return
+        policy = self.policy
+        for i, send in enumerate(sends):
+            properties = None
+            if send.expiry_s is not None:
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.MessageExpiryInterval = send.expiry_s
+            try:
+                info = client.publish(send.topic, send.payload, qos=send.qos,
+                                      retain=send.retain, properties=properties)
+            except ValueError as err:  # paho refuses the topic or payload outright
+                policy.client_refused(send, f"rejected by paho: {err}")
+                continue
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                # Not connected: it goes again after the next CONNACK.
+                policy.not_handed(sends[i:])
+                return
+            policy.handed(send, info.mid)
+
+    # ---- drainer thread ----------------------------------------------------
+
+    def _drain_thread_main(self) -> None:
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=SQLITE_BUSY_TIMEOUT_S,
+                                   check_same_thread=True)
+            # Only deletions are committed here; in WAL mode one lost to a power cut
+            # means a duplicate delivery, which QoS 1 allows anyway: skip the fsync per commit.
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                conn.execute("PRAGMA synchronous=NORMAL")
+            outbox = Outbox(conn)
+            conn.commit()
+            # Used under self._lock from whichever thread pumps (see the module docstring).
+            reader = sqlite3.connect(self.db_path, timeout=READER_BUSY_TIMEOUT_S,
+                                     check_same_thread=False)
+            with self._lock:
+                self._reader = Outbox(reader)
+            reader.commit()
+            self._refresh_counts(outbox, force=True)
+        except Exception as err:
+            self._drainer_error = err
+            self._drainer_ready.set()
+            return
+        self._drainer_ready.set()
+        try:
+            while True:
+                timeout = (SETTLE_DELAY_S if self.policy.settled_waiting or not self.policy.idle
+                           else IDLE_POLL_S)
+                woken = self._wake.wait(timeout)
+                self._wake.clear()
+                try:
+                    self._drain_once(conn, outbox, looked_for_rows=not woken or self._kicked)
+                    if self._db_error is not None:
+                        log.info("outbox database usable again (after: %s)", self._db_error)
+                        self._db_error = None
+                except sqlite3.Error as err:
+                    # Rows stay in the outbox: at worst sent twice, never lost. Said once
+                    # per distinct error, not every retry (a full disk lasts).
+                    self._last_error = f"outbox database: {err}"
+                    if str(err) != self._db_error:
+                        log.warning("outbox database error, will retry: %s", err)
+                        self._db_error = str(err)
+                    conn.rollback()
+                except Exception as err:  # a bug must not silence the gateway for good
+                    self._last_error = f"drainer: {err!r}"
+                    log.exception("mqtt outbox drainer error, will retry")
+                    conn.rollback()
+                if self._exit:
+                    self._drain_once(conn, outbox, looked_for_rows=False)  # the last PUBACKs
+                    break
+        except Exception as err:
+            self._last_error = f"drainer stopped: {err}"
+            log.exception("mqtt outbox drainer stopped")
+        finally:
+            with self._lock:
+                self._reader = None
+            reader.close()
+            conn.close()
+
+    def _drain_once(self, conn: sqlite3.Connection, outbox: Outbox, *,
+                    looked_for_rows: bool) -> None:
+        policy = self.policy
+        with self._lock:
+            if looked_for_rows:
+                self._kicked = False
+                policy.rows_committed()
+            self._pump()
+            retry_due = policy.parked_retry_due
+            settled = policy.take_settled()
+        if settled:
+            self._write_settled(conn, outbox, settled)
+        if retry_due:
+            self._retry_parked(conn, outbox)
+            with self._lock:
+                self._pump()
+        self._refresh_counts(outbox, force=bool(settled) and policy.idle)
+
+    def _write_settled(self, conn: sqlite3.Connection, outbox: Outbox, settled: Settled) -> None:
+        try:
+            if settled.delete_ids:
+                outbox.delete(settled.delete_ids)
+            for park in settled.parks:
+                outbox.park(park.row_id, park.reason, park.kind.value)
+            conn.commit()
+        except sqlite3.Error:
+            conn.rollback()
+            with self._lock:
+                self.policy.settle_failed(settled)
+            raise
+        for park in settled.parks:
+            log.error("outbox row %d parked (%s): %s", park.row_id, park.kind.value, park.reason)
+
+    def _retry_parked(self, conn: sqlite3.Connection, outbox: Outbox) -> None:
+        parked = [ParkedRow(p.message, ParkKind(p.kind)) for p in outbox.parked(PARKED_RETRY_BATCH)]
+        with self._lock:
+            ids = self.policy.parked_to_retry(parked)
+        if not ids:
+            return
+        moved = outbox.unpark(ids)
+        conn.commit()
+        with self._lock:
+            self.policy.rows_unparked(moved)
+        log.info("retrying %d parked outbox rows (ids %d..%d)", len(moved), min(moved, default=0),
+                 max(moved, default=0))
+        self._refresh_counts(outbox, force=True)
+
+    def _refresh_counts(self, outbox: Outbox, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._counted_at >= COUNT_REFRESH_S:
+            self._pending = outbox.count()
+            self._parked_count = outbox.parked_count()
+            self._counted_at = now
+
+    # ---- messages that bypass the outbox ------------------------------------
+
     def publish_direct(self, topic: str, payload: bytes, *, qos: int = 1,
                        retain: bool = False, properties: Properties | None = None) -> bool:
         """Publish now, bypassing the outbox (answers that are worthless later). False if
         offline: the message is dropped."""
-        with self._client_lock:
-            client = self._client
+        client = self._client
         if client is None or not self._connected:
             return False
         client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
@@ -463,8 +722,7 @@ class MqttPublisher:
         """Publish the birth payload again now, bypassing the outbox: for news that cannot
         wait for, or cannot be written to, the outbox (the store alarm). False if offline;
         the next (re)connect publishes the birth payload anyway."""
-        with self._client_lock:
-            client = self._client
+        client = self._client
         if client is None or not self._connected:
             return False
         client.publish(self.will_topic, self._birth_payload_fn(), qos=1, retain=True)
@@ -477,241 +735,5 @@ class MqttPublisher:
         except Exception as err:  # connection lost meanwhile: the Will speaks for us
             log.warning("offline state not confirmed before disconnect: %s", err)
 
-    # ---- drainer thread ----------------------------------------------------
 
-    def _drain_thread_main(self) -> None:
-        try:
-            conn = sqlite3.connect(self.db_path, timeout=SQLITE_BUSY_TIMEOUT_S)
-            # Only deletions are committed here; in WAL mode one lost to a power cut
-            # means a duplicate delivery, which QoS 1 allows anyway: skip the fsync per commit.
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                conn.execute("PRAGMA synchronous=NORMAL")
-            outbox = Outbox(conn)
-            conn.commit()
-            self._refresh_pending(outbox, force=True)
-        except Exception as err:
-            self._drainer_error = err
-            self._drainer_ready.set()
-            return
-        self._drainer_ready.set()
-        try:
-            while True:
-                self._wake.wait(IDLE_POLL_S)
-                self._wake.clear()
-                try:
-                    self._drain_once(conn, outbox)
-                except sqlite3.Error as err:
-                    # Rows acknowledged in this round stay in the outbox and are sent
-                    # again by the next publisher: a duplicate, never a loss.
-                    self._last_error = f"outbox database: {err}"
-                    log.warning("outbox database error, will retry: %s", err)
-                    conn.rollback()
-                except Exception as err:  # a bug must not silence the gateway for good
-                    self._last_error = f"drainer: {err!r}"
-                    log.exception("mqtt outbox drainer error, will retry")
-                    conn.rollback()
-                if self._exit:
-                    self._drain_once(conn, outbox)  # acks that arrived during disconnect
-                    break
-        except Exception as err:
-            self._last_error = f"drainer stopped: {err}"
-            log.exception("mqtt outbox drainer stopped")
-        finally:
-            conn.close()
-
-    def _drain_once(self, conn: sqlite3.Connection, outbox: Outbox) -> None:
-        done_ids: list[int] = []
-        needs_new_session = False
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(event, _Ack):
-                self._handle_ack(event, outbox, done_ids)
-            elif isinstance(event, _Connected):
-                self._handle_connected(event)
-            elif isinstance(event, _Disconnected):
-                needs_new_session |= self._handle_disconnected(event, outbox)
-        if done_ids:
-            outbox.delete(done_ids)
-        conn.commit()
-        if needs_new_session and not self._exit:
-            self._replace_client()
-        if self._connected and not self._hold_new and not self._exit:
-            self._publish_more(conn, outbox)
-        if not self._inflight:
-            self._idle_event.set()
-        else:
-            self._idle_event.clear()
-        self._refresh_pending(outbox, force=bool(done_ids) and not self._inflight)
-
-    def _handle_ack(self, ack: _Ack, outbox: Outbox, done_ids: list[int]) -> None:
-        message = self._inflight.pop(ack.mid, None)
-        if message is None:
-            return  # birth or offline state: not an outbox row
-        self._strikes.pop(message.id, None)
-        if ack.reason_code >= PUBACK_FAILURE_MIN:
-            self._park(outbox, message, f"PUBACK 0x{ack.reason_code:02X} {ack.reason}")
-        else:
-            done_ids.append(message.id)
-            self._published += 1
-
-    def _handle_connected(self, event: _Connected) -> None:
-        limit = self._max_inflight
-        if event.receive_maximum is not None:
-            limit = min(limit, max(1, event.receive_maximum - CONTROL_SLOTS))
-        self._inflight_limit = limit
-        self._max_packet_bytes = event.maximum_packet_size
-
-    def _handle_disconnected(self, event: _Disconnected, outbox: Outbox) -> bool:
-        """Returns True when the paho session must be replaced to drop a poison message."""
-        # paho drops QoS 0 messages that were not written yet; send them again.
-        for mid, message in list(self._inflight.items()):
-            if message.qos == 0:
-                del self._inflight[mid]
-                self._cursor_id = min(self._cursor_id, message.id - 1)
-        if event.reason_code not in PROTOCOL_ERROR_REASONS or not self._inflight:
-            return False
-        suspect = min(self._inflight.values(), key=lambda m: m.id)
-        strikes = self._strikes.get(suspect.id, 0) + 1
-        self._strikes[suspect.id] = strikes
-        if strikes < MAX_PROTOCOL_STRIKES:
-            return False
-        self._park(
-            outbox,
-            suspect,
-            f"broker dropped the connection ({event.reason}) {strikes} times while this "
-            "message awaited its PUBACK (a payload over the broker's size limit does this)",
-        )
-        return True
-
-    def _replace_client(self) -> None:
-        """Start a fresh paho session, forgetting what paho would resend; the
-        outbox still holds every unacknowledged row, so re-read it from the start."""
-        with self._client_lock:
-            if self._hold_new:
-                return  # stopping: stop() disconnects the current client
-            self._swap_client()
-
-    def _swap_client(self) -> None:
-        old = self._client
-        if old is not None:
-            old.disconnect()
-            old.loop_stop()
-        self._inflight.clear()
-        self._strikes.clear()
-        self._cursor_id = 0
-        self._connected = False
-        self._connected_event.clear()
-        client = self._new_client()
-        client.connect_async(
-            self.config.host,
-            self.config.port,
-            keepalive=self.config.keepalive_s,
-            clean_start=True,
-            properties=self._connect_properties(),
-        )
-        self._client = client
-        client.loop_start()
-
-    def _publish_more(self, conn: sqlite3.Connection, outbox: Outbox) -> None:
-        client = self._client
-        if client is None:
-            return
-        room = self._inflight_limit - len(self._inflight)
-        while room > 0 and self._connected:
-            batch = outbox.pending(room, after_id=self._cursor_id)
-            if not batch:
-                return
-            sent_at_ms = now_ms()
-            changed_rows = False
-            # After a QoS 0 rewind the batch can hold rows that are still in flight.
-            inflight_ids = {m.id for m in self._inflight.values()}
-            for message in batch:
-                if message.id in inflight_ids:
-                    self._cursor_id = message.id
-                    continue
-                verdict = self._send(client, outbox, message, sent_at_ms)
-                if verdict == "retry":
-                    return
-                self._cursor_id = message.id
-                if verdict == "sent":
-                    room -= 1
-                else:
-                    changed_rows = True
-            if changed_rows:
-                conn.commit()
-
-    def _send(
-        self, client: paho.Client, outbox: Outbox, message: OutboxMessage, now_ms: int
-    ) -> str:
-        """Hand one row to paho: 'sent', 'retry' (try this row again later) or 'settled'
-        (expired or parked without publishing)."""
-        remaining_expiry_s = message.remaining_expiry_s(now_ms)
-        if remaining_expiry_s == 0:
-            outbox.delete([message.id])
-            self._expired += 1
-            log.info(
-                "outbox row %d for %s expired before it could be published",
-                message.id,
-                message.topic,
-            )
-            return "settled"
-        too_large = self._size_problem(message)
-        if too_large is not None:
-            self._park(outbox, message, too_large)
-            return "settled"
-        properties = None
-        if remaining_expiry_s is not None:
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.MessageExpiryInterval = remaining_expiry_s
-        try:
-            info = client.publish(
-                message.topic,
-                message.payload,
-                qos=message.qos,
-                retain=message.retain,
-                properties=properties,
-            )
-        except ValueError as err:  # paho refuses the topic or payload outright
-            self._park(outbox, message, f"rejected by paho: {err}")
-            return "settled"
-        if info.rc == paho.MQTT_ERR_SUCCESS or (
-            message.qos > 0 and info.rc == paho.MQTT_ERR_NO_CONN
-        ):
-            # QoS 1 with NO_CONN: paho keeps it and sends it after reconnecting.
-            self._inflight[info.mid] = message
-            return "sent"
-        return "retry"
-
-    def _size_problem(self, message: OutboxMessage) -> str | None:
-        limit = self.config.max_payload_bytes
-        if limit is not None and len(message.payload) > limit:
-            return f"payload {len(message.payload)} bytes over max_payload_bytes {limit}"
-        if self._max_packet_bytes is not None:
-            size = _publish_packet_bytes(message)
-            if size > self._max_packet_bytes:
-                return f"PUBLISH packet {size} bytes over the broker's Maximum Packet Size {self._max_packet_bytes}"
-        return None
-
-    def _park(self, outbox: Outbox, message: OutboxMessage, reason: str) -> None:
-        outbox.park(message.id, reason)
-        self._failed += 1
-        log.error("outbox row %d for %s parked: %s", message.id, message.topic, reason)
-
-    def _refresh_pending(self, outbox: Outbox, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._pending_refreshed_at >= PENDING_REFRESH_S:
-            self._pending = outbox.count()
-            self._pending_refreshed_at = now
-
-
-def _publish_packet_bytes(message: OutboxMessage) -> int:
-    """Upper bound of the PUBLISH packet size, for the broker's Maximum Packet Size."""
-    properties_bytes = 1 + (5 if message.expiry_s is not None else 0)
-    remaining = 2 + len(message.topic.encode()) + 2 + properties_bytes + len(message.payload)
-    length_bytes = (
-        1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4
-    )
-    return 1 + length_bytes + remaining
+__all__ = ["CONTROL_SLOTS", "MqttPublisher", "PublisherStats"]

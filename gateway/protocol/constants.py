@@ -65,7 +65,7 @@ CP_COUNTER_MAX = 0xFFFFFFFE  # 0xFFFFFFFF is never accepted
 
 # --- Status record (§6) --------------------------------------------------------------------
 STATUS_FORMAT = 2
-STATUS_LEN = 39
+STATUS_LEN = 41
 
 
 class Channel(IntEnum):
@@ -123,13 +123,15 @@ CFG_KEY_COUNT = len(ConfigKey)
 CFG_VALUE_MIN = 1
 CFG_VALUE_MAX = 0xFFFF
 
-# the periods carried in the status record, in record order
+# the config values carried in the status record, in record order (the flush interval
+# comes after the battery percent, §6)
 STATUS_CONFIG_KEYS = (
     ConfigKey.TEMP_PERIOD_S,
     ConfigKey.UV_PERIOD_S,
     ConfigKey.UV_FAST_PERIOD_S,
     ConfigKey.HYDRATION_PERIOD_S,
     ConfigKey.BATTERY_PERIOD_S,
+    ConfigKey.FLUSH_INTERVAL_S,
 )
 
 

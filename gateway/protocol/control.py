@@ -60,7 +60,7 @@ __all__ = [
     "set_time",
 ]
 
-_STATUS = struct.Struct("<BBBBHIIIHHHHHHBII")
+_STATUS = struct.Struct("<BBBBHIIIHHHHHHBHII")
 _MFR = struct.Struct("<BBBBHB")
 _SET_TIME_RESULT = struct.Struct("<HI")
 _REPLAY_RESULT = struct.Struct("<II")
@@ -259,7 +259,7 @@ class PatchStatus:
     next_seq: int  # seq the next sample will get
     tick: int
     error_flags: ErrorFlag
-    config: dict[ConfigKey, int]  # periods in seconds (keys 1..5; not the flush interval)
+    config: dict[ConfigKey, int]  # keys 1..6: the periods and the flush interval, seconds
     battery_pct: int
     boot_nonce: int  # what this boot's Control Point requests are tagged with (§5)
     next_counter: int  # the lowest counter the patch accepts in its next request
@@ -274,7 +274,7 @@ class PatchStatus:
 
 
 def decode_status(data: bytes) -> PatchStatus:
-    """The 39-byte status record (Status read or GET_STATUS payload)."""
+    """The 41-byte status record (Status read or GET_STATUS payload)."""
     data = bytes(data)
     if not data:
         raise ControlError("empty status record")
@@ -286,7 +286,7 @@ def decode_status(data: bytes) -> PatchStatus:
     if len(data) != STATUS_LEN:
         raise ControlError(f"status record is {len(data)} bytes, expected {STATUS_LEN}")
     (_, major, minor, patch, boot_id, oldest, nxt, tick, flags, p1, p2, p3, p4, p5, battery,
-     boot_nonce, next_counter) = _STATUS.unpack(data)
+     flush_s, boot_nonce, next_counter) = _STATUS.unpack(data)
     periods = (p1, p2, p3, p4, p5)
     return PatchStatus(
         fw_version=(major, minor, patch),
@@ -295,7 +295,7 @@ def decode_status(data: bytes) -> PatchStatus:
         next_seq=nxt,
         tick=tick,
         error_flags=ErrorFlag(flags),
-        config=dict(zip(STATUS_CONFIG_KEYS, periods, strict=True)),
+        config=dict(zip(STATUS_CONFIG_KEYS, (*periods, flush_s), strict=True)),
         battery_pct=battery,
         boot_nonce=boot_nonce,
         next_counter=next_counter,

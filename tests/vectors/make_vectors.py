@@ -413,16 +413,17 @@ def control() -> dict:
         ack, 2, 4, None, key=None)
 
     status_rec = _hex("02 010203 3412 E8030000 D2040000 407E0500 1200 0A00 0500 0100 3C00 2C01 57"
-                      " B979379E 2A000000")
-    assert status_rec == struct.pack("<BBBBHIIIHHHHHHBII", 2, 1, 2, 3, 0x1234, 1000, 1234,
-                                     360000, 0x12, 10, 5, 1, 60, 300, 87, CP_NONCE, 42)
+                      " 3C00 B979379E 2A000000")
+    assert status_rec == struct.pack("<BBBBHIIIHHHHHHBHII", 2, 1, 2, 3, 0x1234, 1000, 1234,
+                                     360000, 0x12, 10, 5, 1, 60, 300, 87, 60, CP_NONCE, 42)
     status = {
         "name": "status", "record": status_rec.hex(),
         "fw": [1, 2, 3], "boot_id": CP_BOOT, "oldest_seq": 1000, "next_seq": 1234,
-        "tick": 360000, "error_flags": 0x12, "periods": [10, 5, 1, 60, 300], "battery_pct": 87,
+        "tick": 360000, "error_flags": 0x12, "periods": [10, 5, 1, 60, 300, 60], "battery_pct": 87,
         "boot_nonce": CP_NONCE, "next_counter": 42,
         "description": "fw 1.2.3, 234 unacked samples, clock not set + UV sensor fault, "
-                       "default periods with UV fast 1 s, battery 87 %; the GET_STATUS "
+                       "default periods with UV fast 1 s, battery 87 %, flush interval 60 s "
+                       "('periods' holds config keys 1..6 in order); the GET_STATUS "
                        "request (counter 41) was the last one run",
     }
 
@@ -534,6 +535,49 @@ def control() -> dict:
     }
 
 
+def advertising() -> dict:
+    """protocol.md §2: the advertising data and scan response bytes, written out literally
+    and checked against a naive AD-structure builder."""
+    stream_le = bytes.fromhex("d7000001-5345-4c50-834d-247ec90e2b93".replace("-", ""))[::-1]
+    resp = _hex("11 07") + stream_le
+
+    def naive(name: str, fw, battery, unacked, provisioned, log_full) -> bytes:
+        def ad(ad_type: int, value: bytes) -> bytes:
+            return bytes([len(value) + 1, ad_type]) + value
+        flags = (1 if provisioned else 0) | (2 if log_full else 0)
+        mfr = struct.pack("<HBBBBHB", 0xFFFF, *fw, battery, min(unacked, 0xFFFF), flags)
+        return ad(0x01, b"\x06") + ad(0x09, name.encode()) + ad(0xFF, mfr)
+
+    cases = []
+
+    def case(name, description, device_id, fw, battery, unacked, provisioned, log_full, adv_hex):
+        adv = _hex(adv_hex)
+        advertised = "DT-" + device_id[-4:].upper()
+        assert adv == naive(advertised, fw, battery, unacked, provisioned, log_full), name
+        assert len(adv) <= 31 and len(resp) <= 31
+        cases.append({
+            "name": name, "description": description, "device_id": device_id, "fw": fw,
+            "battery_pct": battery, "unacked_samples": unacked, "provisioned": provisioned,
+            "log_full": log_full, "adv_data": adv.hex(), "scan_response": resp.hex()})
+
+    case("provisioned", "fw 0.1.0, battery 87 %, 234 samples unacknowledged",
+         "3f2a0c11d4e59b07", [0, 1, 0], 87, 234, True, False,
+         "02 01 06  08 09 44542D39423037  0A FF FFFF 000100 57 EA00 01")
+    case("saturated_log_full", "70000 unacknowledged saturate at 65535; log full",
+         "ffffffffffffabcd", [1, 2, 3], 5, 70000, True, True,
+         "02 01 06  08 09 44542D41424344  0A FF FFFF 010203 05 FFFF 03")
+    case("unprovisioned", "fresh from the factory: no key, nothing logged",
+         "0000000000000000", [0, 1, 0], 100, 0, False, False,
+         "02 01 06  08 09 44542D30303030  0A FF FFFF 000100 64 0000 00")
+    return {
+        "description": "Advertising data and scan response (docs/protocol.md §2): Flags, "
+                       "Complete Local Name and Manufacturer Specific Data in the "
+                       "advertisement (a passive scanner sees them); the 128-bit Stream "
+                       "Service UUID in the scan response.",
+        "cases": cases,
+    }
+
+
 # fmt: on
 
 
@@ -551,7 +595,8 @@ def build() -> dict[str, str]:
         "gaps": GAPS,
         "invalid": INVALID,
     }
-    return {"frames.json": _dump(frames_doc) + "\n", "control.json": _dump(control()) + "\n"}
+    return {"frames.json": _dump(frames_doc) + "\n", "control.json": _dump(control()) + "\n",
+            "advertising.json": _dump(advertising()) + "\n"}
 
 
 def _dump(obj, level: int = 0) -> str:

@@ -3,7 +3,9 @@
 Put `simulation/device_shims` first on `sys.path`; then `import aioble` and `import bluetooth`
 resolve here. Each virtual patch has its own Bumble device: call
 `aioble.bind_device(device)` in the patch's task before its firmware starts (tasks it
-creates inherit the binding). Only the peripheral/server side is implemented.
+creates inherit the binding). Only the peripheral/server side is implemented: `scan`
+(central), the GATT client, pairing and L2CAP raise NotImplementedError; docs/firmware.md
+has the table of what follows upstream and what does not.
 """
 
 from .core import (
@@ -26,6 +28,11 @@ from .server import (
     Service,
     register_services,
 )
+
+
+def scan(*args, **kwargs):  # type: ignore[no-untyped-def]
+    raise NotImplementedError("aioble host shim: scanning (aioble.central) is not implemented")
+
 
 ADDR_PUBLIC = 0
 ADDR_RANDOM = 1
@@ -51,5 +58,6 @@ __all__ = [
     "log_info",
     "log_warn",
     "register_services",
+    "scan",
     "stop",
 ]

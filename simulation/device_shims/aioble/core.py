@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import weakref
 from typing import TYPE_CHECKING, Any
+
+import mp_asyncio  # type: ignore[import-not-found,unused-ignore]  # device_shims on sys.path
 
 # core and device import each other, as in upstream aioble (core.py's connection handler
 # and device.py's use of the shared state): the import back to .device stays deferred
@@ -51,21 +54,18 @@ class GattError(Exception):
         self._status = status
 
 
-class ThreadSafeFlag:
-    """uasyncio.ThreadSafeFlag: `set()` from callbacks, `await wait()` clears it."""
+# MicroPython's asyncio.ThreadSafeFlag; `import mp_asyncio` also gives CPython's asyncio the
+# `sleep_ms` and `ThreadSafeFlag` that MicroPython programs call (mp_asyncio.install()).
+mp_asyncio.install()
+ThreadSafeFlag = mp_asyncio.ThreadSafeFlag
 
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
+# What aioble's modules do when the stack stops (upstream: register_irq_handler's shutdown
+# handlers), here per patch: each takes the patch's state.
+_shutdown_handlers: list[Any] = []
 
-    def set(self) -> None:
-        self._event.set()
 
-    def clear(self) -> None:
-        self._event.clear()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event.clear()
+def register_shutdown_handler(handler: Any) -> None:
+    _shutdown_handlers.append(handler)
 
 
 class PatchState:
@@ -77,12 +77,15 @@ class PatchState:
         self.connections: dict[int, DeviceConnection] = {}
         self.registered: dict[int, Any] = {}  # value handle -> aioble characteristic
         self.incoming: DeviceConnection | None = None
-        self.connect_flag: ThreadSafeFlag | None = None
+        self.connect_flag: Any = None   # a ThreadSafeFlag once advertising
         self.advertising = False
         self.capture: Any = None  # server._CaptureQueue, created on first capture char
         self.base_attribute_count: int | None = None
         self.base_service_count = 0
         self.background_tasks: set[asyncio.Task[Any]] = set()
+        self.active = True
+        # BLE.config() values with no Bumble counterpart: kept and answered, as the stack does
+        self.settings: dict[str, Any] = dict(_CONFIG_DEFAULTS)
         device.gatt_server.max_mtu = DEFAULT_PREFERRED_ATT_MTU
         device.on("connection", self._on_connection)
 
@@ -160,17 +163,43 @@ async def keep_cancellation(awaitable: Any) -> Any:
     return result
 
 
-def ensure_active() -> None:
-    current_patch()
+def ensure_active() -> PatchState:
+    """The stack is switched on when used (upstream: ble.active(True)), also after stop()."""
+    patch = current_patch()
+    patch.active = True
+    return patch
+
+
+def require_active(patch: PatchState | None) -> None:
+    # MicroPython raises OSError(EPERM) for GATT calls while the stack is off.
+    if patch is not None and not patch.active:
+        raise OSError(errno.EPERM, "BLE is not active (aioble.stop())")
+
+
+# BLE.config() names (MicroPython docs, bluetooth.BLE.config), their values until set.
+_CONFIG_DEFAULTS: dict[str, Any] = {
+    "addr_mode": 1,     # random static address (Bumble's virtual devices use one)
+    "rxbuf": 512,
+    "bond": False,
+    "mitm": False,
+    "io": 3,            # _IO_CAPABILITY_NO_INPUT_OUTPUT
+    "le_secure": False,
+}
 
 
 def config(*args: Any, **kwargs: Any) -> Any:
-    """Subset of `BLE.config`: query 'mac', 'mtu', 'gap_name'; set mtu= and gap_name=."""
-    patch = current_patch()
+    """`aioble.config()` = `BLE.config()`: query one name, or set names by keyword.
+
+    Every name MicroPython's BLE.config knows is accepted. 'mac', 'mtu' and 'gap_name' act on
+    the Bumble device; 'addr_mode', 'rxbuf', 'bond', 'mitm', 'io' and 'le_secure' are kept
+    and answered back (the shim has no pairing or address modes). Anything else raises
+    ValueError('unknown config param'), as MicroPython does.
+    """
+    patch = ensure_active()
     device = patch.device
     if args:
         if len(args) != 1 or kwargs:
-            raise TypeError("config: query one name, or set with keywords")
+            raise TypeError("must query one param")
         name = args[0]
         if name == "mac":
             address = device.random_address
@@ -179,7 +208,9 @@ def config(*args: Any, **kwargs: Any) -> Any:
             return device.gatt_server.max_mtu
         if name == "gap_name":
             return device.name.encode()
-        raise ValueError(f"config: unsupported query {name!r} on the host shim")
+        if name in patch.settings:
+            return patch.settings[name]
+        raise ValueError("unknown config param")
     for name, value in kwargs.items():
         if name == "mtu":
             if not 23 <= int(value) <= 517:
@@ -187,14 +218,24 @@ def config(*args: Any, **kwargs: Any) -> Any:
             device.gatt_server.max_mtu = int(value)
         elif name == "gap_name":
             device.name = value.decode() if isinstance(value, bytes | bytearray) else str(value)
+        elif name in patch.settings:
+            patch.settings[name] = value
         else:
-            raise ValueError(f"config: unsupported setting {name!r} on the host shim")
+            raise ValueError("unknown config param")
     return None
 
 
 def stop() -> None:
-    """Stop advertising on the current patch (the host shim cannot power the stack off)."""
+    """Switch the stack off (upstream: ble.active(False), then every module's shutdown
+    handler): advertising stops, every link drops, the registered services and the capture
+    queue go. The next aioble call that needs the stack switches it on again; services must
+    be registered again, as on a board."""
     patch = current_patch()
+    patch.active = False
     if patch.advertising:
         patch.advertising = False
         patch.spawn(patch.device.stop_advertising())
+    for connection in list(patch.connections.values()):
+        connection._drop_at_shutdown()
+    for handler in _shutdown_handlers:
+        handler(patch)

@@ -18,6 +18,13 @@ class DeviceDisconnectedError(Exception):
     pass
 
 
+async def _terminate(connection: Any) -> None:
+    try:
+        await connection.disconnect()
+    except Exception as error:  # noqa: BLE001 - aioble logs and carries on
+        log_error("Disconnect", error)
+
+
 class DeviceTimeout:
     """`with DeviceTimeout(connection, timeout_ms):` as in aioble.
 
@@ -139,7 +146,9 @@ class DeviceConnection:
             self.mtu = self._bumble.att_mtu
 
     def _on_disconnection(self, reason: int) -> None:
-        if self._patch is not None and self._conn_handle is not None:
+        if self._conn_handle is None:
+            return   # already dropped (aioble.stop() does not wait for the stack's event)
+        if self._patch is not None:
             self._patch.connections.pop(self._conn_handle, None)
             if self._patch.incoming is self:
                 self._patch.incoming = None
@@ -154,8 +163,10 @@ class DeviceConnection:
 
     def _queue_notification(self, attribute: Any, value: bytes) -> None:
         """Accept one notification for sending, or raise ENOMEM like NimBLE when flooded."""
-        if not self.is_connected() or self._patch is None:
-            raise OSError(errno.ENOTCONN, "not connected")
+        if self._conn_handle is None or self._patch is None:
+            # Upstream calls ble.gatts_notify(connection._conn_handle, ...) with the handle
+            # aioble cleared at the disconnect: MicroPython's int conversion of None.
+            raise TypeError("can't convert NoneType to int")
         if self._tx_in_flight >= self._patch.notify_in_flight_limit:
             raise OSError(errno.ENOMEM, "ENOMEM")
         self._tx_queue.append((attribute, value))
@@ -189,19 +200,18 @@ class DeviceConnection:
     async def disconnect(self, timeout_ms: int = 2000) -> None:
         await self.disconnected(timeout_ms, disconnect=True)
 
-    async def disconnected(self, timeout_ms: int | None = 60000, disconnect: bool = False) -> None:
+    def _drop_at_shutdown(self) -> None:
+        """aioble.stop(): the stack goes off, the link drops (the peer sees it end)."""
+        connection = self._bumble
+        if connection is not None and self._patch is not None:
+            self._patch.spawn(_terminate(connection))
+        self._on_disconnection(0x16)   # HCI: connection terminated by local host
+
+    async def disconnected(self, timeout_ms: int | None = None, disconnect: bool = False) -> None:
         if not self.is_connected():
             return
         if disconnect and self._bumble is not None and self._patch is not None:
-            connection = self._bumble
-
-            async def terminate() -> None:
-                try:
-                    await connection.disconnect()
-                except Exception as error:  # noqa: BLE001 - aioble logs and carries on
-                    log_error("Disconnect", error)
-
-            self._patch.spawn(terminate())
+            self._patch.spawn(_terminate(self._bumble))
         with DeviceTimeout(None, timeout_ms):
             await self._disconnected_event.wait()
 
@@ -216,10 +226,21 @@ class DeviceConnection:
         return self.mtu
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("aioble host shim: pairing is not implemented")
+        raise NotImplementedError("aioble host shim: pairing (aioble.security) is not implemented")
+
+    async def service(self, uuid: Any, timeout_ms: int = 2000) -> Any:
+        raise NotImplementedError("aioble host shim: the GATT client (aioble.client) is not "
+                                  "implemented")
 
     def services(self, uuid: Any = None, timeout_ms: int = 2000) -> Any:
-        raise NotImplementedError("aioble host shim: GATT client discovery is not implemented")
+        raise NotImplementedError("aioble host shim: the GATT client (aioble.client) is not "
+                                  "implemented")
+
+    async def l2cap_accept(self, psm: int, mtu: int, timeout_ms: int | None = None) -> Any:
+        raise NotImplementedError("aioble host shim: L2CAP channels are not implemented")
+
+    async def l2cap_connect(self, psm: int, mtu: int, timeout_ms: int = 1000) -> Any:
+        raise NotImplementedError("aioble host shim: L2CAP channels are not implemented")
 
     async def __aenter__(self) -> DeviceConnection:
         return self

@@ -8,7 +8,7 @@ from typing import Any
 
 from bumble.device import AdvertisingType
 
-from .core import ThreadSafeFlag, current_patch, keep_cancellation
+from .core import ThreadSafeFlag, ensure_active, keep_cancellation, register_shutdown_handler
 from .device import DeviceConnection, DeviceTimeout
 
 _ADV_TYPE_FLAGS = 0x01
@@ -23,9 +23,9 @@ _ADV_PAYLOAD_MAX_LEN = 31
 _MIN_ADVERTISING_INTERVAL_MS = 20.0  # Core spec Vol 6, Part B, 4.4.2.2.1
 
 
-def _append(adv_data: bytearray, resp_data: bytearray | None, adv_type: int, value: bytes) -> Any:
+def _append(adv_data: bytearray, resp_data: bytearray | None, adv_type: int, value: Any) -> Any:
     """Add one AD structure to adv_data, overflowing into resp_data (aioble's packing)."""
-    data = struct.pack("BB", len(value) + 1, adv_type) + value
+    data = struct.pack("BB", len(value) + 1, adv_type) + _as_bytes(value)
     if len(data) + len(adv_data) < _ADV_PAYLOAD_MAX_LEN:
         adv_data += data
         return resp_data
@@ -37,15 +37,22 @@ def _append(adv_data: bytearray, resp_data: bytearray | None, adv_type: int, val
     raise ValueError("Advertising payload too long")
 
 
+def _as_bytes(value: Any) -> bytes:
+    # MicroPython's bytes + str concatenates the str's UTF-8 (str has the buffer protocol).
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
 def build_advertising_payloads(
     name: Any = None,
     services: Any = None,
     appearance: int = 0,
-    manufacturer: tuple[int, bytes] | None = None,
+    manufacturer: tuple[int, Any] | None = None,
     limited_disc: bool = False,
     br_edr: bool = False,
 ) -> tuple[bytes, bytes | None]:
-    """(adv_data, resp_data) exactly as aioble.advertise() builds them."""
+    """(adv_data, resp_data) as aioble.advertise() builds them from its keyword arguments:
+    Flags, then the service UUIDs (one AD structure per UUID size, UUIDs of a size together),
+    Name, Appearance, Manufacturer Data, each overflowing into the scan response in turn."""
     adv_data = bytearray()
     resp_data: bytearray | None = None
     resp_data = _append(
@@ -55,17 +62,16 @@ def build_advertising_payloads(
         struct.pack("B", (0x01 if limited_disc else 0x02) + (0x18 if br_edr else 0x04)),
     )
     if services:
-        for uuid in services:
-            b = bytes(uuid)
-            if len(b) == 2:
-                resp_data = _append(adv_data, resp_data, _ADV_TYPE_UUID16_COMPLETE, b)
-            elif len(b) == 4:
-                resp_data = _append(adv_data, resp_data, _ADV_TYPE_UUID32_COMPLETE, b)
-            elif len(b) == 16:
-                resp_data = _append(adv_data, resp_data, _ADV_TYPE_UUID128_COMPLETE, b)
+        for size, ad_type in (
+            (2, _ADV_TYPE_UUID16_COMPLETE),
+            (4, _ADV_TYPE_UUID32_COMPLETE),
+            (16, _ADV_TYPE_UUID128_COMPLETE),
+        ):
+            same_size = [bytes(uuid) for uuid in services if len(bytes(uuid)) == size]
+            if same_size:
+                resp_data = _append(adv_data, resp_data, ad_type, b"".join(same_size))
     if name:
-        encoded = name.encode() if isinstance(name, str) else bytes(name)
-        resp_data = _append(adv_data, resp_data, _ADV_TYPE_NAME, encoded)
+        resp_data = _append(adv_data, resp_data, _ADV_TYPE_NAME, name)
     if appearance:
         resp_data = _append(
             adv_data, resp_data, _ADV_TYPE_APPEARANCE, struct.pack("<H", appearance)
@@ -75,7 +81,7 @@ def build_advertising_payloads(
             adv_data,
             resp_data,
             _ADV_TYPE_MANUFACTURER,
-            struct.pack("<H", manufacturer[0]) + bytes(manufacturer[1]),
+            struct.pack("<H", manufacturer[0]) + _as_bytes(manufacturer[1]),
         )
     return bytes(adv_data), (bytes(resp_data) if resp_data else None)
 
@@ -90,11 +96,18 @@ async def advertise(
     name: Any = None,
     services: Any = None,
     appearance: int = 0,
-    manufacturer: tuple[int, bytes] | None = None,
+    manufacturer: tuple[int, Any] | None = None,
     timeout_ms: int | None = None,
 ) -> DeviceConnection | None:
-    """Advertise until a central connects; return that connection (aioble semantics)."""
-    patch = current_patch()
+    """Advertise until a central connects and return its connection (aioble semantics).
+
+    adv_data/resp_data, when either is given, go out as they are; otherwise they are built
+    from the keywords. timeout_ms: TimeoutError after that long (advertising stopped).
+    Cancelled: advertising stops and None is returned, as upstream does (it catches the
+    CancelledError); on CPython the task's cancellation is also withdrawn (uncancel), since
+    MicroPython has no cancellation count.
+    """
+    patch = ensure_active()
     if not adv_data and not resp_data:
         adv_data, resp_data = build_advertising_payloads(
             name, services, appearance, manufacturer, limited_disc, br_edr
@@ -135,7 +148,10 @@ async def advertise(
         return result
     except asyncio.CancelledError:
         await _stop_advertising(patch)
-        raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+        return None
     except TimeoutError:
         await _stop_advertising(patch)
         raise
@@ -145,3 +161,10 @@ async def _stop_advertising(patch: Any) -> None:
     if patch.advertising:
         patch.advertising = False
         await asyncio.shield(patch.device.stop_advertising())
+
+
+def _peripheral_shutdown(patch: Any) -> None:
+    patch.incoming = None
+
+
+register_shutdown_handler(_peripheral_shutdown)

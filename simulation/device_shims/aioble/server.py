@@ -12,13 +12,21 @@ real stack too:
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from typing import Any
 
 import bluetooth  # type: ignore[import-not-found,unused-ignore]  # simulation/device_shims on sys.path
 from bumble import att, core, gatt
 
-from .core import GattError, PatchState, ThreadSafeFlag, current_patch
+from .core import (
+    GattError,
+    PatchState,
+    ThreadSafeFlag,
+    ensure_active,
+    register_shutdown_handler,
+    require_active,
+)
 from .device import DeviceConnection, DeviceTimeout
 
 _FLAG_READ = 0x0002
@@ -114,7 +122,10 @@ class BaseCharacteristic:
         if self._value_handle is None:
             self._initial = data
             return
-        value = bytes(data)
+        if self._patch is None:   # its stack was stopped or its table registered anew
+            raise OSError(errno.EINVAL, f"characteristic {self.uuid} is no longer registered")
+        require_active(self._patch)
+        value = data.encode() if isinstance(data, str) else bytes(data)
         self._value = value
         # MicroPython grows the attribute buffer to fit a longer local write.
         self._buffer_bytes = max(self._buffer_bytes, len(value))
@@ -217,7 +228,7 @@ class Characteristic(BaseCharacteristic):
     def notify(self, connection: DeviceConnection, data: Any = None) -> None:
         if not self.flags & _FLAG_NOTIFY:
             raise ValueError("Not supported")
-        self._require_registered()
+        require_active(self._require_registered())
         value = self._value if data is None else bytes(data)
         connection._queue_notification(self._attribute, value)
 
@@ -231,6 +242,7 @@ class Characteristic(BaseCharacteristic):
         if not connection.is_connected():
             raise ValueError("Not connected")
         patch = self._require_registered()
+        require_active(patch)
         value = self._value if data is None else bytes(data)
         self._indicate_connection = connection
         try:
@@ -289,9 +301,7 @@ class Descriptor(BaseCharacteristic):
         )
 
 
-def register_services(*services: Service) -> None:
-    """Register the services on the current patch's GATT server (replacing earlier ones)."""
-    patch = current_patch()
+def _remove_services(patch: PatchState) -> None:
     server = patch.device.gatt_server
     if patch.base_attribute_count is None:
         patch.base_attribute_count = len(server.attributes)
@@ -300,7 +310,27 @@ def register_services(*services: Service) -> None:
         del server.attributes[patch.base_attribute_count :]
         del server.services[patch.base_service_count :]
         server.attributes_by_handle.clear()
+    for characteristic in patch.registered.values():
+        characteristic._patch = None   # a stale handle: using it raises, as on a board
     patch.registered.clear()
+
+
+def _server_shutdown(patch: PatchState) -> None:
+    """aioble.stop(): the GATT table and the capture queue go with the stack."""
+    _remove_services(patch)
+    if patch.capture is not None:
+        patch.capture.task.cancel()
+        patch.capture = None
+
+
+register_shutdown_handler(_server_shutdown)
+
+
+def register_services(*services: Service) -> None:
+    """Register the services on the current patch's GATT server (replacing earlier ones)."""
+    patch = ensure_active()
+    server = patch.device.gatt_server
+    _remove_services(patch)
 
     bumble_services = []
     for service in services:

@@ -1,0 +1,544 @@
+"""MQTT delivery policy: which outbox rows go to the broker, when, and what becomes of them.
+
+Sans-I/O, after h11: values in, decisions out. No sockets, no SQLite, no clock, no threads:
+the adapter (gateway/mqtt/publisher.py) reads rows, publishes, writes to the outbox and
+tells the policy what happened. One caller at a time.
+
+The policy owns:
+- a cursor over outbox rows (ids only grow; `rows_wanted`, `add_rows`) and a queue of rows
+  read ahead but not yet published;
+- the in-flight window: at most `window` messages handed to the client and not yet
+  acknowledged, and never more than the broker's Receive Maximum less `CONTROL_SLOTS` (kept
+  for the gateway's state messages); 1 while a suspect is isolated (below);
+- PUBACKs in any order, matched by the client's token (the packet id); a row is settled (to
+  be deleted) only when every part of it is acknowledged: delete-on-PUBACK durability;
+- size limits: the configured payload limit, the broker's Maximum Packet Size from CONNACK
+  and a limit learned from a broker that drops the connection over a message. A row over them
+  is split by the splitter for its topic's last level (`{subject}/samples`), into parts that
+  each fit, or refused before publishing (parked, counted) when it can never fit;
+- expiry: a row whose Message Expiry Interval ran out in the outbox is dropped unpublished;
+  the others go out with the time left;
+- poison messages, in two strikes: a connection dropped with a protocol error while several
+  messages were in flight puts the oldest alone on the wire after the reconnect; dropped again
+  with it alone, it is the cause. Its size minus one becomes the learned payload limit (it is
+  then split or parked as too large; splittable rows are split to the largest payload the
+  broker has acknowledged, or a quarter of it if more, so one lesson is usually enough); a
+  message too small to blame on size is parked.
+  Nothing is ever published again over a limit it broke, so there is no reconnect loop;
+- parking and its retry: `too_large` when it fits the current limits again, `refused`
+  (a PUBACK failure code) after every reconnect, `poison` at a new start only.
+
+On every (re)connect the adapter drops what the client would resend by itself, and the
+policy resends every unacknowledged message (oldest first), under the limits of the new
+connection: so it alone decides what goes on the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
+
+from gateway.outbox_message import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 100
+# Rows read ahead of the window, so a PUBACK can be answered by the next PUBLISH at once.
+# Half of them is the adapter's slack to read more: ~25 ms at 20k messages/s, several of
+# CPython's 5 ms GIL switch intervals.
+DEFAULT_READ_AHEAD_ROWS = 1024
+# ... but no more than this many payload bytes held (a Pi's RAM), read this many rows at a time.
+READ_AHEAD_BYTES = 4 << 20
+READ_CHUNK_ROWS = 256
+# Acknowledged rows worth a DELETE + COMMIT of their own (`io_due`); fewer wait for a timer.
+SETTLE_BATCH_ROWS = 512
+# Receive Maximum slot kept free for the state messages and direct answers (one: every slot
+# is throughput while the broker's round trip paces the window).
+CONTROL_SLOTS = 1
+PUBACK_FAILURE_MIN = 0x80
+# Disconnect reasons that blame something we sent: malformed packet, protocol error,
+# packet too large (paho reports mosquitto's PUBACK 0x95 over message_size_limit as 0x82).
+PROTOCOL_ERROR_REASONS = frozenset({0x81, 0x82, 0x95})
+# A message this small that gets the connection dropped is not a size problem: parked as poison.
+MIN_LEARNED_PAYLOAD_BYTES = 256
+LEARNED_LIMIT_CAP = 1 << 28   # MQTT's largest packet: no limit at all
+# Room for the fixed header, remaining length, topic length, packet id and properties of a
+# PUBLISH, besides topic and payload (MQTT 5 §3.3): 1 + 4 + 2 + 2 + 1.
+PUBLISH_FIXED_OVERHEAD_BYTES = 10
+MESSAGE_EXPIRY_PROPERTY_BYTES = 5
+
+# Splits a payload into parts of at most max_bytes each, or None if it cannot.
+Splitter = Callable[[bytes, int], list[bytes] | None]
+
+
+class ParkKind(StrEnum):
+    """Why a row left the queue for `outbox_parked`; decides when it is tried again."""
+
+    TOO_LARGE = "too_large"   # over a size limit, unsplittable: again when it fits
+    REFUSED = "refused"       # a PUBACK failure code: again after every reconnect
+    POISON = "poison"         # the broker dropped the connection over it: again at a new start
+
+
+class Refusal(StrEnum):
+    """Counted reasons a row was not delivered (`DeliveryPolicy.refusals`)."""
+
+    OVER_SIZE_LIMIT = "over_size_limit"
+    PUBACK_FAILURE = "puback_failure"
+    DROPPED_CONNECTION = "dropped_connection"
+    CLIENT_REFUSED = "client_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    row_id: int
+    kind: ParkKind
+    reason: str
+
+
+@dataclass(slots=True)
+class Settled:
+    """What to write to the outbox: rows to delete (acknowledged or expired) and to park."""
+
+    delete_ids: list[int] = field(default_factory=list)
+    parks: list[Park] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.delete_ids or self.parks)
+
+
+@dataclass(slots=True, eq=False)
+class _Row:
+    message: OutboxMessage
+    parts: list[bytes] | None = None   # None until prepared for sending
+    expiry_s: int | None = None        # remaining, fixed when prepared
+    next_part: int = 0
+    acked_parts: int = 0
+    settled: bool = False
+
+
+class Send(NamedTuple):
+    """One PUBLISH to hand to the client: a row, or one part of a split row."""
+
+    row: _Row
+    part: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    expiry_s: int | None   # Message Expiry Interval to send (time in the outbox deducted)
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedRow:
+    """A parked row as the adapter reads it back, for `parked_to_retry`."""
+
+    message: OutboxMessage
+    kind: ParkKind
+
+
+def publish_packet_bytes(topic: str, payload_bytes: int, has_expiry: bool) -> int:
+    """Upper bound of a QoS 1 PUBLISH packet's size, for the broker's Maximum Packet Size."""
+    return (PUBLISH_FIXED_OVERHEAD_BYTES + len(topic.encode()) + payload_bytes
+            + (MESSAGE_EXPIRY_PROPERTY_BYTES if has_expiry else 0))
+
+
+class DeliveryPolicy:
+    """See the module docstring. Counters are plain attributes, for the state topic and stats."""
+
+    def __init__(
+        self,
+        *,
+        window: int = DEFAULT_WINDOW,
+        max_payload_bytes: int | None = None,
+        splitters: Mapping[str, Splitter] | None = None,
+        read_ahead_rows: int = DEFAULT_READ_AHEAD_ROWS,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window {window}: must be at least 1")
+        if read_ahead_rows < 1:
+            raise ValueError(f"read_ahead_rows {read_ahead_rows}: must be at least 1")
+        if max_payload_bytes is not None and max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes {max_payload_bytes}: must be positive")
+        self.window = window
+        self.read_ahead_rows = read_ahead_rows
+        self.max_payload_bytes = max_payload_bytes     # configured
+        self.broker_max_packet_bytes: int | None = None  # from the last CONNACK
+        self.learned_max_payload_bytes: int | None = None
+        self.largest_acked_payload_bytes = 0     # a size the broker is known to take
+        self.receive_maximum: int | None = None
+        self._splitters = dict(splitters or {})
+
+        self._rows: dict[int, _Row] = {}         # read, not yet settled
+        self._queue: deque[_Row] = deque()       # waiting to be (further) handed to the client
+        self._handed: dict[object, Send] = {}    # client token -> what it carries
+        self._settled = Settled()
+        self.cursor = 0                          # highest outbox id read
+        self._exhausted = False                  # the last read found no more rows
+        self.connected = False
+        self.holding = False                     # stopping: hand nothing new to the client
+        self.isolating = False                   # a suspect goes alone on the wire
+        self.parked_retry_due = False
+        self._fresh_start = True                 # no connection yet since `forget_rows`
+        self._no_limits = True                   # cached by _limits_changed
+        self._window_now = window
+
+        # counters
+        self.connects = 0
+        self.published = 0         # rows acknowledged (every part)
+        self.parts_published = 0   # PUBLISH packets acknowledged
+        self.split_rows = 0        # rows published in several parts
+        self.expired = 0
+        self.parked = 0            # rows parked by this policy
+        self.unparked = 0          # parked rows put back to be tried again
+        self.refusals: Counter[str] = Counter()
+        self._limits_changed()
+
+    # ---- limits ----------------------------------------------------------------------
+
+    @property
+    def effective_window(self) -> int:
+        """Messages that may await their PUBACK now."""
+        if self.isolating:
+            return 1
+        if self.receive_maximum is None:
+            return self.window
+        return max(1, min(self.window, self.receive_maximum - CONTROL_SLOTS))
+
+    def max_payload_for(self, topic: str, has_expiry: bool) -> int | None:
+        """The largest payload that may go out on `topic` now, or None for no limit."""
+        limits = [x for x in (self.max_payload_bytes, self.learned_max_payload_bytes)
+                  if x is not None]
+        if self.broker_max_packet_bytes is not None:
+            limits.append(self.broker_max_packet_bytes
+                          - publish_packet_bytes(topic, 0, has_expiry))
+        return min(limits) if limits else None
+
+    def _limits_changed(self) -> None:
+        self._no_limits = (self.max_payload_bytes is None and self.broker_max_packet_bytes is None
+                           and self.learned_max_payload_bytes is None)
+        self._window_now = self.effective_window
+
+    def set_max_payload_bytes(self, limit: int | None) -> None:
+        """A new configured limit: queued rows are measured again, parked ones may fit now."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"max_payload_bytes {limit}: must be positive")
+        self.max_payload_bytes = limit
+        self._limits_changed()
+        self._unprepare_queued()
+        self.parked_retry_due = True
+
+    # ---- connection ------------------------------------------------------------------
+
+    def on_connected(self, receive_maximum: int | None = None,
+                     maximum_packet_size: int | None = None) -> None:
+        """CONNACK accepted. The client has dropped what it would resend: resend it all."""
+        self.connected = True
+        self.connects += 1
+        self.receive_maximum = receive_maximum
+        self.broker_max_packet_bytes = maximum_packet_size
+        self._limits_changed()
+        self._requeue_handed()
+        self._unprepare_queued()
+        self._exhausted = False
+        self.parked_retry_due = True
+
+    def on_disconnected(self, reason_code: int = 0) -> None:
+        """The connection is gone. What was handed stays handed until the next connect."""
+        self.connected = False
+        if reason_code not in PROTOCOL_ERROR_REASONS or not self._handed:
+            return
+        if len(self._handed) > 1:
+            # Strike one: whose fault is unclear; the oldest goes alone next time.
+            self.isolating = True
+            self._limits_changed()
+            return
+        (send,) = self._handed.values()
+        self.isolating = False
+        self._convict(send, reason_code)
+        self._limits_changed()
+
+    def _convict(self, send: Send, reason_code: int) -> None:
+        """Strike two: the connection was dropped with `send` alone in flight."""
+        size = len(send.payload)
+        self.refusals[Refusal.DROPPED_CONNECTION] += 1
+        if size - 1 >= MIN_LEARNED_PAYLOAD_BYTES:
+            learned = size - 1
+            if self.learned_max_payload_bytes is None or learned < self.learned_max_payload_bytes:
+                self.learned_max_payload_bytes = learned
+            log.warning(
+                "the broker dropped the connection (reason 0x%02X) over a %d-byte message to "
+                "%s alone: payloads over %d bytes are split or refused from now on",
+                reason_code, size, send.topic, self.learned_max_payload_bytes)
+            send.row.parts = None   # measured again against the learned limit when resent
+            return
+        self._park(send.row, ParkKind.POISON,
+                   f"the broker dropped the connection (reason 0x{reason_code:02X}) with only "
+                   f"this {size}-byte message in flight, twice")
+
+    def _requeue_handed(self) -> None:
+        rows = {id(s.row): s.row for s in self._handed.values() if not s.row.settled}
+        self._handed.clear()
+        if self._queue and self._queue[0].next_part > 0:
+            half_sent = self._queue.popleft()   # a split row, some of its parts handed
+            rows[id(half_sent)] = half_sent
+        for row in rows.values():
+            row.parts = None
+            row.next_part = row.acked_parts = 0
+        requeued = sorted(rows.values(), key=lambda r: r.message.id)
+        # Requeued rows are older than the queued ones; keep id order where it is cheap.
+        self._queue.extendleft(reversed(requeued))
+
+    def _unprepare_queued(self) -> None:
+        for row in self._queue:
+            if row.next_part == 0:
+                row.parts = None
+
+    # ---- rows in ---------------------------------------------------------------------
+
+    def rows_wanted(self) -> int:
+        """How many rows to read past `cursor` now (0: none)."""
+        if not self.connected or self.holding or self._exhausted:
+            return 0
+        room = self.read_ahead_rows - len(self._queue)
+        if room <= 0 or sum(len(r.message.payload) for r in self._queue) >= READ_AHEAD_BYTES:
+            return 0
+        return min(room, READ_CHUNK_ROWS)
+
+    def add_rows(self, messages: Sequence[OutboxMessage], asked: int) -> None:
+        """Rows read with id > cursor, in id order; fewer than `asked` means no more for now."""
+        rows, queue = self._rows, self._queue
+        for message in messages:
+            if message.id not in rows:
+                row = _Row(message)
+                rows[message.id] = row
+                queue.append(row)
+        if messages:
+            self.cursor = max(self.cursor, messages[-1].id)
+        if len(messages) < asked:
+            self._exhausted = True
+
+    def rows_committed(self) -> None:
+        """New rows may be in the outbox (a kick, or a periodic look)."""
+        self._exhausted = False
+
+    # ---- parked rows -----------------------------------------------------------------
+
+    def parked_to_retry(self, parked: Iterable[ParkedRow]) -> list[int]:
+        """Ids of parked rows worth another try now (call when `parked_retry_due`)."""
+        self.parked_retry_due = False
+        retry = []
+        for p in parked:
+            if p.kind is ParkKind.REFUSED:
+                retry.append(p.message.id)
+            elif p.kind is ParkKind.TOO_LARGE:
+                if self._parts_for(p.message) is not None:
+                    retry.append(p.message.id)
+            elif p.kind is ParkKind.POISON and self._fresh_start:
+                retry.append(p.message.id)
+        self._fresh_start = False
+        return retry
+
+    def rows_unparked(self, ids: Sequence[int]) -> None:
+        """The adapter put these parked rows back into the outbox, with their ids."""
+        if ids:
+            self.unparked += len(ids)
+            self.cursor = min(self.cursor, min(ids) - 1)
+            self._exhausted = False
+
+    # ---- sending ---------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._handed)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing handed to the client awaits its PUBACK."""
+        return not self._handed
+
+    def take_sends(self, now_ms: int) -> list[Send]:
+        """What to hand to the client now, in order. Rows that expired or can never fit are
+        settled on the way (see `take_settled`)."""
+        if not self.connected or self.holding:
+            return []
+        room = self._window_now - len(self._handed)
+        sends: list[Send] = []
+        queue = self._queue
+        while room > 0 and queue:
+            row = queue[0]
+            parts = row.parts
+            if parts is None:
+                queue.popleft()   # out of the queue while settled rows leave it
+                parts = self._prepare(row, now_ms)
+                if parts is None:
+                    continue
+                queue.appendleft(row)
+            part = row.next_part
+            row.next_part = part + 1
+            if row.next_part == len(parts):
+                queue.popleft()
+            m = row.message
+            sends.append(Send(row, part, m.topic, parts[part], m.qos, m.retain, row.expiry_s))
+            room -= 1
+        return sends
+
+    def handed(self, send: Send, token: object) -> None:
+        """The client took `send`; its PUBACK will carry `token`."""
+        self._handed[token] = send
+
+    def not_handed(self, sends: Sequence[Send]) -> None:
+        """The client refused these (in order): they go back to the front of the queue."""
+        rows: dict[int, _Row] = {}
+        for send in sends:
+            rows.setdefault(id(send.row), send.row)
+            send.row.next_part = min(send.row.next_part, send.part)
+        queue = self._queue
+        if queue and id(queue[0]) in rows:
+            queue.popleft()
+        queue.extendleft(reversed(list(rows.values())))
+
+    def client_refused(self, send: Send, reason: str) -> None:
+        """The client would not take `send` at all (e.g. a topic it rejects): parked."""
+        self.refusals[Refusal.CLIENT_REFUSED] += 1
+        self._park(send.row, ParkKind.REFUSED, reason)
+
+    def _prepare(self, row: _Row, now_ms: int) -> list[bytes] | None:
+        message = row.message
+        remaining = None if message.expiry_s is None else message.remaining_expiry_s(now_ms)
+        if remaining == 0:
+            row.settled = True
+            self._rows.pop(message.id, None)
+            self._settled.delete_ids.append(message.id)
+            self.expired += 1
+            return None
+        parts = self._parts_for(message)
+        if parts is None:
+            limit = self.max_payload_for(message.topic, message.expiry_s is not None)
+            self.refusals[Refusal.OVER_SIZE_LIMIT] += 1
+            self._park(row, ParkKind.TOO_LARGE,
+                       f"payload {len(message.payload)} bytes over the size limit {limit} "
+                       f"({self._describe_limit()}) and not splittable to fit")
+            return None
+        if len(parts) > 1:
+            self.split_rows += 1
+        row.parts, row.expiry_s, row.next_part, row.acked_parts = parts, remaining, 0, 0
+        return parts
+
+    def _parts_for(self, message: OutboxMessage) -> list[bytes] | None:
+        """[payload] if it fits, the parts it splits into, or None if it can never fit."""
+        if self._no_limits:
+            return [message.payload]
+        limit = self.max_payload_for(message.topic, message.expiry_s is not None)
+        splitter = self._splitters.get(message.topic.rsplit("/", 1)[-1])
+        if splitter is not None and self.learned_max_payload_bytes is not None:
+            # A learned limit only bounds the broker's from above: split to what it is known
+            # to take (the largest payload acknowledged), or a quarter of the learned limit if
+            # that is more, so the parts do not teach it again one step lower.
+            learned = self.learned_max_payload_bytes
+            target = min(learned, max(self.largest_acked_payload_bytes, learned // 4))
+            limit = min(target, limit or LEARNED_LIMIT_CAP)
+        if limit is None or len(message.payload) <= limit:
+            return [message.payload]
+        if splitter is None or limit < 1:
+            return None
+        parts = splitter(message.payload, limit)
+        if not parts or any(len(p) > limit for p in parts):
+            return None
+        return parts
+
+    def _describe_limit(self) -> str:
+        named = (("configured max_payload_bytes", self.max_payload_bytes),
+                 ("the broker's Maximum Packet Size", self.broker_max_packet_bytes),
+                 ("learned from dropped connections", self.learned_max_payload_bytes))
+        return ", ".join(f"{name} {value}" for name, value in named if value is not None)
+
+    # ---- acknowledgements ------------------------------------------------------------
+
+    def on_puback(self, token: object, reason_code: int = 0, reason: str = "") -> None:
+        """A PUBACK (or, for QoS 0, the client's word that it was written), in any order."""
+        send = self._handed.pop(token, None)
+        if send is None:
+            return   # not ours (state messages), or sent before the last reconnect
+        row = send.row
+        if row.settled:
+            return
+        if reason_code >= PUBACK_FAILURE_MIN:
+            self.refusals[Refusal.PUBACK_FAILURE] += 1
+            self._park(row, ParkKind.REFUSED, f"PUBACK 0x{reason_code:02X} {reason}".rstrip())
+            return
+        if self.isolating:
+            self.isolating = False
+            self._limits_changed()
+        self.parts_published += 1
+        if len(send.payload) > self.largest_acked_payload_bytes:
+            self.largest_acked_payload_bytes = len(send.payload)
+        row.acked_parts += 1
+        parts = row.parts
+        if parts is not None and row.acked_parts == len(parts):
+            row.settled = True
+            del self._rows[row.message.id]
+            self._settled.delete_ids.append(row.message.id)
+            self.published += 1
+
+    def _park(self, row: _Row, kind: ParkKind, reason: str) -> None:
+        row.settled = True
+        self._rows.pop(row.message.id, None)
+        for token in [t for t, s in self._handed.items() if s.row is row]:
+            del self._handed[token]
+        if row in self._queue:
+            self._queue.remove(row)
+        self._settled.parks.append(Park(row.message.id, kind, reason))
+        self.parked += 1
+
+    # ---- settled rows out ------------------------------------------------------------
+
+    def take_settled(self) -> Settled:
+        """Rows to delete and to park in the outbox, in one transaction. If writing fails,
+        give them back with `settle_failed`."""
+        settled, self._settled = self._settled, Settled()
+        return settled
+
+    def settle_failed(self, settled: Settled) -> None:
+        self._settled.delete_ids[:0] = settled.delete_ids
+        self._settled.parks[:0] = settled.parks
+
+    @property
+    def settled_waiting(self) -> bool:
+        return bool(self._settled)
+
+    def reading_due(self) -> bool:
+        """Whether to read more rows now: the read-ahead queue is half empty, and the outbox
+        may hold more."""
+        return (self.connected and not self.holding and not self._exhausted
+                and len(self._queue) <= self.read_ahead_rows // 2)
+
+    def io_due(self) -> bool:
+        """Whether the adapter has outbox writes to make now: a batch of settled rows, rows to
+        park, or parked rows due a retry. Smaller settled batches wait for a timer."""
+        return (
+            len(self._settled.delete_ids) >= SETTLE_BATCH_ROWS
+            or bool(self._settled.parks)
+            or self.parked_retry_due
+        )
+
+    def forget_rows(self) -> None:
+        """Start over from the outbox alone (a publisher restart): everything read, queued
+        and in flight is forgotten; counters and learned limits are kept."""
+        self._rows.clear()
+        self._queue.clear()
+        self._handed.clear()
+        self._settled = Settled()
+        self.cursor = 0
+        self._exhausted = False
+        self.connected = self.holding = self.isolating = False
+        self.parked_retry_due = False
+        self._fresh_start = True
+        self._limits_changed()
