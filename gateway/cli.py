@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermtwin", description="dermtwin gateway: skin-patch BLE → digital twin → MQTT")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="log only warnings and errors (default: also state changes)")
+    parser.add_argument("--log-json", action="store_true",
+                        help="log one JSON object per line (ts, level, logger, msg, exc)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="virtual patches → gateway → MQTT, with a live view")
@@ -267,6 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.inference import default_models_dir
     from gateway.mqtt.config import MqttConfig
     from gateway.service import Gateway, GatewayConfig
+    from gateway.store import DatabaseCorrupt
 
     mqtt = MqttConfig.from_url(
         args.broker, username=args.username, password_env=args.password_env,
@@ -281,19 +286,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.hci:
             from gateway.ble.bumble_backend import BumbleAdapter
             adapter = await BumbleAdapter.open(args.hci)
-        gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
-                                        max_connections=args.max_connections,
-                                        retention_days=args.retention_days,
-                                        publish_samples=not args.no_raw_samples),
-                          BleRadio(adapter))
+        config = GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
+                               max_connections=args.max_connections,
+                               retention_days=args.retention_days,
+                               publish_samples=not args.no_raw_samples)
+
+        def new_gateway(damaged: str | None = None) -> Gateway:
+            return Gateway(config, BleRadio(adapter), damaged=damaged)
+
+        gateway = new_gateway()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        try:
-            await gateway.run(stop)
-        finally:
-            gateway.close()
+        while True:
+            try:
+                await gateway.run(stop)
+                return
+            except DatabaseCorrupt as e:   # the next Gateway moves the file aside
+                logging.getLogger("gateway").error(
+                    "%s; moving it aside and starting a fresh database", e)
+                damaged = str(e)
+            finally:
+                gateway.close()
+            gateway = new_gateway(damaged)
 
     asyncio.run(main())
     return 0
@@ -305,9 +321,10 @@ COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.log_setup import configure
+
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(args.verbose, args.quiet, args.log_json, state_changes=args.command == "run")
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -77,3 +77,45 @@ HYDRATION = ModelContract(
 CONTRACTS: Mapping[str, ModelContract] = MappingProxyType(
     {c.name: c for c in (TEMP_ANOMALY, UV_DOSE, HYDRATION)}
 )
+
+
+class ModelUnavailable(RuntimeError):
+    """A model could not give an answer this time (it raised, or returned non-finite values).
+    The twin engine marks that model's properties bad and carries on; the caller that raised
+    it has already raised the alarm."""
+
+    def __init__(self, model: str, detail: str):
+        super().__init__(f"model {model}: {detail}")
+        self.model = model
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """Known inputs (rows of a batch) and the range each output must fall in, from the
+    model's card: a model file is swapped in only if it passes (gateway/model_set.py)."""
+
+    inputs: Mapping[str, tuple[tuple[float, ...], ...]]
+    output_ranges: Mapping[str, tuple[float, float]]
+
+
+_WINDOW = TEMP_WINDOW_SAMPLES
+SELF_TESTS: Mapping[str, SelfTest] = MappingProxyType({
+    # models_onnx/cards/temp_anomaly.md: delta = recent mean − baseline; score = delta / 0.6
+    "temp_anomaly": SelfTest(
+        inputs={"temp_window_c": ((33.0,) * _WINDOW, (36.0,) * _WINDOW, (30.0,) * _WINDOW),
+                "baseline_c": ((33.0,), (33.0,), (33.5,))},
+        output_ranges={"delta_c": (-15.0, 15.0), "anomaly_score": (-25.0, 25.0),
+                       "inflammation": (0.0, 1.0)}),
+    # models_onnx/cards/uv_dose.md: minutes_to_med is capped at 1440
+    "uv_dose": SelfTest(
+        inputs={"uvi": ((0.0,), (4.0,), (11.0,)), "dt_s": ((60.0,), (3600.0,), (600.0,)),
+                "dose_sed_in": ((0.0,), (0.0,), (2.5,)), "med_sed": ((3.0,), (3.0,), (2.0,))},
+        output_ranges={"dose_sed": (0.0, 100.0), "med_fraction": (0.0, 50.0),
+                       "minutes_to_med": (0.0, 1440.0)}),
+    # models_onnx/cards/hydration.md: 0..120 AU, state 0, 1 or 2
+    "hydration": SelfTest(
+        inputs={"capacitance_pf": ((11.5,), (16.0,), (5.0,)),
+                "skin_temp_c": ((32.0,), (32.0,), (25.0,))},
+        output_ranges={"corneometer_au": (0.0, 120.0), "state": (0.0, 2.0)}),
+})

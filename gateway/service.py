@@ -10,22 +10,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from gateway import store as store_mod
+from gateway.alarms import AlarmChange, Alarms
 from gateway.ble.radio import BleRadio
 from gateway.clock import now_ms
-from gateway.inference import load_models
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
+from gateway.model_set import ModelSet
 from gateway.mqtt.config import MqttConfig
-from gateway.mqtt.publisher import MqttPublisher
+from gateway.mqtt.publisher import DEFAULT_RECONNECT_MAX_DELAY_S, MqttPublisher
 from gateway.outbox import Outbox
 from gateway.patch_link import Outcome, PatchLink
 from gateway.remote_requests import RemoteRequests
+from gateway.store_recovery import open_checked
+from gateway.supervisor import SupervisorPolicy, Unrecoverable, supervise
 from gateway.twin import CHANNEL_SCALE, TwinEngine
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,11 @@ SLOT_SHARE_AFTER_S = 30.0
 # scan; still nothing after as long again → reset the adapter. It never exits.
 WATCHDOG_SILENCE_S = 60.0
 PRUNE_EVERY_S = 3600.0
+PRUNE_RETRY_S = 60.0               # after a failed pass (disk full, busy): try again sooner
+MODEL_POLL_S = 2.0                 # how often model files are checked for a hot swap
+HEALTH_EVERY_S = 10.0              # outbox depth, parked rows, free disk: refreshed this often
+BROKER_WATCH_S = 0.5
+BROKER_STILL_DOWN_LOG_S = 60.0     # while the broker stays unreachable, one line this often
 MANAGER_POLL_S = 0.5
 META_EXPIRY_S = 30 * 24 * 3600
 MODELS_USED = ("temp_anomaly", "uv_dose", "hydration")
@@ -86,18 +95,29 @@ class LinkSlot:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, radio: BleRadio):
+    """`damaged`: SQLite reported the database damaged while the previous Gateway on it ran;
+    this one moves it aside and starts fresh (gateway/store_recovery.py)."""
+
+    def __init__(self, config: GatewayConfig, radio: BleRadio, *, damaged: str | None = None):
         self.config = config
         self.radio = radio
-        self.store = store_mod.Store(store_mod.connect(config.db_path))
+        self.alarms = Alarms()
+        self.alarms.listen(self._on_alarm_change)
+        self._health: dict[str, Any] = {}
+        conn, recovery = open_checked(config.db_path, damaged)
+        self.store = store_mod.Store(conn)
+        if recovery is not None:   # stays up for this process's life: the old file needs a look
+            self.alarms.raise_("database", recovery.describe(), now_ms())
         self.outbox = Outbox(self.store.conn)
-        # Refuse a bad model at start, naming the file and field (inference.ModelError).
-        self.models = load_models(config.models_dir, names=MODELS_USED)
+        # Refuse a bad model at start, naming the file and field (inference.ModelError);
+        # later, a changed model file is swapped in only if it passes the same checks.
+        self.models = ModelSet(config.models_dir, MODELS_USED, self.alarms,
+                               on_swap=lambda _name, _model: self._queue_meta())
         self.sess = self.store.next_gateway_session()
         self.devices = {d.device_id: d for d in self.store.devices()}
         self.engine = TwinEngine(
             self.sess, {d.device_id: d.subject for d in self.devices.values()},
-            lambda name, inputs: self.models[name].run(inputs), self.store.load_twins(),
+            self.models.run, self.store.load_twins(),
             med_sed_of={d.subject: MED_SED_BY_FITZPATRICK[d.skin_type]
                         for d in self.devices.values()})
         self.remote = RemoteRequests(self)   # {subject}/desired and cmd
@@ -109,8 +129,8 @@ class Gateway:
             subscriptions=(f"{config.mqtt.topic_root}/+/desired", config.mqtt.topic("cmd")),
             on_message=self.remote.on_mqtt_message)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
-                             self.publisher.kick, self.publisher.republish_state,
-                             publish_samples=config.publish_samples)
+                             self.publisher.kick, publish_samples=config.publish_samples,
+                             alarms=self.alarms)
         self.slots = {
             did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
                                     self.store, self.remote.on_config))
@@ -123,16 +143,41 @@ class Gateway:
         self.watchdog_escalations = 0
 
     def _state_payload(self, online: bool) -> bytes:
+        """The retained `state`; built on paho's thread too, so it reads only snapshots."""
         state: dict[str, Any] = {"online": online, "sess": self.sess, "ts": now_ms()}
-        ingest = getattr(self, "ingest", None)
-        if online and ingest is not None and ingest.stats.store_alarm:
-            # Published directly, not through the outbox it concerns (docs/mqtt.md).
-            state["alarm"] = {"kind": "store", "detail": ingest.stats.last_error}
+        if online:
+            # Published directly, not through the outbox the alarm may concern (docs/mqtt.md).
+            alarms = self.alarms.payload()
+            state["alarms"] = alarms
+            if alarms:
+                state["alarm"] = alarms[0]   # the oldest; the field subscribers read before
+            state.update(self._health)
         return encode(state)
 
+    def _on_alarm_change(self, change: AlarmChange) -> None:
+        if change.raised and not change.updated:
+            log.error("alarm raised: %s", change.alarm.describe())
+        elif not change.raised:
+            log.warning("alarm cleared: %s", change.alarm.describe())
+        publisher = getattr(self, "publisher", None)
+        if publisher is not None:
+            publisher.republish_state()
+
+    def _refresh_health(self) -> bool:
+        """Outbox depth, parked rows and free disk for `state`; True if they changed."""
+        try:
+            free = shutil.disk_usage(self.config.db_path.parent).free
+        except OSError:
+            free = None
+        health = {"outbox": {"depth": self.outbox.count(),
+                             "parked": self.outbox.parked_count()},
+                  "disk_free_bytes": free}
+        changed, self._health = health != self._health, health
+        return changed
+
     # -- birth -----------------------------------------------------------------------
-    def _birth_messages(self) -> None:
-        """Retained meta per subject and a snapshot per known twin, queued before connecting."""
+    def _queue_meta(self) -> None:
+        """Retained meta per subject (model versions included): at start and on a swap."""
         models = {name: {"version": m.version} for name, m in self.models.items()}
         with self.store.transaction():
             for dev in self.devices.values():
@@ -141,6 +186,14 @@ class Gateway:
                         "device": {"name": advertised_name(dev.device_id)}}
                 self.outbox.put(self.config.mqtt.topic(dev.subject, "meta"), encode(meta),
                                 retain=True, expiry_s=META_EXPIRY_S)
+        publisher = getattr(self, "publisher", None)
+        if publisher is not None:
+            publisher.kick()
+
+    def _birth_messages(self) -> None:
+        """Retained meta per subject and a snapshot per known twin, queued before connecting."""
+        self._queue_meta()
+        with self.store.transaction():
             self.ingest.publish_updates(
                 [self.engine.snapshot(subject, now_ms()) for subject, twin
                  in self.engine.twins.items() if twin.state])
@@ -191,8 +244,13 @@ class Gateway:
                 if slot.task is not None and slot.task.done() and not slot.task.cancelled():
                     error = slot.task.exception()
                     if error is not None:   # a bug, not a BLE condition: say so, keep going
-                        log.error("%s: connection task failed: %r", device_id, error)
+                        if self.alarms.raise_("link", f"{type(error).__name__}: {error}",
+                                              now_ms(), device_id):
+                            log.error("%s: connection task failed; retrying in %.0f s",
+                                      device_id, RETRY_STORE_FAILED_S, exc_info=error)
                         slot.next_attempt_s = now + RETRY_STORE_FAILED_S
+                    elif slot.link.session is not None and slot.link.session.stats.frames_ok:
+                        self.alarms.clear("link", device_id)   # a session worked again
                     slot.task = None
                 if not busy and slot.sighting is not None and now >= slot.next_attempt_s:
                     slot.task = asyncio.create_task(self._serve(device_id, slot))
@@ -248,28 +306,98 @@ class Gateway:
                 await scanner.start()
 
     async def _prune(self) -> None:
+        """Retention; a failed pass (disk full: a DELETE needs journal space too) raises the
+        `retention` alarm and is tried again sooner, never ends the task."""
         while True:
             cutoff = now_ms() - int(self.config.retention_days * 86_400_000)
-            removed = self.store.prune_samples(cutoff)
+            try:
+                removed = self.store.prune_samples(cutoff)
+            except store_mod.DatabaseCorrupt:
+                raise
+            except store_mod.StoreError as e:
+                self.alarms.raise_("retention", str(e), now_ms())
+                await asyncio.sleep(PRUNE_RETRY_S)
+                continue
+            self.alarms.clear("retention")
             if removed:
                 log.info("retention: removed %d samples older than %.0f days", removed,
                          self.config.retention_days)
             await asyncio.sleep(PRUNE_EVERY_S)
 
-    # -- run ---------------------------------------------------------------------------
+    async def _watch_models(self) -> None:
+        while True:
+            await asyncio.sleep(MODEL_POLL_S)
+            self.models.check_for_changes()
+
+    async def _report_health(self) -> None:
+        while True:
+            if self._refresh_health():
+                self.publisher.republish_state()
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    async def _watch_broker(self) -> None:
+        """One log line per broker state change (and one a minute while it stays down)."""
+        url = self.config.mqtt.url
+        was_up: bool | None = None
+        down_since = last_said = time.monotonic()
+        while True:
+            up, now = self.publisher.connected, time.monotonic()
+            if up and was_up is None:
+                log.info("broker %s: connected", url)
+            elif up and was_up is False:
+                log.warning("broker %s: connected again after %.0f s; delivering the %d "
+                            "waiting messages", url, now - down_since, self.publisher.pending)
+            elif not up and (was_up or (was_up is None and now - down_since >= 3.0)):
+                if was_up:
+                    down_since = now
+                last_said = now
+                log.warning("broker %s: %s (%s); retrying with backoff, at most %.0f s apart; "
+                            "messages wait in the outbox", url,
+                            "connection lost" if was_up else "not reachable",
+                            self.publisher.last_error or "no answer",
+                            DEFAULT_RECONNECT_MAX_DELAY_S)
+                was_up = False
+            elif not up and was_up is False and now - last_said >= BROKER_STILL_DOWN_LOG_S:
+                last_said = now
+                log.warning("broker %s: still unreachable after %.0f s, retrying (%s); %d "
+                            "messages waiting", url, now - down_since, self.publisher.last_error,
+                            self.publisher.pending)
+            if up:
+                was_up = True
+            await asyncio.sleep(BROKER_WATCH_S)
+
+    def _supervised(self, name: str, run, policy: SupervisorPolicy | None = None
+                    ) -> asyncio.Task:
+        return asyncio.create_task(
+            supervise(name, run, self.alarms, policy, fatal=(store_mod.DatabaseCorrupt,)),
+            name=name)
+
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set. A task that cannot recover (or a damaged database:
+        store.DatabaseCorrupt) ends the run by raising it, after the same orderly shutdown."""
         self.remote.loop = asyncio.get_running_loop()
+        self._refresh_health()
         self._birth_messages()
         await self.publisher.start()
         scanner = self.radio.scanner(self._on_advertisement)
         await scanner.start()
-        tasks = [asyncio.create_task(self.ingest.run()),
-                 asyncio.create_task(self._manage_connections()),
-                 asyncio.create_task(self._watchdog(scanner)),
-                 asyncio.create_task(self._prune())]
+        tasks = [self._supervised("ingest", self.ingest.run, SupervisorPolicy(healthy_after_s=5)),
+                 self._supervised("connections", self._manage_connections),
+                 self._supervised("watchdog", lambda: self._watchdog(scanner)),
+                 self._supervised("retention", self._prune),
+                 self._supervised("models", self._watch_models),
+                 self._supervised("health", self._report_health),
+                 self._supervised("broker", self._watch_broker)]
+        stopped = asyncio.create_task(stop.wait())
+        fatal: BaseException | None = None
         try:
-            await stop.wait()
+            await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    fatal = task.exception()
+                    break
         finally:
+            stopped.cancel()
             await scanner.stop()
             for task in tasks:
                 task.cancel()
@@ -277,9 +405,17 @@ class Gateway:
             for task in link_tasks:
                 task.cancel()
             await asyncio.gather(*tasks, *link_tasks, return_exceptions=True)
-            self.ingest.cycle(now_ms())   # commit what arrived; patches replay the rest
+            if not isinstance(fatal, store_mod.DatabaseCorrupt):
+                try:   # commit what arrived; patches replay the rest
+                    self.ingest.cycle(now_ms())
+                except store_mod.StoreError as e:
+                    log.error("final commit failed (%s); the patches replay those samples", e)
             self.remote.loop = None   # inbound from here on: retained, seen next start
             await self.publisher.stop()
+        if fatal is not None:
+            if isinstance(fatal, store_mod.DatabaseCorrupt | Unrecoverable):
+                raise fatal
+            raise Unrecoverable(f"{type(fatal).__name__}: {fatal}") from fatal
 
     def close(self) -> None:
         self.store.conn.close()

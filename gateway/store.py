@@ -11,6 +11,7 @@ in one transaction.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -94,6 +95,30 @@ class DiskFullError(StoreError):
     """SQLite could not write (disk or quota full): stop acknowledging, keep what is stored."""
 
 
+class DatabaseCorrupt(StoreError):
+    """SQLite found the database file damaged (SQLITE_CORRUPT / SQLITE_NOTADB): the file must
+    be moved aside and a fresh one started (gateway/store_recovery.py)."""
+
+
+def is_corruption(error: BaseException) -> bool:
+    """True for SQLite's "the file is damaged" errors, not for busy, full or misuse."""
+    if not isinstance(error, sqlite3.DatabaseError) or isinstance(
+            error, sqlite3.OperationalError | sqlite3.IntegrityError | sqlite3.ProgrammingError):
+        return False
+    name = getattr(error, "sqlite_errorname", "") or ""
+    text = str(error).lower()
+    return (name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+            or "malformed" in text or "not a database" in text)
+
+
+REGISTRY_COPY_SUFFIX = ".registry.json"
+
+
+def registry_copy_path(db_path: str | Path) -> Path:
+    """The registry's own file beside the database: what a fresh database recovers from."""
+    return Path(str(db_path) + REGISTRY_COPY_SUFFIX)
+
+
 @dataclass(frozen=True)
 class RegisteredDevice:
     device_id: str
@@ -169,6 +194,40 @@ def connect(path: str | Path) -> sqlite3.Connection:
 class Store:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        self._registry_dirty = False
+        row = conn.execute("PRAGMA database_list").fetchone()
+        self.path: Path | None = Path(row[2]) if row is not None and row[2] else None
+
+    # -- registry copy (kept in its own file so a corrupt database loses no pairing) ------
+    def write_registry_copy(self) -> None:
+        """Write the registry to `registry_copy_path` atomically, readable by the owner only
+        (it holds the device keys, as the database does)."""
+        if self.path is None:
+            return
+        rows = self.conn.execute(
+            "SELECT device_id, key, subject, skin_type, address, config_json, paired_at_ms"
+            " FROM devices ORDER BY device_id").fetchall()
+        payload = {"schema": 1, "devices": [
+            {"device_id": r[0], "key": bytes(r[1]).hex(), "subject": r[2], "skin_type": r[3],
+             "address": r[4], "config": json.loads(r[5]), "paired_at_ms": r[6]} for r in rows]}
+        target = registry_copy_path(self.path)
+        tmp = target.with_name(target.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        self._registry_dirty = False
+
+    def _registry_changed(self) -> None:
+        self._registry_dirty = True
+        if not self.conn.in_transaction:
+            self.write_registry_copy()
+
+    def _after_commit(self) -> None:
+        if self._registry_dirty:
+            self.write_registry_copy()
 
     # -- registry --------------------------------------------------------------
     def register(self, device: RegisteredDevice, paired_at_ms: int) -> None:
@@ -181,10 +240,14 @@ class Store:
             (device.device_id, device.key, device.subject, device.skin_type, device.address,
              json.dumps(device.config, sort_keys=True), paired_at_ms),
         )
+        self._registry_changed()
 
     def unregister(self, device_id: str) -> bool:
         self.conn.execute("DELETE FROM desired_config WHERE device_id=?", (device_id,))
-        return self.conn.execute("DELETE FROM devices WHERE device_id=?", (device_id,)).rowcount > 0
+        removed = self.conn.execute(
+            "DELETE FROM devices WHERE device_id=?", (device_id,)).rowcount > 0
+        self._registry_changed()
+        return removed
 
     def devices(self) -> list[RegisteredDevice]:
         rows = self.conn.execute(
@@ -335,12 +398,13 @@ class Store:
 
     # -- transactions ----------------------------------------------------------
     def transaction(self) -> _Transaction:
-        return _Transaction(self.conn)
+        return _Transaction(self.conn, self._after_commit)
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, after_commit=None):
         self.conn = conn
+        self.after_commit = after_commit
 
     def __enter__(self) -> sqlite3.Connection:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -350,19 +414,23 @@ class _Transaction:
         if exc_type is None:
             try:
                 self.conn.execute("COMMIT")
-                return
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:
                 self._rollback()
                 raise _classify(e) from e
+            if self.after_commit is not None:
+                self.after_commit()
+            return
         self._rollback()
-        if isinstance(exc, sqlite3.OperationalError):
+        if isinstance(exc, sqlite3.OperationalError) or is_corruption(exc):
             raise _classify(exc) from exc
-
 
     def _rollback(self) -> None:
         # SQLite has already rolled back by itself after some errors (SQLITE_FULL).
         if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass   # the error being raised says what went wrong; a damaged file may refuse
 
 
 def _cfg_json(cfg: Mapping[ConfigKey, int]) -> str:
@@ -373,7 +441,9 @@ def _cfg_of(text: str) -> dict[int, int]:
     return {int(k): int(v) for k, v in json.loads(text).items()}
 
 
-def _classify(e: sqlite3.OperationalError) -> StoreError:
+def _classify(e: sqlite3.DatabaseError) -> StoreError:
+    if is_corruption(e):
+        return DatabaseCorrupt(f"database damaged: {e}")
     text = str(e).lower()
     if "full" in text or "disk i/o" in text:
         return DiskFullError(f"database write failed: {e}")

@@ -46,12 +46,12 @@ def store(tmp_path):
 def ingest(store):
     models = load_models(default_models_dir())
     engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
-    kicks, alarms = [], []
+    kicks, alarm_changes = [], []
     topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
     pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: kicks.append(1),
-                      lambda: alarms.append(pipeline.stats.store_alarm))
+                      lambda: alarm_changes.append(pipeline.stats.store_alarm))
     pipeline.kicks = kicks
-    pipeline.alarms = alarms
+    pipeline.alarm_changes = alarm_changes
     return pipeline
 
 
@@ -174,7 +174,7 @@ def test_disk_full_acknowledges_nothing_and_keeps_what_was_stored(store, ingest)
     ingest.submit(link, batch("a" * 16, range(5, 10)))
     ingest.cycle(now_ms=3)
     assert link.committed == [4, 9] and not ingest.stats.store_alarm
-    assert ingest.alarms == [True, False]    # raised once, cleared once
+    assert ingest.alarm_changes == [True, False]    # raised once, cleared once
 
 
 def test_transaction_classifies_disk_full(store):
