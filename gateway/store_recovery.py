@@ -72,7 +72,10 @@ def check_is_database(path: Path) -> None:
 def quick_check(conn: sqlite3.Connection) -> str | None:
     """SQLite's quick_check: None when sound, else its first finding."""
     rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
-    return None if rows == ["ok"] else "; ".join(rows)
+    if rows == ["ok"]:
+        return None
+    finding = " ".join(" ".join(rows).split())   # one line, for the log and the alarm
+    return finding if len(finding) <= 160 else finding[:157] + "..."
 
 
 def open_checked(path: Path, damaged: str | None = None

@@ -212,3 +212,87 @@ def test_desired_config_round_trip_survives_reopening(store, tmp_path):
         reopened.unregister(device)
     assert reopened.desired(device) is None
     reopened.conn.close()
+
+
+def test_disk_full_alarm_stays_through_cycles_with_nothing_to_write(store, ingest):
+    link = FakeLink()
+    ingest.submit(link, batch("a" * 16, range(0, 5)))
+    ingest.cycle(now_ms=1)
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count={pages}")
+    ingest.submit(link, batch("a" * 16, range(5, 5000)))
+    ingest.cycle(now_ms=2)
+    assert ingest.alarms.is_up("store")
+    for now in range(3, 20):   # idle cycles commit nothing: they prove nothing about the disk
+        ingest.cycle(now_ms=now)
+    assert ingest.stats.store_alarm and ingest.alarms.is_up("store")
+    assert ingest.alarm_changes == [True], "no flapping"
+    store.conn.execute("PRAGMA max_page_count=1073741823")
+    ingest.submit(link, batch("a" * 16, range(5, 10)))
+    ingest.cycle(now_ms=30)
+    assert not ingest.alarms.is_up("store") and ingest.alarm_changes == [True, False]
+
+
+def test_a_cycle_failing_for_another_reason_fails_its_sessions_and_propagates(store, ingest):
+    link = FakeLink()
+
+    def broken_step(now_ms):
+        raise ZeroDivisionError("a bug in the twin engine")
+
+    ingest.engine.step = broken_step
+    ingest.submit(link, batch("a" * 16, range(0, 5)))
+    with pytest.raises(ZeroDivisionError):
+        ingest.cycle(now_ms=1)
+    assert link.committed == [] and len(link.failed) == 1
+    assert "ZeroDivisionError" in link.failed[0]
+    assert store.sample_seqs("a" * 16) == [], "rolled back: nothing acknowledged or kept"
+
+
+@pytest.mark.parametrize("failure", ["raises", "nan"])
+def test_failing_model_never_stops_storage_and_marks_its_properties_bad(store, failure):
+    import numpy as np
+
+    from gateway.alarms import Alarms
+    from gateway.model_set import ModelSet
+
+    alarms = Alarms()
+    models = ModelSet(default_models_dir(), ("temp_anomaly", "uv_dose", "hydration"), alarms)
+    engine = TwinEngine(1, {"a" * 16: "s-a"}, models.run)
+    topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
+    pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: None, alarms=alarms)
+    link = FakeLink()
+    pipeline.submit(link, batch("a" * 16, range(0, 5)))
+    pipeline.cycle(now_ms=1)
+    assert engine.twins["s-a"].state["temp_delta_c"]["q"] in ("good", "uncertain")
+
+    real = models.models["temp_anomaly"]
+
+    class Broken:
+        version = real.version
+
+        def run(self, inputs):
+            if failure == "raises":
+                raise RuntimeError("onnxruntime: bad allocation")
+            out = real.run(inputs)
+            out["delta_c"] = np.full_like(out["delta_c"], np.nan)
+            return out
+
+    models.models["temp_anomaly"] = Broken()
+    pipeline.submit(link, batch("a" * 16, range(5, 10), temp_c=34.0))
+    pipeline.cycle(now_ms=2)
+    assert link.committed == [4, 9], "samples still committed and acknowledged"
+    assert store.sample_seqs("a" * 16) == list(range(10))
+    alarm = alarms.get("model", "temp_anomaly")
+    assert alarm is not None and "temp_anomaly" in alarm.describe()
+    state = engine.twins["s-a"].state
+    assert state["temp_delta_c"]["q"] == "bad" and state["inflammation"]["q"] == "bad"
+    assert state["skin_temp_c"]["v"] == 34.0 and state["skin_temp_c"]["q"] == "good"
+    deltas = [json.loads(m.payload) for m in pipeline.outbox.pending(100)
+              if m.topic.endswith("/delta")]
+    assert deltas[-1]["set"]["temp_delta_c"]["q"] == "bad"
+
+    models.models["temp_anomaly"] = real   # the model answers again: the alarm clears
+    pipeline.submit(link, batch("a" * 16, range(10, 15), temp_c=34.5))
+    pipeline.cycle(now_ms=3)
+    assert not alarms.is_up("model", "temp_anomaly")
+    assert engine.twins["s-a"].state["temp_delta_c"]["q"] != "bad"
