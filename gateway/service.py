@@ -19,7 +19,7 @@ from typing import Any, cast
 from gateway import store as store_mod
 from gateway.alarms import AlarmChange, Alarms
 from gateway.ble.radio import BleRadio
-from gateway.clock import now_ms
+from gateway.clock import CLOCK, now_ms
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
 from gateway.model_set import ModelSet
@@ -52,6 +52,8 @@ PRUNE_RETRY_S = 60.0               # after a failed pass (disk full, busy): try 
 MODEL_POLL_S = 2.0                 # how often model files are checked for a hot swap
 HEALTH_EVERY_S = 10.0              # outbox depth, parked rows, free disk: refreshed this often
 BROKER_WATCH_S = 0.5
+CLOCK_CHECK_S = 1.0
+CLOCK_ALARM_HOLD_S = 600.0         # the `clock` alarm stays this long after the last step
 BROKER_STILL_DOWN_LOG_S = 60.0     # while the broker stays unreachable, one line this often
 MANAGER_POLL_S = 0.5
 META_EXPIRY_S = 30 * 24 * 3600
@@ -324,6 +326,25 @@ class Gateway:
                          self.config.retention_days)
             await asyncio.sleep(PRUNE_EVERY_S)
 
+    async def _watch_clock(self) -> None:
+        """Wall-clock steps (gateway/clock.py): alarm, and every connected patch re-anchors;
+        sample times taken against the old clock are flagged `time_uncertain`."""
+        last_step_s: float | None = None
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_S)
+            step = CLOCK.check()
+            if step is not None:
+                last_step_s = time.monotonic()
+                self.alarms.raise_(
+                    "clock", f"wall clock stepped {step.step_ms / 1000:+.1f} s; sample times "
+                    "stamped against the old clock are flagged time_uncertain; patches "
+                    "re-anchored", now_ms())
+                for slot in self.slots.values():
+                    slot.link.clock_stepped()
+            elif last_step_s is not None and time.monotonic() - last_step_s >= CLOCK_ALARM_HOLD_S:
+                last_step_s = None
+                self.alarms.clear("clock")
+
     async def _watch_models(self) -> None:
         while True:
             await asyncio.sleep(MODEL_POLL_S)
@@ -386,6 +407,7 @@ class Gateway:
                  self._supervised("watchdog", lambda: self._watchdog(scanner)),
                  self._supervised("retention", self._prune),
                  self._supervised("models", self._watch_models),
+                 self._supervised("clock", self._watch_clock),
                  self._supervised("health", self._report_health),
                  self._supervised("broker", self._watch_broker)]
         stopped = asyncio.create_task(stop.wait())

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS samples (
     channel    INTEGER NOT NULL,
     value      INTEGER NOT NULL,
     historical INTEGER NOT NULL DEFAULT 0,
+    time_uncertain INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gaps (
@@ -176,6 +177,9 @@ class SampleBatch:
     value: np.ndarray
     historical: bool = False
     gaps: tuple[LostSamples, ...] = ()
+    # utc_ms came from a clock anchor taken before a gateway wall-clock step (gateway/clock.py):
+    # off by up to that step, one way or the other
+    time_uncertain: bool = False
 
     def __len__(self) -> int:
         return int(self.seq.shape[0])
@@ -188,6 +192,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(SCHEMA)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(samples)")}
+    if "time_uncertain" not in columns:   # a database from before the column
+        conn.execute("ALTER TABLE samples ADD COLUMN time_uncertain INTEGER NOT NULL DEFAULT 0")
     return conn
 
 
@@ -280,10 +287,12 @@ class Store:
                 [batch.device_id] * len(batch), batch.seq.tolist(),
                 [batch.boot_id] * len(batch), batch.tick.tolist(), utc,
                 batch.channel.tolist(), batch.value.tolist(),
-                [int(batch.historical)] * len(batch), strict=True)
+                [int(batch.historical)] * len(batch), [int(batch.time_uncertain)] * len(batch),
+                strict=True)
             inserted += self.conn.executemany(
                 "INSERT OR IGNORE INTO samples(device_id, seq, boot_id, tick, utc_ms, channel,"
-                " value, historical) VALUES (?,?,?,?,?,?,?,?)", rows).rowcount
+                " value, historical, time_uncertain) VALUES (?,?,?,?,?,?,?,?,?)",
+                rows).rowcount
             if len(batch):
                 self.conn.execute(
                     "INSERT INTO watermarks(device_id, committed_seq) VALUES (?, ?)"

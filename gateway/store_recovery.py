@@ -135,8 +135,14 @@ def _salvage(conn: sqlite3.Connection, old: Path) -> tuple[list[str], list[str]]
     try:
         for table in SALVAGE_TABLES:
             try:
+                main_columns = {r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")}
+                columns = ", ".join(r[1] for r in conn.execute(f"PRAGMA old.table_info({table})")
+                                    if r[1] in main_columns)
+                if not columns:
+                    raise sqlite3.DatabaseError(f"no table {table}")
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM old.{table}")
+                conn.execute(f"INSERT OR IGNORE INTO main.{table} ({columns})"
+                             f" SELECT {columns} FROM old.{table}")
                 conn.execute("COMMIT")
                 salvaged.append(table)
             except sqlite3.DatabaseError as e:

@@ -144,7 +144,7 @@ class TwinEngine:
                 continue
             values = batch.value[mask].astype(np.float64) * scale
             times = utc[mask]
-            quality = "good" if times[-1] >= 0 else "uncertain"
+            quality = "good" if times[-1] >= 0 and not batch.time_uncertain else "uncertain"
             twin.pending[prop] = _leaf(values[-1], int(times[-1]), quality)
             if channel == ids.Channel.TEMPERATURE:
                 for v in values.tolist():

@@ -7,9 +7,9 @@ import json
 import sqlite3
 
 import pytest
+from gateway_harness import GatewayRig, wait_for
 
 from gateway.store import DatabaseCorrupt
-from gateway_harness import GatewayRig, wait_for
 
 STATE = "dermtwin/v1/rig/state"
 
