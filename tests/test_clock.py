@@ -5,9 +5,9 @@ import json
 import time
 
 import pytest
+from gateway_harness import GatewayRig, wait_for
 
 from gateway.clock import CLOCK, SteadyClock
-from gateway_harness import GatewayRig, wait_for
 
 
 def test_steady_clock_follows_slewing_and_reports_steps_once():
