@@ -3,6 +3,7 @@ model failing at run time never stops storage and is named in the retained `stat
 damaged database is moved aside at start and the patches drain into a fresh one; damage
 found while running ends the run with DatabaseCorrupt (the CLI starts a fresh Gateway)."""
 
+import asyncio
 import json
 import sqlite3
 
@@ -112,3 +113,23 @@ async def test_damage_found_while_running_ends_the_run_with_database_corrupt(tmp
         rig._run = None
         gateway.close()
         assert gateway.ingest.stats.samples_committed >= 3
+
+
+async def test_restarted_gateway_continues_each_twin_rev_at_last_plus_one(tmp_path,
+                                                                            mqtt_collector):
+    async with GatewayRig(tmp_path, patches=1) as rig:
+        collector = mqtt_collector(rig.broker, "dermtwin/v1/rig/+/delta")
+
+        def revs():
+            return [json.loads(m.payload)["rev"] for m in collector.messages]
+
+        gateway = await rig.start_gateway()
+        await wait_for(lambda: len(revs()) >= 3, 30, "three deltas")
+        await rig.stop_gateway()
+        await asyncio.sleep(0.5)   # every delta of the first run has arrived
+        first_run = revs()
+        assert first_run == list(range(1, len(first_run) + 1))
+        gateway = await rig.start_gateway()
+        await wait_for(lambda: len(revs()) > len(first_run), 30, "a delta after the restart")
+        assert revs()[len(first_run)] == first_run[-1] + 1
+        assert gateway.sess == 2

@@ -296,3 +296,14 @@ def test_failing_model_never_stops_storage_and_marks_its_properties_bad(store, f
     pipeline.cycle(now_ms=3)
     assert not alarms.is_up("model", "temp_anomaly")
     assert engine.twins["s-a"].state["temp_delta_c"]["q"] != "bad"
+
+
+def test_twin_rev_and_state_round_trip_through_the_store_and_a_reopen(store, tmp_path):
+    with store.transaction():
+        store.save_twin("s-a", 5, {"state": {"uv_index": {"v": 1.0, "t": 1, "q": "good"}}})
+    with store.transaction():
+        store.save_twin("s-a", 6, {"state": {"uv_index": {"v": 2.0, "t": 2, "q": "good"}}})
+    reopened = Store(store_mod.connect(tmp_path / "gw.sqlite3"))
+    assert reopened.load_twins() == {
+        "s-a": (6, {"state": {"uv_index": {"v": 2.0, "t": 2, "q": "good"}}})}
+    reopened.conn.close()
