@@ -114,6 +114,7 @@ class PatchLink:
             self.last_close_reason = f"connect failed: {e}"
             return Outcome.CONNECT_FAILED
         self.connects += 1
+        log.info("%s: connected", self.device.device_id)
         anchors = self.store.anchors(self.device.device_id) if self.store else None
         session = PatchSession(self.device.device_id, self.device.key,
                                self.committed_seq(self.device.device_id), anchors,

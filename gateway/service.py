@@ -363,9 +363,7 @@ class Gateway:
         down_since = last_said = time.monotonic()
         while True:
             up, now = self.publisher.connected, time.monotonic()
-            if up and was_up is None:
-                log.info("broker %s: connected", url)
-            elif up and was_up is False:
+            if up and was_up is False:
                 log.warning("broker %s: connected again after %.0f s; delivering the %d "
                             "waiting messages", url, now - down_since, self.publisher.pending)
             elif not up and (was_up or (was_up is None and now - down_since >= 3.0)):
