@@ -106,3 +106,21 @@ def test_damage_found_while_running_is_told_apart_from_a_full_disk(tmp_path):
     store = Store(store_mod.connect(db))
     with pytest.raises(DatabaseCorrupt, match="database damaged"), store.transaction():
         store.insert_samples([_batch(range(20000, 20100))])
+
+
+def test_run_on_a_file_that_is_not_a_database_exits_with_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello, these are notes\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--db", str(notes), "--broker",
+         "mqtt://127.0.0.1:1"], cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"dermtwin run: database {notes}: not an SQLite database (it starts with "
+        "b'hello, t'); left untouched: move it away or give another --db"]
+    assert notes.read_text() == "hello, these are notes\n"
