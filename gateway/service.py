@@ -52,6 +52,7 @@ PRUNE_RETRY_S = 60.0               # after a failed pass (disk full, busy): try 
 MODEL_POLL_S = 2.0                 # how often model files are checked for a hot swap
 HEALTH_EVERY_S = 10.0              # outbox depth, parked rows, free disk: refreshed this often
 BROKER_WATCH_S = 0.5
+LINK_STOP_TIMEOUT_S = 3.0          # at shutdown, per attempt to cancel a patch link
 CLOCK_CHECK_S = 1.0
 CLOCK_ALARM_HOLD_S = 600.0         # the `clock` alarm stays this long after the last step
 BROKER_STILL_DOWN_LOG_S = 60.0     # while the broker stays unreachable, one line this often
@@ -421,10 +422,8 @@ class Gateway:
             await scanner.stop()
             for task in tasks:
                 task.cancel()
-            link_tasks = [s.task for s in self.slots.values() if s.task and not s.task.done()]
-            for task in link_tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, *link_tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop_links()
             if not isinstance(fatal, store_mod.DatabaseCorrupt):
                 try:   # commit what arrived; patches replay the rest
                     self.ingest.cycle(now_ms())
@@ -436,6 +435,22 @@ class Gateway:
             if isinstance(fatal, store_mod.DatabaseCorrupt | Unrecoverable):
                 raise fatal
             raise Unrecoverable(f"{type(fatal).__name__}: {fatal}") from fatal
+
+    async def _stop_links(self) -> None:
+        """Cancel every patch link; one whose clean-up hangs (a disconnect the radio never
+        confirms) is cancelled again rather than holding the shutdown for ever."""
+        pending = {s.task for s in self.slots.values() if s.task and not s.task.done()}
+        for attempt in range(3):
+            if not pending:
+                return
+            if attempt:
+                log.warning("%d patch links still closing after %.0f s; cancelling again",
+                            len(pending), LINK_STOP_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=LINK_STOP_TIMEOUT_S)
+        if pending:
+            log.error("%d patch links did not stop; shutting down without them", len(pending))
 
     def close(self) -> None:
         self.store.conn.close()
