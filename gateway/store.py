@@ -11,6 +11,7 @@ in one transaction.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from gateway.protocol.constants import ConfigKey
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -227,14 +230,25 @@ class Store:
         os.replace(tmp, target)
         self._registry_dirty = False
 
+    def refresh_registry_copy(self) -> bool:
+        """write_registry_copy, logging (not raising) a failure: the registry itself is
+        committed; only its spare copy is stale. True if written."""
+        try:
+            self.write_registry_copy()
+        except OSError as e:
+            log.error("registry copy %s not written (%s): a damaged database would lose the "
+                      "pairings made since", registry_copy_path(self.path or ""), e)
+            return False
+        return True
+
     def _registry_changed(self) -> None:
         self._registry_dirty = True
         if not self.conn.in_transaction:
-            self.write_registry_copy()
+            self.refresh_registry_copy()
 
     def _after_commit(self) -> None:
         if self._registry_dirty:
-            self.write_registry_copy()
+            self.refresh_registry_copy()
 
     # -- registry --------------------------------------------------------------
     def register(self, device: RegisteredDevice, paired_at_ms: int) -> None:

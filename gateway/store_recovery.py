@@ -90,7 +90,7 @@ def open_checked(path: Path, damaged: str | None = None
             conn = store_mod.connect(path)
             reason = quick_check(conn)
             if reason is None:
-                store_mod.Store(conn).write_registry_copy()
+                store_mod.Store(conn).refresh_registry_copy()
                 return conn, None
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError) and not store_mod.is_corruption(e):
@@ -118,7 +118,7 @@ def recover(path: Path, reason: str) -> tuple[sqlite3.Connection, Recovery]:
             conn.execute(statement)
     salvaged, lost = _salvage(conn, moved_to)
     devices = _restore_registry(conn, path, moved_to)
-    store_mod.Store(conn).write_registry_copy()
+    store_mod.Store(conn).refresh_registry_copy()
     recovery = Recovery(reason, moved_to, devices, salvaged, lost)
     log.error("%s", recovery.describe())
     return conn, recovery
@@ -157,27 +157,29 @@ def _salvage(conn: sqlite3.Connection, old: Path) -> tuple[list[str], list[str]]
 
 
 def _restore_registry(conn: sqlite3.Connection, path: Path, old: Path) -> int:
-    """The registry from its own file; failing that, whatever of `devices` the old file
-    yields. Returns the number of devices registered."""
+    """The registry from its own file, completed by whatever of `devices` the old file still
+    yields (a pairing whose copy was not written). Returns the number of devices registered."""
     copy = store_mod.registry_copy_path(path)
     store = store_mod.Store(conn)
     try:
-        saved = json.loads(copy.read_text())
-        devices = saved["devices"]
+        devices = json.loads(copy.read_text())["devices"]
     except (OSError, ValueError, KeyError) as e:
         log.error("registry copy %s unreadable (%s); trying the damaged database's devices",
                   copy, e)
-        try:
-            conn.execute("ATTACH DATABASE ? AS old", (f"file:{old}?mode=ro",))
-            conn.execute("INSERT OR IGNORE INTO main.devices SELECT * FROM old.devices")
-            conn.execute("DETACH DATABASE old")
-        except sqlite3.DatabaseError as e2:
-            log.error("devices unreadable in the damaged database too (%s): pair the patches "
-                      "again", e2)
-        return len(store.devices())
+        devices = []
     with store.transaction():
         for d in devices:
             store.register(store_mod.RegisteredDevice(
                 d["device_id"], bytes.fromhex(d["key"]), d["subject"], int(d["skin_type"]),
                 d.get("address"), d.get("config", {})), int(d.get("paired_at_ms", 0)))
-    return len(devices)
+    try:
+        conn.execute("ATTACH DATABASE ? AS old", (f"file:{old}?mode=ro",))
+        try:
+            conn.execute("INSERT OR IGNORE INTO main.devices SELECT * FROM old.devices")
+        finally:
+            conn.execute("DETACH DATABASE old")
+    except sqlite3.DatabaseError as e:
+        if not devices:
+            log.error("devices unreadable in the damaged database too (%s): pair the patches "
+                      "again", e)
+    return len(store.devices())
