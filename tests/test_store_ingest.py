@@ -307,3 +307,77 @@ def test_twin_rev_and_state_round_trip_through_the_store_and_a_reopen(store, tmp
     assert reopened.load_twins() == {
         "s-a": (6, {"state": {"uv_index": {"v": 2.0, "t": 2, "q": "good"}}})}
     reopened.conn.close()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 4 MB filesystem (tmpfs): real ENOSPC, not a page limit. Needs mount rights."""
+    import subprocess
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_real_disk_full_keeps_the_alarm_until_a_write_succeeds_and_retention_survives(
+        small_filesystem, monkeypatch):
+    import asyncio
+    import types
+
+    from gateway import service
+    from gateway.alarms import Alarms
+
+    store = Store(store_mod.connect(small_filesystem / "gw.sqlite3"))
+    with store.transaction():
+        store.register(RegisteredDevice("a" * 16, b"k" * 32, "s-a", 2, None), 0)
+    models = load_models(default_models_dir())
+    alarms = Alarms()
+    engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
+    ingest = Ingest(store, Outbox(store.conn), engine,
+                    lambda *levels: "dermtwin/v1/gw/" + "/".join(levels), lambda: None,
+                    alarms=alarms)
+    link = FakeLink()
+    with store.transaction():   # old samples, for retention to delete
+        store.insert_samples([batch("a" * 16, range(0, 20_000))])
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    filler = small_filesystem / "filler"
+    with open(filler, "wb", buffering=0) as f:   # fill the disk
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    seq = 20_000
+    while not alarms.is_up("store"):
+        ingest.submit(link, batch("a" * 16, range(seq, seq + 500)))
+        ingest.cycle(now_ms=seq)
+        seq = store.committed_seq("a" * 16) + 1
+        assert seq < 100_000, "the disk never filled"
+    assert "full" in alarms.get("store").detail and link.failed
+    for now in range(5):
+        ingest.cycle(now_ms=now)
+    assert alarms.is_up("store"), "idle cycles do not clear a disk-full alarm"
+
+    # retention on the full disk: an alarm, and the task keeps going
+    monkeypatch.setattr(service, "PRUNE_RETRY_S", 0.05)
+    gateway = types.SimpleNamespace(
+        config=types.SimpleNamespace(retention_days=1e-9), store=store, alarms=alarms)
+    prune = asyncio.create_task(service.Gateway._prune(gateway))
+    await asyncio.sleep(0.5)
+    assert not prune.done()
+    full_while_pruning = alarms.is_up("retention")
+
+    filler.unlink()   # space is back
+    ingest.submit(link, batch("a" * 16, range(seq, seq + 5)))
+    ingest.cycle(now_ms=10**6)
+    assert not alarms.is_up("store") and link.committed[-1] == seq + 4
+    await asyncio.sleep(0.3)
+    assert not alarms.is_up("retention") and not prune.done()
+    prune.cancel()
+    store.conn.close()
+    assert full_while_pruning, "a retention pass on a full disk fails, raising its alarm"
