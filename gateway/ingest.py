@@ -21,10 +21,12 @@ from typing import Any
 
 from gateway.alarms import Alarms
 from gateway.clock import now_ms
+from gateway.model_registry import CHANNEL_SCALE
 from gateway.outbox import Outbox
 from gateway.samples_message import samples_payload
-from gateway.store import DatabaseCorrupt, LostSamples, SampleBatch, Store, StoreError
-from gateway.twin import CHANNEL_SCALE, TwinEngine, TwinUpdate
+from gateway.store import DatabaseCorrupt, Store, StoreError
+from gateway.twin import TwinEngine, TwinUpdate
+from gateway.values import LostSamples, SampleBatch
 
 log = logging.getLogger(__name__)
 

@@ -58,6 +58,14 @@ TEMP_WINDOW_SAMPLES = 30
 
 TEMP_ANOMALY = ModelContract(
     name="temp_anomaly",
+    inputs={"temp_window_c": TEMP_WINDOW_SAMPLES, "baseline_c": 1, "hydration_au": 1,
+            "hydration_excess_au": 1},
+    outputs={"delta_c": 1, "anomaly_score": 1, "inflammation": 1, "exertion": 1, "detached": 1},
+)
+
+# temp_anomaly 1.x (fixed threshold on a running mean): evaluated against 2.x, not loaded.
+TEMP_ANOMALY_THRESHOLD = ModelContract(
+    name="temp_anomaly",
     inputs={"temp_window_c": TEMP_WINDOW_SAMPLES, "baseline_c": 1},
     outputs={"delta_c": 1, "anomaly_score": 1, "inflammation": 1},
 )
@@ -73,6 +81,21 @@ HYDRATION = ModelContract(
     inputs={"capacitance_pf": 1, "skin_temp_c": 1},
     outputs={"corneometer_au": 1, "state": 1},
 )
+
+# Plausible inputs (two rows each) for a self-test: a model the gateway runs must give finite
+# outputs for them (`dermtwin models check`, and before a model file replaces a running one).
+SELF_TEST_INPUTS: Mapping[str, list[list[float]]] = MappingProxyType({
+    "temp_window_c": [[33.0] * TEMP_WINDOW_SAMPLES, [34.5] * TEMP_WINDOW_SAMPLES],
+    "baseline_c": [[33.0], [33.2]],
+    "hydration_au": [[50.0], [3.0]],
+    "hydration_excess_au": [[0.0], [12.0]],
+    "uvi": [[0.0], [7.5]],
+    "dt_s": [[60.0], [5.0]],
+    "dose_sed_in": [[0.0], [1.2]],
+    "med_sed": [[2.0], [10.0]],
+    "capacitance_pf": [[12.5], [10.5]],
+    "skin_temp_c": [[32.0], [35.0]],
+})
 
 CONTRACTS: Mapping[str, ModelContract] = MappingProxyType(
     {c.name: c for c in (TEMP_ANOMALY, UV_DOSE, HYDRATION)}
@@ -90,32 +113,17 @@ class ModelUnavailable(RuntimeError):
         self.detail = detail
 
 
-@dataclass(frozen=True)
-class SelfTest:
-    """Known inputs (rows of a batch) and the range each output must fall in, from the
-    model's card: a model file is swapped in only if it passes (gateway/model_set.py)."""
-
-    inputs: Mapping[str, tuple[tuple[float, ...], ...]]
-    output_ranges: Mapping[str, tuple[float, float]]
-
-
-_WINDOW = TEMP_WINDOW_SAMPLES
-SELF_TESTS: Mapping[str, SelfTest] = MappingProxyType({
-    # models_onnx/cards/temp_anomaly.md: delta = recent mean − baseline; score = delta / 0.6
-    "temp_anomaly": SelfTest(
-        inputs={"temp_window_c": ((33.0,) * _WINDOW, (36.0,) * _WINDOW, (30.0,) * _WINDOW),
-                "baseline_c": ((33.0,), (33.0,), (33.5,))},
-        output_ranges={"delta_c": (-15.0, 15.0), "anomaly_score": (-25.0, 25.0),
-                       "inflammation": (0.0, 1.0)}),
+# The range each output must fall in for SELF_TEST_INPUTS, from the models' cards: a changed
+# model file replaces the running one only if its answers are finite and inside them
+# (gateway/model_set.py).
+SELF_TEST_OUTPUT_RANGES: Mapping[str, Mapping[str, tuple[float, float]]] = MappingProxyType({
+    # models_onnx/cards/temp_anomaly.md: delta = recent mean − baseline; score = delta / 0.6;
+    # the cues are 0 or 1
+    "temp_anomaly": {"delta_c": (-15.0, 15.0), "anomaly_score": (-25.0, 25.0),
+                     "inflammation": (0.0, 1.0), "exertion": (0.0, 1.0), "detached": (0.0, 1.0)},
     # models_onnx/cards/uv_dose.md: minutes_to_med is capped at 1440
-    "uv_dose": SelfTest(
-        inputs={"uvi": ((0.0,), (4.0,), (11.0,)), "dt_s": ((60.0,), (3600.0,), (600.0,)),
-                "dose_sed_in": ((0.0,), (0.0,), (2.5,)), "med_sed": ((3.0,), (3.0,), (2.0,))},
-        output_ranges={"dose_sed": (0.0, 100.0), "med_fraction": (0.0, 50.0),
-                       "minutes_to_med": (0.0, 1440.0)}),
+    "uv_dose": {"dose_sed": (0.0, 100.0), "med_fraction": (0.0, 50.0),
+                "minutes_to_med": (0.0, 1440.0)},
     # models_onnx/cards/hydration.md: 0..120 AU, state 0, 1 or 2
-    "hydration": SelfTest(
-        inputs={"capacitance_pf": ((11.5,), (16.0,), (5.0,)),
-                "skin_temp_c": ((32.0,), (32.0,), (25.0,))},
-        output_ranges={"corneometer_au": (0.0, 120.0), "state": (0.0, 2.0)}),
+    "hydration": {"corneometer_au": (0.0, 120.0), "state": (0.0, 2.0)},
 })

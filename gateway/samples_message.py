@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.store import SampleBatch
-from gateway.twin import CHANNEL_SCALE
+from gateway.model_registry import CHANNEL_SCALE
+from gateway.values import SampleBatch
 
 SCHEMA_VERSION = 1
 # decimals worth keeping per channel: the integer wire unit's resolution in SI

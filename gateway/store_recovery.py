@@ -23,6 +23,7 @@ from pathlib import Path
 
 from gateway import store as store_mod
 from gateway.outbox import SCHEMA as OUTBOX_SCHEMA
+from gateway.values import RegisteredDevice
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def _restore_registry(conn: sqlite3.Connection, path: Path, old: Path) -> int:
         devices = []
     with store.transaction():
         for d in devices:
-            store.register(store_mod.RegisteredDevice(
+            store.register(RegisteredDevice(
                 d["device_id"], bytes.fromhex(d["key"]), d["subject"], int(d["skin_type"]),
                 d.get("address"), d.get("config", {})), int(d.get("paired_at_ms", 0)))
     try:

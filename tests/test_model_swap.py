@@ -9,10 +9,12 @@ import pytest
 
 from gateway.alarms import Alarms
 from gateway.inference import ModelError, default_models_dir
+from gateway.model_contracts import CONTRACTS, SELF_TEST_INPUTS
 from gateway.model_set import ModelSet
 
 NAMES = ("temp_anomaly", "uv_dose", "hydration")
-WINDOW = {"temp_window_c": np.full((1, 30), 36.0), "baseline_c": np.full((1, 1), 33.0)}
+WINDOW = {name: np.asarray(rows, dtype=np.float32) for name, rows in SELF_TEST_INPUTS.items()
+          if name in CONTRACTS["temp_anomaly"].inputs}
 
 
 def _models_dir(tmp_path):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from gateway import store as store_mod
-from gateway.store import DatabaseCorrupt, RegisteredDevice, SampleBatch, Store
+from gateway.store import DatabaseCorrupt, Store
 from gateway.store_recovery import NotADatabase, open_checked
+from gateway.values import RegisteredDevice, SampleBatch
 
 DEVICE = "ab" * 8
 

@@ -1,11 +1,6 @@
-"""MQTT side of the gateway: broker settings and the outbox publisher."""
+"""MQTT side of the gateway: broker settings (config), inbound payloads (inbound, sans-I/O)
+and the outbox publisher (publisher, the paho adapter).
 
-from gateway.mqtt.config import MqttConfig, MqttConfigError
-from gateway.mqtt.publisher import MqttPublisher, PublisherStats
-
-__all__ = [
-    "MqttConfig",
-    "MqttConfigError",
-    "MqttPublisher",
-    "PublisherStats",
-]
+Import from the module you need: this package imports nothing, so a sans-I/O module here
+(inbound) does not load paho.
+"""
