@@ -18,10 +18,12 @@ def test_chaos_short_corrupt_database_and_runtime_model_failure(tmp_path):
          "corrupt database,model fails", "--keep", str(tmp_path / "chaos")],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][2:]
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| fault |")]
     assert len(rows) == 2, result.stdout
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         generated, delivered, lost, dup = int(cells[1]), int(cells[3]), int(cells[4]), int(cells[5])
         assert generated > 300 and delivered == generated and lost == 0 and dup == 0, row
-    assert "| database |" in rows[0] and "model:temp_anomaly" in rows[1]
+    assert rows[0].endswith("| model:temp_anomaly |"), "failing at run time, not at the swap"
+    assert rows[1].endswith("| database |")

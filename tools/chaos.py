@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gateway.inference import default_models_dir  # noqa: E402
+from gateway.model_contracts import SELF_TEST_INPUTS  # noqa: E402
 from simulation.broker import LocalBroker  # noqa: E402
 
 GATEWAY_ID = "chaos"
@@ -159,13 +160,15 @@ def _temp_anomaly_with(extra: Callable[[onnx.GraphProto], None], version: str) -
 
 
 def failing_at_run_time_model() -> bytes:
-    """Passes the self-test (baselines 33.0 and 33.5) but answers NaN for any other baseline:
-    delta_c + sqrt(-|(b - 33)(b - 33.5)|)."""
+    """Passes the self-test (its two baselines b1, b2) but answers NaN for any other baseline:
+    delta_c + sqrt(-|(b - b1)(b - b2)|): a model bug only live data finds."""
+    (b1,), (b2,) = SELF_TEST_INPUTS["baseline_c"]
+
     def extra(graph):
         h = onnx.helper
         graph.initializer.extend([
-            onnx.numpy_helper.from_array(np.array([33.0], np.float32), "c33"),
-            onnx.numpy_helper.from_array(np.array([33.5], np.float32), "c335")])
+            onnx.numpy_helper.from_array(np.array([b1], np.float32), "c33"),
+            onnx.numpy_helper.from_array(np.array([b2], np.float32), "c335")])
         graph.node.extend([
             h.make_node("Sub", ["baseline_c", "c33"], ["d1"]),
             h.make_node("Sub", ["baseline_c", "c335"], ["d2"]),
