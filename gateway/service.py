@@ -181,6 +181,8 @@ class Gateway:
             free = shutil.disk_usage(self.config.db_path.parent).free
         except OSError:
             free = None
+        if free is not None:   # to the MB: a byte-exact figure would republish every time
+            free = free // 1_000_000 * 1_000_000
         health = {"outbox": {"depth": self.outbox.count(),
                              "parked": self.outbox.parked_count()},
                   "disk_free_bytes": free}
