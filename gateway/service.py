@@ -30,6 +30,7 @@ from gateway.mqtt.publisher import DEFAULT_RECONNECT_MAX_DELAY_S, MqttPublisher
 from gateway.outbox import Outbox
 from gateway.patch_link import PatchLink
 from gateway.remote_requests import RemoteRequests
+from gateway.report.archive import archive_and_prune
 from gateway.store_recovery import open_checked
 from gateway.supervisor import SupervisorPolicy, Unrecoverable, supervise
 from gateway.twin import TwinEngine
@@ -72,6 +73,7 @@ class GatewayConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     will_delay_s: int = 10
     retention_days: float = 30.0
+    archive_days: float = 730.0    # 15-minute summaries of pruned samples (gateway/report/archive.py)
     publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
     # (latitude, longitude) of the gateway, degrees: enables the UV forecast (twin.py)
     location: tuple[float, float] | None = None
@@ -87,6 +89,9 @@ class GatewayConfig:
             raise ValueError(f"max_connections {self.max_connections}: must be 1..20")
         if self.retention_days <= 0:
             raise ValueError(f"retention_days {self.retention_days}: must be positive")
+        if self.archive_days < self.retention_days:
+            raise ValueError(f"archive_days {self.archive_days}: must be at least retention_days"
+                             f" ({self.retention_days})")
 
 
 @dataclass
@@ -308,19 +313,22 @@ class Gateway:
         """Retention; a failed pass (disk full: a DELETE needs journal space too) raises the
         `retention` alarm and is tried again sooner, never ends the task."""
         while True:
-            cutoff = now_ms() - int(self.config.retention_days * 86_400_000)
+            now = now_ms()
             try:
-                removed = self.store.prune_samples(cutoff)
+                pruned = archive_and_prune(
+                    self.store, now - int(self.config.retention_days * 86_400_000),
+                    now - int(self.config.archive_days * 86_400_000))
             except store_mod.DatabaseCorrupt:
                 raise
-            except store_mod.StoreError as e:
-                self.alarms.raise_("retention", str(e), now_ms())
+            except store_mod.StoreError as e:   # (disk full) nothing lost: the samples stay
+                self.alarms.raise_("retention", f"archiving old samples failed, kept them: {e}",
+                                   now)
                 await asyncio.sleep(PRUNE_RETRY_S)
                 continue
             self.alarms.clear("retention")
-            if removed:
-                log.info("retention: removed %d samples older than %.0f days", removed,
-                         self.config.retention_days)
+            if pruned.samples_deleted:
+                log.info("retention: archived and removed %d samples older than %.0f days",
+                         pruned.samples_deleted, self.config.retention_days)
             await asyncio.sleep(PRUNE_EVERY_S)
 
     async def _watch_clock(self) -> None:

@@ -367,7 +367,8 @@ async def test_real_disk_full_keeps_the_alarm_until_a_write_succeeds_and_retenti
     # retention on the full disk: an alarm, and the task keeps going
     monkeypatch.setattr(service, "PRUNE_RETRY_S", 0.05)
     gateway = types.SimpleNamespace(
-        config=types.SimpleNamespace(retention_days=1e-9), store=store, alarms=alarms)
+        config=types.SimpleNamespace(retention_days=1e-9, archive_days=1e-9), store=store,
+        alarms=alarms)
     prune = asyncio.create_task(service.Gateway._prune(gateway))
     await asyncio.sleep(0.5)
     assert not prune.done()
