@@ -25,7 +25,8 @@ def wait_until(predicate, timeout_s, what):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for "
+                                 f"{what() if callable(what) else what}")
         time.sleep(0.1)
 
 
@@ -62,14 +63,15 @@ def test_run_shows_broker_loss_retry_and_recovery_by_default(tmp_path):
         def seen(text):
             return [line for line in lines() if text in line]
 
-        wait_until(lambda: seen(": connected"), 30, f"a patch connected line: {lines()}")
+        wait_until(lambda: seen(": connected"), 60, lambda: f"a patch connected line: {lines()}")
         broker.stop_sync()
-        lost = wait_until(lambda: seen("connection lost"), 15, f"the broker loss: {lines()}")
+        lost = wait_until(lambda: seen("connection lost"), 20,
+                          lambda: f"the broker loss: {lines()}")
         assert "retrying" in lost[0] and broker.url in lost[0]
         time.sleep(3)
         broker.start_sync()
-        back = wait_until(lambda: seen("connected again after"), 40,
-                          f"the broker recovery: {lines()}")
+        back = wait_until(lambda: seen("connected again after"), 60,
+                          lambda: f"the broker recovery: {lines()}")
         assert broker.url in back[0]
         assert len(seen("connection lost")) == 1, "one line per state change"
         assert not seen("Traceback")
