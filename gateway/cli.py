@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermtwin", description="dermtwin gateway: skin-patch BLE → digital twin → MQTT")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="log only warnings and errors (default: also state changes)")
+    parser.add_argument("--log-json", action="store_true",
+                        help="log one JSON object per line (ts, level, logger, msg, exc)")
     parser.add_argument("--version", action="version", version=f"dermtwin {_version()}")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="gateway configuration (TOML); default: /etc/dermtwin/gateway.toml, "
@@ -371,6 +375,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.inference import default_models_dir
     from gateway.mqtt.config import MqttConfig
     from gateway.service import Gateway, GatewayConfig
+    from gateway.store import DatabaseCorrupt
+    from gateway.store_recovery import check_is_database
 
     settings = args.settings
     where = f" or [mqtt] broker in {settings.path}" if settings.path else \
@@ -387,6 +393,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         key_file=args.key_file or settings.key_file,
         max_payload_bytes=args.max_payload_bytes or settings.max_payload_bytes)
     args.db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_is_database(args.db)   # before the radio: the one-line answer to a wrong --db
     hci = args.hci or settings.hci
     raw_samples = (not args.no_raw_samples if args.no_raw_samples is not None
                    else settings.raw_samples if settings.raw_samples is not None else True)
@@ -405,15 +412,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         from gateway.ble.availability import open_radio
 
         radio = await open_radio(hci)
-        gateway = Gateway(config, radio)
+
+        def new_gateway(damaged: str | None = None) -> Gateway:
+            return Gateway(config, radio, damaged=damaged)
+
+        gateway = new_gateway()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        try:
-            await gateway.run(stop)
-        finally:
-            gateway.close()
+        while True:
+            try:
+                await gateway.run(stop)
+                return
+            except DatabaseCorrupt as e:   # the next Gateway moves the file aside
+                logging.getLogger("gateway").error(
+                    "%s; moving it aside and starting a fresh database", e)
+                damaged = str(e)
+            finally:
+                gateway.close()
+            gateway = new_gateway(damaged)
 
     asyncio.run(main())
     return 0
@@ -446,9 +464,10 @@ def _apply_config(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.log_setup import configure
+
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(args.verbose, args.quiet, args.log_json, state_changes=args.command == "run")
     try:
         _apply_config(args)
         return COMMANDS[args.command](args)

@@ -4,7 +4,10 @@ Sessions submit sample batches; every cycle takes all waiting batches, inserts t
 the twin engine, runs one batched model step and writes the resulting MQTT messages to the
 outbox, all in one SQLite transaction. Only then does each patch get its ACK. If the write
 fails (disk full) nothing is acknowledged: the patches keep their samples and the sessions
-are closed so they REPLAY later.
+are closed so they REPLAY later. The `store` alarm goes up on the first failed write and
+clears only when a cycle carrying samples commits (a cycle with nothing to write proves
+nothing about the disk). Any other failure of a cycle (a bug, a damaged database) also tells
+every waiting session that nothing was committed, then propagates to the task's supervisor.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.alarms import Alarms
 from gateway.clock import now_ms
 from gateway.model_registry import CHANNEL_SCALE
 from gateway.outbox import Outbox
 from gateway.samples_message import samples_payload
-from gateway.store import Store, StoreError
+from gateway.store import DatabaseCorrupt, Store, StoreError
 from gateway.twin import TwinEngine, TwinUpdate
 from gateway.values import LostSamples, SampleBatch
 
@@ -63,8 +67,9 @@ class Ingest:
     def __init__(self, store: Store, outbox: Outbox, engine: TwinEngine,
                  topic: Callable[..., str], on_outbox_written: Callable[[], None],
                  on_alarm_change: Callable[[], object] = lambda: None,   # result ignored
-                 publish_samples: bool = True):
+                 publish_samples: bool = True, alarms: Alarms | None = None):
         self.publish_samples = publish_samples
+        self.alarms = alarms if alarms is not None else Alarms()
         self.store = store
         self.outbox = outbox
         self.engine = engine
@@ -126,6 +131,7 @@ class Ingest:
     def cycle(self, now_ms: int) -> None:
         waiting, self._waiting = self._waiting, []
         batches = [batch for _, batch in waiting]
+        changes_before = self.store.conn.total_changes
         try:
             with self.store.transaction():
                 if self.publish_samples:
@@ -135,21 +141,31 @@ class Ingest:
                 for batch in batches:
                     self.engine.ingest(batch)
                 self.publish_updates(self.engine.step(now_ms))
+        except DatabaseCorrupt as e:
+            self.stats.commit_failures += 1
+            self._fail_waiting(waiting, str(e))
+            raise
         except StoreError as e:
             self.stats.commit_failures += 1
             raised = not self.stats.store_alarm
             self.stats.store_alarm = True
             self.stats.last_error = str(e)
+            self.alarms.raise_("store", f"not acknowledging: {e}", now_ms)
             if raised:
                 self.on_alarm_change()
-            log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
-            for link in {id(link): link for link, _ in waiting}.values():
-                link.on_commit_failed(str(e))
+                log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
+            self._fail_waiting(waiting, str(e))
             return
+        except BaseException as e:
+            self.stats.commit_failures += 1
+            self._fail_waiting(waiting, f"ingest failed: {type(e).__name__}: {e}")
+            raise
         self.stats.cycles += 1
-        if self.stats.store_alarm:
+        wrote_samples = bool(batches) and self.store.conn.total_changes > changes_before
+        if self.stats.store_alarm and wrote_samples:
             log.warning("ingest: the store accepts writes again; acknowledging resumes")
             self.stats.store_alarm = False
+            self.alarms.clear("store")
             self.on_alarm_change()
         total = sum(len(b) for b in batches)
         self.stats.samples_committed += new_rows
@@ -162,6 +178,11 @@ class Ingest:
         for link, last in highest.values():
             link.on_committed(last)
         self.on_outbox_written()
+
+    def _fail_waiting(self, waiting: list[tuple[Any, SampleBatch]], reason: str) -> None:
+        """Nothing of this cycle is durable: every session it concerned closes and replays."""
+        for link in {id(link): link for link, _ in waiting}.values():
+            link.on_commit_failed(reason)
 
     async def run(self) -> None:
         while True:

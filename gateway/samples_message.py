@@ -31,5 +31,8 @@ def samples_payload(batch: SampleBatch, fresh: np.ndarray) -> dict | None:
             "t": [None if u < 0 else u for u in t.tolist()],
             "v": np.round(value[mask] * scale, DECIMALS[int(ch)]).tolist(),
         }
-    return {"schema": SCHEMA_VERSION, "boot": batch.boot_id, "historical": batch.historical,
-            "samples": by_property}
+    payload = {"schema": SCHEMA_VERSION, "boot": batch.boot_id,
+               "historical": batch.historical, "samples": by_property}
+    if batch.time_uncertain:   # times from before a gateway wall-clock step (docs/mqtt.md)
+        payload["time_uncertain"] = True
+    return payload

@@ -3,7 +3,9 @@
 Each step makes one batched model call per model across every subject with new data, then
 turns what changed into a delta (`rev` + 1) and, when due, a full snapshot (design.md §5).
 Models are reached through `run_model(name, inputs) -> outputs`, so the engine never sees
-onnxruntime.
+onnxruntime. A `run_model` that raises `ModelUnavailable` (gateway/model_set.py) leaves that
+model's properties in place marked `q: "bad"` and its inputs pending for the next step; the
+rest of the step (every other model, the raw channels) goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.model_registry import CHANNEL_SCALE, deadband
+from gateway.model_contracts import ModelUnavailable
+from gateway.model_registry import CHANNEL_SCALE, MODELS, deadband
 from gateway.protocol import constants as ids
 from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
 from gateway.uv_forecast import UvForecaster
@@ -47,6 +50,7 @@ MAX_UV_GAP_S = 600                   # longer gaps between UV samples count as n
 DAY_MS = 86_400_000                  # UV dose is a daily quantity: reset at 00:00 UTC
 HYDRATION_STATES = ("very dry", "dry", "normal")
 ROUND_DIGITS = 3
+
 
 RunModel = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
@@ -174,7 +178,7 @@ class TwinEngine:
                 continue
             scale, prop = entry
             values = [v * scale for v in raw]
-            quality = "good" if times[-1] >= 0 else "uncertain"
+            quality = "good" if times[-1] >= 0 and not batch.time_uncertain else "uncertain"
             twin.pending[prop] = _leaf(values[-1], times[-1], quality)
             if channel == ids.Channel.TEMPERATURE:
                 for v, t in zip(values, times, strict=True):
@@ -208,12 +212,13 @@ class TwinEngine:
             twin.last_uv_t, twin.uv_last = t, value
 
     def step(self, now_ms: int) -> list[TwinUpdate]:
-        if "temp_anomaly" in self.models:
-            self._run_temp_anomaly()
-        if "uv_dose" in self.models:
-            self._run_uv_dose()
-        if "hydration" in self.models:
-            self._run_hydration()
+        for name, run in (("temp_anomaly", self._run_temp_anomaly),
+                          ("uv_dose", self._run_uv_dose), ("hydration", self._run_hydration)):
+            if name in self.models:
+                try:
+                    run()
+                except ModelUnavailable:
+                    self._mark_bad(name)
         updates = []
         for twin in self.twins.values():
             update = self._publishable(twin, now_ms)
@@ -229,6 +234,13 @@ class TwinEngine:
         return TwinUpdate(subject, twin.rev, snapshot=self._snapshot_payload(twin, now_ms))
 
     # -- internals ---------------------------------------------------------------
+    def _mark_bad(self, model: str) -> None:
+        for twin in self.twins.values():
+            for prop in MODELS[model].properties:
+                leaf = twin.pending.get(prop) or twin.state.get(prop)
+                if leaf is not None and leaf.get("q") != "bad":
+                    twin.pending[prop] = {**leaf, "q": "bad"}
+
     def _run_temp_anomaly(self) -> None:
         ready = [t for t in self.twins.values() if t.new_temp and t.temp_window]
         if not ready:

@@ -47,12 +47,12 @@ def store(tmp_path):
 def ingest(store):
     models = load_models(default_models_dir())
     engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
-    kicks, alarms = [], []
+    kicks, alarm_changes = [], []
     topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
     pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: kicks.append(1),
-                      lambda: alarms.append(pipeline.stats.store_alarm))
+                      lambda: alarm_changes.append(pipeline.stats.store_alarm))
     pipeline.kicks = kicks
-    pipeline.alarms = alarms
+    pipeline.alarm_changes = alarm_changes
     return pipeline
 
 
@@ -175,7 +175,7 @@ def test_disk_full_acknowledges_nothing_and_keeps_what_was_stored(store, ingest)
     ingest.submit(link, batch("a" * 16, range(5, 10)))
     ingest.cycle(now_ms=3)
     assert link.committed == [4, 9] and not ingest.stats.store_alarm
-    assert ingest.alarms == [True, False]    # raised once, cleared once
+    assert ingest.alarm_changes == [True, False]    # raised once, cleared once
 
 
 def test_transaction_classifies_disk_full(store):
@@ -231,3 +231,173 @@ async def test_a_cancel_that_meets_a_wake_up_still_ends_the_ingest_loop(ingest):
         if not done:
             task.cancel()
         assert done, f"Ingest.run ignored a cancel {steps} loop steps after a wake-up"
+
+
+def test_disk_full_alarm_stays_through_cycles_with_nothing_to_write(store, ingest):
+    link = FakeLink()
+    ingest.submit(link, batch("a" * 16, range(0, 5)))
+    ingest.cycle(now_ms=1)
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count={pages}")
+    ingest.submit(link, batch("a" * 16, range(5, 5000)))
+    ingest.cycle(now_ms=2)
+    assert ingest.alarms.is_up("store")
+    for now in range(3, 20):   # idle cycles commit nothing: they prove nothing about the disk
+        ingest.cycle(now_ms=now)
+    assert ingest.stats.store_alarm and ingest.alarms.is_up("store")
+    assert ingest.alarm_changes == [True], "no flapping"
+    store.conn.execute("PRAGMA max_page_count=1073741823")
+    ingest.submit(link, batch("a" * 16, range(5, 10)))
+    ingest.cycle(now_ms=30)
+    assert not ingest.alarms.is_up("store") and ingest.alarm_changes == [True, False]
+
+
+def test_a_cycle_failing_for_another_reason_fails_its_sessions_and_propagates(store, ingest):
+    link = FakeLink()
+
+    def broken_step(now_ms):
+        raise ZeroDivisionError("a bug in the twin engine")
+
+    ingest.engine.step = broken_step
+    ingest.submit(link, batch("a" * 16, range(0, 5)))
+    with pytest.raises(ZeroDivisionError):
+        ingest.cycle(now_ms=1)
+    assert link.committed == [] and len(link.failed) == 1
+    assert "ZeroDivisionError" in link.failed[0]
+    assert store.sample_seqs("a" * 16) == [], "rolled back: nothing acknowledged or kept"
+
+
+@pytest.mark.parametrize("failure", ["raises", "nan"])
+def test_failing_model_never_stops_storage_and_marks_its_properties_bad(store, failure):
+    import numpy as np
+
+    from gateway.alarms import Alarms
+    from gateway.model_set import ModelSet
+
+    alarms = Alarms()
+    models = ModelSet(default_models_dir(), ("temp_anomaly", "uv_dose", "hydration"), alarms)
+    engine = TwinEngine(1, {"a" * 16: "s-a"}, models.run)
+    topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
+    pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: None, alarms=alarms)
+    link = FakeLink()
+    pipeline.submit(link, batch("a" * 16, range(0, 5)))
+    pipeline.cycle(now_ms=1)
+    assert engine.twins["s-a"].state["temp_delta_c"]["q"] in ("good", "uncertain")
+
+    real = models.models["temp_anomaly"]
+
+    class Broken:
+        version = real.version
+
+        def run(self, inputs):
+            if failure == "raises":
+                raise RuntimeError("onnxruntime: bad allocation")
+            out = real.run(inputs)
+            out["delta_c"] = np.full_like(out["delta_c"], np.nan)
+            return out
+
+    models.models["temp_anomaly"] = Broken()
+    pipeline.submit(link, batch("a" * 16, range(5, 10), temp_c=34.0))
+    pipeline.cycle(now_ms=2)
+    assert link.committed == [4, 9], "samples still committed and acknowledged"
+    assert store.sample_seqs("a" * 16) == list(range(10))
+    alarm = alarms.get("model", "temp_anomaly")
+    assert alarm is not None and "temp_anomaly" in alarm.describe()
+    state = engine.twins["s-a"].state
+    assert state["temp_delta_c"]["q"] == "bad" and state["inflammation"]["q"] == "bad"
+    assert state["skin_temp_c"]["v"] == 34.0 and state["skin_temp_c"]["q"] == "good"
+    deltas = [json.loads(m.payload) for m in pipeline.outbox.pending(100)
+              if m.topic.endswith("/delta")]
+    assert deltas[-1]["set"]["temp_delta_c"]["q"] == "bad"
+
+    models.models["temp_anomaly"] = real   # the model answers again: the alarm clears
+    pipeline.submit(link, batch("a" * 16, range(10, 15), temp_c=34.5))
+    pipeline.cycle(now_ms=3)
+    assert not alarms.is_up("model", "temp_anomaly")
+    assert engine.twins["s-a"].state["temp_delta_c"]["q"] != "bad"
+
+
+def test_twin_rev_and_state_round_trip_through_the_store_and_a_reopen(store, tmp_path):
+    with store.transaction():
+        store.save_twin("s-a", 5, {"state": {"uv_index": {"v": 1.0, "t": 1, "q": "good"}}})
+    with store.transaction():
+        store.save_twin("s-a", 6, {"state": {"uv_index": {"v": 2.0, "t": 2, "q": "good"}}})
+    reopened = Store(store_mod.connect(tmp_path / "gw.sqlite3"))
+    assert reopened.load_twins() == {
+        "s-a": (6, {"state": {"uv_index": {"v": 2.0, "t": 2, "q": "good"}}})}
+    reopened.conn.close()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 4 MB filesystem (tmpfs): real ENOSPC, not a page limit. Needs mount rights."""
+    import subprocess
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_real_disk_full_keeps_the_alarm_until_a_write_succeeds_and_retention_survives(
+        small_filesystem, monkeypatch):
+    import asyncio
+    import types
+
+    from gateway import service
+    from gateway.alarms import Alarms
+
+    store = Store(store_mod.connect(small_filesystem / "gw.sqlite3"))
+    with store.transaction():
+        store.register(RegisteredDevice("a" * 16, b"k" * 32, "s-a", 2, None), 0)
+    models = load_models(default_models_dir())
+    alarms = Alarms()
+    engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
+    ingest = Ingest(store, Outbox(store.conn), engine,
+                    lambda *levels: "dermtwin/v1/gw/" + "/".join(levels), lambda: None,
+                    alarms=alarms)
+    link = FakeLink()
+    with store.transaction():   # old samples, for retention to delete
+        store.insert_samples([batch("a" * 16, range(0, 20_000))])
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    filler = small_filesystem / "filler"
+    with open(filler, "wb", buffering=0) as f:   # fill the disk
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    seq = 20_000
+    while not alarms.is_up("store"):
+        ingest.submit(link, batch("a" * 16, range(seq, seq + 500)))
+        ingest.cycle(now_ms=seq)
+        seq = store.committed_seq("a" * 16) + 1
+        assert seq < 100_000, "the disk never filled"
+    assert "full" in alarms.get("store").detail and link.failed
+    for now in range(5):
+        ingest.cycle(now_ms=now)
+    assert alarms.is_up("store"), "idle cycles do not clear a disk-full alarm"
+
+    # retention on the full disk: an alarm, and the task keeps going
+    monkeypatch.setattr(service, "PRUNE_RETRY_S", 0.05)
+    gateway = types.SimpleNamespace(
+        config=types.SimpleNamespace(retention_days=1e-9, archive_days=1e-9), store=store,
+        alarms=alarms)
+    prune = asyncio.create_task(service.Gateway._prune(gateway))
+    await asyncio.sleep(0.5)
+    assert not prune.done()
+    full_while_pruning = alarms.is_up("retention")
+
+    filler.unlink()   # space is back
+    ingest.submit(link, batch("a" * 16, range(seq, seq + 5)))
+    ingest.cycle(now_ms=10**6)
+    assert not alarms.is_up("store") and link.committed[-1] == seq + 4
+    await asyncio.sleep(0.3)
+    assert not alarms.is_up("retention") and not prune.done()
+    prune.cancel()
+    store.conn.close()
+    assert full_while_pruning, "a retention pass on a full disk fails, raising its alarm"
