@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.clock import now_ms
+from gateway.mqtt import topics
+from gateway.mqtt.topics import Topic
 from gateway.outbox import Outbox
 from gateway.samples_message import samples_payload
 from gateway.store import LostSamples, SampleBatch, Store, StoreError
@@ -26,13 +28,12 @@ log = logging.getLogger(__name__)
 
 CYCLE_S = 0.1
 IDLE_STEP_S = 1.0
-SNAPSHOT_EXPIRY_S = 7 * 24 * 3600   # retained twins of vanished devices expire after a week
 CHANNEL_PROPERTIES = tuple(prop for _, prop in CHANNEL_SCALE.values())
 
 
 def data_loss_alert(gap: LostSamples, now_ms: int) -> dict:
     """The `data_loss` alert for samples a patch did not log (docs/mqtt.md)."""
-    return {"schema": 1, "ts": now_ms, "kind": "data_loss",
+    return {"schema": topics.SCHEMA_VERSION, "ts": now_ms, "kind": "data_loss",
             "from": gap.first_utc_ms, "to": gap.last_utc_ms,
             "samples": dict(zip(CHANNEL_PROPERTIES, gap.counts, strict=True))}
 
@@ -77,20 +78,25 @@ class Ingest:
         self._waiting.append((link, batch))
         self._wake.set()
 
+    def put(self, row: Topic, subject: str, payload: dict) -> None:
+        """One message on `row` (docs/mqtt.md's table: retain, expiry, QoS) for `subject`,
+        into the outbox inside the caller's transaction."""
+        self.outbox.put(self.topic(subject, row.leaf), encode(payload), qos=row.qos,
+                        retain=row.retained, expiry_s=row.expiry_s)
+
     def publish_updates(self, updates: list[TwinUpdate]) -> None:
         """Write twin revisions and their messages (inside the caller's transaction)."""
         for update in updates:
             twin = self.engine.twins[update.subject]
             self.store.save_twin(update.subject, twin.rev, twin.to_saved())
             if update.delta is not None:
-                self.outbox.put(self.topic(update.subject, "delta"), encode(update.delta))
+                self.put(topics.DELTA, update.subject, update.delta)
                 self.stats.deltas += 1
             if update.snapshot is not None:
-                self.outbox.put(self.topic(update.subject, "twin"), encode(update.snapshot),
-                                retain=True, expiry_s=SNAPSHOT_EXPIRY_S)
+                self.put(topics.TWIN, update.subject, update.snapshot)
                 self.stats.snapshots += 1
             for alert in update.alerts:
-                self.outbox.put(self.topic(update.subject, "alert"), encode(alert))
+                self.put(topics.ALERT, update.subject, alert)
                 self.stats.alerts += 1
             self.stats.last_rev[update.subject] = twin.rev
 
@@ -107,7 +113,7 @@ class Ingest:
             if len(batch):
                 watermark[batch.device_id] = max(watermark[batch.device_id], int(batch.seq[-1]))
             if subject is not None and payload is not None:
-                self.outbox.put(self.topic(subject, "samples"), encode(payload))
+                self.put(topics.SAMPLES, subject, payload)
                 self.stats.sample_messages += 1
 
     def publish_gaps(self, gaps: list[tuple[str, LostSamples]], now_ms: int) -> None:
@@ -118,7 +124,7 @@ class Ingest:
                         device_id, gap.count, gap.boot_id, gap.seq_at)
             subject = self.engine.subject_of.get(device_id)
             if subject is not None:
-                self.outbox.put(self.topic(subject, "alert"), encode(data_loss_alert(gap, now_ms)))
+                self.put(topics.ALERT, subject, data_loss_alert(gap, now_ms))
                 self.stats.alerts += 1
 
     def cycle(self, now_ms: int) -> None:

@@ -18,7 +18,7 @@ from paho.mqtt.properties import Properties
 from gateway import store as store_mod
 from gateway.clock import now_ms
 from gateway.ingest import encode
-from gateway.mqtt import inbound
+from gateway.mqtt import inbound, topics
 from gateway.mqtt.inbound import InboundError
 from gateway.session import ConfigApplied, ConfigFailed
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
-
-REPORTED_EXPIRY_S = 30 * 24 * 3600   # like meta: a vanished device's answer does not linger
 
 
 class RemoteRequests:
@@ -47,7 +45,7 @@ class RemoteRequests:
     def _handle_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
         try:
             kind = inbound.classify(self.gateway.config.mqtt.topic_root, topic)
-            if kind is not None and kind[0] == "desired":
+            if kind is not None and kind[0] == "desired" and kind[1] is not None:
                 self._handle_desired(kind[1], payload)
             elif kind is not None and kind[0] == "cmd":
                 self._handle_command(payload, properties)
@@ -56,8 +54,7 @@ class RemoteRequests:
 
     def _report(self, subject: str, doc: dict) -> None:
         """Inside the caller's transaction."""
-        self.gateway.outbox.put(self.gateway.config.mqtt.topic(subject, "reported"), encode(doc), retain=True,
-                        expiry_s=REPORTED_EXPIRY_S)
+        self.gateway.ingest.put(topics.REPORTED, subject, doc)
 
     def _handle_desired(self, subject: str, payload: bytes) -> None:
         if not payload:

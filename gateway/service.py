@@ -21,6 +21,7 @@ from gateway.clock import now_ms
 from gateway.inference import load_models
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
+from gateway.mqtt import topics
 from gateway.mqtt.config import MqttConfig
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
@@ -45,7 +46,6 @@ SLOT_SHARE_AFTER_S = 30.0
 WATCHDOG_SILENCE_S = 60.0
 PRUNE_EVERY_S = 3600.0
 MANAGER_POLL_S = 0.5
-META_EXPIRY_S = 30 * 24 * 3600
 MODELS_USED = ("temp_anomaly", "uv_dose", "hydration")
 UCUM_UNITS = {"skin_temp_c": "Cel", "temp_baseline_c": "Cel", "temp_delta_c": "K",
               "temp_anomaly_score": "1", "inflammation": "1", "uv_index": "{UVI}",
@@ -106,7 +106,7 @@ class Gateway:
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
             offline_payload_fn=lambda: self._state_payload(False),
             will_delay_s=config.will_delay_s,
-            subscriptions=(f"{config.mqtt.topic_root}/+/desired", config.mqtt.topic("cmd")),
+            subscriptions=tuple(row.filter(config.mqtt.topic_root) for row in topics.INBOUND),
             on_message=self.remote.on_mqtt_message)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
                              self.publisher.kick, self.publisher.republish_state,
@@ -136,11 +136,10 @@ class Gateway:
         models = {name: {"version": m.version} for name, m in self.models.items()}
         with self.store.transaction():
             for dev in self.devices.values():
-                meta = {"schema": 1, "units": UCUM_UNITS, "models": models,
+                meta = {"schema": topics.SCHEMA_VERSION, "units": UCUM_UNITS, "models": models,
                         "channels": sorted(prop for _, prop in CHANNEL_SCALE.values()),
                         "device": {"name": advertised_name(dev.device_id)}}
-                self.outbox.put(self.config.mqtt.topic(dev.subject, "meta"), encode(meta),
-                                retain=True, expiry_s=META_EXPIRY_S)
+                self.ingest.put(topics.META, dev.subject, meta)
             self.ingest.publish_updates(
                 [self.engine.snapshot(subject, now_ms()) for subject, twin
                  in self.engine.twins.items() if twin.state])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.mqtt.topics import SCHEMA_VERSION
 from gateway.protocol import constants as ids
 from gateway.store import SampleBatch
 
@@ -22,7 +23,6 @@ TEMP_RECENT_SAMPLES = 6
 BASELINE_EWMA_ALPHA = 1 / 360        # ~1 h of samples at the default 10 s period
 SNAPSHOT_EVERY_MS = 60_000
 SNAPSHOT_EVERY_DELTAS = 50
-SCHEMA_VERSION = 1
 
 # Integer wire units -> SI (docs/protocol.md §4).
 TMP117_C_PER_LSB = 0.0078125         # TMP117 datasheet §7.3.3, Table 7-1: 7.8125 m°C per LSB

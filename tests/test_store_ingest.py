@@ -144,7 +144,7 @@ def test_gaps_commit_with_their_batch_once_and_raise_a_data_loss_alert(store, in
     assert store.gaps("a" * 16) == [lost]
     [alert] = [json.loads(m.payload) for m in ingest.outbox.pending(100)
                if m.topic == "dermtwin/v1/gw/s-a/alert"]
-    assert alert == {"schema": 1, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
+    assert alert == {"schema": 2, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
                      "to": 1_700_000_004_900, "samples": {"skin_temp_c": 3, "uv_index": 6,
                                                           "capacitance_pf": 0, "battery_pct": 1}}
     # replayed: the same gap again with its samples is neither stored nor announced twice
