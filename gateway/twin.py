@@ -1,7 +1,9 @@
 """The twin engine: committed samples in, per-subject twin revisions out (sans-I/O).
 
 Each step makes one batched model call per model across every subject with new data, then
-turns what changed into a delta (`rev` + 1) and, when due, a full snapshot (design.md §5).
+turns what moved beyond its deadband into a delta (`rev` + 1) and a full snapshot carrying the
+same `rev`: the retained twin is always current (design.md §5), so a subscriber that connects
+at any moment starts from the exact current twin (docs/subscribers.md).
 Models are reached through `run_model(name, inputs) -> outputs`, so the engine never sees
 onnxruntime.
 """
@@ -21,8 +23,6 @@ from gateway.store import SampleBatch
 TEMP_WINDOW_SAMPLES = 30
 TEMP_RECENT_SAMPLES = 6
 BASELINE_EWMA_ALPHA = 1 / 360        # ~1 h of samples at the default 10 s period
-SNAPSHOT_EVERY_MS = 60_000
-SNAPSHOT_EVERY_DELTAS = 50
 
 # Integer wire units -> SI (docs/protocol.md §4).
 TMP117_C_PER_LSB = 0.0078125         # TMP117 datasheet §7.3.3, Table 7-1: 7.8125 m°C per LSB
@@ -32,12 +32,17 @@ CHANNEL_SCALE = {
     ids.Channel.HYDRATION: (0.001, "capacitance_pf"),
     ids.Channel.BATTERY: (1 / 256, "battery_pct"),
 }
-# Smallest change worth a delta, per property (skin_temp_c: below one TMP117 LSB).
-DEADBAND = {"skin_temp_c": 0.005, "temp_baseline_c": 0.01, "temp_delta_c": 0.01,
-            "temp_anomaly_score": 0.02, "uv_index": 0.01, "capacitance_pf": 0.01,
-            "battery_pct": 0.5, "uv_dose_sed": 0.001, "uv_med_fraction": 0.001,
-            "minutes_to_med": 0.5, "hydration_au": 0.5}
+# Smallest change worth a delta, per property, compared with the value last published (so a
+# slow drift is published once it adds up). Half the sensor's stated accuracy or the
+# resolution a reader acts on: TMP117 ±0.1 °C (datasheet §7.5) -> 0.05 °C; UV index is read
+# to one decimal; 1 % of a MED; battery in whole percent; a minute to MED.
+DEADBAND = {"skin_temp_c": 0.05, "temp_baseline_c": 0.05, "temp_delta_c": 0.05,
+            "temp_anomaly_score": 0.05, "uv_index": 0.1, "capacitance_pf": 0.05,
+            "battery_pct": 1.0, "uv_dose_sed": 0.01, "uv_med_fraction": 0.01,
+            "minutes_to_med": 1.0, "hydration_au": 1.0}
 UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
+ALERT_PROPERTY = {"inflammation": "inflammation", "uv_dose": "uv_med_fraction",
+                  "battery_low": "battery_pct"}
 # the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
 BATTERY_LOW_BELOW_PCT = 15.0
 BATTERY_LOW_CLEAR_ABOVE_PCT = 20.0
@@ -65,8 +70,7 @@ class SubjectTwin:
     state: dict[str, dict] = field(default_factory=dict)
     temp_window: deque = field(default_factory=lambda: deque(maxlen=TEMP_WINDOW_SAMPLES))
     baseline_c: float | None = None
-    last_snapshot_ms: int | None = None
-    deltas_since_snapshot: int = 0
+    snapshot_published: bool = False   # since this engine started (the birth snapshot)
     pending: dict[str, dict] = field(default_factory=dict)
     new_temp: bool = False
     last_temp_t: int = 0
@@ -182,8 +186,7 @@ class TwinEngine:
     def snapshot(self, subject: str, now_ms: int) -> TwinUpdate:
         """A full snapshot now (birth, resync): does not change rev."""
         twin = self.twin(subject)
-        twin.last_snapshot_ms = now_ms
-        twin.deltas_since_snapshot = 0
+        twin.snapshot_published = True
         return TwinUpdate(subject, twin.rev, snapshot=self._snapshot_payload(twin, now_ms))
 
     # -- internals ---------------------------------------------------------------
@@ -245,45 +248,48 @@ class TwinEngine:
             twin.new_hydration = False
 
     def _publishable(self, twin: SubjectTwin, now_ms: int) -> TwinUpdate | None:
+        fresh, twin.pending = twin.pending, {}
+        # Alerts see every new value, also one within the deadband of the published value;
+        # the property that raised an alert goes into the delta, so twin and alert agree.
+        alerts = self._alerts(twin, fresh, now_ms)
+        forced = {ALERT_PROPERTY[a["kind"]] for a in alerts}
         changed = {}
-        for prop, leaf in twin.pending.items():
+        for prop, leaf in fresh.items():
             old = twin.state.get(prop)
-            if old is None or _differs(prop, old, leaf):
+            if prop in forced or old is None or _differs(prop, old, leaf):
                 changed[prop] = leaf
-        twin.pending.clear()
         update = None
         if changed:
             twin.state.update(changed)
             twin.rev += 1
-            twin.deltas_since_snapshot += 1
             update = TwinUpdate(twin.subject, twin.rev, delta={
                 "schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
-                "set": changed, "unset": []})
-            update.alerts = self._alerts(twin, changed, now_ms)
-        due = (twin.last_snapshot_ms is None
-               or now_ms - twin.last_snapshot_ms >= SNAPSHOT_EVERY_MS
-               or twin.deltas_since_snapshot >= SNAPSHOT_EVERY_DELTAS)
-        if due and twin.state:
+                "set": changed, "unset": []}, alerts=alerts)
+        # The retained twin follows every delta (coalesced: one per step), and is published
+        # once at start even without one.
+        if twin.state and (changed or not twin.snapshot_published):
             if update is None:
                 update = TwinUpdate(twin.subject, twin.rev)
             update.snapshot = self._snapshot_payload(twin, now_ms)
-            twin.last_snapshot_ms = now_ms
-            twin.deltas_since_snapshot = 0
+            twin.snapshot_published = True
         return update
 
     def _alerts(self, twin: SubjectTwin, changed: dict, now_ms: int) -> list[dict]:
+        def current(prop: str):
+            return (changed.get(prop) or twin.state[prop])["v"]
+
         alerts = []
         leaf = changed.get("inflammation")
         if leaf is not None and leaf["v"] != twin.inflamed:
             twin.inflamed = leaf["v"]
             alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "inflammation",
-                           "active": leaf["v"], "delta_c": twin.state["temp_delta_c"]["v"]})
+                           "active": leaf["v"], "delta_c": current("temp_delta_c")})
         fraction = changed.get("uv_med_fraction")
         if fraction is not None and fraction["v"] >= UV_ALERT_MED_FRACTION and not twin.uv_alerted:
             twin.uv_alerted = True
             alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "uv_dose",
                            "active": True, "med_fraction": fraction["v"],
-                           "dose_sed": twin.state["uv_dose_sed"]["v"]})
+                           "dose_sed": current("uv_dose_sed")})
         battery = changed.get("battery_pct")
         if battery is not None:
             limit = BATTERY_LOW_CLEAR_ABOVE_PCT if twin.battery_low else BATTERY_LOW_BELOW_PCT
