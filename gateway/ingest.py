@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from gateway import samples_message
 from gateway.clock import now_ms
 from gateway.mqtt import topics
 from gateway.mqtt.topics import Topic
 from gateway.outbox import Outbox
-from gateway.samples_message import samples_payload
 from gateway.store import LostSamples, SampleBatch, Store, StoreError
 from gateway.twin import CHANNEL_SCALE, TwinEngine, TwinUpdate
 
@@ -102,18 +104,26 @@ class Ingest:
 
     def publish_raw(self, batches: list[SampleBatch]) -> None:
         """`{subject}/samples` for every sample not committed before (inside the caller's
-        transaction). Sessions commit each device's seqs in order, so a sample is new when it
-        lies past the device's watermark and past the batches before it in this cycle."""
+        transaction): one message per device, boot and kind (live or backfill) per cycle.
+        Sessions commit each device's seqs in order, so a sample is new when it lies past the
+        device's watermark and past the batches before it in this cycle."""
         watermark: dict[str, int] = {}
+        pending: dict[tuple[str, int, bool], list[tuple[SampleBatch, np.ndarray]]] = {}
         for batch in batches:
             if batch.device_id not in watermark:
                 watermark[batch.device_id] = self.store.committed_seq(batch.device_id)
-            subject = self.engine.subject_of.get(batch.device_id)
-            payload = samples_payload(batch, batch.seq > watermark[batch.device_id])
+            fresh = batch.seq > watermark[batch.device_id]
             if len(batch):
                 watermark[batch.device_id] = max(watermark[batch.device_id], int(batch.seq[-1]))
-            if subject is not None and payload is not None:
-                self.put(topics.SAMPLES, subject, payload)
+            if fresh.any() and batch.device_id in self.engine.subject_of:
+                key = (batch.device_id, batch.boot_id, batch.historical)
+                pending.setdefault(key, []).append((batch, fresh))
+        for (device_id, boot_id, historical), parts in pending.items():
+            columns = [np.concatenate([getattr(b, name)[fresh] for b, fresh in parts])
+                       for name in ("seq", "utc_ms", "channel", "value")]
+            for doc in samples_message.encode_runs(boot_id, *(c.tolist() for c in columns),
+                                                   historical=historical):
+                self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc)
                 self.stats.sample_messages += 1
 
     def publish_gaps(self, gaps: list[tuple[str, LostSamples]], now_ms: int) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from gateway import samples_message
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.clock import now_ms
@@ -138,6 +139,7 @@ class Gateway:
             for dev in self.devices.values():
                 meta = {"schema": topics.SCHEMA_VERSION, "units": UCUM_UNITS, "models": models,
                         "channels": sorted(prop for _, prop in CHANNEL_SCALE.values()),
+                        "samples": samples_message.meta_columns(),
                         "device": {"name": advertised_name(dev.device_id)}}
                 self.ingest.put(topics.META, dev.subject, meta)
             self.ingest.publish_updates(
