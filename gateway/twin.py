@@ -33,13 +33,15 @@ CHANNEL_SCALE = {
     ids.Channel.BATTERY: (1 / 256, "battery_pct"),
 }
 # Smallest change worth a delta, per property, compared with the value last published (so a
-# slow drift is published once it adds up). Half the sensor's stated accuracy or the
-# resolution a reader acts on: TMP117 ±0.1 °C (datasheet §7.5) -> 0.05 °C; UV index is read
-# to one decimal; 1 % of a MED; battery in whole percent; a minute to MED.
-DEADBAND = {"skin_temp_c": 0.05, "temp_baseline_c": 0.05, "temp_delta_c": 0.05,
-            "temp_anomaly_score": 0.05, "uv_index": 0.1, "capacitance_pf": 0.05,
-            "battery_pct": 1.0, "uv_dose_sed": 0.01, "uv_med_fraction": 0.01,
-            "minutes_to_med": 1.0, "hydration_au": 1.0}
+# slow drift is published once it adds up). The twin is state to act on; full resolution
+# travels in {subject}/samples. So: the sensor's stated accuracy (TMP117 ±0.1 °C, datasheet
+# §7.5; the anomaly score is delta / 0.6 °C, so 0.2 is 0.12 °C), UV index to one decimal,
+# the dose in 2 % of a MED (the alert is at 80 %), minutes to MED to 5 min, battery in whole
+# percent, hydration in whole units.
+DEADBAND = {"skin_temp_c": 0.1, "temp_baseline_c": 0.1, "temp_delta_c": 0.1,
+            "temp_anomaly_score": 0.2, "uv_index": 0.1, "capacitance_pf": 0.05,
+            "battery_pct": 1.0, "uv_dose_sed": 0.05, "uv_med_fraction": 0.02,
+            "minutes_to_med": 5.0, "hydration_au": 1.0}
 UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
 ALERT_PROPERTY = {"inflammation": "inflammation", "uv_dose": "uv_med_fraction",
                   "battery_low": "battery_pct"}

@@ -45,7 +45,7 @@ def test_revs_increase_by_one_and_quiet_steps_publish_nothing(run_model):
     revs = []
     seq = 0
     for i in range(5):
-        engine.ingest(temp_batch("dev-a", seq, [33.0 + 0.1 * i]))
+        engine.ingest(temp_batch("dev-a", seq, [33.0 + 0.2 * i]))
         seq += 1
         for update in engine.step(now_ms=1_000 + i):
             if update.delta:
@@ -108,7 +108,7 @@ def test_every_delta_comes_with_a_snapshot_of_the_same_rev(run_model):
     engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
     seq, deltas = 0, 0
     state: dict = {}
-    for i, temp in enumerate([33.0, 33.02, 33.5, 33.5, 34.1, 34.12, 33.0]):
+    for i, temp in enumerate([33.0, 33.05, 33.5, 33.5, 34.1, 34.15, 33.0]):
         engine.ingest(temp_batch("dev-a", seq, [temp]))
         seq += 1
         for update in engine.step(now_ms=i):
@@ -119,7 +119,7 @@ def test_every_delta_comes_with_a_snapshot_of_the_same_rev(run_model):
             state.update(update.delta["set"])
             assert update.snapshot["rev"] == update.delta["rev"] == update.rev
             assert update.snapshot["state"] == state   # deltas applied == the snapshot
-    assert 3 <= deltas < 7   # 33.02 and 34.12 are within skin_temp_c's deadband
+    assert 3 <= deltas < 7   # 33.05 and 34.15 are within skin_temp_c's deadband
     assert engine.step(now_ms=100) == []
 
 
