@@ -3,7 +3,7 @@ samples for research pipelines, columnar and delta-coded, still JSON. Sans-I/O: 
 a dict out (`encode`), and back (`decode`).
 
     {"schema": 2, "boot": 7, "seq": 1200, "t": 1764262800000, "tu": 5000,
-     "c": "0101010210", "dt": [[0, 2], [0, 1], [4]], "v": [[4290, 3, -1], [12, 0], [250017]]}
+     "c": "011011021101", "dt": [[0, 2], [0, 1], [4]], "v": [[4290, 3, -1], [12], [250017]]}
 
 - `c`: one character per sample, in seq order: the index of its property in meta's
   `samples.properties` (`skin_temp_c`, `uv_index`, `capacitance_pf`, `battery_pct`).

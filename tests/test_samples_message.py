@@ -63,3 +63,18 @@ def test_malformed_columns_are_refused_naming_the_field():
         assert "v[0]" in str(e)
     else:
         raise AssertionError("decode accepted 3 values for 2 samples")
+
+
+def test_the_worked_example_in_docs_mqtt_md_decodes_as_described():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "mqtt.md").read_text()
+    doc = json.loads(re.search(r"```json\n(\{\"schema\": 2, \"boot\".*?)\n```", text, re.S)[1])
+    rows = sm.decode(doc)
+    assert [s.seq for s in rows] == list(range(1200, 1212))
+    temps = [(s.utc_ms - doc["t"], round(sm.to_si(s), 3)) for s in rows if s.prop == 0]
+    assert temps == [(0, 33.516), (10_000, 33.539), (20_000, 33.531), (30_000, 33.523)]
+    uv = [(s.utc_ms - doc["t"], sm.to_si(s)) for s in rows if s.prop == 1]
+    assert uv == [(5000 * i, 0.12) for i in range(7)]
+    assert [(s.utc_ms - doc["t"], sm.to_si(s)) for s in rows if s.prop == 2] == [(20_000, 250.017)]
