@@ -16,7 +16,7 @@ TOPIC_PREFIX = "dermtwin/v1"
 SCHEMA_VERSION = 2            # payload schema version, named in `meta` (docs/schemas/)
 SUBJECT = "{subject}"
 DAY_S = 86_400
-SCHEMA_ID_BASE = "https://dermtwin.org/schemas/v2/"
+SCHEMA_ID_BASE = "urn:dermtwin:schemas:v2:"  # + name: each schema's $id
 
 
 @dataclass(frozen=True)
