@@ -119,9 +119,10 @@ class Ingest:
                 key = (batch.device_id, batch.boot_id, batch.historical)
                 pending.setdefault(key, []).append((batch, fresh))
         for (device_id, boot_id, historical), parts in pending.items():
-            columns = [np.concatenate([getattr(b, name)[fresh] for b, fresh in parts])
-                       for name in ("seq", "utc_ms", "channel", "value")]
-            for doc in samples_message.encode_runs(boot_id, *(c.tolist() for c in columns),
+            seq, utc, channel, value = (
+                np.concatenate([getattr(b, name)[fresh] for b, fresh in parts]).tolist()
+                for name in ("seq", "utc_ms", "channel", "value"))
+            for doc in samples_message.encode_runs(boot_id, seq, utc, channel, value,
                                                    historical=historical):
                 self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc)
                 self.stats.sample_messages += 1
