@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--skin-type", type=int, choices=range(1, 7), default=3,
                       help="Fitzpatrick skin type 1–6 (3)")
 
+    from gateway import watch
+    watch.add_parser(sub)
+
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, default=DEFAULT_DB)
     unpair.add_argument("--device-id", required=True)
@@ -299,7 +302,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
+def cmd_watch(args: argparse.Namespace) -> int:
+    from gateway.watch import cmd_watch as watch
+
+    return watch(args)
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate, "watch": cmd_watch,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair}
 

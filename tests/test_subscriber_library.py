@@ -139,3 +139,34 @@ async def test_samples_dedup_data_loss_and_shared_subscription(tmp_path, mqtt_co
         assert temps and all(25 < t.value < 40 and t.utc_ms for t in temps)
         by_topic = json.loads(raw.messages[0].payload)
         assert by_topic["schema"] == topics.SCHEMA_VERSION
+
+
+@pytest.mark.slow
+async def test_dermtwin_watch_shows_every_subject_from_the_broker(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gateway_harness import GatewayRig, wait_for
+
+    async with GatewayRig(tmp_path, patches=2) as rig:
+        gateway = await rig.start_gateway()
+        subjects = [s for _, _, s in rig.identities]
+        await wait_for(lambda: all(gateway.engine.twins.get(s) is not None
+                                   and gateway.engine.twins[s].rev >= 2 for s in subjects),
+                       timeout_s=30, what="twins")
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "gateway.cli", "watch", "--broker",
+                             rig.broker.url, "--gateway-id", "rig", "--duration", "3"],
+            capture_output=True, text=True, timeout=60, env=env)
+        revs = {s: gateway.engine.twins[s].rev for s in subjects}
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for subject in subjects:
+        [line] = [ln for ln in lines if subject in ln]
+        cells = [c.strip() for c in line.split("│") if c.strip()]
+        assert cells[0] == subject and 2 <= int(cells[1]) <= revs[subject]
+        assert 25 < float(cells[2].rstrip("?")) < 40     # skin °C
+    assert "0 resyncs" in done.stdout   # the retained twins were current: nothing to ask
