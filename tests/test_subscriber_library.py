@@ -142,7 +142,7 @@ async def test_samples_dedup_data_loss_and_shared_subscription(tmp_path, mqtt_co
 
 
 @pytest.mark.slow
-async def test_dermtwin_watch_shows_every_subject_from_the_broker(tmp_path):
+async def test_watch_examples_and_mosquitto_sub_see_the_current_twins(tmp_path):
     import os
     import subprocess
     import sys
@@ -156,11 +156,24 @@ async def test_dermtwin_watch_shows_every_subject_from_the_broker(tmp_path):
         await wait_for(lambda: all(gateway.engine.twins.get(s) is not None
                                    and gateway.engine.twins[s].rev >= 2 for s in subjects),
                        timeout_s=30, what="twins")
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-        done = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "gateway.cli", "watch", "--broker",
-                             rig.broker.url, "--gateway-id", "rig", "--duration", "3"],
-            capture_output=True, text=True, timeout=60, env=env)
+        repo = Path(__file__).resolve().parents[1]
+        env = dict(os.environ, PYTHONPATH=str(repo))
+
+        def run(*argv: str) -> subprocess.CompletedProcess:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+        url = rig.broker.url
+        done, follow, sink, retained = await asyncio.gather(
+            asyncio.to_thread(run, sys.executable, "-m", "gateway.cli", "watch", "--broker",
+                              url, "--gateway-id", "rig", "--duration", "3"),
+            asyncio.to_thread(run, sys.executable, str(repo / "examples/follow_twins.py"), url,
+                              "rig", "--seconds", "3"),
+            asyncio.to_thread(run, sys.executable, str(repo / "examples/samples_sink.py"), url,
+                              "rig", str(tmp_path / "out.csv"), "--seconds", "3"),
+            # docs/subscribers.md: the current twins, from the shell
+            asyncio.to_thread(run, "mosquitto_sub", "-V", "mqttv5", "-h", rig.broker.host,
+                              "-p", str(rig.broker.port), "-t", f"{ROOT}/+/twin",
+                              "--retained-only", "-F", "%t %p"))
         revs = {s: gateway.engine.twins[s].rev for s in subjects}
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -170,3 +183,9 @@ async def test_dermtwin_watch_shows_every_subject_from_the_broker(tmp_path):
         assert cells[0] == subject and 2 <= int(cells[1]) <= revs[subject]
         assert 25 < float(cells[2].rstrip("?")) < 40     # skin °C
     assert "0 resyncs" in done.stdout   # the retained twins were current: nothing to ask
+    for subject in subjects:
+        assert f"{subject} rev " in follow.stdout, follow.stderr
+        assert any(line.startswith(f"{subject},") for line in
+                   (tmp_path / "out.csv").read_text().splitlines()), sink.stderr
+        [line] = [ln for ln in retained.stdout.splitlines() if f"/{subject}/twin " in ln]
+        assert 2 <= json.loads(line.split(" ", 1)[1])["rev"] <= revs[subject]
