@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the database and patch flash images here (default: temporary)")
     demo.add_argument("--gateway-id", default="demo", help="gateway id in MQTT topics (demo)")
     demo.add_argument("--no-live", action="store_true", help="no live table (plain progress)")
+    demo.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
+                      help="publish Home Assistant MQTT discovery configs (under PREFIX, "
+                           "default homeassistant)")
 
     run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios")
     run.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"database ({DEFAULT_DB})")
@@ -74,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-raw-samples", action="store_true",
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
                           "alerts only)")
+    run.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
+                      help="publish Home Assistant MQTT discovery configs (under PREFIX, "
+                           "default homeassistant)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -142,7 +148,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = asyncio.run(run_demo(
         args.patches, args.duration, broker_url=args.broker, summary_path=args.summary,
-        workdir=args.workdir, live=not args.no_live, gateway_id=args.gateway_id))
+        workdir=args.workdir, live=not args.no_live, gateway_id=args.gateway_id,
+        homeassistant_prefix=args.homeassistant))
     print(f"demo done: generated {summary['samples_generated']} samples, stored "
           f"{summary['samples_stored']}, published {summary['published']} MQTT messages; "
           f"revs {summary['last_rev']}")
@@ -287,7 +294,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
                                         max_connections=args.max_connections,
                                         retention_days=args.retention_days,
-                                        publish_samples=not args.no_raw_samples),
+                                        publish_samples=not args.no_raw_samples,
+                                        homeassistant_prefix=args.homeassistant),
                           BleRadio(adapter))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway import homeassistant
 from gateway import store as store_mod
 from gateway.clock import now_ms
 from gateway.ingest import encode
@@ -49,6 +50,8 @@ class RemoteRequests:
                 self._handle_desired(kind[1], payload)
             elif kind is not None and kind[0] == "cmd":
                 self._handle_command(payload, properties)
+            elif kind is None and self.gateway.config.homeassistant_prefix:
+                self._handle_discovery_config(topic, payload)
         except Exception:   # a bug here must not take the gateway down
             log.exception("inbound %s: handler failed", topic)
 
@@ -100,6 +103,24 @@ class RemoteRequests:
                  desired.cfg_by_name())
         self.gateway.publisher.kick()
         self.gateway.slots[device_id].link.desired_changed()
+
+    def _handle_discovery_config(self, topic: str, payload: bytes) -> None:
+        """A retained Home Assistant config of ours for a subject no longer registered here
+        (unpaired): clear it, so its entities go away."""
+        prefix = self.gateway.config.homeassistant_prefix
+        assert prefix is not None
+        subject = homeassistant.subject_of(prefix, self.gateway.config.mqtt.gateway_id, topic)
+        if subject is None or not payload or subject in self._by_subject:
+            return
+        try:
+            with self.gateway.store.transaction():
+                self.gateway.outbox.put(topic, b"", retain=True)
+        except store_mod.StoreError as err:
+            log.error("home assistant: cannot clear %s: %s", topic, err)
+            return
+        log.info("home assistant: %s is not registered here any more; cleared %s",
+                 subject, topic)
+        self.gateway.publisher.kick()
 
     # -- cmd: requests with MQTT 5 Response Topic + Correlation Data --------------------
     def _handle_command(self, payload: bytes, properties: Any) -> None:

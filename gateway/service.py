@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from gateway import samples_message
+from gateway import homeassistant, samples_message
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.clock import now_ms
@@ -68,12 +68,18 @@ class GatewayConfig:
     will_delay_s: int = 10
     retention_days: float = 30.0
     publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
+    homeassistant_prefix: str | None = None   # Home Assistant discovery under it; None: off
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_connections <= 20:
             raise ValueError(f"max_connections {self.max_connections}: must be 1..20")
         if self.retention_days <= 0:
             raise ValueError(f"retention_days {self.retention_days}: must be positive")
+        prefix = self.homeassistant_prefix
+        if prefix is not None and (not prefix or any(ch in prefix for ch in "+#\0")
+                                   or prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError(f"homeassistant prefix {prefix!r}: must be a topic without "
+                             "wildcards or a leading/trailing '/'")
 
 
 @dataclass
@@ -107,7 +113,9 @@ class Gateway:
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
             offline_payload_fn=lambda: self._state_payload(False),
             will_delay_s=config.will_delay_s,
-            subscriptions=tuple(row.filter(config.mqtt.topic_root) for row in topics.INBOUND),
+            subscriptions=tuple(row.filter(config.mqtt.topic_root) for row in topics.INBOUND)
+            + ((homeassistant.config_filter(config.homeassistant_prefix, config.mqtt.gateway_id),)
+               if config.homeassistant_prefix else ()),
             on_message=self.remote.on_mqtt_message)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
                              self.publisher.kick, self.publisher.republish_state,
@@ -142,6 +150,11 @@ class Gateway:
                         "samples": samples_message.meta_columns(),
                         "device": {"name": advertised_name(dev.device_id)}}
                 self.ingest.put(topics.META, dev.subject, meta)
+                if self.config.homeassistant_prefix:
+                    for topic, payload in homeassistant.config_messages(
+                            self.config.homeassistant_prefix, self.config.mqtt.gateway_id,
+                            dev.subject, advertised_name(dev.device_id)):
+                        self.outbox.put(topic, payload, retain=True)
             self.ingest.publish_updates(
                 [self.engine.snapshot(subject, now_ms()) for subject, twin
                  in self.engine.twins.items() if twin.state])

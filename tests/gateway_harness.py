@@ -60,11 +60,12 @@ class GatewayRig:
             self.patches.append(patch)
         return self
 
-    async def start_gateway(self) -> Gateway:
+    async def start_gateway(self, **config) -> Gateway:
+        """Start the gateway; `config` adds GatewayConfig fields (e.g. homeassistant_prefix)."""
         mqtt = MqttConfig.from_url(self.broker.url, gateway_id="rig")
         self.gateway = Gateway(
             GatewayConfig(self.db_path, mqtt, default_models_dir(),
-                          max_connections=self.max_connections),
+                          max_connections=self.max_connections, **config),
             BleRadio(await self.radio.new_adapter()))
         self._stop = asyncio.Event()
         self._run = asyncio.create_task(self.gateway.run(self._stop))
