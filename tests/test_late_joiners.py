@@ -44,9 +44,9 @@ async def test_late_joiners_rebuild_the_current_twin_without_asking(tmp_path, mq
                        timeout_s=30, what="a few revs per subject")
         joiners = []
         for _ in range(JOINERS):
-            await asyncio.sleep(rng.uniform(0.2, 2.5))
+            await asyncio.sleep(rng.uniform(0.2, 1.5))
             joiners.append(await asyncio.to_thread(mqtt_collector, rig.broker, f"{ROOT}/#"))
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(1.0)
         await rig.stop_gateway()
         final = {s: (gateway.engine.twins[s].rev, gateway.engine.twins[s].state)
                  for s in subjects}
