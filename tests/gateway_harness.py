@@ -31,7 +31,7 @@ async def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition") 
 class GatewayRig:
     def __init__(self, tmp_path: Path, patches: int = 1, *, max_connections: int = 5,
                  patch_config: dict | None = None, registry_keys: dict[int, bytes] | None = None,
-                 seed: int = 1, log_capacity: int = 20_000):
+                 seed: int = 1, log_capacity: int = 20_000, time_scale: float = 1.0):
         self.tmp_path = tmp_path
         self.n_patches = patches
         self.max_connections = max_connections
@@ -39,6 +39,7 @@ class GatewayRig:
         self.registry_keys = registry_keys or {}
         self.seed = seed
         self.log_capacity = log_capacity
+        self.time_scale = time_scale   # >1: the wearer's physiology runs faster (as in the demo)
         self.db_path = tmp_path / "gateway.sqlite3"
         self.patches: list[VirtualPatch] = []
         self.gateway: Gateway | None = None
@@ -55,7 +56,7 @@ class GatewayRig:
         for i, (device_id, key, _) in enumerate(self.identities):
             patch = VirtualPatch(self.radio, device_id, key, self.tmp_path / f"patch-{i}",
                                  seed=i + 1, config_overrides=self.patch_config,
-                                 log_capacity=self.log_capacity)
+                                 log_capacity=self.log_capacity, time_scale=self.time_scale)
             await patch.start()
             self.patches.append(patch)
         return self

@@ -12,8 +12,11 @@ import random
 
 from gateway.mqtt import topics
 from gateway.subscriber.twins import TwinFollower
+from simulation.demo import DEMO_PATCH_CONFIG, DEMO_TIME_SCALE
 
 ROOT = "dermtwin/v1/rig"
+# the demo's pace: physiology 120x, frames every second, so twins move every few seconds
+LIVELY = {"time_scale": DEMO_TIME_SCALE, "patch_config": {**DEMO_PATCH_CONFIG, 6: 1}}
 JOINERS = 4
 
 
@@ -35,7 +38,7 @@ async def test_late_joiners_rebuild_the_current_twin_without_asking(tmp_path, mq
     from gateway_harness import GatewayRig, wait_for
 
     rng = random.Random(12)
-    async with GatewayRig(tmp_path, patches=2) as rig:
+    async with GatewayRig(tmp_path, patches=2, **LIVELY) as rig:
         subjects = [s for _, _, s in rig.identities]
         from_start = mqtt_collector(rig.broker, f"{ROOT}/#")
         gateway = await rig.start_gateway()

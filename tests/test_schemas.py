@@ -15,9 +15,12 @@ from jsonschema import Draft202012Validator
 from gateway.ingest import data_loss_alert
 from gateway.mqtt import topics
 from gateway.store import LostSamples, SampleBatch
+from simulation.demo import DEMO_PATCH_CONFIG, DEMO_TIME_SCALE
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 ROOT = "dermtwin/v1/rig"
+# the demo's pace: physiology 120x, frames every second, so twins move every few seconds
+LIVELY = {"time_scale": DEMO_TIME_SCALE, "patch_config": {**DEMO_PATCH_CONFIG, 6: 1}}
 REPLIES = "clinic/replies/7"
 
 
@@ -86,7 +89,7 @@ def test_alerts_validate(tmp_path):
 async def test_every_message_of_a_run_validates(tmp_path, mqtt_collector):
     from gateway_harness import GatewayRig, Mqtt5Requester, mqtt5_publish, wait_for
 
-    async with GatewayRig(tmp_path, patches=2) as rig:
+    async with GatewayRig(tmp_path, patches=2, **LIVELY) as rig:
         subjects = [s for _, _, s in rig.identities]
         everything = mqtt_collector(rig.broker, "#")
         gateway = await rig.start_gateway()

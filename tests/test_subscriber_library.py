@@ -15,8 +15,11 @@ from gateway.mqtt import topics
 from gateway.store import LostSamples, Store, connect
 from gateway.subscriber import DataLoss, SampleRow, Subscriber
 from gateway.subscriber.twins import TwinFollower
+from simulation.demo import DEMO_PATCH_CONFIG, DEMO_TIME_SCALE
 
 ROOT = "dermtwin/v1/rig"
+# the demo's pace: physiology 120x, frames every second, so twins move every few seconds
+LIVELY = {"time_scale": DEMO_TIME_SCALE, "patch_config": {**DEMO_PATCH_CONFIG, 6: 1}}
 
 
 def test_follower_orders_drops_duplicates_and_holds_holes():
@@ -38,7 +41,7 @@ def test_follower_orders_drops_duplicates_and_holds_holes():
 async def test_twins_follow_and_a_lost_delta_is_repaired_with_resync(tmp_path):
     from gateway_harness import GatewayRig, wait_for
 
-    async with GatewayRig(tmp_path, patches=2) as rig:
+    async with GatewayRig(tmp_path, patches=2, **LIVELY) as rig:
         gateway = await rig.start_gateway()
         subjects = [s for _, _, s in rig.identities]
         await wait_for(lambda: all(gateway.engine.twins.get(s) is not None
@@ -90,7 +93,7 @@ async def test_twins_follow_and_a_lost_delta_is_repaired_with_resync(tmp_path):
 async def test_samples_dedup_data_loss_and_shared_subscription(tmp_path, mqtt_collector):
     from gateway_harness import GatewayRig, mqtt5_publish, wait_for
 
-    async with GatewayRig(tmp_path, patches=2) as rig:
+    async with GatewayRig(tmp_path, patches=2, **LIVELY) as rig:
         raw = mqtt_collector(rig.broker, f"{ROOT}/+/samples")
         everyone: list = []
         members: dict[str, list] = {"a": [], "b": []}
@@ -150,7 +153,7 @@ async def test_watch_examples_and_mosquitto_sub_see_the_current_twins(tmp_path):
 
     from gateway_harness import GatewayRig, wait_for
 
-    async with GatewayRig(tmp_path, patches=2) as rig:
+    async with GatewayRig(tmp_path, patches=2, **LIVELY) as rig:
         gateway = await rig.start_gateway()
         subjects = [s for _, _, s in rig.identities]
         await wait_for(lambda: all(gateway.engine.twins.get(s) is not None
