@@ -191,4 +191,5 @@ async def test_watch_examples_and_mosquitto_sub_see_the_current_twins(tmp_path):
         assert any(line.startswith(f"{subject},") for line in
                    (tmp_path / "out.csv").read_text().splitlines()), sink.stderr
         [line] = [ln for ln in retained.stdout.splitlines() if f"/{subject}/twin " in ln]
-        assert 2 <= json.loads(line.split(" ", 1)[1])["rev"] <= revs[subject]
+        # (current as of its connection; the gateway may have been a cycle ahead of the broker)
+        assert 1 <= json.loads(line.split(" ", 1)[1])["rev"] <= revs[subject]
