@@ -5,11 +5,12 @@
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PIP_STAMP   := $(VENV)/.dermtwin-installed
+SIM_STAMP   := $(VENV)/.dermtwin-sim-installed
 NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models clean mosquitto virtual-board simulate
+.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto virtual-board simulate
 
 setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto
 
@@ -17,6 +18,12 @@ $(PIP_STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# `make demo` needs only the runtime and the simulation, not the dev tools.
+$(SIM_STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[sim]'
 	@touch $@
 
 $(NPM_STAMP): package.json package-lock.json
@@ -29,7 +36,7 @@ mosquitto:
 test: setup
 	$(PY) -m pytest
 
-demo: setup
+demo: $(SIM_STAMP) mosquitto
 	$(VENV)/bin/dermtwin demo --patches $(PATCHES) --duration $(DURATION) --summary build/demo-summary.json
 
 lint: setup
@@ -38,10 +45,18 @@ lint: setup
 	$(PY) tools/typecheck_firmware.py
 
 firmware: setup
-	$(PY) tools/build_firmware.py --out build/firmware
+	$(PY) tools/build_firmware.py --out build/firmware $(if $(AIOBLE_DIR),--aioble $(AIOBLE_DIR))
 
 models: setup
 	$(PY) models_onnx/build_models.py
+
+# The virtual cohort (simulation/cohort.py): 64 subjects x 7 days, seed 1, half held out.
+cohort: setup
+	$(PY) -m simulation.cohort --subjects 64 --days 7 --seed 1 --out build/cohort
+
+# Score the models on the held-out cohort and write the tables into models_onnx/cards/.
+eval: cohort
+	$(PY) models_onnx/evaluate.py --cohort build/cohort --write-cards
 
 virtual-board: setup
 	$(PY) tools/virtual_board.py
@@ -50,7 +65,7 @@ simulate: setup
 	$(VENV)/bin/dermtwin simulate --patches $(PATCHES) --fast --pair-db var/gateway.sqlite3
 
 bench: setup
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf build .pytest_cache

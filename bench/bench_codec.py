@@ -10,10 +10,12 @@ import hashlib
 import hmac
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from figures import figure, interleaved, print_table, timed  # noqa: E402
 
 from gateway.protocol.frames import decode_frame, encode_frame  # noqa: E402
 
@@ -83,28 +85,41 @@ def naive_decode(data: bytes, key: bytes) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def measure(decode, frames) -> tuple[float, int]:
-    start = time.perf_counter()
-    count = sum(len(decode(f, KEY)) for f in frames)
-    return time.perf_counter() - start, count
+def naive_frames_bytes(samples) -> int:
+    """The same samples in fixed-width records (tick u32, channel u8, value i32) behind the
+    same 12-byte header and 8-byte tag, in frames of the same size: the air baseline."""
+    per_frame = (FRAME_BYTES - 12 - 8) // 9
+    frames = -(-len(samples) // per_frame)
+    return frames * (12 + 8) + len(samples) * 9
 
 
-def main() -> int:
+def figures() -> dict[str, dict]:
     samples = backlog_samples()
     frames = frames_for(samples)
     on_air = sum(map(len, frames))
-    print(f"backlog: {len(samples)} samples in {len(frames)} frames, "
-          f"{on_air / len(samples):.2f} bytes/sample on the air")
     repeats = int(os.environ.get("BENCH_REPEATS", "3"))
-    best = {}
-    for name, fn in (("naive per-sample decode", naive_decode), ("decode_frame", decode_frame)):
-        runs = [measure(fn, frames) for _ in range(repeats)]
-        seconds, count = min(runs)
-        assert count == len(samples)
-        best[name] = len(samples) / seconds
-        print(f"{name:>24}: {best[name]:>12,.0f} samples/s")
-    ratio = best["decode_frame"] / best["naive per-sample decode"]
-    print(f"ratio decode_frame / naive: {ratio:.2f}x")
+
+    def rate(decode):
+        def run() -> float:
+            seconds = timed(lambda: [decode(f, KEY) for f in frames])
+            return len(samples) / seconds
+        return run
+
+    rates = interleaved(repeats, naive=rate(naive_decode), decode_frame=rate(decode_frame))
+    return {
+        "codec.decode_rate": figure(
+            rates["decode_frame"], rates["naive"], "samples/s",
+            f"decode_frame over a {DAYS}-day backlog ({len(samples)} samples) against a naive "
+            "per-sample pure-Python decoder; interleaved rounds, medians"),
+        "codec.air_bytes_per_sample": figure(
+            on_air / len(samples), naive_frames_bytes(samples) / len(samples), "B/sample",
+            f"frames of at most {FRAME_BYTES} B at the default rates, against fixed-width "
+            "9-byte records behind the same header and tag", better="lower"),
+    }
+
+
+def main() -> int:
+    print_table(figures())
     return 0
 
 

@@ -32,9 +32,12 @@ from gateway.ingest import Ingest  # noqa: E402
 from gateway.mqtt import topics  # noqa: E402
 from gateway.outbox import Outbox  # noqa: E402
 from gateway.samples_message import PROPERTIES, SCALES  # noqa: E402
-from gateway.store import SampleBatch  # noqa: E402
 from gateway.twin import TwinEngine  # noqa: E402
+from gateway.values import SampleBatch  # noqa: E402
 from sensor_drivers.environment_model import PatchEnvironment  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import figure as bench_figure  # noqa: E402
 
 DEVICE = "00112233445566ff"
 SUBJECT = "s-3f2a9c0d1e"                  # the demo's pseudonymous ids have this shape
@@ -160,8 +163,7 @@ def figures(result: dict | None = None) -> dict[str, dict]:
            "bytes; baseline: one JSON message per reading, same samples, same run")
 
     def figure(value: float, baseline: float, unit: str, detail: str) -> dict:
-        return {"value": round(value, 2), "baseline": round(baseline, 2),
-                "ratio": round(value / baseline, 3), "unit": unit, "how": f"{how}; {detail}"}
+        return bench_figure(value, baseline, unit, f"{how}; {detail}", better="lower")
 
     live, backlog = r["live"], r["backlog"]
     all_live = sum(sum(v) for v in live.values())
@@ -196,7 +198,8 @@ def main() -> int:
     print(f"{'naive':<9} {'samples':<9} {len(r['naive']):>9} {sum(r['naive']):>9} "
           f"{sum(r['naive']) / n:>9.2f}")
     for name, f in figures(r).items():
-        print(f"{name}: {f['value']} {f['unit']} vs {f['baseline']} -> ratio {f['ratio']}")
+        print(f"{name}: {f['value']:.2f} {f['unit']} vs {f['baseline']:.2f} -> "
+              f"ratio {f['ratio']:.3f}")
     return 0
 
 

@@ -4,6 +4,8 @@
 # next_record(seq), flush(), gaps(), append_gap() and dropped_total.
 #
 # Layout: a directory of segment files `seg_<first_seq>.log`, append-only, one boot each.
+# The format facts the gateway also reads (file names, segment header, `acked`, gap snapshots,
+# CRC-16) are in firmware/flash_format.py; the blocks are this module's alone.
 #   header  32 B  two identical copies of: b"DTL", version u8 (2), first_seq u32, boot_id u16,
 #                 base_tick u32, crc16 u16 (over the 14 bytes before it). Written and flushed
 #                 before the segment's first block; a corrupt copy is survived.
@@ -83,6 +85,15 @@ import struct
 import sys
 from array import array
 
+from firmware.flash_format import (
+    FORMAT_VERSION,
+    HDR_BYTES,
+    crc16,
+    pack_header,
+    parse_acked,
+    parse_header,
+)
+
 try:
     from micropython import const
 except ImportError:
@@ -94,7 +105,6 @@ except ImportError:
 LOG_FULL = const(-1)
 NO_RECORD = const(-1)
 
-HDR_BYTES = const(32)  # segment header: two 16-byte copies
 BLOCK_OVERHEAD = const(9)  # block header (7) + crc (2)
 BLOCK_RECORDS = const(64)  # records per block at most (the read cache holds one block)
 REC_MAX_BYTES = const(9)  # head + dt varint (4) + value varint (4)
@@ -107,8 +117,6 @@ DEFAULT_FLUSH_EVERY = const(16)  # at default rates one flush per ~50 s; at most
 LFS_BLOCK_BYTES = const(4096)
 
 _MPY = sys.implementation.name == "micropython"
-_COPY_BYTES = const(16)
-_VERSION = const(2)
 _TICK_OFFSET_MAX = const(0xFFFFFF)
 _DT_ESCAPE = const(63)
 _BODY = const(11)  # block buffers: [seq u32][header 7][body ...][crc 2]
@@ -117,7 +125,7 @@ _BODY_END_MAX = const(_BODY + _BODY_MAX - REC_MAX_BYTES)  # room for one more re
 # a segment takes a record while header + pending body + a new block with a worst-case
 # record still fit: apos + bend + _ROOM <= segment_bytes
 _ROOM = const(2 * BLOCK_OVERHEAD + REC_MAX_BYTES - _BODY)
-_SEGMENT_MIN = const(HDR_BYTES + 2 * BLOCK_OVERHEAD + REC_MAX_BYTES)
+_SEGMENT_MIN_PAST_HEADER = const(2 * BLOCK_OVERHEAD + REC_MAX_BYTES)
 _GAP_BYTES = const(36)
 _GAP_MAGIC = const(0x47)  # "G"
 # inclusive value range per channel the log stores (the sampler checks readings against it):
@@ -125,28 +133,6 @@ _GAP_MAGIC = const(0x47)  # "G"
 # 115,000 fF, 24 bits hold 8.4 nF), battery (SOC register)
 VALUE_MIN = (-32768, 0, 0, 0)
 VALUE_MAX = (32767, 65535, 0x7FFFFF, 65535)
-
-
-def _make_crc_table():
-    table = array("H", bytes(512))
-    for i in range(256):
-        c = i << 8
-        for _ in range(8):
-            c = ((c << 1) ^ 0x1021) & 0xFFFF if c & 0x8000 else (c << 1) & 0xFFFF
-        table[i] = c
-    return table
-
-
-_CRC_TABLE = _make_crc_table()
-
-
-def crc16(buf, n):
-    """CRC-16/CCITT-FALSE of buf[0:n]; allocates nothing."""
-    t = _CRC_TABLE
-    crc = 0xFFFF
-    for i in range(n):
-        crc = t[((crc >> 8) ^ buf[i]) & 0xFF] ^ ((crc << 8) & 0xFFFF)
-    return crc
 
 
 def _write(f, buf, n):
@@ -245,7 +231,8 @@ class FlashLog:
     def __init__(self, directory, segment_bytes=DEFAULT_SEGMENT_BYTES,
                  max_segments=DEFAULT_MAX_SEGMENTS, boot_id=0, first_seq=0,
                  flush_every=DEFAULT_FLUSH_EVERY):
-        if not _SEGMENT_MIN <= segment_bytes <= 0xFFFF or max_segments < 1 or flush_every < 1:
+        if (not HDR_BYTES + _SEGMENT_MIN_PAST_HEADER <= segment_bytes <= 0xFFFF
+                or max_segments < 1 or flush_every < 1):
             raise ValueError("bad FlashLog geometry")
         self.dir = directory
         self.segment_bytes = segment_bytes
@@ -348,7 +335,9 @@ class FlashLog:
                 n = f.readinto(self._hdr)
                 self._wpos = HDR_BYTES if size > HDR_BYTES else size
                 self._woff = 0
-                if self._parse_header(first, n, slot):
+                header = parse_header(self._hdr, n, first)
+                if header is not None:
+                    self._boot[slot], self._base[slot] = header
                     self._scan(f, size, first)
                 else:
                     self.bad_headers += 1  # records without boot and base tick mean nothing
@@ -362,7 +351,11 @@ class FlashLog:
         next_seq = extent + self.flush_every if extent >= 0 else 0
         if first_seq > next_seq:
             next_seq = first_seq
-        watermark = self._read_acked()
+        try:
+            with open(self.dir + "/acked", "rb") as f:
+                watermark = parse_acked(f.read())
+        except OSError:
+            watermark = -1
         if watermark < 0:
             watermark = firsts[0] if firsts else next_seq
         if watermark > next_seq:
@@ -386,31 +379,6 @@ class FlashLog:
             self._wpos = self._wprev  # the last block is torn or corrupt: cut
             self._woff = self._wpoff
         self._wf = None
-
-    def _parse_header(self, first, n, slot):
-        h = self._hdr
-        for off in (0, _COPY_BYTES):
-            if n < off + _COPY_BYTES:
-                break
-            if h[off] != 0x44 or h[off + 1] != 0x54 or h[off + 2] != 0x4C or h[off + 3] != _VERSION:
-                continue
-            _, seq, boot, base, crc = struct.unpack_from("<IIHIH", h, off)
-            if crc != crc16(memoryview(h)[off:], 14) or seq != first:
-                continue
-            self._boot[slot] = boot
-            self._base[slot] = base
-            return True
-        return False
-
-    def _read_acked(self):
-        try:
-            with open(self.dir + "/acked", "rb") as f:
-                data = f.read()
-        except OSError:
-            return -1
-        if len(data) != 6 or crc16(data, 4) != data[4] | data[5] << 8:
-            return -1
-        return struct.unpack_from("<I", data, 0)[0]
 
     # -- ring of segments ------------------------------------------------------------------------
     def _slot(self, i):
@@ -799,12 +767,9 @@ class FlashLog:
         slot = self._slot(self._nseg)
         if slot == self._rs:
             self._close_read()
-        h = self._hdr
-        for off in (0, _COPY_BYTES):
-            struct.pack_into("<BBBBIHI", h, off, 0x44, 0x54, 0x4C, _VERSION, first, self.boot_id, tick)
-            struct.pack_into("<H", h, off + 14, crc16(memoryview(h)[off:], 14))
+        pack_header(self._hdr, first, self.boot_id, tick)
         f = open(self._seg_path(first), "ab+")
-        f.write(h)
+        f.write(self._hdr)
         f.flush()
         self._first[slot] = first
         self._count[slot] = 0
@@ -834,7 +799,7 @@ class FlashLog:
             seq = self.next_seq - 1
         if seq < self._watermark:
             return
-        buf = bytearray(6)
+        buf = bytearray(6)  # flash_format.parse_acked reads it
         struct.pack_into("<I", buf, 0, seq + 1)
         struct.pack_into("<H", buf, 4, crc16(buf, 4))
         _replace(self.dir + "/acked", buf)  # first: acknowledged records are never re-sent
@@ -909,7 +874,7 @@ class FlashLog:
     def _gap_record(self, g):
         buf = bytearray(_GAP_BYTES)
         c = g.counts
-        struct.pack_into("<BBHIIIIIII", buf, 0, _GAP_MAGIC, _VERSION, g.boot_id, g.seq_at,
+        struct.pack_into("<BBHIIIIIII", buf, 0, _GAP_MAGIC, FORMAT_VERSION, g.boot_id, g.seq_at,
                          g.first_tick, g.last_tick, c[0], c[1], c[2], c[3])
         struct.pack_into("<H", buf, 32, crc16(buf, 32))
         return buf

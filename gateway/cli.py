@@ -12,11 +12,27 @@ import sys
 import time
 from pathlib import Path
 
+from gateway import cli_scan, cli_status, models_cli
+
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 
 
 class CliError(Exception):
     pass
+
+
+# The gateway reads its registry when it starts (gateway/service.py).
+RESTART_HINT = ("a running gateway sees this after a restart "
+                "(sudo systemctl restart dermtwin)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dermtwin")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def _positive_int(text: str) -> int:
@@ -33,11 +49,36 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_replacement_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reassign", action="store_true",
+                        help="move a device that is paired with another subject to this one")
+    parser.add_argument("--reuse-subject", action="store_true",
+                        help="give a subject that another device wears to this device (the "
+                             "other device is unpaired; its samples are kept)")
+
+
+def _location(text: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give LAT,LON in degrees, e.g. 45.5,-73.6") from None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        raise argparse.ArgumentTypeError(f"{text!r}: latitude -90..90, longitude -180..180")
+    return latitude, longitude
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermtwin", description="dermtwin gateway: skin-patch BLE → digital twin → MQTT")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"dermtwin {_version()}")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="gateway configuration (TOML); default: /etc/dermtwin/gateway.toml, "
+                             "then ~/.config/dermtwin/gateway.toml. Options given here win")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli_scan.add_parser(sub, DEFAULT_DB)
+    cli_status.add_parser(sub, DEFAULT_DB)
 
     demo = sub.add_parser("demo", help="virtual patches → gateway → MQTT, with a live view")
     demo.add_argument("--patches", type=_positive_int, default=3, help="virtual patches (3)")
@@ -52,34 +93,41 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the database and patch flash images here (default: temporary)")
     demo.add_argument("--gateway-id", default="demo", help="gateway id in MQTT topics (demo)")
     demo.add_argument("--no-live", action="store_true", help="no live table (plain progress)")
+    demo.add_argument("--wide", action="store_true", default=None,
+                      help="the full table (about 160 columns) instead of a card per subject")
     demo.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
                       help="publish Home Assistant MQTT discovery configs (under PREFIX, "
                            "default homeassistant)")
 
-    run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios")
-    run.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"database ({DEFAULT_DB})")
-    run.add_argument("--broker", metavar="URL", required=True, help="mqtt://… or mqtts://…")
-    run.add_argument("--username")
+    run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios "
+                                     "(every option can also come from the config file)")
+    run.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
+    run.add_argument("--broker", metavar="URL", help="mqtt://… or mqtts://… ([mqtt] broker)")
+    run.add_argument("--username", help="[mqtt] username")
     run.add_argument("--password-env", metavar="VAR",
-                     help="read the MQTT password from this environment variable")
-    run.add_argument("--ca-file", type=Path)
-    run.add_argument("--cert-file", type=Path)
-    run.add_argument("--key-file", type=Path)
-    run.add_argument("--gateway-id", default="gw1")
+                     help="read the MQTT password from this environment variable "
+                          "([mqtt] password_env or password_file)")
+    run.add_argument("--ca-file", type=Path, help="[mqtt] ca_file")
+    run.add_argument("--cert-file", type=Path, help="[mqtt] cert_file")
+    run.add_argument("--key-file", type=Path, help="[mqtt] key_file")
+    run.add_argument("--gateway-id", help="gateway id in MQTT topics ([gateway] id; gw1)")
     run.add_argument("--hci", metavar="TRANSPORT",
                      help="drive a controller through Bumble (usb:0, serial:/dev/ttyUSB0, "
-                          "tcp-client:HOST:PORT) instead of BlueZ")
-    run.add_argument("--max-connections", type=_positive_int, default=5,
-                     help="BLE connection slots on the adapter (5)")
-    run.add_argument("--retention-days", type=_positive_float, default=30.0,
-                     help="keep stored samples this long (30)")
-    run.add_argument("--models-dir", type=Path)
-    run.add_argument("--no-raw-samples", action="store_true",
+                          "tcp-client:HOST:PORT) instead of BlueZ ([ble] hci)")
+    run.add_argument("--max-connections", type=_positive_int,
+                     help="BLE connection slots on the adapter ([gateway] max_connections; 5)")
+    run.add_argument("--retention-days", type=_positive_float,
+                     help="keep stored samples this long ([gateway] retention_days; 30)")
+    run.add_argument("--models-dir", type=Path, help="[gateway] models_dir")
+    run.add_argument("--no-raw-samples", action="store_true", default=None,
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
-                          "alerts only)")
+                          "alerts only; [gateway] raw_samples = false)")
+    run.add_argument("--location", type=_location, metavar="LAT,LON",
+                     help="the gateway's latitude,longitude in degrees (e.g. 45.5,-73.6): "
+                          "enables the UV forecast and local-day UV doses ([gateway] location)")
     run.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
-                      help="publish Home Assistant MQTT discovery configs (under PREFIX, "
-                           "default homeassistant)")
+                     help="publish Home Assistant MQTT discovery configs (under PREFIX, "
+                          "default homeassistant)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -103,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--subject", help="pseudonymous subject id to pair with (default: "
                                         "provision only; pair later with `dermtwin pair`)")
     prov.add_argument("--skin-type", type=int, choices=range(1, 7), default=3)
-    prov.add_argument("--db", type=Path, default=DEFAULT_DB)
-    prov.add_argument("--force", action="store_true", help="replace an existing identity")
+    prov.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
+    prov.add_argument("--replace-identity", dest="replace_identity",
+                      action="store_true",
+                      help="replace the identity the board already has (pair it again after)")
+    _add_replacement_flags(prov)
 
     flash = sub.add_parser("flash", help="copy the firmware build onto a patch over USB serial")
     flash.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyACM0")
@@ -121,11 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "format (they are lost)")
 
     devices = sub.add_parser("devices", help="list paired patches")
-    devices.add_argument("--db", type=Path, default=DEFAULT_DB)
+    devices.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     devices.add_argument("--json", action="store_true")
 
     pair = sub.add_parser("pair", help="register a provisioned patch with this gateway")
-    pair.add_argument("--db", type=Path, default=DEFAULT_DB)
+    pair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     pair.add_argument("--device-id", required=True, help="16 hex chars (the patch's serial)")
     pair.add_argument("--key-file", type=Path, required=True,
                       help="file holding the 32-byte device key as 64 hex chars")
@@ -133,12 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pseudonymous subject id (letters, digits, '-', '_'; no names)")
     pair.add_argument("--skin-type", type=int, choices=range(1, 7), default=3,
                       help="Fitzpatrick skin type 1–6 (3)")
+    _add_replacement_flags(pair)
 
+    models_cli.add_parser(sub)
     from gateway import watch
     watch.add_parser(sub)
-
     unpair = sub.add_parser("unpair", help="forget a patch")
-    unpair.add_argument("--db", type=Path, default=DEFAULT_DB)
+    unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
     return parser
 
@@ -149,7 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = asyncio.run(run_demo(
         args.patches, args.duration, broker_url=args.broker, summary_path=args.summary,
         workdir=args.workdir, live=not args.no_live, gateway_id=args.gateway_id,
-        homeassistant_prefix=args.homeassistant))
+        wide=args.wide, homeassistant_prefix=args.homeassistant))
     print(f"demo done: generated {summary['samples_generated']} samples, stored "
           f"{summary['samples_stored']}, published {summary['published']} MQTT messages; "
           f"revs {summary['last_rev']}")
@@ -191,65 +243,101 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from gateway import store as store_mod
+    from gateway.pairing import (
+        SUBJECT_PATTERN,
+        SUBJECT_RULE,
+        PairingRefused,
+        apply_pairing,
+        plan_pairing,
+    )
 
     device_id = args.device_id.lower()
     if not re.fullmatch(r"[0-9a-f]{16}", device_id):
         raise CliError(f"--device-id {args.device_id!r}: must be 16 hex characters")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.subject):
-        raise CliError(f"--subject {args.subject!r}: use 1-64 letters, digits, '-' or '_' "
-                       "(a pseudonymous id, never a name)")
     try:
         key = bytes.fromhex(args.key_file.read_text().strip())
     except (OSError, ValueError) as e:
         raise CliError(f"--key-file {args.key_file}: {e}") from e
     if len(key) != 32:
         raise CliError(f"--key-file {args.key_file}: key must be 32 bytes (64 hex chars)")
+    if not SUBJECT_PATTERN.fullmatch(args.subject):
+        raise CliError(f"--subject {args.subject!r}: {SUBJECT_RULE}")
     store = _open_store(args.db)
-    with store.transaction():
-        store.register(store_mod.RegisteredDevice(device_id, key, args.subject, args.skin_type,
-                                                  None), int(time.time() * 1000))
+    try:
+        plan = plan_pairing(store, device_id, key, args.subject, args.skin_type,
+                            reassign=args.reassign, reuse_subject=args.reuse_subject)
+        with store.transaction():
+            apply_pairing(store, plan, int(time.time() * 1000))
+    except PairingRefused as e:
+        raise CliError(str(e)) from e
+    for line in plan.replacements():
+        print(f"replaced: {line}")
     print(f"paired {device_id} as subject {args.subject}")
+    print(RESTART_HINT)
     return 0
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from gateway import store as store_mod
-    from gateway.provision import ProvisionError, load_key_file, provision
+    import secrets
 
-    if args.subject is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.subject):
-        raise CliError(f"--subject {args.subject!r}: use 1-64 letters, digits, '-' or '_' "
-                       "(a pseudonymous id, never a name)")
+    from gateway.pairing import SUBJECT_RULE, PairingRefused, validate_subject
+    from gateway.provision import (
+        DEVICE_ID_BYTES,
+        IdentityRecord,
+        ProvisionError,
+        load_key_file,
+        provision,
+        validate_device_id,
+    )
+    from gateway.provision_record import KeyFileRecord, RegistryRecord
+
     try:
+        if args.subject is not None:
+            validate_subject(args.subject)
+    except PairingRefused as e:
+        raise CliError(f"--subject {args.subject!r}: {SUBJECT_RULE}") from e
+    try:
+        device_id = (validate_device_id(args.device_id) if args.device_id
+                     else secrets.token_bytes(DEVICE_ID_BYTES).hex())
         key = load_key_file(args.key_file) if args.key_file else None
-        result = provision(args.port, args.device_id, key, force=args.force)
-    except ProvisionError as e:
+    except (PairingRefused, ProvisionError) as e:
+        raise CliError(str(e)) from e
+    record: IdentityRecord
+    key_path = None
+    if args.subject is not None:
+        record = RegistryRecord(_open_store(args.db), args.subject, args.skin_type,
+                                reassign=args.reassign, reuse_subject=args.reuse_subject)
+    else:
+        key_path = Path(f"{device_id}.key")
+        record = KeyFileRecord(key_path)
+    try:
+        result = provision(args.port, device_id, key, replace_identity=args.replace_identity,
+                           record=record)
+    except (ProvisionError, PairingRefused) as e:
         raise CliError(str(e)) from e
     print(f"provisioned {args.port}: device {result.device_id} (DT-{result.device_id[-4:].upper()})"
-          + ("; replaced an earlier identity" if result.replaced else ""))
-    if args.subject is None:
-        key_path = Path(f"{result.device_id}.key")
-        key_path.write_text(result.key.hex() + "\n")
-        key_path.chmod(0o600)
+          + ("; replaced the board's earlier identity" if result.replaced else ""))
+    for line in result.replacements:
+        print(f"replaced: {line}")
+    if key_path is not None:
         print(f"key saved to {key_path} (mode 600); pair it with: dermtwin pair --device-id "
               f"{result.device_id} --key-file {key_path} --subject <pseudonymous id>")
         return 0
-    store = _open_store(args.db)
-    with store.transaction():
-        store.register(store_mod.RegisteredDevice(result.device_id, result.key, args.subject,
-                                                  args.skin_type, None), int(time.time() * 1000))
     print(f"paired {result.device_id} as subject {args.subject} in {args.db}")
+    print(RESTART_HINT)
     return 0
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from gateway.provision import ProvisionError, flash, print_progress
+    from gateway.progress_bar import flash_progress
+    from gateway.provision import ProvisionError, flash
 
     try:
-        result = flash(args.port, None if args.source else args.build_dir, source=args.source,
-                       progress=print_progress, soft_reset=not args.no_reset,
-                       discard_old_log=args.discard_old_log,
-                       with_emulators=args.with_emulators)
+        with flash_progress() as progress:
+            result = flash(args.port, None if args.source else args.build_dir,
+                           source=args.source, progress=progress, soft_reset=not args.no_reset,
+                           discard_old_log=args.discard_old_log,
+                           with_emulators=args.with_emulators)
     except ProvisionError as e:
         raise CliError(str(e)) from e
     kind = "sources" if result.source else "files"
@@ -269,34 +357,46 @@ def cmd_unpair(args: argparse.Namespace) -> int:
     if not removed:
         raise CliError(f"--device-id {args.device_id}: not paired in {args.db}")
     print(f"unpaired {args.device_id}; its stored samples are kept")
+    print(RESTART_HINT)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.ble.radio import BleRadio
     from gateway.inference import default_models_dir
     from gateway.mqtt.config import MqttConfig
     from gateway.service import Gateway, GatewayConfig
 
+    settings = args.settings
+    where = f" or [mqtt] broker in {settings.path}" if settings.path else \
+        " (or [mqtt] broker in /etc/dermtwin/gateway.toml)"
+    broker = args.broker or settings.broker
+    if not broker:
+        raise CliError(f"no broker: give --broker URL{where}")
+    if args.password_env and settings.password is not None:
+        settings.password = None   # the command line wins
     mqtt = MqttConfig.from_url(
-        args.broker, username=args.username, password_env=args.password_env,
-        gateway_id=args.gateway_id, ca_file=args.ca_file, cert_file=args.cert_file,
-        key_file=args.key_file)
+        broker, username=args.username or settings.username, password=settings.password,
+        password_env=args.password_env, gateway_id=args.gateway_id or settings.gateway_id or "gw1",
+        ca_file=args.ca_file or settings.ca_file, cert_file=args.cert_file or settings.cert_file,
+        key_file=args.key_file or settings.key_file)
     args.db.parent.mkdir(parents=True, exist_ok=True)
+    hci = args.hci or settings.hci
+    raw_samples = (not args.no_raw_samples if args.no_raw_samples is not None
+                   else settings.raw_samples if settings.raw_samples is not None else True)
+    config = GatewayConfig(
+        args.db, mqtt, args.models_dir or settings.models_dir or default_models_dir(),
+        max_connections=args.max_connections or settings.max_connections or 5,
+        retention_days=args.retention_days or settings.retention_days or 30.0,
+        publish_samples=raw_samples, location=args.location or settings.location,
+        homeassistant_prefix=args.homeassistant)
 
     async def main() -> None:
         import signal
 
-        adapter = None
-        if args.hci:
-            from gateway.ble.bumble_backend import BumbleAdapter
-            adapter = await BumbleAdapter.open(args.hci)
-        gateway = Gateway(GatewayConfig(args.db, mqtt, args.models_dir or default_models_dir(),
-                                        max_connections=args.max_connections,
-                                        retention_days=args.retention_days,
-                                        publish_samples=not args.no_raw_samples,
-                                        homeassistant_prefix=args.homeassistant),
-                          BleRadio(adapter))
+        from gateway.ble.availability import open_radio
+
+        radio = await open_radio(hci)
+        gateway = Gateway(config, radio)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -318,7 +418,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate, "watch": cmd_watch,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
-            "unpair": cmd_unpair}
+            "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
+            "models": models_cli.cmd_models}
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Settings from the config file (gateway.config_file) where the command line is silent.
+    Secrets are read only for `run`."""
+    from gateway import config_file
+
+    settings = config_file.load(args.config, resolve_secrets=args.command == "run")
+    args.settings = settings
+    if getattr(args, "db", DEFAULT_DB) is None:
+        args.db = settings.db or DEFAULT_DB
+    if getattr(args, "hci", "absent") is None and args.command == "scan":
+        args.hci = settings.hci
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,15 +440,18 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        _apply_config(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
     except CliError as e:
         print(f"dermtwin {args.command}: {e}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError, OSError) as e:
-        # Config, model and broker errors name their field; show them without a traceback.
-        print(f"dermtwin {args.command}: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  # the user sees one line; -vv shows the traceback
+        from gateway.cli_errors import explain
+
+        logging.getLogger("dermtwin").debug("%s failed", args.command, exc_info=True)
+        print(f"dermtwin {args.command}: {explain(e, args)}", file=sys.stderr)
         return 1
 
 

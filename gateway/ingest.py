@@ -20,11 +20,13 @@ import numpy as np
 
 from gateway import samples_message
 from gateway.clock import now_ms
+from gateway.model_registry import CHANNEL_SCALE
 from gateway.mqtt import topics
 from gateway.mqtt.topics import Topic
 from gateway.outbox import Outbox
-from gateway.store import LostSamples, SampleBatch, Store, StoreError
-from gateway.twin import CHANNEL_SCALE, TwinEngine, TwinUpdate
+from gateway.store import Store, StoreError
+from gateway.twin import TwinEngine, TwinUpdate
+from gateway.values import LostSamples, SampleBatch
 
 log = logging.getLogger(__name__)
 

@@ -58,6 +58,14 @@ TEMP_WINDOW_SAMPLES = 30
 
 TEMP_ANOMALY = ModelContract(
     name="temp_anomaly",
+    inputs={"temp_window_c": TEMP_WINDOW_SAMPLES, "baseline_c": 1, "hydration_au": 1,
+            "hydration_excess_au": 1},
+    outputs={"delta_c": 1, "anomaly_score": 1, "inflammation": 1, "exertion": 1, "detached": 1},
+)
+
+# temp_anomaly 1.x (fixed threshold on a running mean): evaluated against 2.x, not loaded.
+TEMP_ANOMALY_THRESHOLD = ModelContract(
+    name="temp_anomaly",
     inputs={"temp_window_c": TEMP_WINDOW_SAMPLES, "baseline_c": 1},
     outputs={"delta_c": 1, "anomaly_score": 1, "inflammation": 1},
 )
@@ -73,6 +81,21 @@ HYDRATION = ModelContract(
     inputs={"capacitance_pf": 1, "skin_temp_c": 1},
     outputs={"corneometer_au": 1, "state": 1},
 )
+
+# Plausible inputs (two rows each) for a self-test: a model the gateway runs must give finite
+# outputs for them (`dermtwin models check`, and before a model file replaces a running one).
+SELF_TEST_INPUTS: Mapping[str, list[list[float]]] = MappingProxyType({
+    "temp_window_c": [[33.0] * TEMP_WINDOW_SAMPLES, [34.5] * TEMP_WINDOW_SAMPLES],
+    "baseline_c": [[33.0], [33.2]],
+    "hydration_au": [[50.0], [3.0]],
+    "hydration_excess_au": [[0.0], [12.0]],
+    "uvi": [[0.0], [7.5]],
+    "dt_s": [[60.0], [5.0]],
+    "dose_sed_in": [[0.0], [1.2]],
+    "med_sed": [[2.0], [10.0]],
+    "capacitance_pf": [[12.5], [10.5]],
+    "skin_temp_c": [[32.0], [35.0]],
+})
 
 CONTRACTS: Mapping[str, ModelContract] = MappingProxyType(
     {c.name: c for c in (TEMP_ANOMALY, UV_DOSE, HYDRATION)}

@@ -4,11 +4,11 @@ gateway.session.PatchSession. Everything the session decides happens here, in or
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bleak.exc import BleakError
@@ -16,6 +16,7 @@ from bleak.exc import BleakError
 from gateway.clock import now_ms
 from gateway.progress import DrainProgress
 from gateway.protocol import constants as ids
+from gateway.retry_policy import retry_delay_s
 from gateway.session import (
     Commit,
     ConfigApplied,
@@ -27,7 +28,7 @@ from gateway.session import (
     Subscribe,
     WriteControl,
 )
-from gateway.store import RegisteredDevice, SampleBatch
+from gateway.values import CloseKind, RegisteredDevice, SampleBatch, SessionClose
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,55 @@ DRAIN_LOG_EVERY_S = 5.0
 DRAIN_MIN_SAMPLES = 500       # smaller catch-ups are not worth a progress line
 SESSION_TICK_S = 1.0
 BLE_ERRORS = (BleakError, TimeoutError, EOFError, ConnectionError, OSError)
-YIELD_REASON = "yielding the connection slot to a waiting patch"
-REFUSAL_PREFIXES = ("MTU ", "identity mismatch", "unreadable status", "patch answered")
 
 
-class Outcome(enum.Enum):
-    """How a connection attempt ended; the connection manager's retry policy keys on it."""
+# -- what the link's event queue carries (from BLE callbacks, ingest and the manager) --------
+@dataclass(frozen=True)
+class Notified:
+    """A Samples notification."""
 
-    STREAMED = "streamed"              # the session delivered frames, then the link ended
-    LINK_LOST = "link lost"            # transient: the patch is near, try again soon
-    CONNECT_FAILED = "connect failed"  # device gone or out of range
-    REFUSED = "refused"                # wrong key, identity or MTU: needs a technician
-    STORE_FAILED = "store failed"      # our disk: wait for it, the patch keeps the samples
-    YIELDED = "yielded"                # gave its connection slot to a waiting patch
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Indicated:
+    """A Control Point indication (the answer to a request)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Committed:
+    up_to_seq: int
+
+
+@dataclass(frozen=True)
+class CommitFailed:
+    detail: str
+
+
+@dataclass(frozen=True)
+class YieldRequested:
+    pass
+
+
+@dataclass(frozen=True)
+class DesiredChanged:
+    pass
+
+
+@dataclass(frozen=True)
+class IdentifyRequested:
+    seconds: int
+
+
+@dataclass(frozen=True)
+class LinkDropped:
+    pass
+
+
+LinkEvent = (Notified | Indicated | Committed | CommitFailed | YieldRequested | DesiredChanged
+             | IdentifyRequested | LinkDropped)
 
 
 class PatchLink:
@@ -66,9 +103,10 @@ class PatchLink:
         self.store = store   # clock anchors, desired config; samples go through `submit`
         self.on_config = on_config   # a desired config applied or refused by the patch
         self.session: PatchSession | None = None
-        self.events: asyncio.Queue = asyncio.Queue()
+        self.events: asyncio.Queue[LinkEvent] = asyncio.Queue()
         self.connects = 0
-        self.last_close_reason: str | None = None
+        self.connect_failures = 0   # in a row; the retry policy backs off on them
+        self.last_close: SessionClose | None = None
         self.frames_rejected_total = 0
         self.auth_failures = 0
         self.drain: DrainProgress | None = None
@@ -76,38 +114,41 @@ class PatchLink:
 
     # called by the ingest pipeline after a commit
     def on_committed(self, up_to_seq: int) -> None:
-        self.events.put_nowait(("committed", up_to_seq))
+        self.events.put_nowait(Committed(up_to_seq))
 
     def on_commit_failed(self, reason: str) -> None:
-        self.events.put_nowait(("commit_failed", reason))
+        self.events.put_nowait(CommitFailed(reason))
 
     def request_yield(self) -> None:
-        self.events.put_nowait(("yield",))
+        self.events.put_nowait(YieldRequested())
 
     def desired_changed(self) -> None:
         """A new desired config was stored: a connected session picks it up now, an
         unconnected patch at its next connection (from the store)."""
-        self.events.put_nowait(("desired",))
+        self.events.put_nowait(DesiredChanged())
 
     def identify(self, seconds: int) -> bool:
         """Send IDENTIFY if streaming now (fire and forget; False if not connected)."""
         session = self.session
         if session is None or session.state is not State.STREAMING:
             return False
-        self.events.put_nowait(("identify", seconds))
+        self.events.put_nowait(IdentifyRequested(seconds))
         return True
 
-    async def run(self, ble_device: Any) -> Outcome:
+    async def run(self, ble_device: Any) -> SessionClose:
+        """Serve one connection; returns how it ended (`retry_delay_s` says when to retry)."""
         self.events = asyncio.Queue()
         events = self.events
         client = self.radio.client(
-            ble_device, disconnected_callback=lambda _c: events.put_nowait(("disconnected",)))
+            ble_device, disconnected_callback=lambda _c: events.put_nowait(LinkDropped()))
         try:
             async with self.radio.connect_lock:
                 await client.connect(timeout=CONNECT_TIMEOUT_S)
         except BLE_ERRORS as e:
-            self.last_close_reason = f"connect failed: {e}"
-            return Outcome.CONNECT_FAILED
+            self.connect_failures += 1
+            self.last_close = SessionClose(CloseKind.CONNECT_FAILED, f"connect failed: {e}")
+            return self.last_close
+        self.connect_failures = 0
         self.connects += 1
         anchors = self.store.anchors(self.device.device_id) if self.store else None
         session = PatchSession(self.device.device_id, self.device.key,
@@ -129,10 +170,10 @@ class PatchLink:
                 self._track_drain(session)
                 self._save_anchor(session)
         except BLE_ERRORS as e:
-            session.disconnected(f"BLE error: {e}")
+            session.disconnected(SessionClose(CloseKind.BLE_ERROR, f"BLE error: {e}"))
         finally:
-            self.last_close_reason = session.close_reason
-            if session.close_reason and "AUTH_FAILED" in session.close_reason:
+            self.last_close = session.close
+            if session.close is not None and session.close.kind is CloseKind.AUTH_FAILED:
                 self.auth_failures += 1
                 log.error("%s: patch refused our key (AUTH_FAILED); check its registry entry",
                           self.device.device_id)
@@ -141,7 +182,13 @@ class PatchLink:
                     await client.disconnect()
                 except BLE_ERRORS:
                     pass
-        return self._outcome(session)
+        if session.close is None:   # the loop above ends only once the session is closed
+            raise RuntimeError(f"{self.device.device_id}: session ended without a close")
+        return session.close
+
+    def retry_delay_s(self, close: SessionClose) -> float:
+        """Seconds before the next attempt after `close`: by its kind, never its wording."""
+        return retry_delay_s(close.kind, self.connect_failures)
 
     def _give_desired(self, session: PatchSession, now_ms: int) -> list:
         desired = self.store.desired(self.device.device_id) if self.store else None
@@ -174,41 +221,34 @@ class PatchLink:
         if self.drain.finished:
             self.drain = None
 
-    def _outcome(self, session: PatchSession) -> Outcome:
-        reason = session.close_reason or ""
-        if reason.startswith("store refused"):
-            return Outcome.STORE_FAILED
-        if reason == YIELD_REASON:
-            return Outcome.YIELDED
-        if reason.startswith(REFUSAL_PREFIXES) or "AUTH_FAILED" in reason:
-            return Outcome.REFUSED
-        return Outcome.STREAMED if session.stats.frames_ok else Outcome.LINK_LOST
-
-    def _dispatch(self, session: PatchSession, event: tuple) -> list:
-        kind, now = event[0], now_ms()
-        if kind == "notify":
-            before = sum(session.stats.frames_rejected.values())
-            actions = session.notification(event[1], now)
-            rejected = sum(session.stats.frames_rejected.values()) - before
-            if rejected:
-                self.frames_rejected_total += rejected
-                log.warning("%s: dropped a malformed frame (%s)", self.device.device_id,
-                            dict(session.stats.frames_rejected))
-            return actions
-        if kind == "control":
-            return session.control_response(event[1], now)
-        if kind == "committed":
-            return session.committed(event[1], now)
-        if kind == "commit_failed":
-            return [Disconnect(f"store refused the samples: {event[1]}")]
-        if kind == "yield":
-            return [Disconnect(YIELD_REASON)]
-        if kind == "desired":
-            return self._give_desired(session, now)
-        if kind == "identify":
-            return session.identify(event[1], now)
-        if kind == "disconnected":
-            session.disconnected("link lost")
+    def _dispatch(self, session: PatchSession, event: LinkEvent) -> list:
+        now = now_ms()
+        match event:
+            case Notified(data):
+                before = sum(session.stats.frames_rejected.values())
+                actions = session.notification(data, now)
+                rejected = sum(session.stats.frames_rejected.values()) - before
+                if rejected:
+                    self.frames_rejected_total += rejected
+                    log.warning("%s: dropped a malformed frame (%s)", self.device.device_id,
+                                dict(session.stats.frames_rejected))
+                return actions
+            case Indicated(data):
+                return session.control_response(data, now)
+            case Committed(up_to_seq):
+                return session.committed(up_to_seq, now)
+            case CommitFailed(detail):
+                return [Disconnect(SessionClose(CloseKind.STORE_FAILED,
+                                                f"store refused the samples: {detail}"))]
+            case YieldRequested():
+                return [Disconnect(SessionClose(
+                    CloseKind.YIELDED, "yielding the connection slot to a waiting patch"))]
+            case DesiredChanged():
+                return self._give_desired(session, now)
+            case IdentifyRequested(seconds):
+                return session.identify(seconds, now)
+            case LinkDropped():
+                session.disconnected(SessionClose(CloseKind.LINK_LOST, "link lost"))
         return []
 
     async def _execute(self, client: Any, session: PatchSession, actions: list) -> None:
@@ -232,15 +272,16 @@ class PatchLink:
                 if self.on_config is not None:
                     self.on_config(self, action)
             elif isinstance(action, Disconnect):
-                log.warning("%s: closing session: %s", self.device.device_id, action.reason)
-                session.disconnected(action.reason)
+                log.warning("%s: closing session (%s): %s", self.device.device_id,
+                            action.close.kind.value, action.close.detail)
+                session.disconnected(action.close)
                 return
 
     def _notification_handler(self, uuid: str) -> Callable:
-        kind = "control" if uuid == ids.CONTROL_POINT_CHAR_UUID else "notify"
+        event = Indicated if uuid == ids.CONTROL_POINT_CHAR_UUID else Notified
         events = self.events
 
         def handler(_characteristic: Any, data: bytearray) -> None:
-            events.put_nowait((kind, bytes(data)))
+            events.put_nowait(event(bytes(data)))
 
         return handler

@@ -6,8 +6,9 @@ air. The board keeps them in `<data_dir>/identity` (docs: firmware/board.py read
     device_id=<16 lowercase hex>
     key=<64 lowercase hex>
 
-    result = provision("/dev/ttyACM0")           # random id and key
-    registry.add(result.device_id, result.key)   # the gateway keeps the key
+    result = provision("/dev/ttyACM0")           # random id and key, board only
+    # ... or as one transaction with the gateway's registry (gateway.provision_record):
+    result = provision("/dev/ttyACM0", record=RegistryRecord(store, "s-0001", skin_type=2))
 
     flash("/dev/ttyACM0", "build/firmware", progress=print)
 
@@ -18,6 +19,7 @@ connection).
 from __future__ import annotations
 
 import importlib.util
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.serial_repl import DEFAULT_TIMEOUT_S, BoardConnectionError, RawRepl, ReplError
+from gateway.serial_repl import (
+    DEFAULT_TIMEOUT_S,
+    BoardConnectionError,
+    BoardError,
+    RawRepl,
+    ReplError,
+)
 
 DEVICE_ID_BYTES = 8
 DEVICE_ID_HEX_CHARS = 2 * DEVICE_ID_BYTES
@@ -43,6 +51,9 @@ SOURCE_EXCLUDED_DIRS = frozenset({"host", "tests", "__pycache__"})
 # Chip emulators serve boards without the chips (the virtual board, a test bench): a patch
 # does not carry them unless asked (flash(..., with_emulators=True)).
 EMULATOR_DIR = "emulators"
+# micropython-lib's aioble for `flash --source`: the directory holding its aioble/ package
+# (as for `make firmware AIOBLE_DIR=...`); without it the board must have aioble already.
+AIOBLE_DIR_ENV = "AIOBLE_DIR"
 MPY_MAGIC = ord("M")
 MPY_HEADER_BYTES = 4
 MPY_ARCH_SHIFT = 2  # .mpy header byte 2: arch << 2 | sub-version (py/persistentcode.h)
@@ -58,7 +69,7 @@ class ProvisionError(ValueError):
 
 
 class IdentityExistsError(ProvisionError):
-    """The board already has an identity and force was not given."""
+    """The board already has an identity and replace_identity was not given."""
 
     def __init__(self, message: str, device_id: str | None):
         super().__init__(message)
@@ -75,7 +86,8 @@ class ProvisionResult:
     key: bytes = field(repr=False)  # 32 bytes; never printed by repr()
     port: str
     identity_path: str
-    replaced: bool  # an earlier identity was overwritten (force=True)
+    replaced: bool  # an earlier identity was overwritten (replace_identity)
+    replacements: tuple[str, ...] = ()  # what the pairing replaced in the registry
 
     @property
     def key_hex(self) -> str:
@@ -192,12 +204,20 @@ def _connected(port: str | RawRepl, timeout_s: float) -> Iterator[RawRepl]:
 
 def provision(port: str | RawRepl, device_id_hex: str | None = None,
               key: bytes | bytearray | str | None = None, *, data_dir: str = DEFAULT_DATA_DIR,
-              force: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> ProvisionResult:
-    """Write the identity file onto the board at `port` and read it back.
+              replace_identity: bool = False, record: IdentityRecord | None = None,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> ProvisionResult:
+    """Write the identity file onto the board at `port` as one transaction with `record`.
 
     A random device id / key is generated for whichever is not given. Refuses
-    (IdentityExistsError) to replace an existing identity unless force=True: a patch
+    (IdentityExistsError) to replace an existing identity unless replace_identity: a patch
     that changes its key must be paired again.
+
+    Order: read the board's identity; `record.prepare` (the registry accepts or refuses:
+    nothing has touched the board yet); write and read back the identity; `record.commit`.
+    A board failure aborts the record, after checking on a fresh connection what the board
+    holds (an identity that did land is committed; anything else is put back). A failed
+    commit puts the board's earlier identity back. The ProvisionError says where each
+    side was left.
     """
     device_id = (validate_device_id(device_id_hex) if device_id_hex is not None
                  else secrets.token_bytes(DEVICE_ID_BYTES).hex())
@@ -208,30 +228,144 @@ def provision(port: str | RawRepl, device_id_hex: str | None = None,
     path = data_dir.rstrip("/") + "/" + IDENTITY_FILE
     text = identity_text(device_id, raw_key).encode()
     with _connected(port, timeout_s) as repl:
-        replaced = False
-        size = repl.stat_size(path)
-        if size is not None:
-            if size < 0:
-                raise ProvisionError(f"{path} on {repl.port} is a directory", "data_dir")
-            existing_id = _parse_device_id(repl.get_file(path).decode(errors="replace"))
-            if not force:
-                who = f"device {existing_id}" if existing_id else "an unreadable identity"
-                raise IdentityExistsError(
-                    f"the board on {repl.port} is already provisioned ({who} in {path}); "
-                    "use force=True (dermtwin provision --force) to replace it, then pair the "
-                    "patch again", existing_id)
-            replaced = True
+        earlier = _read_identity(repl, path)
+        existing_id = (_parse_device_id(earlier.decode(errors="replace"))
+                       if earlier is not None else None)
+        if earlier is not None and not replace_identity:
+            who = f"device {existing_id}" if existing_id else "an unreadable identity"
+            raise IdentityExistsError(
+                f"the board on {repl.port} is already provisioned ({who} in {path}); nothing "
+                "was changed. To give it a new identity (it must then be paired again), run "
+                "`dermtwin provision --replace-identity`", existing_id)
+        if record is not None:
+            record.prepare(device_id, raw_key, replaces=existing_id)
         try:
-            repl.put_file(text, path)
-            written = repl.get_file(path)
-        except BoardConnectionError:
+            _write_identity(repl, path, text)
+        except (ReplError, ProvisionError) as error:
+            landed, where = _settle_after_failure(repl, path, earlier, text)
+            if not landed:
+                if record is not None:
+                    record.abort()
+                raise ProvisionError(f"writing the identity to {repl.port} failed ({error}); "
+                                     f"{where}; {_record_state(record)}") from error
+        except BaseException:
+            # Interrupted (Ctrl-C): put both back as they were, then stop.
+            _settle_after_failure(repl, path, earlier, text, keep_new=False)
+            if record is not None:
+                record.abort()
             raise
-        except ReplError as error:
-            raise ProvisionError(f"writing {path} on {repl.port} failed: {error}") from error
-        if written != text:
-            raise ProvisionError(f"{path} on {repl.port} reads back differently from what was "
-                                 "written: the board's filesystem may be faulty")
-        return ProvisionResult(device_id, raw_key, repl.port, path, replaced)
+        if record is not None:
+            try:
+                record.commit(device_id, raw_key)
+            except (ValueError, RuntimeError, OSError) as error:
+                # Any refusal at commit (a clash that appeared meanwhile, a full disk, a
+                # read-only file): the board goes back to what it had, then the error is raised.
+                record.abort()
+                where = _put_back(repl, path, earlier)
+                raise ProvisionError(
+                    f"the registry refused the pairing after the board was written ({error}); "
+                    f"{where}; {_record_state(record)}") from error
+        return ProvisionResult(device_id, raw_key, repl.port, path, earlier is not None,
+                               tuple(record.replacements()) if record is not None else ())
+
+
+class IdentityRecord:
+    """Where a new identity is recorded besides the board (the gateway's registry, a key
+    file). prepare() refuses (raises) before the board is touched; commit() makes it
+    durable; abort() undoes prepare(). Subclasses: gateway.provision_record."""
+
+    def prepare(self, device_id: str, key: bytes, replaces: str | None = None) -> None:
+        """`replaces`: the device id of the identity the board holds now (overwritten)."""
+        raise NotImplementedError
+
+    def commit(self, device_id: str, key: bytes) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Undo prepare(); must not raise."""
+
+    def replacements(self) -> list[str]:
+        """What the commit replaced, one sentence each."""
+        return []
+
+    def untouched(self) -> str:
+        """Where the record was left after abort(), for the error message."""
+        return "the registry is unchanged"
+
+
+def _record_state(record: IdentityRecord | None) -> str:
+    return "nothing was recorded" if record is None else record.untouched()
+
+
+def _read_identity(repl: RawRepl, path: str) -> bytes | None:
+    size = repl.stat_size(path)
+    if size is None:
+        return None
+    if size < 0:
+        raise ProvisionError(f"{path} on {repl.port} is a directory", "data_dir")
+    return repl.get_file(path)
+
+
+def _write_identity(repl: RawRepl, path: str, text: bytes) -> None:
+    try:
+        repl.put_file(text, path)
+        written = repl.get_file(path)
+    except BoardError as error:
+        raise ProvisionError(f"the board raised {error.exception_line}") from error
+    if written != text:
+        raise ProvisionError(f"{path} reads back differently from what was written: the "
+                             "board's filesystem may be faulty")
+
+
+def _reconnect(repl: RawRepl) -> None:
+    repl.close()
+    repl.enter()
+
+
+def _settle_after_failure(repl: RawRepl, path: str, earlier: bytes | None,
+                          text: bytes, *, keep_new: bool = True) -> tuple[bool, str]:
+    """After a failed write: (the new identity is on the board, where the board was left).
+
+    Checks on a fresh connection, removes a half-written file, and puts the earlier
+    identity back if the board holds anything else (or the new one, unless keep_new)."""
+    try:
+        _reconnect(repl)
+        if repl.exists(path + ".part"):
+            repl.remove(path + ".part")
+        now = _read_identity(repl, path)
+    except (ReplError, ProvisionError) as error:
+        return False, (f"the board could not be checked afterwards ({error}): it holds either "
+                       "its earlier identity or the new one; run `dermtwin provision "
+                       "--replace-identity` again once it answers")
+    if now == text and keep_new:
+        return True, "the new identity is on the board"
+    if now == earlier:
+        return False, ("the board keeps its earlier identity" if earlier is not None
+                       else "the board still has no identity")
+    return False, _put_back(repl, path, earlier)
+
+
+def _put_back(repl: RawRepl, path: str, earlier: bytes | None) -> str:
+    """Restore the board's earlier identity (or its absence); where the board was left."""
+    try:
+        try:
+            _restore(repl, path, earlier)
+        except BoardConnectionError:
+            _reconnect(repl)
+            _restore(repl, path, earlier)
+    except (ReplError, ProvisionError) as error:
+        return (f"the board could not be put back ({error}): it may hold an identity no "
+                "gateway knows; run `dermtwin provision --replace-identity` again")
+    return ("the board's earlier identity was put back" if earlier is not None
+            else "the identity was removed from the board again")
+
+
+def _restore(repl: RawRepl, path: str, earlier: bytes | None) -> None:
+    if earlier is None:
+        if repl.exists(path):
+            repl.remove(path)
+        return
+    _write_identity(repl, path, earlier)
 
 
 # -- flashing -----------------------------------------------------------------------
@@ -269,6 +403,11 @@ def _firmware_files(build_dir: str | Path | None, source: bool) -> list[tuple[Pa
                 relative = path.relative_to(root)
                 if SOURCE_EXCLUDED_DIRS.isdisjoint(relative.parts[1:-1]):
                     files.append((path, f"{BOARD_LIB_DIR}/{relative.as_posix()}"))
+        aioble_dir = os.environ.get(AIOBLE_DIR_ENV)
+        if aioble_dir:
+            aioble = Path(aioble_dir)
+            for path in sorted(aioble.glob("aioble/*.py")):
+                files.append((path, f"{BOARD_LIB_DIR}/{path.relative_to(aioble).as_posix()}"))
         return files
     if build_dir is None:
         raise FlashError("no build directory given (or flash the sources with --source)")
@@ -277,7 +416,8 @@ def _firmware_files(build_dir: str | Path | None, source: bool) -> list[tuple[Pa
     if not main.is_file() or not lib.is_dir():
         raise FlashError(
             f"no firmware build in {build} (need {BUILD_MAIN} and {BUILD_LIB_DIR}/): run "
-            "`python tools/build_firmware.py` first, or flash the sources with --source")
+            "`make firmware` in the dermtwin source tree first (it writes build/firmware), "
+            "or flash the sources with --source")
     files = [(main, "/" + BUILD_MAIN)]
     for path in sorted(p for p in lib.rglob("*") if p.is_file()):
         files.append((path, f"{BOARD_LIB_DIR}/{path.relative_to(lib).as_posix()}"))
@@ -307,12 +447,10 @@ def check_mpy_compatible(board_mpy: int, header: bytes, path: str = "") -> None:
             "matches the board's MicroPython, or flash the sources with --source")
 
 
-# The first firmware's flash log: 8-byte records after a 32-byte segment header whose 4th
-# byte is the format version. Today's firmware (format 2, firmware/flash_log.py) does not
-# read such segments, so their unacknowledged samples must reach a gateway before it runs.
-LOG_FORMAT_VERSION = 2
-_V1_RECORD_BYTES = 8
-_SEGMENT_HEADER_BYTES = 32
+# Before flashing: a patch whose log holds segments of an older format (today's firmware reads
+# only firmware/flash_format.FORMAT_VERSION) must hand their samples to a gateway first. The
+# listing runs on the board's current firmware, which may predate flash_format: it only lists
+# file names, header starts and sizes; the format is read here, with the firmware's module.
 _LOG_LISTING = """import os
 d = {log_dir!r}
 out = []
@@ -337,19 +475,19 @@ def unsent_old_format_samples(repl: RawRepl, data_dir: str = DEFAULT_DATA_DIR) -
     acknowledged yet (today's firmware would not read them back)."""
     import ast
 
-    from firmware.flash_log import crc16
+    # Deferred: `dermtwin run` loads no firmware module (tests/test_layering.py).
+    from firmware import flash_format as fmt
 
     segments, acked = ast.literal_eval(
         repl.exec(_LOG_LISTING.format(log_dir=data_dir + "/log")).strip())
-    watermark = 0
-    if len(acked) == 6 and crc16(acked, 4) == acked[4] | acked[5] << 8:
-        watermark = int.from_bytes(acked[:4], "little")
+    watermark = max(0, fmt.parse_acked(acked))
     unsent = 0
-    for name, head, size in segments:
-        if head[:3] != b"DTL" or len(head) < 4 or head[3] == LOG_FORMAT_VERSION:
+    for name, head, size in segments:   # seg_<first_seq>.log, as the listing filters
+        version = fmt.header_version(head)
+        if version < 0 or version == fmt.FORMAT_VERSION or not name[4:-4].isdigit():
             continue
         first = int(name[4:-4])
-        records = max(0, (size - _SEGMENT_HEADER_BYTES) // _V1_RECORD_BYTES)
+        records = max(0, (size - fmt.HDR_BYTES) // fmt.V1_RECORD_BYTES)
         unsent += max(0, first + records - max(first, watermark))
     return unsent
 
@@ -416,14 +554,18 @@ def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: b
 
 
 AIOBLE_MISSING = (
-    "aioble is not on the board, and the patch cannot advertise without it: install it once "
-    "with `mpremote mip install aioble` (or copy micropython-lib's aioble package to /lib), "
-    "or build a MicroPython image with the firmware frozen in (build/firmware/manifest.py, "
-    "see docs/firmware.md)")
+    "aioble is not on the board, and the patch cannot advertise without it: flash a build "
+    "from `make firmware AIOBLE_DIR=DIR` (it bundles micropython-lib's aioble from DIR), run "
+    "`mpremote mip install aioble` once with a network, or build a MicroPython image with the "
+    "firmware frozen in (build/firmware/manifest.py, see docs/firmware.md)")
 
 
 def _board_has_aioble(repl: RawRepl) -> bool:
-    # Frozen into the image or in /lib: either way it imports.
+    # In /lib (flashed with the firmware, or by mip), or frozen into the image. An import
+    # would fail on a board without the `bluetooth` module even with aioble present.
+    if repl.exists(f"{BOARD_LIB_DIR}/aioble/__init__.py") or repl.exists(
+            f"{BOARD_LIB_DIR}/aioble/__init__.mpy"):
+        return True
     out = repl.exec("try:\n import aioble\n print('yes')\nexcept ImportError:\n print('no')\n")
     return out.strip() == "yes"
 

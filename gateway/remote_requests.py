@@ -2,15 +2,18 @@
 `{subject}/reported`, and `cmd` requests, answered on their MQTT 5 Response Topic.
 
 Payloads are parsed and checked by gateway/mqtt/inbound.py (sans-I/O); this module acts on
-them with the gateway's store, outbox, publisher, twins and patch links. `on_mqtt_message`
-is the one entry from paho's network thread: it hands the message to the event loop.
+them with the gateway's store, outbox, twins and patch links, and answers through two
+callables (wake the outbox drain, publish an answer directly). It is given exactly those
+parts, not the whole gateway. `on_mqtt_message` is the one entry from paho's network thread:
+it hands the message to the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -20,21 +23,50 @@ from gateway import store as store_mod
 from gateway.clock import now_ms
 from gateway.ingest import encode
 from gateway.mqtt import inbound, topics
+from gateway.mqtt.config import MqttConfig
 from gateway.mqtt.inbound import InboundError
+from gateway.outbox import Outbox
 from gateway.session import ConfigApplied, ConfigFailed
+from gateway.twin import TwinEngine, TwinUpdate
+from gateway.values import RegisteredDevice
 
 if TYPE_CHECKING:
     from gateway.patch_link import PatchLink
-    from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
 
 
+class LinkControl(Protocol):
+    """What a request may ask of a patch's link."""
+
+    def desired_changed(self) -> None: ...
+
+    def identify(self, seconds: int) -> bool: ...
+
+
 class RemoteRequests:
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    def __init__(self, mqtt: MqttConfig, store: store_mod.Store, outbox: Outbox,
+                 engine: TwinEngine, devices: Iterable[RegisteredDevice], *,
+                 link_of: Callable[[str], LinkControl],
+                 publish_updates: Callable[[list[TwinUpdate]], None],
+                 kick: Callable[[], None],
+                 answer: Callable[[str, bytes, Any], bool],
+                 homeassistant_prefix: str | None = None):
+        """`link_of(device_id)`: the patch's link; `publish_updates`: twin updates into the
+        outbox (inside the caller's transaction); `kick`: wake the outbox drain;
+        `answer(topic, payload, properties)`: publish now, QoS 1, not through the outbox
+        (False when not connected)."""
+        self.mqtt = mqtt
+        self.store = store
+        self.outbox = outbox
+        self.engine = engine
+        self.link_of = link_of
+        self.publish_updates = publish_updates
+        self.kick = kick
+        self.answer = answer
+        self.homeassistant_prefix = homeassistant_prefix   # discovery configs to keep tidy
         self.loop: asyncio.AbstractEventLoop | None = None   # set while the gateway runs
-        self._by_subject = {d.subject: did for did, d in gateway.devices.items()}
+        self._by_subject = {d.subject: d.device_id for d in devices}
         self._last_refused: dict[str, bytes] = {}   # subject -> desired payload refused last
 
     def on_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
@@ -45,19 +77,21 @@ class RemoteRequests:
 
     def _handle_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
         try:
-            kind = inbound.classify(self.gateway.config.mqtt.topic_root, topic)
+            kind = inbound.classify(self.mqtt.topic_root, topic)
             if kind is not None and kind[0] == "desired" and kind[1] is not None:
                 self._handle_desired(kind[1], payload)
             elif kind is not None and kind[0] == "cmd":
                 self._handle_command(payload, properties)
-            elif kind is None and self.gateway.config.homeassistant_prefix:
+            elif kind is None and self.homeassistant_prefix:
                 self._handle_discovery_config(topic, payload)
         except Exception:   # a bug here must not take the gateway down
             log.exception("inbound %s: handler failed", topic)
 
     def _report(self, subject: str, doc: dict) -> None:
         """Inside the caller's transaction."""
-        self.gateway.ingest.put(topics.REPORTED, subject, doc)
+        row = topics.REPORTED
+        self.outbox.put(row.path(self.mqtt.topic_root, subject), encode(doc), qos=row.qos,
+                        retain=row.retained, expiry_s=row.expiry_s)
 
     def _handle_desired(self, subject: str, payload: bytes) -> None:
         if not payload:
@@ -65,7 +99,7 @@ class RemoteRequests:
                      "configuration", subject)
             return
         device_id = self._by_subject.get(subject)
-        current = self.gateway.store.desired(device_id) if device_id is not None else None
+        current = self.store.desired(device_id) if device_id is not None else None
         try:
             if device_id is None:
                 raise InboundError("subject", f"{subject!r} is not registered at this gateway")
@@ -82,18 +116,18 @@ class RemoteRequests:
             log.warning("desired for %s refused: %s", subject, e)
             in_force = current.applied_cfg if current is not None else {}
             try:
-                with self.gateway.store.transaction():
+                with self.store.transaction():
                     self._report(subject, inbound.reported(
                         inbound.peek_ver(payload), "refused", str(e), now_ms(), in_force))
             except store_mod.StoreError as err:
                 log.error("desired for %s: cannot store the answer: %s", subject, err)
                 return
-            self.gateway.publisher.kick()
+            self.kick()
             return
         self._last_refused.pop(subject, None)
         try:
-            with self.gateway.store.transaction():
-                self.gateway.store.save_desired(device_id, desired.ver, desired.cfg, now_ms())
+            with self.store.transaction():
+                self.store.save_desired(device_id, desired.ver, desired.cfg, now_ms())
                 self._report(subject, inbound.reported(desired.ver, "pending", None, now_ms(),
                                                        desired.cfg))
         except store_mod.StoreError as err:
@@ -101,26 +135,26 @@ class RemoteRequests:
             return
         log.info("desired for %s: ver %d accepted %s", subject, desired.ver,
                  desired.cfg_by_name())
-        self.gateway.publisher.kick()
-        self.gateway.slots[device_id].link.desired_changed()
+        self.kick()
+        self.link_of(device_id).desired_changed()
 
     def _handle_discovery_config(self, topic: str, payload: bytes) -> None:
         """A retained Home Assistant config of ours for a subject no longer registered here
         (unpaired): clear it, so its entities go away."""
-        prefix = self.gateway.config.homeassistant_prefix
+        prefix = self.homeassistant_prefix
         assert prefix is not None
-        subject = homeassistant.subject_of(prefix, self.gateway.config.mqtt.gateway_id, topic)
+        subject = homeassistant.subject_of(prefix, self.mqtt.gateway_id, topic)
         if subject is None or not payload or subject in self._by_subject:
             return
         try:
-            with self.gateway.store.transaction():
-                self.gateway.outbox.put(topic, b"", retain=True)
+            with self.store.transaction():
+                self.outbox.put(topic, b"", retain=True)
         except store_mod.StoreError as err:
             log.error("home assistant: cannot clear %s: %s", topic, err)
             return
         log.info("home assistant: %s is not registered here any more; cleared %s",
                  subject, topic)
-        self.gateway.publisher.kick()
+        self.kick()
 
     # -- cmd: requests with MQTT 5 Response Topic + Correlation Data --------------------
     def _handle_command(self, payload: bytes, properties: Any) -> None:
@@ -136,16 +170,15 @@ class RemoteRequests:
         (log.info if ok else log.warning)("cmd %s: %s", op, detail)
         if not response_topic:
             return   # executed, not answered
-        problem = inbound.response_topic_problem(self.gateway.config.mqtt.topic_root, response_topic)
+        problem = inbound.response_topic_problem(self.mqtt.topic_root, response_topic)
         if problem is not None:
             log.warning("cmd %s: not answered: response topic %r %s", op, response_topic, problem)
             return
         answer_properties = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             answer_properties.CorrelationData = correlation
-        sent = self.gateway.publisher.publish_direct(
-            response_topic, encode(inbound.answer(ok, op, detail)), qos=1,
-            properties=answer_properties)
+        sent = self.answer(response_topic, encode(inbound.answer(ok, op, detail)),
+                           answer_properties)
         if not sent:
             log.warning("cmd %s: answer dropped, not connected to the broker", op)
 
@@ -156,34 +189,33 @@ class RemoteRequests:
         if command.op == "identify":
             if command.subject is None:   # parse_command refuses identify without a subject
                 raise InboundError("subject", "missing (identify needs a subject)")
-            link = self.gateway.slots[self._by_subject[command.subject]].link
+            link = self.link_of(self._by_subject[command.subject])
             if not link.identify(command.seconds):
                 return False, "not_connected"
             return True, f"identify for {command.seconds} s sent to the patch"
         # resync: republish retained twin snapshots now, through the outbox
         subjects = [command.subject] if command.subject is not None else sorted(self._by_subject)
         subjects = [sub for sub in subjects
-                    if sub in self.gateway.engine.twins and self.gateway.engine.twins[sub].state]
+                    if sub in self.engine.twins and self.engine.twins[sub].state]
         if not subjects:
             return False, "no twin state yet" + (f" for {command.subject}"
                                                  if command.subject else "")
         try:
-            with self.gateway.store.transaction():
-                self.gateway.ingest.publish_updates(
-                    [self.gateway.engine.snapshot(sub, now_ms()) for sub in subjects])
+            with self.store.transaction():
+                self.publish_updates([self.engine.snapshot(sub, now_ms()) for sub in subjects])
         except store_mod.StoreError as e:
             return False, f"store: {e}"
-        self.gateway.publisher.kick()
+        self.kick()
         return True, f"{len(subjects)} twin snapshot(s) republished"
 
     def on_config(self, link: PatchLink, result: ConfigApplied | ConfigFailed) -> None:
         """The patch applied (or refused) a desired version: answer on `reported`."""
         device_id, subject = link.device.device_id, link.device.subject
-        current = self.gateway.store.desired(device_id)
+        current = self.store.desired(device_id)
         try:
-            with self.gateway.store.transaction():
+            with self.store.transaction():
                 if isinstance(result, ConfigApplied):
-                    self.gateway.store.mark_config_applied(device_id, result.ver, result.cfg)
+                    self.store.mark_config_applied(device_id, result.ver, result.cfg)
                     doc = inbound.reported(result.ver, "applied", None, now_ms(), result.cfg)
                 else:
                     doc = inbound.reported(result.ver, "refused", result.detail, now_ms(),
@@ -194,4 +226,4 @@ class RemoteRequests:
             return
         if isinstance(result, ConfigApplied):
             log.info("%s: desired config ver %d applied", device_id, result.ver)
-        self.gateway.publisher.kick()
+        self.kick()

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gateway.model_registry import CHANNEL_SCALE
 from gateway.mqtt.topics import SCHEMA_VERSION
-from gateway.twin import CHANNEL_SCALE
 
 if TYPE_CHECKING:
-    from gateway.store import SampleBatch
+    from gateway.values import SampleBatch
 
 DEFAULT_TIME_UNIT_MS = 100
 # property k of a message = channel k of the protocol (docs/protocol.md §4)

@@ -156,6 +156,12 @@ class RawRepl:
         if self._serial is None:
             self.open()
         assert self._serial is not None
+        if not self._serial.is_open:
+            # Closed under us (the cable pulled, the device gone): pyserial would raise
+            # TypeError from its ioctl on a closed descriptor.
+            self._in_raw = False
+            raise BoardConnectionError(
+                f"the connection to {self.port} was closed: is the board still plugged in?")
         return self._serial
 
     # -- low level -------------------------------------------------------------------

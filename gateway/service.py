@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from gateway import homeassistant, samples_message
+from gateway import homeassistant, model_registry, samples_message
 from gateway import store as store_mod
 from gateway.ble.radio import BleRadio
 from gateway.clock import now_ms
+from gateway.health import run_health_writer
 from gateway.inference import load_models
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
@@ -26,19 +27,17 @@ from gateway.mqtt import topics
 from gateway.mqtt.config import MqttConfig
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
-from gateway.patch_link import Outcome, PatchLink
+from gateway.patch_link import PatchLink
 from gateway.remote_requests import RemoteRequests
-from gateway.twin import CHANNEL_SCALE, TwinEngine
+from gateway.twin import TwinEngine
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 5
-# Retry policy per outcome (seconds before the next attempt; jittered by x0.5..1).
-RETRY_AFTER_LINK_LOSS_S = 0.5      # the patch was just there: come back quickly
-RETRY_CONNECT_FAILED_S = (1.0, 30.0)  # exponential: device out of range or gone
-RETRY_REFUSED_S = 60.0             # wrong key/identity/MTU: a technician must act
-RETRY_STORE_FAILED_S = 10.0        # our disk is full: the patch keeps its samples
-RETRY_AFTER_YIELD_S = 10.0         # gave its slot to a waiting patch: let that one drain
+# The retry policy after a connection ends is gateway/retry_policy.py (by close kind);
+# a connection task that crashed (a bug, not a BLE condition) waits as long as after a
+# store failure.
+RETRY_STORE_FAILED_S = 10.0
 # Slots are shared: a patch streaming live (no backlog) for this long gives its slot up
 # when another registered patch is waiting for one. It loses nothing: it keeps its log.
 SLOT_SHARE_AFTER_S = 30.0
@@ -47,12 +46,6 @@ SLOT_SHARE_AFTER_S = 30.0
 WATCHDOG_SILENCE_S = 60.0
 PRUNE_EVERY_S = 3600.0
 MANAGER_POLL_S = 0.5
-MODELS_USED = ("temp_anomaly", "uv_dose", "hydration")
-UCUM_UNITS = {"skin_temp_c": "Cel", "temp_baseline_c": "Cel", "temp_delta_c": "K",
-              "temp_anomaly_score": "1", "inflammation": "1", "uv_index": "{UVI}",
-              "capacitance_pf": "pF", "battery_pct": "%", "uv_dose_sed": "100.J/m2",
-              "uv_med_fraction": "1", "minutes_to_med": "min", "hydration_au": "{AU}",
-              "hydration_state": "{state}"}
 
 
 def advertised_name(device_id: str) -> str:
@@ -69,8 +62,16 @@ class GatewayConfig:
     retention_days: float = 30.0
     publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
     homeassistant_prefix: str | None = None   # Home Assistant discovery under it; None: off
+    # (latitude, longitude) of the gateway, degrees: enables the UV forecast (twin.py)
+    location: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.location is not None:
+            latitude, longitude = self.location
+            if not -90 <= latitude <= 90:
+                raise ValueError(f"latitude {latitude}: must be within -90..90")
+            if not -180 <= longitude <= 180:
+                raise ValueError(f"longitude {longitude}: must be within -180..180")
         if not 1 <= self.max_connections <= 20:
             raise ValueError(f"max_connections {self.max_connections}: must be 1..20")
         if self.retention_days <= 0:
@@ -87,7 +88,6 @@ class LinkSlot:
     link: PatchLink
     task: asyncio.Task | None = None
     next_attempt_s: float = 0.0
-    failures: int = 0
     sighting: Any = None
     connected_since_s: float | None = None
 
@@ -99,15 +99,24 @@ class Gateway:
         self.store = store_mod.Store(store_mod.connect(config.db_path))
         self.outbox = Outbox(self.store.conn)
         # Refuse a bad model at start, naming the file and field (inference.ModelError).
-        self.models = load_models(config.models_dir, names=MODELS_USED)
+        self.models = load_models(config.models_dir, names=model_registry.MODELS)
         self.sess = self.store.next_gateway_session()
         self.devices = {d.device_id: d for d in self.store.devices()}
         self.engine = TwinEngine(
             self.sess, {d.device_id: d.subject for d in self.devices.values()},
             lambda name, inputs: self.models[name].run(inputs), self.store.load_twins(),
             med_sed_of={d.subject: MED_SED_BY_FITZPATRICK[d.skin_type]
-                        for d in self.devices.values()})
-        self.remote = RemoteRequests(self)   # {subject}/desired and cmd
+                        for d in self.devices.values()},
+            location=config.location)
+        # {subject}/desired and cmd; the publisher, ingest and links it needs come next.
+        self.remote = RemoteRequests(
+            config.mqtt, self.store, self.outbox, self.engine, self.devices.values(),
+            link_of=lambda device_id: self.slots[device_id].link,
+            publish_updates=lambda updates: self.ingest.publish_updates(updates),
+            kick=lambda: self.publisher.kick(),
+            answer=lambda topic, payload, properties: self.publisher.publish_direct(
+                topic, payload, qos=1, properties=properties),
+            homeassistant_prefix=config.homeassistant_prefix)
         self.publisher = MqttPublisher(
             config.mqtt, config.db_path, will_topic=config.mqtt.state_topic,
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
@@ -145,8 +154,9 @@ class Gateway:
         models = {name: {"version": m.version} for name, m in self.models.items()}
         with self.store.transaction():
             for dev in self.devices.values():
-                meta = {"schema": topics.SCHEMA_VERSION, "units": UCUM_UNITS, "models": models,
-                        "channels": sorted(prop for _, prop in CHANNEL_SCALE.values()),
+                meta = {"schema": topics.SCHEMA_VERSION, "units": model_registry.ucum_units(),
+                        "models": models,
+                        "channels": sorted(c.prop for c in model_registry.SENSOR_CHANNELS),
                         "samples": samples_message.meta_columns(),
                         "device": {"name": advertised_name(dev.device_id)}}
                 self.ingest.put(topics.META, dev.subject, meta)
@@ -172,30 +182,15 @@ class Gateway:
             self._active += 1
             slot.connected_since_s = time.monotonic()
             try:
-                outcome = await slot.link.run(slot.sighting)
+                close = await slot.link.run(slot.sighting)
             finally:
                 self._active -= 1
                 slot.connected_since_s = None
-        delay = self._retry_delay_s(slot, outcome)
+        delay = slot.link.retry_delay_s(close)
         slot.next_attempt_s = time.monotonic() + delay * random.uniform(0.5, 1.0)
         slot.sighting = None   # connect again only to a fresh advertisement
-        log.info("%s: %s (%s); next attempt in %.1f s", device_id, outcome.value,
-                 slot.link.last_close_reason, delay)
-
-    @staticmethod
-    def _retry_delay_s(slot: LinkSlot, outcome: Outcome) -> float:
-        if outcome is Outcome.CONNECT_FAILED:
-            slot.failures += 1
-            low, high = RETRY_CONNECT_FAILED_S
-            return min(high, low * 2 ** min(slot.failures - 1, 8))
-        slot.failures = 0
-        if outcome is Outcome.REFUSED:
-            return RETRY_REFUSED_S
-        if outcome is Outcome.STORE_FAILED:
-            return RETRY_STORE_FAILED_S
-        if outcome is Outcome.YIELDED:
-            return RETRY_AFTER_YIELD_S
-        return RETRY_AFTER_LINK_LOSS_S
+        log.info("%s: %s (%s); next attempt in %.1f s", device_id, close.kind.value,
+                 close.detail, delay)
 
     async def _manage_connections(self) -> None:
         while True:
@@ -280,7 +275,8 @@ class Gateway:
         tasks = [asyncio.create_task(self.ingest.run()),
                  asyncio.create_task(self._manage_connections()),
                  asyncio.create_task(self._watchdog(scanner)),
-                 asyncio.create_task(self._prune())]
+                 asyncio.create_task(self._prune()),
+                 asyncio.create_task(run_health_writer(self))]   # `dermtwin status`
         try:
             await stop.wait()
         finally:

@@ -30,7 +30,7 @@ import numpy as np
 from gateway.protocol import constants as ids
 from gateway.protocol import control
 from gateway.protocol.frames import DecodedFrame, DecodedGap, FrameError, decode_frame
-from gateway.store import LostSamples, SampleBatch
+from gateway.values import CloseKind, LostSamples, SampleBatch, SessionClose
 
 MIN_MTU = 64
 CONTROL_TIMEOUT_MS = 5_000
@@ -74,7 +74,9 @@ class Commit:
 
 @dataclass(frozen=True)
 class Disconnect:
-    reason: str
+    """End the connection; `close` says why (a kind to branch on, a detail for humans)."""
+
+    close: SessionClose
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class PatchSession:
         self.boot_id: int | None = None
         self.status: control.PatchStatus | None = None
         self.stats = SessionStats()
-        self.close_reason: str | None = None
+        self.close: SessionClose | None = None
         self._serial: str | None = None
         # boot_id -> (tick, utc_ms) from SET_TIME: this boot's, and earlier boots' (from the
         # store), so replayed samples of an earlier boot get their UTC too.
@@ -155,7 +157,8 @@ class PatchSession:
     # -- events in -------------------------------------------------------------
     def start(self, mtu: int, now_ms: int) -> list[Action]:
         if mtu < MIN_MTU:
-            return self._close(f"MTU {mtu} < {MIN_MTU}: patch firmware or adapter too old")
+            return self._close(CloseKind.MTU_TOO_SMALL,
+                               f"MTU {mtu} < {MIN_MTU}: patch firmware or adapter too old")
         self.state = State.IDENTIFY
         return [ReadChar(SERIAL_NUMBER_UUID), ReadChar(ids.STATUS_CHAR_UUID)]
 
@@ -166,14 +169,14 @@ class PatchSession:
             self._serial = bytes(data).decode("ascii", "replace").strip().lower()
             if self._serial != self.device_id:
                 return self._close(
-                    f"identity mismatch: patch says {self._serial!r}, registry has "
+                    CloseKind.IDENTITY_MISMATCH, f"identity mismatch: patch says {self._serial!r}, registry has "
                     f"{self.device_id!r}")
             return []
         if uuid == ids.STATUS_CHAR_UUID:
             try:
                 self.status = control.decode_status(bytes(data))
             except control.ControlError as e:
-                return self._close(f"unreadable status record: {e}")
+                return self._close(CloseKind.BAD_STATUS, f"unreadable status record: {e}")
             self.boot_id = self.status.boot_id
             if self._serial is None:
                 return []
@@ -209,7 +212,8 @@ class PatchSession:
         try:
             response = control.decode_response(bytes(data))
         except control.ControlError as e:
-            return self._close(f"malformed control point response: {e}")
+            return self._close(CloseKind.PROTOCOL_ERROR,
+                               f"malformed control point response: {e}")
         if self._pending is None or response.opcode != self._pending[0]:
             return []
         sent_at_ms = self._pending[1]
@@ -221,6 +225,8 @@ class PatchSession:
             return self._flush_queue(now_ms)
         if response.status != ids.Status.SUCCESS:
             return self._close(
+                CloseKind.AUTH_FAILED if response.status == ids.Status.AUTH_FAILED
+                else CloseKind.REQUEST_REFUSED,
                 f"patch answered {ids.Opcode(response.opcode).name} with "
                 f"{ids.Status(response.status).name}")
         actions: list[Action] = []
@@ -308,7 +314,7 @@ class PatchSession:
     def tick(self, now_ms: int) -> list[Action]:
         if self._pending and now_ms - self._pending[1] > CONTROL_TIMEOUT_MS:
             return self._close(
-                f"control point: no answer to {ids.Opcode(self._pending[0]).name} "
+                CloseKind.TIMEOUT, f"control point: no answer to {ids.Opcode(self._pending[0]).name} "
                 f"within {CONTROL_TIMEOUT_MS} ms")
         quiet_ms = now_ms - max(self._last_frame_ms, self._last_status_check_ms)
         if (self.state is State.STREAMING and self._pending is None
@@ -318,10 +324,11 @@ class PatchSession:
                                   control.get_status(self.key, self._known_boot_id()), now_ms)]
         return []
 
-    def disconnected(self, reason: str = "link lost") -> None:
+    def disconnected(self, close: SessionClose) -> None:
+        """The adapter ended the connection (or saw it end); the first close wins."""
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
-            self.close_reason = reason
+            self.close = close
 
     # -- helpers ---------------------------------------------------------------
     def _missing(self, now_ms: int) -> list[Action]:
@@ -444,7 +451,7 @@ class PatchSession:
         self._config_attempt = None
         return [ConfigFailed(ver, key, value, ids.Status(status))]
 
-    def _close(self, reason: str) -> list[Action]:
+    def _close(self, kind: CloseKind, detail: str) -> list[Action]:
         self.state = State.CLOSED
-        self.close_reason = reason
-        return [Disconnect(reason)]
+        self.close = SessionClose(kind, detail)
+        return [Disconnect(self.close)]

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from gateway.protocol.constants import ConfigKey
+from gateway.values import DesiredConfig, LostSamples, RegisteredDevice, SampleBatch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -92,68 +90,6 @@ class StoreError(RuntimeError):
 
 class DiskFullError(StoreError):
     """SQLite could not write (disk or quota full): stop acknowledging, keep what is stored."""
-
-
-@dataclass(frozen=True)
-class RegisteredDevice:
-    device_id: str
-    key: bytes
-    subject: str
-    skin_type: int
-    address: str | None
-    config: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DesiredConfig:
-    """The latest accepted `{subject}/desired` for a device: version, SET_CONFIG key → seconds,
-    and the version the patch last confirmed (None: not yet)."""
-
-    ver: int
-    cfg: dict[int, int]
-    applied_ver: int | None = None
-    applied_cfg: dict[int, int] = field(default_factory=dict)   # the config of applied_ver
-
-    @property
-    def applied(self) -> bool:
-        return self.applied_ver == self.ver
-
-
-@dataclass(frozen=True)
-class LostSamples:
-    """Samples a patch could not log (protocol.md §4.1): per-channel counts over a tick range
-    of one boot, just before the sample `seq_at`. UTC is None where the time is not known."""
-
-    boot_id: int
-    seq_at: int
-    first_tick: int
-    last_tick: int
-    first_utc_ms: int | None
-    last_utc_ms: int | None
-    counts: tuple[int, int, int, int]
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-
-@dataclass
-class SampleBatch:
-    """Samples from one device, ready to commit (numpy columns of equal length), with the
-    gaps the patch reported just before them: they commit (and are acknowledged) together."""
-
-    device_id: str
-    boot_id: int
-    seq: np.ndarray
-    tick: np.ndarray
-    utc_ms: np.ndarray  # int64, -1 where the time is not known
-    channel: np.ndarray
-    value: np.ndarray
-    historical: bool = False
-    gaps: tuple[LostSamples, ...] = ()
-
-    def __len__(self) -> int:
-        return int(self.seq.shape[0])
 
 
 def connect(path: str | Path) -> sqlite3.Connection:

@@ -16,35 +16,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.model_registry import CHANNEL_SCALE, deadband
 from gateway.mqtt.topics import SCHEMA_VERSION
 from gateway.protocol import constants as ids
-from gateway.store import SampleBatch
+from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
+from gateway.uv_forecast import UvForecaster
+from gateway.values import SampleBatch
 
 TEMP_WINDOW_SAMPLES = 30
 TEMP_RECENT_SAMPLES = 6
-BASELINE_EWMA_ALPHA = 1 / 360        # ~1 h of samples at the default 10 s period
+# Until a first hydration reading: a normal, dry-free skin for temp_anomaly's gates.
+NEUTRAL_HYDRATION_AU = 50.0
+UV_FORECAST_ALERT_MIN = 30.0         # warn when the forecast says MED within 30 minutes
+FORECAST_EVERY_MS = 60_000
+HYDRATION_TREND_WINDOW_MS = 3_600_000
+HYDRATION_TREND_MIN_SPAN_MS = 1_800_000
+HYDRATION_TREND_MIN_POINTS = 10
+DRYING_TREND_AU_PER_H = -5.0         # drying alert: falling this fast ...
+DRYING_BELOW_OWN_AU = -5.0           # ... and this far below the subject's own ~6 h mean
+DRYING_CLEAR_TREND_AU_PER_H = -2.0
+DRYING_CLEAR_BELOW_OWN_AU = -2.0
+DRYING_PERSISTS_MS = 15 * 60_000
+OFF_SKIN_BELOW_AU = 5.0              # no skin reads this dry: the electrode has lost it
 
-# Integer wire units -> SI (docs/protocol.md §4).
-TMP117_C_PER_LSB = 0.0078125         # TMP117 datasheet §7.3.3, Table 7-1: 7.8125 m°C per LSB
-CHANNEL_SCALE = {
-    ids.Channel.TEMPERATURE: (TMP117_C_PER_LSB, "skin_temp_c"),
-    ids.Channel.UV: (0.01, "uv_index"),
-    ids.Channel.HYDRATION: (0.001, "capacitance_pf"),
-    ids.Channel.BATTERY: (1 / 256, "battery_pct"),
-}
-# Smallest change worth a delta, per property, compared with the value last published (so a
-# slow drift is published once it adds up). The twin is state to act on; full resolution
-# travels in {subject}/samples. So: the sensor's stated accuracy (TMP117 ±0.1 °C, datasheet
-# §7.5; the anomaly score is delta / 0.6 °C, so 0.2 is 0.12 °C), UV index to one decimal,
-# the dose in 2 % of a MED (the alert is at 80 %), minutes to MED to 5 min, battery in whole
-# percent, hydration in whole units.
-DEADBAND = {"skin_temp_c": 0.1, "temp_baseline_c": 0.1, "temp_delta_c": 0.1,
-            "temp_anomaly_score": 0.2, "uv_index": 0.1, "capacitance_pf": 0.05,
-            "battery_pct": 1.0, "uv_dose_sed": 0.05, "uv_med_fraction": 0.02,
-            "minutes_to_med": 5.0, "hydration_au": 1.0}
 UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
-ALERT_PROPERTY = {"inflammation": "inflammation", "uv_dose": "uv_med_fraction",
-                  "battery_low": "battery_pct"}
 # the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
 BATTERY_LOW_BELOW_PCT = 15.0
 BATTERY_LOW_CLEAR_ABOVE_PCT = 20.0
@@ -71,7 +66,15 @@ class SubjectTwin:
     rev: int = 0
     state: dict[str, dict] = field(default_factory=dict)
     temp_window: deque = field(default_factory=lambda: deque(maxlen=TEMP_WINDOW_SAMPLES))
-    baseline_c: float | None = None
+    temp_baseline: TimeOfDayBaseline = field(default_factory=TimeOfDayBaseline)
+    hydration: HydrationExcess = field(default_factory=HydrationExcess)
+    hydration_history: deque = field(default_factory=deque)     # (utc_ms, AU), last hour
+    forecaster: UvForecaster | None = None
+    loose: bool = False
+    drying: bool = False
+    drying_since_ms: int | None = None
+    uv_forecast_alerted: bool = False
+    forecast_at_ms: int | None = None
     snapshot_published: bool = False   # since this engine started (the birth snapshot)
     pending: dict[str, dict] = field(default_factory=dict)
     new_temp: bool = False
@@ -89,15 +92,25 @@ class SubjectTwin:
     new_hydration: bool = False
 
     def to_saved(self) -> dict:
-        return {"state": self.state, "baseline_c": self.baseline_c,
+        return {"state": self.state, "temp_baseline": self.temp_baseline.to_saved(),
+                "hydration_mean_au": self.hydration.mean,
+                "hydration_au": self.hydration.latest,
                 "temp_window": list(self.temp_window), "uv_dose_sed": self.uv_dose_sed,
                 "uv_dose_day": self.uv_dose_day, "last_uv_t": self.last_uv_t,
-                "uv_alerted": self.uv_alerted, "battery_low": self.battery_low}
+                "uv_alerted": self.uv_alerted, "battery_low": self.battery_low,
+                "loose": self.loose, "drying": self.drying,
+                "uv_forecast_alerted": self.uv_forecast_alerted}
 
     @classmethod
     def from_saved(cls, subject: str, rev: int, saved: dict) -> SubjectTwin:
         twin = cls(subject, rev, dict(saved.get("state", {})))
-        twin.baseline_c = saved.get("baseline_c")
+        twin.temp_baseline = TimeOfDayBaseline.from_saved(saved.get("temp_baseline") or {})
+        if twin.temp_baseline.fallback is None and saved.get("baseline_c") is not None:
+            twin.temp_baseline.fallback = saved["baseline_c"]       # saved by twin 1.x
+        twin.hydration = HydrationExcess(saved.get("hydration_mean_au"), saved.get("hydration_au"))
+        twin.loose = saved.get("loose", False)
+        twin.drying = saved.get("drying", False)
+        twin.uv_forecast_alerted = saved.get("uv_forecast_alerted", False)
         twin.temp_window.extend(saved.get("temp_window", []))
         twin.uv_dose_sed = saved.get("uv_dose_sed", 0.0)
         twin.uv_dose_day = saved.get("uv_dose_day")
@@ -111,8 +124,15 @@ class TwinEngine:
     def __init__(self, sess: int, subject_of: Mapping[str, str], run_model: RunModel,
                  saved: Mapping[str, tuple[int, dict]] | None = None,
                  med_sed_of: Mapping[str, float] | None = None,
-                 models: tuple[str, ...] = ("temp_anomaly", "uv_dose", "hydration")):
+                 models: tuple[str, ...] = ("temp_anomaly", "uv_dose", "hydration"),
+                 location: tuple[float, float] | None = None):
+        """`location`: the gateway's (latitude, longitude) in degrees; with it the twin
+        forecasts the UV dose (gateway/uv_forecast.py) and days start at local solar
+        midnight instead of 00:00 UTC."""
         self.sess = sess
+        self.location = location
+        # UV doses are daily: a day starts at local solar midnight (UTC without a location).
+        self.day_offset_ms = int(location[1] / 15 * 3_600_000) if location else 0
         self.subject_of = dict(subject_of)
         self.run_model = run_model
         self.models = models
@@ -123,9 +143,13 @@ class TwinEngine:
             self.twins[subject].med_sed = self.med_sed_of.get(subject, 3.0)
 
     def twin(self, subject: str) -> SubjectTwin:
-        if subject not in self.twins:
-            self.twins[subject] = SubjectTwin(subject, med_sed=self.med_sed_of.get(subject, 3.0))
-        return self.twins[subject]
+        twin = self.twins.get(subject)
+        if twin is None:
+            twin = self.twins[subject] = SubjectTwin(
+                subject, med_sed=self.med_sed_of.get(subject, 3.0))
+        if twin.forecaster is None and self.location is not None:
+            twin.forecaster = UvForecaster(*self.location)
+        return twin
 
     def ingest(self, batch: SampleBatch) -> None:
         """Feed committed samples (any order of devices; each batch in seq order)."""
@@ -133,36 +157,47 @@ class TwinEngine:
         if subject is None or len(batch) == 0:
             return
         twin = self.twin(subject)
-        utc = batch.utc_ms
-        for channel, (scale, prop) in CHANNEL_SCALE.items():
-            mask = batch.channel == channel
-            if not mask.any():
+        # Group by channel in Python: live batches hold a handful of samples, where numpy
+        # masks per channel cost more than the samples (bench/bench_twin.py).
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for channel, value, t in zip(batch.channel.tolist(), batch.value.tolist(),
+                                     batch.utc_ms.tolist(), strict=True):
+            group = groups.get(channel)
+            if group is None:
+                group = groups[channel] = ([], [])
+            group[0].append(value)
+            group[1].append(t)
+        for channel, (raw, times) in groups.items():
+            entry = CHANNEL_SCALE.get(channel)
+            if entry is None:
                 continue
-            values = batch.value[mask].astype(np.float64) * scale
-            times = utc[mask]
+            scale, prop = entry
+            values = [v * scale for v in raw]
             quality = "good" if times[-1] >= 0 else "uncertain"
-            twin.pending[prop] = _leaf(values[-1], int(times[-1]), quality)
+            twin.pending[prop] = _leaf(values[-1], times[-1], quality)
             if channel == ids.Channel.TEMPERATURE:
-                for v in values.tolist():
+                for v, t in zip(values, times, strict=True):
                     twin.temp_window.append(v)
-                    twin.baseline_c = v if twin.baseline_c is None else (
-                        twin.baseline_c + BASELINE_EWMA_ALPHA * (v - twin.baseline_c))
+                    if t >= 0:
+                        twin.temp_baseline.observe(t, v)
                 twin.new_temp = True
-                twin.last_temp_t = int(times[-1])
+                twin.last_temp_t = times[-1]
             elif channel == ids.Channel.UV:
                 self._accumulate_uv(twin, values, times)
             elif channel == ids.Channel.HYDRATION:
                 twin.new_hydration = True
 
-    @staticmethod
-    def _accumulate_uv(twin: SubjectTwin, uvi: np.ndarray, times: np.ndarray) -> None:
+    def _accumulate_uv(self, twin: SubjectTwin, uvi: list[float], times: list[int]) -> None:
         """Erythemal exposure Σ UVI·dt (each sample's UVI held until the next sample)."""
-        for value, t in zip(uvi.tolist(), times.tolist(), strict=True):
+        for value, t in zip(uvi, times, strict=True):
             if t < 0:
                 continue
-            day = t // DAY_MS
+            if twin.forecaster is not None:
+                twin.forecaster.observe(t, value)
+            day = (t + self.day_offset_ms) // DAY_MS
             if twin.uv_dose_day != day:          # a new day: the daily dose starts again
                 twin.uv_dose_day, twin.uv_dose_sed, twin.uv_alerted = day, 0.0, False
+                twin.uv_forecast_alerted = False
                 twin.last_uv_t = None
             if twin.last_uv_t is not None:
                 dt_s = (t - twin.last_uv_t) / 1000
@@ -201,36 +236,55 @@ class TwinEngine:
             window = list(twin.temp_window)
             # Until the window fills, pad with its oldest sample; quality says so.
             windows[row] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
-        baselines = np.array([[t.baseline_c] for t in ready], dtype=np.float32)
-        out = self.run_model("temp_anomaly", {"temp_window_c": windows, "baseline_c": baselines})
+        baselines = _column([_expected_temp(t) for t in ready])
+        hydration = _column([t.hydration.latest if t.hydration.latest is not None
+                             else NEUTRAL_HYDRATION_AU for t in ready])
+        excess = _column([t.hydration.excess_au for t in ready])
+        out = _rows(self.run_model("temp_anomaly", {
+            "temp_window_c": windows, "baseline_c": baselines, "hydration_au": hydration,
+            "hydration_excess_au": excess}))
+        baseline_values = baselines[:, 0].tolist()
         for row, twin in enumerate(ready):
-            quality = "good" if len(twin.temp_window) == TEMP_WINDOW_SAMPLES else "uncertain"
+            # A baseline is "good" once it has seen every half hour of a day.
+            quality = ("good" if len(twin.temp_window) == TEMP_WINDOW_SAMPLES
+                       and twin.temp_baseline.learned else "uncertain")
             t = twin.last_temp_t
-            twin.pending["temp_baseline_c"] = _leaf(float(baselines[row, 0]), t, quality)
-            twin.pending["temp_delta_c"] = _leaf(float(out["delta_c"][row, 0]), t, quality)
-            twin.pending["temp_anomaly_score"] = _leaf(
-                float(out["anomaly_score"][row, 0]), t, quality)
-            twin.pending["inflammation"] = {
-                "v": bool(out["inflammation"][row, 0] > 0.5), "t": t, "q": quality}
+            pending = twin.pending
+            pending["temp_baseline_c"] = _leaf(baseline_values[row], t, quality)
+            pending["temp_delta_c"] = _leaf(out["delta_c"][row], t, quality)
+            pending["temp_anomaly_score"] = _leaf(out["anomaly_score"][row], t, quality)
+            pending["inflammation"] = {"v": out["inflammation"][row] > 0.5, "t": t, "q": quality}
+            pending["exertion"] = {"v": out["exertion"][row] > 0.5, "t": t, "q": "good"}
+            pending["contact"] = {"v": "loose" if out["detached"][row] > 0.5 else "skin",
+                                  "t": t, "q": "good"}
             twin.new_temp = False
 
     def _run_uv_dose(self) -> None:
         ready = [t for t in self.twins.values() if t.uv_exposure_s > 0]
         if not ready:
             return
-        dt_s = np.array([[t.uv_exposure_s] for t in ready], dtype=np.float32)
-        mean_uvi = np.array([[t.uv_exposure / t.uv_exposure_s] for t in ready], dtype=np.float32)
-        out = self.run_model("uv_dose", {
-            "uvi": mean_uvi, "dt_s": dt_s,
-            "dose_sed_in": np.array([[t.uv_dose_sed] for t in ready], dtype=np.float32),
-            "med_sed": np.array([[t.med_sed] for t in ready], dtype=np.float32)})
+        out = _rows(self.run_model("uv_dose", {
+            "uvi": _column([t.uv_exposure / t.uv_exposure_s for t in ready]),
+            "dt_s": _column([t.uv_exposure_s for t in ready]),
+            "dose_sed_in": _column([t.uv_dose_sed for t in ready]),
+            "med_sed": _column([t.med_sed for t in ready])}))
         for row, twin in enumerate(ready):
-            twin.uv_dose_sed = float(out["dose_sed"][row, 0])
+            twin.uv_dose_sed = out["dose_sed"][row]
             twin.uv_exposure = twin.uv_exposure_s = 0.0
             t = int(twin.last_uv_t or 0)
             twin.pending["uv_dose_sed"] = _leaf(twin.uv_dose_sed, t, "good")
-            twin.pending["uv_med_fraction"] = _leaf(float(out["med_fraction"][row, 0]), t, "good")
-            twin.pending["minutes_to_med"] = _leaf(float(out["minutes_to_med"][row, 0]), t, "good")
+            twin.pending["uv_med_fraction"] = _leaf(out["med_fraction"][row], t, "good")
+            twin.pending["minutes_to_med"] = _leaf(out["minutes_to_med"][row], t, "good")
+            if twin.forecaster is not None and (
+                    twin.forecast_at_ms is None or t - twin.forecast_at_ms >= FORECAST_EVERY_MS
+                    or t < twin.forecast_at_ms):
+                # The sun's path changes slowly: integrate forward once a minute of data.
+                twin.forecast_at_ms = t
+                minutes = twin.forecaster.minutes_to_med(t, twin.uv_dose_sed, twin.med_sed)
+                # None: the dose will not reach MED before sunset at today's pattern.
+                twin.pending["minutes_to_med_forecast"] = (
+                    {"v": None, "t": t, "q": "good"} if minutes is None
+                    else _leaf(minutes, t, "good"))
 
     def _run_hydration(self) -> None:
         ready = [t for t in self.twins.values() if t.new_hydration
@@ -238,35 +292,36 @@ class TwinEngine:
         if not ready:
             return
         skin = [(t.pending.get("skin_temp_c") or t.state["skin_temp_c"])["v"] for t in ready]
-        out = self.run_model("hydration", {
-            "capacitance_pf": np.array([[t.pending["capacitance_pf"]["v"]] for t in ready],
-                                       dtype=np.float32),
-            "skin_temp_c": np.array([[v] for v in skin], dtype=np.float32)})
+        out = _rows(self.run_model("hydration", {
+            "capacitance_pf": _column([t.pending["capacitance_pf"]["v"] for t in ready]),
+            "skin_temp_c": _column(skin)}))
         for row, twin in enumerate(ready):
             t = twin.pending["capacitance_pf"]["t"]
-            twin.pending["hydration_au"] = _leaf(float(out["corneometer_au"][row, 0]), t, "good")
-            state = HYDRATION_STATES[int(out["state"][row, 0])]
+            au = out["corneometer_au"][row]
+            twin.pending["hydration_au"] = _leaf(au, t, "good")
+            state = HYDRATION_STATES[int(out["state"][row])]
             twin.pending["hydration_state"] = {"v": state, "t": t, "q": "good"}
+            twin.hydration.observe(au)
+            trend = _hydration_trend(twin, t, au)
+            if trend is not None:
+                twin.pending["hydration_trend_au_per_h"] = _leaf(trend, t, "good")
             twin.new_hydration = False
 
     def _publishable(self, twin: SubjectTwin, now_ms: int) -> TwinUpdate | None:
-        fresh, twin.pending = twin.pending, {}
-        # Alerts see every new value, also one within the deadband of the published value;
-        # the property that raised an alert goes into the delta, so twin and alert agree.
-        alerts = self._alerts(twin, fresh, now_ms)
-        forced = {ALERT_PROPERTY[a["kind"]] for a in alerts}
         changed = {}
-        for prop, leaf in fresh.items():
+        for prop, leaf in twin.pending.items():
             old = twin.state.get(prop)
-            if prop in forced or old is None or _differs(prop, old, leaf):
+            if old is None or _differs(prop, old, leaf):
                 changed[prop] = leaf
+        twin.pending.clear()
         update = None
         if changed:
             twin.state.update(changed)
             twin.rev += 1
             update = TwinUpdate(twin.subject, twin.rev, delta={
                 "schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
-                "set": changed, "unset": []}, alerts=alerts)
+                "set": changed, "unset": []})
+            update.alerts = self._alerts(twin, changed, now_ms)
         # The retained twin follows every delta (coalesced: one per step), and is published
         # once at start even without one.
         if twin.state and (changed or not twin.snapshot_published):
@@ -277,21 +332,54 @@ class TwinEngine:
         return update
 
     def _alerts(self, twin: SubjectTwin, changed: dict, now_ms: int) -> list[dict]:
-        def current(prop: str):
-            return (changed.get(prop) or twin.state[prop])["v"]
-
         alerts = []
         leaf = changed.get("inflammation")
         if leaf is not None and leaf["v"] != twin.inflamed:
             twin.inflamed = leaf["v"]
             alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "inflammation",
-                           "active": leaf["v"], "delta_c": current("temp_delta_c")})
+                           "active": leaf["v"], "delta_c": twin.state["temp_delta_c"]["v"]})
         fraction = changed.get("uv_med_fraction")
         if fraction is not None and fraction["v"] >= UV_ALERT_MED_FRACTION and not twin.uv_alerted:
             twin.uv_alerted = True
             alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "uv_dose",
                            "active": True, "med_fraction": fraction["v"],
-                           "dose_sed": current("uv_dose_sed")})
+                           "dose_sed": twin.state["uv_dose_sed"]["v"]})
+        contact = changed.get("contact")
+        if contact is not None and (contact["v"] == "loose") != twin.loose:
+            twin.loose = contact["v"] == "loose"
+            alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "patch_loose",
+                           "active": twin.loose})
+        forecast = changed.get("minutes_to_med_forecast")
+        if (forecast is not None and forecast["v"] is not None and not twin.uv_forecast_alerted
+                and not twin.uv_alerted and forecast["v"] <= UV_FORECAST_ALERT_MIN):
+            twin.uv_forecast_alerted = True
+            alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "uv_forecast",
+                           "active": True, "minutes_to_med": forecast["v"],
+                           "med_fraction": twin.state.get("uv_med_fraction", {}).get("v", 0.0)})
+        trend = changed.get("hydration_trend_au_per_h")
+        if trend is not None and "hydration_au" in twin.state:
+            au = twin.state["hydration_au"]["v"]
+            # Falling and below the subject's own level: a bath or sweat drying off comes
+            # back to that level, and a loose patch is not skin at all.
+            below = twin.hydration.excess_au
+            if twin.loose or au < OFF_SKIN_BELOW_AU:
+                drying = False
+            elif twin.drying:
+                drying = (trend["v"] <= DRYING_CLEAR_TREND_AU_PER_H
+                          and below <= DRYING_CLEAR_BELOW_OWN_AU)
+            else:
+                falling = trend["v"] <= DRYING_TREND_AU_PER_H and below <= DRYING_BELOW_OWN_AU
+                if not falling:
+                    twin.drying_since_ms = None
+                elif twin.drying_since_ms is None:
+                    twin.drying_since_ms = trend["t"]
+                # Skin dries over hours; a fall that lasts minutes is a patch coming off.
+                drying = falling and trend["t"] - twin.drying_since_ms >= DRYING_PERSISTS_MS
+            if drying != twin.drying:
+                twin.drying = drying
+                alerts.append({"schema": SCHEMA_VERSION, "ts": now_ms, "kind": "drying",
+                               "active": drying, "hydration_au": au,
+                               "trend_au_per_h": trend["v"]})
         battery = changed.get("battery_pct")
         if battery is not None:
             limit = BATTERY_LOW_CLEAR_ABOVE_PCT if twin.battery_low else BATTERY_LOW_BELOW_PCT
@@ -307,6 +395,36 @@ class TwinEngine:
                 "state": dict(twin.state)}
 
 
+def _column(values: list[float]) -> np.ndarray:
+    """[N, 1] float32 from one value per subject."""
+    return np.array(values, dtype=np.float32).reshape(-1, 1)
+
+
+def _rows(outputs: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+    """Each [N, 1] model output as N Python floats (one conversion per output, not per row)."""
+    return {name: value[:, 0].tolist() for name, value in outputs.items()}
+
+
+def _expected_temp(twin: SubjectTwin) -> float:
+    expected = twin.temp_baseline.expected(twin.last_temp_t)
+    return twin.temp_window[-1] if expected is None else expected
+
+
+def _hydration_trend(twin: SubjectTwin, t: int, au: float) -> float | None:
+    """Least-squares slope of the last hour's hydration, in AU per hour."""
+    history = twin.hydration_history
+    history.append((t, au))
+    while history and t - history[0][0] > HYDRATION_TREND_WINDOW_MS:
+        history.popleft()
+    if len(history) < HYDRATION_TREND_MIN_POINTS or \
+            history[-1][0] - history[0][0] < HYDRATION_TREND_MIN_SPAN_MS:
+        return None
+    times = np.array([h[0] for h in history], dtype=np.float64) / 3_600_000
+    values = np.array([h[1] for h in history], dtype=np.float64)
+    times -= times.mean()
+    return float((times * (values - values.mean())).sum() / (times * times).sum())
+
+
 def _leaf(value: float, t: int, quality: str) -> dict:
     return {"v": round(float(value), ROUND_DIGITS), "t": t, "q": quality}
 
@@ -316,4 +434,4 @@ def _differs(prop: str, old: dict, new: dict) -> bool:
         return True
     if not isinstance(new["v"], float) or not isinstance(old["v"], float):
         return old["v"] != new["v"]
-    return abs(new["v"] - old["v"]) >= DEADBAND.get(prop, 0.0)
+    return abs(new["v"] - old["v"]) >= deadband(prop)

@@ -7,6 +7,7 @@ put that module on the board and read the file back through it.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,16 +72,17 @@ def test_given_id_and_key_are_written_exactly(board):
     assert board.listdir(DATA_DIR) == ["identity"]  # no .part file left behind
 
 
-def test_refuses_to_overwrite_an_identity_without_force(board):
+def test_refuses_to_overwrite_an_identity_without_the_flag(board):
     provision(board, DEVICE_ID, KEY, data_dir=DATA_DIR)
     before = board.get_file(IDENTITY_PATH)
     with pytest.raises(IdentityExistsError) as caught:
         provision(board, "fedcba9876543210", data_dir=DATA_DIR)
     message = str(caught.value)
-    assert DEVICE_ID in message and "force" in message and board.port in message
+    assert DEVICE_ID in message and "--replace-identity" in message and board.port in message
+    assert "force" not in message
     assert caught.value.device_id == DEVICE_ID
     assert board.get_file(IDENTITY_PATH) == before
-    replaced = provision(board, "fedcba9876543210", data_dir=DATA_DIR, force=True)
+    replaced = provision(board, "fedcba9876543210", data_dir=DATA_DIR, replace_identity=True)
     assert replaced.replaced and replaced.device_id == "fedcba9876543210"
     assert replaced.key != KEY
     put_board_module(board)
@@ -140,8 +142,15 @@ def test_key_file_forms(tmp_path):
 def firmware_build(tmp_path_factory) -> Path:
     """A fresh mpy-cross build (tools/build_firmware.py), as the technician makes it."""
     out = tmp_path_factory.mktemp("build") / "firmware"
+    # micropython-lib's aioble comes from a local directory at build time; dermtwin ships no
+    # aioble source, so this stands in with two tiny modules of our own.
+    aioble_root = tmp_path_factory.mktemp("aioble-src")
+    (aioble_root / "aioble").mkdir()
+    (aioble_root / "aioble" / "__init__.py").write_text("from .core import log_info\n")
+    (aioble_root / "aioble" / "core.py").write_text("def log_info(*args):\n    pass\n")
     completed = subprocess.run(
-        [sys.executable, str(REPO_DIR / "tools" / "build_firmware.py"), "--out", str(out)],
+        [sys.executable, str(REPO_DIR / "tools" / "build_firmware.py"), "--out", str(out),
+         "--aioble", str(aioble_root)],
         capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     return out
@@ -198,7 +207,7 @@ def test_flash_refuses_over_unsent_samples_in_the_old_log_format(board):
     # (the virtual board is fresh per test, so its /data, where the patch keeps its log)
     import struct
 
-    from firmware.flash_log import crc16
+    from firmware.flash_format import crc16
 
     header = struct.pack("<3sBIHIH", b"DTL", 1, 100, 3, 0, 0) * 2      # format 1, first seq 100
     board.put_file(header + bytes(8 * 5), "/data/log/seg_100.log")   # 5 records
@@ -215,14 +224,27 @@ def test_flash_refuses_over_unsent_samples_in_the_old_log_format(board):
 
 
 @pytest.mark.virtual_only
-def test_flash_reports_whether_aioble_is_on_the_board(board):
-    assert flash(board, source=True).aioble_on_board is False
-    board.put_file(b"MAGIC = 1\n", "/lib/aioble/__init__.py")   # stands in for micropython-lib's
-    try:
-        assert flash(board, source=True).aioble_on_board is True
-        assert board.eval("__import__('aioble').MAGIC") == 1      # flash left it alone
-    finally:
-        board.remove("/lib/aioble", recursive=True)
+def test_flash_installs_aioble_with_the_firmware(board, firmware_build, tmp_path, monkeypatch):
+    """No network at the clinic: the build carries the aioble it was given at build time."""
+    result = flash(board, firmware_build)
+    assert result.aioble_on_board is True
+    for module in ("__init__", "core"):
+        assert f"/lib/aioble/{module}.mpy" in result.board_paths
+        assert board.exists(f"/lib/aioble/{module}.mpy")   # size and SHA-256 checked by flash
+    source_aioble = tmp_path / "aioble-src"
+    (source_aioble / "aioble").mkdir(parents=True)
+    (source_aioble / "aioble" / "__init__.py").write_text("from .server import x\n")
+    (source_aioble / "aioble" / "server.py").write_text("x = 1\n")
+    monkeypatch.setenv("AIOBLE_DIR", str(source_aioble))
+    sources = flash(board, source=True)
+    assert "/lib/aioble/server.py" in sources.board_paths and sources.aioble_on_board
+    assert not board.exists("/lib/aioble/core.mpy")          # the package was replaced
+    # a build without it (an older build dir) is reported
+    old = tmp_path / "old"
+    shutil.copytree(firmware_build, old)
+    shutil.rmtree(old / "lib" / "aioble")
+    board.remove("/lib/aioble", recursive=True)
+    assert flash(board, old).aioble_on_board is False
 
 
 def test_board_reads_what_mpy_cross_writes(board, firmware_build):
@@ -246,5 +268,20 @@ def test_flash_refuses_an_incompatible_build_before_writing(board, board_target,
 
 
 def test_flash_without_a_build_says_how_to_make_one(tmp_path):
-    with pytest.raises(FlashError, match="build_firmware.py"):
+    with pytest.raises(FlashError, match="`make firmware`"):
         flash("/dev/dermtwin-no-such-port", tmp_path / "nothing")
+
+
+def test_flash_shows_a_bar_with_rate_and_eta_on_a_terminal(board):
+    import io
+
+    from rich.console import Console
+
+    from gateway.progress_bar import flash_progress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
+    with flash_progress(console) as progress:
+        result = flash(board, source=True, progress=progress)
+    out = console.file.getvalue()
+    assert f"[{result.files}/{result.files}]" in out and "ETA" in out
+    assert f"{result.bytes / 1000:.1f} kB" in out or f"{result.bytes / 1000:.0f}" in out

@@ -25,7 +25,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 # Run as a script from a checkout, the repo root is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway.model_contracts import CONTRACTS, ModelContract  # noqa: E402
+from gateway.model_contracts import (  # noqa: E402
+    CONTRACTS,
+    TEMP_ANOMALY_THRESHOLD,
+    ModelContract,
+)
 
 # Opset 17 / IR 8 load on every onnxruntime >= 1.13, i.e. older Pi wheels too.
 OPSET_VERSION = 17
@@ -37,6 +41,10 @@ MODELS_DIR = Path(__file__).resolve().parent
 TEMP_RECENT_SAMPLES = 6  # last 6 samples = 1 min at the 10 s default period
 TEMP_MEANINGFUL_SHIFT_C = 0.6  # personally meaningful shift from baseline
 TEMP_INFLAMMATION_DELTA_C = 2.2  # 4 °F: Lavery 2004 / Armstrong 2007 cue
+# 2.x: surface hydration tells exertion and a loose patch from fever (cards/temp_anomaly.md).
+EXERTION_HYDRATION_EXCESS_AU = 8.0  # sweat or a bath: wet skin reads high
+DETACHED_HYDRATION_BELOW_AU = 5.0  # electrode off the skin reads ~0 AU
+DETACHED_COOLING_C = -1.0  # ...and the sensor cools towards the air
 
 # --- uv_dose (basis in cards/uv_dose.md) ------------------------------------
 # WHO 2002 Global Solar UV Index guide: UVI = 40 m²/W × erythemal irradiance.
@@ -118,9 +126,7 @@ def _finish_model(
     return model
 
 
-def build_temp_anomaly() -> onnx.ModelProto:
-    contract = CONTRACTS["temp_anomaly"]
-    window = contract.inputs["temp_window_c"]
+def _recent_mean_nodes(window: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     recent_cols = [f"recent_{i}_c" for i in range(TEMP_RECENT_SAMPLES)]
     # Mean as an explicit chain of element-wise Adds, oldest first: ReduceMean
     # vectorises differently by batch size, so a row's result could change in
@@ -136,16 +142,98 @@ def build_temp_anomaly() -> onnx.ModelProto:
             for i in range(1, TEMP_RECENT_SAMPLES)
         ),
         helper.make_node("Div", [partial_sums[-1], "recent_count"], ["recent_mean_c"]),
-        helper.make_node("Sub", ["recent_mean_c", "baseline_c"], ["delta_c"]),
-        helper.make_node("Div", ["delta_c", "meaningful_shift_c"], ["anomaly_score"]),
-        helper.make_node("Greater", ["delta_c", "inflammation_delta_c"], ["inflamed"]),
-        helper.make_node("Cast", ["inflamed"], ["inflammation"], to=TensorProto.FLOAT),
     ]
     initializers = [
         _const("recent_start", [window - TEMP_RECENT_SAMPLES], np.int64),
         _const("recent_end", [window], np.int64),
         _const("axis_1", [1], np.int64),
         _const("recent_count", float(TEMP_RECENT_SAMPLES)),
+    ]
+    return nodes, initializers
+
+
+def build_temp_anomaly() -> onnx.ModelProto:
+    contract = CONTRACTS["temp_anomaly"]
+    window = contract.inputs["temp_window_c"]
+    node = helper.make_node
+    mean_nodes, mean_initializers = _recent_mean_nodes(window)
+    nodes = [
+        *mean_nodes,
+        node("Sub", ["recent_mean_c", "baseline_c"], ["delta_c"]),
+        node("Greater", ["hydration_excess_au", "exertion_excess_au"], ["exerting"]),
+        node("Less", ["hydration_au", "detached_below_au"], ["dry_electrode"]),
+        node("Less", ["delta_c", "detached_cooling_c"], ["cooled"]),
+        node("And", ["dry_electrode", "cooled"], ["is_detached"]),
+        node("Or", ["exerting", "is_detached"], ["suppressed"]),
+        node("Not", ["suppressed"], ["trusted"]),
+        node("Cast", ["trusted"], ["trusted_f"], to=TensorProto.FLOAT),
+        node("Div", ["delta_c", "meaningful_shift_c"], ["raw_score"]),
+        node("Mul", ["raw_score", "trusted_f"], ["anomaly_score"]),
+        node("Greater", ["delta_c", "inflammation_delta_c"], ["hot"]),
+        node("And", ["hot", "trusted"], ["inflamed"]),
+        node("Cast", ["inflamed"], ["inflammation"], to=TensorProto.FLOAT),
+        node("Cast", ["exerting"], ["exertion"], to=TensorProto.FLOAT),
+        node("Cast", ["is_detached"], ["detached"], to=TensorProto.FLOAT),
+    ]
+    initializers = [
+        *mean_initializers,
+        _const("meaningful_shift_c", TEMP_MEANINGFUL_SHIFT_C),
+        _const("inflammation_delta_c", TEMP_INFLAMMATION_DELTA_C),
+        _const("exertion_excess_au", EXERTION_HYDRATION_EXCESS_AU),
+        _const("detached_below_au", DETACHED_HYDRATION_BELOW_AU),
+        _const("detached_cooling_c", DETACHED_COOLING_C),
+    ]
+    return _finish_model(
+        contract,
+        nodes,
+        initializers,
+        version="2.0.0",
+        units={
+            "temp_window_c": "Cel",
+            "baseline_c": "Cel",
+            "hydration_au": "1",
+            "hydration_excess_au": "1",
+            "delta_c": "K",  # a temperature difference: 1 K = 1 °C step
+            "anomaly_score": "1",
+            "inflammation": "1",
+            "exertion": "1",
+            "detached": "1",
+        },
+        description=(
+            "Skin-temperature shift against the subject's time-of-day baseline (kept by the "
+            f"gateway): delta_c = mean of the last {TEMP_RECENT_SAMPLES} of {window} samples - "
+            f"baseline_c; exertion = hydration_excess_au > {EXERTION_HYDRATION_EXCESS_AU} "
+            f"(sweat, bath); detached = hydration_au < {DETACHED_HYDRATION_BELOW_AU} and "
+            f"delta_c < {DETACHED_COOLING_C} C (loose patch); anomaly_score = delta_c / "
+            f"{TEMP_MEANINGFUL_SHIFT_C} C, 0 while exertion or detached; inflammation = 1 if "
+            f"delta_c > {TEMP_INFLAMMATION_DELTA_C} C and neither. Not a medical device."
+        ),
+        parameters={
+            "recent_samples": TEMP_RECENT_SAMPLES,
+            "meaningful_shift_c": TEMP_MEANINGFUL_SHIFT_C,
+            "inflammation_delta_c": TEMP_INFLAMMATION_DELTA_C,
+            "exertion_hydration_excess_au": EXERTION_HYDRATION_EXCESS_AU,
+            "detached_hydration_below_au": DETACHED_HYDRATION_BELOW_AU,
+            "detached_cooling_c": DETACHED_COOLING_C,
+        },
+    )
+
+
+def build_temp_anomaly_threshold() -> onnx.ModelProto:
+    """temp_anomaly 1.0.0, the fixed threshold on a running-mean baseline: kept for
+    evaluation against 2.x (models_onnx/evaluate.py), no longer shipped."""
+    contract = TEMP_ANOMALY_THRESHOLD
+    window = contract.inputs["temp_window_c"]
+    mean_nodes, mean_initializers = _recent_mean_nodes(window)
+    nodes = [
+        *mean_nodes,
+        helper.make_node("Sub", ["recent_mean_c", "baseline_c"], ["delta_c"]),
+        helper.make_node("Div", ["delta_c", "meaningful_shift_c"], ["anomaly_score"]),
+        helper.make_node("Greater", ["delta_c", "inflammation_delta_c"], ["inflamed"]),
+        helper.make_node("Cast", ["inflamed"], ["inflammation"], to=TensorProto.FLOAT),
+    ]
+    initializers = [
+        *mean_initializers,
         _const("meaningful_shift_c", TEMP_MEANINGFUL_SHIFT_C),
         _const("inflammation_delta_c", TEMP_INFLAMMATION_DELTA_C),
     ]

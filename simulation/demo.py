@@ -24,6 +24,7 @@ from gateway.inference import default_models_dir
 from gateway.live_view import run_live_view
 from gateway.mqtt.config import MqttConfig
 from gateway.service import Gateway, GatewayConfig
+from gateway.values import RegisteredDevice
 from simulation.broker import LocalBroker
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def pair_virtual_patches(db_path: Path, identities: list[tuple[str, bytes, str]]
     with registry.transaction():
         for i, (device_id, key, subject) in enumerate(identities):
             registry.register(
-                store_mod.RegisteredDevice(device_id, (keys or {}).get(i, key), subject, 3, None),
+                RegisteredDevice(device_id, (keys or {}).get(i, key), subject, 3, None),
                 int(time.time() * 1000))
     registry.conn.close()
 
@@ -63,6 +64,7 @@ def pair_virtual_patches(db_path: Path, identities: list[tuple[str, bytes, str]]
 async def run_demo(patches: int, duration_s: float, broker_url: str | None = None,
                    summary_path: Path | None = None, workdir: Path | None = None,
                    live: bool = True, gateway_id: str = DEMO_GATEWAY_ID,
+                   wide: bool | None = None,
                    homeassistant_prefix: str | None = None) -> dict:
     from simulation.virtual_patch import VirtualPatch
     from simulation.virtual_radio import VirtualRadio
@@ -116,7 +118,7 @@ async def run_demo(patches: int, duration_s: float, broker_url: str | None = Non
     def progress() -> str:
         return f"{time.monotonic() - started:.0f}/{duration_s:.0f} s"
 
-    view = asyncio.create_task(run_live_view(gateway, progress)) if live else None
+    view = asyncio.create_task(run_live_view(gateway, progress, wide=wide)) if live else None
     try:
         await gateway.run(stop)
     finally:

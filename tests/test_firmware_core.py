@@ -159,8 +159,8 @@ async def test_control_write_from_another_central_ends_the_stale_link():
     import asyncio
     from types import SimpleNamespace
 
-    from firmware import host
     from firmware import protocol_ids as ids
+    from simulation import device_shims as host
 
     host.install()   # aioble: the host shim
     from firmware.ble_link import PatchLink

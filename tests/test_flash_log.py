@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firmware import flash_format
 from firmware.flash_log import (
     BLOCK_OVERHEAD,
     DEFAULT_MAX_SEGMENTS,
@@ -167,6 +168,31 @@ def test_on_flash_format_is_the_documented_one(tmp_path):
                                0xEC, 0x45])               # 4470 (first temp) -> zigzag 8940
     assert len(image) == HDR_BYTES + sum(b.end - b.pos for b in blocks)
     assert all(b.end - b.pos == BLOCK_OVERHEAD + len(image[b.pos + 7:b.end - 2]) for b in blocks)
+
+
+def test_the_gateway_reads_what_the_log_writes_through_flash_format(tmp_path):
+    # gateway/provision.py reads a patch's log with firmware/flash_format.py before flashing:
+    # the same module must describe what FlashLog actually writes.
+    d = tmp_path / "log"
+    log = FlashLog(str(d), flush_every=1, boot_id=0x0BAD, first_seq=500)
+    log.append(0, 77, 4480)
+    log.append(0, 78, 4481)
+    log.ack(500)
+    log.close()
+    image = (d / "seg_500.log").read_bytes()
+    assert flash_format.header_version(image) == flash_format.FORMAT_VERSION == 2
+    assert flash_format.header_version(image, 16) == 2                 # the second copy
+    assert flash_format.parse_header(image, len(image), 500) == (0x0BAD, 77)
+    assert flash_format.parse_header(image, len(image), 501) is None   # not its first seq
+    damaged = bytearray(image)
+    damaged[5] ^= 0x01                                                 # first copy corrupt
+    assert flash_format.parse_header(damaged, len(damaged), 500) == (0x0BAD, 77)
+    damaged[16 + 5] ^= 0x01                                            # and the second
+    assert flash_format.parse_header(damaged, len(damaged), 500) is None
+    acked = (d / "acked").read_bytes()
+    assert flash_format.parse_acked(acked) == 501
+    assert flash_format.parse_acked(acked[:4] + bytes(2)) == -1
+    assert flash_format.header_version(b"DTL\x01") == 1 and flash_format.header_version(b"XTL\x02") == -1
 
 
 def test_append_read_ack_and_whole_segment_deletion(tmp_path):

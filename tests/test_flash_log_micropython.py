@@ -270,8 +270,9 @@ main()
 
 VM_MAX_STATE_ON_STACK_WORDS = 11
 HOT_PATH = {
+    "firmware/flash_format.py": ["crc16"],
     "firmware/flash_log.py": [
-        "crc16", "_write",
+        "_write",
         # appending: into the RAM block, sealed and written at a flush
         "FlashLog.append", "FlashLog._needs_segment", "FlashLog._put", "FlashLog._uvar",
         "FlashLog._open_block", "FlashLog.flush", "FlashLog._emit", "FlashLog._seal",

@@ -47,15 +47,26 @@ def _col(values) -> np.ndarray:
 # --- numpy references (float32, same operation order as the graphs) ---------
 
 
-def ref_temp_anomaly(window: np.ndarray, baseline: np.ndarray) -> dict[str, np.ndarray]:
+def neutral_hydration(n: int) -> dict[str, np.ndarray]:
+    """Normal skin, no sweat: temp_anomaly 2.x's gates stay open."""
+    return {"hydration_au": _col([50.0] * n), "hydration_excess_au": _col([0.0] * n)}
+
+
+def ref_temp_anomaly(window: np.ndarray, baseline: np.ndarray, hydration: np.ndarray,
+                     excess: np.ndarray) -> dict[str, np.ndarray]:
     recent_sum = window[:, -6:-5].copy()
     for col in range(-5, 0):  # float32, oldest first, as the graph adds
         recent_sum = recent_sum + window[:, col : col + 1 if col < -1 else None]
     delta = recent_sum / F32(6) - baseline
+    exertion = excess > F32(8.0)
+    detached = (hydration < F32(5.0)) & (delta < F32(-1.0))
+    trusted = ~(exertion | detached)
     return {
         "delta_c": delta,
-        "anomaly_score": delta / F32(0.6),
-        "inflammation": (delta > F32(2.2)).astype(F32),
+        "anomaly_score": delta / F32(0.6) * trusted.astype(F32),
+        "inflammation": ((delta > F32(2.2)) & trusted).astype(F32),
+        "exertion": exertion.astype(F32),
+        "detached": detached.astype(F32),
     }
 
 
@@ -90,8 +101,11 @@ temp_rows = st.integers(min_value=1, max_value=16)
 def test_temp_anomaly_matches_reference(models, data, n):
     window = data.draw(arrays(F32, (n, 30), elements=st.floats(20, 42, width=32)))
     baseline = data.draw(arrays(F32, (n, 1), elements=st.floats(28, 38, width=32)))
-    got = models["temp_anomaly"].run({"temp_window_c": window, "baseline_c": baseline})
-    want = ref_temp_anomaly(window, baseline)
+    hydration = data.draw(arrays(F32, (n, 1), elements=st.floats(0, 120, width=32)))
+    excess = data.draw(arrays(F32, (n, 1), elements=st.floats(-30, 40, width=32)))
+    got = models["temp_anomaly"].run({"temp_window_c": window, "baseline_c": baseline,
+                                      "hydration_au": hydration, "hydration_excess_au": excess})
+    want = ref_temp_anomaly(window, baseline, hydration, excess)
     for name, value in want.items():  # same float32 operations in the same order
         np.testing.assert_array_equal(got[name], value, err_msg=name)
     for out in got.values():
@@ -101,7 +115,8 @@ def test_temp_anomaly_matches_reference(models, data, n):
 def test_temp_anomaly_uses_only_last_six_samples(models):
     window = np.full((1, 30), 99.0, dtype=F32)  # older samples are ignored
     window[0, -6:] = [34.0, 34.0, 35.0, 35.0, 36.0, 36.0]
-    got = models["temp_anomaly"].run({"temp_window_c": window, "baseline_c": _col([33.0])})
+    got = models["temp_anomaly"].run({"temp_window_c": window, "baseline_c": _col([33.0]),
+                                      **neutral_hydration(1)})
     assert got["delta_c"][0, 0] == pytest.approx(2.0, abs=1e-5)
     assert got["anomaly_score"][0, 0] == pytest.approx(2.0 / 0.6, abs=1e-4)
     assert got["inflammation"][0, 0] == 0.0
@@ -113,7 +128,8 @@ def test_temp_anomaly_uses_only_last_six_samples(models):
 )
 def test_temp_anomaly_inflammation_cue(models, recent_c, baseline_c, inflammation):
     window = np.full((1, 30), recent_c, dtype=F32)
-    got = models["temp_anomaly"].run({"temp_window_c": window, "baseline_c": _col([baseline_c])})
+    got = models["temp_anomaly"].run({"temp_window_c": window, "baseline_c": _col([baseline_c]),
+                                      **neutral_hydration(1)})
     assert got["inflammation"][0, 0] == inflammation
     assert got["delta_c"][0, 0] == pytest.approx(recent_c - baseline_c, abs=1e-4)
 
@@ -251,10 +267,12 @@ def test_metadata_carries_name_version_units(models, name):
 
 def test_run_casts_float64_and_handles_empty_batch(models):
     model = models["temp_anomaly"]
-    got = model.run({"temp_window_c": np.full((2, 30), 34.0), "baseline_c": [[33.0], [34.0]]})
+    got = model.run({"temp_window_c": np.full((2, 30), 34.0), "baseline_c": [[33.0], [34.0]],
+                     **neutral_hydration(2)})
     assert got["delta_c"].dtype == F32
     np.testing.assert_allclose(got["delta_c"], _col([1.0, 0.0]), atol=1e-5)
-    empty = model.run({"temp_window_c": np.zeros((0, 30)), "baseline_c": np.zeros((0, 1))})
+    empty = model.run({"temp_window_c": np.zeros((0, 30)), "baseline_c": np.zeros((0, 1)),
+                       **neutral_hydration(0)})
     assert empty["anomaly_score"].shape == (0, 1)
 
 
@@ -263,25 +281,30 @@ def test_run_casts_float64_and_handles_empty_batch(models):
     [
         ({"temp_window_c": np.zeros((2, 30))}, "input 'baseline_c' not given"),
         (
-            {"temp_window_c": np.zeros((2, 29)), "baseline_c": np.zeros((2, 1))},
+            {"temp_window_c": np.zeros((2, 29)), "baseline_c": np.zeros((2, 1)),
+             **neutral_hydration(2)},
             "input 'temp_window_c' has shape [2, 29], contract needs [N, 30]",
         ),
         (
-            {"temp_window_c": np.zeros((2, 30)), "baseline_c": np.zeros((3, 1))},
+            {"temp_window_c": np.zeros((2, 30)), "baseline_c": np.zeros((3, 1)),
+             **neutral_hydration(2)},
             "input 'baseline_c' has 3 rows but 'temp_window_c' has 2",
         ),
         (
-            {"temp_window_c": np.zeros(30), "baseline_c": np.zeros((1, 1))},
+            {"temp_window_c": np.zeros(30), "baseline_c": np.zeros((1, 1)),
+             **neutral_hydration(1)},
             "input 'temp_window_c' has shape [30]",
         ),
         (
-            {"temp_window_c": np.zeros((1, 30)), "baseline_c": [["warm"]]},
+            {"temp_window_c": np.zeros((1, 30)), "baseline_c": [["warm"]],
+             **neutral_hydration(1)},
             "input 'baseline_c' is not convertible",
         ),
         (
             {
                 "temp_window_c": np.zeros((1, 30)),
                 "baseline_c": np.zeros((1, 1)),
+                **neutral_hydration(1),
                 "x": np.zeros((1, 1)),
             },
             "input 'x' is not in the contract",
@@ -331,13 +354,16 @@ GOOD_PROPS = {
     "units": json.dumps(
         {
             n: "1"
-            for n in ["temp_window_c", "baseline_c", "delta_c", "anomaly_score", "inflammation"]
+            for n in ["temp_window_c", "baseline_c", "hydration_au", "hydration_excess_au",
+                      "delta_c", "anomaly_score", "inflammation", "exertion", "detached"]
         }
     ),
     "description": "test double",
 }
-GOOD_INPUTS = {"temp_window_c": ["N", 30], "baseline_c": ["N", 1]}
-GOOD_OUTPUTS = {"delta_c": 1, "anomaly_score": 1, "inflammation": 1}
+GOOD_INPUTS = {"temp_window_c": ["N", 30], "baseline_c": ["N", 1], "hydration_au": ["N", 1],
+               "hydration_excess_au": ["N", 1]}
+GOOD_OUTPUTS = {"delta_c": 1, "anomaly_score": 1, "inflammation": 1, "exertion": 1,
+                "detached": 1}
 
 
 def _save(tmp_path: Path, model: onnx.ModelProto) -> Path:
@@ -350,7 +376,8 @@ def test_drop_in_model_meeting_contract_loads(tmp_path):
     path = _save(tmp_path, _fake_model(GOOD_INPUTS, GOOD_OUTPUTS, GOOD_PROPS))
     model = load_model(path, CONTRACTS["temp_anomaly"])
     assert model.version == "2.0.0"
-    out = model.run({"temp_window_c": np.full((3, 30), 2.0), "baseline_c": np.zeros((3, 1))})
+    out = model.run({"temp_window_c": np.full((3, 30), 2.0), "baseline_c": np.zeros((3, 1)),
+                     **neutral_hydration(3)})
     np.testing.assert_allclose(out["delta_c"], np.full((3, 1), 2.0))
 
 

@@ -95,7 +95,8 @@ def has_all(expected):
 # A publisher in its own process, so a test can kill it as a crash would (no DISCONNECT).
 CHILD_PUBLISHER = """
 import sys, time
-from gateway.mqtt import MqttConfig, MqttPublisher
+from gateway.mqtt.config import MqttConfig
+from gateway.mqtt.publisher import MqttPublisher
 url, db_path, max_inflight, will_delay_s, will, birth = sys.argv[1:]
 config = MqttConfig.from_url(url, gateway_id="child")
 publisher = MqttPublisher(

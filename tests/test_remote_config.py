@@ -53,7 +53,7 @@ async def test_desired_config_reaches_the_patch_and_is_reported_applied(tmp_path
         saved = json.loads((rig.patches[0].data_dir / "config.json").read_text())
         assert (saved["1"], saved["2"], saved["6"]) == (2, 7, 2)
         assert gateway.store.desired(device_id).applied
-        assert rig.link(0).session.close_reason is None   # the same session goes on
+        assert rig.link(0).session.close is None   # the same session goes on
         # Samples now come every 2 s (20 ticks of 100 ms).
         start = len(temp_ticks(gateway, device_id))
         await wait_for(lambda: len(temp_ticks(gateway, device_id)) >= start + 4, 20,
@@ -124,4 +124,4 @@ async def test_malformed_or_stale_desired_is_refused_naming_the_field(tmp_path, 
         assert answer["state"] == "refused" and answer["detail"].startswith("ver: 4")
         assert answer["cfg"] == {"uv_period_s": 9}                   # still in force
         assert rig.patches[0].patch.config.get(ConfigKey.UV_PERIOD_S) == 9
-        assert rig.link(0).session.close_reason is None
+        assert rig.link(0).session.close is None

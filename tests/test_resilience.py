@@ -8,6 +8,7 @@ import pytest
 from gateway_harness import GatewayRig, wait_for
 
 from gateway.session import State
+from gateway.values import CloseKind
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +57,8 @@ async def test_ten_patches_survive_fifty_random_link_drops(tmp_path):
                 print(i, "unacked", len(p.patch.log), "connected", rig.connected(i),
                       "session", link.session.state if link.session else None,
                       "task", slot.task is not None and not slot.task.done(),
-                      "failures", slot.failures, "next in", round(slot.next_attempt_s - now, 1),
-                      "last", getattr(link, "last_close_reason", None),
+                      "failures", link.connect_failures, "next in", round(slot.next_attempt_s - now, 1),
+                      "last", link.last_close,
                       "sighting", slot.sighting is not None, "connects", link.connects)
             raise
         await asyncio.sleep(0.5)
@@ -72,7 +73,9 @@ async def test_patch_with_unknown_key_is_rejected_and_nothing_stored(tmp_path):
                        what="the genuine patch to stream")
         await wait_for(lambda: rig.link(1).auth_failures > 0, what="the impostor to be refused")
         assert gateway.store.sample_count(rig.identities[1][0]) == 0
-        assert "AUTH_FAILED" in (rig.link(1).last_close_reason or "")
+        last_close = rig.link(1).last_close
+        assert last_close is not None and last_close.kind is CloseKind.AUTH_FAILED
+        assert "AUTH_FAILED" in last_close.detail
 
 
 async def test_frames_with_bad_tag_are_counted_and_not_stored(tmp_path):

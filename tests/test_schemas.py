@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 
 from gateway.ingest import data_loss_alert
 from gateway.mqtt import topics
-from gateway.store import LostSamples, SampleBatch
+from gateway.values import LostSamples, SampleBatch
 from simulation.demo import DEMO_PATCH_CONFIG, DEMO_TIME_SCALE
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"

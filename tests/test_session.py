@@ -20,6 +20,7 @@ from gateway.session import (
     Subscribe,
     WriteControl,
 )
+from gateway.values import CloseKind
 
 KEY = bytes(range(32))
 DEVICE = "3f2a0c11d4e59b07"
@@ -86,7 +87,8 @@ def test_handshake_reaches_streaming():
 def test_low_mtu_is_refused_with_a_clear_reason():
     s = PatchSession(DEVICE, KEY, -1)
     [action] = s.start(23, T0_MS)
-    assert isinstance(action, Disconnect) and "MTU 23 < 64" in action.reason
+    assert isinstance(action, Disconnect) and "MTU 23 < 64" in action.close.detail
+    assert action.close.kind is CloseKind.MTU_TOO_SMALL and s.close == action.close
     assert s.state is State.CLOSED
 
 
@@ -94,7 +96,8 @@ def test_identity_mismatch_closes():
     s = PatchSession(DEVICE, KEY, -1)
     s.start(247, T0_MS)
     [action] = s.read_result(SERIAL_NUMBER_UUID, b"ffffffffffffffff", T0_MS)
-    assert isinstance(action, Disconnect) and "identity mismatch" in action.reason
+    assert isinstance(action, Disconnect) and "identity mismatch" in action.close.detail
+    assert action.close.kind is CloseKind.IDENTITY_MISMATCH
 
 
 def test_frame_becomes_commit_with_utc_from_set_time_anchor():
@@ -170,7 +173,8 @@ def test_error_status_closes_naming_the_request():
     s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
     [action] = s.control_response(response(ids.Opcode.SET_TIME, ids.Status.AUTH_FAILED), T0_MS)
     assert isinstance(action, Disconnect)
-    assert "SET_TIME" in action.reason and "AUTH_FAILED" in action.reason
+    assert "SET_TIME" in action.close.detail and "AUTH_FAILED" in action.close.detail
+    assert action.close.kind is CloseKind.AUTH_FAILED
 
 
 def test_unanswered_control_request_times_out():
@@ -179,7 +183,8 @@ def test_unanswered_control_request_times_out():
     s.committed(0, T0_MS)
     assert s.tick(T0_MS + 1000) == []
     [action] = s.tick(T0_MS + 10_000)
-    assert isinstance(action, Disconnect) and "ACK" in action.reason
+    assert isinstance(action, Disconnect) and "ACK" in action.close.detail
+    assert action.close.kind is CloseKind.TIMEOUT
 
 
 def test_samples_from_patch_that_lost_data_resume_at_its_oldest():
@@ -403,7 +408,7 @@ def test_set_config_error_is_reported_without_closing_and_not_retried():
         response(ids.Opcode.SET_CONFIG, ids.Status.INVALID_OPERAND), T0_MS)
     assert failed == ConfigFailed(4, K.TEMP_PERIOD_S, 2, ids.Status.INVALID_OPERAND)
     assert "temp_period_s" in failed.detail and "INVALID_OPERAND" in failed.detail
-    assert s.state is State.STREAMING and s.close_reason is None
+    assert s.state is State.STREAMING and s.close is None
     s.notification(frame(0, 2), T0_MS)
     [ack] = s.committed(1, T0_MS)                              # the session goes on
     assert ack.opcode == ids.Opcode.ACK
@@ -416,7 +421,8 @@ def test_other_error_answers_still_close():
     s.notification(frame(0, 2), T0_MS)
     s.committed(1, T0_MS)
     [action] = s.control_response(response(ids.Opcode.ACK, ids.Status.BUSY), T0_MS)
-    assert isinstance(action, Disconnect) and "ACK" in action.reason
+    assert isinstance(action, Disconnect) and "ACK" in action.close.detail
+    assert action.close.kind is CloseKind.REQUEST_REFUSED
 
 
 def test_newer_desired_replaces_what_is_left_to_send():
@@ -433,7 +439,8 @@ def test_unanswered_set_config_times_out_like_any_request():
     s = streaming_session()
     s.set_desired(1, {K.TEMP_PERIOD_S: 2}, T0_MS)
     [action] = s.tick(T0_MS + 10_000)
-    assert isinstance(action, Disconnect) and "SET_CONFIG" in action.reason
+    assert isinstance(action, Disconnect) and "SET_CONFIG" in action.close.detail
+    assert action.close.kind is CloseKind.TIMEOUT
 
 
 def test_identify_waits_behind_acks_and_an_error_does_not_close():

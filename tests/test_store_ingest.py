@@ -11,8 +11,9 @@ from gateway import store as store_mod
 from gateway.inference import default_models_dir, load_models
 from gateway.ingest import Ingest
 from gateway.outbox import Outbox
-from gateway.store import DiskFullError, LostSamples, RegisteredDevice, SampleBatch, Store
+from gateway.store import DiskFullError, Store
 from gateway.twin import TwinEngine
+from gateway.values import LostSamples, RegisteredDevice, SampleBatch
 
 
 def batch(device, seqs, temp_c=33.0):
@@ -197,7 +198,7 @@ def test_retention_prunes_old_samples_but_not_the_watermark(store):
 
 
 def test_desired_config_round_trip_survives_reopening(store, tmp_path):
-    from gateway.store import DesiredConfig
+    from gateway.values import DesiredConfig
     device = "a" * 16
     assert store.desired(device) is None
     with store.transaction():

@@ -12,9 +12,10 @@ import pytest
 
 from gateway.ingest import data_loss_alert, encode
 from gateway.mqtt import topics
-from gateway.store import LostSamples, Store, connect
+from gateway.store import Store, connect
 from gateway.subscriber import DataLoss, SampleRow, Subscriber
 from gateway.subscriber.twins import TwinFollower
+from gateway.values import LostSamples
 from simulation.demo import DEMO_PATCH_CONFIG, DEMO_TIME_SCALE
 
 ROOT = "dermtwin/v1/rig"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gateway.inference import default_models_dir, load_models
-from gateway.store import SampleBatch
 from gateway.twin import TwinEngine
+from gateway.values import SampleBatch
 
 LSB_PER_C = 128  # TMP117: 7.8125 m°C per LSB
 
@@ -164,3 +164,32 @@ def test_unknown_device_is_ignored(run_model):
     engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
     engine.ingest(temp_batch("dev-x", 0, [33.0]))
     assert engine.step(now_ms=0) == []
+
+
+def test_batched_across_patches_equals_one_engine_per_patch():
+    """Batching subjects into one model call changes no bit of any twin."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_twin import T0_MS, live_batches
+
+    models = load_models(default_models_dir())
+
+    def run(name, inputs):
+        return models[name].run(inputs)
+
+    subjects = {f"d{i}": f"s{i}" for i in range(100)}
+    together = TwinEngine(1, subjects, run, location=(45.0, 0.0))
+    apart = {d: TwinEngine(1, {d: s}, run, location=(45.0, 0.0)) for d, s in subjects.items()}
+    for k in range(90):
+        batches = live_batches(k)
+        for b in batches:
+            together.ingest(b)
+            apart[b.device_id].ingest(b)
+        mine = {u.subject: (u.delta, u.alerts) for u in together.step(T0_MS + k * 1000)}
+        theirs = {}
+        for engine in apart.values():
+            theirs |= {u.subject: (u.delta, u.alerts) for u in engine.step(T0_MS + k * 1000)}
+        assert mine == theirs
+    assert together.twins["s7"].state == apart["d7"].twins["s7"].state

@@ -28,6 +28,8 @@ What behaves like a real board:
   the host: time.sleep*/ticks*/time() and any output. A loop that does pure
   computation without those calls cannot be interrupted here (it can on a real
   board); stop() ends it.
+- Ctrl-C during a raw-paste transfer (a host that lost its connection mid-transfer and
+  comes back) ends the transfer with a KeyboardInterrupt, as pyexec's reader does.
 - Ctrl-D in the friendly REPL, or on an empty raw-REPL buffer, is a soft reset:
   a fresh VM, the same files, "MPY: soft reboot", back in the same REPL mode.
 - The filesystem starts empty (no /lib, no /data), cwd is /, and sys.path is
@@ -246,6 +248,13 @@ async function pump() {
     while (input.length) {
       if (paste !== null) {
         const b = input.shift();
+        if (b === CTRL_C) {
+          // As pyexec's stdin reader does: end the transfer (\x04), raise KeyboardInterrupt
+          // while compiling, report it as the raw REPL reports an exception, prompt again.
+          paste = null;
+          send("\x04\x04Traceback (most recent call last):\r\nKeyboardInterrupt: \r\n\x04>");
+          continue;
+        }
         if (b === 4) {
           const code = paste.code;
           paste = null;

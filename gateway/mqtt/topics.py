@@ -75,7 +75,7 @@ STATE = Topic("state", "out", True, None, 1, "state",
               "(`online: false`, Will Delay 10 s) and published on a clean stop. While the "
               "gateway cannot write its database (disk full) it republishes state directly, "
               "not through the outbox, with `\"alarm\": {\"kind\": \"store\", \"detail\": …}`, "
-              "and again without it once writes succeed")
+              "and again without it once writes succeed: the patches keep their samples meanwhile")
 CMD = Topic("cmd", "in", False, None, 1, "cmd",
             "requests `{\"op\": \"identify\" \\| \"resync\", …}` with MQTT 5 Response Topic + "
             "Correlation Data; answers (schema `cmd-answer`) on the Response Topic (below)")
@@ -93,8 +93,9 @@ SAMPLES = Topic("{subject}/samples", "out", False, None, 1, "samples",
                 "raw samples, columnar: `{\"schema\", \"boot\", \"seq\", \"t\", \"tu\", \"c\", "
                 "\"dt\", \"v\"[, \"skip\", \"hist\"]}` (below)")
 ALERT = Topic("{subject}/alert", "out", False, None, 1, "alert",
-              "`{\"schema\", \"ts\", \"kind\": \"inflammation\" \\| \"uv_dose\" \\| "
-              "\"battery_low\", \"active\": bool, …}`, or a `data_loss` event (below)")
+              "`{\"schema\", \"ts\", \"kind\": \"inflammation\" \\| \"uv_forecast\" \\| "
+              "\"uv_dose\" \\| \"patch_loose\" \\| \"drying\" \\| \"battery_low\", "
+              "\"active\": bool, …}`, or a `data_loss` event (below)")
 DESIRED = Topic("{subject}/desired", "in", True, None, 1, "desired",
                 "from the clinic: `{\"ver\": n, \"cfg\": {key: seconds}}` (below); the gateway "
                 "subscribes `{gw}/+/desired`")

@@ -13,6 +13,9 @@ import contextvars
 import weakref
 from typing import TYPE_CHECKING, Any
 
+# core and device import each other, as in upstream aioble (core.py's connection handler
+# and device.py's use of the shared state): the import back to .device stays deferred
+# (inside functions / TYPE_CHECKING), the one import cycle tests/test_layering.py allows.
 if TYPE_CHECKING:
     from bumble.device import Device as BumbleDevice
 

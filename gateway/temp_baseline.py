@@ -1,0 +1,149 @@
+"""A personal skin-temperature baseline that knows the time of day (sans-I/O).
+
+Skin temperature swings with the day (0.5-2 degC between people); a baseline that only
+follows the recent past lags that swing and lets it through as anomalies, and it learns a
+slow fever away within hours. This one keeps, per subject, a mean for each half hour of
+the day, learned across days, and learns only from readings near what it expects, so an
+episode does not become the new normal:
+
+- `expected(t_ms)`: the profile interpolated between half-hour slots plus a slowly tracked
+  level; before a slot has been seen, a plain running mean (the first day's fallback);
+- `observe(t_ms, celsius)`: learns from a reading within `LEARN_WITHIN_C` of the expectation;
+  further away it is counted as an outlier and not learned, unless readings stay away for
+  `RELEARN_AFTER_MS` (the patch moved to another site), after which it learns again.
+
+Times are UTC ms; the 24-hour profile needs no time zone (it learns whatever phase it sees).
+The state is plain numbers (`to_saved`/`from_saved`) so it survives gateway restarts.
+"""
+
+from __future__ import annotations
+
+DAY_MS = 86_400_000
+SLOTS_PER_DAY = 48                    # half-hour slots
+SLOT_MS = DAY_MS // SLOTS_PER_DAY
+# Per slot, a sample's weight falls to this floor: ~3 days of 10 s samples (180 per slot
+# per day) dominate the profile.
+SLOT_MIN_WEIGHT = 1 / 540
+# The level follows slow drifts not tied to the time of day with a ~12 h time constant.
+LEVEL_WEIGHT = 1 / 4320
+# Until a slot has data: a running mean with a ~1 h time constant (temp_anomaly 1.x).
+FALLBACK_WEIGHT = 1 / 360
+LEARN_WITHIN_C = 0.6                  # design.md §4: a 0.6 degC shift matters
+RELEARN_AFTER_MS = 72 * 3_600_000
+
+
+class TimeOfDayBaseline:
+    __slots__ = ("slot_mean", "slot_count", "level", "fallback", "outlier_since_ms",
+                 "_unseen")
+
+    def __init__(self) -> None:
+        self.slot_mean: list[float | None] = [None] * SLOTS_PER_DAY
+        self.slot_count = [0] * SLOTS_PER_DAY
+        self.level = 0.0                  # mean residual against the profile
+        self.fallback: float | None = None
+        self.outlier_since_ms: int | None = None
+        self._unseen = SLOTS_PER_DAY
+
+    @property
+    def learned(self) -> bool:
+        """Every slot has been seen at least once (a full day of wear)."""
+        return self._unseen == 0
+
+    def expected(self, t_ms: int) -> float | None:
+        profile = self._profile(t_ms)
+        if profile is None:
+            return self.fallback
+        return profile + self.level
+
+    def observe(self, t_ms: int, celsius: float) -> None:
+        expected = self.expected(t_ms)
+        if expected is not None and abs(celsius - expected) > LEARN_WITHIN_C:
+            if self.outlier_since_ms is None:
+                self.outlier_since_ms = t_ms
+            if t_ms - self.outlier_since_ms < RELEARN_AFTER_MS:
+                return
+        else:
+            self.outlier_since_ms = None
+        self.fallback = celsius if self.fallback is None else (
+            self.fallback + FALLBACK_WEIGHT * (celsius - self.fallback))
+        slot = (t_ms % DAY_MS) // SLOT_MS
+        mean = self.slot_mean[slot]
+        count = self.slot_count[slot] + 1
+        self.slot_count[slot] = count
+        if mean is None:
+            self.slot_mean[slot] = celsius - self.level
+            self._unseen -= 1
+        else:
+            weight = max(1 / count, SLOT_MIN_WEIGHT)
+            self.slot_mean[slot] = mean + weight * (celsius - self.level - mean)
+        if self._unseen == 0:
+            profile = self._profile(t_ms)
+            if profile is not None:
+                self.level += LEVEL_WEIGHT * (celsius - profile - self.level)
+
+    def _profile(self, t_ms: int) -> float | None:
+        """Linear interpolation between the two nearest slot centres."""
+        position = ((t_ms % DAY_MS) - SLOT_MS / 2) / SLOT_MS
+        left = int(position // 1) % SLOTS_PER_DAY
+        right = (left + 1) % SLOTS_PER_DAY
+        a, b = self.slot_mean[left], self.slot_mean[right]
+        if a is None and b is None:
+            return None
+        if a is None or b is None:
+            return a if b is None else b
+        fraction = position - (position // 1)
+        return a + (b - a) * fraction
+
+    def to_saved(self) -> dict:
+        return {"slot_mean": list(self.slot_mean), "slot_count": list(self.slot_count),
+                "level": self.level, "fallback": self.fallback,
+                "outlier_since_ms": self.outlier_since_ms}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TimeOfDayBaseline:
+        baseline = cls()
+        slot_mean = saved.get("slot_mean") or []
+        if len(slot_mean) == SLOTS_PER_DAY:
+            baseline.slot_mean = list(slot_mean)
+            baseline.slot_count = [int(c) for c in saved.get("slot_count", [0] * SLOTS_PER_DAY)]
+            baseline._unseen = sum(1 for m in baseline.slot_mean if m is None)
+        baseline.level = float(saved.get("level", 0.0))
+        baseline.fallback = saved.get("fallback")
+        baseline.outlier_since_ms = saved.get("outlier_since_ms")
+        return baseline
+
+
+class HydrationExcess:
+    """Surface hydration above its own slow mean: sweat, a bath or a fresh moisturiser.
+
+    Skin warms with exercise and in a warm bath while the Corneometer reads wet skin high;
+    the temperature model uses this to tell exertion from fever. The slow mean (~6 h) does
+    learns from readings more than `EXCESS_FREEZE_AU` above it only slowly (~2.5 days), so
+    an episode is not learned away but a lasting change is, and not at all from readings
+    under `OFF_SKIN_BELOW_AU` (a loose patch: no skin under the electrode)."""
+
+    __slots__ = ("mean", "latest")
+    WEIGHT = 1 / 360                  # per 60 s hydration sample: ~6 h
+    SLOW_WEIGHT = 1 / 3600
+    EXCESS_FREEZE_AU = 8.0
+    OFF_SKIN_BELOW_AU = 5.0
+
+    def __init__(self, mean: float | None = None, latest: float | None = None) -> None:
+        self.mean = mean
+        self.latest = latest
+
+    def observe(self, au: float) -> None:
+        self.latest = au
+        if au < self.OFF_SKIN_BELOW_AU:       # an electrode off the skin says nothing of it
+            return
+        if self.mean is None:
+            self.mean = au
+        else:
+            high = au - self.mean > self.EXCESS_FREEZE_AU
+            self.mean += (self.SLOW_WEIGHT if high else self.WEIGHT) * (au - self.mean)
+
+    @property
+    def excess_au(self) -> float:
+        if self.mean is None or self.latest is None:
+            return 0.0
+        return self.latest - self.mean

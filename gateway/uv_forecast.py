@@ -1,0 +1,135 @@
+"""When will today's UV dose reach the wearer's MED? (sans-I/O)
+
+The sun's path is known: the clear-sky UV index at the gateway's latitude and longitude
+follows from the solar elevation (Madronich 2007, as in the environment model). What is not
+known is how much of it reaches the patch: clouds, shade, indoors. The forecast takes that
+fraction from what the patch measured (the larger of the last `FACTOR_WINDOW_S`,
+exposure-weighted, and the latest sample: a burn warning errs early) and assumes the wearer keeps the current
+pattern: it integrates factor x clear-sky UVI forward from now until the dose reaches MED
+or the sun sets.
+
+    forecast = UvForecaster(latitude_deg, longitude_deg)
+    forecast.observe(utc_ms, uvi)               # every UV sample
+    forecast.minutes_to_med(utc_ms, dose_sed, med_sed)   # None: not today
+
+Local solar time is UTC + longitude / 15 h (no equation of time: under 17 minutes off).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from datetime import UTC, datetime
+
+MADRONICH_UVI_SCALE = 12.5
+MADRONICH_MU_EXPONENT = 2.42
+COOPER_TILT_DEG = 23.45
+ERYTHEMAL_W_M2_PER_UVI = 0.025       # WHO 2002
+SED_J_M2 = 100.0                     # CIE S 007/E:1998
+FACTOR_WINDOW_S = 1800
+STEP_S = 300                         # forward integration step
+MIN_CLEAR_SKY_UVI = 0.3              # below: too little sun to learn a factor from
+DAY_MS = 86_400_000
+_DEG = math.pi / 180
+
+
+def day_of_year(utc_ms: int) -> int:
+    return datetime.fromtimestamp(utc_ms / 1000, UTC).timetuple().tm_yday
+
+
+def clear_sky_uvi(latitude_deg: float, longitude_deg: float, utc_ms: int) -> float:
+    n = day_of_year(utc_ms)
+    declination = COOPER_TILT_DEG * _DEG * math.sin(2 * math.pi * (284 + n) / 365)
+    solar_hour = ((utc_ms % DAY_MS) / 3_600_000 + longitude_deg / 15) % 24
+    hour_angle = (solar_hour - 12) * 15 * _DEG
+    latitude = latitude_deg * _DEG
+    mu0 = (math.sin(latitude) * math.sin(declination)
+           + math.cos(latitude) * math.cos(declination) * math.cos(hour_angle))
+    if mu0 <= 0:
+        return 0.0
+    return MADRONICH_UVI_SCALE * mu0 ** MADRONICH_MU_EXPONENT
+
+
+class UvForecaster:
+    __slots__ = ("latitude_deg", "longitude_deg", "recent", "last_ms", "_measured", "_clear",
+                 "_sun_day", "_sun_terms")
+
+    def __init__(self, latitude_deg: float, longitude_deg: float) -> None:
+        if not -90 <= latitude_deg <= 90:
+            raise ValueError(f"latitude_deg: {latitude_deg} is not within -90..90")
+        if not -180 <= longitude_deg <= 180:
+            raise ValueError(f"longitude_deg: {longitude_deg} is not within -180..180")
+        self.latitude_deg = latitude_deg
+        self.longitude_deg = longitude_deg
+        self.recent: deque[tuple[int, float, float]] = deque()   # (utc_ms, measured, clear)
+        self.last_ms: int | None = None
+        # Running sums over `recent` where the sun is high enough: factor() in O(1).
+        self._measured = self._clear = 0.0
+        self._sun_day = -1
+        self._sun_terms = (0.0, 0.0)
+
+    def clear_sky(self, utc_ms: int) -> float:
+        """clear_sky_uvi() at this place, with the day's solar terms computed once a day."""
+        day = utc_ms // DAY_MS
+        if day != self._sun_day:
+            n = day_of_year(utc_ms)
+            declination = COOPER_TILT_DEG * _DEG * math.sin(2 * math.pi * (284 + n) / 365)
+            latitude = self.latitude_deg * _DEG
+            self._sun_terms = (math.sin(latitude) * math.sin(declination),
+                               math.cos(latitude) * math.cos(declination))
+            self._sun_day = day
+        solar_hour = ((utc_ms % DAY_MS) / 3_600_000 + self.longitude_deg / 15) % 24
+        mu0 = self._sun_terms[0] + self._sun_terms[1] * math.cos((solar_hour - 12) * 15 * _DEG)
+        if mu0 <= 0:
+            return 0.0
+        return MADRONICH_UVI_SCALE * mu0 ** MADRONICH_MU_EXPONENT
+
+    def observe(self, utc_ms: int, uvi: float) -> None:
+        if self.last_ms is not None and utc_ms <= self.last_ms:
+            return
+        self.last_ms = utc_ms
+        measured, clear = max(uvi, 0.0), self.clear_sky(utc_ms)
+        self.recent.append((utc_ms, measured, clear))
+        if clear >= MIN_CLEAR_SKY_UVI:
+            self._measured += measured
+            self._clear += clear
+        while utc_ms - self.recent[0][0] > FACTOR_WINDOW_S * 1000:
+            _, m, c = self.recent.popleft()
+            if c >= MIN_CLEAR_SKY_UVI:
+                self._measured -= m
+                self._clear -= c
+        if self._clear < MIN_CLEAR_SKY_UVI:      # nothing counted left: clear rounding dust
+            self._measured = self._clear = 0.0
+
+    def factor(self) -> float | None:
+        """The fraction of clear-sky UV reaching the patch: the larger of the last half
+        hour's (exposure-weighted) and the latest sample's, so stepping into the sun
+        counts at once and a passing cloud does not hide the afternoon. None while the sun
+        is too low to tell."""
+        if self._clear <= 0:
+            return None
+        _, latest_measured, latest_clear = self.recent[-1]
+        latest = latest_measured / latest_clear if latest_clear >= MIN_CLEAR_SKY_UVI else 0.0
+        return max(self._measured / self._clear, latest)
+
+    def minutes_to_med(self, utc_ms: int, dose_sed: float, med_sed: float) -> float | None:
+        """Minutes from `utc_ms` until the dose reaches MED at today's pattern; 0 when it
+        has; None when it will not before the sun sets (or nothing to go on yet)."""
+        if dose_sed >= med_sed:
+            return 0.0
+        factor = self.factor()
+        if factor is None or factor <= 0:
+            return None
+        dose = dose_sed
+        t = utc_ms
+        offset_ms = int(self.longitude_deg / 15 * 3_600_000)       # solar time - UTC
+        day_end = ((utc_ms + offset_ms) // DAY_MS + 1) * DAY_MS - offset_ms  # solar midnight
+        while t < day_end:
+            uvi = factor * self.clear_sky(t)
+            rate_sed_per_s = uvi * ERYTHEMAL_W_M2_PER_UVI / SED_J_M2
+            step_dose = rate_sed_per_s * STEP_S
+            if dose + step_dose >= med_sed:
+                return (t - utc_ms) / 60_000 + (med_sed - dose) / rate_sed_per_s / 60
+            dose += step_dose
+            t += STEP_S * 1000
+        return None
