@@ -10,9 +10,9 @@ NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto virtual-board simulate
+.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium virtual-board simulate
 
-setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto
+setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto chromium
 
 $(PIP_STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,9 @@ $(NPM_STAMP): package.json package-lock.json
 
 mosquitto:
 	@bash tools/ensure-mosquitto.sh
+
+chromium:   # for the report's browser test; where it cannot be installed, that test is skipped
+	@bash tools/ensure-chromium.sh
 
 test: setup
 	$(PY) -m pytest
