@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-live", action="store_true", help="no live table (plain progress)")
     demo.add_argument("--wide", action="store_true", default=None,
                       help="the full table (about 160 columns) instead of a card per subject")
+    demo.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
+                      help="publish Home Assistant MQTT discovery configs (under PREFIX, "
+                           "default homeassistant)")
 
     run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios "
                                      "(every option can also come from the config file)")
@@ -135,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "message_size_limit); larger samples messages are split, other "
                           "messages parked. The broker's Maximum Packet Size is honoured anyway "
                           "([mqtt] max_payload_bytes)")
+    run.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
+                     help="publish Home Assistant MQTT discovery configs (under PREFIX, "
+                          "default homeassistant)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -195,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_cli.add_parser(sub)
     report_cli.add_parsers(sub)
+    from gateway import watch
+    watch.add_parser(sub)
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
@@ -210,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = asyncio.run(run_demo(
         args.patches, args.duration, broker_url=args.broker, summary_path=args.summary,
         workdir=args.workdir, live=not args.no_live, gateway_id=args.gateway_id,
-        wide=args.wide))
+        wide=args.wide, homeassistant_prefix=args.homeassistant))
     print(f"demo done: generated {summary['samples_generated']} samples, stored "
           f"{summary['samples_stored']}, published {summary['published']} MQTT messages; "
           f"revs {summary['last_rev']}")
@@ -404,7 +412,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # by default summaries outlive raw samples by far: 730 days, or the retention if longer
         archive_days=(args.archive_days or settings.archive_days
                       or max(730.0, args.retention_days or settings.retention_days or 30.0)),
-        publish_samples=raw_samples, location=args.location or settings.location)
+        publish_samples=raw_samples, location=args.location or settings.location,
+        homeassistant_prefix=args.homeassistant)
 
     async def main() -> None:
         import signal
@@ -443,7 +452,13 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
+def cmd_watch(args: argparse.Namespace) -> int:
+    from gateway.watch import cmd_watch as watch
+
+    return watch(args)
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate, "watch": cmd_watch,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
             "models": models_cli.cmd_models, "broker-config": cmd_broker_config}

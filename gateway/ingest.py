@@ -19,11 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from gateway import samples_message
 from gateway.alarms import Alarms
 from gateway.clock import now_ms
 from gateway.model_registry import CHANNEL_SCALE
+from gateway.mqtt import topics
+from gateway.mqtt.topics import Topic
 from gateway.outbox import Outbox
-from gateway.samples_message import samples_payload
 from gateway.store import DatabaseCorrupt, Store, StoreError
 from gateway.twin import TwinEngine, TwinUpdate
 from gateway.values import LostSamples, SampleBatch
@@ -32,13 +36,12 @@ log = logging.getLogger(__name__)
 
 CYCLE_S = 0.1
 IDLE_STEP_S = 1.0
-SNAPSHOT_EXPIRY_S = 7 * 24 * 3600   # retained twins of vanished devices expire after a week
 CHANNEL_PROPERTIES = tuple(prop for _, prop in CHANNEL_SCALE.values())
 
 
 def data_loss_alert(gap: LostSamples, now_ms: int) -> dict:
     """The `data_loss` alert for samples a patch did not log (docs/mqtt.md)."""
-    return {"schema": 1, "ts": now_ms, "kind": "data_loss",
+    return {"schema": topics.SCHEMA_VERSION, "ts": now_ms, "kind": "data_loss",
             "from": gap.first_utc_ms, "to": gap.last_utc_ms,
             "samples": dict(zip(CHANNEL_PROPERTIES, gap.counts, strict=True))}
 
@@ -84,37 +87,52 @@ class Ingest:
         self._waiting.append((link, batch))
         self._wake.set()
 
+    def put(self, row: Topic, subject: str, payload: dict) -> None:
+        """One message on `row` (docs/mqtt.md's table: retain, expiry, QoS) for `subject`,
+        into the outbox inside the caller's transaction."""
+        self.outbox.put(self.topic(subject, row.leaf), encode(payload), qos=row.qos,
+                        retain=row.retained, expiry_s=row.expiry_s)
+
     def publish_updates(self, updates: list[TwinUpdate]) -> None:
         """Write twin revisions and their messages (inside the caller's transaction)."""
         for update in updates:
             twin = self.engine.twins[update.subject]
             self.store.save_twin(update.subject, twin.rev, twin.to_saved())
             if update.delta is not None:
-                self.outbox.put(self.topic(update.subject, "delta"), encode(update.delta))
+                self.put(topics.DELTA, update.subject, update.delta)
                 self.stats.deltas += 1
             if update.snapshot is not None:
-                self.outbox.put(self.topic(update.subject, "twin"), encode(update.snapshot),
-                                retain=True, expiry_s=SNAPSHOT_EXPIRY_S)
+                self.put(topics.TWIN, update.subject, update.snapshot)
                 self.stats.snapshots += 1
             for alert in update.alerts:
-                self.outbox.put(self.topic(update.subject, "alert"), encode(alert))
+                self.put(topics.ALERT, update.subject, alert)
                 self.stats.alerts += 1
             self.stats.last_rev[update.subject] = twin.rev
 
     def publish_raw(self, batches: list[SampleBatch]) -> None:
         """`{subject}/samples` for every sample not committed before (inside the caller's
-        transaction). Sessions commit each device's seqs in order, so a sample is new when it
-        lies past the device's watermark and past the batches before it in this cycle."""
+        transaction): one message per device, boot and kind (live or backfill) per cycle.
+        Sessions commit each device's seqs in order, so a sample is new when it lies past the
+        device's watermark and past the batches before it in this cycle."""
         watermark: dict[str, int] = {}
+        pending: dict[tuple[str, int, bool, bool], list[tuple[SampleBatch, np.ndarray]]] = {}
         for batch in batches:
             if batch.device_id not in watermark:
                 watermark[batch.device_id] = self.store.committed_seq(batch.device_id)
-            subject = self.engine.subject_of.get(batch.device_id)
-            payload = samples_payload(batch, batch.seq > watermark[batch.device_id])
+            fresh = batch.seq > watermark[batch.device_id]
             if len(batch):
                 watermark[batch.device_id] = max(watermark[batch.device_id], int(batch.seq[-1]))
-            if subject is not None and payload is not None:
-                self.outbox.put(self.topic(subject, "samples"), encode(payload))
+            if fresh.any() and batch.device_id in self.engine.subject_of:
+                key = (batch.device_id, batch.boot_id, batch.historical, batch.time_uncertain)
+                pending.setdefault(key, []).append((batch, fresh))
+        for (device_id, boot_id, historical, time_uncertain), parts in pending.items():
+            seq, utc, channel, value = (
+                np.concatenate([getattr(b, name)[fresh] for b, fresh in parts]).tolist()
+                for name in ("seq", "utc_ms", "channel", "value"))
+            for doc in samples_message.encode_runs(boot_id, seq, utc, channel, value,
+                                                   historical=historical,
+                                                   time_uncertain=time_uncertain):
+                self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc)
                 self.stats.sample_messages += 1
 
     def publish_gaps(self, gaps: list[tuple[str, LostSamples]], now_ms: int) -> None:
@@ -125,7 +143,7 @@ class Ingest:
                         device_id, gap.count, gap.boot_id, gap.seq_at)
             subject = self.engine.subject_of.get(device_id)
             if subject is not None:
-                self.outbox.put(self.topic(subject, "alert"), encode(data_loss_alert(gap, now_ms)))
+                self.put(topics.ALERT, subject, data_loss_alert(gap, now_ms))
                 self.stats.alerts += 1
 
     def cycle(self, now_ms: int) -> None:

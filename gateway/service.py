@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from gateway import model_registry
+from gateway import homeassistant, model_registry, samples_message
 from gateway import store as store_mod
 from gateway.alarms import AlarmChange, Alarms
 from gateway.ble.radio import BleRadio
@@ -25,6 +25,7 @@ from gateway.health import run_health_writer
 from gateway.ingest import Ingest, encode
 from gateway.model_contracts import MED_SED_BY_FITZPATRICK
 from gateway.model_set import ModelSet
+from gateway.mqtt import topics
 from gateway.mqtt.config import MqttConfig
 from gateway.mqtt.publisher import DEFAULT_RECONNECT_MAX_DELAY_S, MqttPublisher
 from gateway.outbox import Outbox
@@ -59,7 +60,6 @@ CLOCK_ALARM_HOLD_S = 600.0         # the `clock` alarm stays this long after the
 BROKER_STILL_DOWN_LOG_S = 60.0     # while the broker stays unreachable, one line this often
 MANAGER_POLL_S = 0.5
 STOP_RECANCEL_S = 1.0       # stopping: cancel again a task still running after this long
-META_EXPIRY_S = 30 * 24 * 3600
 
 
 def advertised_name(device_id: str) -> str:
@@ -76,6 +76,7 @@ class GatewayConfig:
     retention_days: float = 30.0
     archive_days: float = 730.0    # 15-minute summaries of pruned samples (gateway/report/archive.py)
     publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
+    homeassistant_prefix: str | None = None   # Home Assistant discovery under it; None: off
     # (latitude, longitude) of the gateway, degrees: enables the UV forecast (twin.py)
     location: tuple[float, float] | None = None
 
@@ -90,6 +91,11 @@ class GatewayConfig:
             raise ValueError(f"max_connections {self.max_connections}: must be 1..20")
         if self.retention_days <= 0:
             raise ValueError(f"retention_days {self.retention_days}: must be positive")
+        prefix = self.homeassistant_prefix
+        if prefix is not None and (not prefix or any(ch in prefix for ch in "+#\0")
+                                   or prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError(f"homeassistant prefix {prefix!r}: must be a topic without "
+                             "wildcards or a leading/trailing '/'")
         if self.archive_days < self.retention_days:
             raise ValueError(f"archive_days {self.archive_days}: must be at least retention_days"
                              f" ({self.retention_days})")
@@ -138,13 +144,16 @@ class Gateway:
             publish_updates=lambda updates: self.ingest.publish_updates(updates),
             kick=lambda: self.publisher.kick(),
             answer=lambda topic, payload, properties: self.publisher.publish_direct(
-                topic, payload, qos=1, properties=properties))
+                topic, payload, qos=1, properties=properties),
+            homeassistant_prefix=config.homeassistant_prefix)
         self.publisher = MqttPublisher(
             config.mqtt, config.db_path, will_topic=config.mqtt.state_topic,
             will_payload=self._state_payload(False), birth_payload_fn=lambda: self._state_payload(True),
             offline_payload_fn=lambda: self._state_payload(False),
             will_delay_s=config.will_delay_s,
-            subscriptions=(f"{config.mqtt.topic_root}/+/desired", config.mqtt.topic("cmd")),
+            subscriptions=tuple(row.filter(config.mqtt.topic_root) for row in topics.INBOUND)
+            + ((homeassistant.config_filter(config.homeassistant_prefix, config.mqtt.gateway_id),)
+               if config.homeassistant_prefix else ()),
             on_message=self.remote.on_mqtt_message)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
                              self.publisher.kick, publish_samples=config.publish_samples,
@@ -201,11 +210,17 @@ class Gateway:
         models = {name: {"version": m.version} for name, m in self.models.items()}
         with self.store.transaction():
             for dev in self.devices.values():
-                meta = {"schema": 1, "units": model_registry.ucum_units(), "models": models,
+                meta = {"schema": topics.SCHEMA_VERSION, "units": model_registry.ucum_units(),
+                        "models": models,
                         "channels": sorted(c.prop for c in model_registry.SENSOR_CHANNELS),
+                        "samples": samples_message.meta_columns(),
                         "device": {"name": advertised_name(dev.device_id)}}
-                self.outbox.put(self.config.mqtt.topic(dev.subject, "meta"), encode(meta),
-                                retain=True, expiry_s=META_EXPIRY_S)
+                self.ingest.put(topics.META, dev.subject, meta)
+                if self.config.homeassistant_prefix:
+                    for topic, payload in homeassistant.config_messages(
+                            self.config.homeassistant_prefix, self.config.mqtt.gateway_id,
+                            dev.subject, advertised_name(dev.device_id)):
+                        self.outbox.put(topic, payload, retain=True)
         publisher = getattr(self, "publisher", None)
         if publisher is not None:
             publisher.kick()

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from gateway import samples_message
 from gateway import store as store_mod
 from gateway.inference import default_models_dir, load_models
 from gateway.ingest import Ingest
@@ -108,21 +109,24 @@ def test_raw_samples_are_published_once_in_si_units(store, ingest):
     ingest.cycle(now_ms=1)
     raw = [json.loads(m.payload) for m in ingest.outbox.pending(100)
            if m.topic == "dermtwin/v1/gw/s-a/samples"]
-    assert len(raw) == 2 and ingest.stats.sample_messages == 2
-    assert raw[0] == {"schema": 1, "boot": 1, "historical": False, "samples": {
-        "skin_temp_c": {"seq": [0, 1, 2, 3], "t": [1_700_000_000_000 + 1000 * i for i in range(4)],
-                        "v": [33.5] * 4}}}
-    assert raw[1]["historical"] is True
-    assert raw[1]["samples"] == {
-        "skin_temp_c": {"seq": [7], "t": [1_700_000_007_000], "v": [33.59375]},
-        "uv_index": {"seq": [4], "t": [1_700_000_004_000], "v": [0.35]},
-        "capacitance_pf": {"seq": [5], "t": [None], "v": [45.123]},
-        "battery_pct": {"seq": [6], "t": [1_700_000_006_000], "v": [80.0]}}
+    # one message per device, boot and kind per cycle; split where the time is unknown
+    assert [m.get("hist", False) for m in raw] == [False, True, True, True]
+    assert ingest.stats.sample_messages == 4
+    assert raw[0] == {"schema": 2, "boot": 1, "seq": 0, "t": 1_700_000_000_000, "tu": 1000,
+                      "c": "0000", "dt": [[0, 1]], "v": [[4288]]}
+    rows = [(s.seq, samples_message.PROPERTIES[s.prop], s.utc_ms,
+             round(samples_message.to_si(s), 8))
+            for m in raw for s in samples_message.decode(m)]
+    assert rows == [(i, "skin_temp_c", 1_700_000_000_000 + 1000 * i, 33.5) for i in range(4)] + [
+        (4, "uv_index", 1_700_000_004_000, 0.35),
+        (5, "capacitance_pf", None, 45.123),
+        (6, "battery_pct", 1_700_000_006_000, 80.0),
+        (7, "skin_temp_c", 1_700_000_007_000, 33.59375)]
     ingest.submit(link, batch("a" * 16, range(6, 9)))     # 6 and 7 were published already
     ingest.cycle(now_ms=2)
     later = [json.loads(m.payload) for m in ingest.outbox.pending(100)
-             if m.topic == "dermtwin/v1/gw/s-a/samples"][2:]
-    assert [m["samples"]["skin_temp_c"]["seq"] for m in later] == [[8]]
+             if m.topic == "dermtwin/v1/gw/s-a/samples"][4:]
+    assert [[s.seq for s in samples_message.decode(m)] for m in later] == [[8]]
 
 
 def test_raw_samples_can_be_switched_off(store, ingest):
@@ -145,7 +149,7 @@ def test_gaps_commit_with_their_batch_once_and_raise_a_data_loss_alert(store, in
     assert store.gaps("a" * 16) == [lost]
     [alert] = [json.loads(m.payload) for m in ingest.outbox.pending(100)
                if m.topic == "dermtwin/v1/gw/s-a/alert"]
-    assert alert == {"schema": 1, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
+    assert alert == {"schema": 2, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
                      "to": 1_700_000_004_900, "samples": {"skin_temp_c": 3, "uv_index": 6,
                                                           "capacitance_pf": 0, "battery_pct": 1}}
     # replayed: the same gap again with its samples is neither stored nor announced twice
