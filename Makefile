@@ -1,6 +1,7 @@
 # dermtwin: one entry point for newcomers, CI and release work.
 #   make demo   virtual patches -> gateway -> private mosquitto -> live view
 #   make test   the whole suite (CPython + the real MicroPython VM + mosquitto)
+#   make chaos  every fault in docs/reliability.md against real processes (CHAOS_ARGS=--short)
 
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
@@ -10,7 +11,7 @@ NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium virtual-board simulate
+.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium virtual-board simulate chaos
 
 setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto chromium
 
@@ -69,6 +70,11 @@ simulate: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# Fault table against real processes (simulate + run + mosquitto + a verifying subscriber);
+# CHAOS_ARGS=--short for the shortened faults (docs/reliability.md)
+chaos: setup
+	$(PY) tools/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -25,7 +25,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.mqtt.config import GATEWAY_ID_PATTERN, TOPIC_PREFIX
+from gateway.mqtt.config import GATEWAY_ID_PATTERN
+from gateway.mqtt.topics import TOPIC_PREFIX
 from gateway.private_files import open_to_others, private_dir, write_private
 
 ROLE_GATEWAY = "gateway"

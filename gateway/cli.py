@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermtwin", description="dermtwin gateway: skin-patch BLE → digital twin → MQTT")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="log only warnings and errors (default: also state changes)")
+    parser.add_argument("--log-json", action="store_true",
+                        help="log one JSON object per line (ts, level, logger, msg, exc)")
     parser.add_argument("--version", action="version", version=f"dermtwin {_version()}")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="gateway configuration (TOML); default: /etc/dermtwin/gateway.toml, "
@@ -96,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-live", action="store_true", help="no live table (plain progress)")
     demo.add_argument("--wide", action="store_true", default=None,
                       help="the full table (about 160 columns) instead of a card per subject")
+    demo.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
+                      help="publish Home Assistant MQTT discovery configs (under PREFIX, "
+                           "default homeassistant)")
 
     run = sub.add_parser("run", help="run the gateway against real or Bumble-attached radios "
                                      "(every option can also come from the config file)")
@@ -131,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "message_size_limit); larger samples messages are split, other "
                           "messages parked. The broker's Maximum Packet Size is honoured anyway "
                           "([mqtt] max_payload_bytes)")
+    run.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
+                     help="publish Home Assistant MQTT discovery configs (under PREFIX, "
+                          "default homeassistant)")
 
     sim = sub.add_parser("simulate", help="virtual patches behind an HCI-over-TCP controller, "
                                           "for a gateway in another process")
@@ -191,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_cli.add_parser(sub)
     report_cli.add_parsers(sub)
+    from gateway import watch
+    watch.add_parser(sub)
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
@@ -206,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = asyncio.run(run_demo(
         args.patches, args.duration, broker_url=args.broker, summary_path=args.summary,
         workdir=args.workdir, live=not args.no_live, gateway_id=args.gateway_id,
-        wide=args.wide))
+        wide=args.wide, homeassistant_prefix=args.homeassistant))
     print(f"demo done: generated {summary['samples_generated']} samples, stored "
           f"{summary['samples_stored']}, published {summary['published']} MQTT messages; "
           f"revs {summary['last_rev']}")
@@ -371,6 +383,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.inference import default_models_dir
     from gateway.mqtt.config import MqttConfig
     from gateway.service import Gateway, GatewayConfig
+    from gateway.store import DatabaseCorrupt
+    from gateway.store_recovery import check_is_database
 
     settings = args.settings
     where = f" or [mqtt] broker in {settings.path}" if settings.path else \
@@ -387,6 +401,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         key_file=args.key_file or settings.key_file,
         max_payload_bytes=args.max_payload_bytes or settings.max_payload_bytes)
     args.db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_is_database(args.db)   # before the radio: the one-line answer to a wrong --db
     hci = args.hci or settings.hci
     raw_samples = (not args.no_raw_samples if args.no_raw_samples is not None
                    else settings.raw_samples if settings.raw_samples is not None else True)
@@ -397,7 +412,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # by default summaries outlive raw samples by far: 730 days, or the retention if longer
         archive_days=(args.archive_days or settings.archive_days
                       or max(730.0, args.retention_days or settings.retention_days or 30.0)),
-        publish_samples=raw_samples, location=args.location or settings.location)
+        publish_samples=raw_samples, location=args.location or settings.location,
+        homeassistant_prefix=args.homeassistant)
 
     async def main() -> None:
         import signal
@@ -405,15 +421,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         from gateway.ble.availability import open_radio
 
         radio = await open_radio(hci)
-        gateway = Gateway(config, radio)
+
+        def new_gateway(damaged: str | None = None) -> Gateway:
+            return Gateway(config, radio, damaged=damaged)
+
+        gateway = new_gateway()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        try:
-            await gateway.run(stop)
-        finally:
-            gateway.close()
+        while True:
+            try:
+                await gateway.run(stop)
+                return
+            except DatabaseCorrupt as e:   # the next Gateway moves the file aside
+                logging.getLogger("gateway").error(
+                    "%s; moving it aside and starting a fresh database", e)
+                damaged = str(e)
+            finally:
+                gateway.close()
+            gateway = new_gateway(damaged)
 
     asyncio.run(main())
     return 0
@@ -425,7 +452,13 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
+def cmd_watch(args: argparse.Namespace) -> int:
+    from gateway.watch import cmd_watch as watch
+
+    return watch(args)
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate, "watch": cmd_watch,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
             "models": models_cli.cmd_models, "broker-config": cmd_broker_config}
@@ -446,9 +479,10 @@ def _apply_config(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.log_setup import configure
+
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(args.verbose, args.quiet, args.log_json, state_changes=args.command == "run")
     try:
         _apply_config(args)
         return COMMANDS[args.command](args)

@@ -4,7 +4,10 @@ Sessions submit sample batches; every cycle takes all waiting batches, inserts t
 the twin engine, runs one batched model step and writes the resulting MQTT messages to the
 outbox, all in one SQLite transaction. Only then does each patch get its ACK. If the write
 fails (disk full) nothing is acknowledged: the patches keep their samples and the sessions
-are closed so they REPLAY later.
+are closed so they REPLAY later. The `store` alarm goes up on the first failed write and
+clears only when a cycle carrying samples commits (a cycle with nothing to write proves
+nothing about the disk). Any other failure of a cycle (a bug, a damaged database) also tells
+every waiting session that nothing was committed, then propagates to the task's supervisor.
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from gateway import samples_message
+from gateway.alarms import Alarms
 from gateway.clock import now_ms
 from gateway.model_registry import CHANNEL_SCALE
+from gateway.mqtt import topics
+from gateway.mqtt.topics import Topic
 from gateway.outbox import Outbox
-from gateway.samples_message import samples_payload
-from gateway.store import Store, StoreError
+from gateway.store import DatabaseCorrupt, Store, StoreError
 from gateway.twin import TwinEngine, TwinUpdate
 from gateway.values import LostSamples, SampleBatch
 
@@ -28,13 +36,12 @@ log = logging.getLogger(__name__)
 
 CYCLE_S = 0.1
 IDLE_STEP_S = 1.0
-SNAPSHOT_EXPIRY_S = 7 * 24 * 3600   # retained twins of vanished devices expire after a week
 CHANNEL_PROPERTIES = tuple(prop for _, prop in CHANNEL_SCALE.values())
 
 
 def data_loss_alert(gap: LostSamples, now_ms: int) -> dict:
     """The `data_loss` alert for samples a patch did not log (docs/mqtt.md)."""
-    return {"schema": 1, "ts": now_ms, "kind": "data_loss",
+    return {"schema": topics.SCHEMA_VERSION, "ts": now_ms, "kind": "data_loss",
             "from": gap.first_utc_ms, "to": gap.last_utc_ms,
             "samples": dict(zip(CHANNEL_PROPERTIES, gap.counts, strict=True))}
 
@@ -63,8 +70,9 @@ class Ingest:
     def __init__(self, store: Store, outbox: Outbox, engine: TwinEngine,
                  topic: Callable[..., str], on_outbox_written: Callable[[], None],
                  on_alarm_change: Callable[[], object] = lambda: None,   # result ignored
-                 publish_samples: bool = True):
+                 publish_samples: bool = True, alarms: Alarms | None = None):
         self.publish_samples = publish_samples
+        self.alarms = alarms if alarms is not None else Alarms()
         self.store = store
         self.outbox = outbox
         self.engine = engine
@@ -79,37 +87,52 @@ class Ingest:
         self._waiting.append((link, batch))
         self._wake.set()
 
+    def put(self, row: Topic, subject: str, payload: dict) -> None:
+        """One message on `row` (docs/mqtt.md's table: retain, expiry, QoS) for `subject`,
+        into the outbox inside the caller's transaction."""
+        self.outbox.put(self.topic(subject, row.leaf), encode(payload), qos=row.qos,
+                        retain=row.retained, expiry_s=row.expiry_s)
+
     def publish_updates(self, updates: list[TwinUpdate]) -> None:
         """Write twin revisions and their messages (inside the caller's transaction)."""
         for update in updates:
             twin = self.engine.twins[update.subject]
             self.store.save_twin(update.subject, twin.rev, twin.to_saved())
             if update.delta is not None:
-                self.outbox.put(self.topic(update.subject, "delta"), encode(update.delta))
+                self.put(topics.DELTA, update.subject, update.delta)
                 self.stats.deltas += 1
             if update.snapshot is not None:
-                self.outbox.put(self.topic(update.subject, "twin"), encode(update.snapshot),
-                                retain=True, expiry_s=SNAPSHOT_EXPIRY_S)
+                self.put(topics.TWIN, update.subject, update.snapshot)
                 self.stats.snapshots += 1
             for alert in update.alerts:
-                self.outbox.put(self.topic(update.subject, "alert"), encode(alert))
+                self.put(topics.ALERT, update.subject, alert)
                 self.stats.alerts += 1
             self.stats.last_rev[update.subject] = twin.rev
 
     def publish_raw(self, batches: list[SampleBatch]) -> None:
         """`{subject}/samples` for every sample not committed before (inside the caller's
-        transaction). Sessions commit each device's seqs in order, so a sample is new when it
-        lies past the device's watermark and past the batches before it in this cycle."""
+        transaction): one message per device, boot and kind (live or backfill) per cycle.
+        Sessions commit each device's seqs in order, so a sample is new when it lies past the
+        device's watermark and past the batches before it in this cycle."""
         watermark: dict[str, int] = {}
+        pending: dict[tuple[str, int, bool, bool], list[tuple[SampleBatch, np.ndarray]]] = {}
         for batch in batches:
             if batch.device_id not in watermark:
                 watermark[batch.device_id] = self.store.committed_seq(batch.device_id)
-            subject = self.engine.subject_of.get(batch.device_id)
-            payload = samples_payload(batch, batch.seq > watermark[batch.device_id])
+            fresh = batch.seq > watermark[batch.device_id]
             if len(batch):
                 watermark[batch.device_id] = max(watermark[batch.device_id], int(batch.seq[-1]))
-            if subject is not None and payload is not None:
-                self.outbox.put(self.topic(subject, "samples"), encode(payload))
+            if fresh.any() and batch.device_id in self.engine.subject_of:
+                key = (batch.device_id, batch.boot_id, batch.historical, batch.time_uncertain)
+                pending.setdefault(key, []).append((batch, fresh))
+        for (device_id, boot_id, historical, time_uncertain), parts in pending.items():
+            seq, utc, channel, value = (
+                np.concatenate([getattr(b, name)[fresh] for b, fresh in parts]).tolist()
+                for name in ("seq", "utc_ms", "channel", "value"))
+            for doc in samples_message.encode_runs(boot_id, seq, utc, channel, value,
+                                                   historical=historical,
+                                                   time_uncertain=time_uncertain):
+                self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc)
                 self.stats.sample_messages += 1
 
     def publish_gaps(self, gaps: list[tuple[str, LostSamples]], now_ms: int) -> None:
@@ -120,12 +143,13 @@ class Ingest:
                         device_id, gap.count, gap.boot_id, gap.seq_at)
             subject = self.engine.subject_of.get(device_id)
             if subject is not None:
-                self.outbox.put(self.topic(subject, "alert"), encode(data_loss_alert(gap, now_ms)))
+                self.put(topics.ALERT, subject, data_loss_alert(gap, now_ms))
                 self.stats.alerts += 1
 
     def cycle(self, now_ms: int) -> None:
         waiting, self._waiting = self._waiting, []
         batches = [batch for _, batch in waiting]
+        changes_before = self.store.conn.total_changes
         try:
             with self.store.transaction():
                 if self.publish_samples:
@@ -135,21 +159,31 @@ class Ingest:
                 for batch in batches:
                     self.engine.ingest(batch)
                 self.publish_updates(self.engine.step(now_ms))
+        except DatabaseCorrupt as e:
+            self.stats.commit_failures += 1
+            self._fail_waiting(waiting, str(e))
+            raise
         except StoreError as e:
             self.stats.commit_failures += 1
             raised = not self.stats.store_alarm
             self.stats.store_alarm = True
             self.stats.last_error = str(e)
+            self.alarms.raise_("store", f"not acknowledging: {e}", now_ms)
             if raised:
                 self.on_alarm_change()
-            log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
-            for link in {id(link): link for link, _ in waiting}.values():
-                link.on_commit_failed(str(e))
+                log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
+            self._fail_waiting(waiting, str(e))
             return
+        except BaseException as e:
+            self.stats.commit_failures += 1
+            self._fail_waiting(waiting, f"ingest failed: {type(e).__name__}: {e}")
+            raise
         self.stats.cycles += 1
-        if self.stats.store_alarm:
+        wrote_samples = bool(batches) and self.store.conn.total_changes > changes_before
+        if self.stats.store_alarm and wrote_samples:
             log.warning("ingest: the store accepts writes again; acknowledging resumes")
             self.stats.store_alarm = False
+            self.alarms.clear("store")
             self.on_alarm_change()
         total = sum(len(b) for b in batches)
         self.stats.samples_committed += new_rows
@@ -162,6 +196,11 @@ class Ingest:
         for link, last in highest.values():
             link.on_committed(last)
         self.on_outbox_written()
+
+    def _fail_waiting(self, waiting: list[tuple[Any, SampleBatch]], reason: str) -> None:
+        """Nothing of this cycle is durable: every session it concerned closes and replays."""
+        for link in {id(link): link for link, _ in waiting}.values():
+            link.on_commit_failed(reason)
 
     async def run(self) -> None:
         while True:

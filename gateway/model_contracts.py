@@ -100,3 +100,30 @@ SELF_TEST_INPUTS: Mapping[str, list[list[float]]] = MappingProxyType({
 CONTRACTS: Mapping[str, ModelContract] = MappingProxyType(
     {c.name: c for c in (TEMP_ANOMALY, UV_DOSE, HYDRATION)}
 )
+
+
+class ModelUnavailable(RuntimeError):
+    """A model could not give an answer this time (it raised, or returned non-finite values).
+    The twin engine marks that model's properties bad and carries on; the caller that raised
+    it has already raised the alarm."""
+
+    def __init__(self, model: str, detail: str):
+        super().__init__(f"model {model}: {detail}")
+        self.model = model
+        self.detail = detail
+
+
+# The range each output must fall in for SELF_TEST_INPUTS, from the models' cards: a changed
+# model file replaces the running one only if its answers are finite and inside them
+# (gateway/model_set.py).
+SELF_TEST_OUTPUT_RANGES: Mapping[str, Mapping[str, tuple[float, float]]] = MappingProxyType({
+    # models_onnx/cards/temp_anomaly.md: delta = recent mean − baseline; score = delta / 0.6;
+    # the cues are 0 or 1
+    "temp_anomaly": {"delta_c": (-15.0, 15.0), "anomaly_score": (-25.0, 25.0),
+                     "inflammation": (0.0, 1.0), "exertion": (0.0, 1.0), "detached": (0.0, 1.0)},
+    # models_onnx/cards/uv_dose.md: minutes_to_med is capped at 1440
+    "uv_dose": {"dose_sed": (0.0, 100.0), "med_fraction": (0.0, 50.0),
+                "minutes_to_med": (0.0, 1440.0)},
+    # models_onnx/cards/hydration.md: 0..120 AU, state 0, 1 or 2
+    "hydration": {"corneometer_au": (0.0, 120.0), "state": (0.0, 2.0)},
+})

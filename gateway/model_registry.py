@@ -50,25 +50,31 @@ def _properties(*rows: tuple[str, str, float, str]) -> Mapping[str, TwinProperty
                              for name, unit, deadband, source in rows})
 
 
-# Deadbands: skin_temp_c below one TMP117 LSB; booleans and texts change on any change.
+# Deadbands: the smallest change worth a delta, against the value last published (a slow drift
+# is published once it adds up). The twin is state to act on (and the retained twin goes out
+# with every delta); full resolution travels in {subject}/samples. So: the sensor's stated
+# accuracy (TMP117 ±0.1 °C, datasheet §7.5; the anomaly score is delta / 0.6 °C, so 0.2 is
+# 0.12 °C), UV index to one decimal, the dose in 5 % of a MED (0.1 SED; the alert is at 80 %),
+# minutes to MED to 10 min, hydration in whole units, battery to half a percent (the low
+# alert's hysteresis is 15/20 %); booleans and texts change on any change.
 PROPERTIES: Mapping[str, TwinProperty] = _properties(
-    ("skin_temp_c", "Cel", 0.005, "TMP117"),
-    ("uv_index", "{UVI}", 0.01, "LTR390"),
-    ("capacitance_pf", "pF", 0.01, "FDC1004"),
+    ("skin_temp_c", "Cel", 0.1, "TMP117"),
+    ("uv_index", "{UVI}", 0.1, "LTR390"),
+    ("capacitance_pf", "pF", 0.05, "FDC1004"),
     ("battery_pct", "%", 0.5, "MAX17048"),
-    ("temp_baseline_c", "Cel", 0.01, "temp_anomaly"),
-    ("temp_delta_c", "K", 0.01, "temp_anomaly"),
-    ("temp_anomaly_score", "1", 0.02, "temp_anomaly"),
+    ("temp_baseline_c", "Cel", 0.1, "temp_anomaly"),
+    ("temp_delta_c", "K", 0.1, "temp_anomaly"),
+    ("temp_anomaly_score", "1", 0.2, "temp_anomaly"),
     ("inflammation", "1", 0.0, "temp_anomaly"),
     ("exertion", "1", 0.0, "temp_anomaly"),
     ("contact", "{state}", 0.0, "temp_anomaly"),
-    ("uv_dose_sed", "100.J/m2", 0.001, "uv_dose"),
-    ("uv_med_fraction", "1", 0.001, "uv_dose"),
-    ("minutes_to_med", "min", 0.5, "uv_dose"),
-    ("minutes_to_med_forecast", "min", 0.5, "twin"),
-    ("hydration_au", "{AU}", 0.5, "hydration"),
+    ("uv_dose_sed", "100.J/m2", 0.1, "uv_dose"),
+    ("uv_med_fraction", "1", 0.05, "uv_dose"),
+    ("minutes_to_med", "min", 10.0, "uv_dose"),
+    ("minutes_to_med_forecast", "min", 10.0, "twin"),
+    ("hydration_au", "{AU}", 1.0, "hydration"),
     ("hydration_state", "{state}", 0.0, "hydration"),
-    ("hydration_trend_au_per_h", "{AU}/h", 0.5, "twin"),
+    ("hydration_trend_au_per_h", "{AU}/h", 1.0, "twin"),
 )
 
 SENSOR_CHANNELS: tuple[SensorChannel, ...] = (

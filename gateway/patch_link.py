@@ -13,7 +13,7 @@ from typing import Any
 
 from bleak.exc import BleakError
 
-from gateway.clock import now_ms
+from gateway.clock import CLOCK, monotonic_ms
 from gateway.progress import DrainProgress
 from gateway.protocol import constants as ids
 from gateway.retry_policy import retry_delay_s
@@ -84,8 +84,13 @@ class LinkDropped:
     pass
 
 
+@dataclass(frozen=True)
+class ClockStepped:
+    """The gateway's wall clock stepped (gateway/clock.py): re-anchor the patch's time."""
+
+
 LinkEvent = (Notified | Indicated | Committed | CommitFailed | YieldRequested | DesiredChanged
-             | IdentifyRequested | LinkDropped)
+             | IdentifyRequested | LinkDropped | ClockStepped)
 
 
 class PatchLink:
@@ -110,6 +115,7 @@ class PatchLink:
         self.frames_rejected_total = 0
         self.auth_failures = 0
         self.drain: DrainProgress | None = None
+        self.anchor_epochs: dict[int, int] = {}   # boot -> clock epoch of its latest anchor
         self._drain_logged_s = 0.0
         self._store_refused = False   # this connection's samples were refused by the store
 
@@ -124,6 +130,10 @@ class PatchLink:
         # samples never stored). Submit none; the session closes on the event.
         self._store_refused = True
         self.events.put_nowait(CommitFailed(reason))
+
+    def clock_stepped(self) -> None:
+        """The gateway's wall clock stepped (gateway/clock.py): re-anchor this patch's time."""
+        self.events.put_nowait(ClockStepped())
 
     def request_yield(self) -> None:
         self.events.put_nowait(YieldRequested())
@@ -157,13 +167,16 @@ class PatchLink:
             return self.last_close
         self.connect_failures = 0
         self.connects += 1
+        log.info("%s: connected", self.device.device_id)
         anchors = self.store.anchors(self.device.device_id) if self.store else None
         session = PatchSession(self.device.device_id, self.device.key,
-                               self.committed_seq(self.device.device_id), anchors)
-        self._give_desired(session, now_ms())
+                               self.committed_seq(self.device.device_id), anchors,
+                               utc_offset_ms=CLOCK.offset_ms, clock_epoch=CLOCK.epoch,
+                               anchor_epochs=self.anchor_epochs)
+        self._give_desired(session, monotonic_ms())
         self.session = session
         try:
-            await self._execute(client, session, session.start(client.mtu_size, now_ms()))
+            await self._execute(client, session, session.start(client.mtu_size, monotonic_ms()))
             next_tick = time.monotonic() + SESSION_TICK_S
             while session.state is not State.CLOSED:
                 try:
@@ -174,7 +187,7 @@ class PatchLink:
                     pass
                 if time.monotonic() >= next_tick:   # timeouts run even while events flow
                     next_tick = time.monotonic() + SESSION_TICK_S
-                    await self._execute(client, session, session.tick(now_ms()))
+                    await self._execute(client, session, session.tick(monotonic_ms()))
                 self._track_drain(session)
                 self._save_anchor(session)
         except BLE_ERRORS as e:
@@ -209,6 +222,7 @@ class PatchLink:
         if session.new_anchor is not None and self.store is not None:
             boot_id, tick, utc_ms = session.new_anchor
             session.new_anchor = None
+            self.anchor_epochs[boot_id] = session.clock_epoch
             self.store.save_anchor(self.device.device_id, boot_id, tick, utc_ms)
 
     def _track_drain(self, session: PatchSession) -> None:
@@ -230,7 +244,7 @@ class PatchLink:
             self.drain = None
 
     def _dispatch(self, session: PatchSession, event: LinkEvent) -> list:
-        now = now_ms()
+        now = monotonic_ms()
         match event:
             case Notified(data):
                 before = sum(session.stats.frames_rejected.values())
@@ -262,6 +276,8 @@ class PatchLink:
                 return self._give_desired(session, now)
             case IdentifyRequested(seconds):
                 return session.identify(seconds, now)
+            case ClockStepped():
+                return session.clock_stepped(CLOCK.offset_ms, CLOCK.epoch, now)
             case LinkDropped():
                 session.disconnected(SessionClose(CloseKind.LINK_LOST, "link lost"))
         return []
@@ -272,7 +288,7 @@ class PatchLink:
             action = work.popleft()
             if isinstance(action, ReadChar):
                 data = await client.read_gatt_char(action.uuid)
-                work.extend(session.read_result(action.uuid, bytes(data), now_ms()))
+                work.extend(session.read_result(action.uuid, bytes(data), monotonic_ms()))
             elif isinstance(action, Subscribe):
                 await client.start_notify(action.uuid, self._notification_handler(action.uuid))
             elif isinstance(action, WriteControl):

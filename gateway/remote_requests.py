@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway import homeassistant
 from gateway import store as store_mod
 from gateway.clock import now_ms
 from gateway.ingest import encode
-from gateway.mqtt import inbound
+from gateway.mqtt import inbound, topics
 from gateway.mqtt.config import MqttConfig
 from gateway.mqtt.inbound import InboundError
 from gateway.outbox import Outbox
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from gateway.patch_link import PatchLink
 
 log = logging.getLogger(__name__)
-
-REPORTED_EXPIRY_S = 30 * 24 * 3600   # like meta: a vanished device's answer does not linger
 
 
 class LinkControl(Protocol):
@@ -51,7 +50,8 @@ class RemoteRequests:
                  link_of: Callable[[str], LinkControl],
                  publish_updates: Callable[[list[TwinUpdate]], None],
                  kick: Callable[[], None],
-                 answer: Callable[[str, bytes, Any], bool]):
+                 answer: Callable[[str, bytes, Any], bool],
+                 homeassistant_prefix: str | None = None):
         """`link_of(device_id)`: the patch's link; `publish_updates`: twin updates into the
         outbox (inside the caller's transaction); `kick`: wake the outbox drain;
         `answer(topic, payload, properties)`: publish now, QoS 1, not through the outbox
@@ -64,6 +64,7 @@ class RemoteRequests:
         self.publish_updates = publish_updates
         self.kick = kick
         self.answer = answer
+        self.homeassistant_prefix = homeassistant_prefix   # discovery configs to keep tidy
         self.loop: asyncio.AbstractEventLoop | None = None   # set while the gateway runs
         self._by_subject = {d.subject: d.device_id for d in devices}
         self._last_refused: dict[str, bytes] = {}   # subject -> desired payload refused last
@@ -80,17 +81,20 @@ class RemoteRequests:
     def _handle_mqtt_message(self, topic: str, payload: bytes, properties: Any) -> None:
         try:
             kind = inbound.classify(self.mqtt.topic_root, topic)
-            if kind is not None and kind[0] == "desired":
+            if kind is not None and kind[0] == "desired" and kind[1] is not None:
                 self._handle_desired(kind[1], payload)
             elif kind is not None and kind[0] == "cmd":
                 self._handle_command(payload, properties)
+            elif kind is None and self.homeassistant_prefix:
+                self._handle_discovery_config(topic, payload)
         except Exception:   # a bug here must not take the gateway down
             log.exception("inbound %s: handler failed", topic)
 
     def _report(self, subject: str, doc: dict) -> None:
         """Inside the caller's transaction."""
-        self.outbox.put(self.mqtt.topic(subject, "reported"), encode(doc), retain=True,
-                        expiry_s=REPORTED_EXPIRY_S)
+        row = topics.REPORTED
+        self.outbox.put(row.path(self.mqtt.topic_root, subject), encode(doc), qos=row.qos,
+                        retain=row.retained, expiry_s=row.expiry_s)
 
     def _handle_desired(self, subject: str, payload: bytes) -> None:
         self._desired_retained[subject] = bool(payload)
@@ -137,6 +141,24 @@ class RemoteRequests:
                  desired.cfg_by_name())
         self.kick()
         self.link_of(device_id).desired_changed()
+
+    def _handle_discovery_config(self, topic: str, payload: bytes) -> None:
+        """A retained Home Assistant config of ours for a subject no longer registered here
+        (unpaired): clear it, so its entities go away."""
+        prefix = self.homeassistant_prefix
+        assert prefix is not None
+        subject = homeassistant.subject_of(prefix, self.mqtt.gateway_id, topic)
+        if subject is None or not payload or subject in self._by_subject:
+            return
+        try:
+            with self.store.transaction():
+                self.outbox.put(topic, b"", retain=True)
+        except store_mod.StoreError as err:
+            log.error("home assistant: cannot clear %s: %s", topic, err)
+            return
+        log.info("home assistant: %s is not registered here any more; cleared %s",
+                 subject, topic)
+        self.kick()
 
     # -- cmd: requests with MQTT 5 Response Topic + Correlation Data --------------------
     def _handle_command(self, payload: bytes, properties: Any) -> None:

@@ -1,8 +1,9 @@
 """Split a `{subject}/samples` payload (docs/mqtt.md) into smaller ones of the same schema.
 
-For the delivery policy, when a samples message is over the broker's size limit: the parts
-keep the envelope (`schema`, `boot`, `historical`) and share out the sample records, in
-order, as evenly as it takes for every part to fit. Sans-I/O: bytes in, bytes out.
+For the delivery policy, when a samples message is over the broker's size limit: the
+message is decoded (gateway/samples_message.py) and its samples, in seq order, are shared
+out as evenly as it takes for every part to fit, each part encoded again with the same
+envelope (`boot`, `hist`, `time_uncertain`). Sans-I/O: bytes in, bytes out.
 """
 
 from __future__ import annotations
@@ -10,23 +11,24 @@ from __future__ import annotations
 import json
 import math
 
+from gateway import samples_message
+
 # The last topic level of the messages this module splits (`{subject}/samples`).
 SAMPLES_TOPIC_LEVEL = "samples"
-COLUMNS = ("seq", "t", "v")
 
 
 def split_samples_payload(payload: bytes, max_bytes: int) -> list[bytes] | None:
     """Parts of at most `max_bytes` each, together carrying every sample once, in order; None
     if the payload is not a samples message or one sample alone is over `max_bytes`."""
-    records = _records(payload)
-    if records is None:
+    decoded = _decode(payload)
+    if decoded is None:
         return None
-    envelope, rows = records
+    doc, samples = decoded
     if len(payload) <= max_bytes:
         return [payload]
     parts_count = max(2, math.ceil(len(payload) / max_bytes))
-    while parts_count <= len(rows):
-        parts = [_encode(envelope, chunk) for chunk in _even_chunks(rows, parts_count)]
+    while parts_count <= len(samples):
+        parts = [_encode(doc, chunk) for chunk in _even_chunks(samples, parts_count)]
         largest = max(map(len, parts))
         if largest <= max_bytes:
             return parts
@@ -34,23 +36,14 @@ def split_samples_payload(payload: bytes, max_bytes: int) -> list[bytes] | None:
     return None
 
 
-def _records(payload: bytes) -> tuple[dict, list[tuple[str, object, object, object]]] | None:
+def _decode(payload: bytes) -> tuple[dict, list[samples_message.Sample]] | None:
     try:
         doc = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("samples"), dict):
-        return None
-    rows: list[tuple[str, object, object, object]] = []
-    for prop, columns in doc["samples"].items():
-        if not isinstance(columns, dict) or set(columns) != set(COLUMNS):
+        if not isinstance(doc, dict) or "c" not in doc:
             return None
-        seq, t, v = (columns[c] for c in COLUMNS)
-        if not all(isinstance(c, list) for c in (seq, t, v)) or not len(seq) == len(t) == len(v):
-            return None
-        rows.extend(zip([prop] * len(seq), seq, t, v, strict=True))
-    envelope = {k: value for k, value in doc.items() if k != "samples"}
-    return envelope, rows
+        return doc, samples_message.decode(doc)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _even_chunks(rows: list, count: int) -> list[list]:
@@ -63,13 +56,11 @@ def _even_chunks(rows: list, count: int) -> list[list]:
     return chunks
 
 
-def _encode(envelope: dict, rows: list[tuple[str, object, object, object]]) -> bytes:
-    samples: dict[str, dict[str, list]] = {}
-    for prop, seq, t, v in rows:
-        columns = samples.setdefault(prop, {"seq": [], "t": [], "v": []})
-        columns["seq"].append(seq)
-        columns["t"].append(t)
-        columns["v"].append(v)
+def _encode(doc: dict, samples: list[samples_message.Sample]) -> bytes:
+    part = samples_message.encode(
+        doc["boot"], [s.seq for s in samples],
+        [-1 if s.utc_ms is None else s.utc_ms for s in samples],
+        [s.prop for s in samples], [s.raw for s in samples],
+        historical=bool(doc.get("hist")), time_uncertain=bool(doc.get("time_uncertain")))
     # The same encoding as gateway.ingest.encode: compact, keys sorted.
-    return json.dumps({**envelope, "samples": samples}, separators=(",", ":"),
-                      sort_keys=True).encode()
+    return json.dumps(part, separators=(",", ":"), sort_keys=True).encode()

@@ -59,7 +59,8 @@ def sighting_from_advertisement(address: str, adv: Any,
         return None
     return PatchSighting(
         name=name or "?", address=address, rssi=adv.rssi,
-        battery_pct=info.battery_pct if info else None,
+        # 255: the patch's gauge has not measured yet (docs/protocol.md §2)
+        battery_pct=info.battery_pct if info and info.battery_pct <= 100 else None,
         backlog=info.unacked_samples if info else None,
         firmware=".".join(map(str, info.fw_version)) if info else None,
         provisioned=info.provisioned if info else None,

@@ -4,7 +4,11 @@ connect → MTU (refuse below 64) → identity (Serial Number, Status) → SET_T
 → subscribe → REPLAY from last committed seq + 1 → stream → ACK after durable commit.
 
 The session never touches BLE, SQLite or clocks: the adapter feeds it what happened (with the
-current UTC in ms) and carries out the actions it returns, in order. Frames become `Commit`
+current time of a monotonic clock in ms: every timeout is immune to wall-clock steps) and
+carries out the actions it returns, in order. UTC is that time plus `utc_offset_ms`, used only
+for SET_TIME. After the adapter reports a wall-clock step (`clock_stepped`), the session sends
+SET_TIME again; until its answer, and for any boot anchored before the step, sample times
+are flagged `time_uncertain` rather than silently shifted. Frames become `Commit`
 actions holding only samples the store does not have yet, contiguous from the last committed
 seq; a gap (a rejected frame, or seqs the patch has no sample for) is healed with REPLAY
 instead of being acknowledged over: its answer says where the patch's next sample is.
@@ -140,11 +144,14 @@ class SessionStats:
     responses_rejected: int = 0   # control point responses whose tag did not check, or that
                                   # answered no pending request
     frames_rejected: Counter[str] = dataclasses.field(default_factory=Counter)
+    malformed_responses: int = 0  # control point answers that did not decode (protocol.md §5)
 
 
 class PatchSession:
     def __init__(self, device_id: str, key: bytes, committed_seq: int,
-                 anchors: dict[int, tuple[int, float]] | None = None):
+                 anchors: dict[int, tuple[int, float]] | None = None, *,
+                 utc_offset_ms: int = 0, clock_epoch: int = 0,
+                 anchor_epochs: Mapping[int, int] | None = None):
         self.device_id = device_id
         self.key = key
         self.state = State.NEW
@@ -159,6 +166,13 @@ class PatchSession:
         # boot_id -> (tick, utc_ms) from SET_TIME: this boot's, and earlier boots' (from the
         # store), so replayed samples of an earlier boot get their UTC too.
         self.anchors: dict[int, tuple[int, float]] = dict(anchors or {})
+        # The gateway clock's epoch (wall-clock steps seen) when each anchor was taken; an
+        # anchor not in `anchor_epochs` was taken before this gateway process's first step.
+        self.utc_offset_ms = utc_offset_ms
+        self.clock_epoch = clock_epoch
+        self._anchor_epoch: dict[int, int] = {boot: (anchor_epochs or {}).get(boot, 0)
+                                              for boot in self.anchors}
+        self._queued_set_time = False
         self.new_anchor: tuple[int, int, float] | None = None   # to persist: boot, tick, utc
         self._pending: tuple[int, int, bytes] | None = None  # opcode, sent_at_ms, request
         self._queued_ack: int | None = None
@@ -210,7 +224,8 @@ class PatchSession:
                 return []
             self.state = State.SET_TIME
             return [Subscribe(ids.CONTROL_POINT_CHAR_UUID),
-                    self._request(control.set_time, now_ms, now_ms=now_ms)]
+                    self._request(control.set_time, now_ms + self.utc_offset_ms,
+                                  now_ms=now_ms)]
         return []
 
     def set_desired(self, ver: int, cfg: Mapping[int, int], now_ms: int = 0, *,
@@ -235,6 +250,16 @@ class PatchSession:
         self._queued_identify = seconds
         return self._flush_queue(now_ms)
 
+    def clock_stepped(self, utc_offset_ms: int, clock_epoch: int, now_ms: int) -> list[Action]:
+        """The gateway's wall clock stepped: anchors taken before are now uncertain; send
+        SET_TIME again (behind any waiting ACK) to anchor this boot to the new clock."""
+        self.utc_offset_ms = utc_offset_ms
+        self.clock_epoch = clock_epoch
+        if self.state is State.CLOSED:
+            return []
+        self._queued_set_time = True
+        return self._flush_queue(now_ms)
+
     def control_response(self, data: bytes, now_ms: int) -> list[Action]:
         if self._pending is None:   # nothing asked: no request to check it against
             self.stats.responses_rejected += 1
@@ -247,6 +272,7 @@ class PatchSession:
             self.stats.responses_rejected += 1
             return self._close(*_refused_response(opcode, e))
         except control.ControlError as e:
+            self.stats.malformed_responses += 1
             return self._close(CloseKind.PROTOCOL_ERROR,
                                f"malformed control point response: {e}")
         self._pending = None
@@ -257,6 +283,19 @@ class PatchSession:
                 CloseKind.PROTOCOL_ERROR,
                 f"patch answered {ids.Opcode(response.opcode).name} with STALE_REQUEST: "
                 f"request counter {int.from_bytes(request[1:5], 'little')} was used already")
+        try:
+            return self._answered(response, sent_at_ms, now_ms)
+        except control.ControlError as e:
+            # A payload that does not decode (protocol.md §5). The idle status check asks
+            # again later; anything else cannot go on without its answer.
+            self.stats.malformed_responses += 1
+            name = ids.Opcode(response.opcode).name
+            if response.opcode == ids.Opcode.GET_STATUS and self.state is State.STREAMING:
+                return self._flush_queue(now_ms)
+            return self._close(CloseKind.PROTOCOL_ERROR, f"malformed {name} answer: {e}")
+
+    def _answered(self, response: control.ControlResponse, sent_at_ms: int,
+                  now_ms: int) -> list[Action]:
         if response.opcode == ids.Opcode.SET_CONFIG:
             return self._config_answered(response.status) + self._flush_queue(now_ms)
         if response.opcode == ids.Opcode.IDENTIFY:   # a blink: an error is no reason to close
@@ -272,9 +311,12 @@ class PatchSession:
         if response.opcode == ids.Opcode.SET_TIME:
             set_time = control.decode_set_time_result(response.payload)
             # The patch stamped its tick on receipt: half-way through the round trip.
-            utc_ms = (sent_at_ms + now_ms) / 2
+            utc_ms = (sent_at_ms + now_ms) / 2 + self.utc_offset_ms
             self.anchors[set_time.boot_id] = (set_time.tick, utc_ms)
+            self._anchor_epoch[set_time.boot_id] = self.clock_epoch
             self.new_anchor = (set_time.boot_id, set_time.tick, utc_ms)
+            if self.state is State.STREAMING:   # re-anchored after a clock step
+                return self._flush_queue(now_ms)
             self.boot_id = set_time.boot_id
             self.state = State.GET_STATUS
             actions.append(self._request(control.get_status, now_ms=now_ms))
@@ -408,7 +450,9 @@ class PatchSession:
             device_id=self.device_id, boot_id=frame.boot_id, seq=frame.seq[skip:],
             tick=ticks, utc_ms=self._utc_ms(frame.boot_id, ticks),
             channel=frame.channel[skip:], value=frame.value[skip:],
-            historical=frame.historical, gaps=gaps)
+            historical=frame.historical, gaps=gaps,
+            time_uncertain=self._anchor_epoch.get(frame.boot_id, self.clock_epoch)
+            < self.clock_epoch)
 
     def _known_nonce(self) -> int:
         """The boot nonce requests are tagged for. Set from the status record before SET_TIME,
@@ -443,6 +487,10 @@ class PatchSession:
         if self._queued_replay is not None:
             seq, self._queued_replay = self._queued_replay, None
             return [self._replay(seq, now_ms)]
+        if self._queued_set_time:
+            self._queued_set_time = False
+            return [self._request(control.set_time, now_ms + self.utc_offset_ms,
+                                  now_ms=now_ms)]
         if self._queued_identify is not None:
             seconds, self._queued_identify = self._queued_identify, None
             return [self._request(control.identify, seconds, now_ms=now_ms)]

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS samples (
     channel    INTEGER NOT NULL,
     value      INTEGER NOT NULL,
     historical INTEGER NOT NULL DEFAULT 0,
+    time_uncertain INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gaps (
@@ -100,6 +101,30 @@ class DiskFullError(StoreError):
     """SQLite could not write (disk or quota full): stop acknowledging, keep what is stored."""
 
 
+class DatabaseCorrupt(StoreError):
+    """SQLite found the database file damaged (SQLITE_CORRUPT / SQLITE_NOTADB): the file must
+    be moved aside and a fresh one started (gateway/store_recovery.py)."""
+
+
+def is_corruption(error: BaseException) -> bool:
+    """True for SQLite's "the file is damaged" errors, not for busy, full or misuse."""
+    if not isinstance(error, sqlite3.DatabaseError) or isinstance(
+            error, sqlite3.OperationalError | sqlite3.IntegrityError | sqlite3.ProgrammingError):
+        return False
+    name = getattr(error, "sqlite_errorname", "") or ""
+    text = str(error).lower()
+    return (name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+            or "malformed" in text or "not a database" in text)
+
+
+REGISTRY_COPY_SUFFIX = ".registry.json"
+
+
+def registry_copy_path(db_path: str | Path) -> Path:
+    """The registry's own file beside the database: what a fresh database recovers from."""
+    return Path(str(db_path) + REGISTRY_COPY_SUFFIX)
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """Open (and create) the gateway database with the durability settings we rely on.
 
@@ -112,6 +137,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(SCHEMA)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(samples)")}
+    if "time_uncertain" not in columns:   # a database from before the column
+        conn.execute("ALTER TABLE samples ADD COLUMN time_uncertain INTEGER NOT NULL DEFAULT 0")
     _tighten(Path(path))   # only a file that opened as a database
     return conn
 
@@ -136,6 +164,51 @@ def _tighten(path: Path) -> None:
 class Store:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        self._registry_dirty = False
+        row = conn.execute("PRAGMA database_list").fetchone()
+        self.path: Path | None = Path(row[2]) if row is not None and row[2] else None
+
+    # -- registry copy (kept in its own file so a corrupt database loses no pairing) ------
+    def write_registry_copy(self) -> None:
+        """Write the registry to `registry_copy_path` atomically, readable by the owner only
+        (it holds the device keys, as the database does)."""
+        if self.path is None:
+            return
+        rows = self.conn.execute(
+            "SELECT device_id, key, subject, skin_type, address, config_json, paired_at_ms"
+            " FROM devices ORDER BY device_id").fetchall()
+        payload = {"schema": 1, "devices": [
+            {"device_id": r[0], "key": bytes(r[1]).hex(), "subject": r[2], "skin_type": r[3],
+             "address": r[4], "config": json.loads(r[5]), "paired_at_ms": r[6]} for r in rows]}
+        target = registry_copy_path(self.path)
+        tmp = target.with_name(target.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        self._registry_dirty = False
+
+    def refresh_registry_copy(self) -> bool:
+        """write_registry_copy, logging (not raising) a failure: the registry itself is
+        committed; only its spare copy is stale. True if written."""
+        try:
+            self.write_registry_copy()
+        except OSError as e:
+            log.error("registry copy %s not written (%s): a damaged database would lose the "
+                      "pairings made since", registry_copy_path(self.path or ""), e)
+            return False
+        return True
+
+    def _registry_changed(self) -> None:
+        self._registry_dirty = True
+        if not self.conn.in_transaction:
+            self.refresh_registry_copy()
+
+    def _after_commit(self) -> None:
+        if self._registry_dirty:
+            self.refresh_registry_copy()
 
     # -- registry --------------------------------------------------------------
     def register(self, device: RegisteredDevice, paired_at_ms: int) -> None:
@@ -148,10 +221,14 @@ class Store:
             (device.device_id, device.key, device.subject, device.skin_type, device.address,
              json.dumps(device.config, sort_keys=True), paired_at_ms),
         )
+        self._registry_changed()
 
     def unregister(self, device_id: str) -> bool:
         self.conn.execute("DELETE FROM desired_config WHERE device_id=?", (device_id,))
-        return self.conn.execute("DELETE FROM devices WHERE device_id=?", (device_id,)).rowcount > 0
+        removed = self.conn.execute(
+            "DELETE FROM devices WHERE device_id=?", (device_id,)).rowcount > 0
+        self._registry_changed()
+        return removed
 
     def devices(self) -> list[RegisteredDevice]:
         rows = self.conn.execute(
@@ -184,10 +261,12 @@ class Store:
                 [batch.device_id] * len(batch), batch.seq.tolist(),
                 [batch.boot_id] * len(batch), batch.tick.tolist(), utc,
                 batch.channel.tolist(), batch.value.tolist(),
-                [int(batch.historical)] * len(batch), strict=True)
+                [int(batch.historical)] * len(batch), [int(batch.time_uncertain)] * len(batch),
+                strict=True)
             inserted += self.conn.executemany(
                 "INSERT OR IGNORE INTO samples(device_id, seq, boot_id, tick, utc_ms, channel,"
-                " value, historical) VALUES (?,?,?,?,?,?,?,?)", rows).rowcount
+                " value, historical, time_uncertain) VALUES (?,?,?,?,?,?,?,?,?)",
+                rows).rowcount
             if len(batch):
                 self.conn.execute(
                     "INSERT INTO watermarks(device_id, committed_seq) VALUES (?, ?)"
@@ -309,12 +388,13 @@ class Store:
 
     # -- transactions ----------------------------------------------------------
     def transaction(self) -> _Transaction:
-        return _Transaction(self.conn)
+        return _Transaction(self.conn, self._after_commit)
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, after_commit=None):
         self.conn = conn
+        self.after_commit = after_commit
 
     def __enter__(self) -> sqlite3.Connection:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -324,19 +404,23 @@ class _Transaction:
         if exc_type is None:
             try:
                 self.conn.execute("COMMIT")
-                return
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:
                 self._rollback()
                 raise _classify(e) from e
+            if self.after_commit is not None:
+                self.after_commit()
+            return
         self._rollback()
-        if isinstance(exc, sqlite3.OperationalError):
+        if isinstance(exc, sqlite3.OperationalError) or is_corruption(exc):
             raise _classify(exc) from exc
-
 
     def _rollback(self) -> None:
         # SQLite has already rolled back by itself after some errors (SQLITE_FULL).
         if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass   # the error being raised says what went wrong; a damaged file may refuse
 
 
 def _cfg_json(cfg: Mapping[ConfigKey, int]) -> str:
@@ -347,7 +431,9 @@ def _cfg_of(text: str) -> dict[int, int]:
     return {int(k): int(v) for k, v in json.loads(text).items()}
 
 
-def _classify(e: sqlite3.OperationalError) -> StoreError:
+def _classify(e: sqlite3.DatabaseError) -> StoreError:
+    if is_corruption(e):
+        return DatabaseCorrupt(f"database damaged: {e}")
     text = str(e).lower()
     if "full" in text or "disk i/o" in text:
         return DiskFullError(f"database write failed: {e}")

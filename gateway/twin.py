@@ -1,9 +1,13 @@
 """The twin engine: committed samples in, per-subject twin revisions out (sans-I/O).
 
 Each step makes one batched model call per model across every subject with new data, then
-turns what changed into a delta (`rev` + 1) and, when due, a full snapshot (design.md §5).
+turns what moved beyond its deadband into a delta (`rev` + 1) and a full snapshot carrying the
+same `rev`: the retained twin is always current (design.md §5), so a subscriber that connects
+at any moment starts from the exact current twin (docs/subscribers.md).
 Models are reached through `run_model(name, inputs) -> outputs`, so the engine never sees
-onnxruntime.
+onnxruntime. A `run_model` that raises `ModelUnavailable` (gateway/model_set.py) leaves that
+model's properties in place marked `q: "bad"` and its inputs pending for the next step; the
+rest of the step (every other model, the raw channels) goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.model_registry import CHANNEL_SCALE, deadband
+from gateway.model_contracts import ModelUnavailable
+from gateway.model_registry import CHANNEL_SCALE, MODELS, deadband
+from gateway.mqtt.topics import SCHEMA_VERSION
 from gateway.protocol import constants as ids
 from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
 from gateway.uv_forecast import UvForecaster
@@ -35,9 +41,6 @@ DRYING_CLEAR_TREND_AU_PER_H = -2.0
 DRYING_CLEAR_BELOW_OWN_AU = -2.0
 DRYING_PERSISTS_MS = 15 * 60_000
 OFF_SKIN_BELOW_AU = 5.0              # no skin reads this dry: the electrode has lost it
-SNAPSHOT_EVERY_MS = 60_000
-SNAPSHOT_EVERY_DELTAS = 50
-SCHEMA_VERSION = 1
 
 UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
 # the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
@@ -47,6 +50,7 @@ MAX_UV_GAP_S = 600                   # longer gaps between UV samples count as n
 DAY_MS = 86_400_000                  # UV dose is a daily quantity: reset at 00:00 UTC
 HYDRATION_STATES = ("very dry", "dry", "normal")
 ROUND_DIGITS = 3
+
 
 RunModel = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
@@ -75,8 +79,7 @@ class SubjectTwin:
     drying_since_ms: int | None = None
     uv_forecast_alerted: bool = False
     forecast_at_ms: int | None = None
-    last_snapshot_ms: int | None = None
-    deltas_since_snapshot: int = 0
+    snapshot_published: bool = False   # since this engine started (the birth snapshot)
     pending: dict[str, dict] = field(default_factory=dict)
     new_temp: bool = False
     last_temp_t: int = 0
@@ -174,7 +177,7 @@ class TwinEngine:
                 continue
             scale, prop = entry
             values = [v * scale for v in raw]
-            quality = "good" if times[-1] >= 0 else "uncertain"
+            quality = "good" if times[-1] >= 0 and not batch.time_uncertain else "uncertain"
             twin.pending[prop] = _leaf(values[-1], times[-1], quality)
             if channel == ids.Channel.TEMPERATURE:
                 for v, t in zip(values, times, strict=True):
@@ -208,12 +211,13 @@ class TwinEngine:
             twin.last_uv_t, twin.uv_last = t, value
 
     def step(self, now_ms: int) -> list[TwinUpdate]:
-        if "temp_anomaly" in self.models:
-            self._run_temp_anomaly()
-        if "uv_dose" in self.models:
-            self._run_uv_dose()
-        if "hydration" in self.models:
-            self._run_hydration()
+        for name, run in (("temp_anomaly", self._run_temp_anomaly),
+                          ("uv_dose", self._run_uv_dose), ("hydration", self._run_hydration)):
+            if name in self.models:
+                try:
+                    run()
+                except ModelUnavailable:
+                    self._mark_bad(name)
         updates = []
         for twin in self.twins.values():
             update = self._publishable(twin, now_ms)
@@ -224,11 +228,17 @@ class TwinEngine:
     def snapshot(self, subject: str, now_ms: int) -> TwinUpdate:
         """A full snapshot now (birth, resync): does not change rev."""
         twin = self.twin(subject)
-        twin.last_snapshot_ms = now_ms
-        twin.deltas_since_snapshot = 0
+        twin.snapshot_published = True
         return TwinUpdate(subject, twin.rev, snapshot=self._snapshot_payload(twin, now_ms))
 
     # -- internals ---------------------------------------------------------------
+    def _mark_bad(self, model: str) -> None:
+        for twin in self.twins.values():
+            for prop in MODELS[model].properties:
+                leaf = twin.pending.get(prop) or twin.state.get(prop)
+                if leaf is not None and leaf.get("q") != "bad":
+                    twin.pending[prop] = {**leaf, "q": "bad"}
+
     def _run_temp_anomaly(self) -> None:
         ready = [t for t in self.twins.values() if t.new_temp and t.temp_window]
         if not ready:
@@ -320,20 +330,17 @@ class TwinEngine:
         if changed:
             twin.state.update(changed)
             twin.rev += 1
-            twin.deltas_since_snapshot += 1
             update = TwinUpdate(twin.subject, twin.rev, delta={
                 "schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
                 "set": changed, "unset": []})
             update.alerts = self._alerts(twin, changed, now_ms)
-        due = (twin.last_snapshot_ms is None
-               or now_ms - twin.last_snapshot_ms >= SNAPSHOT_EVERY_MS
-               or twin.deltas_since_snapshot >= SNAPSHOT_EVERY_DELTAS)
-        if due and twin.state:
+        # The retained twin follows every delta (coalesced: one per step), and is published
+        # once at start even without one.
+        if twin.state and (changed or not twin.snapshot_published):
             if update is None:
                 update = TwinUpdate(twin.subject, twin.rev)
             update.snapshot = self._snapshot_payload(twin, now_ms)
-            twin.last_snapshot_ms = now_ms
-            twin.deltas_since_snapshot = 0
+            twin.snapshot_published = True
         return update
 
     def _alerts(self, twin: SubjectTwin, changed: dict, now_ms: int) -> list[dict]:

@@ -73,6 +73,9 @@ class SampleBatch:
     value: np.ndarray
     historical: bool = False
     gaps: tuple[LostSamples, ...] = ()
+    # utc_ms came from a clock anchor taken before a gateway wall-clock step (gateway/clock.py):
+    # off by up to that step, one way or the other
+    time_uncertain: bool = False
 
     def __len__(self) -> int:
         return int(self.seq.shape[0])

@@ -67,7 +67,8 @@ def pair_virtual_patches(db_path: Path, identities: list[tuple[str, bytes, str]]
 async def run_demo(patches: int, duration_s: float, broker_url: str | None = None,
                    summary_path: Path | None = None, workdir: Path | None = None,
                    live: bool = True, gateway_id: str = DEMO_GATEWAY_ID,
-                   wide: bool | None = None) -> dict:
+                   wide: bool | None = None,
+                   homeassistant_prefix: str | None = None) -> dict:
     from simulation.virtual_patch import VirtualPatch
     from simulation.virtual_radio import VirtualRadio
 
@@ -114,7 +115,8 @@ async def run_demo(patches: int, duration_s: float, broker_url: str | None = Non
     for patch in virtual_patches:
         await patch.start()
 
-    gateway = Gateway(GatewayConfig(db_path, mqtt, default_models_dir()),
+    gateway = Gateway(GatewayConfig(db_path, mqtt, default_models_dir(),
+                                    homeassistant_prefix=homeassistant_prefix),
                       BleRadio(await radio.new_adapter()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

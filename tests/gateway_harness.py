@@ -31,7 +31,7 @@ async def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition") 
 class GatewayRig:
     def __init__(self, tmp_path: Path, patches: int = 1, *, max_connections: int = 5,
                  patch_config: dict | None = None, registry_keys: dict[int, bytes] | None = None,
-                 seed: int = 1, log_capacity: int = 20_000,
+                 seed: int = 1, log_capacity: int = 20_000, time_scale: float = 1.0,
                  broker: LocalBroker | None = None, mqtt_url: str | None = None,
                  mqtt_options: dict | None = None):
         """`broker`: a broker of the test's own (default: an anonymous private one); the rig
@@ -47,6 +47,7 @@ class GatewayRig:
         self._given_broker = broker
         self._mqtt_url = mqtt_url
         self._mqtt_options = mqtt_options or {}
+        self.time_scale = time_scale   # >1: the wearer's physiology runs faster (as in the demo)
         self.db_path = tmp_path / "gateway.sqlite3"
         self.patches: list[VirtualPatch] = []
         self.gateway: Gateway | None = None
@@ -65,17 +66,18 @@ class GatewayRig:
         for i, (device_id, key, _) in enumerate(self.identities):
             patch = VirtualPatch(self.radio, device_id, key, self.tmp_path / f"patch-{i}",
                                  seed=i + 1, config_overrides=self.patch_config,
-                                 log_capacity=self.log_capacity)
+                                 log_capacity=self.log_capacity, time_scale=self.time_scale)
             await patch.start()
             self.patches.append(patch)
         return self
 
-    async def start_gateway(self) -> Gateway:
+    async def start_gateway(self, **config) -> Gateway:
+        """Start the gateway; `config` adds GatewayConfig fields (e.g. homeassistant_prefix)."""
         mqtt = MqttConfig.from_url(self._mqtt_url or self.broker.url, gateway_id="rig",
                                    **self._mqtt_options)
         self.gateway = Gateway(
             GatewayConfig(self.db_path, mqtt, default_models_dir(),
-                          max_connections=self.max_connections),
+                          max_connections=self.max_connections, **config),
             BleRadio(await self.radio.new_adapter()))
         self._stop = asyncio.Event()
         self._run = asyncio.create_task(self.gateway.run(self._stop))

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import samples_message
 from gateway.mqtt.delivery import (
     CONTROL_SLOTS,
     MIN_LEARNED_PAYLOAD_BYTES,
@@ -36,11 +37,17 @@ def row(i: int, payload: bytes | None = None, *, topic: str = TOPIC, expiry_s=No
                          expiry_s, created_ms)
 
 
+def _seqs(payload: bytes) -> list[int]:
+    return [s.seq for s in samples_message.decode(json.loads(payload))]
+
+
 def samples_payload(first_seq: int, count: int) -> bytes:
+    """A columnar samples message (gateway/samples_message.py): temperature and UV mixed,
+    values that do not compress to a repeated difference."""
     seqs = list(range(first_seq, first_seq + count))
-    doc = {"schema": 1, "boot": 7, "historical": False, "samples": {
-        "skin_temp_c": {"seq": seqs, "t": [NOW_MS + s for s in seqs],
-                        "v": [33.0 + s / 128 for s in seqs]}}}
+    channels = [(s * 7) % 3 % 2 for s in seqs]
+    doc = samples_message.encode(7, seqs, [NOW_MS + 1000 * s + (s * s) % 97 for s in seqs],
+                                 channels, [4200 + (s * 31) % 57 for s in seqs])
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -199,7 +206,7 @@ def test_oversize_samples_row_goes_in_parts_and_settles_after_the_last_parts_pub
     mids = client.take(policy)
     parts = [client.sent[m] for m in mids if client.sent[m].row.message.id == 1]
     assert len(parts) >= 3 and all(len(p.payload) <= len(payload) // 3 for p in parts)
-    seqs = [s for p in parts for s in json.loads(p.payload)["samples"]["skin_temp_c"]["seq"]]
+    seqs = [s for p in parts for s in _seqs(p.payload)]
     assert seqs == list(range(100, 160)), "every sample once, in order"
     for mid in mids[:-2]:
         policy.on_puback(mid)
@@ -334,15 +341,13 @@ def test_split_samples_keeps_every_sample_once_in_order_within_the_limit(count, 
         return
     assert all(len(p) <= limit for p in parts)
     docs = [json.loads(p) for p in parts]
-    assert all((d["schema"], d["boot"], d["historical"]) == (1, 7, False) for d in docs)
-    seqs = [s for d in docs for s in d["samples"]["skin_temp_c"]["seq"]]
-    assert seqs == list(range(1000, 1000 + count))
-    original = json.loads(payload)["samples"]["skin_temp_c"]
-    merged = {k: [x for d in docs for x in d["samples"]["skin_temp_c"][k]] for k in original}
-    assert merged == original
+    assert all((d["schema"], d["boot"], d.get("hist")) == (2, 7, None) for d in docs)
+    merged = [sample for d in docs for sample in samples_message.decode(d)]
+    assert [s.seq for s in merged] == list(range(1000, 1000 + count))
+    assert merged == samples_message.decode(json.loads(payload))
 
 
-@pytest.mark.parametrize("payload", [b"not json", b'{"samples": {"a": 1}}', b"[1, 2]",
+@pytest.mark.parametrize("payload", [b"not json", b'{"c": "01", "v": 3}', b"[1, 2]",
                                      json.dumps({"kind": "data_loss", "samples": {
                                          "skin_temp_c": 3}}).encode()])
 def test_split_refuses_what_is_not_a_samples_message(payload):
@@ -382,7 +387,7 @@ def test_a_broker_that_drops_oversize_messages_costs_few_reconnects_and_loses_no
                 connects += 1
                 break
             if send.topic == SAMPLES_TOPIC:
-                delivered_seqs.update(json.loads(send.payload)["samples"]["skin_temp_c"]["seq"])
+                delivered_seqs.update(_seqs(send.payload))
             policy.on_puback(mid)
     settled = policy.take_settled()
     parked = {p.row_id for p in settled.parks}
@@ -390,7 +395,7 @@ def test_a_broker_that_drops_oversize_messages_costs_few_reconnects_and_loses_no
     assert all(r.topic != SAMPLES_TOPIC for r in rows if r.id in parked)
     assert all(len(r.payload) > broker_limit for r in rows if r.id in parked)
     wanted = {s for r in rows if r.topic == SAMPLES_TOPIC
-              for s in json.loads(r.payload)["samples"]["skin_temp_c"]["seq"]}
+              for s in _seqs(r.payload)}
     assert delivered_seqs == wanted
     # each lesson halves the split size; an unsplittable convict is one lesson of its own
     largest = max(len(r.payload) for r in rows)

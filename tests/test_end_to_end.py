@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import samples_message
 from simulation.broker import LocalBroker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,8 +85,7 @@ def test_demo_cli_publishes_state_twins_and_consecutive_deltas(tmp_path):
         parts = topic.split("/")
         if len(parts) == 5 and parts[4] == "samples":
             assert parts[3] in subjects
-            raw_seqs[parts[3]] += [s for group in payload["samples"].values()
-                                   for s in group["seq"]]
+            raw_seqs[parts[3]] += [s.seq for s in samples_message.decode(payload)]
     assert sum(len(seqs) for seqs in raw_seqs.values()) == report["samples_stored"]
     assert all(len(seqs) == len(set(seqs)) for seqs in raw_seqs.values()), {
         subject: sorted(s for s in seqs if seqs.count(s) > 1) for subject, seqs in raw_seqs.items()}

@@ -705,3 +705,19 @@ def test_what_fits_on_the_boards():
     assert esp32s3 > 60 and esp32_4mb > 20 and 7.5 < pico_w < 9
     # worst case (every record a flush of its own, 18 B): still a floor on the count
     assert segment_records_min() == (DEFAULT_SEGMENT_BYTES - HDR_BYTES - 27) // 18 + 1
+
+
+def test_ack_one_short_of_a_segment_end_keeps_the_segment_and_its_last_record(tmp_path):
+    d = tmp_path / "log"
+    log = FlashLog(str(d), segment_bytes=96, max_segments=8, flush_every=2)
+    fill(log, 30)
+    names = segment_files(d)
+    last_of_first = int(names[1][4:-4]) - 1   # the first segment's last seq
+    log.ack(last_of_first - 1)
+    assert segment_files(d) == names, "the segment still holds an unacknowledged record"
+    assert log.oldest_seq == last_of_first and len(log) == 30 - last_of_first
+    assert record_of(log, last_of_first) == (0, *sample(last_of_first))
+    reopened = FlashLog(str(d), segment_bytes=96, max_segments=8, flush_every=2)
+    assert record_of(reopened, last_of_first) == (0, *sample(last_of_first)), "after reboot"
+    reopened.ack(last_of_first)
+    assert segment_files(d) == names[1:]

@@ -634,3 +634,68 @@ def test_a_stale_counter_reconnects_to_read_the_patchs_again(opcode):
     assert [type(a) for a in actions] == [Disconnect]
     assert actions[0].close.kind is CloseKind.PROTOCOL_ERROR
     assert "STALE_REQUEST" in actions[0].close.detail
+
+
+def test_two_frames_before_a_commit_ack_the_committed_seq_not_the_last_received():
+    s = streaming_session()
+    assert [type(a) for a in s.notification(frame(0, 5), T0_MS)] == [Commit]
+    assert [type(a) for a in s.notification(frame(5, 5, tick0=1050), T0_MS)] == [Commit]
+    [ack] = s.committed(4, T0_MS)   # only the first frame is durable so far
+    assert operand_u32(ack) == 4
+    [ack2] = s.control_response(response(s, ids.Opcode.ACK), T0_MS) or s.committed(9, T0_MS)
+    assert operand_u32(ack2) == 9
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x01\x02\x03", status_record() + b"\x00" * 7])
+def test_malformed_get_status_answer_closes_the_handshake_cleanly_and_is_counted(payload):
+    s = PatchSession(DEVICE, KEY, -1)
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS)
+    s.control_response(response(s, ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1000)), T0_MS)
+    [action] = s.control_response(response(s, ids.Opcode.GET_STATUS, 0, payload), T0_MS)
+    assert isinstance(action, Disconnect) and action.close.kind is CloseKind.PROTOCOL_ERROR
+    assert "malformed" in action.close.detail
+    assert s.state is State.CLOSED and s.stats.malformed_responses == 1
+
+
+def test_malformed_idle_status_answer_while_streaming_is_counted_and_asked_again():
+    s = streaming_session()
+    [check] = s.tick(T0_MS + 40 + 10_000)
+    assert check.opcode == ids.Opcode.GET_STATUS
+    assert s.control_response(response(s, ids.Opcode.GET_STATUS, 0, b"\x05"), T0_MS + 10_050) == []
+    assert s.state is State.STREAMING and s.stats.malformed_responses == 1
+    [again] = s.tick(T0_MS + 40 + 20_100)
+    assert again.opcode == ids.Opcode.GET_STATUS
+
+
+def test_timeouts_run_on_the_monotonic_clock_whatever_the_utc_offset():
+    # now_ms is monotonic (here small numbers); UTC only enters SET_TIME, through the offset
+    s = PatchSession(DEVICE, KEY, -1, utc_offset_ms=T0_MS)
+    s.start(247, 1_000)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), 1_000)
+    _, set_time = s.read_result(ids.STATUS_CHAR_UUID, status_record(), 1_000)
+    assert struct.unpack_from("<Q", set_time.data, 5)[0] == T0_MS + 1_000
+    s.utc_offset_ms += 3_600_000   # a wall-clock step the session is told of does not count
+    assert s.tick(1_000 + 4_000) == []
+    [timeout] = s.tick(1_000 + 5_001)
+    assert isinstance(timeout, Disconnect) and timeout.close.kind is CloseKind.TIMEOUT
+    assert "SET_TIME" in timeout.close.detail
+
+
+def test_clock_step_reanchors_and_flags_times_stamped_against_the_old_clock():
+    s = streaming_session()
+    [commit] = s.notification(frame(0, 2, tick0=1100), T0_MS + 100)
+    assert not commit.batch.time_uncertain
+    assert commit.batch.utc_ms[0] == T0_MS + 10 + 100 * 100
+    [set_time] = s.clock_stepped(3_600_000, 1, T0_MS + 200)   # the wall clock jumped +1 h
+    assert set_time.opcode == ids.Opcode.SET_TIME and request_tag_ok(set_time.data)
+    assert struct.unpack_from("<Q", set_time.data, 5)[0] == T0_MS + 200 + 3_600_000
+    [commit] = s.notification(frame(2, 2, tick0=1200), T0_MS + 210)
+    assert commit.batch.time_uncertain, "stamped against the anchor from before the step"
+    assert s.control_response(response(s, ids.Opcode.SET_TIME, 0, struct.pack("<HI", BOOT, 1102)),
+                              T0_MS + 220) == []
+    assert s.state is State.STREAMING and s.new_anchor is not None
+    [commit] = s.notification(frame(4, 2, tick0=1300), T0_MS + 300)
+    assert not commit.batch.time_uncertain
+    assert commit.batch.utc_ms[0] == T0_MS + 210 + 3_600_000 + 198 * 100

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from gateway import samples_message
 from gateway import store as store_mod
 from gateway.inference import default_models_dir, load_models
 from gateway.ingest import Ingest
@@ -47,12 +48,12 @@ def store(tmp_path):
 def ingest(store):
     models = load_models(default_models_dir())
     engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
-    kicks, alarms = [], []
+    kicks, alarm_changes = [], []
     topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
     pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: kicks.append(1),
-                      lambda: alarms.append(pipeline.stats.store_alarm))
+                      lambda: alarm_changes.append(pipeline.stats.store_alarm))
     pipeline.kicks = kicks
-    pipeline.alarms = alarms
+    pipeline.alarm_changes = alarm_changes
     return pipeline
 
 
@@ -108,21 +109,24 @@ def test_raw_samples_are_published_once_in_si_units(store, ingest):
     ingest.cycle(now_ms=1)
     raw = [json.loads(m.payload) for m in ingest.outbox.pending(100)
            if m.topic == "dermtwin/v1/gw/s-a/samples"]
-    assert len(raw) == 2 and ingest.stats.sample_messages == 2
-    assert raw[0] == {"schema": 1, "boot": 1, "historical": False, "samples": {
-        "skin_temp_c": {"seq": [0, 1, 2, 3], "t": [1_700_000_000_000 + 1000 * i for i in range(4)],
-                        "v": [33.5] * 4}}}
-    assert raw[1]["historical"] is True
-    assert raw[1]["samples"] == {
-        "skin_temp_c": {"seq": [7], "t": [1_700_000_007_000], "v": [33.59375]},
-        "uv_index": {"seq": [4], "t": [1_700_000_004_000], "v": [0.35]},
-        "capacitance_pf": {"seq": [5], "t": [None], "v": [45.123]},
-        "battery_pct": {"seq": [6], "t": [1_700_000_006_000], "v": [80.0]}}
+    # one message per device, boot and kind per cycle; split where the time is unknown
+    assert [m.get("hist", False) for m in raw] == [False, True, True, True]
+    assert ingest.stats.sample_messages == 4
+    assert raw[0] == {"schema": 2, "boot": 1, "seq": 0, "t": 1_700_000_000_000, "tu": 1000,
+                      "c": "0000", "dt": [[0, 1]], "v": [[4288]]}
+    rows = [(s.seq, samples_message.PROPERTIES[s.prop], s.utc_ms,
+             round(samples_message.to_si(s), 8))
+            for m in raw for s in samples_message.decode(m)]
+    assert rows == [(i, "skin_temp_c", 1_700_000_000_000 + 1000 * i, 33.5) for i in range(4)] + [
+        (4, "uv_index", 1_700_000_004_000, 0.35),
+        (5, "capacitance_pf", None, 45.123),
+        (6, "battery_pct", 1_700_000_006_000, 80.0),
+        (7, "skin_temp_c", 1_700_000_007_000, 33.59375)]
     ingest.submit(link, batch("a" * 16, range(6, 9)))     # 6 and 7 were published already
     ingest.cycle(now_ms=2)
     later = [json.loads(m.payload) for m in ingest.outbox.pending(100)
-             if m.topic == "dermtwin/v1/gw/s-a/samples"][2:]
-    assert [m["samples"]["skin_temp_c"]["seq"] for m in later] == [[8]]
+             if m.topic == "dermtwin/v1/gw/s-a/samples"][4:]
+    assert [[s.seq for s in samples_message.decode(m)] for m in later] == [[8]]
 
 
 def test_raw_samples_can_be_switched_off(store, ingest):
@@ -145,7 +149,7 @@ def test_gaps_commit_with_their_batch_once_and_raise_a_data_loss_alert(store, in
     assert store.gaps("a" * 16) == [lost]
     [alert] = [json.loads(m.payload) for m in ingest.outbox.pending(100)
                if m.topic == "dermtwin/v1/gw/s-a/alert"]
-    assert alert == {"schema": 1, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
+    assert alert == {"schema": 2, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
                      "to": 1_700_000_004_900, "samples": {"skin_temp_c": 3, "uv_index": 6,
                                                           "capacitance_pf": 0, "battery_pct": 1}}
     # replayed: the same gap again with its samples is neither stored nor announced twice
@@ -175,7 +179,7 @@ def test_disk_full_acknowledges_nothing_and_keeps_what_was_stored(store, ingest)
     ingest.submit(link, batch("a" * 16, range(5, 10)))
     ingest.cycle(now_ms=3)
     assert link.committed == [4, 9] and not ingest.stats.store_alarm
-    assert ingest.alarms == [True, False]    # raised once, cleared once
+    assert ingest.alarm_changes == [True, False]    # raised once, cleared once
 
 
 async def test_frames_after_a_refused_commit_are_not_committed_when_space_returns(store, ingest):
@@ -258,3 +262,173 @@ async def test_a_cancel_that_meets_a_wake_up_still_ends_the_ingest_loop(ingest):
         if not done:
             task.cancel()
         assert done, f"Ingest.run ignored a cancel {steps} loop steps after a wake-up"
+
+
+def test_disk_full_alarm_stays_through_cycles_with_nothing_to_write(store, ingest):
+    link = FakeLink()
+    ingest.submit(link, batch("a" * 16, range(0, 5)))
+    ingest.cycle(now_ms=1)
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count={pages}")
+    ingest.submit(link, batch("a" * 16, range(5, 5000)))
+    ingest.cycle(now_ms=2)
+    assert ingest.alarms.is_up("store")
+    for now in range(3, 20):   # idle cycles commit nothing: they prove nothing about the disk
+        ingest.cycle(now_ms=now)
+    assert ingest.stats.store_alarm and ingest.alarms.is_up("store")
+    assert ingest.alarm_changes == [True], "no flapping"
+    store.conn.execute("PRAGMA max_page_count=1073741823")
+    ingest.submit(link, batch("a" * 16, range(5, 10)))
+    ingest.cycle(now_ms=30)
+    assert not ingest.alarms.is_up("store") and ingest.alarm_changes == [True, False]
+
+
+def test_a_cycle_failing_for_another_reason_fails_its_sessions_and_propagates(store, ingest):
+    link = FakeLink()
+
+    def broken_step(now_ms):
+        raise ZeroDivisionError("a bug in the twin engine")
+
+    ingest.engine.step = broken_step
+    ingest.submit(link, batch("a" * 16, range(0, 5)))
+    with pytest.raises(ZeroDivisionError):
+        ingest.cycle(now_ms=1)
+    assert link.committed == [] and len(link.failed) == 1
+    assert "ZeroDivisionError" in link.failed[0]
+    assert store.sample_seqs("a" * 16) == [], "rolled back: nothing acknowledged or kept"
+
+
+@pytest.mark.parametrize("failure", ["raises", "nan"])
+def test_failing_model_never_stops_storage_and_marks_its_properties_bad(store, failure):
+    import numpy as np
+
+    from gateway.alarms import Alarms
+    from gateway.model_set import ModelSet
+
+    alarms = Alarms()
+    models = ModelSet(default_models_dir(), ("temp_anomaly", "uv_dose", "hydration"), alarms)
+    engine = TwinEngine(1, {"a" * 16: "s-a"}, models.run)
+    topic = lambda *levels: "dermtwin/v1/gw/" + "/".join(levels)  # noqa: E731
+    pipeline = Ingest(store, Outbox(store.conn), engine, topic, lambda: None, alarms=alarms)
+    link = FakeLink()
+    pipeline.submit(link, batch("a" * 16, range(0, 5)))
+    pipeline.cycle(now_ms=1)
+    assert engine.twins["s-a"].state["temp_delta_c"]["q"] in ("good", "uncertain")
+
+    real = models.models["temp_anomaly"]
+
+    class Broken:
+        version = real.version
+
+        def run(self, inputs):
+            if failure == "raises":
+                raise RuntimeError("onnxruntime: bad allocation")
+            out = real.run(inputs)
+            out["delta_c"] = np.full_like(out["delta_c"], np.nan)
+            return out
+
+    models.models["temp_anomaly"] = Broken()
+    pipeline.submit(link, batch("a" * 16, range(5, 10), temp_c=34.0))
+    pipeline.cycle(now_ms=2)
+    assert link.committed == [4, 9], "samples still committed and acknowledged"
+    assert store.sample_seqs("a" * 16) == list(range(10))
+    alarm = alarms.get("model", "temp_anomaly")
+    assert alarm is not None and "temp_anomaly" in alarm.describe()
+    state = engine.twins["s-a"].state
+    assert state["temp_delta_c"]["q"] == "bad" and state["inflammation"]["q"] == "bad"
+    assert state["skin_temp_c"]["v"] == 34.0 and state["skin_temp_c"]["q"] == "good"
+    deltas = [json.loads(m.payload) for m in pipeline.outbox.pending(100)
+              if m.topic.endswith("/delta")]
+    assert deltas[-1]["set"]["temp_delta_c"]["q"] == "bad"
+
+    models.models["temp_anomaly"] = real   # the model answers again: the alarm clears
+    pipeline.submit(link, batch("a" * 16, range(10, 15), temp_c=34.5))
+    pipeline.cycle(now_ms=3)
+    assert not alarms.is_up("model", "temp_anomaly")
+    assert engine.twins["s-a"].state["temp_delta_c"]["q"] != "bad"
+
+
+def test_twin_rev_and_state_round_trip_through_the_store_and_a_reopen(store, tmp_path):
+    with store.transaction():
+        store.save_twin("s-a", 5, {"state": {"uv_index": {"v": 1.0, "t": 1, "q": "good"}}})
+    with store.transaction():
+        store.save_twin("s-a", 6, {"state": {"uv_index": {"v": 2.0, "t": 2, "q": "good"}}})
+    reopened = Store(store_mod.connect(tmp_path / "gw.sqlite3"))
+    assert reopened.load_twins() == {
+        "s-a": (6, {"state": {"uv_index": {"v": 2.0, "t": 2, "q": "good"}}})}
+    reopened.conn.close()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 4 MB filesystem (tmpfs): real ENOSPC, not a page limit. Needs mount rights."""
+    import subprocess
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_real_disk_full_keeps_the_alarm_until_a_write_succeeds_and_retention_survives(
+        small_filesystem, monkeypatch):
+    import asyncio
+    import types
+
+    from gateway import service
+    from gateway.alarms import Alarms
+
+    store = Store(store_mod.connect(small_filesystem / "gw.sqlite3"))
+    with store.transaction():
+        store.register(RegisteredDevice("a" * 16, b"k" * 32, "s-a", 2, None), 0)
+    models = load_models(default_models_dir())
+    alarms = Alarms()
+    engine = TwinEngine(1, {"a" * 16: "s-a"}, lambda n, i: models[n].run(i))
+    ingest = Ingest(store, Outbox(store.conn), engine,
+                    lambda *levels: "dermtwin/v1/gw/" + "/".join(levels), lambda: None,
+                    alarms=alarms)
+    link = FakeLink()
+    with store.transaction():   # old samples, for retention to delete
+        store.insert_samples([batch("a" * 16, range(0, 20_000))])
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    filler = small_filesystem / "filler"
+    with open(filler, "wb", buffering=0) as f:   # fill the disk
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    seq = 20_000
+    while not alarms.is_up("store"):
+        ingest.submit(link, batch("a" * 16, range(seq, seq + 500)))
+        ingest.cycle(now_ms=seq)
+        seq = store.committed_seq("a" * 16) + 1
+        assert seq < 100_000, "the disk never filled"
+    assert "full" in alarms.get("store").detail and link.failed
+    for now in range(5):
+        ingest.cycle(now_ms=now)
+    assert alarms.is_up("store"), "idle cycles do not clear a disk-full alarm"
+
+    # retention on the full disk: an alarm, and the task keeps going
+    monkeypatch.setattr(service, "PRUNE_RETRY_S", 0.05)
+    gateway = types.SimpleNamespace(
+        config=types.SimpleNamespace(retention_days=1e-9, archive_days=1e-9), store=store,
+        alarms=alarms)
+    prune = asyncio.create_task(service.Gateway._prune(gateway))
+    await asyncio.sleep(0.5)
+    assert not prune.done()
+    full_while_pruning = alarms.is_up("retention")
+
+    filler.unlink()   # space is back
+    ingest.submit(link, batch("a" * 16, range(seq, seq + 5)))
+    ingest.cycle(now_ms=10**6)
+    assert not alarms.is_up("store") and link.committed[-1] == seq + 4
+    await asyncio.sleep(0.3)
+    assert not alarms.is_up("retention") and not prune.done()
+    prune.cancel()
+    store.conn.close()
+    assert full_while_pruning, "a retention pass on a full disk fails, raising its alarm"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gateway.inference import default_models_dir, load_models
-from gateway.twin import SNAPSHOT_EVERY_MS, TwinEngine
+from gateway.twin import TwinEngine
 from gateway.values import SampleBatch
 
 LSB_PER_C = 128  # TMP117: 7.8125 m°C per LSB
@@ -45,7 +45,7 @@ def test_revs_increase_by_one_and_quiet_steps_publish_nothing(run_model):
     revs = []
     seq = 0
     for i in range(5):
-        engine.ingest(temp_batch("dev-a", seq, [33.0 + 0.1 * i]))
+        engine.ingest(temp_batch("dev-a", seq, [33.0 + 0.2 * i]))
         seq += 1
         for update in engine.step(now_ms=1_000 + i):
             if update.delta:
@@ -104,12 +104,34 @@ def test_battery_low_alert_with_the_patch_hysteresis(run_model):
     assert not [a for u in restarted.step(now_ms=100) for a in u.alerts]
 
 
-def test_snapshot_due_after_interval_without_new_rev(run_model):
+def test_every_delta_comes_with_a_snapshot_of_the_same_rev(run_model):
+    engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
+    seq, deltas = 0, 0
+    state: dict = {}
+    for i, temp in enumerate([33.0, 33.05, 33.5, 33.5, 34.1, 34.15, 33.0]):
+        engine.ingest(temp_batch("dev-a", seq, [temp]))
+        seq += 1
+        for update in engine.step(now_ms=i):
+            if update.delta is None:
+                assert update.snapshot is None   # quiet step after the first: nothing
+                continue
+            deltas += 1
+            state.update(update.delta["set"])
+            assert update.snapshot["rev"] == update.delta["rev"] == update.rev
+            assert update.snapshot["state"] == state   # deltas applied == the snapshot
+    assert 3 <= deltas < 7   # 33.05 and 34.15 are within skin_temp_c's deadband
+    assert engine.step(now_ms=100) == []
+
+
+def test_a_restarted_engine_publishes_its_snapshot_once_without_a_delta(run_model):
     engine = TwinEngine(1, {"dev-a": "s-a"}, run_model)
     engine.ingest(temp_batch("dev-a", 0, [33.0]))
     engine.step(now_ms=0)
-    [update] = engine.step(now_ms=SNAPSHOT_EVERY_MS)
-    assert update.delta is None and update.snapshot["rev"] == 1
+    saved = {"s-a": (engine.twins["s-a"].rev, engine.twins["s-a"].to_saved())}
+    restarted = TwinEngine(2, {"dev-a": "s-a"}, run_model, saved)
+    [update] = restarted.step(now_ms=5)
+    assert update.delta is None and update.snapshot["rev"] == 1 and update.snapshot["sess"] == 2
+    assert restarted.step(now_ms=6) == []
 
 
 def test_rev_continues_after_restart(run_model):

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from gateway.mqtt import topics
+
 SCHEME_PLAIN = "mqtt"
 SCHEME_TLS = "mqtts"
 DEFAULT_PORT_PLAIN = 1883
 DEFAULT_PORT_TLS = 8883
 DEFAULT_KEEPALIVE_S = 60
 MAX_KEEPALIVE_S = 65535  # MQTT Keep Alive is a 16-bit field
-TOPIC_PREFIX = "dermtwin/v1"
 DEFAULT_GATEWAY_ID = "gw"
 # A gateway id becomes one topic level: no separators, no wildcards, nothing invisible.
 GATEWAY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -204,11 +205,11 @@ class MqttConfig:
 
     @property
     def topic_root(self) -> str:
-        return f"{TOPIC_PREFIX}/{self.gateway_id}"
+        return topics.root(self.gateway_id)
 
     @property
     def state_topic(self) -> str:
-        return f"{self.topic_root}/state"
+        return topics.STATE.path(self.topic_root)
 
     @property
     def effective_client_id(self) -> str:

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.mqtt import topics
 from gateway.protocol.constants import CFG_VALUE_MAX, CFG_VALUE_MIN, ConfigKey
 
 MAX_PAYLOAD_BYTES = 4096
@@ -57,15 +58,15 @@ def cfg_by_name(cfg: dict) -> dict[str, int]:
 def classify(topic_root: str, topic: str) -> (
         tuple[Literal["desired"], str] | tuple[Literal["cmd"], None] | None):
     """`("desired", subject)` for `{root}/{subject}/desired`, `("cmd", None)` for `{root}/cmd`,
-    None for anything else."""
-    prefix = topic_root + "/"
-    if not topic.startswith(prefix):
-        return None
-    levels = topic[len(prefix):].split("/")
-    if levels == ["cmd"]:
-        return ("cmd", None)
-    if len(levels) == 2 and levels[1] == "desired" and levels[0]:
-        return ("desired", levels[0])
+    None for anything else (the inbound rows of gateway/mqtt/topics.py)."""
+    for row in topics.INBOUND:
+        subject = row.match(topic_root, topic)
+        if subject is None:
+            continue
+        if row is topics.DESIRED:
+            return ("desired", subject)
+        if row is topics.CMD:
+            return ("cmd", None)
     return None
 
 
@@ -125,7 +126,7 @@ def reported(ver: int | None, state: str, detail: str | None, ts_ms: int,
     """The `{subject}/reported` payload; `cfg` by ConfigKey or by name."""
     if state not in REPORTED_STATES:
         raise ValueError(f"state {state!r}")
-    return {"schema": 1, "ver": ver, "state": state, "detail": detail, "ts": ts_ms,
+    return {"schema": topics.SCHEMA_VERSION, "ver": ver, "state": state, "detail": detail, "ts": ts_ms,
             "cfg": cfg_by_name(cfg) if all(isinstance(k, int) for k in cfg) else dict(cfg)}
 
 
