@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # When a cycle runs (docs/performance.md, "Latency"): a live batch starts one at once, with
 # whatever else has arrived by then; a backlog drain (only historical batches waiting)
-# gathers for up to DRAIN_GATHER_S or DRAIN_BATCH_SAMPLES, so that one transaction, twin
-# step and outbox write serve thousands of samples rather than one frame's worth.
+# runs at most once per DRAIN_GATHER_S (its first batch at once) and gathers up to
+# DRAIN_BATCH_SAMPLES, so that one transaction, twin step and outbox write serve thousands
+# of samples rather than one frame's worth.
 DRAIN_GATHER_S = 0.1
 DRAIN_BATCH_SAMPLES = 20_000
 IDLE_STEP_S = 1.0
@@ -80,6 +81,7 @@ class Ingest:
         self._waiting: list[tuple[Any, SampleBatch]] = []
         self._waiting_samples = 0
         self._live_waiting = False
+        self._last_cycle_s = float("-inf")
         self._wake = asyncio.Event()
 
     def submit(self, link: Any, batch: SampleBatch) -> None:
@@ -184,8 +186,10 @@ class Ingest:
             except TimeoutError:
                 pass
             self._wake.clear()
-            if self._waiting and not self._gathered():
-                deadline = loop.time() + DRAIN_GATHER_S   # a backlog drain: gather
+            # A backlog drain gathers, but its first batch (nothing committed for a while)
+            # goes at once: the drain starts as soon as the patch sends.
+            deadline = self._last_cycle_s + DRAIN_GATHER_S
+            if self._waiting and not self._gathered() and deadline > loop.time():
                 while not self._gathered() and (left := deadline - loop.time()) > 0:
                     try:
                         await asyncio.wait_for(self._wake.wait(), left)
@@ -194,4 +198,6 @@ class Ingest:
                     self._wake.clear()
             else:
                 await asyncio.sleep(0)   # frames already delivered join this cycle
+            if self._waiting:
+                self._last_cycle_s = loop.time()
             self.cycle(now_ms())
