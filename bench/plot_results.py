@@ -1,6 +1,7 @@
 """docs/performance.svg from bench/results.json: one bar per figure, how many times better
 than its baseline (value/baseline, inverted where lower is better), on a log scale; bars
-left of the 1x line are worse than the baseline. Plain SVG, no plotting library.
+left of the 1x line are worse than the baseline. Plain SVG, no plotting library. Also
+prints the figures as the markdown table docs/performance.md holds.
 
     python bench/plot_results.py [results.json] [out.svg]
 """
@@ -56,6 +57,14 @@ def render(figures: dict[str, dict], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def markdown_table(figures: dict[str, dict]) -> str:
+    rows = ["| figure | value | baseline | ratio | better |", "|---|---:|---:|---:|---|"]
+    for name, f in figures.items():
+        rows.append(f"| `{name}` | {f['value']:.4g} {f['unit']} | {f['baseline']:.4g} "
+                    f"{f['unit']} | {f['ratio']:.3g}x | {f['better']} |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str]) -> int:
     src = Path(argv[0]) if argv else ROOT / "bench" / "results.json"
     dst = Path(argv[1]) if len(argv) > 1 else ROOT / "docs" / "performance.svg"
@@ -64,6 +73,7 @@ def main(argv: list[str]) -> int:
     title = (f"times better than the baseline ({m['cpus']} CPUs, {m['processor']}, "
              f"Python {m['python']}, {m['date']})")
     dst.write_text(render(results["figures"], title))
+    print(markdown_table(results["figures"]))
     print(f"{len(results['figures'])} figures -> {dst}")
     return 0
 
