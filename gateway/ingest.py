@@ -82,6 +82,7 @@ class Ingest:
         self._waiting_samples = 0
         self._live_waiting = False
         self._last_cycle_s = float("-inf")
+        self._failed_from: dict[str, int] = {}   # device → first seq of a failed commit
         self._wake = asyncio.Event()
 
     def submit(self, link: Any, batch: SampleBatch) -> None:
@@ -134,8 +135,25 @@ class Ingest:
                 self.outbox.put(self.topic(subject, "alert"), encode(data_loss_alert(gap, now_ms)))
                 self.stats.alerts += 1
 
+    def _after_failure(self, waiting: list[tuple[Any, SampleBatch]]
+                       ) -> list[tuple[Any, SampleBatch]]:
+        """Drop the batches a session sent on after a failed commit of its device, until
+        its REPLAY starts again at or before the first failed seq. Committing them would
+        move the device's watermark past samples that were never stored (acknowledgements
+        and REPLAY go by the watermark): they are replayed instead."""
+        kept, dropped = [], []
+        for link, batch in waiting:
+            first_failed = self._failed_from.get(batch.device_id)
+            if first_failed is not None and len(batch) and int(batch.seq[0]) <= first_failed:
+                del self._failed_from[batch.device_id]   # the replay has come back
+                first_failed = None
+            (kept if first_failed is None else dropped).append((link, batch))
+        for link in {id(link): link for link, _ in dropped}.values():
+            link.on_commit_failed("an earlier batch of this patch was not stored")
+        return kept
+
     def cycle(self, now_ms: int) -> None:
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._after_failure(self._waiting), []
         self._waiting_samples, self._live_waiting = 0, False
         batches = [batch for _, batch in waiting]
         try:
@@ -155,6 +173,11 @@ class Ingest:
             if raised:
                 self.on_alarm_change()
             log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
+            for batch in batches:
+                if len(batch):
+                    first = min(int(batch.seq[0]), self._failed_from.get(batch.device_id,
+                                                                         int(batch.seq[0])))
+                    self._failed_from[batch.device_id] = first
             for link in {id(link): link for link, _ in waiting}.values():
                 link.on_commit_failed(str(e))
             return

@@ -93,3 +93,31 @@ async def test_a_drain_gathers_at_most_its_window(ingest):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class FailingLink(Link):
+    def __init__(self):
+        super().__init__()
+        self.failed = []
+
+    def on_commit_failed(self, reason):
+        self.failed.append(reason)
+
+
+def test_batches_sent_after_a_failed_commit_wait_for_the_replay(ingest):
+    """A session's later frames, sent before it heard of the failure, must not move the
+    watermark past the samples that failed: they would never be replayed."""
+    link = FailingLink()
+    conn = ingest.store.conn
+    conn.execute(f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}")
+    ingest.submit(link, batch(range(0, 5000), historical=True))   # more than fits
+    ingest.cycle(0)
+    assert link.failed and link.committed == []
+    conn.execute("PRAGMA max_page_count=1073741823")
+    ingest.submit(link, batch(range(5000, 5010), historical=True))   # sent on regardless
+    ingest.cycle(0)
+    assert link.committed == [] and ingest.store.committed_seq(DEVICE) == -1
+    ingest.submit(link, batch(range(0, 5010), historical=True))   # the REPLAY from 0
+    ingest.cycle(0)
+    assert link.committed == [5009]
+    assert ingest.store.sample_seqs(DEVICE) == list(range(5010))
