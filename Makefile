@@ -10,9 +10,9 @@ NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto virtual-board simulate
+.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium virtual-board simulate
 
-setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto
+setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto chromium
 
 $(PIP_STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,9 @@ $(NPM_STAMP): package.json package-lock.json
 mosquitto:
 	@bash tools/ensure-mosquitto.sh
 
+chromium:   # for the report's browser test; where it cannot be installed, that test is skipped
+	@bash tools/ensure-chromium.sh
+
 test: setup
 	$(PY) -m pytest
 
@@ -45,7 +48,7 @@ lint: setup
 	$(PY) tools/typecheck_firmware.py
 
 firmware: setup
-	$(PY) tools/build_firmware.py --out build/firmware
+	$(PY) tools/build_firmware.py --out build/firmware $(if $(AIOBLE_DIR),--aioble $(AIOBLE_DIR))
 
 models: setup
 	$(PY) models_onnx/build_models.py

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from gateway import cli_scan, cli_status, models_cli
+from gateway.report import cli as report_cli
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="BLE connection slots on the adapter ([gateway] max_connections; 5)")
     run.add_argument("--retention-days", type=_positive_float,
                      help="keep stored samples this long ([gateway] retention_days; 30)")
+    run.add_argument("--archive-days", type=_positive_float,
+                     help="keep 15-minute summaries of pruned samples this long "
+                          "([gateway] archive_days; 730)")
     run.add_argument("--models-dir", type=Path, help="[gateway] models_dir")
     run.add_argument("--no-raw-samples", action="store_true", default=None,
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replacement_flags(pair)
 
     models_cli.add_parser(sub)
+    report_cli.add_parsers(sub)
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
@@ -379,6 +384,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.db, mqtt, args.models_dir or settings.models_dir or default_models_dir(),
         max_connections=args.max_connections or settings.max_connections or 5,
         retention_days=args.retention_days or settings.retention_days or 30.0,
+        # by default summaries outlive raw samples by far: 730 days, or the retention if longer
+        archive_days=(args.archive_days or settings.archive_days
+                      or max(730.0, args.retention_days or settings.retention_days or 30.0)),
         publish_samples=raw_samples, location=args.location or settings.location)
 
     async def main() -> None:
@@ -405,6 +413,7 @@ COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate,
             "provision": cmd_provision, "flash": cmd_flash, "devices": cmd_devices, "pair": cmd_pair,
             "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
             "models": models_cli.cmd_models}
+COMMANDS.update(report=report_cli.cmd_report, export=report_cli.cmd_export)
 
 
 def _apply_config(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ in the file are relative to the file's directory.
     db = "/var/lib/dermtwin/gateway.sqlite3"
     models_dir = "/opt/dermtwin/models"   # optional: the bundled reference models
     retention_days = 30
+    archive_days = 730               # 15-minute summaries of pruned samples
     max_connections = 5
     raw_samples = true               # publish {subject}/samples
 
@@ -75,6 +76,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "db": ("path", "the gateway's SQLite database"),
         "models_dir": ("path", "directory of ONNX models"),
         "retention_days": (float, "days raw samples are kept"),
+        "archive_days": (float, "days the 15-minute summaries of pruned samples are kept"),
         "max_connections": (int, "BLE connection slots on the adapter"),
         "raw_samples": (bool, "publish raw samples on {subject}/samples"),
         "location": ("location", "the gateway's \"LAT,LON\" in degrees (UV forecast)"),
@@ -95,7 +97,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
 # Every option of `dermtwin run` (argparse dest) and the key that sets it in the file.
 RUN_OPTION_KEYS = {
     "db": "[gateway] db", "gateway_id": "[gateway] id", "models_dir": "[gateway] models_dir",
-    "retention_days": "[gateway] retention_days",
+    "retention_days": "[gateway] retention_days", "archive_days": "[gateway] archive_days",
     "max_connections": "[gateway] max_connections", "no_raw_samples": "[gateway] raw_samples",
     "location": "[gateway] location",
     "hci": "[ble] hci", "broker": "[mqtt] broker", "username": "[mqtt] username",
@@ -115,6 +117,7 @@ class GatewaySettings:
     db: Path | None = None
     models_dir: Path | None = None
     retention_days: float | None = None
+    archive_days: float | None = None
     max_connections: int | None = None
     raw_samples: bool | None = None
     location: tuple[float, float] | None = None

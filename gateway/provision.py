@@ -19,6 +19,7 @@ connection).
 from __future__ import annotations
 
 import importlib.util
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -50,8 +51,9 @@ SOURCE_EXCLUDED_DIRS = frozenset({"host", "tests", "__pycache__"})
 # Chip emulators serve boards without the chips (the virtual board, a test bench): a patch
 # does not carry them unless asked (flash(..., with_emulators=True)).
 EMULATOR_DIR = "emulators"
-# micropython-lib's aioble, vendored (third_party/aioble/README.md): flashed with the firmware.
-AIOBLE_SOURCE_DIR = Path("third_party") / "aioble"
+# micropython-lib's aioble for `flash --source`: the directory holding its aioble/ package
+# (as for `make firmware AIOBLE_DIR=...`); without it the board must have aioble already.
+AIOBLE_DIR_ENV = "AIOBLE_DIR"
 MPY_MAGIC = ord("M")
 MPY_HEADER_BYTES = 4
 MPY_ARCH_SHIFT = 2  # .mpy header byte 2: arch << 2 | sub-version (py/persistentcode.h)
@@ -401,9 +403,11 @@ def _firmware_files(build_dir: str | Path | None, source: bool) -> list[tuple[Pa
                 relative = path.relative_to(root)
                 if SOURCE_EXCLUDED_DIRS.isdisjoint(relative.parts[1:-1]):
                     files.append((path, f"{BOARD_LIB_DIR}/{relative.as_posix()}"))
-        aioble = root / AIOBLE_SOURCE_DIR
-        for path in sorted(aioble.glob("aioble/*.py")):
-            files.append((path, f"{BOARD_LIB_DIR}/{path.relative_to(aioble).as_posix()}"))
+        aioble_dir = os.environ.get(AIOBLE_DIR_ENV)
+        if aioble_dir:
+            aioble = Path(aioble_dir)
+            for path in sorted(aioble.glob("aioble/*.py")):
+                files.append((path, f"{BOARD_LIB_DIR}/{path.relative_to(aioble).as_posix()}"))
         return files
     if build_dir is None:
         raise FlashError("no build directory given (or flash the sources with --source)")
@@ -551,7 +555,8 @@ def flash(port: str | RawRepl, build_dir: str | Path | None = None, *, source: b
 
 AIOBLE_MISSING = (
     "aioble is not on the board, and the patch cannot advertise without it: flash a build "
-    "from `make firmware` (it bundles aioble), or build a MicroPython image with the "
+    "from `make firmware AIOBLE_DIR=DIR` (it bundles micropython-lib's aioble from DIR), run "
+    "`mpremote mip install aioble` once with a network, or build a MicroPython image with the "
     "firmware frozen in (build/firmware/manifest.py, see docs/firmware.md)")
 
 

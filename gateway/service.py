@@ -28,6 +28,7 @@ from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
 from gateway.patch_link import PatchLink
 from gateway.remote_requests import RemoteRequests
+from gateway.report.archive import archive_and_prune
 from gateway.twin import TwinEngine
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class GatewayConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     will_delay_s: int = 10
     retention_days: float = 30.0
+    archive_days: float = 730.0    # 15-minute summaries of pruned samples (gateway/report/archive.py)
     publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
     # (latitude, longitude) of the gateway, degrees: enables the UV forecast (twin.py)
     location: tuple[float, float] | None = None
@@ -75,6 +77,9 @@ class GatewayConfig:
             raise ValueError(f"max_connections {self.max_connections}: must be 1..20")
         if self.retention_days <= 0:
             raise ValueError(f"retention_days {self.retention_days}: must be positive")
+        if self.archive_days < self.retention_days:
+            raise ValueError(f"archive_days {self.archive_days}: must be at least retention_days"
+                             f" ({self.retention_days})")
 
 
 @dataclass
@@ -243,11 +248,17 @@ class Gateway:
 
     async def _prune(self) -> None:
         while True:
-            cutoff = now_ms() - int(self.config.retention_days * 86_400_000)
-            removed = self.store.prune_samples(cutoff)
-            if removed:
-                log.info("retention: removed %d samples older than %.0f days", removed,
-                         self.config.retention_days)
+            now = now_ms()
+            try:
+                pruned = archive_and_prune(
+                    self.store, now - int(self.config.retention_days * 86_400_000),
+                    now - int(self.config.archive_days * 86_400_000))
+            except store_mod.StoreError as e:   # (disk full) nothing lost: retried next time
+                log.error("retention: archiving old samples failed, kept them: %s", e)
+            else:
+                if pruned.samples_deleted:
+                    log.info("retention: archived and removed %d samples older than %.0f days",
+                             pruned.samples_deleted, self.config.retention_days)
             await asyncio.sleep(PRUNE_EVERY_S)
 
     # -- run ---------------------------------------------------------------------------

@@ -142,8 +142,15 @@ def test_key_file_forms(tmp_path):
 def firmware_build(tmp_path_factory) -> Path:
     """A fresh mpy-cross build (tools/build_firmware.py), as the technician makes it."""
     out = tmp_path_factory.mktemp("build") / "firmware"
+    # micropython-lib's aioble comes from a local directory at build time; dermtwin ships no
+    # aioble source, so this stands in with two tiny modules of our own.
+    aioble_root = tmp_path_factory.mktemp("aioble-src")
+    (aioble_root / "aioble").mkdir()
+    (aioble_root / "aioble" / "__init__.py").write_text("from .core import log_info\n")
+    (aioble_root / "aioble" / "core.py").write_text("def log_info(*args):\n    pass\n")
     completed = subprocess.run(
-        [sys.executable, str(REPO_DIR / "tools" / "build_firmware.py"), "--out", str(out)],
+        [sys.executable, str(REPO_DIR / "tools" / "build_firmware.py"), "--out", str(out),
+         "--aioble", str(aioble_root)],
         capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     return out
@@ -217,16 +224,21 @@ def test_flash_refuses_over_unsent_samples_in_the_old_log_format(board):
 
 
 @pytest.mark.virtual_only
-def test_flash_installs_aioble_with_the_firmware(board, firmware_build, tmp_path):
-    """No network at the clinic: the build carries micropython-lib's aioble (vendored)."""
+def test_flash_installs_aioble_with_the_firmware(board, firmware_build, tmp_path, monkeypatch):
+    """No network at the clinic: the build carries the aioble it was given at build time."""
     result = flash(board, firmware_build)
     assert result.aioble_on_board is True
-    for module in ("__init__", "core", "device", "peripheral", "server", "security"):
+    for module in ("__init__", "core"):
         assert f"/lib/aioble/{module}.mpy" in result.board_paths
         assert board.exists(f"/lib/aioble/{module}.mpy")   # size and SHA-256 checked by flash
+    source_aioble = tmp_path / "aioble-src"
+    (source_aioble / "aioble").mkdir(parents=True)
+    (source_aioble / "aioble" / "__init__.py").write_text("from .server import x\n")
+    (source_aioble / "aioble" / "server.py").write_text("x = 1\n")
+    monkeypatch.setenv("AIOBLE_DIR", str(source_aioble))
     sources = flash(board, source=True)
     assert "/lib/aioble/server.py" in sources.board_paths and sources.aioble_on_board
-    assert not board.exists("/lib/aioble/server.mpy")        # the package was replaced
+    assert not board.exists("/lib/aioble/core.mpy")          # the package was replaced
     # a build without it (an older build dir) is reported
     old = tmp_path / "old"
     shutil.copytree(firmware_build, old)

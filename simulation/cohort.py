@@ -267,11 +267,11 @@ def write_cohort(cohort: list[Subject], days: int, seed: int, out: Path,
     import pyarrow.parquet as pq
 
     out.mkdir(parents=True, exist_ok=True)
-    subject_rows = {k: [] for k in ("subject", "split", "skin_type", "med_sed", "latitude_deg",
+    subject_rows: dict[str, list] = {k: [] for k in ("subject", "split", "skin_type", "med_sed", "latitude_deg",
                                     "longitude_deg", "day_of_year", "season",
                                     "skin_baseline_c", "hydration_baseline_au",
                                     "extra_circadian_c")}
-    episode_rows = {k: [] for k in ("subject", "kind", "start_s", "end_s", "magnitude",
+    episode_rows: dict[str, list] = {k: [] for k in ("subject", "kind", "start_s", "end_s", "magnitude",
                                     "positive")}
     sample_tables = []
     for n, subject in enumerate(cohort):

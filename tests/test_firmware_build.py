@@ -37,13 +37,9 @@ def test_every_device_file_compiles_and_the_manifest_freezes_them(tmp_path):
     assert done.returncode == 0, done.stderr
     sources = device_sources()
     mpy = sorted((tmp_path / "fw" / "lib").rglob("*.mpy"))
-    ours = [p for p in mpy if "aioble" not in p.parts]
-    assert len(ours) == len(sources) and f"compiled {len(sources)} files" in done.stdout
-    assert not any("host" in p.parts for p in mpy)
-    # micropython-lib's aioble (third_party/aioble) rides along: flashing needs no network
-    assert sorted(p.name for p in mpy if "aioble" in p.parts) == [
-        "__init__.mpy", "core.mpy", "device.mpy", "peripheral.mpy", "security.mpy",
-        "server.mpy"]
+    assert len(mpy) == len(sources) and f"compiled {len(sources)} files" in done.stdout
+    assert not any("host" in p.parts or "aioble" in p.parts for p in mpy)
+    assert "aioble not bundled" in done.stdout                 # said, with the way to fix it
 
     calls = run_manifest(tmp_path / "fw" / "manifest.py")
     assert calls["include"] == ["$(BOARD_DIR)/manifest.py"]   # the board's own frozen modules
@@ -69,3 +65,30 @@ def test_a_file_mpy_cross_rejects_fails_the_build_naming_it(tmp_path, monkeypatc
     monkeypatch.setattr(build_firmware, "REPO", tmp_path)
     error = build_firmware.compile_one(bad, tmp_path / "out")
     assert error is not None and error.startswith("firmware/broken.py:")
+
+
+def stand_in_aioble(root: Path) -> Path:
+    """A directory laid out as micropython-lib's micropython/bluetooth/aioble (our own two
+    tiny modules: dermtwin ships no aioble source)."""
+    package = root / "aioble"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from .core import log_info\n")
+    (package / "core.py").write_text("def log_info(*args):\n    pass\n")
+    (root / "manifest.py").write_text("package('aioble')\n")     # not compiled: not in aioble/
+    return root
+
+
+def test_aioble_from_a_local_directory_is_bundled_so_flash_needs_no_network(tmp_path):
+    aioble_root = stand_in_aioble(tmp_path / "micropython-lib-aioble")
+    out = tmp_path / "fw"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "build_firmware.py"), "--out",
+                           str(out), "--aioble", str(aioble_root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (out / "lib" / "aioble").glob("*.mpy")) == [
+        "__init__.mpy", "core.mpy"]
+    assert "and aioble (2 files)" in done.stdout and "not bundled" not in done.stdout
+    wrong = subprocess.run([sys.executable, str(REPO / "tools" / "build_firmware.py"), "--out",
+                            str(tmp_path / "fw2"), "--aioble", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "no aioble/__init__.py there" in wrong.stderr

@@ -79,6 +79,8 @@ def test_gateway_killed_ten_times_loses_and_duplicates_nothing(tmp_path):
             stored_before_kill.append(conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
             conn.close()
         os.kill(sim.pid, signal.SIGUSR1)     # stop sampling: the logs can now drain to empty
+        # (a gateway killed before it got going never counted a session: count from here)
+        sessions_before = gateway_sessions(db)
         gateway = start_gateway(db, broker, port, gw_log)
         status = wait_until(
             lambda: (s := read_json(work / "patches.json")) and not any(
@@ -86,7 +88,8 @@ def test_gateway_killed_ten_times_loses_and_duplicates_nothing(tmp_path):
                 p["unacked"] == 0 for p in s.values()) and s, 90, "every patch log to drain")
         # The drain may have finished before this gateway was fully up: let it start (its
         # session counter is written at start) before asking it to stop cleanly.
-        wait_until(lambda: gateway_sessions(db) == KILLS + 1, 30, "the last gateway to start")
+        wait_until(lambda: gateway_sessions(db) == sessions_before + 1, 30,
+                   "the last gateway to start")
         time.sleep(1.0)
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(20) == 0, gw_log.read_text()[-3000:]

@@ -4,9 +4,11 @@ Output layout mirrors the patch's flash: build/firmware/main.py (the entry point
 source because MicroPython only runs main.py) and build/firmware/lib/<package>/<module>.mpy.
 CPython-only stand-ins (simulation/) and tests are left out.
 
-aioble (micropython-lib's BLE library, vendored in third_party/aioble) is compiled into
-build/firmware/lib/aioble/ too, so `dermtwin flash` installs everything the patch needs
-without a network.
+With `--aioble DIR` (or AIOBLE_DIR=DIR; DIR holds micropython-lib's `aioble/` package, i.e.
+`micropython-lib/micropython/bluetooth/aioble` from a checkout or an unpacked release made
+once on the build machine), aioble is compiled into build/firmware/lib/aioble/ too, so
+`dermtwin flash` installs everything the patch needs without a network at the clinic.
+dermtwin does not ship aioble's source: it is micropython-lib's, fetched by whoever builds.
 
 It also writes build/firmware/manifest.py, a MicroPython freeze manifest of the same device
 files plus aioble from micropython-lib, for a custom image whose code runs from flash
@@ -16,6 +18,7 @@ files plus aioble from micropython-lib, for a custom image whose code runs from 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +26,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_PACKAGES = ("firmware", "sensor_drivers")
-AIOBLE_ROOT = REPO / "third_party" / "aioble"   # holds the aioble/ package
 EXCLUDED_DIRS = {"host", "tests", "__pycache__"}
 
 
@@ -36,8 +38,17 @@ def device_sources() -> list[Path]:
     return sources
 
 
-def aioble_sources() -> list[Path]:
-    return sorted((AIOBLE_ROOT / "aioble").glob("*.py"))
+def aioble_sources(aioble_root: Path) -> list[Path]:
+    """The package's modules under `aioble_root`/aioble/ (no tests, no examples)."""
+    return sorted((aioble_root / "aioble").glob("*.py"))
+
+
+def check_aioble_root(aioble_root: Path) -> str | None:
+    if not (aioble_root / "aioble" / "__init__.py").is_file():
+        return (f"--aioble {aioble_root}: no aioble/__init__.py there; give the directory that "
+                "holds micropython-lib's aioble package (micropython-lib/micropython/bluetooth/"
+                "aioble)")
+    return None
 
 
 def compile_one(source: Path, out_root: Path, base: Path | None = None) -> str | None:
@@ -74,20 +85,32 @@ def freeze_manifest(sources: list[Path]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "build" / "firmware")
+    parser.add_argument("--aioble", type=Path, metavar="DIR",
+                        default=Path(os.environ["AIOBLE_DIR"]) if os.environ.get("AIOBLE_DIR")
+                        else None,
+                        help="bundle micropython-lib's aioble from DIR/aioble (AIOBLE_DIR)")
     args = parser.parse_args(argv)
+    if args.aioble is not None and (problem := check_aioble_root(args.aioble)):
+        print(problem, file=sys.stderr)
+        return 2
     if args.out.exists():
         shutil.rmtree(args.out)
     sources = device_sources()
     errors = [e for e in (compile_one(s, args.out) for s in sources) if e]
-    errors += [e for e in (compile_one(s, args.out, AIOBLE_ROOT) for s in aioble_sources()) if e]
+    bundled = aioble_sources(args.aioble) if args.aioble is not None else []
+    errors += [e for e in (compile_one(s, args.out, args.aioble) for s in bundled) if e]
     shutil.copy(REPO / "firmware" / "main.py", args.out / "main.py")
     (args.out / "manifest.py").write_text(freeze_manifest(sources))
     total = sum(p.stat().st_size for p in (args.out / "lib").rglob("*.mpy"))
     if errors:
         print("mpy-cross rejected:", *errors, sep="\n  ", file=sys.stderr)
         return 1
-    print(f"compiled {len(sources)} files and aioble ({len(aioble_sources())} files) with "
-          f"mpy-cross into {args.out} ({total} bytes of .mpy)")
+    print(f"compiled {len(sources)} files" + (f" and aioble ({len(bundled)} files)" if bundled
+          else "") + f" with mpy-cross into {args.out} ({total} bytes of .mpy)")
+    if not bundled:
+        print("aioble not bundled: the board needs it already (a MicroPython image with aioble "
+              "frozen in, or `mpremote mip install aioble` once with a network), or rebuild with "
+              "--aioble DIR / AIOBLE_DIR=DIR (docs/firmware.md)")
     return 0
 
 

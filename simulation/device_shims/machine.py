@@ -9,6 +9,8 @@ bus that was attached when they built their I2C. Sleep modes are no-ops;
 
 from __future__ import annotations
 
+from typing import Any
+
 # reset_cause() values, as the ESP32 port numbers them.
 PWRON_RESET = 1
 HARD_RESET = 2
@@ -19,8 +21,8 @@ SOFT_RESET = 5
 DEFAULT_CPU_FREQ_HZ = 240_000_000
 DEFAULT_UNIQUE_ID = bytes.fromhex("d7e1a0000001")
 
-_i2c_buses: dict[int, object] = {}
-_state = {
+_i2c_buses: dict[int, Any] = {}  # register-level emulator buses (sensor_drivers.emulators)
+_state: dict[str, Any] = {
     "unique_id": DEFAULT_UNIQUE_ID,
     "reset_cause": PWRON_RESET,
     "cpu_freq_hz": DEFAULT_CPU_FREQ_HZ,
