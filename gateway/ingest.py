@@ -141,7 +141,8 @@ class Ingest:
         its REPLAY starts again at or before the first failed seq. Committing them would
         move the device's watermark past samples that were never stored (acknowledgements
         and REPLAY go by the watermark): they are replayed instead."""
-        kept, dropped = [], []
+        kept: list[tuple[Any, SampleBatch]] = []
+        dropped: list[tuple[Any, SampleBatch]] = []
         for link, batch in waiting:
             first_failed = self._failed_from.get(batch.device_id)
             if first_failed is not None and len(batch) and int(batch.seq[0]) <= first_failed:
