@@ -30,13 +30,13 @@ def x_of(factor: float) -> float:
 
 
 def render(figures: dict[str, dict], title: str) -> str:
-    height = PAD_PX * 4 + ROW_PX * (len(figures) + 1)
+    height = PAD_PX * 6 + ROW_PX * (len(figures) + 1)
     width = LABEL_PX + PLOT_PX + 90
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            'font-family="sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<text x="{PAD_PX}" y="{PAD_PX + 10}" font-weight="bold">{escape(title)}</text>']
-    top = PAD_PX * 3
+    top = PAD_PX * 4 + 6
     for d in range(DECADES[0], DECADES[1] + 1):
         x = x_of(10.0 ** d)
         out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - PAD_PX}" '
