@@ -38,13 +38,15 @@ def backlog_samples() -> list[tuple[int, int, int]]:
 def frames_for(samples) -> list[bytes]:
     frames, seq, i = [], 0, 0
     while i < len(samples):
-        n = 90   # about what fits in 244 bytes at these deltas; shrink until it fits
+        # As many samples as fit, as the firmware's encoder packs them: shrink from more
+        # than can fit (records are at least 2 bytes) until the frame fits.
+        n = (FRAME_BYTES - 20) // 2
         while True:
             chunk = samples[i:i + n]
             frame = encode_frame(KEY, 1, seq, chunk[0][1], chunk)
             if len(frame) <= FRAME_BYTES:
                 break
-            n -= 5
+            n -= max(1, (len(frame) - FRAME_BYTES) // 2)
         frames.append(frame)
         seq += len(chunk)
         i += len(chunk)

@@ -34,7 +34,13 @@ from gateway.values import LostSamples, SampleBatch
 
 log = logging.getLogger(__name__)
 
-CYCLE_S = 0.1
+# When a cycle runs (docs/performance.md, "Latency"): a live batch starts one at once, with
+# whatever else has arrived by then; a backlog drain (only historical batches waiting)
+# runs at most once per DRAIN_GATHER_S (its first batch at once) and gathers up to
+# DRAIN_BATCH_SAMPLES, so that one transaction, twin step and outbox write serve thousands
+# of samples rather than one frame's worth.
+DRAIN_GATHER_S = 0.1
+DRAIN_BATCH_SAMPLES = 20_000
 IDLE_STEP_S = 1.0
 CHANNEL_PROPERTIES = tuple(prop for _, prop in CHANNEL_SCALE.values())
 
@@ -81,10 +87,16 @@ class Ingest:
         self.on_alarm_change = on_alarm_change
         self.stats = IngestStats()
         self._waiting: list[tuple[Any, SampleBatch]] = []
+        self._waiting_samples = 0
+        self._live_waiting = False
+        self._last_cycle_s = float("-inf")
+        self._failed_from: dict[str, int] = {}   # device → first seq of a failed commit
         self._wake = asyncio.Event()
 
     def submit(self, link: Any, batch: SampleBatch) -> None:
         self._waiting.append((link, batch))
+        self._waiting_samples += len(batch)
+        self._live_waiting = self._live_waiting or not batch.historical
         self._wake.set()
 
     def put(self, row: Topic, subject: str, payload: dict) -> None:
@@ -146,8 +158,27 @@ class Ingest:
                 self.put(topics.ALERT, subject, data_loss_alert(gap, now_ms))
                 self.stats.alerts += 1
 
+    def _after_failure(self, waiting: list[tuple[Any, SampleBatch]]
+                       ) -> list[tuple[Any, SampleBatch]]:
+        """Drop the batches a session sent on after a failed commit of its device, until
+        its REPLAY starts again at or before the first failed seq. Committing them would
+        move the device's watermark past samples that were never stored (acknowledgements
+        and REPLAY go by the watermark): they are replayed instead."""
+        kept: list[tuple[Any, SampleBatch]] = []
+        dropped: list[tuple[Any, SampleBatch]] = []
+        for link, batch in waiting:
+            first_failed = self._failed_from.get(batch.device_id)
+            if first_failed is not None and len(batch) and int(batch.seq[0]) <= first_failed:
+                del self._failed_from[batch.device_id]   # the replay has come back
+                first_failed = None
+            (kept if first_failed is None else dropped).append((link, batch))
+        for link in {id(link): link for link, _ in dropped}.values():
+            link.on_commit_failed("an earlier batch of this patch was not stored")
+        return kept
+
     def cycle(self, now_ms: int) -> None:
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._after_failure(self._waiting), []
+        self._waiting_samples, self._live_waiting = 0, False
         batches = [batch for _, batch in waiting]
         changes_before = self.store.conn.total_changes
         try:
@@ -198,11 +229,22 @@ class Ingest:
         self.on_outbox_written()
 
     def _fail_waiting(self, waiting: list[tuple[Any, SampleBatch]], reason: str) -> None:
-        """Nothing of this cycle is durable: every session it concerned closes and replays."""
+        """Nothing of this cycle is durable: every session it concerned closes and replays, and
+        each device's later batches are held back until its replay reaches the first seq that
+        failed (a later frame committed first would move the watermark past a hole)."""
+        for _, batch in waiting:
+            if len(batch):
+                first = min(int(batch.seq[0]), self._failed_from.get(batch.device_id,
+                                                                     int(batch.seq[0])))
+                self._failed_from[batch.device_id] = first
         for link in {id(link): link for link, _ in waiting}.values():
             link.on_commit_failed(reason)
 
+    def _gathered(self) -> bool:
+        return self._live_waiting or self._waiting_samples >= DRAIN_BATCH_SAMPLES
+
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 # Not asyncio.wait_for: on Python 3.11 it loses a cancel that arrives as the
@@ -212,5 +254,18 @@ class Ingest:
             except TimeoutError:
                 pass
             self._wake.clear()
-            await asyncio.sleep(CYCLE_S)  # let more batches gather into this transaction
+            # A backlog drain gathers, but its first batch (nothing committed for a while)
+            # goes at once: the drain starts as soon as the patch sends.
+            deadline = self._last_cycle_s + DRAIN_GATHER_S
+            if self._waiting and not self._gathered() and deadline > loop.time():
+                while not self._gathered() and (left := deadline - loop.time()) > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), left)
+                    except TimeoutError:
+                        break
+                    self._wake.clear()
+            else:
+                await asyncio.sleep(0)   # frames already delivered join this cycle
+            if self._waiting:
+                self._last_cycle_s = loop.time()
             self.cycle(now_ms())

@@ -167,7 +167,7 @@ class PatchLink:
             return self.last_close
         self.connect_failures = 0
         self.connects += 1
-        log.info("%s: connected", self.device.device_id)
+        log.info("%s: connected (MTU %d)", self.device.device_id, client.mtu_size)
         anchors = self.store.anchors(self.device.device_id) if self.store else None
         session = PatchSession(self.device.device_id, self.device.key,
                                self.committed_seq(self.device.device_id), anchors,

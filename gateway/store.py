@@ -256,7 +256,9 @@ class Store:
         Returns the number of new rows."""
         inserted = 0
         for batch in batches:
-            utc = [None if u < 0 else int(u) for u in batch.utc_ms.tolist()]
+            utc = batch.utc_ms.tolist()   # Python ints; -1 (time not known) stored as NULL
+            if len(batch) and batch.utc_ms.min() < 0:
+                utc = [None if u < 0 else u for u in utc]
             rows = zip(
                 [batch.device_id] * len(batch), batch.seq.tolist(),
                 [batch.boot_id] * len(batch), batch.tick.tolist(), utc,

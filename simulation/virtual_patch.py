@@ -29,6 +29,19 @@ from sensor_drivers.environment_model import PatchEnvironment, attach_patch_chip
 DEFAULT_MODEL_START_S = 10 * 3600
 
 
+def _backlog_cycle() -> list[tuple[int, int]]:
+    """(channel, raw value) of the samples of 5 minutes at the default rates, in time order:
+    skin temperature every 10 s (33.6 degC), UV every 5 s, hydration every 60 s, battery
+    every 300 s (raw units: protocol.md's channel table)."""
+    rates = ((0, 10, 4300), (1, 5, 0), (2, 60, 250_000), (3, 300, 25_600))
+    events = sorted((t, channel, value) for channel, period_s, value in rates
+                    for t in range(0, 300, period_s))
+    return [(channel, value) for _, channel, value in events]
+
+
+BACKLOG_CYCLE = _backlog_cycle()
+
+
 def monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
@@ -119,8 +132,10 @@ class VirtualPatch:
             raise RuntimeError(f"virtual patch {self.name} is not started (call start() first)")
         return self.patch
 
-    def preload_backlog(self, count: int, channel: int = 0, value: int = 4300) -> None:
-        """Samples taken while no gateway was in range (a backlog for the next connection)."""
+    def preload_backlog(self, count: int) -> None:
+        """Samples taken while no gateway was in range (a backlog for the next connection),
+        in the default rates' proportions (design.md §1: per 5 minutes 30 skin temperature,
+        60 UV, 5 hydration and 1 battery samples), as a real backlog holds them."""
         patch = self._started()
         log = patch.log
         # Ticks only grow within a boot: spread the backlog between this boot's last sample
@@ -129,6 +144,7 @@ class VirtualPatch:
         start = log.tick(last) if log.boot(last) == patch.boot_state.boot_id else 0
         span = patch.clock.now() - start
         for i in range(count):
+            channel, value = BACKLOG_CYCLE[i % len(BACKLOG_CYCLE)]
             log.append(channel, start + span * i // count, value + i % 64)
 
     def stop_sampling(self) -> None:

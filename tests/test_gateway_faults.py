@@ -11,6 +11,7 @@ import pytest
 from gateway_harness import GatewayRig, wait_for
 
 from gateway.store import DatabaseCorrupt
+from simulation.demo import DEMO_PATCH_CONFIG, DEMO_TIME_SCALE
 
 STATE = "dermtwin/v1/rig/state"
 
@@ -117,7 +118,9 @@ async def test_damage_found_while_running_ends_the_run_with_database_corrupt(tmp
 
 async def test_restarted_gateway_continues_each_twin_rev_at_last_plus_one(tmp_path,
                                                                             mqtt_collector):
-    async with GatewayRig(tmp_path, patches=1) as rig:
+    # the demo's pace: deltas come often enough with the sensor-accuracy deadbands
+    async with GatewayRig(tmp_path, patches=1, time_scale=DEMO_TIME_SCALE,
+                          patch_config={**DEMO_PATCH_CONFIG, 6: 1}) as rig:
         collector = mqtt_collector(rig.broker, "dermtwin/v1/rig/+/delta")
 
         def revs():

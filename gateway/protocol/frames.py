@@ -179,6 +179,21 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
         head = data[i]
         i += 1
         dt = head & 0x3F
+        if dt != DT_ESCAPE and i < end and data[i] < 0x80:
+            # The common record: a 6-bit dt and a one-byte value delta.
+            u = data[i]
+            i += 1
+            channel = head >> 6
+            value = prev[channel] + ((u >> 1) ^ -(u & 1))
+            prev[channel] = value
+            tick += dt
+            if bad_value_at < 0 and (not _CH_LO[channel] <= value <= _CH_HI[channel]
+                                     or tick > _U32_MAX):
+                bad_value_at = len(channels)
+            channels.append(channel)
+            ticks.append(tick)
+            values.append(value)
+            continue
         varints = 2 if dt == DT_ESCAPE else 1
         for k in range(varints):
             u = 0

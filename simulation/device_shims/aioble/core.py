@@ -24,9 +24,14 @@ if TYPE_CHECKING:
 
     from .device import DeviceConnection
 
-# NimBLE on ESP32 returns BLE_HS_ENOMEM once its mbuf pool is exhausted; the
-# number of notifications in flight before that depends on the pool size.
-DEFAULT_NOTIFY_IN_FLIGHT_LIMIT = 8
+# NimBLE on ESP32 returns BLE_HS_ENOMEM once its mbuf pool is exhausted; the number of
+# notifications in flight before that is the pool's block count: NimBLE's default
+# MSYS_1_BLOCK_COUNT is 12 blocks of 292 bytes, one full 244-byte frame each (nimconfig.h /
+# esp_nimble_cfg.h of NimBLE-Arduino; ESP-IDF's Kconfig has the same default). The Pico W's
+# BTstack keeps 3 (MAX_NR_CONTROLLER_ACL_BUFFERS in pico-examples' btstack_config.h: more
+# overruns the CYW43 shared bus); bind_device(notify_in_flight_limit=3) emulates it.
+DEFAULT_NOTIFY_IN_FLIGHT_LIMIT = 12
+PICO_W_NOTIFY_IN_FLIGHT_LIMIT = 3
 # MicroPython's NimBLE port prefers an ATT MTU of 256 (extmod/nimble syscfg).
 DEFAULT_PREFERRED_ATT_MTU = 256
 
