@@ -413,7 +413,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         archive_days=(args.archive_days or settings.archive_days
                       or max(730.0, args.retention_days or settings.retention_days or 30.0)),
         publish_samples=raw_samples, location=args.location or settings.location,
-        homeassistant_prefix=args.homeassistant)
+        homeassistant_prefix=args.homeassistant or settings.homeassistant)
 
     async def main() -> None:
         import signal

@@ -80,6 +80,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "max_connections": (int, "BLE connection slots on the adapter"),
         "raw_samples": (bool, "publish raw samples on {subject}/samples"),
         "location": ("location", "the gateway's \"LAT,LON\" in degrees (UV forecast)"),
+        "homeassistant": (str, "Home Assistant MQTT discovery under this prefix (e.g. "
+                               "\"homeassistant\"); unset: off"),
     },
     "ble": {
         "hci": (str, "a Bumble HCI transport (usb:0, serial:/dev/ttyUSB0, tcp-client:H:P)"),
@@ -100,7 +102,7 @@ RUN_OPTION_KEYS = {
     "db": "[gateway] db", "gateway_id": "[gateway] id", "models_dir": "[gateway] models_dir",
     "retention_days": "[gateway] retention_days", "archive_days": "[gateway] archive_days",
     "max_connections": "[gateway] max_connections", "no_raw_samples": "[gateway] raw_samples",
-    "location": "[gateway] location",
+    "location": "[gateway] location", "homeassistant": "[gateway] homeassistant",
     "hci": "[ble] hci", "broker": "[mqtt] broker", "username": "[mqtt] username",
     "password_env": "[mqtt] password_env", "ca_file": "[mqtt] ca_file",
     "cert_file": "[mqtt] cert_file", "key_file": "[mqtt] key_file",
@@ -123,6 +125,7 @@ class GatewaySettings:
     max_connections: int | None = None
     raw_samples: bool | None = None
     location: tuple[float, float] | None = None
+    homeassistant: str | None = None
     hci: str | None = None
     broker: str | None = None
     username: str | None = None

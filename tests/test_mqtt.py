@@ -16,6 +16,7 @@ import pytest
 from mqtt_fixtures import ReceivedMessage, wait_until
 from mqtt_proxy import PubackHoldingProxy
 
+from gateway import samples_message
 from gateway.mqtt.config import MqttConfig, MqttConfigError
 from gateway.mqtt.publisher import MqttPublisher
 from gateway.outbox import Outbox
@@ -650,31 +651,27 @@ def test_the_same_publisher_can_stop_and_start_again(mqtt_broker, mqtt_collector
 
 
 def samples_rows(topic: str, batches: int, per_batch: int) -> list[tuple[str, bytes]]:
-    """`{subject}/samples` payloads (docs/mqtt.md) of `per_batch` samples each."""
+    """`{subject}/samples` payloads (docs/mqtt.md, columnar) of `per_batch` samples each:
+    temperature and UV alternating, values that do not compress to a repeated difference."""
     rows = []
     for b in range(batches):
         seqs = list(range(b * per_batch, (b + 1) * per_batch))
-        doc = {"schema": 1, "boot": 3, "historical": True, "samples": {
-            "skin_temp_c": {"seq": seqs[::2], "t": [1764262800000 + 10_000 * s for s in seqs[::2]],
-                            "v": [33.0 + (s % 50) / 128 for s in seqs[::2]]},
-            "uv_index": {"seq": seqs[1::2], "t": [1764262800000 + 5_000 * s for s in seqs[1::2]],
-                         "v": [round((s % 40) * 0.05, 3) for s in seqs[1::2]]}}}
+        doc = samples_message.encode(
+            3, seqs, [1764262800000 + 5_000 * s + (s * s) % 89 for s in seqs],
+            [s % 2 for s in seqs], [(s * 7919) % 100_003 for s in seqs], historical=True)
         rows.append((topic, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()))
     return rows
 
 
 def received_seqs(collector, topic: str) -> list[int]:
-    seqs = []
-    for payload in collector.payloads(topic):
-        for columns in json.loads(payload)["samples"].values():
-            seqs.extend(columns["seq"])
-    return seqs
+    return [sample.seq for payload in collector.payloads(topic)
+            for sample in samples_message.decode(json.loads(payload))]
 
 
 def all_samples(topic: str, count: int):
     return lambda ms: set(range(count)) <= {
-        s for m in ms if m.topic == topic
-        for columns in json.loads(m.payload)["samples"].values() for s in columns["seq"]}
+        sample.seq for m in ms if m.topic == topic
+        for sample in samples_message.decode(json.loads(m.payload))}
 
 
 @pytest.mark.parametrize("configured_limit", [None, 2000])
@@ -689,7 +686,7 @@ def test_samples_over_the_brokers_message_size_limit_arrive_split_without_a_reco
     with LocalBroker(data_dir=tmp_path / "broker", extra_config=extra) as broker:
         topic = "dermtwin/v1/gw1/s1/samples"
         collector = mqtt_collector(broker, "dermtwin/#")
-        rows = samples_rows(topic, 40, 150)
+        rows = samples_rows(topic, 40, 250)
         sizes = [len(p) for _, p in rows]
         assert min(sizes) > 2000 and max(sizes) < 8000
         deltas = sample_messages("dermtwin/v1/gw1/s1/delta", 0, 40)
@@ -697,7 +694,7 @@ def test_samples_over_the_brokers_message_size_limit_arrive_split_without_a_reco
         publisher = make_publisher(broker.url, db_path, max_payload_bytes=configured_limit)
         publisher.start_sync()
         try:
-            collector.wait_for(all_samples(topic, 40 * 150), timeout=20, what="every sample")
+            collector.wait_for(all_samples(topic, 40 * 250), timeout=20, what="every sample")
             collector.wait_for(has_all(deltas), what="the deltas between the batches")
             wait_until(lambda: publisher.pending == 0, what="outbox drained")
             assert publisher.failed == 0 and publisher.parked_count == 0
@@ -712,7 +709,7 @@ def test_samples_over_the_brokers_message_size_limit_arrive_split_without_a_reco
         finally:
             publisher.stop_sync()
         assert all(len(p) <= 2000 for p in collector.payloads(topic))
-        assert sorted(set(received_seqs(collector, topic))) == list(range(40 * 150))
+        assert sorted(set(received_seqs(collector, topic))) == list(range(40 * 250))
         assert "oversize" not in broker.log_tail(200) or configured_limit is None
 
 
@@ -962,8 +959,7 @@ async def test_gateway_draining_a_backlog_through_a_broker_size_limit_delivers_e
 
         def delivered_everything() -> bool:
             stored = set(gateway.store.sample_seqs(device_id))
-            got = {s for p in collector.payloads(f"dermtwin/v1/rig/{subject}/samples")
-                   for columns in json.loads(p)["samples"].values() for s in columns["seq"]}
+            got = set(received_seqs(collector, f"dermtwin/v1/rig/{subject}/samples"))
             return stored <= got
 
         await wait_for(delivered_everything, 60, "every stored sample at the subscriber")
