@@ -41,6 +41,7 @@ from paho.mqtt.properties import Properties
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gateway import samples_message  # noqa: E402
 from gateway.inference import default_models_dir  # noqa: E402
 from gateway.model_contracts import SELF_TEST_INPUTS  # noqa: E402
 from simulation.broker import LocalBroker  # noqa: E402
@@ -109,16 +110,16 @@ class Verifier:
         payload = json.loads(message.payload)
         with self.lock:
             seen = self.seen.setdefault(subject, {})
-            for prop, group in payload["samples"].items():
-                for seq, t, v in zip(group["seq"], group["t"], group["v"], strict=True):
-                    value = (prop, v, t)   # a different time is a restamp: a dup
-                    if seq in seen:
-                        if seen[seq] == value:
-                            self.redelivered += 1
-                        else:
-                            self.conflicts += 1
+            for sample in samples_message.decode(payload):
+                # a different time is a restamp: a dup
+                value = (sample.prop, sample.raw, sample.utc_ms)
+                if sample.seq in seen:
+                    if seen[sample.seq] == value:
+                        self.redelivered += 1
                     else:
-                        seen[seq] = value
+                        self.conflicts += 1
+                else:
+                    seen[sample.seq] = value
             self.last_arrival = time.monotonic()
 
     def max_seq(self) -> dict[str, int]:
