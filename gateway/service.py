@@ -385,6 +385,8 @@ class Gateway:
         down_since = last_said = time.monotonic()
         while True:
             up, now = self.publisher.connected, time.monotonic()
+            if not up and was_up is None and self.publisher.connects > 0:
+                was_up = True   # it connected and dropped between two looks: a loss
             if up and was_up is False:
                 log.warning("broker %s: connected again after %.0f s; delivering the %d "
                             "waiting messages", url, now - down_since, self.publisher.pending)

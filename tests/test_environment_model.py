@@ -230,7 +230,8 @@ def test_drivers_reading_emulated_chips_reproduce_the_model(t_s, seed):
     assert abs(uv.read_raw() / 100 - env.uv_index_at(now)) <= 0.5 / 575 + 0.005 + 1e-9
     assert abs(cap.read_raw() - env.capacitance_pf_at(now) * 1000) <= 0.501
     conversion_s = (int(t_s * 1000) + 250) / 1000  # the gauge's first conversion
-    assert abs(gauge.read_raw() / 256 - env.battery_soc_pct_at(conversion_s)) <= 1 / 512 + 1e-9
+    # half an LSB of rounding, plus the charge used while the gauge converts (~1e-5 %)
+    assert abs(gauge.read_raw() / 256 - env.battery_soc_pct_at(conversion_s)) <= 1 / 512 + 1e-5
     assert abs(gauge.read_volts() - env.battery_volts_at(conversion_s)) <= 0.0075
 
 
