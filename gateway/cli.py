@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from gateway import cli_scan, cli_status, models_cli
+from gateway.cli_args import location
 from gateway.report import cli as report_cli
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
@@ -56,17 +57,6 @@ def _add_replacement_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse-subject", action="store_true",
                         help="give a subject that another device wears to this device (the "
                              "other device is unpaired; its samples are kept)")
-
-
-def _location(text: str) -> tuple[float, float]:
-    try:
-        latitude, longitude = (float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give LAT,LON in degrees, e.g. 45.5,-73.6") from None
-    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
-        raise argparse.ArgumentTypeError(f"{text!r}: latitude -90..90, longitude -180..180")
-    return latitude, longitude
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-raw-samples", action="store_true", default=None,
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
                           "alerts only; [gateway] raw_samples = false)")
-    run.add_argument("--location", type=_location, metavar="LAT,LON",
+    run.add_argument("--location", type=location, metavar="LAT,LON",
                      help="the gateway's latitude,longitude in degrees (e.g. 45.5,-73.6): "
                           "enables the UV forecast and local-day UV doses ([gateway] location)")
     run.add_argument("--max-payload-bytes", type=_positive_int, metavar="N",

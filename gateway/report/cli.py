@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from gateway.cli_args import location
 from gateway.report.errors import HistoryError
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
@@ -44,17 +45,6 @@ def time_range(args: argparse.Namespace) -> tuple[int, int]:
     return from_ms, to_ms
 
 
-def _location(text: str) -> tuple[float, float]:
-    try:
-        latitude, longitude = (float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give LAT,LON in degrees, e.g. 45.5,-73.6") from None
-    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
-        raise argparse.ArgumentTypeError(f"{text!r}: latitude -90..90, longitude -180..180")
-    return latitude, longitude
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("subject", help="pseudonymous subject id (as paired)")
     parser.add_argument("--from", dest="from_time", metavar="DATE",
@@ -72,7 +62,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                            " gaps)")
     _common(report)
     report.add_argument("--out", type=Path, required=True, metavar="FILE.html")
-    report.add_argument("--location", type=_location, metavar="LAT,LON",
+    report.add_argument("--location", type=location, metavar="LAT,LON",
                         help="the gateway's latitude,longitude: UV doses per local solar day, "
                              "as the twin counts them ([gateway] location; default: UTC days)")
     report.add_argument("--models-dir", type=Path,
