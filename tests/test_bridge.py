@@ -299,3 +299,48 @@ async def test_bridge_drops_and_returns_and_the_central_subscriber_misses_nothin
     keys = [(r.subject, r.boot, r.seq) for r in rows]
     assert len(keys) == len(set(keys)), "a sample was handed over twice"
     assert sorted(set(keys)) == stored    # every stored sample, nothing else
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_mosquitto_keeps_a_killed_group_members_messages_only_in_its_own_session(
+        mqtt_broker, persistent):
+    """docs/scale-out.md, consumer groups, as mosquitto 2.0 behaves: messages a shared
+    subscription handed to a member that dies before its PUBACK are not given to another
+    member. With a clean session (expiry 0) they are lost; with a persistent session they
+    wait for that member's client id to come back."""
+    import signal
+    import subprocess
+
+    def member(client_id: str, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            ["mosquitto_sub", "-V", "mqttv5", "-p", str(mqtt_broker.port), "-q", "1",
+             "-i", client_id, "-t", "$share/sink/t", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    session = ["-c", "-x", "3600"] if persistent else []
+    doomed, survivor = member("doomed", *session), member("survivor")
+    try:
+        time.sleep(0.5)
+        doomed.send_signal(signal.SIGSTOP)      # alive to the broker, acknowledges nothing
+        publisher = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        publisher.connect(mqtt_broker.host, mqtt_broker.port)
+        publisher.loop_start()
+        for i in range(10):
+            publisher.publish("t", str(i), qos=1).wait_for_publish(5)
+        publisher.disconnect()
+        publisher.loop_stop()
+        time.sleep(0.5)
+        doomed.kill()
+        doomed.wait()
+        time.sleep(1.5)
+    finally:
+        survivor.terminate()
+        got, _ = survivor.communicate(timeout=5)
+    survived = sorted(int(line) for line in got.split())
+    assert 0 < len(survived) < 10               # the group split the stream ...
+    missing = sorted(set(range(10)) - set(survived))   # ... and nothing moved to the survivor
+    back = subprocess.run(["mosquitto_sub", "-V", "mqttv5", "-p", str(mqtt_broker.port), "-q",
+                           "1", "-i", "doomed", "-t", "$share/sink/t", *session, "-W", "1"],
+                          capture_output=True, text=True)
+    returned = sorted(int(line) for line in back.stdout.split())
+    assert returned == (missing if persistent else [])
