@@ -5,24 +5,21 @@ virtual patches publishes to the local broker; a central subscriber built on our
 subscriber library reads the central one. The WAN link is cut and restored, then the
 central broker is restarted, while the patches stream; at the end the central subscriber
 holds every twin rev and every sample the gateway stored, and `cmd` crosses the bridge
-inwards with its answer coming back out."""
+inwards (the library's `resync`, from a clinic account) with its answer coming back out."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import os
 import pwd
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 from mqtt_fixtures import TcpCable
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from tls_certs import issue, make_ca
 
 from gateway import cli
@@ -44,53 +41,24 @@ def me() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
+def run_cli(argv: list[str]) -> int:
+    """cli.main, leaving logging as pytest set it up (the CLI points the root logger at
+    this test's captured stderr, which later log lines from other threads would hit)."""
+    root, gateway_log = logging.getLogger(), logging.getLogger("gateway")
+    saved = root.handlers[:], root.level, gateway_log.level
+    try:
+        return cli.main(argv)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        gateway_log.setLevel(saved[2])
+
+
 def broker_config(capsys, *args: str) -> str:
-    code = cli.main(["broker-config", *args])
+    code = run_cli(["broker-config", *args])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.out
-
-
-class Clinic:
-    """A plain MQTT 5 client of the central `clinic` account: sends `cmd` with a Response
-    Topic under `dermtwin/reply/{gw}/` and collects the answers."""
-
-    def __init__(self, port: int, password: str):
-        self.answers: dict[bytes, dict] = {}
-        self._changed = threading.Condition()
-        subscribed = threading.Event()
-        self.reply_topic = f"dermtwin/reply/{GATEWAY}/clinic-test"
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                                  client_id=f"clinic-{time.time_ns()}", protocol=paho.MQTTv5)
-        self.client.username_pw_set(CLINIC, password)
-        self.client.on_connect = lambda c, *_: c.subscribe(self.reply_topic, qos=1)
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert subscribed.wait(5), "the clinic did not subscribe"
-
-    def _on_message(self, client, userdata, message) -> None:
-        correlation = bytes(getattr(message.properties, "CorrelationData", b"") or b"")
-        with self._changed:
-            self.answers[correlation] = json.loads(message.payload)
-            self._changed.notify_all()
-
-    def request(self, doc: dict, correlation: bytes, timeout_s: float = 10) -> dict:
-        properties = Properties(PacketTypes.PUBLISH)
-        properties.ResponseTopic = self.reply_topic
-        properties.CorrelationData = correlation
-        info = self.client.publish(f"{ROOT}/cmd", json.dumps(doc).encode(), qos=1,
-                                   properties=properties)
-        info.wait_for_publish(5)
-        with self._changed:
-            assert self._changed.wait_for(lambda: correlation in self.answers, timeout_s), \
-                f"no answer to {doc} through the bridge"
-            return self.answers[correlation]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def stored_samples(db_path: Path) -> list[tuple[str, int, int]]:
@@ -167,8 +135,8 @@ def test_broker_config_writes_a_secure_bridge_and_refuses_an_unsafe_one(tmp_path
                                                                    "dermtwin-bridge-gw1")
 
     def refused(*args: str) -> str:
-        code = cli.main(["broker-config", "--out", str(tmp_path / "x"), "--gateway", "gw1",
-                         *args])
+        code = run_cli(["broker-config", "--out", str(tmp_path / "x"), "--gateway", "gw1",
+                        *args])
         captured = capsys.readouterr()
         assert code == 1 and "Traceback" not in captured.err
         return captured.err
@@ -268,12 +236,11 @@ async def test_bridge_drops_and_returns_and_the_central_subscriber_misses_nothin
                        what="the queue drained after the central restart")
         restart_s = time.monotonic() - started
 
-        # `cmd` crosses the bridge inwards; its answer comes back out.
-        clinic = await asyncio.to_thread(Clinic, central.port, passwords[CLINIC])
-        try:
-            answer = await asyncio.to_thread(clinic.request, {"op": "resync"}, b"bridge-1")
-        finally:
-            await asyncio.to_thread(clinic.close)
+        # The library's `cmd resync`, sent by a clinic on the central broker, crosses the
+        # bridge inwards; the answer (dermtwin/reply/{gw}/…) comes back out.
+        async with Subscriber(f"mqtt://127.0.0.1:{central.port}", gateway_id=GATEWAY,
+                              username=CLINIC, password=passwords[CLINIC]) as clinic:
+            answer = await clinic.resync(timeout_s=10)
         assert answer.get("ok") is True, answer
 
         await rig.stop_gateway()
