@@ -62,6 +62,11 @@ def operand_u32(action) -> int:
 
 
 def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000, flush_s=1):
+    return handshake(committed, oldest, next_seq, tick_at_set, flush_s)[0]
+
+
+def handshake(committed=-1, oldest=0, next_seq=0, tick_at_set=1000, flush_s=1):
+    """A session through the handshake; with the actions the REPLAY answer brought."""
     s = PatchSession(DEVICE, KEY, committed)
     assert s.start(247, T0_MS) == [ReadChar(SERIAL_NUMBER_UUID), ReadChar(ids.STATUS_CHAR_UUID)]
     assert s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS) == []
@@ -83,10 +88,11 @@ def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000, flus
     replay = actions[1]
     assert replay.opcode == ids.Opcode.REPLAY and request_tag_ok(replay.data)
     assert operand_u32(replay) == committed + 1
-    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", oldest, next_seq)),
-                       T0_MS + 40)
+    after_replay = s.control_response(
+        response(s, ids.Opcode.REPLAY, 0, struct.pack(
+            "<II", min(max(oldest, committed + 1), next_seq), next_seq)), T0_MS + 40)
     assert s.state is State.STREAMING
-    return s
+    return s, after_replay
 
 
 def frame(first_seq, n, tick0=1000, boot_id=BOOT, key=KEY, gaps_before=False):
@@ -101,6 +107,37 @@ def gap_notice(seq_at, counts=(2, 4, 0, 0), first_tick=900, last_tick=990, boot_
 def test_handshake_reaches_streaming():
     s = streaming_session(committed=41, oldest=30, next_seq=60)
     assert s.expected_seq == 42
+
+
+def test_samples_committed_before_a_lost_ack_are_acknowledged_at_the_next_handshake():
+    # The link dropped after the store committed up to 41 but before ACK(41) reached the
+    # patch: it still holds 30..59. Acknowledge 41 right after the REPLAY answer, not only
+    # once a newer sample commits (the patch may have nothing newer).
+    s, actions = handshake(committed=41, oldest=30, next_seq=60)
+    [ack] = actions
+    assert ack.opcode == ids.Opcode.ACK and operand_u32(ack) == 41 and request_tag_ok(ack.data)
+    assert s.control_response(response(s, ids.Opcode.ACK), T0_MS + 50) == []
+    assert s.committed(41, T0_MS + 60) == []          # acknowledged once only
+    [ack] = s.committed(45, T0_MS + 70)
+    assert operand_u32(ack) == 45
+
+
+@pytest.mark.parametrize("committed, oldest, next_seq", [
+    (41, 42, 60),    # the ACK arrived: the patch holds only what the store needs
+    (41, 60, 60),    # nothing held at all
+    (-1, 0, 10),     # a new patch: nothing committed yet
+])
+def test_no_handshake_ack_when_the_patch_holds_nothing_already_stored(committed, oldest,
+                                                                      next_seq):
+    assert handshake(committed, oldest, next_seq)[1] == []
+
+
+def test_handshake_ack_never_goes_past_the_patch_next_seq():
+    # A patch whose log restarted below what the store has (a replaced flash, a reset seq
+    # floor): acknowledge what it holds, never seqs it has not handed out yet.
+    s, actions = handshake(committed=41, oldest=30, next_seq=36)
+    [ack] = actions
+    assert operand_u32(ack) == 35
 
 
 def test_low_mtu_is_refused_with_a_clear_reason():
