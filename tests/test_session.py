@@ -20,7 +20,7 @@ from gateway.session import (
     Subscribe,
     WriteControl,
 )
-from gateway.values import CloseKind
+from gateway.values import CloseKind, SessionClose
 
 KEY = bytes(range(32))
 DEVICE = "3f2a0c11d4e59b07"
@@ -736,3 +736,16 @@ def test_clock_step_reanchors_and_flags_times_stamped_against_the_old_clock():
     [commit] = s.notification(frame(4, 2, tick0=1300), T0_MS + 300)
     assert not commit.batch.time_uncertain
     assert commit.batch.utc_ms[0] == T0_MS + 210 + 3_600_000 + 198 * 100
+
+
+def test_a_link_lost_closes_the_session_the_first_close_wins_and_nothing_is_acked_after():
+    s = streaming_session(committed=9, oldest=10, next_seq=20)
+    [commit] = s.notification(frame(10, 3), T0_MS + 100)
+    assert isinstance(commit, Commit)
+    lost = SessionClose(CloseKind.LINK_LOST, "link lost")
+    s.disconnected(lost)
+    assert s.state is State.CLOSED and s.close == lost
+    s.disconnected(SessionClose(CloseKind.BLE_ERROR, "later"))
+    assert s.close == lost
+    # the commit lands after the link went: nothing to send it on
+    assert s.committed(12, T0_MS + 200) == [] and s.tick(T0_MS + 60_000) == []
