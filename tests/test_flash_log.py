@@ -777,3 +777,43 @@ def test_reading_on_through_acks_that_delete_the_segment_being_read(tmp_path):
             assert record_of(log, seq) == (5, *written[seq]), seq
         log.ack(held[len(held) // 2])
     log.close()
+
+
+def test_a_segment_file_that_cannot_be_created_is_tried_again_on_the_next_append(
+        tmp_path, monkeypatch):
+    import firmware.flash_log as flash_log_module
+
+    log = FlashLog(str(tmp_path / "log"), segment_bytes=120, flush_every=4, boot_id=2)
+    fill(log, 3)
+    segments = len(segment_files(tmp_path / "log"))
+    i = 3
+    while True:   # fill the active segment until the next append needs a new one
+        if log._needs_segment(sample(i)[1]):
+            break
+        log.append(*sample(i))
+        i += 1
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(flash_log_module, "open", no_space, raising=False)
+    with pytest.raises(OSError):
+        log.append(*sample(i))
+    monkeypatch.undo()
+    seq = log.append(*sample(i))     # the flash has room again
+    log.flush()
+    assert len(segment_files(tmp_path / "log")) == segments + 1
+    assert record_of(log, seq) == (2, *sample(i))
+    log.close()
+
+
+def test_a_block_holds_at_most_64_records(tmp_path):
+    d = tmp_path / "log"
+    log = FlashLog(str(d), boot_id=1, flush_every=1000)
+    for i in range(200):
+        log.append(0, 10 * i, 100)      # two bytes each: only the record limit ends a block
+    log.flush()
+    [segment] = segment_files(d)
+    _, _, _, blocks = parse_segment((d / segment).read_bytes())
+    assert [b.count for b in blocks] == [64, 64, 64, 8]
+    log.close()
