@@ -285,7 +285,8 @@ def fault_power_cuts(world: World, n: int) -> None:
 def fault_garbled_control(world: World, seconds: float) -> None:
     done = world.sim_fault({"op": "garble", "probability": 0.25, "seconds": seconds},
                            seconds + 30)
-    closes = sum(line.count("malformed") + line.count("unauthenticated control point")
+    closes = sum("closing session" in line and ("malformed" in line
+                                                 or "unauthenticated control point" in line)
                  for line in (world.root / "run.log").read_text().splitlines())
     world.notes.append(f"{done['garbled']} answers garbled ({done['garbled_tagged']} tagged "
                        f"but malformed), {closes} session closes logged")
