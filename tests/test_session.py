@@ -749,3 +749,35 @@ def test_a_link_lost_closes_the_session_the_first_close_wins_and_nothing_is_acke
     assert s.close == lost
     # the commit lands after the link went: nothing to send it on
     assert s.committed(12, T0_MS + 200) == [] and s.tick(T0_MS + 60_000) == []
+
+
+def test_a_gap_at_large_seqs_is_replayed_once_not_again_after_the_answer():
+    base = 1_000_000     # seqs far past the small ints CPython shares (equality, not identity)
+    s = streaming_session(committed=base - 1, oldest=base, next_seq=base + 40)
+    assert isinstance(s.notification(frame(base, 5), T0_MS)[0], Commit)
+    [replay] = s.notification(frame(base + 10, 5), T0_MS)
+    assert operand_u32(replay) == base + 5
+    assert s.notification(frame(base + 15, 5), T0_MS) == []
+    after = s.control_response(
+        response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", base + 5, base + 40)), T0_MS)
+    assert after == [], "the REPLAY asked once covers both frames past the gap"
+
+
+def test_set_time_carries_the_gateway_utc_at_the_handshake():
+    offset = 1_764_000_000_000 - T0_MS     # UTC = monotonic ms + offset
+    s = PatchSession(DEVICE, KEY, -1, utc_offset_ms=offset)
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    _, set_time = s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS + 7)
+    assert struct.unpack_from("<Q", set_time.data, 5)[0] == 1_764_000_000_007
+
+
+@pytest.mark.parametrize("seconds, ok", [(0, False), (1, True), (255, True), (256, False)])
+def test_identify_takes_1_to_255_seconds(seconds, ok):
+    s = streaming_session()
+    if ok:
+        [request] = s.identify(seconds, T0_MS)
+        assert request.opcode == ids.Opcode.IDENTIFY and request.data[5] == seconds
+    else:
+        with pytest.raises(ValueError, match=f"seconds {seconds}"):
+            s.identify(seconds, T0_MS)
