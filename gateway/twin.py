@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.model_contracts import ModelUnavailable
-from gateway.model_registry import CHANNEL_SCALE, MODELS, deadband
+from gateway.model_registry import CHANNEL_SCALE, MODELS
 from gateway.mqtt.topics import SCHEMA_VERSION
 from gateway.protocol import constants as ids
 from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
+from gateway.twin_columns import BOOL, NONE, PROP_INDEX, TEXT, PropertyColumns
 from gateway.uv_forecast import UvForecaster
 from gateway.values import SampleBatch
 
@@ -80,8 +81,6 @@ class SubjectTwin:
     uv_forecast_alerted: bool = False
     forecast_at_ms: int | None = None
     snapshot_published: bool = False   # since this engine started (the birth snapshot)
-    pending: dict[str, dict] = field(default_factory=dict)
-    new_temp: bool = False
     last_temp_t: int = 0
     inflamed: bool = False
     med_sed: float = 3.0
@@ -93,7 +92,7 @@ class SubjectTwin:
     uv_last: float = 0.0
     uv_alerted: bool = False
     battery_low: bool = False
-    new_hydration: bool = False
+    slot: int = -1                    # this twin's column in its engine's arrays
 
     def to_saved(self) -> dict:
         return {"state": self.state, "temp_baseline": self.temp_baseline.to_saved(),
@@ -124,6 +123,17 @@ class SubjectTwin:
         return twin
 
 
+# channel number -> property column and scale (NaN: not a twin channel), for numpy indexing
+_CHANNEL_PROP = np.full(256, -1, dtype=np.int64)
+_CHANNEL_SCALE = np.full(256, np.nan, dtype=np.float64)
+for _channel, (_scale, _prop) in CHANNEL_SCALE.items():
+    _CHANNEL_PROP[_channel], _CHANNEL_SCALE[_channel] = PROP_INDEX[_prop], _scale
+_P = PROP_INDEX
+_GOOD, _UNCERTAIN = 0, 1                 # PropertyColumns' quality codes
+_TEMP, _UV, _HYDRATION = (int(ids.Channel.TEMPERATURE), int(ids.Channel.UV),
+                          int(ids.Channel.HYDRATION))
+
+
 class TwinEngine:
     def __init__(self, sess: int, subject_of: Mapping[str, str], run_model: RunModel,
                  saved: Mapping[str, tuple[int, dict]] | None = None,
@@ -142,88 +152,73 @@ class TwinEngine:
         self.models = models
         self.med_sed_of = dict(med_sed_of or {})
         self.twins: dict[str, SubjectTwin] = {}
+        # Struct of arrays: per-subject values the step reads for all subjects at once,
+        # indexed by SubjectTwin.slot (slots in the order twins were made).
+        self._by_slot: list[SubjectTwin] = []
+        self._states: list[dict] = []
+        self.columns = PropertyColumns()
+        self._capacity = 0
+        self._window = np.zeros((0, TEMP_WINDOW_SAMPLES))   # padded with its oldest sample
+        self._window_len = np.zeros(0, dtype=np.int64)
+        self._new_temp = np.zeros(0, dtype=bool)
+        self._new_hydration = np.zeros(0, dtype=bool)
+        self._queued: list[tuple[int, SampleBatch]] = []
         for subject, (rev, state) in (saved or {}).items():
-            self.twins[subject] = SubjectTwin.from_saved(subject, rev, state)
-            self.twins[subject].med_sed = self.med_sed_of.get(subject, 3.0)
+            twin = SubjectTwin.from_saved(subject, rev, state)
+            twin.med_sed = self.med_sed_of.get(subject, 3.0)
+            self._add(twin)
+
+    def _add(self, twin: SubjectTwin) -> None:
+        slot = twin.slot = len(self._by_slot)
+        self.twins[twin.subject] = twin
+        self._by_slot.append(twin)
+        self._states.append(twin.state)
+        if slot >= self._capacity:
+            self._grow(max(16, 2 * self._capacity))
+        self.columns.grow(self._capacity)
+        self.columns.load(slot, twin.state)
+        window = list(twin.temp_window)
+        if window:
+            self._window[slot] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
+        self._window_len[slot] = len(window)
+
+    def _grow(self, capacity: int) -> None:
+        def wider(a: np.ndarray) -> np.ndarray:
+            b = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
+            b[:len(a)] = a
+            return b
+        self._window, self._window_len = wider(self._window), wider(self._window_len)
+        self._new_temp, self._new_hydration = wider(self._new_temp), wider(self._new_hydration)
+        self._capacity = capacity
 
     def twin(self, subject: str) -> SubjectTwin:
         twin = self.twins.get(subject)
         if twin is None:
-            twin = self.twins[subject] = SubjectTwin(
-                subject, med_sed=self.med_sed_of.get(subject, 3.0))
+            twin = SubjectTwin(subject, med_sed=self.med_sed_of.get(subject, 3.0))
+            self._add(twin)
         if twin.forecaster is None and self.location is not None:
             twin.forecaster = UvForecaster(*self.location)
         return twin
 
     def ingest(self, batch: SampleBatch) -> None:
-        """Feed committed samples (any order of devices; each batch in seq order)."""
+        """Feed committed samples (any order of devices; each batch in seq order). They are
+        taken in at the next step, all subjects' together."""
         subject = self.subject_of.get(batch.device_id)
         if subject is None or len(batch) == 0:
             return
-        twin = self.twin(subject)
-        # Group by channel in Python: live batches hold a handful of samples, where numpy
-        # masks per channel cost more than the samples (bench/bench_twin.py).
-        groups: dict[int, tuple[list[int], list[int]]] = {}
-        for channel, value, t in zip(batch.channel.tolist(), batch.value.tolist(),
-                                     batch.utc_ms.tolist(), strict=True):
-            group = groups.get(channel)
-            if group is None:
-                group = groups[channel] = ([], [])
-            group[0].append(value)
-            group[1].append(t)
-        for channel, (raw, times) in groups.items():
-            entry = CHANNEL_SCALE.get(channel)
-            if entry is None:
-                continue
-            scale, prop = entry
-            values = [v * scale for v in raw]
-            quality = "good" if times[-1] >= 0 and not batch.time_uncertain else "uncertain"
-            twin.pending[prop] = _leaf(values[-1], times[-1], quality)
-            if channel == ids.Channel.TEMPERATURE:
-                for v, t in zip(values, times, strict=True):
-                    twin.temp_window.append(v)
-                    if t >= 0:
-                        twin.temp_baseline.observe(t, v)
-                twin.new_temp = True
-                twin.last_temp_t = times[-1]
-            elif channel == ids.Channel.UV:
-                self._accumulate_uv(twin, values, times)
-            elif channel == ids.Channel.HYDRATION:
-                twin.new_hydration = True
-
-    def _accumulate_uv(self, twin: SubjectTwin, uvi: list[float], times: list[int]) -> None:
-        """Erythemal exposure Σ UVI·dt (each sample's UVI held until the next sample)."""
-        for value, t in zip(uvi, times, strict=True):
-            if t < 0:
-                continue
-            if twin.forecaster is not None:
-                twin.forecaster.observe(t, value)
-            day = (t + self.day_offset_ms) // DAY_MS
-            if twin.uv_dose_day != day:          # a new day: the daily dose starts again
-                twin.uv_dose_day, twin.uv_dose_sed, twin.uv_alerted = day, 0.0, False
-                twin.uv_forecast_alerted = False
-                twin.last_uv_t = None
-            if twin.last_uv_t is not None:
-                dt_s = (t - twin.last_uv_t) / 1000
-                if 0 < dt_s <= MAX_UV_GAP_S:
-                    twin.uv_exposure += twin.uv_last * dt_s
-                    twin.uv_exposure_s += dt_s
-            twin.last_uv_t, twin.uv_last = t, value
+        self._queued.append((self.twin(subject).slot, batch))
 
     def step(self, now_ms: int) -> list[TwinUpdate]:
+        self._take_queued()
         for name, run in (("temp_anomaly", self._run_temp_anomaly),
                           ("uv_dose", self._run_uv_dose), ("hydration", self._run_hydration)):
             if name in self.models:
                 try:
                     run()
                 except ModelUnavailable:
-                    self._mark_bad(name)
-        updates = []
-        for twin in self.twins.values():
-            update = self._publishable(twin, now_ms)
-            if update is not None:
-                updates.append(update)
-        return updates
+                    self.columns.mark_bad([_P[p] for p in MODELS[name].properties],
+                                          len(self._by_slot))
+        return self._publish(now_ms)
 
     def snapshot(self, subject: str, now_ms: int) -> TwinUpdate:
         """A full snapshot now (birth, resync): does not change rev."""
@@ -232,116 +227,236 @@ class TwinEngine:
         return TwinUpdate(subject, twin.rev, snapshot=self._snapshot_payload(twin, now_ms))
 
     # -- internals ---------------------------------------------------------------
-    def _mark_bad(self, model: str) -> None:
-        for twin in self.twins.values():
-            for prop in MODELS[model].properties:
-                leaf = twin.pending.get(prop) or twin.state.get(prop)
-                if leaf is not None and leaf.get("q") != "bad":
-                    twin.pending[prop] = {**leaf, "q": "bad"}
+    def _take_queued(self) -> None:
+        """Every queued sample in one pass: the raw channels' leaves and the flags with numpy
+        across subjects, the per-sample state (window, baseline, UV exposure) per subject."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        if len(queued) == 1:
+            slot, batch = queued[0]
+            channel, value, utc = batch.channel, batch.value, batch.utc_ms
+            slots = np.full(len(channel), slot, dtype=np.int64)
+            uncertain = np.full(len(channel), batch.time_uncertain)
+        else:
+            channel = np.concatenate([b.channel for _, b in queued])
+            value = np.concatenate([b.value for _, b in queued])
+            utc = np.concatenate([b.utc_ms for _, b in queued])
+            lengths = [len(b) for _, b in queued]
+            slots = np.repeat(np.array([s for s, _ in queued], dtype=np.int64), lengths)
+            uncertain = np.repeat(np.array([b.time_uncertain for _, b in queued]), lengths)
+        channel = channel.astype(np.int64)
+        prop = _CHANNEL_PROP[channel]
+        known = prop >= 0
+        if not known.all():
+            channel, value, utc = channel[known], value[known], utc[known]
+            slots, uncertain, prop = slots[known], uncertain[known], prop[known]
+        if not len(channel):
+            return
+        values = value.astype(np.float64) * _CHANNEL_SCALE[channel]
+        # Each (property, subject)'s last sample is its pending leaf.
+        n = len(channel)
+        key = prop * self._capacity + slots
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        last = order[np.flatnonzero(np.append(sorted_key[1:] != sorted_key[:-1], True))]
+        quality = np.where((utc[last] >= 0) & ~uncertain[last], _GOOD, _UNCERTAIN)
+        for p in np.unique(prop[last]).tolist():
+            cells = last[prop[last] == p]
+            self.columns.set_floats(p, slots[cells], values[cells], utc[cells],
+                                    quality[prop[last] == p])
+        # Runs of one channel of one subject, in sample order.
+        channel_sorted = channel[order]
+        starts = np.flatnonzero(np.insert(sorted_key[1:] != sorted_key[:-1], 0, True))
+        ends = np.append(starts[1:], n)
+        run_channel = channel_sorted[starts]
+        run_slot = slots[order][starts]
+        for wanted, handle in ((_TEMP, self._take_temperature), (_UV, self._take_uv)):
+            runs = np.flatnonzero(run_channel == wanted)
+            if len(runs):
+                first, stop = int(starts[runs[0]]), int(ends[runs[-1]])
+                picked = order[first:stop]
+                handle(run_slot[runs], starts[runs] - first, ends[runs] - first,
+                       values[picked], utc[picked])
+        self._new_hydration[slots[channel == _HYDRATION]] = True
+
+    def _take_temperature(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
+                          values: np.ndarray, times: np.ndarray) -> None:
+        """Temperature runs (one per subject): window, time-of-day baseline, flags."""
+        value_list, time_list = values.tolist(), times.tolist()
+        for slot, a, b in zip(run_slots.tolist(), begin.tolist(), end.tolist(), strict=True):
+            twin = self._by_slot[slot]
+            run_values = value_list[a:b]
+            twin.temp_window.extend(run_values)
+            observe = twin.temp_baseline.observe
+            for v, t in zip(run_values, time_list[a:b], strict=True):
+                if t >= 0:
+                    observe(t, v)
+            twin.last_temp_t = time_list[b - 1]
+        self._new_temp[run_slots] = True
+        # The windows (padded with their oldest sample), all at once: position j of the
+        # new window is element max(L + m - 30 + j, 0) of (old window ++ new samples).
+        old_len = self._window_len[run_slots]
+        added = end - begin
+        total = old_len + added
+        j = np.arange(TEMP_WINDOW_SAMPLES)
+        index = np.maximum(total[:, None] - TEMP_WINDOW_SAMPLES + j, 0)
+        from_old = index < old_len[:, None]
+        old_col = np.clip(TEMP_WINDOW_SAMPLES - old_len[:, None] + index, 0,
+                          TEMP_WINDOW_SAMPLES - 1)
+        new_pos = np.clip(begin[:, None] + index - old_len[:, None], 0, len(values) - 1)
+        self._window[run_slots] = np.where(
+            from_old, self._window[run_slots[:, None], old_col], values[new_pos])
+        self._window_len[run_slots] = np.minimum(total, TEMP_WINDOW_SAMPLES)
+
+    def _take_uv(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
+                 values: np.ndarray, times: np.ndarray) -> None:
+        value_list, time_list = values.tolist(), times.tolist()
+        for slot, a, b in zip(run_slots.tolist(), begin.tolist(), end.tolist(), strict=True):
+            self._accumulate_uv(self._by_slot[slot], value_list[a:b], time_list[a:b])
+
+    def _accumulate_uv(self, twin: SubjectTwin, uvi: list[float], times: list[int]) -> None:
+        """Erythemal exposure Σ UVI·dt (each sample's UVI held until the next sample)."""
+        offset = self.day_offset_ms
+        forecaster = twin.forecaster
+        day, last_t, last_v = twin.uv_dose_day, twin.last_uv_t, twin.uv_last
+        exposure, exposure_s = twin.uv_exposure, twin.uv_exposure_s
+        for value, t in zip(uvi, times, strict=True):
+            if t < 0:
+                continue
+            if forecaster is not None:
+                forecaster.observe(t, value)
+            if day != (t + offset) // DAY_MS:       # a new day: the daily dose starts again
+                day = (t + offset) // DAY_MS
+                twin.uv_dose_sed, twin.uv_alerted = 0.0, False
+                twin.uv_forecast_alerted = False
+                last_t = None
+            if last_t is not None:
+                dt_s = (t - last_t) / 1000
+                if 0 < dt_s <= MAX_UV_GAP_S:
+                    exposure += last_v * dt_s
+                    exposure_s += dt_s
+            last_t, last_v = t, value
+        twin.uv_dose_day, twin.last_uv_t, twin.uv_last = day, last_t, last_v
+        twin.uv_exposure, twin.uv_exposure_s = exposure, exposure_s
 
     def _run_temp_anomaly(self) -> None:
-        ready = [t for t in self.twins.values() if t.new_temp and t.temp_window]
-        if not ready:
+        n = len(self._by_slot)
+        slots = np.flatnonzero(self._new_temp[:n] & (self._window_len[:n] > 0))
+        if not len(slots):
             return
-        windows = np.empty((len(ready), TEMP_WINDOW_SAMPLES), dtype=np.float32)
-        for row, twin in enumerate(ready):
-            window = list(twin.temp_window)
-            # Until the window fills, pad with its oldest sample; quality says so.
-            windows[row] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
+        ready = [self._by_slot[s] for s in slots.tolist()]
+        windows = self._window[slots].astype(np.float32)
         baselines = _column([_expected_temp(t) for t in ready])
         hydration = _column([t.hydration.latest if t.hydration.latest is not None
                              else NEUTRAL_HYDRATION_AU for t in ready])
         excess = _column([t.hydration.excess_au for t in ready])
-        out = _rows(self.run_model("temp_anomaly", {
+        out = self.run_model("temp_anomaly", {
             "temp_window_c": windows, "baseline_c": baselines, "hydration_au": hydration,
-            "hydration_excess_au": excess}))
-        baseline_values = baselines[:, 0].tolist()
-        for row, twin in enumerate(ready):
-            # A baseline is "good" once it has seen every half hour of a day.
-            quality = ("good" if len(twin.temp_window) == TEMP_WINDOW_SAMPLES
-                       and twin.temp_baseline.learned else "uncertain")
-            t = twin.last_temp_t
-            pending = twin.pending
-            pending["temp_baseline_c"] = _leaf(baseline_values[row], t, quality)
-            pending["temp_delta_c"] = _leaf(out["delta_c"][row], t, quality)
-            pending["temp_anomaly_score"] = _leaf(out["anomaly_score"][row], t, quality)
-            pending["inflammation"] = {"v": out["inflammation"][row] > 0.5, "t": t, "q": quality}
-            pending["exertion"] = {"v": out["exertion"][row] > 0.5, "t": t, "q": "good"}
-            pending["contact"] = {"v": "loose" if out["detached"][row] > 0.5 else "skin",
-                                  "t": t, "q": "good"}
-            twin.new_temp = False
+            "hydration_excess_au": excess})
+        # A baseline is "good" once it has seen every half hour of a day.
+        learned = np.array([t.temp_baseline.learned for t in ready])
+        quality = np.where((self._window_len[slots] == TEMP_WINDOW_SAMPLES) & learned,
+                           _GOOD, _UNCERTAIN)
+        t = np.array([twin.last_temp_t for twin in ready], dtype=np.int64)
+        columns = self.columns
+        columns.set_floats(_P["temp_baseline_c"], slots, baselines[:, 0], t, quality)
+        columns.set_floats(_P["temp_delta_c"], slots, out["delta_c"][:, 0], t, quality)
+        columns.set_floats(_P["temp_anomaly_score"], slots, out["anomaly_score"][:, 0], t,
+                           quality)
+        columns.set_coded(_P["inflammation"], slots, BOOL, out["inflammation"][:, 0] > 0.5,
+                          t, quality)
+        columns.set_coded(_P["exertion"], slots, BOOL, out["exertion"][:, 0] > 0.5, t, _GOOD)
+        loose, skin = columns.text_code("loose"), columns.text_code("skin")
+        columns.set_coded(_P["contact"], slots, TEXT,
+                          np.where(out["detached"][:, 0] > 0.5, loose, skin), t, _GOOD)
+        self._new_temp[slots] = False
 
     def _run_uv_dose(self) -> None:
-        ready = [t for t in self.twins.values() if t.uv_exposure_s > 0]
+        ready = [t for t in self._by_slot if t.uv_exposure_s > 0]
         if not ready:
             return
-        out = _rows(self.run_model("uv_dose", {
+        out = self.run_model("uv_dose", {
             "uvi": _column([t.uv_exposure / t.uv_exposure_s for t in ready]),
             "dt_s": _column([t.uv_exposure_s for t in ready]),
             "dose_sed_in": _column([t.uv_dose_sed for t in ready]),
-            "med_sed": _column([t.med_sed for t in ready])}))
-        for row, twin in enumerate(ready):
-            twin.uv_dose_sed = out["dose_sed"][row]
+            "med_sed": _column([t.med_sed for t in ready])})
+        slots = np.array([twin.slot for twin in ready], dtype=np.int64)
+        times = [int(twin.last_uv_t or 0) for twin in ready]
+        t = np.array(times, dtype=np.int64)
+        columns = self.columns
+        dose = out["dose_sed"][:, 0]
+        columns.set_floats(_P["uv_dose_sed"], slots, dose, t, _GOOD)
+        columns.set_floats(_P["uv_med_fraction"], slots, out["med_fraction"][:, 0], t, _GOOD)
+        columns.set_floats(_P["minutes_to_med"], slots, out["minutes_to_med"][:, 0], t, _GOOD)
+        forecast = _P["minutes_to_med_forecast"]
+        for twin, dose_sed, t_ms in zip(ready, dose.tolist(), times, strict=True):
+            twin.uv_dose_sed = dose_sed
             twin.uv_exposure = twin.uv_exposure_s = 0.0
-            t = int(twin.last_uv_t or 0)
-            twin.pending["uv_dose_sed"] = _leaf(twin.uv_dose_sed, t, "good")
-            twin.pending["uv_med_fraction"] = _leaf(out["med_fraction"][row], t, "good")
-            twin.pending["minutes_to_med"] = _leaf(out["minutes_to_med"][row], t, "good")
             if twin.forecaster is not None and (
-                    twin.forecast_at_ms is None or t - twin.forecast_at_ms >= FORECAST_EVERY_MS
-                    or t < twin.forecast_at_ms):
+                    twin.forecast_at_ms is None or t_ms - twin.forecast_at_ms >= FORECAST_EVERY_MS
+                    or t_ms < twin.forecast_at_ms):
                 # The sun's path changes slowly: integrate forward once a minute of data.
-                twin.forecast_at_ms = t
-                minutes = twin.forecaster.minutes_to_med(t, twin.uv_dose_sed, twin.med_sed)
+                twin.forecast_at_ms = t_ms
+                minutes = twin.forecaster.minutes_to_med(t_ms, twin.uv_dose_sed, twin.med_sed)
                 # None: the dose will not reach MED before sunset at today's pattern.
-                twin.pending["minutes_to_med_forecast"] = (
-                    {"v": None, "t": t, "q": "good"} if minutes is None
-                    else _leaf(minutes, t, "good"))
+                columns.set_one(forecast, twin.slot,
+                                None if minutes is None else _round(minutes), t_ms, "good")
 
     def _run_hydration(self) -> None:
-        ready = [t for t in self.twins.values() if t.new_hydration
-                 and "capacitance_pf" in t.pending and "skin_temp_c" in (t.state | t.pending)]
-        if not ready:
+        n = len(self._by_slot)
+        columns = self.columns
+        cap, skin = _P["capacitance_pf"], _P["skin_temp_c"]
+        skin_pending = columns.pend_kind[skin, :n] != NONE
+        slots = np.flatnonzero(self._new_hydration[:n] & (columns.pend_kind[cap, :n] != NONE)
+                               & (skin_pending | (columns.state_kind[skin, :n] != NONE)))
+        if not len(slots):
             return
-        skin = [(t.pending.get("skin_temp_c") or t.state["skin_temp_c"])["v"] for t in ready]
-        out = _rows(self.run_model("hydration", {
-            "capacitance_pf": _column([t.pending["capacitance_pf"]["v"] for t in ready]),
-            "skin_temp_c": _column(skin)}))
-        for row, twin in enumerate(ready):
-            t = twin.pending["capacitance_pf"]["t"]
-            au = out["corneometer_au"][row]
-            twin.pending["hydration_au"] = _leaf(au, t, "good")
-            state = HYDRATION_STATES[int(out["state"][row])]
-            twin.pending["hydration_state"] = {"v": state, "t": t, "q": "good"}
-            twin.hydration.observe(au)
-            trend = _hydration_trend(twin, t, au)
+        skin_c = np.where(skin_pending[slots], columns.pend_v[skin, slots],
+                          columns.state_v[skin, slots])
+        out = self.run_model("hydration", {
+            "capacitance_pf": columns.pend_v[cap, slots].astype(np.float32).reshape(-1, 1),
+            "skin_temp_c": skin_c.astype(np.float32).reshape(-1, 1)})
+        t = columns.pend_t[cap, slots]
+        au = out["corneometer_au"][:, 0]
+        columns.set_floats(_P["hydration_au"], slots, au, t, _GOOD)
+        states = np.array([columns.text_code(s) for s in HYDRATION_STATES])
+        columns.set_coded(_P["hydration_state"], slots, TEXT,
+                          states[out["state"][:, 0].astype(np.int64)], t, _GOOD)
+        trend_prop = _P["hydration_trend_au_per_h"]
+        for slot, t_ms, value in zip(slots.tolist(), t.tolist(), au.tolist(), strict=True):
+            twin = self._by_slot[slot]
+            twin.hydration.observe(value)
+            trend = _hydration_trend(twin, t_ms, value)
             if trend is not None:
-                twin.pending["hydration_trend_au_per_h"] = _leaf(trend, t, "good")
-            twin.new_hydration = False
+                columns.set_one(trend_prop, slot, _round(trend), t_ms, "good")
+        self._new_hydration[slots] = False
 
-    def _publishable(self, twin: SubjectTwin, now_ms: int) -> TwinUpdate | None:
-        changed = {}
-        for prop, leaf in twin.pending.items():
-            old = twin.state.get(prop)
-            if old is None or _differs(prop, old, leaf):
-                changed[prop] = leaf
-        twin.pending.clear()
-        update = None
-        if changed:
-            twin.state.update(changed)
-            twin.rev += 1
-            update = TwinUpdate(twin.subject, twin.rev, delta={
-                "schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
-                "set": changed, "unset": []})
-            update.alerts = self._alerts(twin, changed, now_ms)
-        # The retained twin follows every delta (coalesced: one per step), and is published
-        # once at start even without one.
-        if twin.state and (changed or not twin.snapshot_published):
-            if update is None:
-                update = TwinUpdate(twin.subject, twin.rev)
-            update.snapshot = self._snapshot_payload(twin, now_ms)
-            twin.snapshot_published = True
-        return update
+    def _publish(self, now_ms: int) -> list[TwinUpdate]:
+        changed_by_slot = dict(self.columns.take_changed(len(self._by_slot), self._states))
+        updates = []
+        for twin in self._by_slot:
+            changed = changed_by_slot.get(twin.slot)
+            if changed is None and twin.snapshot_published:
+                continue
+            update = None
+            if changed:
+                twin.state.update(changed)
+                twin.rev += 1
+                update = TwinUpdate(twin.subject, twin.rev, delta={
+                    "schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
+                    "set": changed, "unset": []})
+                update.alerts = self._alerts(twin, changed, now_ms)
+            # The retained twin follows every delta (coalesced: one per step), and is
+            # published once at start even without one.
+            if twin.state and (changed or not twin.snapshot_published):
+                if update is None:
+                    update = TwinUpdate(twin.subject, twin.rev)
+                update.snapshot = self._snapshot_payload(twin, now_ms)
+                twin.snapshot_published = True
+            if update is not None:
+                updates.append(update)
+        return updates
 
     def _alerts(self, twin: SubjectTwin, changed: dict, now_ms: int) -> list[dict]:
         alerts = []
@@ -412,11 +527,6 @@ def _column(values: list[float]) -> np.ndarray:
     return np.array(values, dtype=np.float32).reshape(-1, 1)
 
 
-def _rows(outputs: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
-    """Each [N, 1] model output as N Python floats (one conversion per output, not per row)."""
-    return {name: value[:, 0].tolist() for name, value in outputs.items()}
-
-
 def _expected_temp(twin: SubjectTwin) -> float:
     expected = twin.temp_baseline.expected(twin.last_temp_t)
     return twin.temp_window[-1] if expected is None else expected
@@ -437,13 +547,5 @@ def _hydration_trend(twin: SubjectTwin, t: int, au: float) -> float | None:
     return float((times * (values - values.mean())).sum() / (times * times).sum())
 
 
-def _leaf(value: float, t: int, quality: str) -> dict:
-    return {"v": round(float(value), ROUND_DIGITS), "t": t, "q": quality}
-
-
-def _differs(prop: str, old: dict, new: dict) -> bool:
-    if old.get("q") != new.get("q"):
-        return True
-    if not isinstance(new["v"], float) or not isinstance(old["v"], float):
-        return old["v"] != new["v"]
-    return abs(new["v"] - old["v"]) >= deadband(prop)
+def _round(value: float) -> float:
+    return round(float(value), ROUND_DIGITS)

@@ -1,0 +1,227 @@
+"""Every subject's twin properties as columns (sans-I/O): what this step would set, what the
+twin holds, and which of them moved beyond their deadband, for all subjects at once.
+
+The twin engine (gateway/twin.py) keeps one slot per subject; a property's pending values,
+times and qualities are rows of arrays indexed by slot, and so is a mirror of the current
+state's values, so that a step compares every subject's every property in a few numpy
+operations instead of a dict per leaf. Leaves (`{"v", "t", "q"}`) are built only for what
+changed. The comparison is exactly the per-leaf one it replaced:
+
+    q differs, or (both values floats and |new - old| >= deadband), or (else) new != old
+
+Values are coded per cell as a kind (float, bool, None, text, or "other" for anything a saved
+twin of an older version may hold, compared in Python) and a float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gateway.model_registry import PROPERTIES
+
+PROPS: tuple[str, ...] = tuple(PROPERTIES)
+PROP_INDEX: dict[str, int] = {p: i for i, p in enumerate(PROPS)}
+DEADBANDS = np.array([PROPERTIES[p].deadband for p in PROPS], dtype=np.float64)
+
+NONE, FLOAT, BOOL, NULL, TEXT, OTHER, BAD_COPY = -1, 0, 1, 2, 3, 4, 5
+ROUND_DIGITS = 3
+_SCALE = 10.0 ** ROUND_DIGITS
+
+
+def round_leaf_values(x: np.ndarray) -> np.ndarray:
+    """float64 values as Python's `round(float(v), 3)` gives them, bit for bit.
+
+    rint(x * 1000) / 1000 is that value except where x * 1000 lies within rounding error of
+    a half (the product's rounding may cross it; Python rounds the exact binary value, half
+    to even): those few go through `round` itself."""
+    x = np.asarray(x, dtype=np.float64)
+    scaled = x * _SCALE
+    out = np.rint(scaled) / _SCALE
+    frac = scaled - np.floor(scaled)
+    doubtful = (np.abs(frac - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0 ** 50)
+    if doubtful.any():
+        for i in np.flatnonzero(doubtful).tolist():
+            out[i] = round(float(x[i]), ROUND_DIGITS)
+    return out
+
+
+class PropertyColumns:
+    """Pending and current values of every property, one column per subject slot."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = 0
+        self.q_codes: dict[object, int] = {"good": 0, "uncertain": 1, "bad": 2}
+        self.q_names: list[object] = ["good", "uncertain", "bad"]
+        self.text_codes: dict[str, int] = {}
+        self.texts: list[str] = []
+        n = len(PROPS)
+        self.pend_kind = np.full((n, 0), NONE, dtype=np.int8)
+        self.pend_v = np.zeros((n, 0), dtype=np.float64)
+        self.pend_t = np.zeros((n, 0), dtype=np.int64)
+        self.pend_q = np.zeros((n, 0), dtype=np.int16)
+        self.state_kind = np.full((n, 0), NONE, dtype=np.int8)
+        self.state_v = np.zeros((n, 0), dtype=np.float64)
+        self.state_q = np.zeros((n, 0), dtype=np.int16)
+        self.any_pending = False
+        self.grow(capacity)
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        capacity = max(capacity, 2 * self.capacity)
+
+        def wider(a: np.ndarray, fill: int) -> np.ndarray:
+            b = np.full((a.shape[0], capacity), fill, dtype=a.dtype)
+            b[:, :a.shape[1]] = a
+            return b
+
+        self.pend_kind = wider(self.pend_kind, NONE)
+        self.pend_v, self.pend_t = wider(self.pend_v, 0), wider(self.pend_t, 0)
+        self.pend_q = wider(self.pend_q, 0)
+        self.state_kind = wider(self.state_kind, NONE)
+        self.state_v, self.state_q = wider(self.state_v, 0), wider(self.state_q, 0)
+        self.capacity = capacity
+
+    def q_code(self, q: object) -> int:
+        code = self.q_codes.get(q)
+        if code is None:
+            code = self.q_codes[q] = len(self.q_names)
+            self.q_names.append(q)
+        return code
+
+    def text_code(self, text: str) -> int:
+        code = self.text_codes.get(text)
+        if code is None:
+            code = self.text_codes[text] = len(self.texts)
+            self.texts.append(text)
+        return code
+
+    def _code(self, v: object) -> tuple[int, float]:
+        if isinstance(v, float):
+            return FLOAT, v
+        if isinstance(v, bool | int) and -2 ** 53 <= v <= 2 ** 53:
+            return BOOL, float(v)
+        if v is None:
+            return NULL, 0.0
+        if isinstance(v, str):
+            return TEXT, float(self.text_code(v))
+        return OTHER, 0.0
+
+    # -- pending --------------------------------------------------------------------
+    def set_floats(self, prop: int, slots: np.ndarray, values: np.ndarray, t: np.ndarray,
+                   q: np.ndarray | int) -> None:
+        """Leaves of rounded floats (values are rounded here)."""
+        self.pend_kind[prop, slots] = FLOAT
+        self.pend_v[prop, slots] = round_leaf_values(values)
+        self.pend_t[prop, slots] = t
+        self.pend_q[prop, slots] = q
+        self.any_pending = True
+
+    def set_coded(self, prop: int, slots: np.ndarray, kind: int, codes: np.ndarray,
+                  t: np.ndarray, q: np.ndarray | int) -> None:
+        """Leaves of booleans (codes 0/1) or texts (codes from text_code)."""
+        self.pend_kind[prop, slots] = kind
+        self.pend_v[prop, slots] = codes
+        self.pend_t[prop, slots] = t
+        self.pend_q[prop, slots] = q
+        self.any_pending = True
+
+    def set_one(self, prop: int, slot: int, value: object, t: int, q: str) -> None:
+        """One leaf from Python; a float must be rounded already."""
+        kind, v = self._code(value)
+        self.pend_kind[prop, slot] = kind
+        self.pend_v[prop, slot] = v
+        self.pend_t[prop, slot] = t
+        self.pend_q[prop, slot] = self.q_code(q)
+        self.any_pending = True
+
+    def mark_bad(self, props: list[int], n: int) -> None:
+        """Every current leaf of these properties not yet "bad" becomes a pending "bad" copy."""
+        bad = self.q_codes["bad"]
+        for p in props:
+            cells = np.flatnonzero((self.state_kind[p, :n] != NONE) & (self.state_q[p, :n] != bad)
+                                   & (self.pend_kind[p, :n] == NONE))
+            if len(cells):
+                self.pend_kind[p, cells] = BAD_COPY
+                self.pend_q[p, cells] = bad
+                self.any_pending = True
+
+    # -- the step's outcome -----------------------------------------------------------
+    def take_changed(self, n: int, states: list[dict]) -> list[tuple[int, dict[str, dict]]]:
+        """Every slot with a pending leaf that differs from its current one, with those
+        leaves by property (in table order); they become the mirrored current state and
+        nothing is pending after. `states[slot]` is that subject's state (for "bad" copies
+        of its leaves, and the rare cell an older saved twin holds as something else)."""
+        if not self.any_pending:
+            return []
+        pk, pv, pq = self.pend_kind[:, :n], self.pend_v[:, :n], self.pend_q[:, :n]
+        sk, sv, sq = self.state_kind[:, :n], self.state_v[:, :n], self.state_q[:, :n]
+        pending = pk != NONE
+        both_float = (pk == FLOAT) & (sk == FLOAT)
+        numeric = (pk <= BOOL) & (sk >= FLOAT) & (sk <= BOOL)
+        equal = ((numeric & (pv == sv)) | ((pk == NULL) & (sk == NULL))
+                 | ((pk == TEXT) & (sk == TEXT) & (pv == sv)))
+        with np.errstate(invalid="ignore"):
+            beyond = np.abs(pv - sv) >= DEADBANDS[:, None]
+        differs = np.where(both_float, beyond, ~equal)
+        changed = pending & ((sk == NONE) | (pq != sq) | differs | (pk == BAD_COPY))
+        other = pending & (sk == OTHER) & ~changed
+        if other.any():
+            for p, s in zip(*np.nonzero(other), strict=True):
+                old = states[s][PROPS[p]]
+                new = self._leaf(int(pk[p, s]), float(pv[p, s]), int(self.pend_t[p, s]),
+                                 int(pq[p, s]), old)
+                changed[p, s] = old.get("q") != new["q"] or old["v"] != new["v"]
+        slots, props = np.nonzero(changed.T)
+        out: list[tuple[int, dict[str, dict]]] = []
+        if len(slots):
+            kinds = pk[props, slots]
+            values, times, qs = pv[props, slots], self.pend_t[props, slots], pq[props, slots]
+            leaf = self._leaf
+            current: dict[str, dict] = {}
+            last = -1
+            for s, p, kind, v, t, q in zip(slots.tolist(), props.tolist(), kinds.tolist(),
+                                           values.tolist(), times.tolist(), qs.tolist(),
+                                           strict=True):
+                if s != last:
+                    current = {}
+                    out.append((s, current))
+                    last = s
+                prop = PROPS[p]
+                current[prop] = leaf(kind, v, t, q, states[s].get(prop))
+            copied = kinds == BAD_COPY
+            self.state_kind[props, slots] = np.where(copied, sk[props, slots], kinds)
+            self.state_v[props, slots] = np.where(copied, sv[props, slots], values)
+            self.state_q[props, slots] = qs
+        self.pend_kind[:, :n] = NONE
+        self.any_pending = False
+        return out
+
+    def _leaf(self, kind: int, v: float, t: int, q: int, old: dict | None) -> dict:
+        if kind == FLOAT:
+            return {"v": v, "t": t, "q": self.q_names[q]}
+        if kind == BOOL:
+            return {"v": v != 0.0, "t": t, "q": self.q_names[q]}
+        if kind == NULL:
+            return {"v": None, "t": t, "q": self.q_names[q]}
+        if kind == TEXT:
+            return {"v": self.texts[int(v)], "t": t, "q": self.q_names[q]}
+        assert kind == BAD_COPY and old is not None
+        return {**old, "q": "bad"}
+
+    def load(self, slot: int, state: dict) -> None:
+        """Mirror a subject's current state (at start, from a saved twin)."""
+        for prop, leaf in state.items():
+            p = PROP_INDEX.get(prop)
+            if p is not None:
+                self.take(p, slot, leaf)
+
+    def take(self, p: int, slot: int, leaf: object) -> None:
+        if isinstance(leaf, dict) and "v" in leaf:
+            kind, v = self._code(leaf["v"])
+            q = self.q_code(leaf.get("q"))
+        else:
+            kind, v, q = OTHER, 0.0, self.q_code(None)
+        self.state_kind[p, slot] = kind
+        self.state_v[p, slot] = v
+        self.state_q[p, slot] = q
