@@ -18,6 +18,8 @@ The state is plain numbers (`to_saved`/`from_saved`) so it survives gateway rest
 
 from __future__ import annotations
 
+import numpy as np
+
 DAY_MS = 86_400_000
 SLOTS_PER_DAY = 48                    # half-hour slots
 SLOT_MS = DAY_MS // SLOTS_PER_DAY
@@ -147,3 +149,119 @@ class HydrationExcess:
         if self.mean is None or self.latest is None:
             return 0.0
         return self.latest - self.mean
+
+
+class TimeOfDayBaselines:
+    """Many subjects' `TimeOfDayBaseline`s as arrays, one row each (the twin engine's
+    struct of arrays), so that one reading of each of many subjects is learned in one pass
+    of numpy, with the same arithmetic in the same order as `observe` (bit for bit).
+    None is NaN (slot means, fallback) or a flag (outlier_since_ms)."""
+
+    def __init__(self) -> None:
+        self.slot_mean = np.full((0, SLOTS_PER_DAY), np.nan)
+        self.slot_count = np.zeros((0, SLOTS_PER_DAY), dtype=np.int64)
+        self.level = np.zeros(0)
+        self.fallback = np.zeros(0)
+        self.outlier_since_ms = np.zeros(0, dtype=np.int64)
+        self.outlier = np.zeros(0, dtype=bool)
+        self.unseen = np.zeros(0, dtype=np.int64)
+
+    def grow(self, capacity: int) -> None:
+        def wider(a: np.ndarray, fill: object) -> np.ndarray:
+            b = np.full((capacity, *a.shape[1:]), fill, dtype=a.dtype)
+            b[:len(a)] = a
+            return b
+        self.slot_mean, self.slot_count = wider(self.slot_mean, np.nan), wider(self.slot_count, 0)
+        self.level, self.fallback = wider(self.level, 0.0), wider(self.fallback, np.nan)
+        self.outlier_since_ms, self.outlier = wider(self.outlier_since_ms, 0), \
+            wider(self.outlier, False)
+        self.unseen = wider(self.unseen, SLOTS_PER_DAY)
+
+    def put(self, row: int, baseline: TimeOfDayBaseline) -> None:
+        self.slot_mean[row] = [np.nan if m is None else m for m in baseline.slot_mean]
+        self.slot_count[row] = baseline.slot_count
+        self.level[row] = baseline.level
+        self.fallback[row] = np.nan if baseline.fallback is None else baseline.fallback
+        self.outlier[row] = baseline.outlier_since_ms is not None
+        self.outlier_since_ms[row] = baseline.outlier_since_ms or 0
+        self.unseen[row] = baseline._unseen
+
+    def get(self, row: int) -> TimeOfDayBaseline:
+        baseline = TimeOfDayBaseline()
+        baseline.slot_mean = [None if m != m else m for m in self.slot_mean[row].tolist()]
+        baseline.slot_count = self.slot_count[row].tolist()
+        baseline.level = float(self.level[row])
+        fallback = float(self.fallback[row])
+        baseline.fallback = None if fallback != fallback else fallback
+        baseline.outlier_since_ms = (int(self.outlier_since_ms[row]) if self.outlier[row]
+                                     else None)
+        baseline._unseen = int(self.unseen[row])
+        return baseline
+
+    def expected(self, rows: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        """`expected` of each row at its time; NaN for None."""
+        profile = self._profile(rows, t_ms)
+        return np.where(np.isnan(profile), self.fallback[rows], profile + self.level[rows])
+
+    def observe(self, rows: np.ndarray, t_ms: np.ndarray, celsius: np.ndarray) -> None:
+        """`observe` of one reading for each of these distinct rows."""
+        expected = self.expected(rows, t_ms)
+        outside = ~np.isnan(expected) & (np.abs(celsius - expected) > LEARN_WITHIN_C)
+        since = np.where(self.outlier[rows], self.outlier_since_ms[rows], t_ms)
+        self.outlier[rows] = outside
+        self.outlier_since_ms[rows] = np.where(outside, since, 0)
+        learn = ~outside | (t_ms - since >= RELEARN_AFTER_MS)
+        if not learn.all():
+            rows, t_ms, celsius = rows[learn], t_ms[learn], celsius[learn]
+        fallback = self.fallback[rows]
+        self.fallback[rows] = np.where(np.isnan(fallback), celsius,
+                                       fallback + FALLBACK_WEIGHT * (celsius - fallback))
+        slot = (t_ms % DAY_MS) // SLOT_MS
+        mean = self.slot_mean[rows, slot]
+        count = self.slot_count[rows, slot] + 1
+        self.slot_count[rows, slot] = count
+        level = self.level[rows]
+        first = np.isnan(mean)
+        weight = np.maximum(1 / count, SLOT_MIN_WEIGHT)
+        self.slot_mean[rows, slot] = np.where(first, celsius - level,
+                                              mean + weight * (celsius - level - mean))
+        self.unseen[rows] -= first
+        full = self.unseen[rows] == 0
+        if full.any():
+            rows, t_ms, celsius, level = rows[full], t_ms[full], celsius[full], level[full]
+            profile = self._profile(rows, t_ms)
+            self.level[rows] = np.where(np.isnan(profile), level,
+                                        level + LEVEL_WEIGHT * (celsius - profile - level))
+
+    def _profile(self, rows: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        position = ((t_ms % DAY_MS) - SLOT_MS / 2) / SLOT_MS
+        floor = np.floor(position)
+        left = floor.astype(np.int64) % SLOTS_PER_DAY
+        right = (left + 1) % SLOTS_PER_DAY
+        a, b = self.slot_mean[rows, left], self.slot_mean[rows, right]
+        fraction = position - floor
+        return np.where(np.isnan(a), b, np.where(np.isnan(b), a, a + (b - a) * fraction))
+
+
+class BaselineRow:
+    """One subject's row of `TimeOfDayBaselines`, with `TimeOfDayBaseline`'s face."""
+
+    __slots__ = ("table", "row")
+
+    def __init__(self, table: TimeOfDayBaselines, row: int) -> None:
+        self.table, self.row = table, row
+
+    @property
+    def learned(self) -> bool:
+        return bool(self.table.unseen[self.row] == 0)
+
+    def expected(self, t_ms: int) -> float | None:
+        return self.table.get(self.row).expected(t_ms)
+
+    def observe(self, t_ms: int, celsius: float) -> None:
+        baseline = self.table.get(self.row)
+        baseline.observe(t_ms, celsius)
+        self.table.put(self.row, baseline)
+
+    def to_saved(self) -> dict:
+        return self.table.get(self.row).to_saved()

@@ -22,7 +22,12 @@ from gateway.model_contracts import ModelUnavailable
 from gateway.model_registry import CHANNEL_SCALE, MODELS
 from gateway.mqtt.topics import SCHEMA_VERSION
 from gateway.protocol import constants as ids
-from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
+from gateway.temp_baseline import (
+    BaselineRow,
+    HydrationExcess,
+    TimeOfDayBaseline,
+    TimeOfDayBaselines,
+)
 from gateway.twin_columns import BOOL, NONE, PROP_INDEX, TEXT, PropertyColumns
 from gateway.uv_forecast import UvForecaster
 from gateway.values import SampleBatch
@@ -49,6 +54,8 @@ BATTERY_LOW_BELOW_PCT = 15.0
 BATTERY_LOW_CLEAR_ABOVE_PCT = 20.0
 MAX_UV_GAP_S = 600                   # longer gaps between UV samples count as no exposure
 DAY_MS = 86_400_000                  # UV dose is a daily quantity: reset at 00:00 UTC
+# Below this many subjects with a reading to learn, one by one is faster than numpy.
+LOCKSTEP_MIN_SUBJECTS = 6
 HYDRATION_STATES = ("very dry", "dry", "normal")
 ROUND_DIGITS = 3
 
@@ -71,7 +78,8 @@ class SubjectTwin:
     rev: int = 0
     state: dict[str, dict] = field(default_factory=dict)
     temp_window: deque = field(default_factory=lambda: deque(maxlen=TEMP_WINDOW_SAMPLES))
-    temp_baseline: TimeOfDayBaseline = field(default_factory=TimeOfDayBaseline)
+    # in an engine, a row of its TimeOfDayBaselines
+    temp_baseline: TimeOfDayBaseline | BaselineRow = field(default_factory=TimeOfDayBaseline)
     hydration: HydrationExcess = field(default_factory=HydrationExcess)
     hydration_history: deque = field(default_factory=deque)     # (utc_ms, AU), last hour
     forecaster: UvForecaster | None = None
@@ -81,7 +89,6 @@ class SubjectTwin:
     uv_forecast_alerted: bool = False
     forecast_at_ms: int | None = None
     snapshot_published: bool = False   # since this engine started (the birth snapshot)
-    last_temp_t: int = 0
     inflamed: bool = False
     med_sed: float = 3.0
     uv_dose_sed: float = 0.0
@@ -162,6 +169,8 @@ class TwinEngine:
         self._window_len = np.zeros(0, dtype=np.int64)
         self._new_temp = np.zeros(0, dtype=bool)
         self._new_hydration = np.zeros(0, dtype=bool)
+        self._last_temp_t = np.zeros(0, dtype=np.int64)
+        self._baselines = TimeOfDayBaselines()
         self._queued: list[tuple[int, SampleBatch]] = []
         for subject, (rev, state) in (saved or {}).items():
             twin = SubjectTwin.from_saved(subject, rev, state)
@@ -181,6 +190,9 @@ class TwinEngine:
         if window:
             self._window[slot] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
         self._window_len[slot] = len(window)
+        if isinstance(twin.temp_baseline, TimeOfDayBaseline):
+            self._baselines.put(slot, twin.temp_baseline)
+            twin.temp_baseline = BaselineRow(self._baselines, slot)
 
     def _grow(self, capacity: int) -> None:
         def wider(a: np.ndarray) -> np.ndarray:
@@ -189,6 +201,8 @@ class TwinEngine:
             return b
         self._window, self._window_len = wider(self._window), wider(self._window_len)
         self._new_temp, self._new_hydration = wider(self._new_temp), wider(self._new_hydration)
+        self._last_temp_t = wider(self._last_temp_t)
+        self._baselines.grow(capacity)
         self._capacity = capacity
 
     def twin(self, subject: str) -> SubjectTwin:
@@ -283,16 +297,11 @@ class TwinEngine:
     def _take_temperature(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
                           values: np.ndarray, times: np.ndarray) -> None:
         """Temperature runs (one per subject): window, time-of-day baseline, flags."""
-        value_list, time_list = values.tolist(), times.tolist()
+        value_list = values.tolist()
         for slot, a, b in zip(run_slots.tolist(), begin.tolist(), end.tolist(), strict=True):
-            twin = self._by_slot[slot]
-            run_values = value_list[a:b]
-            twin.temp_window.extend(run_values)
-            observe = twin.temp_baseline.observe
-            for v, t in zip(run_values, time_list[a:b], strict=True):
-                if t >= 0:
-                    observe(t, v)
-            twin.last_temp_t = time_list[b - 1]
+            self._by_slot[slot].temp_window.extend(value_list[a:b])
+        self._last_temp_t[run_slots] = times[end - 1]
+        self._observe_baselines(run_slots, begin, end, values, times)
         self._new_temp[run_slots] = True
         # The windows (padded with their oldest sample), all at once: position j of the
         # new window is element max(L + m - 30 + j, 0) of (old window ++ new samples).
@@ -308,6 +317,35 @@ class TwinEngine:
         self._window[run_slots] = np.where(
             from_old, self._window[run_slots[:, None], old_col], values[new_pos])
         self._window_len[run_slots] = np.minimum(total, TEMP_WINDOW_SAMPLES)
+
+    def _observe_baselines(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
+                           values: np.ndarray, times: np.ndarray) -> None:
+        """Each run's timed readings into its subject's baseline, in order: the k-th reading
+        of every subject in one numpy pass while many subjects have one, the rest (a
+        backlog's long run) one by one."""
+        timed = times >= 0
+        if not timed.all():
+            before = np.concatenate(([0], np.cumsum(timed)))
+            begin, end = before[begin], before[end]
+            values, times = values[timed], times[timed]
+        counts = end - begin
+        k = 0
+        while True:
+            active = np.flatnonzero(counts > k)
+            if len(active) < LOCKSTEP_MIN_SUBJECTS:
+                break
+            at = begin[active] + k
+            self._baselines.observe(run_slots[active], times[at], values[at])
+            k += 1
+        if len(active):
+            value_list, time_list = values.tolist(), times.tolist()
+            for slot, a, b in zip(run_slots[active].tolist(), (begin[active] + k).tolist(),
+                                  end[active].tolist(), strict=True):
+                baseline = self._baselines.get(slot)
+                observe = baseline.observe
+                for i in range(a, b):
+                    observe(time_list[i], value_list[i])
+                self._baselines.put(slot, baseline)
 
     def _take_uv(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
                  values: np.ndarray, times: np.ndarray) -> None:
@@ -347,7 +385,10 @@ class TwinEngine:
             return
         ready = [self._by_slot[s] for s in slots.tolist()]
         windows = self._window[slots].astype(np.float32)
-        baselines = _column([_expected_temp(t) for t in ready])
+        last_t = self._last_temp_t[slots]
+        expected = self._baselines.expected(slots, last_t)
+        latest = self._window[slots, -1]
+        baselines = np.where(np.isnan(expected), latest, expected).astype(np.float32)[:, None]
         hydration = _column([t.hydration.latest if t.hydration.latest is not None
                              else NEUTRAL_HYDRATION_AU for t in ready])
         excess = _column([t.hydration.excess_au for t in ready])
@@ -355,10 +396,10 @@ class TwinEngine:
             "temp_window_c": windows, "baseline_c": baselines, "hydration_au": hydration,
             "hydration_excess_au": excess})
         # A baseline is "good" once it has seen every half hour of a day.
-        learned = np.array([t.temp_baseline.learned for t in ready])
+        learned = self._baselines.unseen[slots] == 0
         quality = np.where((self._window_len[slots] == TEMP_WINDOW_SAMPLES) & learned,
                            _GOOD, _UNCERTAIN)
-        t = np.array([twin.last_temp_t for twin in ready], dtype=np.int64)
+        t = last_t
         columns = self.columns
         columns.set_floats(_P["temp_baseline_c"], slots, baselines[:, 0], t, quality)
         columns.set_floats(_P["temp_delta_c"], slots, out["delta_c"][:, 0], t, quality)
@@ -525,11 +566,6 @@ class TwinEngine:
 def _column(values: list[float]) -> np.ndarray:
     """[N, 1] float32 from one value per subject."""
     return np.array(values, dtype=np.float32).reshape(-1, 1)
-
-
-def _expected_temp(twin: SubjectTwin) -> float:
-    expected = twin.temp_baseline.expected(twin.last_temp_t)
-    return twin.temp_window[-1] if expected is None else expected
 
 
 def _hydration_trend(twin: SubjectTwin, t: int, au: float) -> float | None:
