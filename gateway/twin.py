@@ -21,7 +21,6 @@ import numpy as np
 from gateway.model_contracts import ModelUnavailable
 from gateway.model_registry import CHANNEL_SCALE, MODELS
 from gateway.mqtt.topics import SCHEMA_VERSION
-from gateway.protocol import constants as ids
 from gateway.temp_baseline import (
     BaselineRow,
     HydrationExcess,
@@ -137,8 +136,6 @@ for _channel, (_scale, _prop) in CHANNEL_SCALE.items():
     _CHANNEL_PROP[_channel], _CHANNEL_SCALE[_channel] = PROP_INDEX[_prop], _scale
 _P = PROP_INDEX
 _GOOD, _UNCERTAIN = 0, 1                 # PropertyColumns' quality codes
-_TEMP, _UV, _HYDRATION = (int(ids.Channel.TEMPERATURE), int(ids.Channel.UV),
-                          int(ids.Channel.HYDRATION))
 
 
 class TwinEngine:
@@ -218,9 +215,12 @@ class TwinEngine:
         """Feed committed samples (any order of devices; each batch in seq order). They are
         taken in at the next step, all subjects' together."""
         subject = self.subject_of.get(batch.device_id)
-        if subject is None or len(batch) == 0:
+        if subject is None or not len(batch.seq):
             return
-        self._queued.append((self.twin(subject).slot, batch))
+        twin = self.twins.get(subject)
+        if twin is None or (twin.forecaster is None and self.location is not None):
+            twin = self.twin(subject)
+        self._queued.append((twin.slot, batch))
 
     def step(self, now_ms: int) -> list[TwinUpdate]:
         self._take_queued()
@@ -256,43 +256,39 @@ class TwinEngine:
             channel = np.concatenate([b.channel for _, b in queued])
             value = np.concatenate([b.value for _, b in queued])
             utc = np.concatenate([b.utc_ms for _, b in queued])
-            lengths = [len(b) for _, b in queued]
+            lengths = [len(b.channel) for _, b in queued]
             slots = np.repeat(np.array([s for s, _ in queued], dtype=np.int64), lengths)
             uncertain = np.repeat(np.array([b.time_uncertain for _, b in queued]), lengths)
-        channel = channel.astype(np.int64)
         prop = _CHANNEL_PROP[channel]
-        known = prop >= 0
-        if not known.all():
+        if (prop < 0).any():
+            known = prop >= 0
             channel, value, utc = channel[known], value[known], utc[known]
             slots, uncertain, prop = slots[known], uncertain[known], prop[known]
-        if not len(channel):
-            return
-        values = value.astype(np.float64) * _CHANNEL_SCALE[channel]
-        # Each (property, subject)'s last sample is its pending leaf.
+            if not len(channel):
+                return
+        values = value * _CHANNEL_SCALE[channel]
+        # Runs of one property (channel) of one subject, in sample order; each run's last
+        # sample is its pending leaf.
         n = len(channel)
         key = prop * self._capacity + slots
         order = np.argsort(key, kind="stable")
         sorted_key = key[order]
-        last = order[np.flatnonzero(np.append(sorted_key[1:] != sorted_key[:-1], True))]
-        quality = np.where((utc[last] >= 0) & ~uncertain[last], _GOOD, _UNCERTAIN)
-        for p in np.unique(prop[last]).tolist():
-            cells = last[prop[last] == p]
-            self.columns.set_floats(p, slots[cells], values[cells], utc[cells],
-                                    quality[prop[last] == p])
-        # Runs of one channel of one subject, in sample order.
-        channel_sorted = channel[order]
-        starts = np.flatnonzero(np.insert(sorted_key[1:] != sorted_key[:-1], 0, True))
-        ends = np.append(starts[1:], n)
-        run_channel = channel_sorted[starts]
-        run_slot = slots[order][starts]
-        for wanted, handle in ((_TEMP, self._take_temperature), (_UV, self._take_uv)):
-            runs = np.flatnonzero(run_channel == wanted)
+        ends = np.flatnonzero(sorted_key[1:] != sorted_key[:-1]) + 1
+        starts = np.concatenate(([0], ends))
+        ends = np.concatenate((ends, [n]))
+        last = order[ends - 1]
+        run_prop, run_slot, run_t = prop[last], slots[last], utc[last]
+        quality = np.where((run_t >= 0) & ~uncertain[last], _GOOD, _UNCERTAIN)
+        self.columns.set_floats(run_prop, run_slot, values[last], run_t, quality)
+        for wanted, handle in ((_P["skin_temp_c"], self._take_temperature),
+                               (_P["uv_index"], self._take_uv)):
+            runs = np.flatnonzero(run_prop == wanted)
             if len(runs):
                 first, stop = int(starts[runs[0]]), int(ends[runs[-1]])
                 picked = order[first:stop]
                 handle(run_slot[runs], starts[runs] - first, ends[runs] - first,
                        values[picked], utc[picked])
-        self._new_hydration[slots[channel == _HYDRATION]] = True
+        self._new_hydration[run_slot[run_prop == _P["capacitance_pf"]]] = True
 
     def _take_temperature(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
                           values: np.ndarray, times: np.ndarray) -> None:
