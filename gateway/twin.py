@@ -28,7 +28,7 @@ from gateway.temp_baseline import (
     TimeOfDayBaselines,
 )
 from gateway.twin_columns import BOOL, NONE, PROP_INDEX, TEXT, PropertyColumns
-from gateway.uv_forecast import UvForecaster
+from gateway.uv_forecast import UvForecaster, clear_sky_many
 from gateway.values import SampleBatch
 
 TEMP_WINDOW_SAMPLES = 30
@@ -169,6 +169,8 @@ class TwinEngine:
         self._last_temp_t = np.zeros(0, dtype=np.int64)
         self._baselines = TimeOfDayBaselines()
         self._queued: list[tuple[int, SampleBatch]] = []
+        # twins whose birth snapshot is still due (it waits until they hold a state)
+        self._unpublished: list[SubjectTwin] = []
         for subject, (rev, state) in (saved or {}).items():
             twin = SubjectTwin.from_saved(subject, rev, state)
             twin.med_sed = self.med_sed_of.get(subject, 3.0)
@@ -179,6 +181,7 @@ class TwinEngine:
         self.twins[twin.subject] = twin
         self._by_slot.append(twin)
         self._states.append(twin.state)
+        self._unpublished.append(twin)
         if slot >= self._capacity:
             self._grow(max(16, 2 * self._capacity))
         self.columns.grow(self._capacity)
@@ -251,19 +254,21 @@ class TwinEngine:
             slot, batch = queued[0]
             channel, value, utc = batch.channel, batch.value, batch.utc_ms
             slots = np.full(len(channel), slot, dtype=np.int64)
-            uncertain = np.full(len(channel), batch.time_uncertain)
+            uncertain = np.full(len(channel), True) if batch.time_uncertain else None
         else:
             channel = np.concatenate([b.channel for _, b in queued])
             value = np.concatenate([b.value for _, b in queued])
             utc = np.concatenate([b.utc_ms for _, b in queued])
-            lengths = [len(b.channel) for _, b in queued]
+            lengths = np.array([len(b.channel) for _, b in queued])
             slots = np.repeat(np.array([s for s, _ in queued], dtype=np.int64), lengths)
-            uncertain = np.repeat(np.array([b.time_uncertain for _, b in queued]), lengths)
+            uncertain = (np.repeat(np.array([b.time_uncertain for _, b in queued]), lengths)
+                         if any(b.time_uncertain for _, b in queued) else None)
         prop = _CHANNEL_PROP[channel]
         if (prop < 0).any():
             known = prop >= 0
             channel, value, utc = channel[known], value[known], utc[known]
-            slots, uncertain, prop = slots[known], uncertain[known], prop[known]
+            slots, prop = slots[known], prop[known]
+            uncertain = None if uncertain is None else uncertain[known]
             if not len(channel):
                 return
         values = value * _CHANNEL_SCALE[channel]
@@ -278,7 +283,8 @@ class TwinEngine:
         ends = np.concatenate((ends, [n]))
         last = order[ends - 1]
         run_prop, run_slot, run_t = prop[last], slots[last], utc[last]
-        quality = np.where((run_t >= 0) & ~uncertain[last], _GOOD, _UNCERTAIN)
+        good = run_t >= 0 if uncertain is None else (run_t >= 0) & ~uncertain[last]
+        quality = np.where(good, _GOOD, _UNCERTAIN)
         self.columns.set_floats(run_prop, run_slot, values[last], run_t, quality)
         for wanted, handle in ((_P["skin_temp_c"], self._take_temperature),
                                (_P["uv_index"], self._take_uv)):
@@ -345,34 +351,40 @@ class TwinEngine:
 
     def _take_uv(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
                  values: np.ndarray, times: np.ndarray) -> None:
+        """UV runs (one per subject): the erythemal exposure Σ UVI·dt since the last
+        uv_dose run (each sample's UVI held until the next sample) and the forecaster's
+        window. Clear-sky UVIs for every sample in one call."""
         value_list, time_list = values.tolist(), times.tolist()
-        for slot, a, b in zip(run_slots.tolist(), begin.tolist(), end.tolist(), strict=True):
-            self._accumulate_uv(self._by_slot[slot], value_list[a:b], time_list[a:b])
-
-    def _accumulate_uv(self, twin: SubjectTwin, uvi: list[float], times: list[int]) -> None:
-        """Erythemal exposure Σ UVI·dt (each sample's UVI held until the next sample)."""
+        if self.location is not None and (times >= 0).any():
+            clear_list = clear_sky_many(*self.location, np.maximum(times, 0))
+        else:
+            clear_list = [0.0] * len(time_list)
         offset = self.day_offset_ms
-        forecaster = twin.forecaster
-        day, last_t, last_v = twin.uv_dose_day, twin.last_uv_t, twin.uv_last
-        exposure, exposure_s = twin.uv_exposure, twin.uv_exposure_s
-        for value, t in zip(uvi, times, strict=True):
-            if t < 0:
-                continue
-            if forecaster is not None:
-                forecaster.observe(t, value)
-            if day != (t + offset) // DAY_MS:       # a new day: the daily dose starts again
-                day = (t + offset) // DAY_MS
-                twin.uv_dose_sed, twin.uv_alerted = 0.0, False
-                twin.uv_forecast_alerted = False
-                last_t = None
-            if last_t is not None:
-                dt_s = (t - last_t) / 1000
-                if 0 < dt_s <= MAX_UV_GAP_S:
-                    exposure += last_v * dt_s
-                    exposure_s += dt_s
-            last_t, last_v = t, value
-        twin.uv_dose_day, twin.last_uv_t, twin.uv_last = day, last_t, last_v
-        twin.uv_exposure, twin.uv_exposure_s = exposure, exposure_s
+        for slot, a, b in zip(run_slots.tolist(), begin.tolist(), end.tolist(), strict=True):
+            twin = self._by_slot[slot]
+            observe = twin.forecaster.observe_clear if twin.forecaster is not None else None
+            day, last_t, last_v = twin.uv_dose_day, twin.last_uv_t, twin.uv_last
+            exposure, exposure_s = twin.uv_exposure, twin.uv_exposure_s
+            for i in range(a, b):
+                t = time_list[i]
+                if t < 0:
+                    continue
+                value = value_list[i]
+                if observe is not None:
+                    observe(t, value, clear_list[i])
+                if day != (t + offset) // DAY_MS:     # a new day: the daily dose starts again
+                    day = (t + offset) // DAY_MS
+                    twin.uv_dose_sed, twin.uv_alerted = 0.0, False
+                    twin.uv_forecast_alerted = False
+                    last_t = None
+                if last_t is not None:
+                    dt_s = (t - last_t) / 1000
+                    if 0 < dt_s <= MAX_UV_GAP_S:
+                        exposure += last_v * dt_s
+                        exposure_s += dt_s
+                last_t, last_v = t, value
+            twin.uv_dose_day, twin.last_uv_t, twin.uv_last = day, last_t, last_v
+            twin.uv_exposure, twin.uv_exposure_s = exposure, exposure_s
 
     def _run_temp_anomaly(self) -> None:
         n = len(self._by_slot)
@@ -471,11 +483,13 @@ class TwinEngine:
 
     def _publish(self, now_ms: int) -> list[TwinUpdate]:
         changed_by_slot = dict(self.columns.take_changed(len(self._by_slot), self._states))
+        if self._unpublished:
+            for twin in self._unpublished:
+                changed_by_slot.setdefault(twin.slot, {})
         updates = []
-        for twin in self._by_slot:
-            changed = changed_by_slot.get(twin.slot)
-            if changed is None and twin.snapshot_published:
-                continue
+        for slot in sorted(changed_by_slot):
+            twin = self._by_slot[slot]
+            changed = changed_by_slot[slot]
             update = None
             if changed:
                 twin.state.update(changed)
@@ -493,6 +507,8 @@ class TwinEngine:
                 twin.snapshot_published = True
             if update is not None:
                 updates.append(update)
+        if self._unpublished:
+            self._unpublished = [t for t in self._unpublished if not t.snapshot_published]
         return updates
 
     def _alerts(self, twin: SubjectTwin, changed: dict, now_ms: int) -> list[dict]:

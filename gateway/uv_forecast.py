@@ -21,6 +21,8 @@ import math
 from collections import deque
 from datetime import UTC, datetime
 
+import numpy as np
+
 MADRONICH_UVI_SCALE = 12.5
 MADRONICH_MU_EXPONENT = 2.42
 COOPER_TILT_DEG = 23.45
@@ -48,6 +50,31 @@ def clear_sky_uvi(latitude_deg: float, longitude_deg: float, utc_ms: int) -> flo
     if mu0 <= 0:
         return 0.0
     return MADRONICH_UVI_SCALE * mu0 ** MADRONICH_MU_EXPONENT
+
+
+def clear_sky_many(latitude_deg: float, longitude_deg: float,
+                   utc_ms: np.ndarray) -> list[float]:
+    """`UvForecaster.clear_sky` of each time, bit for bit: the arithmetic in numpy, cosine
+    and power through `math` (numpy's own may differ from it in the last bit)."""
+    day = utc_ms // DAY_MS
+    latitude = latitude_deg * _DEG
+    first_day, last_day = int(day.min()), int(day.max())
+    terms = {}
+    for d in range(first_day, last_day + 1) if last_day - first_day < 3 else np.unique(day).tolist():
+        n = day_of_year(d * DAY_MS)
+        declination = COOPER_TILT_DEG * _DEG * math.sin(2 * math.pi * (284 + n) / 365)
+        terms[d] = (math.sin(latitude) * math.sin(declination),
+                    math.cos(latitude) * math.cos(declination))
+    if first_day == last_day:
+        a, b = terms[first_day]
+    else:
+        a = np.array([terms[d][0] for d in day.tolist()])
+        b = np.array([terms[d][1] for d in day.tolist()])
+    solar_hour = ((utc_ms % DAY_MS) / 3_600_000 + longitude_deg / 15) % 24
+    cosine = np.array(list(map(math.cos, ((solar_hour - 12) * 15 * _DEG).tolist())))
+    mu0 = a + b * cosine
+    return [MADRONICH_UVI_SCALE * m ** MADRONICH_MU_EXPONENT if m > 0 else 0.0
+            for m in mu0.tolist()]
 
 
 class UvForecaster:
@@ -87,8 +114,15 @@ class UvForecaster:
     def observe(self, utc_ms: int, uvi: float) -> None:
         if self.last_ms is not None and utc_ms <= self.last_ms:
             return
+        self.observe_clear(utc_ms, uvi, self.clear_sky(utc_ms))
+
+    def observe_clear(self, utc_ms: int, uvi: float, clear: float) -> None:
+        """`observe` with this place's clear-sky UVI at `utc_ms` already worked out (the twin
+        engine does that for a whole batch with `clear_sky_many`)."""
+        if self.last_ms is not None and utc_ms <= self.last_ms:
+            return
         self.last_ms = utc_ms
-        measured, clear = max(uvi, 0.0), self.clear_sky(utc_ms)
+        measured = max(uvi, 0.0)
         self.recent.append((utc_ms, measured, clear))
         if clear >= MIN_CLEAR_SKY_UVI:
             self._measured += measured
