@@ -260,8 +260,8 @@ class TwinEngine:
             value = np.concatenate([b.value for _, b in queued])
             utc = np.concatenate([b.utc_ms for _, b in queued])
             lengths = np.array([len(b.channel) for _, b in queued])
-            slots = np.repeat(np.array([s for s, _ in queued], dtype=np.int64), lengths)
-            uncertain = (np.repeat(np.array([b.time_uncertain for _, b in queued]), lengths)
+            slots = np.array([s for s, _ in queued], dtype=np.int64).repeat(lengths)
+            uncertain = (np.array([b.time_uncertain for _, b in queued]).repeat(lengths)
                          if any(b.time_uncertain for _, b in queued) else None)
         prop = _CHANNEL_PROP[channel]
         if (prop < 0).any():
@@ -276,19 +276,20 @@ class TwinEngine:
         # sample is its pending leaf.
         n = len(channel)
         key = prop * self._capacity + slots
-        order = np.argsort(key, kind="stable")
+        order = key.argsort(kind="stable")
         sorted_key = key[order]
-        ends = np.flatnonzero(sorted_key[1:] != sorted_key[:-1]) + 1
+        ends = (sorted_key[1:] != sorted_key[:-1]).nonzero()[0] + 1
         starts = np.concatenate(([0], ends))
         ends = np.concatenate((ends, [n]))
         last = order[ends - 1]
         run_prop, run_slot, run_t = prop[last], slots[last], utc[last]
         good = run_t >= 0 if uncertain is None else (run_t >= 0) & ~uncertain[last]
         quality = np.where(good, _GOOD, _UNCERTAIN)
-        self.columns.set_floats(run_prop, run_slot, values[last], run_t, quality)
+        self.columns.set_floats(run_prop, run_slot, values[last], run_t, quality,
+                                rounded_now=True)   # the hydration model reads them
         for wanted, handle in ((_P["skin_temp_c"], self._take_temperature),
                                (_P["uv_index"], self._take_uv)):
-            runs = np.flatnonzero(run_prop == wanted)
+            runs = (run_prop == wanted).nonzero()[0]
             if len(runs):
                 first, stop = int(starts[runs[0]]), int(ends[runs[-1]])
                 picked = order[first:stop]
@@ -313,9 +314,10 @@ class TwinEngine:
         j = np.arange(TEMP_WINDOW_SAMPLES)
         index = np.maximum(total[:, None] - TEMP_WINDOW_SAMPLES + j, 0)
         from_old = index < old_len[:, None]
-        old_col = np.clip(TEMP_WINDOW_SAMPLES - old_len[:, None] + index, 0,
-                          TEMP_WINDOW_SAMPLES - 1)
-        new_pos = np.clip(begin[:, None] + index - old_len[:, None], 0, len(values) - 1)
+        old_col = np.minimum(np.maximum(TEMP_WINDOW_SAMPLES - old_len[:, None] + index, 0),
+                             TEMP_WINDOW_SAMPLES - 1)
+        new_pos = np.minimum(np.maximum(begin[:, None] + index - old_len[:, None], 0),
+                             len(values) - 1)
         self._window[run_slots] = np.where(
             from_old, self._window[run_slots[:, None], old_col], values[new_pos])
         self._window_len[run_slots] = np.minimum(total, TEMP_WINDOW_SAMPLES)
@@ -333,7 +335,7 @@ class TwinEngine:
         counts = end - begin
         k = 0
         while True:
-            active = np.flatnonzero(counts > k)
+            active = (counts > k).nonzero()[0]
             if len(active) < LOCKSTEP_MIN_SUBJECTS:
                 break
             at = begin[active] + k
@@ -388,7 +390,7 @@ class TwinEngine:
 
     def _run_temp_anomaly(self) -> None:
         n = len(self._by_slot)
-        slots = np.flatnonzero(self._new_temp[:n] & (self._window_len[:n] > 0))
+        slots = (self._new_temp[:n] & (self._window_len[:n] > 0)).nonzero()[0]
         if not len(slots):
             return
         ready = [self._by_slot[s] for s in slots.tolist()]
@@ -457,8 +459,8 @@ class TwinEngine:
         columns = self.columns
         cap, skin = _P["capacitance_pf"], _P["skin_temp_c"]
         skin_pending = columns.pend_kind[skin, :n] != NONE
-        slots = np.flatnonzero(self._new_hydration[:n] & (columns.pend_kind[cap, :n] != NONE)
-                               & (skin_pending | (columns.state_kind[skin, :n] != NONE)))
+        slots = (self._new_hydration[:n] & (columns.pend_kind[cap, :n] != NONE)
+                 & (skin_pending | (columns.state_kind[skin, :n] != NONE))).nonzero()[0]
         if not len(slots):
             return
         skin_c = np.where(skin_pending[slots], columns.pend_v[skin, slots],

@@ -40,7 +40,7 @@ def round_leaf_values(x: np.ndarray) -> np.ndarray:
     frac = scaled - np.floor(scaled)
     doubtful = (np.abs(frac - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0 ** 50)
     if doubtful.any():
-        for i in np.flatnonzero(doubtful).tolist():
+        for i in doubtful.nonzero()[0].tolist():
             out[i] = round(float(x[i]), ROUND_DIGITS)
     return out
 
@@ -108,11 +108,12 @@ class PropertyColumns:
         return OTHER, 0.0
 
     # -- pending --------------------------------------------------------------------
-    def set_floats(self, prop: int, slots: np.ndarray, values: np.ndarray, t: np.ndarray,
-                   q: np.ndarray | int) -> None:
-        """Leaves of rounded floats (values are rounded here)."""
+    def set_floats(self, prop: int | np.ndarray, slots: np.ndarray, values: np.ndarray,
+                   t: np.ndarray, q: np.ndarray | int, rounded_now: bool = False) -> None:
+        """Leaves of floats, rounded as leaves are: now, or with every other pending float
+        when the step takes what changed (one rounding pass for all of them)."""
         self.pend_kind[prop, slots] = FLOAT
-        self.pend_v[prop, slots] = round_leaf_values(values)
+        self.pend_v[prop, slots] = round_leaf_values(values) if rounded_now else values
         self.pend_t[prop, slots] = t
         self.pend_q[prop, slots] = q
         self.any_pending = True
@@ -139,8 +140,8 @@ class PropertyColumns:
         """Every current leaf of these properties not yet "bad" becomes a pending "bad" copy."""
         bad = self.q_codes["bad"]
         for p in props:
-            cells = np.flatnonzero((self.state_kind[p, :n] != NONE) & (self.state_q[p, :n] != bad)
-                                   & (self.pend_kind[p, :n] == NONE))
+            cells = ((self.state_kind[p, :n] != NONE) & (self.state_q[p, :n] != bad)
+                     & (self.pend_kind[p, :n] == NONE)).nonzero()[0]
             if len(cells):
                 self.pend_kind[p, cells] = BAD_COPY
                 self.pend_q[p, cells] = bad
@@ -156,8 +157,10 @@ class PropertyColumns:
             return []
         pk, pv, pq = self.pend_kind[:, :n], self.pend_v[:, :n], self.pend_q[:, :n]
         sk, sv, sq = self.state_kind[:, :n], self.state_v[:, :n], self.state_q[:, :n]
+        floats = pk == FLOAT
+        pv[floats] = round_leaf_values(pv[floats])   # rounding a rounded value keeps it
         pending = pk != NONE
-        both_float = (pk == FLOAT) & (sk == FLOAT)
+        both_float = floats & (sk == FLOAT)
         numeric = (pk <= BOOL) & (sk >= FLOAT) & (sk <= BOOL)
         equal = ((numeric & (pv == sv)) | ((pk == NULL) & (sk == NULL))
                  | ((pk == TEXT) & (sk == TEXT) & (pv == sv)))
