@@ -265,3 +265,59 @@ class BaselineRow:
 
     def to_saved(self) -> dict:
         return self.table.get(self.row).to_saved()
+
+
+class HydrationExcesses:
+    """Many subjects' `HydrationExcess` as arrays, one row each (None is NaN): one reading
+    of each of many subjects learned in one numpy pass, bit for bit as `observe`."""
+
+    def __init__(self) -> None:
+        self.mean = np.zeros(0)
+        self.latest = np.zeros(0)
+
+    def grow(self, capacity: int) -> None:
+        for name in ("mean", "latest"):
+            wider = np.full(capacity, np.nan)
+            old = getattr(self, name)
+            wider[:len(old)] = old
+            setattr(self, name, wider)
+
+    def put(self, row: int, hydration: HydrationExcess) -> None:
+        self.mean[row] = np.nan if hydration.mean is None else hydration.mean
+        self.latest[row] = np.nan if hydration.latest is None else hydration.latest
+
+    def observe(self, rows: np.ndarray, au: np.ndarray) -> None:
+        self.latest[rows] = au
+        on_skin = au >= HydrationExcess.OFF_SKIN_BELOW_AU
+        rows, au = rows[on_skin], au[on_skin]
+        mean = self.mean[rows]
+        high = au - mean > HydrationExcess.EXCESS_FREEZE_AU
+        weight = np.where(high, HydrationExcess.SLOW_WEIGHT, HydrationExcess.WEIGHT)
+        self.mean[rows] = np.where(np.isnan(mean), au, mean + weight * (au - mean))
+
+    def excess_au(self, rows: np.ndarray) -> np.ndarray:
+        excess = self.latest[rows] - self.mean[rows]
+        return np.where(np.isnan(excess), 0.0, excess)
+
+
+class HydrationRow:
+    """One subject's row of `HydrationExcesses`, with `HydrationExcess`'s face."""
+
+    __slots__ = ("table", "row")
+
+    def __init__(self, table: HydrationExcesses, row: int) -> None:
+        self.table, self.row = table, row
+
+    @property
+    def mean(self) -> float | None:
+        mean = float(self.table.mean[self.row])
+        return None if mean != mean else mean
+
+    @property
+    def latest(self) -> float | None:
+        latest = float(self.table.latest[self.row])
+        return None if latest != latest else latest
+
+    @property
+    def excess_au(self) -> float:
+        return float(self.table.excess_au(np.array([self.row]))[0])

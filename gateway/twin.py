@@ -13,7 +13,7 @@ rest of the step (every other model, the raw channels) goes on.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,10 +24,14 @@ from gateway.mqtt.topics import SCHEMA_VERSION
 from gateway.temp_baseline import (
     BaselineRow,
     HydrationExcess,
+    HydrationExcesses,
+    HydrationRow,
     TimeOfDayBaseline,
     TimeOfDayBaselines,
 )
 from gateway.twin_columns import BOOL, NONE, PROP_INDEX, TEXT, PropertyColumns
+from gateway.uv_exposure import MAX_UV_GAP_S as MAX_UV_GAP_S  # gateway/report/archive.py
+from gateway.uv_exposure import UvExposure, UvExposureRow, UvExposures
 from gateway.uv_forecast import UvForecaster, clear_sky_many
 from gateway.values import SampleBatch
 
@@ -51,8 +55,6 @@ UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
 # the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
 BATTERY_LOW_BELOW_PCT = 15.0
 BATTERY_LOW_CLEAR_ABOVE_PCT = 20.0
-MAX_UV_GAP_S = 600                   # longer gaps between UV samples count as no exposure
-DAY_MS = 86_400_000                  # UV dose is a daily quantity: reset at 00:00 UTC
 # Below this many subjects with a reading to learn, one by one is faster than numpy.
 LOCKSTEP_MIN_SUBJECTS = 6
 HYDRATION_STATES = ("very dry", "dry", "normal")
@@ -76,26 +78,22 @@ class SubjectTwin:
     subject: str
     rev: int = 0
     state: dict[str, dict] = field(default_factory=dict)
-    temp_window: deque = field(default_factory=lambda: deque(maxlen=TEMP_WINDOW_SAMPLES))
+    # In an engine, these four are views of its rows (struct of arrays).
+    temp_window: deque | WindowRow = field(
+        default_factory=lambda: deque(maxlen=TEMP_WINDOW_SAMPLES))
     # in an engine, a row of its TimeOfDayBaselines
     temp_baseline: TimeOfDayBaseline | BaselineRow = field(default_factory=TimeOfDayBaseline)
-    hydration: HydrationExcess = field(default_factory=HydrationExcess)
+    hydration: HydrationExcess | HydrationRow = field(default_factory=HydrationExcess)
+    uv: UvExposure | UvExposureRow = field(default_factory=UvExposure)
     hydration_history: deque = field(default_factory=deque)     # (utc_ms, AU), last hour
     forecaster: UvForecaster | None = None
     loose: bool = False
     drying: bool = False
     drying_since_ms: int | None = None
     uv_forecast_alerted: bool = False
-    forecast_at_ms: int | None = None
     snapshot_published: bool = False   # since this engine started (the birth snapshot)
     inflamed: bool = False
     med_sed: float = 3.0
-    uv_dose_sed: float = 0.0
-    uv_dose_day: int | None = None
-    last_uv_t: int | None = None
-    uv_exposure: float = 0.0          # Σ UVI·dt over samples not yet run through uv_dose
-    uv_exposure_s: float = 0.0
-    uv_last: float = 0.0
     uv_alerted: bool = False
     battery_low: bool = False
     slot: int = -1                    # this twin's column in its engine's arrays
@@ -104,8 +102,8 @@ class SubjectTwin:
         return {"state": self.state, "temp_baseline": self.temp_baseline.to_saved(),
                 "hydration_mean_au": self.hydration.mean,
                 "hydration_au": self.hydration.latest,
-                "temp_window": list(self.temp_window), "uv_dose_sed": self.uv_dose_sed,
-                "uv_dose_day": self.uv_dose_day, "last_uv_t": self.last_uv_t,
+                "temp_window": list(self.temp_window), "uv_dose_sed": self.uv.dose_sed,
+                "uv_dose_day": self.uv.day, "last_uv_t": self.uv.last_t,
                 "uv_alerted": self.uv_alerted, "battery_low": self.battery_low,
                 "loose": self.loose, "drying": self.drying,
                 "uv_forecast_alerted": self.uv_forecast_alerted}
@@ -121,9 +119,8 @@ class SubjectTwin:
         twin.drying = saved.get("drying", False)
         twin.uv_forecast_alerted = saved.get("uv_forecast_alerted", False)
         twin.temp_window.extend(saved.get("temp_window", []))
-        twin.uv_dose_sed = saved.get("uv_dose_sed", 0.0)
-        twin.uv_dose_day = saved.get("uv_dose_day")
-        twin.last_uv_t = saved.get("last_uv_t")
+        twin.uv = UvExposure(saved.get("uv_dose_sed", 0.0), saved.get("uv_dose_day"),
+                             saved.get("last_uv_t"))
         twin.uv_alerted = saved.get("uv_alerted", False)
         twin.battery_low = saved.get("battery_low", False)
         return twin
@@ -136,6 +133,21 @@ for _channel, (_scale, _prop) in CHANNEL_SCALE.items():
     _CHANNEL_PROP[_channel], _CHANNEL_SCALE[_channel] = PROP_INDEX[_prop], _scale
 _P = PROP_INDEX
 _GOOD, _UNCERTAIN = 0, 1                 # PropertyColumns' quality codes
+
+
+class WindowRow:
+    """One subject's temperature window in its engine, as `list()` and `len()` see it."""
+
+    __slots__ = ("engine", "row")
+
+    def __init__(self, engine: TwinEngine, row: int) -> None:
+        self.engine, self.row = engine, row
+
+    def __len__(self) -> int:
+        return int(self.engine._window_len[self.row])
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.engine._window[self.row, TEMP_WINDOW_SAMPLES - len(self):].tolist())
 
 
 class TwinEngine:
@@ -168,6 +180,10 @@ class TwinEngine:
         self._new_hydration = np.zeros(0, dtype=bool)
         self._last_temp_t = np.zeros(0, dtype=np.int64)
         self._baselines = TimeOfDayBaselines()
+        self._hydration = HydrationExcesses()
+        self._uv = UvExposures(self.day_offset_ms)
+        self._forecast_at = np.zeros(0, dtype=np.int64)
+        self._forecast_has = np.zeros(0, dtype=bool)
         self._queued: list[tuple[int, SampleBatch]] = []
         # twins whose birth snapshot is still due (it waits until they hold a state)
         self._unpublished: list[SubjectTwin] = []
@@ -186,13 +202,20 @@ class TwinEngine:
             self._grow(max(16, 2 * self._capacity))
         self.columns.grow(self._capacity)
         self.columns.load(slot, twin.state)
-        window = list(twin.temp_window)
+        window = list(twin.temp_window)[-TEMP_WINDOW_SAMPLES:]
         if window:
             self._window[slot] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
         self._window_len[slot] = len(window)
+        twin.temp_window = WindowRow(self, slot)
         if isinstance(twin.temp_baseline, TimeOfDayBaseline):
             self._baselines.put(slot, twin.temp_baseline)
-            twin.temp_baseline = BaselineRow(self._baselines, slot)
+        twin.temp_baseline = BaselineRow(self._baselines, slot)
+        if isinstance(twin.hydration, HydrationExcess):
+            self._hydration.put(slot, twin.hydration)
+        twin.hydration = HydrationRow(self._hydration, slot)
+        if isinstance(twin.uv, UvExposure):
+            self._uv.load(slot, twin.uv.dose_sed, twin.med_sed, twin.uv.day, twin.uv.last_t)
+        twin.uv = UvExposureRow(self._uv, slot)
 
     def _grow(self, capacity: int) -> None:
         def wider(a: np.ndarray) -> np.ndarray:
@@ -203,6 +226,10 @@ class TwinEngine:
         self._new_temp, self._new_hydration = wider(self._new_temp), wider(self._new_hydration)
         self._last_temp_t = wider(self._last_temp_t)
         self._baselines.grow(capacity)
+        self._hydration.grow(capacity)
+        self._uv.grow(capacity)
+        self._forecast_at, self._forecast_has = wider(self._forecast_at), \
+            wider(self._forecast_has)
         self._capacity = capacity
 
     def twin(self, subject: str) -> SubjectTwin:
@@ -300,9 +327,6 @@ class TwinEngine:
     def _take_temperature(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
                           values: np.ndarray, times: np.ndarray) -> None:
         """Temperature runs (one per subject): window, time-of-day baseline, flags."""
-        value_list = values.tolist()
-        for slot, a, b in zip(run_slots.tolist(), begin.tolist(), end.tolist(), strict=True):
-            self._by_slot[slot].temp_window.extend(value_list[a:b])
         self._last_temp_t[run_slots] = times[end - 1]
         self._observe_baselines(run_slots, begin, end, values, times)
         self._new_temp[run_slots] = True
@@ -353,55 +377,41 @@ class TwinEngine:
 
     def _take_uv(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
                  values: np.ndarray, times: np.ndarray) -> None:
-        """UV runs (one per subject): the erythemal exposure Σ UVI·dt since the last
-        uv_dose run (each sample's UVI held until the next sample) and the forecaster's
-        window. Clear-sky UVIs for every sample in one call."""
+        """UV runs (one per subject): the daily exposure (gateway/uv_exposure.py) and the
+        forecaster's window, with clear-sky UVIs for every sample in one call."""
+        for slot in self._uv.take(run_slots, begin, end, values, times):
+            twin = self._by_slot[slot]     # a new day: its alerts may come again
+            twin.uv_alerted = twin.uv_forecast_alerted = False
+        if self.location is None:
+            return
+        timed = times >= 0
+        if not timed.any():
+            return
         value_list, time_list = values.tolist(), times.tolist()
-        if self.location is not None and (times >= 0).any():
-            clear_list = clear_sky_many(*self.location, np.maximum(times, 0))
-        else:
-            clear_list = [0.0] * len(time_list)
-        offset = self.day_offset_ms
+        clear_list = clear_sky_many(*self.location, np.where(timed, times, times.max()))
         for slot, a, b in zip(run_slots.tolist(), begin.tolist(), end.tolist(), strict=True):
-            twin = self._by_slot[slot]
-            observe = twin.forecaster.observe_clear if twin.forecaster is not None else None
-            day, last_t, last_v = twin.uv_dose_day, twin.last_uv_t, twin.uv_last
-            exposure, exposure_s = twin.uv_exposure, twin.uv_exposure_s
+            forecaster = self._by_slot[slot].forecaster
+            if forecaster is None:
+                continue
+            observe = forecaster.observe_clear
             for i in range(a, b):
-                t = time_list[i]
-                if t < 0:
-                    continue
-                value = value_list[i]
-                if observe is not None:
-                    observe(t, value, clear_list[i])
-                if day != (t + offset) // DAY_MS:     # a new day: the daily dose starts again
-                    day = (t + offset) // DAY_MS
-                    twin.uv_dose_sed, twin.uv_alerted = 0.0, False
-                    twin.uv_forecast_alerted = False
-                    last_t = None
-                if last_t is not None:
-                    dt_s = (t - last_t) / 1000
-                    if 0 < dt_s <= MAX_UV_GAP_S:
-                        exposure += last_v * dt_s
-                        exposure_s += dt_s
-                last_t, last_v = t, value
-            twin.uv_dose_day, twin.last_uv_t, twin.uv_last = day, last_t, last_v
-            twin.uv_exposure, twin.uv_exposure_s = exposure, exposure_s
+                if time_list[i] >= 0:
+                    observe(time_list[i], value_list[i], clear_list[i])
 
     def _run_temp_anomaly(self) -> None:
         n = len(self._by_slot)
         slots = (self._new_temp[:n] & (self._window_len[:n] > 0)).nonzero()[0]
         if not len(slots):
             return
-        ready = [self._by_slot[s] for s in slots.tolist()]
         windows = self._window[slots].astype(np.float32)
         last_t = self._last_temp_t[slots]
         expected = self._baselines.expected(slots, last_t)
         latest = self._window[slots, -1]
         baselines = np.where(np.isnan(expected), latest, expected).astype(np.float32)[:, None]
-        hydration = _column([t.hydration.latest if t.hydration.latest is not None
-                             else NEUTRAL_HYDRATION_AU for t in ready])
-        excess = _column([t.hydration.excess_au for t in ready])
+        latest = self._hydration.latest[slots]
+        hydration = np.where(np.isnan(latest), NEUTRAL_HYDRATION_AU, latest).astype(
+            np.float32)[:, None]
+        excess = self._hydration.excess_au(slots).astype(np.float32)[:, None]
         out = self.run_model("temp_anomaly", {
             "temp_window_c": windows, "baseline_c": baselines, "hydration_au": hydration,
             "hydration_excess_au": excess})
@@ -424,35 +434,43 @@ class TwinEngine:
         self._new_temp[slots] = False
 
     def _run_uv_dose(self) -> None:
-        ready = [t for t in self._by_slot if t.uv_exposure_s > 0]
-        if not ready:
+        uv = self._uv
+        slots = (uv.exposure_s[:len(self._by_slot)] > 0).nonzero()[0]
+        if not len(slots):
             return
+        exposure_s = uv.exposure_s[slots]
         out = self.run_model("uv_dose", {
-            "uvi": _column([t.uv_exposure / t.uv_exposure_s for t in ready]),
-            "dt_s": _column([t.uv_exposure_s for t in ready]),
-            "dose_sed_in": _column([t.uv_dose_sed for t in ready]),
-            "med_sed": _column([t.med_sed for t in ready])})
-        slots = np.array([twin.slot for twin in ready], dtype=np.int64)
-        times = [int(twin.last_uv_t or 0) for twin in ready]
-        t = np.array(times, dtype=np.int64)
-        columns = self.columns
+            "uvi": (uv.exposure[slots] / exposure_s).astype(np.float32)[:, None],
+            "dt_s": exposure_s.astype(np.float32)[:, None],
+            "dose_sed_in": uv.dose_sed[slots].astype(np.float32)[:, None],
+            "med_sed": uv.med_sed[slots].astype(np.float32)[:, None]})
+        t = np.where(uv.has_last[slots], uv.last_t[slots], 0)
         dose = out["dose_sed"][:, 0]
+        uv.dose_sed[slots] = dose
+        uv.exposure[slots] = uv.exposure_s[slots] = 0.0
+        columns = self.columns
         columns.set_floats(_P["uv_dose_sed"], slots, dose, t, _GOOD)
         columns.set_floats(_P["uv_med_fraction"], slots, out["med_fraction"][:, 0], t, _GOOD)
         columns.set_floats(_P["minutes_to_med"], slots, out["minutes_to_med"][:, 0], t, _GOOD)
+        if self.location is None:
+            return
+        # The sun's path changes slowly: integrate forward once a minute of data.
+        at = self._forecast_at[slots]
+        due = (~self._forecast_has[slots] | (t - at >= FORECAST_EVERY_MS) | (t < at))
+        if not due.any():
+            return
+        slots, t = slots[due], t[due]
         forecast = _P["minutes_to_med_forecast"]
-        for twin, dose_sed, t_ms in zip(ready, dose.tolist(), times, strict=True):
-            twin.uv_dose_sed = dose_sed
-            twin.uv_exposure = twin.uv_exposure_s = 0.0
-            if twin.forecaster is not None and (
-                    twin.forecast_at_ms is None or t_ms - twin.forecast_at_ms >= FORECAST_EVERY_MS
-                    or t_ms < twin.forecast_at_ms):
-                # The sun's path changes slowly: integrate forward once a minute of data.
-                twin.forecast_at_ms = t_ms
-                minutes = twin.forecaster.minutes_to_med(t_ms, twin.uv_dose_sed, twin.med_sed)
-                # None: the dose will not reach MED before sunset at today's pattern.
-                columns.set_one(forecast, twin.slot,
-                                None if minutes is None else _round(minutes), t_ms, "good")
+        for slot, t_ms, dose_sed in zip(slots.tolist(), t.tolist(), uv.dose_sed[slots].tolist(),
+                                        strict=True):
+            twin = self._by_slot[slot]
+            if twin.forecaster is None:
+                continue
+            self._forecast_at[slot], self._forecast_has[slot] = t_ms, True
+            minutes = twin.forecaster.minutes_to_med(t_ms, dose_sed, twin.med_sed)
+            # None: the dose will not reach MED before sunset at today's pattern.
+            columns.set_one(forecast, slot, None if minutes is None else _round(minutes),
+                            t_ms, "good")
 
     def _run_hydration(self) -> None:
         n = len(self._by_slot)
@@ -474,11 +492,10 @@ class TwinEngine:
         states = np.array([columns.text_code(s) for s in HYDRATION_STATES])
         columns.set_coded(_P["hydration_state"], slots, TEXT,
                           states[out["state"][:, 0].astype(np.int64)], t, _GOOD)
+        self._hydration.observe(slots, au.astype(np.float64))
         trend_prop = _P["hydration_trend_au_per_h"]
         for slot, t_ms, value in zip(slots.tolist(), t.tolist(), au.tolist(), strict=True):
-            twin = self._by_slot[slot]
-            twin.hydration.observe(value)
-            trend = _hydration_trend(twin, t_ms, value)
+            trend = _hydration_trend(self._by_slot[slot], t_ms, value)
             if trend is not None:
                 columns.set_one(trend_prop, slot, _round(trend), t_ms, "good")
         self._new_hydration[slots] = False
