@@ -32,7 +32,7 @@ from gateway.temp_baseline import (
 from gateway.twin_columns import BOOL, NONE, PROP_INDEX, TEXT, PropertyColumns
 from gateway.uv_exposure import MAX_UV_GAP_S as MAX_UV_GAP_S  # gateway/report/archive.py
 from gateway.uv_exposure import UvExposure, UvExposureRow, UvExposures
-from gateway.uv_forecast import UvForecaster, clear_sky_many
+from gateway.uv_forecast import UvForecaster, UvForecasts, clear_sky_many
 from gateway.values import SampleBatch
 
 TEMP_WINDOW_SAMPLES = 30
@@ -86,7 +86,6 @@ class SubjectTwin:
     hydration: HydrationExcess | HydrationRow = field(default_factory=HydrationExcess)
     uv: UvExposure | UvExposureRow = field(default_factory=UvExposure)
     hydration_history: deque = field(default_factory=deque)     # (utc_ms, AU), last hour
-    forecaster: UvForecaster | None = None
     loose: bool = False
     drying: bool = False
     drying_since_ms: int | None = None
@@ -182,6 +181,8 @@ class TwinEngine:
         self._baselines = TimeOfDayBaselines()
         self._hydration = HydrationExcesses()
         self._uv = UvExposures(self.day_offset_ms)
+        self._forecasts = UvForecasts()
+        self._sun = UvForecaster(*location) if location else None
         self._forecast_at = np.zeros(0, dtype=np.int64)
         self._forecast_has = np.zeros(0, dtype=bool)
         self._queued: list[tuple[int, SampleBatch]] = []
@@ -228,6 +229,7 @@ class TwinEngine:
         self._baselines.grow(capacity)
         self._hydration.grow(capacity)
         self._uv.grow(capacity)
+        self._forecasts.grow(capacity)
         self._forecast_at, self._forecast_has = wider(self._forecast_at), \
             wider(self._forecast_has)
         self._capacity = capacity
@@ -237,8 +239,6 @@ class TwinEngine:
         if twin is None:
             twin = SubjectTwin(subject, med_sed=self.med_sed_of.get(subject, 3.0))
             self._add(twin)
-        if twin.forecaster is None and self.location is not None:
-            twin.forecaster = UvForecaster(*self.location)
         return twin
 
     def ingest(self, batch: SampleBatch) -> None:
@@ -248,7 +248,7 @@ class TwinEngine:
         if subject is None or not len(batch.seq):
             return
         twin = self.twins.get(subject)
-        if twin is None or (twin.forecaster is None and self.location is not None):
+        if twin is None:
             twin = self.twin(subject)
         self._queued.append((twin.slot, batch))
 
@@ -385,18 +385,32 @@ class TwinEngine:
         if self.location is None:
             return
         timed = times >= 0
-        if not timed.any():
-            return
-        value_list, time_list = values.tolist(), times.tolist()
-        clear_list = clear_sky_many(*self.location, np.where(timed, times, times.max()))
-        for slot, a, b in zip(run_slots.tolist(), begin.tolist(), end.tolist(), strict=True):
-            forecaster = self._by_slot[slot].forecaster
-            if forecaster is None:
-                continue
-            observe = forecaster.observe_clear
-            for i in range(a, b):
-                if time_list[i] >= 0:
+        if not timed.all():
+            before = np.concatenate(([0], np.cumsum(timed)))
+            begin, end = before[begin], before[end]
+            values, times = values[timed], times[timed]
+            if not len(times):
+                return
+        clear = np.array(clear_sky_many(*self.location, times))
+        forecasts = self._forecasts
+        counts = end - begin
+        k = 0
+        while True:
+            active = (counts > k).nonzero()[0]
+            if len(active) < LOCKSTEP_MIN_SUBJECTS:
+                break
+            at = begin[active] + k
+            forecasts.observe(run_slots[active], times[at], values[at], clear[at])
+            k += 1
+        if len(active):
+            value_list, time_list, clear_list = values.tolist(), times.tolist(), clear.tolist()
+            for slot, a, b in zip(run_slots[active].tolist(), (begin[active] + k).tolist(),
+                                  end[active].tolist(), strict=True):
+                forecaster = forecasts.get(slot, *self.location)
+                observe = forecaster.observe_clear
+                for i in range(a, b):
                     observe(time_list[i], value_list[i], clear_list[i])
+                forecasts.put(slot, forecaster)
 
     def _run_temp_anomaly(self) -> None:
         n = len(self._by_slot)
@@ -461,13 +475,13 @@ class TwinEngine:
             return
         slots, t = slots[due], t[due]
         forecast = _P["minutes_to_med_forecast"]
+        self._forecast_at[slots], self._forecast_has[slots] = t, True
+        sun = self._sun
+        assert sun is not None
         for slot, t_ms, dose_sed in zip(slots.tolist(), t.tolist(), uv.dose_sed[slots].tolist(),
                                         strict=True):
-            twin = self._by_slot[slot]
-            if twin.forecaster is None:
-                continue
-            self._forecast_at[slot], self._forecast_has[slot] = t_ms, True
-            minutes = twin.forecaster.minutes_to_med(t_ms, dose_sed, twin.med_sed)
+            minutes = sun.minutes_to_med_at(self._forecasts.factor(slot), t_ms, dose_sed,
+                                            self._by_slot[slot].med_sed)
             # None: the dose will not reach MED before sunset at today's pattern.
             columns.set_one(forecast, slot, None if minutes is None else _round(minutes),
                             t_ms, "good")

@@ -149,9 +149,13 @@ class UvForecaster:
     def minutes_to_med(self, utc_ms: int, dose_sed: float, med_sed: float) -> float | None:
         """Minutes from `utc_ms` until the dose reaches MED at today's pattern; 0 when it
         has; None when it will not before the sun sets (or nothing to go on yet)."""
+        return self.minutes_to_med_at(self.factor(), utc_ms, dose_sed, med_sed)
+
+    def minutes_to_med_at(self, factor: float | None, utc_ms: int, dose_sed: float,
+                          med_sed: float) -> float | None:
+        """`minutes_to_med` with a factor from elsewhere (`UvForecasts.factor`)."""
         if dose_sed >= med_sed:
             return 0.0
-        factor = self.factor()
         if factor is None or factor <= 0:
             return None
         dose = dose_sed
@@ -167,3 +171,121 @@ class UvForecaster:
             dose += step_dose
             t += STEP_S * 1000
         return None
+
+
+class UvForecasts:
+    """Many subjects' forecaster windows as arrays, one row each (the twin engine's struct
+    of arrays): each row's last `FACTOR_WINDOW_S` of (time, measured, clear-sky) in a ring,
+    and the running sums `UvForecaster` keeps, updated with the same operations in the same
+    order (bit for bit), one sample of many subjects per numpy pass."""
+
+    def __init__(self) -> None:
+        self.width = 0
+        self.last_ms = np.zeros(0, dtype=np.int64)
+        self.has_last = np.zeros(0, dtype=bool)
+        self.measured_sum = np.zeros(0)
+        self.clear_sum = np.zeros(0)
+        self.head = np.zeros(0, dtype=np.int64)      # the oldest entry's column
+        self.size = np.zeros(0, dtype=np.int64)
+        self.ring_t = np.zeros((0, 0), dtype=np.int64)
+        self.ring_measured = np.zeros((0, 0))
+        self.ring_clear = np.zeros((0, 0))
+        self._widen(64)
+
+    def grow(self, capacity: int) -> None:
+        for name in ("last_ms", "has_last", "measured_sum", "clear_sum", "head", "size",
+                     "ring_t", "ring_measured", "ring_clear"):
+            old = getattr(self, name)
+            wider = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            wider[:len(old)] = old
+            setattr(self, name, wider)
+
+    def _widen(self, width: int) -> None:
+        """Room for `width` entries per row (the oldest moved to column 0)."""
+        rows = len(self.size)
+        order = (self.head[:, None] + np.arange(self.width)) % max(self.width, 1)
+        for name in ("ring_t", "ring_measured", "ring_clear"):
+            old = getattr(self, name)
+            wider = np.zeros((rows, width), dtype=old.dtype)
+            if self.width:
+                wider[:, :self.width] = np.take_along_axis(old, order, axis=1)
+            setattr(self, name, wider)
+        self.head[:] = 0
+        self.width = width
+
+    def observe(self, rows: np.ndarray, utc_ms: np.ndarray, uvi: np.ndarray,
+                clear: np.ndarray) -> None:
+        """`UvForecaster.observe_clear` of one sample for each of these distinct rows."""
+        fresh = ~self.has_last[rows] | (utc_ms > self.last_ms[rows])
+        if not fresh.all():
+            rows, utc_ms, uvi, clear = rows[fresh], utc_ms[fresh], uvi[fresh], clear[fresh]
+        self.last_ms[rows], self.has_last[rows] = utc_ms, True
+        measured = np.where(uvi < 0.0, 0.0, uvi)          # max(uvi, 0.0)
+        if (self.size[rows] >= self.width).any():
+            self._widen(2 * self.width)
+        at = (self.head[rows] + self.size[rows]) % self.width
+        self.ring_t[rows, at], self.ring_measured[rows, at] = utc_ms, measured
+        self.ring_clear[rows, at] = clear
+        self.size[rows] += 1
+        counted = clear >= MIN_CLEAR_SKY_UVI
+        if counted.any():
+            summed = rows[counted]
+            self.measured_sum[summed] += measured[counted]
+            self.clear_sum[summed] += clear[counted]
+        popping, now = rows, utc_ms
+        while True:
+            head = self.head[popping]
+            old = now - self.ring_t[popping, head] > FACTOR_WINDOW_S * 1000
+            if not old.any():
+                break
+            popping, now, head = popping[old], now[old], head[old]
+            clear_old = self.ring_clear[popping, head]
+            counted = clear_old >= MIN_CLEAR_SKY_UVI
+            if counted.any():
+                summed, counted_head = popping[counted], head[counted]
+                self.measured_sum[summed] -= self.ring_measured[summed, counted_head]
+                self.clear_sum[summed] -= clear_old[counted]
+            self.head[popping] = (head + 1) % self.width
+            self.size[popping] -= 1
+        dust = self.clear_sum[rows] < MIN_CLEAR_SKY_UVI   # nothing counted left: clear it
+        if dust.any():
+            self.measured_sum[rows[dust]] = self.clear_sum[rows[dust]] = 0.0
+
+    def get(self, row: int, latitude_deg: float, longitude_deg: float) -> UvForecaster:
+        """The row as a `UvForecaster` (a backlog's long run goes through it)."""
+        forecaster = UvForecaster(latitude_deg, longitude_deg)
+        columns = (int(self.head[row]) + np.arange(int(self.size[row]))) % self.width
+        forecaster.recent.extend(zip(self.ring_t[row, columns].tolist(),
+                                     self.ring_measured[row, columns].tolist(),
+                                     self.ring_clear[row, columns].tolist(), strict=True))
+        forecaster.last_ms = int(self.last_ms[row]) if self.has_last[row] else None
+        forecaster._measured = float(self.measured_sum[row])
+        forecaster._clear = float(self.clear_sum[row])
+        return forecaster
+
+    def put(self, row: int, forecaster: UvForecaster) -> None:
+        if len(forecaster.recent) > self.width:
+            width = self.width
+            while width < len(forecaster.recent):
+                width *= 2
+            self._widen(width)
+        n = len(forecaster.recent)
+        if n:
+            t, measured, clear = zip(*forecaster.recent, strict=True)
+            self.ring_t[row, :n], self.ring_measured[row, :n] = t, measured
+            self.ring_clear[row, :n] = clear
+        self.head[row], self.size[row] = 0, n
+        self.has_last[row] = forecaster.last_ms is not None
+        self.last_ms[row] = forecaster.last_ms or 0
+        self.measured_sum[row], self.clear_sum[row] = forecaster._measured, forecaster._clear
+
+    def factor(self, row: int) -> float | None:
+        """`UvForecaster.factor` of the row."""
+        clear_sum = float(self.clear_sum[row])
+        if clear_sum <= 0:
+            return None
+        latest_at = (int(self.head[row]) + int(self.size[row]) - 1) % self.width
+        latest_measured = float(self.ring_measured[row, latest_at])
+        latest_clear = float(self.ring_clear[row, latest_at])
+        latest = latest_measured / latest_clear if latest_clear >= MIN_CLEAR_SKY_UVI else 0.0
+        return max(float(self.measured_sum[row]) / clear_sum, latest)
