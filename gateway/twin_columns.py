@@ -155,49 +155,61 @@ class PropertyColumns:
         of its leaves, and the rare cell an older saved twin holds as something else)."""
         if not self.any_pending:
             return []
-        pk, pv, pq = self.pend_kind[:, :n], self.pend_v[:, :n], self.pend_q[:, :n]
-        sk, sv, sq = self.state_kind[:, :n], self.state_v[:, :n], self.state_q[:, :n]
+        # Only the pending cells, by slot then property, as flat arrays.
+        slots, props = (self.pend_kind[:, :n].T != NONE).nonzero()
+        pk, pv, pq = (self.pend_kind[props, slots], self.pend_v[props, slots],
+                      self.pend_q[props, slots])
+        sk, sv, sq = (self.state_kind[props, slots], self.state_v[props, slots],
+                      self.state_q[props, slots])
         floats = pk == FLOAT
-        pv[floats] = round_leaf_values(pv[floats])   # rounding a rounded value keeps it
-        pending = pk != NONE
+        if floats.all():
+            pv = round_leaf_values(pv)
+        else:
+            pv[floats] = round_leaf_values(pv[floats])   # rounding a rounded value keeps it
         both_float = floats & (sk == FLOAT)
-        numeric = (pk <= BOOL) & (sk >= FLOAT) & (sk <= BOOL)
-        equal = ((numeric & (pv == sv)) | ((pk == NULL) & (sk == NULL))
-                 | ((pk == TEXT) & (sk == TEXT) & (pv == sv)))
         with np.errstate(invalid="ignore"):
-            beyond = np.abs(pv - sv) >= DEADBANDS[:, None]
-        differs = np.where(both_float, beyond, ~equal)
-        changed = pending & ((sk == NONE) | (pq != sq) | differs | (pk == BAD_COPY))
-        other = pending & (sk == OTHER) & ~changed
+            changed = np.abs(pv - sv) >= DEADBANDS[props]
+        if not both_float.all():
+            numeric = (pk <= BOOL) & (sk >= FLOAT) & (sk <= BOOL)
+            equal = ((numeric & (pv == sv)) | ((pk == NULL) & (sk == NULL))
+                     | ((pk == TEXT) & (sk == TEXT) & (pv == sv)))
+            changed = np.where(both_float, changed, ~equal)
+        changed |= (sk == NONE) | (pq != sq) | (pk == BAD_COPY)
+        other = (sk == OTHER) & ~changed
         if other.any():
-            for p, s in zip(*np.nonzero(other), strict=True):
+            for i in other.nonzero()[0].tolist():
+                s, p = int(slots[i]), int(props[i])
                 old = states[s][PROPS[p]]
-                new = self._leaf(int(pk[p, s]), float(pv[p, s]), int(self.pend_t[p, s]),
-                                 int(pq[p, s]), old)
-                changed[p, s] = old.get("q") != new["q"] or old["v"] != new["v"]
-        slots, props = np.nonzero(changed.T)
-        out: list[tuple[int, dict[str, dict]]] = []
-        if len(slots):
-            kinds = pk[props, slots]
-            values, times, qs = pv[props, slots], self.pend_t[props, slots], pq[props, slots]
-            leaf = self._leaf
-            current: dict[str, dict] = {}
-            last = -1
-            for s, p, kind, v, t, q in zip(slots.tolist(), props.tolist(), kinds.tolist(),
-                                           values.tolist(), times.tolist(), qs.tolist(),
-                                           strict=True):
-                if s != last:
-                    current = {}
-                    out.append((s, current))
-                    last = s
-                prop = PROPS[p]
-                current[prop] = leaf(kind, v, t, q, states[s].get(prop))
-            copied = kinds == BAD_COPY
-            self.state_kind[props, slots] = np.where(copied, sk[props, slots], kinds)
-            self.state_v[props, slots] = np.where(copied, sv[props, slots], values)
-            self.state_q[props, slots] = qs
+                new = self._leaf(int(pk[i]), float(pv[i]), int(self.pend_t[p, s]),
+                                 int(pq[i]), old)
+                changed[i] = old.get("q") != new["q"] or old["v"] != new["v"]
         self.pend_kind[:, :n] = NONE
         self.any_pending = False
+        if not changed.any():
+            return []
+        slots, props, kinds = slots[changed], props[changed], pk[changed]
+        values, qs = pv[changed], pq[changed]
+        times = self.pend_t[props, slots]
+        out: list[tuple[int, dict[str, dict]]] = []
+        leaf = self._leaf
+        current: dict[str, dict] = {}
+        last = -1
+        for s, p, kind, v, t, q in zip(slots.tolist(), props.tolist(), kinds.tolist(),
+                                       values.tolist(), times.tolist(), qs.tolist(),
+                                       strict=True):
+            if s != last:
+                current = {}
+                out.append((s, current))
+                last = s
+            prop = PROPS[p]
+            current[prop] = leaf(kind, v, t, q, states[s].get(prop))
+        copied = kinds == BAD_COPY
+        if copied.any():
+            kinds = np.where(copied, sk[changed], kinds)
+            values = np.where(copied, sv[changed], values)
+        self.state_kind[props, slots] = kinds
+        self.state_v[props, slots] = values
+        self.state_q[props, slots] = qs
         return out
 
     def _leaf(self, kind: int, v: float, t: int, q: int, old: dict | None) -> dict:
