@@ -83,6 +83,49 @@ class TimeOfDayBaseline:
             if profile is not None:
                 self.level += LEVEL_WEIGHT * (celsius - profile - self.level)
 
+    def observe_many(self, times: list[int], values: list[float]) -> None:
+        """`observe` of each reading in turn (a backlog's long run): the same arithmetic,
+        inlined, with the state in locals."""
+        slot_mean, slot_count = self.slot_mean, self.slot_count
+        level, fallback = self.level, self.fallback
+        since, unseen = self.outlier_since_ms, self._unseen
+        for t_ms, celsius in zip(times, values, strict=True):
+            day_ms = t_ms % DAY_MS
+            position = (day_ms - SLOT_MS / 2) / SLOT_MS
+            floor = position // 1
+            left = int(floor) % SLOTS_PER_DAY
+            right = (left + 1) % SLOTS_PER_DAY
+            a, b = slot_mean[left], slot_mean[right]
+            profile = b if a is None else a if b is None else a + (b - a) * (position - floor)
+            expected = fallback if profile is None else profile + level
+            if expected is not None and abs(celsius - expected) > LEARN_WITHIN_C:
+                if since is None:
+                    since = t_ms
+                if t_ms - since < RELEARN_AFTER_MS:
+                    continue
+            else:
+                since = None
+            fallback = celsius if fallback is None else (
+                fallback + FALLBACK_WEIGHT * (celsius - fallback))
+            slot = day_ms // SLOT_MS
+            mean = slot_mean[slot]
+            count = slot_count[slot] + 1
+            slot_count[slot] = count
+            if mean is None:
+                slot_mean[slot] = celsius - level
+                unseen -= 1
+            else:
+                weight = max(1 / count, SLOT_MIN_WEIGHT)
+                slot_mean[slot] = mean + weight * (celsius - level - mean)
+            if unseen == 0:
+                a, b = slot_mean[left], slot_mean[right]
+                profile = (b if a is None else a if b is None
+                           else a + (b - a) * (position - floor))
+                if profile is not None:
+                    level += LEVEL_WEIGHT * (celsius - profile - level)
+        self.level, self.fallback = level, fallback
+        self.outlier_since_ms, self._unseen = since, unseen
+
     def _profile(self, t_ms: int) -> float | None:
         """Linear interpolation between the two nearest slot centres."""
         position = ((t_ms % DAY_MS) - SLOT_MS / 2) / SLOT_MS

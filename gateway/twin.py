@@ -376,9 +376,7 @@ class TwinEngine:
             for slot, a, b in zip(run_slots[active].tolist(), (begin[active] + k).tolist(),
                                   end[active].tolist(), strict=True):
                 baseline = self._baselines.get(slot)
-                observe = baseline.observe
-                for i in range(a, b):
-                    observe(time_list[i], value_list[i])
+                baseline.observe_many(time_list[a:b], value_list[a:b])
                 self._baselines.put(slot, baseline)
 
     def _take_uv(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
@@ -413,9 +411,7 @@ class TwinEngine:
             for slot, a, b in zip(run_slots[active].tolist(), (begin[active] + k).tolist(),
                                   end[active].tolist(), strict=True):
                 forecaster = forecasts.get(slot, *self.location)
-                observe = forecaster.observe_clear
-                for i in range(a, b):
-                    observe(time_list[i], value_list[i], clear_list[i])
+                forecaster.observe_clear_many(time_list[a:b], value_list[a:b], clear_list[a:b])
                 forecasts.put(slot, forecaster)
 
     def _run_temp_anomaly(self) -> None:

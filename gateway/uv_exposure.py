@@ -66,12 +66,10 @@ class UvExposures:
             at = begin[active] + k
             new_day += self._take_one_each(rows[active], uvi[at], times[at])
             k += 1
-        if len(active):
-            uvi_list, time_list = uvi.tolist(), times.tolist()
-            for row, a, b in zip(rows[active].tolist(), (begin[active] + k).tolist(),
-                                 end[active].tolist(), strict=True):
-                if self._take_run(row, uvi_list[a:b], time_list[a:b]):
-                    new_day.append(row)
+        for row, a, b in zip(rows[active].tolist(), (begin[active] + k).tolist(),
+                             end[active].tolist(), strict=True):
+            if self._take_run(row, uvi[a:b], times[a:b]):
+                new_day.append(row)
         return new_day
 
     def _take_one_each(self, rows: np.ndarray, uvi: np.ndarray, t: np.ndarray) -> list[int]:
@@ -91,30 +89,28 @@ class UvExposures:
         self.last_t[rows], self.has_last[rows], self.last_uvi[rows] = t, True, uvi
         return rows[new_day].tolist()
 
-    def _take_run(self, row: int, uvi: list[float], times: list[int]) -> bool:
-        offset = self.day_offset_ms
-        day = int(self.day[row]) if self.has_day[row] else None
-        last_t = int(self.last_t[row]) if self.has_last[row] else None
-        last_uvi = float(self.last_uvi[row])
-        exposure, exposure_s = float(self.exposure[row]), float(self.exposure_s[row])
-        new_day = False
-        for value, t in zip(uvi, times, strict=True):
-            if day != (t + offset) // DAY_MS:          # a new day: the daily dose starts again
-                day = (t + offset) // DAY_MS
-                self.dose_sed[row] = 0.0
-                new_day = True
-                last_t = None
-            if last_t is not None:
-                dt_s = (t - last_t) / 1000
-                if 0 < dt_s <= MAX_UV_GAP_S:
-                    exposure += last_uvi * dt_s
-                    exposure_s += dt_s
-            last_t, last_uvi = t, value
-        self.day[row], self.has_day[row] = day or 0, day is not None
-        self.last_t[row], self.has_last[row] = last_t or 0, last_t is not None
-        self.last_uvi[row] = last_uvi
-        self.exposure[row], self.exposure_s[row] = exposure, exposure_s
-        return new_day
+    def _take_run(self, row: int, uvi: np.ndarray, t: np.ndarray) -> bool:
+        """One row's run along time: the sums with np.add.accumulate, which adds in order
+        as the one-each pass does (an unheld sample adds 0.0, which changes no sum)."""
+        day = (t + self.day_offset_ms) // DAY_MS
+        new_day = np.empty(len(t), dtype=bool)
+        new_day[0] = not self.has_day[row] or self.day[row] != day[0]
+        new_day[1:] = day[1:] != day[:-1]
+        held = ~new_day
+        held[0] = held[0] and bool(self.has_last[row])
+        before_t = np.concatenate(([self.last_t[row]], t[:-1]))
+        before_uvi = np.concatenate(([self.last_uvi[row]], uvi[:-1]))
+        dt_s = (t - before_t) / 1000
+        held &= (dt_s > 0) & (dt_s <= MAX_UV_GAP_S)
+        self.exposure[row] = np.add.accumulate(np.concatenate(
+            ([self.exposure[row]], np.where(held, before_uvi * dt_s, 0.0))))[-1]
+        self.exposure_s[row] = np.add.accumulate(np.concatenate(
+            ([self.exposure_s[row]], np.where(held, dt_s, 0.0))))[-1]
+        if new_day.any():
+            self.dose_sed[row] = 0.0
+        self.day[row], self.has_day[row] = day[-1], True
+        self.last_t[row], self.has_last[row], self.last_uvi[row] = t[-1], True, uvi[-1]
+        return bool(new_day.any())
 
 
 class UvExposureRow:

@@ -135,6 +135,31 @@ class UvForecaster:
         if self._clear < MIN_CLEAR_SKY_UVI:      # nothing counted left: clear rounding dust
             self._measured = self._clear = 0.0
 
+    def observe_clear_many(self, times: list[int], uvis: list[float],
+                           clears: list[float]) -> None:
+        """`observe_clear` of each sample in turn (a backlog's long run): the same
+        arithmetic, inlined, with the state in locals."""
+        recent = self.recent
+        last_ms, measured_sum, clear_sum = self.last_ms, self._measured, self._clear
+        window_ms = FACTOR_WINDOW_S * 1000
+        for utc_ms, uvi, clear in zip(times, uvis, clears, strict=True):
+            if last_ms is not None and utc_ms <= last_ms:
+                continue
+            last_ms = utc_ms
+            measured = max(uvi, 0.0)
+            recent.append((utc_ms, measured, clear))
+            if clear >= MIN_CLEAR_SKY_UVI:
+                measured_sum += measured
+                clear_sum += clear
+            while utc_ms - recent[0][0] > window_ms:
+                _, m, c = recent.popleft()
+                if c >= MIN_CLEAR_SKY_UVI:
+                    measured_sum -= m
+                    clear_sum -= c
+            if clear_sum < MIN_CLEAR_SKY_UVI:
+                measured_sum = clear_sum = 0.0
+        self.last_ms, self._measured, self._clear = last_ms, measured_sum, clear_sum
+
     def factor(self) -> float | None:
         """The fraction of clear-sky UV reaching the patch: the larger of the last half
         hour's (exposure-weighted) and the latest sample's, so stepping into the sun
