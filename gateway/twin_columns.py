@@ -37,7 +37,8 @@ def round_leaf_values(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     scaled = x * _SCALE
     out = np.rint(scaled) / _SCALE
-    frac = scaled - np.floor(scaled)
+    with np.errstate(invalid="ignore"):            # inf - inf: left to `round`
+        frac = scaled - np.floor(scaled)
     doubtful = (np.abs(frac - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0 ** 50)
     if doubtful.any():
         for i in doubtful.nonzero()[0].tolist():

@@ -31,6 +31,7 @@ SED_J_M2 = 100.0                     # CIE S 007/E:1998
 FACTOR_WINDOW_S = 1800
 STEP_S = 300                         # forward integration step
 MIN_CLEAR_SKY_UVI = 0.3              # below: too little sun to learn a factor from
+ALONG_TIME_MIN_SAMPLES = 64          # shorter runs: a loop is faster than numpy
 DAY_MS = 86_400_000
 _DEG = math.pi / 180
 
@@ -137,8 +138,73 @@ class UvForecaster:
 
     def observe_clear_many(self, times: list[int], uvis: list[float],
                            clears: list[float]) -> None:
-        """`observe_clear` of each sample in turn (a backlog's long run): the same
-        arithmetic, inlined, with the state in locals."""
+        """`observe_clear` of each sample in turn (a backlog's long run), bit for bit: long
+        runs along time with numpy (`_observe_along_time`), short ones in a loop."""
+        if len(times) < ALONG_TIME_MIN_SAMPLES or not self._observe_along_time(
+                np.array(times, dtype=np.int64), np.array(uvis, dtype=np.float64),
+                np.array(clears, dtype=np.float64)):
+            self._observe_loop(times, uvis, clears)
+
+    def _observe_along_time(self, t: np.ndarray, uvi: np.ndarray, clear: np.ndarray) -> bool:
+        """The window after these samples, and its sums from the same additions and
+        subtractions in the same order, found without a loop: each entry leaves the window
+        at the first sample more than FACTOR_WINDOW_S after it; the sums restart from zero
+        after the last sample that left no counted entry in the window (`observe` clears
+        them there: what is left is rounding dust, far below MIN_CLEAR_SKY_UVI), and from
+        there they are one np.add.accumulate over the ordered operations. False (nothing
+        changed) if a sum would be cleared as dust with counted entries left: the loop
+        then does it."""
+        before = np.maximum.accumulate(np.concatenate(
+            ([-1 if self.last_ms is None else self.last_ms], t)))[:-1]
+        fresh = t > before
+        if not fresh.all():
+            t, uvi, clear = t[fresh], uvi[fresh], clear[fresh]
+        n = len(t)
+        if not n:
+            return True
+        measured = np.where(uvi < 0.0, 0.0, uvi)              # max(uvi, 0.0)
+        k = len(self.recent)
+        if k:
+            old_t, old_measured, old_clear = (np.array(column) for column in
+                                              zip(*self.recent, strict=True))
+            entry_t = np.concatenate((old_t.astype(np.int64), t))
+            entry_measured = np.concatenate((old_measured.astype(np.float64), measured))
+            entry_clear = np.concatenate((old_clear.astype(np.float64), clear))
+        else:
+            entry_t, entry_measured, entry_clear = t, measured, clear
+        added_at = np.concatenate((np.full(k, -1), np.arange(n)))
+        left_at = np.searchsorted(t, entry_t + FACTOR_WINDOW_S * 1000, side="right")
+        counted = entry_clear >= MIN_CLEAR_SKY_UVI
+        adds = np.bincount(added_at[k:][counted[k:]], minlength=n)
+        leaves = np.bincount(left_at[counted & (left_at < n)], minlength=n + 1)[:n]
+        in_window = int(counted[:k].sum()) + np.cumsum(adds - leaves)
+        empty = (in_window == 0).nonzero()[0]
+        cleared_at = int(empty[-1]) if len(empty) else -1
+        measured_sum = 0.0 if cleared_at >= 0 else self._measured
+        clear_sum = 0.0 if cleared_at >= 0 else self._clear
+        # Operations after the last clearing, in order: by sample, its own addition first,
+        # then what leaves the window, oldest first.
+        add_ops = (counted & (added_at > cleared_at)).nonzero()[0]
+        leave_ops = (counted & (left_at > cleared_at) & (left_at < n)).nonzero()[0]
+        step = np.concatenate((added_at[add_ops], left_at[leave_ops]))
+        kind = np.concatenate((np.zeros(len(add_ops), np.int8), np.ones(len(leave_ops), np.int8)))
+        entry = np.concatenate((add_ops, leave_ops))
+        order = np.lexsort((entry, kind, step))
+        step, entry, sign = step[order], entry[order], 1.0 - 2.0 * kind[order]
+        running_clear = np.add.accumulate(np.concatenate(([clear_sum], sign * entry_clear[entry])))
+        running_measured = np.add.accumulate(np.concatenate(
+            ([measured_sum], sign * entry_measured[entry])))
+        ends = np.searchsorted(step, np.arange(cleared_at + 1, n), side="right")
+        if (running_clear[ends] < MIN_CLEAR_SKY_UVI).any():
+            return False
+        stays = left_at >= n
+        self.recent = deque(zip(entry_t[stays].tolist(), entry_measured[stays].tolist(),
+                                entry_clear[stays].tolist(), strict=True))
+        self.last_ms = int(t[-1])
+        self._measured, self._clear = float(running_measured[-1]), float(running_clear[-1])
+        return True
+
+    def _observe_loop(self, times: list[int], uvis: list[float], clears: list[float]) -> None:
         recent = self.recent
         last_ms, measured_sum, clear_sum = self.last_ms, self._measured, self._clear
         window_ms = FACTOR_WINDOW_S * 1000

@@ -168,3 +168,51 @@ def test_same_twins_for_100_live_patches(models):
         assert _outputs(new.step(now_ms)) == _outputs(old.step(now_ms)), f"tick {k}"
     for subject, twin in old.twins.items():
         assert _encode(new.twins[subject].to_saved()) == _encode(twin.to_saved())
+
+
+def test_leaf_rounding_is_pythons_round():
+    from gateway.twin_columns import round_leaf_values
+
+    rng = np.random.default_rng(7)
+    values = np.concatenate([
+        rng.normal(0, 50, 100_000), rng.integers(-99_999, 99_999, 20_000) / 1000 + 0.0005,
+        (np.arange(-5000, 5000) + 0.5) / 1000, np.arange(-3000, 3000) * 0.0625,
+        [0.0, -0.0, -0.0004, 2.675, 1e15 + 0.3, np.inf, -np.inf]])
+    got = round_leaf_values(values)
+    want = [round(float(v), 3) for v in values]
+    assert [_encode(v) for v in got.tolist()] == [_encode(v) for v in want]
+
+
+def test_a_backlog_run_learns_as_sample_by_sample():
+    """The inlined and along-time forms of the baseline's and forecaster's learning, against
+    one `observe` per sample, over days of samples with nights, gaps and stale times."""
+    from gateway.temp_baseline import TimeOfDayBaseline
+    from gateway.uv_forecast import UvForecaster, clear_sky_many
+
+    rng = random.Random(11)
+    t, times = T0_MS, []
+    for _ in range(6000):
+        t += rng.choice((1_000, 5_000, 5_000, 60_000, 2_000_000)) if rng.random() < 0.99 \
+            else -rng.randrange(0, 20_000)                     # a stale time now and then
+        times.append(t)
+    uvi = [max(0.0, rng.gauss(3, 3)) for _ in times]
+    clear = clear_sky_many(45.0, 10.0, np.array(times))
+    one, many = UvForecaster(45.0, 10.0), UvForecaster(45.0, 10.0)
+    for chunk in range(0, len(times), 1500):
+        part = slice(chunk, chunk + 1500)
+        for a, b, c in zip(times[part], uvi[part], clear[part], strict=True):
+            one.observe(a, b)
+            assert one.recent[-1][2] == c or a <= one.last_ms
+        many.observe_clear_many(times[part], uvi[part], clear[part])
+        assert list(many.recent) == list(one.recent)
+        assert (many._measured, many._clear, many.last_ms) == \
+            (one._measured, one._clear, one.last_ms)
+
+    temps = [33 + 2 * np.sin(k / 500) + rng.gauss(0, 0.3) + (3 if k % 2000 < 50 else 0)
+             for k in range(len(times))]
+    timed = sorted({max(x, 0) for x in times})
+    one_b, many_b = ref.TimeOfDayBaseline(), TimeOfDayBaseline()
+    for a, c in zip(timed, temps, strict=False):
+        one_b.observe(a, c)
+    many_b.observe_many(timed, temps[:len(timed)])
+    assert many_b.to_saved() == one_b.to_saved()
