@@ -52,7 +52,7 @@ SANS_IO_CORES = (
     "gateway.protocol.control", "gateway.protocol.frames", "gateway.session", "gateway.twin",
     "gateway.samples_message", "gateway.model_contracts", "gateway.progress",
     "gateway.mqtt.inbound", "gateway.temp_baseline", "gateway.uv_forecast",
-    "gateway.model_registry",
+    "gateway.model_registry", "gateway.twin_columns", "gateway.uv_exposure",
 )
 # Cores being introduced in parallel (issue 9: the delivery policy, the topic table, the model
 # registry): held to the same rule from the moment they exist.
