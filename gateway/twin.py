@@ -85,7 +85,6 @@ class SubjectTwin:
     temp_baseline: TimeOfDayBaseline | BaselineRow = field(default_factory=TimeOfDayBaseline)
     hydration: HydrationExcess | HydrationRow = field(default_factory=HydrationExcess)
     uv: UvExposure | UvExposureRow = field(default_factory=UvExposure)
-    hydration_history: deque = field(default_factory=deque)     # (utc_ms, AU), last hour
     loose: bool = False
     drying: bool = False
     drying_since_ms: int | None = None
@@ -180,6 +179,7 @@ class TwinEngine:
         self._last_temp_t = np.zeros(0, dtype=np.int64)
         self._baselines = TimeOfDayBaselines()
         self._hydration = HydrationExcesses()
+        self._hydration_history = HydrationHistories()
         self._uv = UvExposures(self.day_offset_ms)
         self._forecasts = UvForecasts()
         self._sun = UvForecaster(*location) if location else None
@@ -230,6 +230,7 @@ class TwinEngine:
         self._last_temp_t = wider(self._last_temp_t)
         self._baselines.grow(capacity)
         self._hydration.grow(capacity)
+        self._hydration_history.grow(capacity)
         self._uv.grow(capacity)
         self._forecasts.grow(capacity)
         self._forecast_at, self._forecast_has = wider(self._forecast_at), \
@@ -340,6 +341,13 @@ class TwinEngine:
         # new window is element max(L + m - 30 + j, 0) of (old window ++ new samples).
         old_len = self._window_len[run_slots]
         added = end - begin
+        if (added == 1).all() and (old_len == TEMP_WINDOW_SAMPLES).all():
+            # live: each full window takes one sample
+            window = self._window[run_slots]
+            window[:, :-1] = window[:, 1:]
+            window[:, -1] = values
+            self._window[run_slots] = window
+            return
         total = old_len + added
         j = np.arange(TEMP_WINDOW_SAMPLES)
         index = np.maximum(total[:, None] - TEMP_WINDOW_SAMPLES + j, 0)
@@ -510,10 +518,9 @@ class TwinEngine:
                           states[out["state"][:, 0].astype(np.int64)], t, _GOOD)
         self._hydration.observe(slots, au.astype(np.float64))
         trend_prop = _P["hydration_trend_au_per_h"]
-        for slot, t_ms, value in zip(slots.tolist(), t.tolist(), au.tolist(), strict=True):
-            trend = _hydration_trend(self._by_slot[slot], t_ms, value)
-            if trend is not None:
-                columns.set_one(trend_prop, slot, _round(trend), t_ms, "good")
+        for slot, trend in self._hydration_history.trends(slots, t, au.astype(np.float64)):
+            columns.set_one(trend_prop, slot, _round(trend), int(columns.pend_t[cap, slot]),
+                            "good")
         self._new_hydration[slots] = False
 
     def _publish(self, now_ms: int) -> list[TwinUpdate]:
@@ -624,19 +631,63 @@ def _column(values: list[float]) -> np.ndarray:
     return np.array(values, dtype=np.float32).reshape(-1, 1)
 
 
-def _hydration_trend(twin: SubjectTwin, t: int, au: float) -> float | None:
-    """Least-squares slope of the last hour's hydration, in AU per hour."""
-    history = twin.hydration_history
-    history.append((t, au))
-    while history and t - history[0][0] > HYDRATION_TREND_WINDOW_MS:
-        history.popleft()
-    if len(history) < HYDRATION_TREND_MIN_POINTS or \
-            history[-1][0] - history[0][0] < HYDRATION_TREND_MIN_SPAN_MS:
-        return None
-    times = np.array([h[0] for h in history], dtype=np.float64) / 3_600_000
-    values = np.array([h[1] for h in history], dtype=np.float64)
-    times -= times.mean()
-    return float((times * (values - values.mean())).sum() / (times * times).sum())
+class HydrationHistories:
+    """Every subject's last hour of (utc_ms, AU) in a ring, one row each: a reading of each
+    of many subjects appended, and the hour's older ones dropped, in one numpy pass."""
+
+    def __init__(self) -> None:
+        self.width = 16
+        self.head = np.zeros(0, dtype=np.int64)       # the oldest entry's column
+        self.size = np.zeros(0, dtype=np.int64)
+        self.ring_t = np.zeros((0, self.width), dtype=np.int64)
+        self.ring_au = np.zeros((0, self.width))
+
+    def grow(self, capacity: int) -> None:
+        for name in ("head", "size", "ring_t", "ring_au"):
+            old = getattr(self, name)
+            wider = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            wider[:len(old)] = old
+            setattr(self, name, wider)
+
+    def _widen(self) -> None:
+        order = (self.head[:, None] + np.arange(self.width)) % self.width
+        self.ring_t = np.concatenate(
+            (np.take_along_axis(self.ring_t, order, axis=1), np.zeros_like(self.ring_t)), axis=1)
+        self.ring_au = np.concatenate(
+            (np.take_along_axis(self.ring_au, order, axis=1), np.zeros_like(self.ring_au)),
+            axis=1)
+        self.head[:] = 0
+        self.width *= 2
+
+    def trends(self, rows: np.ndarray, t: np.ndarray, au: np.ndarray) -> list[tuple[int, float]]:
+        """Append one reading to each of these distinct rows; (row, least-squares slope of
+        its last hour in AU per hour) where the hour holds enough to tell."""
+        if (self.size[rows] >= self.width).any():
+            self._widen()
+        at = (self.head[rows] + self.size[rows]) % self.width
+        self.ring_t[rows, at], self.ring_au[rows, at] = t, au
+        self.size[rows] += 1
+        popping, now = rows, t
+        while True:
+            head = self.head[popping]
+            old = now - self.ring_t[popping, head] > HYDRATION_TREND_WINDOW_MS
+            if not old.any():
+                break
+            popping, now = popping[old], now[old]
+            self.head[popping] = (head[old] + 1) % self.width
+            self.size[popping] -= 1
+        first_t = self.ring_t[rows, self.head[rows]]
+        ready = (self.size[rows] >= HYDRATION_TREND_MIN_POINTS) & \
+            (t - first_t >= HYDRATION_TREND_MIN_SPAN_MS)
+        out = []
+        for row in rows[ready].tolist():
+            columns = (self.head[row] + np.arange(self.size[row])) % self.width
+            times = self.ring_t[row, columns].astype(np.float64) / 3_600_000
+            values = self.ring_au[row, columns]
+            times -= times.mean()
+            out.append((row, float((times * (values - values.mean())).sum()
+                                   / (times * times).sum())))
+        return out
 
 
 def _round(value: float) -> float:

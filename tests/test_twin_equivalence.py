@@ -34,8 +34,8 @@ def _encode(x) -> str:
 class Patch:
     """One device's feed: seq numbers, a clock and slowly wandering readings."""
 
-    def __init__(self, rng: random.Random, device: str):
-        self.rng, self.device = rng, device
+    def __init__(self, rng: random.Random, device: str, weights=(40, 35, 15, 5, 1)):
+        self.rng, self.device, self.weights = rng, device, weights
         self.seq, self.t = 0, T0_MS + rng.randrange(0, 600_000)
         self.temp_c, self.uvi = rng.uniform(31, 35), rng.uniform(0, 6)
         self.pf, self.pct = rng.uniform(11, 13.5), rng.uniform(12, 100)
@@ -48,7 +48,7 @@ class Patch:
             self.t += (rng.randrange(700_000, 2_000_000) if jump < 0.01
                        else rng.randrange(10 * 3_600_000, 30 * 3_600_000) if jump < 0.012
                        else rng.randrange(1, step_ms))
-            ch = rng.choices((0, 1, 2, 3, 9), (40, 35, 15, 5, 1))[0]
+            ch = rng.choices((0, 1, 2, 3, 9), self.weights)[0]
             if ch == 0:
                 self.temp_c += rng.gauss(0, 0.15) + (3.0 if rng.random() < 0.02 else 0)
                 self.temp_c = min(max(self.temp_c, 22.0), 39.5)
@@ -88,11 +88,18 @@ def _saved(engine) -> dict[str, tuple[int, dict]]:
     return {s: (t.rev, json.loads(_encode(t.to_saved()))) for s, t in engine.twins.items()}
 
 
-@pytest.mark.parametrize("seed,devices,location", [
-    (1, 9, (45.0, 0.0)), (2, 9, None), (3, 40, (-33.9, 151.2)), (4, 3, (60.0, -20.0))])
-def test_same_twins_as_the_per_patch_reference(models, seed, devices, location):
+MIX = (40, 35, 15, 5, 1)         # temperature, UV, hydration, battery, unknown channel
+STEPS_MS = (2_000, 10_000, 60_000)
+
+
+@pytest.mark.parametrize("seed,devices,location,weights,steps_ms,backlog_p", [
+    (1, 9, (45.0, 0.0), MIX, STEPS_MS, 0.1), (2, 9, None, MIX, STEPS_MS, 0.1),
+    (3, 40, (-33.9, 151.2), MIX, STEPS_MS, 0.1), (4, 3, (60.0, -20.0), MIX, STEPS_MS, 0.1),
+    (5, 12, (45.0, 0.0), (30, 5, 60, 5, 0), (60_000,), 0.0)])    # hydration trends
+def test_same_twins_as_the_per_patch_reference(models, seed, devices, location, weights,
+                                               steps_ms, backlog_p):
     rng = random.Random(seed)
-    patches = [Patch(rng, f"dev-{i}") for i in range(devices)]
+    patches = [Patch(rng, f"dev-{i}", weights) for i in range(devices)]
     subject_of = {p.device: f"s-{i}" for i, p in enumerate(patches[:-1])}   # one unregistered
     med_sed_of = {f"s-{i}": rng.choice((2.0, 2.5, 3.0, 4.5)) for i in range(0, devices, 2)}
     failing: set[tuple[int, str]] = set()
@@ -121,8 +128,9 @@ def test_same_twins_as_the_per_patch_reference(models, seed, devices, location):
         batches = []
         for patch in rng.sample(patches, rng.randrange(1, devices + 1)):
             for _ in range(rng.choice((1, 1, 1, 2))):
-                n = rng.choice((1, 2, 3, 5, 8)) if rng.random() < 0.9 else rng.randrange(50, 700)
-                batches.append(patch.batch(n, rng.choice((2_000, 10_000, 60_000))))
+                n = (rng.randrange(50, 700) if rng.random() < backlog_p
+                     else rng.choice((1, 2, 3, 5, 8)))
+                batches.append(patch.batch(n, rng.choice(steps_ms)))
         if rng.random() < 0.05:
             batches.append(SampleBatch(device_id=patches[0].device, boot_id=1,
                                        seq=np.zeros(0, np.int64), tick=np.zeros(0, np.int64),
