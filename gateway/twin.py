@@ -116,7 +116,7 @@ class SubjectTwin:
         twin.loose = saved.get("loose", False)
         twin.drying = saved.get("drying", False)
         twin.uv_forecast_alerted = saved.get("uv_forecast_alerted", False)
-        twin.temp_window.extend(saved.get("temp_window", []))
+        twin.temp_window = deque(saved.get("temp_window", []), maxlen=TEMP_WINDOW_SAMPLES)
         twin.uv = UvExposure(saved.get("uv_dose_sed", 0.0), saved.get("uv_dose_day"),
                              saved.get("last_uv_t"))
         twin.uv_alerted = saved.get("uv_alerted", False)

@@ -61,11 +61,14 @@ def clear_sky_many(latitude_deg: float, longitude_deg: float,
     latitude = latitude_deg * _DEG
     first_day, last_day = int(day.min()), int(day.max())
     terms = {}
-    for d in range(first_day, last_day + 1) if last_day - first_day < 3 else np.unique(day).tolist():
+    days = range(first_day, last_day + 1) if last_day - first_day < 3 else np.unique(day).tolist()
+    for d in days:
         n = day_of_year(d * DAY_MS)
         declination = COOPER_TILT_DEG * _DEG * math.sin(2 * math.pi * (284 + n) / 365)
         terms[d] = (math.sin(latitude) * math.sin(declination),
                     math.cos(latitude) * math.cos(declination))
+    a: float | np.ndarray
+    b: float | np.ndarray
     if first_day == last_day:
         a, b = terms[first_day]
     else:
