@@ -187,6 +187,8 @@ class TwinEngine:
         self._forecast_has = np.zeros(0, dtype=bool)
         self._queued: list[SampleBatch] = []
         self._queued_slots: list[int] = []
+        self._queued_lengths: list[int] = []
+        self._queued_uncertain = False
         self._slot_of_device: dict[str, int] = {}
         # twins whose birth snapshot is still due (it waits until they hold a state)
         self._unpublished: list[SubjectTwin] = []
@@ -255,8 +257,10 @@ class TwinEngine:
             if subject is None:
                 return
             slot = self._slot_of_device[batch.device_id] = self.twin(subject).slot
-        self._queued_slots.append(slot)
         self._queued.append(batch)
+        self._queued_slots.append(slot)
+        self._queued_lengths.append(len(batch.seq))
+        self._queued_uncertain = self._queued_uncertain or batch.time_uncertain
 
     def step(self, now_ms: int) -> list[TwinUpdate]:
         self._take_queued()
@@ -282,6 +286,8 @@ class TwinEngine:
         across subjects, the per-sample state (window, baseline, UV exposure) per subject."""
         queued, self._queued = self._queued, []
         queued_slots, self._queued_slots = self._queued_slots, []
+        lengths, self._queued_lengths = self._queued_lengths, []
+        any_uncertain, self._queued_uncertain = self._queued_uncertain, False
         if not queued:
             return
         if len(queued) == 1:
@@ -293,10 +299,9 @@ class TwinEngine:
             channel = _concatenate([b.channel for b in queued])
             value = _concatenate([b.value for b in queued])
             utc = _concatenate([b.utc_ms for b in queued])
-            lengths = np.array([len(b.channel) for b in queued])
             slots = np.array(queued_slots, dtype=np.int64).repeat(lengths)
             uncertain = (np.array([b.time_uncertain for b in queued]).repeat(lengths)
-                         if any(b.time_uncertain for b in queued) else None)
+                         if any_uncertain else None)
         prop = _CHANNEL_PROP[channel]
         if (prop < 0).any():
             known = prop >= 0
@@ -620,9 +625,8 @@ class TwinEngine:
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
     """np.concatenate, faster for many small arrays of one dtype (a live cycle's batches):
     their bytes joined."""
-    dtype = arrays[0].dtype
-    if all(a.dtype == dtype for a in arrays):
-        return np.frombuffer(b"".join([a.tobytes() for a in arrays]), dtype=dtype)
+    if len({a.dtype for a in arrays}) == 1:
+        return np.frombuffer(b"".join([a.tobytes() for a in arrays]), dtype=arrays[0].dtype)
     return np.concatenate(arrays)
 
 
