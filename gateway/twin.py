@@ -325,7 +325,8 @@ class TwinEngine:
         good = run_t >= 0 if uncertain is None else (run_t >= 0) & ~uncertain[last]
         quality = np.where(good, _GOOD, _UNCERTAIN)
         self.columns.set_floats(run_prop, run_slot, values[last], run_t, quality,
-                                rounded_now=True)   # the hydration model reads them
+                                rounded_now=True,   # the hydration model reads them
+                                first=order[starts])
         for wanted, handle in ((_P["skin_temp_c"], self._take_temperature),
                                (_P["uv_index"], self._take_uv)):
             runs = (run_prop == wanted).nonzero()[0]

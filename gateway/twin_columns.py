@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.model_registry import PROPERTIES
+from gateway.model_registry import CHANNEL_SCALE, PROPERTIES
 
 PROPS: tuple[str, ...] = tuple(PROPERTIES)
 PROP_INDEX: dict[str, int] = {p: i for i, p in enumerate(PROPS)}
 DEADBANDS = np.array([PROPERTIES[p].deadband for p in PROPS], dtype=np.float64)
+
+FROM_CHANNEL = np.array([p in {prop for _, prop in CHANNEL_SCALE.values()} for p in PROPS])
+_AFTER_CHANNELS = 2 ** 62 - 2 ** 10
 
 NONE, FLOAT, BOOL, NULL, TEXT, OTHER, BAD_COPY = -1, 0, 1, 2, 3, 4, 5
 ROUND_DIGITS = 3
@@ -60,6 +63,9 @@ class PropertyColumns:
         self.pend_v = np.zeros((n, 0), dtype=np.float64)
         self.pend_t = np.zeros((n, 0), dtype=np.int64)
         self.pend_q = np.zeros((n, 0), dtype=np.int16)
+        # A raw channel's leaf: where its first sample came in the step (a twin lists its
+        # properties in the order they first arrived, then the models' in table order).
+        self.pend_first = np.zeros((n, 0), dtype=np.int64)
         self.state_kind = np.full((n, 0), NONE, dtype=np.int8)
         self.state_v = np.zeros((n, 0), dtype=np.float64)
         self.state_q = np.zeros((n, 0), dtype=np.int16)
@@ -78,7 +84,7 @@ class PropertyColumns:
 
         self.pend_kind = wider(self.pend_kind, NONE)
         self.pend_v, self.pend_t = wider(self.pend_v, 0), wider(self.pend_t, 0)
-        self.pend_q = wider(self.pend_q, 0)
+        self.pend_q, self.pend_first = wider(self.pend_q, 0), wider(self.pend_first, 0)
         self.state_kind = wider(self.state_kind, NONE)
         self.state_v, self.state_q = wider(self.state_v, 0), wider(self.state_q, 0)
         self.capacity = capacity
@@ -110,11 +116,14 @@ class PropertyColumns:
 
     # -- pending --------------------------------------------------------------------
     def set_floats(self, prop: int | np.ndarray, slots: np.ndarray, values: np.ndarray,
-                   t: np.ndarray, q: np.ndarray | int, rounded_now: bool = False) -> None:
+                   t: np.ndarray, q: np.ndarray | int, rounded_now: bool = False,
+                   first: np.ndarray | None = None) -> None:
         """Leaves of floats, rounded as leaves are: now, or with every other pending float
         when the step takes what changed (one rounding pass for all of them)."""
         self.pend_kind[prop, slots] = FLOAT
         self.pend_v[prop, slots] = round_leaf_values(values) if rounded_now else values
+        if first is not None:
+            self.pend_first[prop, slots] = first
         self.pend_t[prop, slots] = t
         self.pend_q[prop, slots] = q
         self.any_pending = True
@@ -190,6 +199,11 @@ class PropertyColumns:
             return []
         slots, props, kinds = slots[changed], props[changed], pk[changed]
         values, qs = pv[changed], pq[changed]
+        arrival = np.where(FROM_CHANNEL[props], self.pend_first[props, slots],
+                           _AFTER_CHANNELS + props)
+        order = np.lexsort((arrival, slots))
+        slots, props, kinds, values, qs = (slots[order], props[order], kinds[order],
+                                           values[order], qs[order])
         times = self.pend_t[props, slots]
         out: list[tuple[int, dict[str, dict]]] = []
         leaf = self._leaf
@@ -206,8 +220,8 @@ class PropertyColumns:
             current[prop] = leaf(kind, v, t, q, states[s].get(prop))
         copied = kinds == BAD_COPY
         if copied.any():
-            kinds = np.where(copied, sk[changed], kinds)
-            values = np.where(copied, sv[changed], values)
+            kinds = np.where(copied, sk[changed][order], kinds)
+            values = np.where(copied, sv[changed][order], values)
         self.state_kind[props, slots] = kinds
         self.state_v[props, slots] = values
         self.state_q[props, slots] = qs
