@@ -243,12 +243,14 @@ class TimeOfDayBaselines:
 
     def expected(self, rows: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
         """`expected` of each row at its time; NaN for None."""
-        profile = self._profile(rows, t_ms)
+        profile = self._profile(rows, *_interpolation(t_ms))
         return np.where(np.isnan(profile), self.fallback[rows], profile + self.level[rows])
 
     def observe(self, rows: np.ndarray, t_ms: np.ndarray, celsius: np.ndarray) -> None:
         """`observe` of one reading for each of these distinct rows."""
-        expected = self.expected(rows, t_ms)
+        left, right, fraction = _interpolation(t_ms)
+        profile = self._profile(rows, left, right, fraction)
+        expected = np.where(np.isnan(profile), self.fallback[rows], profile + self.level[rows])
         outside = ~np.isnan(expected) & (np.abs(celsius - expected) > LEARN_WITHIN_C)
         since = np.where(self.outlier[rows], self.outlier_since_ms[rows], t_ms)
         self.outlier[rows] = outside
@@ -256,6 +258,7 @@ class TimeOfDayBaselines:
         learn = ~outside | (t_ms - since >= RELEARN_AFTER_MS)
         if not learn.all():
             rows, t_ms, celsius = rows[learn], t_ms[learn], celsius[learn]
+            left, right, fraction = left[learn], right[learn], fraction[learn]
         fallback = self.fallback[rows]
         self.fallback[rows] = np.where(np.isnan(fallback), celsius,
                                        fallback + FALLBACK_WEIGHT * (celsius - fallback))
@@ -271,19 +274,25 @@ class TimeOfDayBaselines:
         self.unseen[rows] -= first
         full = self.unseen[rows] == 0
         if full.any():
-            rows, t_ms, celsius, level = rows[full], t_ms[full], celsius[full], level[full]
-            profile = self._profile(rows, t_ms)
+            if not full.all():
+                rows, celsius, level = rows[full], celsius[full], level[full]
+                left, right, fraction = left[full], right[full], fraction[full]
+            profile = self._profile(rows, left, right, fraction)
             self.level[rows] = np.where(np.isnan(profile), level,
                                         level + LEVEL_WEIGHT * (celsius - profile - level))
 
-    def _profile(self, rows: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
-        position = ((t_ms % DAY_MS) - SLOT_MS / 2) / SLOT_MS
-        floor = np.floor(position)
-        left = floor.astype(np.int64) % SLOTS_PER_DAY
-        right = (left + 1) % SLOTS_PER_DAY
+    def _profile(self, rows: np.ndarray, left: np.ndarray, right: np.ndarray,
+                 fraction: np.ndarray) -> np.ndarray:
         a, b = self.slot_mean[rows, left], self.slot_mean[rows, right]
-        fraction = position - floor
         return np.where(np.isnan(a), b, np.where(np.isnan(b), a, a + (b - a) * fraction))
+
+
+def _interpolation(t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`TimeOfDayBaseline._profile`'s two slots and the fraction between them."""
+    position = ((t_ms % DAY_MS) - SLOT_MS / 2) / SLOT_MS
+    floor = np.floor(position)
+    left = floor.astype(np.int64) % SLOTS_PER_DAY
+    return left, (left + 1) % SLOTS_PER_DAY, position - floor
 
 
 class BaselineRow:
