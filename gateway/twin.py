@@ -29,7 +29,7 @@ from gateway.temp_baseline import (
     TimeOfDayBaseline,
     TimeOfDayBaselines,
 )
-from gateway.twin_columns import BOOL, FLOAT, NONE, PROP_INDEX, TEXT, PropertyColumns
+from gateway.twin_columns import BOOL, NONE, PROP_INDEX, TEXT, PropertyColumns
 from gateway.uv_exposure import MAX_UV_GAP_S as MAX_UV_GAP_S  # gateway/report/archive.py
 from gateway.uv_exposure import UvExposure, UvExposureRow, UvExposures
 from gateway.uv_forecast import UvForecaster, UvForecasts, clear_sky_many
@@ -131,9 +131,6 @@ for _channel, (_scale, _prop) in CHANNEL_SCALE.items():
     _CHANNEL_PROP[_channel], _CHANNEL_SCALE[_channel] = PROP_INDEX[_prop], _scale
 _P = PROP_INDEX
 _GOOD, _UNCERTAIN = 0, 1                 # PropertyColumns' quality codes
-_TEMP_ANOMALY_PROPS = [_P[p] for p in ("temp_baseline_c", "temp_delta_c", "temp_anomaly_score",
-                                       "inflammation", "exertion", "contact")]
-_UV_DOSE_PROPS = [_P[p] for p in ("uv_dose_sed", "uv_med_fraction", "minutes_to_med")]
 
 
 class WindowRow:
@@ -454,13 +451,16 @@ class TwinEngine:
                            _GOOD, _UNCERTAIN)
         t = last_t
         columns = self.columns
+        columns.set_floats(_P["temp_baseline_c"], slots, baselines[:, 0], t, quality)
+        columns.set_floats(_P["temp_delta_c"], slots, out["delta_c"][:, 0], t, quality)
+        columns.set_floats(_P["temp_anomaly_score"], slots, out["anomaly_score"][:, 0], t,
+                           quality)
+        columns.set_coded(_P["inflammation"], slots, BOOL, out["inflammation"][:, 0] > 0.5,
+                          t, quality)
+        columns.set_coded(_P["exertion"], slots, BOOL, out["exertion"][:, 0] > 0.5, t, _GOOD)
         loose, skin = columns.text_code("loose"), columns.text_code("skin")
-        columns.set_rows(
-            _TEMP_ANOMALY_PROPS, slots, [FLOAT, FLOAT, FLOAT, BOOL, BOOL, TEXT],
-            [baselines[:, 0], out["delta_c"][:, 0], out["anomaly_score"][:, 0],
-             out["inflammation"][:, 0] > 0.5, out["exertion"][:, 0] > 0.5,
-             np.where(out["detached"][:, 0] > 0.5, loose, skin)],
-            t, [quality, quality, quality, quality, _GOOD, _GOOD])
+        columns.set_coded(_P["contact"], slots, TEXT,
+                          np.where(out["detached"][:, 0] > 0.5, loose, skin), t, _GOOD)
         self._new_temp[slots] = False
 
     def _run_uv_dose(self) -> None:
@@ -479,9 +479,9 @@ class TwinEngine:
         uv.dose_sed[slots] = dose
         uv.exposure[slots] = uv.exposure_s[slots] = 0.0
         columns = self.columns
-        columns.set_rows(_UV_DOSE_PROPS, slots, [FLOAT, FLOAT, FLOAT],
-                         [dose, out["med_fraction"][:, 0], out["minutes_to_med"][:, 0]], t,
-                         [_GOOD, _GOOD, _GOOD])
+        columns.set_floats(_P["uv_dose_sed"], slots, dose, t, _GOOD)
+        columns.set_floats(_P["uv_med_fraction"], slots, out["med_fraction"][:, 0], t, _GOOD)
+        columns.set_floats(_P["minutes_to_med"], slots, out["minutes_to_med"][:, 0], t, _GOOD)
         if self.location is None:
             return
         # The sun's path changes slowly: integrate forward once a minute of data.

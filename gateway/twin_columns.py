@@ -128,17 +128,6 @@ class PropertyColumns:
         self.pend_q[prop, slots] = q
         self.any_pending = True
 
-    def set_rows(self, props: list[int], slots: np.ndarray, kinds: list[int],
-                 values: list[np.ndarray], t: np.ndarray, q: list[np.ndarray | int]) -> None:
-        """Several properties' leaves for the same slots at once (a model's outputs): floats
-        (rounded when the step takes what changed), booleans and texts as codes."""
-        rows = np.array(props)[:, None]
-        self.pend_kind[rows, slots] = np.array(kinds, dtype=np.int8)[:, None]
-        self.pend_v[rows, slots] = np.array(values, dtype=np.float64)
-        self.pend_t[rows, slots] = t
-        self.pend_q[rows, slots] = np.array([np.broadcast_to(x, len(slots)) for x in q])
-        self.any_pending = True
-
     def set_coded(self, prop: int, slots: np.ndarray, kind: int, codes: np.ndarray,
                   t: np.ndarray, q: np.ndarray | int) -> None:
         """Leaves of booleans (codes 0/1) or texts (codes from text_code)."""
