@@ -130,7 +130,11 @@ class Sink:
             message = self.source.messages.get(timeout=timeout_s)
         except queue.Empty:
             return
+        debug = log.isEnabledFor(logging.DEBUG)
         while True:
+            if debug:
+                log.debug("sink: received %s%s", message.topic,
+                          " (redelivered)" if message.redelivered else "")
             self.counters.messages += 1
             self.counters.redelivered += message.redelivered
             rows = self.decoder.decode(message.topic, message.payload, message.content_type)

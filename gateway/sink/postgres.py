@@ -47,9 +47,12 @@ def check_url(url: str) -> None:
         raise ValueError(f"--db {url.split('@')[-1]!r}: give a PostgreSQL URL, "
                          "postgresql://[user[:password]@]host[:port]/dbname")
     try:
-        conninfo.conninfo_to_dict(url)
+        parts = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as e:
         raise ValueError(f"--db: not a valid PostgreSQL URL ({_first_line(e)})") from None
+    port = str(parts.get("port") or "5432")
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+        raise ValueError(f"--db {describe(url)!r}: port {port!r} is not a number 1..65535")
 
 
 def _first_line(error: BaseException) -> str:

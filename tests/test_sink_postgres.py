@@ -1,0 +1,306 @@
+"""`dermtwin sink` against real parts: a throwaway PostgreSQL server (the distribution's
+binaries, tests/postgres_server.py), a real mosquitto, a gateway with virtual patches, and
+three `dermtwin sink` processes in one consumer group (MQTT 5 shared subscription).
+
+One member is SIGKILLed while it holds a batch it has not committed, and restarted with the
+same client id (as a service manager would). At the end the database holds exactly what the
+gateway stored: every sample (compared with the gateway's SQLite store, value for value),
+every twin revision and snapshot, the alerts, and no row twice, although the broker
+redelivered the killed member's unacknowledged messages and a samples message and an alert
+were published a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from postgres_server import PostgresServer, find_bin_dir
+
+BIN_DIR = find_bin_dir()
+pytestmark = pytest.mark.skipif(
+    BIN_DIR is None, reason="PostgreSQL server binaries (initdb, postgres) not found on PATH or "
+                            "in /usr/lib/postgresql/*/bin: run tools/ensure-postgres.sh")
+
+ROOT = "dermtwin/v1/rig"
+REPO = Path(__file__).resolve().parents[1]
+GROUP = "research"
+BATCH_LINE = re.compile(r"batch committed: (\d+) messages, (\d+) acknowledged; new/offered: "
+                        r"samples (\d+)/(\d+), revisions (\d+)/(\d+), snapshots (\d+)/(\d+), "
+                        r"alerts (\d+)/(\d+)")
+SUMMARY_LINE = re.compile(r"stopped \(pid \d+\): (\d+) messages \((\d+) redelivered\)")
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with PostgresServer(BIN_DIR) as server:
+        yield server
+
+
+def new_database(server: PostgresServer, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def dermtwin(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", *args]
+
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+class SinkProcess:
+    def __init__(self, db_url: str, broker_url: str, client_id: str, log_path: Path,
+                 *extra: str):
+        self.args = dermtwin("-v", "sink", "--db", db_url, "--broker", broker_url,
+                             "--gateway-id", "rig", "--group", GROUP, "--client-id", client_id,
+                             "--session-expiry", "300", *extra)
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=ENV, cwd=REPO)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def batches(self) -> list[tuple[int, ...]]:
+        return [tuple(map(int, m.groups())) for m in BATCH_LINE.finditer(self.log())]
+
+    async def wait_log(self, pattern: str, count: int = 1, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(re.findall(pattern, self.log())) < count:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"sink exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} (x{count}) in {timeout_s} s:\n{self.log()}")
+            await asyncio.sleep(0.05)
+
+    async def wait_in_flight(self, timeout_s: float = 20.0) -> int:
+        """Wait until the sink has taken messages it has not committed yet; how many."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            after_commit = self.log().rsplit("batch committed", 1)[-1]
+            received = after_commit.count("sink: received ")
+            if received:
+                return received
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no message received in {timeout_s} s:\n{self.log()}")
+            await asyncio.sleep(0.02)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float = 15.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_free(
+        tmp_path, postgres, mqtt_collector):
+    from gateway_harness import GatewayRig, mqtt5_publish, wait_for
+
+    from gateway.ingest import data_loss_alert, encode
+    from gateway.mqtt import topics
+    from gateway.values import LostSamples
+    from simulation.demo import DEMO_PATCH_CONFIG, DEMO_TIME_SCALE
+
+    db = new_database(postgres, "members")
+    started = time.monotonic()
+    async with GatewayRig(tmp_path, patches=3, time_scale=DEMO_TIME_SCALE,
+                          patch_config={**DEMO_PATCH_CONFIG, 6: 1}) as rig:
+        alerts_seen = mqtt_collector(rig.broker, f"{ROOT}/+/alert")
+        samples_seen = mqtt_collector(rig.broker, f"{ROOT}/+/samples")
+        # member 1 commits only every 3 s: whenever it is killed it holds a batch in flight
+        sinks = [SinkProcess(db, rig.broker.url, f"sink-{i}", tmp_path / f"sink-{i}.log",
+                             *(["--batch-wait", "3", "--batch-messages", "10000"] if i == 1
+                               else []))
+                 for i in range(3)]
+        try:
+            for sink in sinks:
+                sink.start()
+            for sink in sinks:
+                await sink.wait_log("session new")
+            gateway = await rig.start_gateway()
+            victim = sinks[1]
+            await victim.wait_log("batch committed", timeout_s=30)
+            await victim.wait_in_flight()
+            await asyncio.sleep(1.0)           # a few more into the open batch (3 s)
+            in_flight = await victim.wait_in_flight()
+            victim.kill()                      # SIGKILL mid-batch: nothing acknowledged
+            killed_after = victim.batches()
+            await asyncio.sleep(1.5)           # the broker keeps its share for its session
+            victim.start()                     # same client id: the session is resumed
+            await victim.wait_log("session resumed")
+
+            # at least once from the gateway's side: a samples message and an alert again
+            again = samples_seen.messages[0]
+            await asyncio.to_thread(mqtt5_publish, rig.broker, again.topic, again.payload)
+            subject = rig.identities[0][2]
+            loss = encode(data_loss_alert(LostSamples(1, 50, 10, 20, 1_700_000_000_000,
+                                                      1_700_000_060_000, (3, 6, 0, 1)), 5))
+            for _ in range(2):
+                await asyncio.to_thread(mqtt5_publish, rig.broker,
+                                        topics.ALERT.path(ROOT, subject), loss)
+            await asyncio.sleep(2.0)
+            await rig.stop_gateway()
+            final = {s: (gateway.engine.twins[s].rev, gateway.engine.twins[s].state)
+                     for _, _, s in rig.identities}
+            devices = {d: s for d, _, s in rig.identities}
+            conn = sqlite3.connect(rig.db_path)
+            stored = {(devices[d], boot, seq): (channel, value, utc)
+                      for d, boot, seq, channel, value, utc in conn.execute(
+                          "SELECT device_id, boot_id, seq, channel, value, utc_ms FROM samples")}
+            conn.close()
+
+            def caught_up() -> bool:
+                [(n,)] = query(db, "SELECT count(*) FROM samples")
+                revs = dict(query(db, "SELECT subject, max(rev) FROM twin_history "
+                                      "GROUP BY subject"))
+                return n >= len(stored) and all(revs.get(s) == rev
+                                                for s, (rev, _) in final.items())
+
+            await wait_for(caught_up, timeout_s=20, what="the database to catch up")
+            for sink in sinks:
+                sink.signal(signal.SIGTERM)
+            codes = [await asyncio.to_thread(sink.wait) for sink in sinks]
+        finally:
+            for sink in sinks:
+                sink.kill()
+    elapsed = time.monotonic() - started
+    logs = {i: sink.log() for i, sink in enumerate(sinks)}
+    assert codes == [0, 0, 0], logs
+
+    # every sample the gateway stored, once, with its value and time
+    props = ("skin_temp_c", "uv_index", "capacitance_pf", "battery_pct")
+    rows = query(db, "SELECT subject, boot, seq, property, raw, utc_ms FROM samples")
+    assert len(rows) == len(stored) > 50
+    assert {(s, b, q): (props.index(p), raw, utc) for s, b, q, p, raw, utc in rows} == stored
+    # every twin revision, and the history folds into the gateway's final twin
+    for s, (rev, state) in final.items():
+        history = query(db, f"SELECT rev, changed, removed FROM twin_history "
+                            f"WHERE subject = '{s}' ORDER BY rev")
+        assert [r for r, _, _ in history] == list(range(1, rev + 1)), s
+        snapshots = query(db, f"SELECT rev, state FROM twin_snapshots WHERE subject = '{s}' "
+                              f"ORDER BY rev")
+        assert [r for r, _ in snapshots][-1] == rev
+        assert snapshots[-1][1] == json.loads(json.dumps(state))
+        folded = dict(snapshots[0][1])
+        for r, changed, removed in history:
+            if r > snapshots[0][0]:
+                folded.update(changed)
+                for prop in removed:
+                    folded.pop(prop, None)
+        assert folded == json.loads(json.dumps(state)), s
+    # the alerts that went out, each once (the data_loss event was published twice)
+    published = {(m.topic.split("/")[3], json.loads(m.payload)["ts"],
+                  json.loads(m.payload)["kind"]) for m in alerts_seen.messages}
+    stored_alerts = query(db, "SELECT subject, ts_ms, kind FROM alerts")
+    assert sorted(stored_alerts) == sorted(published)
+    assert (subject, 5, "data_loss") in published
+    assert query(db, "SELECT count(*) FROM rejected_messages") == [(0,)]
+
+    # the killed member had messages in flight: the broker sent them again (DUP) on restart
+    summary = SUMMARY_LINE.findall(logs[1])
+    assert len(summary) == 1, logs[1]
+    assert int(summary[0][1]) >= in_flight > 0, "the in-flight messages were not redelivered"
+    assert len(victim.batches()) > len(killed_after)
+    # all three members stored something: the group shared the work
+    batches = {i: sink.batches() for i, sink in enumerate(sinks)}
+    assert all(sum(b[2] for b in batches[i]) > 0 for i in range(3)), batches
+    # redelivered and republished rows were offered again and skipped, never stored twice
+    offered = sum(b[3] for bs in batches.values() for b in bs)
+    new = sum(b[2] for bs in batches.values() for b in bs)
+    assert new <= len(rows)
+    assert offered - new >= len(json.loads(again.payload)["c"])
+    print(f"\nsink test: {len(rows)} samples, {sum(r for r, _ in final.values())} twin revs, "
+          f"{len(stored_alerts)} alerts; {offered - new} duplicate sample rows skipped; "
+          f"{summary[0][1]} messages redelivered to the restarted member; {elapsed:.1f} s")
+
+
+def run_sink(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(dermtwin("sink", "--gateway-id", "gw1", *args), capture_output=True,
+                          text=True, env=ENV, cwd=REPO, timeout=timeout_s)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    *progress, last = result.stderr.strip().splitlines()
+    assert last.startswith("dermtwin sink: "), result.stderr
+    assert all(" INFO gateway.sink: " in line for line in progress), result.stderr
+    return last
+
+
+def test_bad_url_unreachable_database_or_broker_end_with_one_clear_line(postgres):
+    from simulation.broker import free_loopback_port
+
+    dead = f"mqtt://127.0.0.1:{free_loopback_port()}"
+    line = one_line_error(run_sink("--db", "mysql://u:secret@db/x", "--broker", dead))
+    assert "give a PostgreSQL URL" in line and "secret" not in line
+    line = one_line_error(run_sink("--db", "postgresql://db:port/x", "--broker", dead))
+    assert "port 'port' is not a number" in line
+    line = one_line_error(run_sink("--db", f"postgresql://u:secret@127.0.0.1:"
+                                           f"{free_loopback_port()}/x", "--broker", dead))
+    assert "cannot connect to PostgreSQL" in line and "Connection refused" in line
+    assert "secret" not in line
+    missing = postgres.url.rsplit("/", 1)[0] + "/no_such_db"
+    line = one_line_error(run_sink("--db", missing, "--broker", dead))
+    assert 'database "no_such_db" does not exist' in line and "createdb" in line
+    line = one_line_error(run_sink("--db", postgres.url, "--broker", dead))
+    assert f"cannot connect to {dead}: connection refused" in line
+
+
+def test_tables_are_created_once_and_a_newer_schema_is_refused(postgres):
+    from gateway.sink import schema
+    from gateway.sink.postgres import PostgresStore, SinkDbError
+    from gateway.sink.rows import MessageDecoder
+
+    db = new_database(postgres, "schema_check")
+    first, second = PostgresStore(db), PostgresStore(db)
+    first.open()
+    second.open()   # idempotent: nothing to create the second time
+    rows = MessageDecoder(ROOT).decode(f"{ROOT}/s-1/delta", json.dumps(
+        {"schema": 2, "sess": 1, "rev": 7, "ts": 5, "set": {}, "unset": []}).encode())
+    assert first.write(rows)["revisions"] == 1
+    assert second.write(rows)["revisions"] == 0   # the key (subject, rev) is taken
+    first.close()
+    second.close()
+    indexes = {name for (name,) in query(db, "SELECT indexname FROM pg_indexes "
+                                             "WHERE schemaname = 'public'")}
+    assert {"samples_pkey", "samples_by_time", "twin_history_pkey", "alerts_pkey"} <= indexes
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        conn.execute("INSERT INTO sink_schema (version) VALUES (%s)", (schema.VERSION + 1,))
+    with pytest.raises(SinkDbError, match="version 2; this dermtwin writes version 1"):
+        PostgresStore(db).open()
