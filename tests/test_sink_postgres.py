@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from postgres_server import PostgresServer, find_bin_dir
 
 BIN_DIR = find_bin_dir()
