@@ -302,3 +302,62 @@ def test_tables_are_created_once_and_a_newer_schema_is_refused(postgres):
         conn.execute("INSERT INTO sink_schema (version) VALUES (%s)", (schema.VERSION + 1,))
     with pytest.raises(SinkDbError, match="version 2; this dermtwin writes version 1"):
         PostgresStore(db).open()
+
+
+def test_leave_stores_what_the_session_kept_and_ends_it(tmp_path, postgres):
+    import paho.mqtt.client as paho
+    from gateway_harness import mqtt5_publish
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from gateway import samples_message
+    from simulation.broker import LocalBroker
+
+    db = new_database(postgres, "leaving")
+
+    def publish(seqs: range) -> None:
+        for seq in seqs:
+            doc = samples_message.encode(1, [seq], [1_700_000_000_000 + seq], [0], [4200 + seq])
+            mqtt5_publish(broker, f"{ROOT}/s-1/samples", json.dumps(doc).encode())
+
+    with LocalBroker() as broker:
+        stay = SinkProcess(db, broker.url, "stay", tmp_path / "stay.log")
+        leaver = SinkProcess(db, broker.url, "leaver", tmp_path / "leaver.log")
+        try:
+            for sink in (stay, leaver):
+                sink.start()
+                asyncio.run(sink.wait_log("session new"))
+            leaver.kill()
+            publish(range(0, 10))          # half of them wait in the leaver's session
+            result = subprocess.run(leaver.args + ["--leave"], capture_output=True, text=True,
+                                    env=ENV, cwd=REPO, timeout=30)
+            assert result.returncode == 0, result.stderr
+            assert "session resumed" in result.stderr and "left group" in result.stderr
+            taken = int(re.search(r"stored (\d+) samples", result.stderr).group(1))
+            assert taken > 0
+            publish(range(10, 20))         # all to the member that stayed
+            deadline = time.monotonic() + 15
+            while query(db, "SELECT count(*) FROM samples") != [(20,)]:
+                assert time.monotonic() < deadline, query(db, "SELECT seq FROM samples")
+                time.sleep(0.1)
+            stay.signal(signal.SIGTERM)
+            assert stay.wait() == 0
+        finally:
+            stay.kill()
+            leaver.kill()
+        # the broker holds no session for the member that left
+        present = []
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="leaver",
+                             protocol=paho.MQTTv5)
+        client.on_connect = lambda c, u, flags, rc, p: present.append(flags.session_present)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 0
+        client.connect(broker.host, broker.port, clean_start=False, properties=properties)
+        client.loop_start()
+        deadline = time.monotonic() + 5
+        while not present and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.disconnect()
+        client.loop_stop()
+        assert present == [False]
+    assert sorted(seq for (seq,) in query(db, "SELECT seq FROM samples")) == list(range(20))

@@ -40,6 +40,7 @@ PROGRESS_EVERY_S = 10.0
 IDLE_POLL_S = 0.2
 DB_RETRY_FIRST_S = 1.0
 DB_RETRY_MAX_S = 30.0
+LEAVE_IDLE_S = 2.0          # --leave: the session's messages come at once; then this quiet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"({DEFAULT_MAX_WAIT_S})")
     p.add_argument("--duration", type=float, metavar="S",
                    help="exit after S seconds (default: until SIGTERM or Ctrl-C)")
+    p.add_argument("--leave", action="store_true",
+                   help="retire this member: store what the broker kept for its session, "
+                        "leave the group, end the session and exit (docs/sink.md)")
 
 
 class Counters:
@@ -106,11 +110,18 @@ class Sink:
         self.stopping = False
         self._db_down_since: float | None = None
 
-    def run(self, deadline_s: float | None = None) -> None:
+    def run(self, deadline_s: float | None = None, idle_exit_s: float | None = None) -> bool:
+        """Until stopped, past `deadline_s`, or `idle_exit_s` without a message (--leave).
+        False if messages it took were left unstored (the database was away)."""
         next_progress = time.monotonic() + PROGRESS_EVERY_S
+        last_message, seen = time.monotonic(), self.counters.messages
         while not self.stopping and self.source.fatal is None:
             now = time.monotonic()
             if deadline_s is not None and now >= deadline_s:
+                break
+            if self.counters.messages != seen:
+                last_message, seen = now, self.counters.messages
+            if idle_exit_s is not None and now - last_message >= idle_exit_s:
                 break
             wait = self.batcher.seconds_until_due(now)
             self._receive(IDLE_POLL_S if wait is None else min(wait, IDLE_POLL_S))
@@ -121,7 +132,8 @@ class Sink:
                 next_progress = now + PROGRESS_EVERY_S
                 log.info("sink: %s", self.counters.summary())
         if len(self.batcher):
-            self._commit(self.batcher.take(), retry=False)
+            return self._commit(self.batcher.take(), retry=False)
+        return True
 
     def _receive(self, timeout_s: float) -> None:
         import queue
@@ -149,7 +161,7 @@ class Sink:
             except queue.Empty:
                 return
 
-    def _commit(self, batch: Batch, retry: bool = True) -> None:
+    def _commit(self, batch: Batch, retry: bool = True) -> bool:
         """Commit the batch's rows, then acknowledge its messages. A database that is away is
         retried with backoff (the messages wait unacknowledged); a batch the database refuses
         is written message by message, and a message it refuses goes to rejected_messages."""
@@ -170,7 +182,7 @@ class Sink:
                 if not retry or self.stopping or self.source.fatal:
                     log.warning("sink: stopping with %d messages not stored: the broker sends "
                                 "them again to this client id", batch.messages)
-                    return
+                    return False
                 time.sleep(delay_s)
                 delay_s = min(DB_RETRY_MAX_S, delay_s * 2)
         if self._db_down_since is not None:
@@ -185,6 +197,7 @@ class Sink:
         log.debug("sink: batch committed: %d messages, %d acknowledged; new/offered: %s",
                   batch.messages, acked,
                   ", ".join(f"{t} {inserted[t]}/{n}" for t, n in batch.rows.counts().items()))
+        return True
 
     def _write(self, batch: Batch) -> dict[str, int]:
         from gateway.sink.postgres import SinkDbError
@@ -235,7 +248,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     # in flight to us at most twice a batch: the next batch arrives while one commits
     source = MqttSource(config, client_id=_client_id(args), group=args.group,
                         session_expiry_s=args.session_expiry,
-                        receive_maximum=min(65535, 2 * args.batch_messages))
+                        receive_maximum=min(65535, 2 * args.batch_messages), leave=args.leave)
     sink = Sink(source, store, Batcher(args.batch_messages, max_wait_s=args.batch_wait))
 
     def stop(signum, frame) -> None:
@@ -248,12 +261,22 @@ def cmd_sink(args: argparse.Namespace) -> int:
         log.info("sink: member %r of group %r on %s, %s (session %s, kept %d s)",
                  source.client_id, source.group, config.url, source.root,
                  "resumed" if source.session_present else "new", source.session_expiry_s)
+        if args.leave and not source.session_present:
+            log.warning("sink: --leave: the broker held no session for %r: nothing to take",
+                        source.client_id)
         deadline = None if args.duration is None else time.monotonic() + args.duration
-        sink.run(deadline)
+        stored_all = sink.run(deadline, LEAVE_IDLE_S if args.leave else None)
+        if args.leave and not stored_all:
+            source.leave = False   # keep the session: what it holds is not stored yet
+            raise RuntimeError(f"--leave: PostgreSQL at {store.where} is away, so the "
+                               f"session of {source.client_id!r} is kept: run --leave again")
     finally:
         source.stop()
         store.close()
     if source.fatal:
         raise RuntimeError(source.fatal)
+    if args.leave:
+        log.info("sink: member %r left group %r; its session is ended", source.client_id,
+                 source.group)
     log.info("sink: stopped (pid %d): %s", os.getpid(), sink.counters.summary())
     return 0

@@ -51,7 +51,10 @@ class Inbound:
 
 class MqttSource:
     def __init__(self, config: MqttConfig, *, client_id: str, group: str,
-                 session_expiry_s: int, receive_maximum: int):
+                 session_expiry_s: int, receive_maximum: int, leave: bool = False):
+        """`leave`: take what the broker kept for this member's session, but subscribe to
+        nothing (unsubscribe the group's filters), so that no new message is routed here;
+        `stop()` then ends the session."""
         if not group or any(ch in group for ch in "/+#"):
             raise ValueError(f"--group {group!r}: one topic level without '/', '+' or '#'")
         self.config = config
@@ -60,6 +63,7 @@ class MqttSource:
         self.group = group
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
+        self.leave = leave
         self.filters = ([f"$share/{group}/{t.filter(self.root)}" for t in GROUPED]
                         + [topics.META.filter(self.root)])
         self.messages: queue.Queue[Inbound] = queue.Queue()
@@ -108,7 +112,10 @@ class MqttSource:
         with self._lock:
             self._connection += 1
         self.session_present = bool(flags.session_present)
-        client.subscribe([(f, 1) for f in self.filters])
+        if self.leave:
+            client.unsubscribe(self.filters)
+        else:
+            client.subscribe([(f, 1) for f in self.filters])
         if self._connected.is_set():
             log.info("sink: reconnected to %s (session %s)", self.config.url,
                      "resumed" if self.session_present else "new: messages sent meanwhile to "
@@ -151,8 +158,13 @@ class MqttSource:
         return sent
 
     def stop(self) -> None:
-        """Disconnect (the session stays on the broker for `session_expiry_s`)."""
+        """Disconnect. The session stays on the broker for `session_expiry_s`, unless leaving:
+        then it ends now (Session Expiry Interval 0 in DISCONNECT)."""
         client, self._client = self._client, None
         if client is not None:
-            client.disconnect()
+            properties = None
+            if self.leave and self.session_expiry_s:
+                properties = Properties(PacketTypes.DISCONNECT)
+                properties.SessionExpiryInterval = 0
+            client.disconnect(properties=properties)
             client.loop_stop()
