@@ -74,18 +74,26 @@ class PostgresServer:
 
     def start(self) -> None:
         self._prepare_dir()
-        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
         subprocess.run([str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
                         "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"],
-                       check=True, capture_output=True, env=env, cwd=self._tmp, **self._run_as)
-        log = open(self.log_path, "ab")   # noqa: SIM115  # closed in stop()
+                       check=True, capture_output=True, env=self._env, cwd=self._tmp,
+                       **self._run_as)
+        self.start_server()
+
+    @property
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "LC_ALL": "C", "LANG": "C"}
+
+    def start_server(self) -> None:
+        """Start postgres on the data directory (again, after `stop_server`), same port."""
+        log = open(self.log_path, "ab")   # noqa: SIM115  # closed in stop_server()
         self._log = log
         self._process = subprocess.Popen(
             [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
              "-c", "fsync=off", "-c", "synchronous_commit=off",
              "-c", "full_page_writes=off", "-c", "max_connections=20"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env,
             cwd=self._tmp, **self._run_as)
         self.wait_ready()
 
@@ -112,10 +120,11 @@ class PostgresServer:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
+    def stop_server(self) -> None:
+        """Fast shutdown (SIGINT: open sessions are ended); the data directory stays."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)   # fast shutdown: ends open sessions
+            process.send_signal(signal.SIGINT)
             try:
                 process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -124,6 +133,9 @@ class PostgresServer:
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None
+
+    def stop(self) -> None:
+        self.stop_server()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:

@@ -124,6 +124,7 @@ def query(url: str, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
+@pytest.mark.slow
 async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_free(
         tmp_path, postgres, mqtt_collector):
     from gateway_harness import GatewayRig, mqtt5_publish, wait_for
@@ -304,6 +305,7 @@ def test_tables_are_created_once_and_a_newer_schema_is_refused(postgres):
         PostgresStore(db).open()
 
 
+@pytest.mark.slow
 def test_leave_stores_what_the_session_kept_and_ends_it(tmp_path, postgres):
     import paho.mqtt.client as paho
     from gateway_harness import mqtt5_publish
@@ -361,3 +363,45 @@ def test_leave_stores_what_the_session_kept_and_ends_it(tmp_path, postgres):
         client.loop_stop()
         assert present == [False]
     assert sorted(seq for (seq,) in query(db, "SELECT seq FROM samples")) == list(range(20))
+
+
+def test_a_database_outage_holds_the_messages_unacknowledged_until_it_is_back(tmp_path,
+                                                                             postgres):
+    from gateway_harness import mqtt5_publish
+
+    from gateway import samples_message
+    from simulation.broker import LocalBroker
+
+    db = new_database(postgres, "outage")
+
+    def publish(seqs: range) -> None:
+        for seq in seqs:
+            doc = samples_message.encode(1, [seq], [1_700_000_000_000 + seq], [0], [4200 + seq])
+            mqtt5_publish(broker, f"{ROOT}/s-1/samples", json.dumps(doc).encode())
+
+    def count() -> int:
+        return query(db, "SELECT count(*) FROM samples")[0][0]
+
+    with LocalBroker() as broker:
+        sink = SinkProcess(db, broker.url, "solo", tmp_path / "solo.log")
+        try:
+            sink.start()
+            asyncio.run(sink.wait_log("session new"))
+            publish(range(0, 5))
+            deadline = time.monotonic() + 10
+            while count() < 5:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            postgres.stop_server()
+            publish(range(5, 10))
+            asyncio.run(sink.wait_log(r"holding \d+ messages unacknowledged, retrying"))
+            postgres.start_server()
+            asyncio.run(sink.wait_log("PostgreSQL is back", timeout_s=40))
+            assert count() == 10
+            sink.signal(signal.SIGTERM)
+            assert sink.wait() == 0
+        finally:
+            sink.kill()
+    log = sink.log()
+    assert len(re.findall("messages unacknowledged", log)) == 1   # one line per outage
+    assert "Traceback" not in log
