@@ -53,7 +53,8 @@ SANS_IO_CORES = (
     "gateway.protocol.control", "gateway.protocol.frames", "gateway.session", "gateway.twin",
     "gateway.samples_message", "gateway.model_contracts", "gateway.progress",
     "gateway.mqtt.inbound", "gateway.temp_baseline", "gateway.uv_forecast",
-    "gateway.model_registry", "gateway.sink.rows",
+    "gateway.model_registry", "gateway.sink.rows", "gateway.twin_message",
+    "gateway.payload_encoding",
 )
 # Cores being introduced in parallel (issue 9: the delivery policy, the topic table, the model
 # registry): held to the same rule from the moment they exist.

@@ -129,6 +129,7 @@ async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_fre
         tmp_path, postgres, mqtt_collector):
     from gateway_harness import GatewayRig, mqtt5_publish, wait_for
 
+    from gateway import payload_encoding, twin_message
     from gateway.ingest import data_loss_alert, encode
     from gateway.mqtt import topics
     from gateway.values import LostSamples
@@ -150,7 +151,7 @@ async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_fre
                 sink.start()
             for sink in sinks:
                 await sink.wait_log("session new")
-            gateway = await rig.start_gateway()
+            gateway = await rig.start_gateway(samples_format="zlib")   # compressed samples
             victim = sinks[1]
             await victim.wait_in_flight(timeout_s=30)
             await asyncio.sleep(2.5)           # a few more into the open batch (5 s)
@@ -163,7 +164,9 @@ async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_fre
 
             # at least once from the gateway's side: a samples message and an alert again
             again = samples_seen.messages[0]
-            await asyncio.to_thread(mqtt5_publish, rig.broker, again.topic, again.payload)
+            again_json = payload_encoding.json_bytes(
+                again.payload, payload_encoding.content_type(again.payload))
+            await asyncio.to_thread(mqtt5_publish, rig.broker, again.topic, again_json)
             subject = rig.identities[0][2]
             loss = encode(data_loss_alert(LostSamples(1, 50, 10, 20, 1_700_000_000_000,
                                                       1_700_000_060_000, (3, 6, 0, 1)), 5))
@@ -172,7 +175,9 @@ async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_fre
                                         topics.ALERT.path(ROOT, subject), loss)
             await asyncio.sleep(2.0)
             await rig.stop_gateway()
-            final = {s: (gateway.engine.twins[s].rev, gateway.engine.twins[s].state)
+            # the engine's twin as it travels: values at their wire resolution, exact times
+            final = {s: (gateway.engine.twins[s].rev,
+                         twin_message.as_received(gateway.engine.twins[s].state))
                      for _, _, s in rig.identities}
             devices = {d: s for d, _, s in rig.identities}
             conn = sqlite3.connect(rig.db_path)
@@ -227,6 +232,9 @@ async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_fre
     assert sorted(stored_alerts) == sorted(published)
     assert (subject, 5, "data_loss") in published
     assert query(db, "SELECT count(*) FROM rejected_messages") == [(0,)]
+    zlib_samples = sum(payload_encoding.content_type(m.payload) is not None
+                       for m in samples_seen.messages)
+    assert zlib_samples > 0, "no compressed samples message was published"
 
     # the killed member had messages in flight: the broker sent them again (DUP) on restart
     summary = SUMMARY_LINE.findall(logs[1])
@@ -240,7 +248,7 @@ async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_fre
     offered = sum(b[3] for bs in batches.values() for b in bs)
     new = sum(b[2] for bs in batches.values() for b in bs)
     assert new <= len(rows)
-    assert offered - new >= len(json.loads(again.payload)["c"])
+    assert offered - new >= len(json.loads(again_json)["c"])
     print(f"\nsink test: {len(rows)} samples, {sum(r for r, _ in final.values())} twin revs, "
           f"{len(stored_alerts)} alerts; {offered - new} duplicate sample rows skipped; "
           f"{summary[0][1]} messages redelivered to the restarted member; {elapsed:.1f} s")

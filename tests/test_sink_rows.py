@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 from gateway import samples_message
 from gateway.sink.rows import Batcher, MessageDecoder, Rows
@@ -33,17 +34,29 @@ def test_samples_decode_with_the_scales_meta_names():
     # another subject keeps the defaults
     [other, *_] = decoder.decode(f"{ROOT}/s-2/samples", payload(docs[0])).samples
     assert other.prop == "skin_temp_c"
+    # compressed samples (run --samples-format zlib) by their MQTT 5 Content Type
+    packed = zlib.compress(payload(docs[0]))
+    zrows = decoder.decode(f"{ROOT}/s-2/samples", packed, content_type="application/zlib")
+    assert zrows.samples == decoder.decode(f"{ROOT}/s-2/samples", payload(docs[0])).samples
 
 
 def test_twin_alerts_and_keys_that_make_a_redelivery_one_row():
     decoder = MessageDecoder(ROOT)
-    delta = {"schema": 2, "sess": 2, "rev": 8, "ts": 5, "set": {"a": {"v": 1}}, "unset": ["b"]}
+    # schema 3 leaves [v, age, q?] are stored decoded: {"v", "t" (UTC ms, -1 unknown), "q"}
+    delta = {"schema": 3, "sess": 2, "rev": 8, "ts": 5000, "set": {"a": [1, 200]},
+             "unset": ["b"]}
     [rev] = decoder.decode(f"{ROOT}/s-1/delta", payload(delta)).revisions
     assert (rev.subject, rev.rev, rev.sess, rev.ts_ms, json.loads(rev.removed)) == (
-        "s-1", 8, 2, 5, ["b"])
-    twin = {"schema": 2, "sess": 2, "rev": 8, "ts": 5, "state": {"a": {"v": 1}}}
+        "s-1", 8, 2, 5000, ["b"])
+    assert json.loads(rev.changed) == {"a": {"v": 1, "t": 4800, "q": "good"}}
+    [rev] = decoder.decode(f"{ROOT}/s-1/delta", payload(
+        {"schema": 3, "sess": 2, "rev": 9, "ts": 6000, "set": {}})).revisions
+    assert json.loads(rev.removed) == []                       # unset absent: nothing removed
+    twin = {"schema": 3, "sess": 2, "rev": 8, "ts": 5000,
+            "state": {"a": [1, 200], "b": [2.5, None, "u"]}}
     [snap] = decoder.decode(f"{ROOT}/s-1/twin", payload(twin)).snapshots
-    assert (snap.rev, json.loads(snap.state)) == (8, {"a": {"v": 1}})
+    assert (snap.rev, json.loads(snap.state)) == (8, {"a": {"v": 1, "t": 4800, "q": "good"},
+                                                      "b": {"v": 2.5, "t": -1, "q": "uncertain"}})
     alert = {"schema": 2, "ts": 9, "kind": "inflammation", "active": True, "delta_c": 2.4}
     [a] = decoder.decode(f"{ROOT}/s-1/alert", payload(alert)).alerts
     # the same alert in another key order is the same row; another alert is another
@@ -77,7 +90,12 @@ def test_what_cannot_be_read_is_rejected_naming_the_field():
         assert len(rows) == 1 and rows.rejected[0].reason.startswith(reason), rows
         assert rows.rejected[0].payload == body
     rows = decoder.decode(f"{ROOT}/s-1/samples", b"\x00\x01", content_type="application/cbor")
-    assert rows.rejected[0].reason == "content type 'application/cbor' is not JSON"
+    assert rows.rejected[0].reason == "samples: unknown content type 'application/cbor'"
+    rows = decoder.decode(f"{ROOT}/s-1/samples", b"x\x9c broken", content_type="application/zlib")
+    assert rows.rejected[0].reason.startswith("samples: content type application/zlib: ")
+    rows = decoder.decode(f"{ROOT}/s-1/twin", payload({"sess": 1, "rev": 1, "ts": 1,
+                                                       "state": {"a": [1, 2, "x"]}}))
+    assert rows.rejected[0].reason == "twin: missing field 'x'"
     # the same bad message twice is one key
     a, b = (decoder.decode(f"{ROOT}/s-1/samples", b"{x").rejected[0] for _ in range(2))
     assert a.digest == b.digest

@@ -3,7 +3,10 @@
 `MessageDecoder.decode(topic, payload)` turns one message from the gateway's topics into
 `Rows`: one `SampleRecord` per raw sample (`{subject}/samples`, decoded with meta's scales),
 one `TwinRevision` per twin revision (`{subject}/delta`), one `SnapshotRecord` per whole twin
-(`{subject}/twin`), one `AlertRecord` per alert or `data_loss` event. A message it cannot read
+(`{subject}/twin`), their leaves decoded from the wire's `[v, age, q]` to `{"v", "t", "q"}`
+(gateway/twin_message.py: `t` in UTC ms, -1 unknown), one `AlertRecord` per alert or
+`data_loss` event. Payloads are read by their MQTT 5 Content Type (zlib samples included,
+gateway/payload_encoding.py). A message it cannot read
 becomes a `Rejected` record (stored, so nothing is dropped without a trace). `meta` only
 teaches it a subject's property order and scales.
 
@@ -24,10 +27,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from gateway import samples_message
+from gateway import payload_encoding, samples_message, twin_message
 from gateway.mqtt import topics
 
-JSON_CONTENT_TYPES = (None, "", "application/json")
 DEFAULT_MAX_MESSAGES = 500
 DEFAULT_MAX_ROWS = 20_000
 DEFAULT_MAX_WAIT_S = 0.5
@@ -147,10 +149,8 @@ class MessageDecoder:
         row, subject = found
         if not payload:
             return Rows()   # a cleared retained message
-        if content_type not in JSON_CONTENT_TYPES:
-            return rejected(topic, payload, f"content type {content_type!r} is not JSON")
         try:
-            doc = json.loads(payload)
+            doc = json.loads(payload_encoding.json_bytes(payload, content_type))
             if not isinstance(doc, dict):
                 raise ValueError("payload is not a JSON object")
             if subject is None:
@@ -161,13 +161,16 @@ class MessageDecoder:
             if row is topics.SAMPLES:
                 return Rows(samples=self._samples(subject, doc))
             if row is topics.DELTA:
+                ts = _int(doc, "ts")
                 return Rows(revisions=[TwinRevision(
-                    subject, _int(doc, "rev"), _int(doc, "sess"), _int(doc, "ts"),
-                    canonical_json(_object(doc, "set")), canonical_json(doc.get("unset", [])))])
+                    subject, _int(doc, "rev"), _int(doc, "sess"), ts,
+                    canonical_json(twin_message.leaves(_object(doc, "set"), ts)),
+                    canonical_json(doc.get("unset", [])))])
             if row is topics.TWIN:
+                ts = _int(doc, "ts")
                 return Rows(snapshots=[SnapshotRecord(
-                    subject, _int(doc, "rev"), _int(doc, "sess"), _int(doc, "ts"),
-                    canonical_json(_object(doc, "state")))])
+                    subject, _int(doc, "rev"), _int(doc, "sess"), ts,
+                    canonical_json(twin_message.leaves(_object(doc, "state"), ts)))])
             if row is topics.ALERT:
                 kind = doc.get("kind")
                 if not isinstance(kind, str):
