@@ -413,3 +413,32 @@ def test_a_database_outage_holds_the_messages_unacknowledged_until_it_is_back(tm
     log = sink.log()
     assert len(re.findall("messages unacknowledged", log)) == 1   # one line per outage
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_two_members_with_one_client_id_end_with_a_line_naming_it(tmp_path, postgres):
+    from simulation.broker import LocalBroker
+
+    with LocalBroker() as broker:
+        first = SinkProcess(postgres.url, broker.url, "same", tmp_path / "first.log")
+        second = SinkProcess(postgres.url, broker.url, "same", tmp_path / "second.log")
+        try:
+            first.start()
+            asyncio.run(first.wait_log("session new"))
+            second.start()
+            # mosquitto closes the older connection; the two take the session in turns
+            codes = {}
+            deadline = time.monotonic() + 30
+            while not codes and time.monotonic() < deadline:
+                for name, sink in (("first", first), ("second", second)):
+                    if sink.process.poll() is not None:
+                        codes[name] = sink.process.returncode
+                time.sleep(0.1)
+        finally:
+            first.kill()
+            second.kill()
+    assert list(codes.values()) == [1], codes
+    log = (first if "first" in codes else second).log()
+    assert ("most likely another client connected with client id 'same' and took this "
+            "session over: give each member of the group its own --client-id") in log
+    assert "Traceback" not in log

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import socket
 import time
@@ -115,6 +116,7 @@ class Sink:
         False if messages it took were left unstored (the database was away)."""
         next_progress = time.monotonic() + PROGRESS_EVERY_S
         last_message, seen = time.monotonic(), self.counters.messages
+        reported = self.counters.messages
         while not self.stopping and self.source.fatal is None:
             now = time.monotonic()
             if deadline_s is not None and now >= deadline_s:
@@ -130,14 +132,14 @@ class Sink:
                 self._commit(self.batcher.take())
             if now >= next_progress:
                 next_progress = now + PROGRESS_EVERY_S
-                log.info("sink: %s", self.counters.summary())
+                if self.counters.messages != reported:   # quiet while nothing comes
+                    reported = self.counters.messages
+                    log.info("sink: %s", self.counters.summary())
         if len(self.batcher):
             return self._commit(self.batcher.take(), retry=False)
         return True
 
     def _receive(self, timeout_s: float) -> None:
-        import queue
-
         try:
             message = self.source.messages.get(timeout=timeout_s)
         except queue.Empty:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30
 SESSION_TAKEN_OVER = 142        # MQTT 5 reason code: another client connected with our id
+# mosquitto 2.0 does not send that code: it closes the old connection. Two members with one
+# client id then take the session from each other every couple of seconds; so many drops in a
+# row, each within seconds of connecting, end the sink with the likely cause.
+SHORT_LIVED_S = 5.0
+MAX_SHORT_LIVED_DROPS = 3
 GROUPED = (topics.SAMPLES, topics.ALERT, topics.DELTA, topics.TWIN)
 
 
@@ -71,6 +77,8 @@ class MqttSource:
         self.fatal: str | None = None      # set when the sink must stop (session taken over)
         self.acks_dropped = 0              # tokens of a connection that is gone
         self._connection = 0
+        self._connected_at = 0.0
+        self._short_drops = 0
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._refusal: str | None = None
@@ -111,6 +119,7 @@ class MqttSource:
             return
         with self._lock:
             self._connection += 1
+        self._connected_at = time.monotonic()
         self.session_present = bool(flags.session_present)
         if self.leave:
             client.unsubscribe(self.filters)
@@ -123,13 +132,24 @@ class MqttSource:
         self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if getattr(reason_code, "value", 0) == SESSION_TAKEN_OVER:
-            self.fatal = (f"another client connected with client id {self.client_id!r} and "
-                          "took this session over: give each member of the group its own "
-                          "--client-id")
+        code = getattr(reason_code, "value", 0)
+        if code == 0:
+            return   # we disconnected
+        taken_over = (f"another client connected with client id {self.client_id!r} and took "
+                      "this session over: give each member of the group its own --client-id")
+        if code == SESSION_TAKEN_OVER:
+            self.fatal = taken_over
             client.disconnect()
             return
-        if getattr(reason_code, "value", 0) != 0:
+        short = time.monotonic() - self._connected_at < SHORT_LIVED_S
+        self._short_drops = self._short_drops + 1 if short else 0
+        if self._short_drops >= MAX_SHORT_LIVED_DROPS:
+            self.fatal = (f"{self.config.url} dropped the connection {self._short_drops} times "
+                          f"in a row within {SHORT_LIVED_S:.0f} s of connecting: most likely "
+                          f"{taken_over}")
+            client.disconnect()
+            return
+        if code != 0:
             log.warning("sink: disconnected from %s (%s); reconnecting, unacknowledged "
                         "messages will come again", self.config.url, reason_code)
 

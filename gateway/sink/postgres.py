@@ -123,11 +123,13 @@ class PostgresStore:
 
     def write(self, rows: Rows) -> dict[str, int]:
         """Insert `rows` in one transaction; the new rows per table (duplicates skipped)."""
+        inserted = dict.fromkeys(Rows.TABLES, 0)
+        if not len(rows):
+            return inserted   # meta, state and the like: nothing to store
         if not self.connected:
             self.open()
         conn = self._conn
         assert conn is not None
-        inserted = dict.fromkeys(Rows.TABLES, 0)
         try:
             with conn.transaction(), conn.cursor() as cur:
                 for table in Rows.TABLES:
