@@ -264,12 +264,13 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     *progress, last = result.stderr.strip().splitlines()
     assert last.startswith("dermtwin sink: "), result.stderr
-    assert all(" INFO gateway.sink: " in line for line in progress), result.stderr
+    assert all(re.search(r" (INFO|WARNING) gateway\.sink[.\w]*: sink: ", line)
+               for line in progress), result.stderr
     return last
 
 
 def test_bad_url_unreachable_database_or_broker_end_with_one_clear_line(postgres):
-    from simulation.broker import free_loopback_port
+    from simulation.broker import LocalBroker, free_loopback_port
 
     dead = f"mqtt://127.0.0.1:{free_loopback_port()}"
     line = one_line_error(run_sink("--db", "mysql://u:secret@db/x", "--broker", dead))
@@ -285,6 +286,14 @@ def test_bad_url_unreachable_database_or_broker_end_with_one_clear_line(postgres
     assert 'database "no_such_db" does not exist' in line and "createdb" in line
     line = one_line_error(run_sink("--db", postgres.url, "--broker", dead))
     assert f"cannot connect to {dead}: connection refused" in line
+    with LocalBroker(users={"sink": "right"}) as broker:
+        result = subprocess.run(
+            dermtwin("sink", "--gateway-id", "gw1", "--db", postgres.url, "--broker", broker.url,
+                     "--username", "sink", "--password-env", "SINK_PW"), capture_output=True,
+            text=True, env={**ENV, "SINK_PW": "wrong"}, cwd=REPO, timeout=30)
+    line = one_line_error(result)
+    assert line.endswith(f"cannot connect to {broker.url}: the broker refused the connection "
+                         "(Not authorized)") and "wrong" not in result.stderr
 
 
 def test_tables_are_created_once_and_a_newer_schema_is_refused(postgres):

@@ -107,7 +107,7 @@ class MqttSource:
             self._client = None
             raise SinkMqttError(self.config.describe_connect_error(e)) from None
         client.loop_start()
-        if not self._connected.wait(CONNECT_TIMEOUT_S) or self.fatal:
+        if not self._connected.wait(CONNECT_TIMEOUT_S) or self.fatal or self._refusal:
             self.stop()
             reason = self._refusal or self.fatal or f"no CONNACK within {CONNECT_TIMEOUT_S:.0f} s"
             raise SinkMqttError(f"cannot connect to {self.config.url}: {reason}")
@@ -116,6 +116,7 @@ class MqttSource:
         if reason_code.is_failure:
             self._refusal = f"the broker refused the connection ({reason_code})"
             log.warning("sink: %s refused the connection: %s", self.config.url, reason_code)
+            self._connected.set()   # start() reports it; later, paho retries
             return
         with self._lock:
             self._connection += 1
