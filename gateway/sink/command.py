@@ -185,7 +185,9 @@ class Sink:
                     log.warning("sink: stopping with %d messages not stored: the broker sends "
                                 "them again to this client id", batch.messages)
                     return False
-                time.sleep(delay_s)
+                retry_at = time.monotonic() + delay_s
+                while time.monotonic() < retry_at and not self.stopping:
+                    time.sleep(IDLE_POLL_S)   # a SIGTERM ends the wait
                 delay_s = min(DB_RETRY_MAX_S, delay_s * 2)
         if self._db_down_since is not None:
             log.info("sink: PostgreSQL is back after %.0f s", time.monotonic()
