@@ -162,7 +162,8 @@ class Gateway:
                              alarms=self.alarms, samples_format=config.samples_format)
         self.slots = {
             did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
-                                    self.store, self.remote.on_config))
+                                    self.store, self.remote.on_config,
+                                    on_store_error=self.ingest.store_refused))
             for did, dev in self.devices.items()}
         self._by_name = {advertised_name(did): did for did in self.devices}
         self._wake = asyncio.Event()
