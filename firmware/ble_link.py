@@ -68,6 +68,10 @@ class PatchLink:
         self.cursor = -1          # next seq to send; -1 while not streaming
         self.replay_end = 0       # seqs below this are sent flagged HISTORICAL
         self._pending_since = -1  # tick when unsent samples were first seen; -1: none
+        # samples in the last frame that ended full (records are 1-2 bytes, protocol.md §4):
+        # that many pending samples fill a frame; until one has, assume 2-byte records
+        self._full_frame_samples = (ids.FRAME_MAX_BYTES - ids.FRAME_HEADER_LEN
+                                    - ids.TAG_LEN) // 2
         self.replays = 0          # REPLAY requests served: a frame in flight must not undo one
         self.gap_mark = 0         # gap notices at seqs below this were sent in this pass
         self.clock_set = False
@@ -295,8 +299,8 @@ class PatchLink:
         if (now - self._pending_since) * ids.TICK_MS >= \
                 self.config.get(ids.CFG_FLUSH_INTERVAL_S) * 1000:
             return True
-        # Enough pending to fill a frame (records are about 2 bytes each).
-        return log.next_seq - self.cursor >= (self.encoder.max_frame_bytes - 20) // 2
+        # Enough pending to fill a frame, as many as the last full one held.
+        return log.next_seq - self.cursor >= self._full_frame_samples
 
     def _frame_bytes(self, connection):
         frame_bytes = (connection.mtu or 23) - ids.ATT_NOTIFY_OVERHEAD
@@ -330,6 +334,8 @@ class PatchLink:
                    and enc.add(log.channel(seq), log.tick(seq), log.value(seq))):
                 seq += 1
             caught_up = seq >= log.next_seq
+            if enc.full:
+                self._full_frame_samples = enc.count
             await self._notify(connection, enc.finish())
             self.frames_sent += 1
             if self.replays != replays:

@@ -155,7 +155,7 @@ def test_gap_asks_for_replay_once_and_is_not_committed():
 
 @pytest.mark.parametrize("data, code", [
     (b"\x01\x00", "TRUNCATED"),
-    (b"\x02" + bytes(29), "BAD_VERSION"),
+    (b"\x03" + bytes(29), "BAD_VERSION"),
 ])
 def test_malformed_frames_are_counted_and_dropped(data, code):
     s = streaming_session()

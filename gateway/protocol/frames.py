@@ -23,6 +23,9 @@ from .constants import (
     CHANNEL_COUNT,
     CHANNEL_MAX,
     CHANNEL_MIN,
+    CODE_SHORT_END,
+    CODE_SHORT_MINUS_END,
+    CODE_SHORT_PLUS_END,
     DEVICE_KEY_LEN,
     DT_ESCAPE,
     FRAME_FLAG_GAP,
@@ -31,7 +34,9 @@ from .constants import (
     FRAME_FLAGS_RESERVED,
     FRAME_HEADER_LEN,
     FRAME_MIN_BYTES,
+    FRAME_V1_MIN_BYTES,
     FRAME_VERSION,
+    FRAME_VERSION_1,
     GAP_FRAME_VARINTS,
     TAG_LEN,
     VARINT_MAX_BYTES,
@@ -53,6 +58,9 @@ _HEADER = struct.Struct("<BBHII")
 _U32_MAX = 0xFFFFFFFF
 _CH_LO = tuple(CHANNEL_MIN)
 _CH_HI = tuple(CHANNEL_MAX)
+# a value in this range is in every channel's range (the quick check of a whole frame)
+_ALL_CH_LO = max(CHANNEL_MIN)
+_ALL_CH_HI = min(CHANNEL_MAX)
 
 
 class FrameError(ValueError):
@@ -140,7 +148,8 @@ def frame_tag(key: bytes, body: bytes) -> bytes:
 
 
 def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
-    """Authenticate and decode one frame or gap notice. Raises FrameError (see FrameErrorCode)."""
+    """Authenticate and decode one frame or gap notice, of either version (§4, §4.2).
+    Raises FrameError (see FrameErrorCode)."""
     key = check_device_key(key)
     data = bytes(data)
     n = len(data)
@@ -149,8 +158,12 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
             FrameErrorCode.TRUNCATED, f"frame is {n} bytes, the minimum is {FRAME_MIN_BYTES}"
         )
     version, flags, boot_id, first_seq, base_tick = _HEADER.unpack_from(data)
-    if version != FRAME_VERSION:
-        raise FrameError(FrameErrorCode.BAD_VERSION, f"version {version}, expected {FRAME_VERSION}")
+    if version != FRAME_VERSION and version != FRAME_VERSION_1:
+        raise FrameError(FrameErrorCode.BAD_VERSION,
+                         f"version {version}, expected {FRAME_VERSION} or {FRAME_VERSION_1}")
+    if version == FRAME_VERSION_1 and n < FRAME_V1_MIN_BYTES:
+        raise FrameError(FrameErrorCode.TRUNCATED,
+                         f"version-1 frame is {n} bytes, the minimum is {FRAME_V1_MIN_BYTES}")
     if flags & FRAME_FLAGS_RESERVED:
         raise FrameError(FrameErrorCode.RESERVED_FLAGS, f"flags 0x{flags:02x} set reserved bits")
     if flags & FRAME_FLAG_GAP and flags & FRAME_FLAG_GAPS_BEFORE:
@@ -161,93 +174,16 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
         raise FrameError(FrameErrorCode.BAD_TAG, "tag does not match the device key")
     if flags & FRAME_FLAG_GAP:
         return _decode_gap(data, end, flags, boot_id, first_seq, base_tick)
-
-    # Walk the records once, in plain Python: frames hold ~100 records, too few for numpy
-    # to pay per frame (bench/bench_codec.py); the columns become arrays at the end.
-    # Structural problems are noted as found; the first TRUNCATED_RECORD wins over any
-    # VARINT_TOO_LONG (table order), and both over value checks.
-    channels: list[int] = []
-    ticks: list[int] = []
-    values: list[int] = []
-    prev = [0, 0, 0, 0]
-    tick = base_tick
-    too_long_at = -1
-    bad_value_at = -1
-    i = FRAME_HEADER_LEN
-    while i < end:
-        rec_start = i
-        head = data[i]
-        i += 1
-        dt = head & 0x3F
-        if dt != DT_ESCAPE and i < end and data[i] < 0x80:
-            # The common record: a 6-bit dt and a one-byte value delta.
-            u = data[i]
-            i += 1
-            channel = head >> 6
-            value = prev[channel] + ((u >> 1) ^ -(u & 1))
-            prev[channel] = value
-            tick += dt
-            if bad_value_at < 0 and (not _CH_LO[channel] <= value <= _CH_HI[channel]
-                                     or tick > _U32_MAX):
-                bad_value_at = len(channels)
-            channels.append(channel)
-            ticks.append(tick)
-            values.append(value)
-            continue
-        varints = 2 if dt == DT_ESCAPE else 1
-        for k in range(varints):
-            u = 0
-            shift = 0
-            length = 0
-            while True:
-                if i >= end:
-                    raise FrameError(
-                        FrameErrorCode.TRUNCATED_RECORD,
-                        f"record {len(channels)} at byte {rec_start} runs into the tag at "
-                        f"byte {end}",
-                    )
-                b = data[i]
-                i += 1
-                length += 1
-                u |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            if length > VARINT_MAX_BYTES and too_long_at < 0:
-                too_long_at = rec_start
-            if k == 0 and varints == 2:
-                dt = u
-        channel = head >> 6
-        value = prev[channel] + ((u >> 1) ^ -(u & 1))
-        prev[channel] = value
-        tick += dt
-        if bad_value_at < 0 and (not _CH_LO[channel] <= value <= _CH_HI[channel]
-                                 or tick > _U32_MAX):
-            bad_value_at = len(channels)
-        channels.append(channel)
-        ticks.append(tick)
-        values.append(value)
-    if too_long_at >= 0:
-        raise FrameError(
-            FrameErrorCode.VARINT_TOO_LONG,
-            f"record at byte {too_long_at} has a varint longer than {VARINT_MAX_BYTES} bytes",
-        )
+    walk = _records_v2 if version == FRAME_VERSION else _records_v1
+    channels, ticks, values = walk(data, end, base_tick)
     count = len(channels)
-    if bad_value_at >= 0:
-        j = bad_value_at
-        c = Channel(channels[j])
-        if ticks[j] > _U32_MAX:
-            raise FrameError(
-                FrameErrorCode.BAD_VALUE, f"record {j}: tick {ticks[j]} is beyond a u32")
-        raise FrameError(
-            FrameErrorCode.BAD_VALUE,
-            f"record {j}: {c.name.lower()} value {values[j]} outside "
-            f"{CHANNEL_MIN[c]}..{CHANNEL_MAX[c]}",
-        )
-    # New names: `channel`, `tick` and `value` are the per-record ints of the loop above.
-    channel_arr = np.array(channels, dtype=np.uint8)
+    # Range checks on the whole columns: one C-speed pass in the common case (every value
+    # fits every channel's range, ticks in order), the record-by-record search only to
+    # name the first bad record.
     tick_arr = np.array(ticks, dtype=np.int64)
-    value_arr = np.array(values, dtype=np.int32)
+    if (min(values) < _ALL_CH_LO or max(values) > _ALL_CH_HI or ticks[0] < base_tick
+            or ticks[-1] > _U32_MAX or (count > 1 and int(np.diff(tick_arr).min()) < 0)):
+        _raise_first_bad_value(channels, ticks, values, base_tick)
     if first_seq + count - 1 > _U32_MAX:
         raise FrameError(
             FrameErrorCode.SEQ_OVERFLOW,
@@ -260,10 +196,164 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
         first_seq=first_seq,
         base_tick=base_tick,
         seq=first_seq + np.arange(count, dtype=np.int64),
-        channel=channel_arr,
+        channel=np.array(channels, dtype=np.uint8),
         tick=tick_arr,
-        value=value_arr,
+        value=np.array(values, dtype=np.int32),
     )
+
+
+def _truncated(count: int, rec_start: int, end: int) -> FrameError:
+    return FrameError(FrameErrorCode.TRUNCATED_RECORD,
+                      f"record {count} at byte {rec_start} runs into the tag at byte {end}")
+
+
+def _too_long(rec_start: int) -> FrameError:
+    return FrameError(FrameErrorCode.VARINT_TOO_LONG,
+                      f"record at byte {rec_start} has a varint longer than {VARINT_MAX_BYTES} "
+                      "bytes")
+
+
+def _varint_at(data: bytes, i: int, end: int) -> tuple[int, int, int]:
+    """(value, index after it, its length), or (-1, -1, 0) when it runs into the tag at end."""
+    u = 0
+    shift = 0
+    start = i
+    while i < end:
+        b = data[i]
+        i += 1
+        u |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return u, i, i - start
+    return -1, -1, 0
+
+
+# version-2 short codes: tick adjustment against next(c) and value delta, by code 0..47
+_SHORT_ADJ = tuple(0 if c < CODE_SHORT_END else 1 if c < CODE_SHORT_PLUS_END else -1
+                   for c in range(CODE_SHORT_MINUS_END))
+_SHORT_DELTA = tuple((u >> 1) ^ -(u & 1) for u in (
+    c if c < CODE_SHORT_END else (c - CODE_SHORT_END) % (CODE_SHORT_PLUS_END - CODE_SHORT_END)
+    for c in range(CODE_SHORT_MINUS_END)))
+
+
+def _records_v2(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[int], list[int]]:
+    """Walk version-2 records (§4) once, in plain Python: frames hold ~200 records, too few
+    for numpy to pay per frame (bench/bench_codec.py). Structural problems: the first
+    TRUNCATED_RECORD wins over any VARINT_TOO_LONG (table order); value checks come after."""
+    channels: list[int] = []
+    ticks: list[int] = []
+    values: list[int] = []
+    add_channel, add_tick, add_value = channels.append, ticks.append, values.append
+    short_adj, short_delta = _SHORT_ADJ, _SHORT_DELTA
+    last = [base_tick] * CHANNEL_COUNT
+    step = [0] * CHANNEL_COUNT
+    prev = [0] * CHANNEL_COUNT
+    tick = base_tick
+    too_long_at = -1
+    i = FRAME_HEADER_LEN
+    while i < end:
+        head = data[i]
+        i += 1
+        ch = head >> 6
+        code = head & 0x3F
+        if code < CODE_SHORT_MINUS_END:
+            # The common record: one byte, at the channel's stride, a small change.
+            t = last[ch]
+            tick = t + step[ch] + short_adj[code]
+            step[ch] = tick - t
+            last[ch] = tick
+            value = prev[ch] + short_delta[code]
+        else:
+            rec_start = i - 1
+            if code == DT_ESCAPE:
+                dt, i, length = _varint_at(data, i, end)
+                if i < 0:
+                    raise _truncated(len(channels), rec_start, end)
+                if length > VARINT_MAX_BYTES and too_long_at < 0:
+                    too_long_at = rec_start
+            else:
+                dt = code - CODE_SHORT_MINUS_END
+            if i < end and data[i] < 0x80:
+                u = data[i]
+                i += 1
+            else:
+                u, i, length = _varint_at(data, i, end)
+                if i < 0:
+                    raise _truncated(len(channels), rec_start, end)
+                if length > VARINT_MAX_BYTES and too_long_at < 0:
+                    too_long_at = rec_start
+            tick += dt
+            step[ch] = tick - last[ch]
+            last[ch] = tick
+            value = prev[ch] + ((u >> 1) ^ -(u & 1))
+        prev[ch] = value
+        add_channel(ch)
+        add_tick(tick)
+        add_value(value)
+    if too_long_at >= 0:
+        raise _too_long(too_long_at)
+    return channels, ticks, values
+
+
+def _records_v1(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[int], list[int]]:
+    """Walk version-1 records (§4.2): a head with the dt since the previous record, then
+    always a value varint."""
+    channels: list[int] = []
+    ticks: list[int] = []
+    values: list[int] = []
+    prev = [0, 0, 0, 0]
+    tick = base_tick
+    too_long_at = -1
+    i = FRAME_HEADER_LEN
+    while i < end:
+        rec_start = i
+        head = data[i]
+        i += 1
+        dt = head & 0x3F
+        channel = head >> 6
+        if dt == DT_ESCAPE:
+            dt, i, length = _varint_at(data, i, end)
+            if i < 0:
+                raise _truncated(len(channels), rec_start, end)
+            if length > VARINT_MAX_BYTES and too_long_at < 0:
+                too_long_at = rec_start
+        if i < end and data[i] < 0x80:
+            u = data[i]
+            i += 1
+        else:
+            u, i, length = _varint_at(data, i, end)
+            if i < 0:
+                raise _truncated(len(channels), rec_start, end)
+            if length > VARINT_MAX_BYTES and too_long_at < 0:
+                too_long_at = rec_start
+        value = prev[channel] + ((u >> 1) ^ -(u & 1))
+        prev[channel] = value
+        tick += dt
+        channels.append(channel)
+        ticks.append(tick)
+        values.append(value)
+    if too_long_at >= 0:
+        raise _too_long(too_long_at)
+    return channels, ticks, values
+
+
+def _raise_first_bad_value(channels: list[int], ticks: list[int], values: list[int],
+                           base_tick: int) -> None:
+    before = base_tick
+    for j, (ch, tick, value) in enumerate(zip(channels, ticks, values, strict=True)):
+        if not _CH_LO[ch] <= value <= _CH_HI[ch]:
+            raise FrameError(
+                FrameErrorCode.BAD_VALUE,
+                f"record {j}: {Channel(ch).name.lower()} value {value} outside "
+                f"{CHANNEL_MIN[ch]}..{CHANNEL_MAX[ch]}",
+            )
+        if tick > _U32_MAX:
+            raise FrameError(FrameErrorCode.BAD_VALUE, f"record {j}: tick {tick} is beyond a u32")
+        if tick < before:
+            raise FrameError(FrameErrorCode.BAD_VALUE,
+                             f"record {j}: tick {tick} is before the previous record's {before}")
+        before = tick
+    # nothing: the quick check is conservative (e.g. a temperature below 0 is fine)
 
 
 def _decode_gap(data: bytes, end: int, flags: int, boot_id: int, seq_at: int,
@@ -324,20 +414,26 @@ def encode_frame(
     samples: Iterable[tuple[int, int, int]],
     historical: bool = False,
     gaps_before: bool = False,
+    version: int = FRAME_VERSION,
 ) -> bytes:
     """Reference encoder: samples are (channel, tick, value) in seq order from first_seq.
+    `version` 1 writes the older record grammar (§4.2), as firmware before version 2 does.
 
     No size limit is applied; split samples yourself to respect an MTU.
     """
     key = check_device_key(key)
+    if version not in (FRAME_VERSION, FRAME_VERSION_1):
+        raise ValueError(f"frame version {version} is neither {FRAME_VERSION} nor 1")
     if not 0 <= boot_id <= 0xFFFF:
         raise ValueError(f"boot_id {boot_id} is not a u16")
     if not 0 <= first_seq <= _U32_MAX or not 0 <= base_tick <= _U32_MAX:
         raise ValueError("first_seq and base_tick must be u32")
     flags = (FRAME_FLAG_HISTORICAL if historical else 0) | (
         FRAME_FLAG_GAPS_BEFORE if gaps_before else 0)
-    body = bytearray(_HEADER.pack(FRAME_VERSION, flags, boot_id, first_seq, base_tick))
+    body = bytearray(_HEADER.pack(version, flags, boot_id, first_seq, base_tick))
     prev = [0] * CHANNEL_COUNT
+    last = [base_tick] * CHANNEL_COUNT  # tick of each channel's previous record
+    step = [0] * CHANNEL_COUNT
     last_tick = base_tick
     count = 0
     for ch, tick, value in samples:
@@ -350,13 +446,14 @@ def encode_frame(
         dt = tick - last_tick
         if dt < 0:
             raise ValueError(f"tick {tick} is before the previous tick {last_tick}")
-        if dt >= DT_ESCAPE:
-            body.append((ch << 6) | DT_ESCAPE)
-            body += _varint(dt)
-        else:
-            body.append((ch << 6) | dt)
         d = value - prev[ch]
-        body += _varint(((d << 1) ^ (d >> 31)) & _U32_MAX)
+        if version == FRAME_VERSION_1:
+            body += _head_v1(ch, dt)
+            body += _varint(((d << 1) ^ (d >> 31)) & _U32_MAX)
+        else:
+            body += _record_v2(ch, dt, tick - last[ch] - step[ch], d)
+            step[ch] = tick - last[ch]
+            last[ch] = tick
         prev[ch] = value
         last_tick = tick
         count += 1
@@ -367,6 +464,26 @@ def encode_frame(
     return bytes(body) + frame_tag(key, bytes(body))
 
 
+def _head_v1(ch: int, dt: int) -> bytes:
+    if dt >= DT_ESCAPE:
+        return bytes([(ch << 6) | DT_ESCAPE]) + _varint(dt)
+    return bytes([(ch << 6) | dt])
+
+
+def _record_v2(ch: int, dt: int, adjust: int, delta: int) -> bytes:
+    """One version-2 record in its canonical form (§4): adjust = tick - next(c)."""
+    zz = ((delta << 1) ^ (delta >> 31)) & _U32_MAX
+    if adjust == 0 and -16 <= delta <= 15:
+        return bytes([(ch << 6) | zz])
+    if adjust == 1 and -4 <= delta <= 3:
+        return bytes([(ch << 6) | (CODE_SHORT_END + zz)])
+    if adjust == -1 and -4 <= delta <= 3:
+        return bytes([(ch << 6) | (CODE_SHORT_PLUS_END + zz)])
+    if dt < DT_ESCAPE - CODE_SHORT_MINUS_END:
+        return bytes([(ch << 6) | (CODE_SHORT_MINUS_END + dt)]) + _varint(zz)
+    return bytes([(ch << 6) | DT_ESCAPE]) + _varint(dt) + _varint(zz)
+
+
 def encode_gap_frame(
     key: bytes,
     boot_id: int,
@@ -375,9 +492,12 @@ def encode_gap_frame(
     last_tick: int,
     counts: Iterable[int],
     historical: bool = False,
+    version: int = FRAME_VERSION,
 ) -> bytes:
-    """Reference encoder of a gap notice (§4.1)."""
+    """Reference encoder of a gap notice (§4.1); the same body in versions 1 and 2."""
     key = check_device_key(key)
+    if version not in (FRAME_VERSION, FRAME_VERSION_1):
+        raise ValueError(f"frame version {version} is neither {FRAME_VERSION} nor 1")
     counts = list(counts)
     if len(counts) != CHANNEL_COUNT or min(counts) < 0 or max(counts) > _U32_MAX:
         raise ValueError(f"counts must be {CHANNEL_COUNT} u32, got {counts}")
@@ -388,6 +508,6 @@ def encode_gap_frame(
     if not 0 <= boot_id <= 0xFFFF or not 0 <= seq_at <= _U32_MAX:
         raise ValueError("boot_id must be u16 and seq_at u32")
     flags = FRAME_FLAG_GAP | (FRAME_FLAG_HISTORICAL if historical else 0)
-    body = _HEADER.pack(FRAME_VERSION, flags, boot_id, seq_at, first_tick)
+    body = _HEADER.pack(version, flags, boot_id, seq_at, first_tick)
     body += _varint(last_tick - first_tick) + b"".join(_varint(c) for c in counts)
     return body + frame_tag(key, body)
