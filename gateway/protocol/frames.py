@@ -58,9 +58,8 @@ _HEADER = struct.Struct("<BBHII")
 _U32_MAX = 0xFFFFFFFF
 _CH_LO = tuple(CHANNEL_MIN)
 _CH_HI = tuple(CHANNEL_MAX)
-# a value in this range is in every channel's range (the quick check of a whole frame)
-_ALL_CH_LO = max(CHANNEL_MIN)
-_ALL_CH_HI = min(CHANNEL_MAX)
+_CH_LO_ARR = np.array(CHANNEL_MIN, dtype=np.int64)
+_CH_HI_ARR = np.array(CHANNEL_MAX, dtype=np.int64)
 
 
 class FrameError(ValueError):
@@ -177,12 +176,14 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
     walk = _records_v2 if version == FRAME_VERSION else _records_v1
     channels, ticks, values = walk(data, end, base_tick)
     count = len(channels)
-    # Range checks on the whole columns: one C-speed pass in the common case (every value
-    # fits every channel's range, ticks in order), the record-by-record search only to
-    # name the first bad record.
+    # Range and order checks on whole columns; the record-by-record search only to name the
+    # first bad record. (Sums of at most 244 five-byte varints fit an int64.)
+    channel_arr = np.frombuffer(bytearray(channels), dtype=np.uint8)
     tick_arr = np.array(ticks, dtype=np.int64)
-    if (min(values) < _ALL_CH_LO or max(values) > _ALL_CH_HI or ticks[0] < base_tick
-            or ticks[-1] > _U32_MAX or (count > 1 and int(np.diff(tick_arr).min()) < 0)):
+    value_arr = np.array(values, dtype=np.int64)
+    if (ticks[0] < base_tick or ticks[-1] > _U32_MAX or (tick_arr[1:] < tick_arr[:-1]).any()
+            or (value_arr < _CH_LO_ARR.take(channel_arr)).any()
+            or (value_arr > _CH_HI_ARR.take(channel_arr)).any()):
         _raise_first_bad_value(channels, ticks, values, base_tick)
     if first_seq + count - 1 > _U32_MAX:
         raise FrameError(
@@ -196,9 +197,9 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
         first_seq=first_seq,
         base_tick=base_tick,
         seq=first_seq + np.arange(count, dtype=np.int64),
-        channel=np.array(channels, dtype=np.uint8),
+        channel=channel_arr,
         tick=tick_arr,
-        value=np.array(values, dtype=np.int32),
+        value=value_arr.astype(np.int32),
     )
 
 
@@ -228,12 +229,22 @@ def _varint_at(data: bytes, i: int, end: int) -> tuple[int, int, int]:
     return -1, -1, 0
 
 
-# version-2 short codes: tick adjustment against next(c) and value delta, by code 0..47
-_SHORT_ADJ = tuple(0 if c < CODE_SHORT_END else 1 if c < CODE_SHORT_PLUS_END else -1
-                   for c in range(CODE_SHORT_MINUS_END))
-_SHORT_DELTA = tuple((u >> 1) ^ -(u & 1) for u in (
-    c if c < CODE_SHORT_END else (c - CODE_SHORT_END) % (CODE_SHORT_PLUS_END - CODE_SHORT_END)
-    for c in range(CODE_SHORT_MINUS_END)))
+def _short_record(head: int) -> tuple[int, int, int] | None:
+    """(channel, tick adjustment against next(c), value delta) of a one-byte version-2
+    record, or None for the head of a long one (§4)."""
+    code = head & 0x3F
+    if code >= CODE_SHORT_MINUS_END:
+        return None
+    if code < CODE_SHORT_END:
+        adjust, u = 0, code
+    elif code < CODE_SHORT_PLUS_END:
+        adjust, u = 1, code - CODE_SHORT_END
+    else:
+        adjust, u = -1, code - CODE_SHORT_PLUS_END
+    return head >> 6, adjust, (u >> 1) ^ -(u & 1)
+
+
+_SHORT_RECORDS = tuple(_short_record(head) for head in range(256))
 
 
 def _records_v2(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[int], list[int]]:
@@ -244,7 +255,7 @@ def _records_v2(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[
     ticks: list[int] = []
     values: list[int] = []
     add_channel, add_tick, add_value = channels.append, ticks.append, values.append
-    short_adj, short_delta = _SHORT_ADJ, _SHORT_DELTA
+    short_records = _SHORT_RECORDS
     last = [base_tick] * CHANNEL_COUNT
     step = [0] * CHANNEL_COUNT
     prev = [0] * CHANNEL_COUNT
@@ -254,16 +265,18 @@ def _records_v2(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[
     while i < end:
         head = data[i]
         i += 1
-        ch = head >> 6
-        code = head & 0x3F
-        if code < CODE_SHORT_MINUS_END:
+        short = short_records[head]
+        if short is not None:
             # The common record: one byte, at the channel's stride, a small change.
+            ch, adjust, delta = short
             t = last[ch]
-            tick = t + step[ch] + short_adj[code]
+            tick = t + step[ch] + adjust
             step[ch] = tick - t
             last[ch] = tick
-            value = prev[ch] + short_delta[code]
+            value = prev[ch] + delta
         else:
+            ch = head >> 6
+            code = head & 0x3F
             rec_start = i - 1
             if code == DT_ESCAPE:
                 dt, i, length = _varint_at(data, i, end)
@@ -353,7 +366,7 @@ def _raise_first_bad_value(channels: list[int], ticks: list[int], values: list[i
             raise FrameError(FrameErrorCode.BAD_VALUE,
                              f"record {j}: tick {tick} is before the previous record's {before}")
         before = tick
-    # nothing: the quick check is conservative (e.g. a temperature below 0 is fine)
+    raise FrameError(FrameErrorCode.BAD_VALUE, "a value or tick is out of range")  # unreachable
 
 
 def _decode_gap(data: bytes, end: int, flags: int, boot_id: int, seq_at: int,
