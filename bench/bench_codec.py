@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from figures import figure, interleaved, print_table  # noqa: E402
+from modelled_day import workday  # noqa: E402
 
 from gateway.protocol.frames import decode_frame, encode_frame  # noqa: E402
-from modelled_day import workday  # noqa: E402
 
 KEY = bytes(range(32))
 DAYS = 7

@@ -1,4 +1,5 @@
-# Sample-frame encoder, patch side (docs/protocol.md §4).
+# Sample-frame encoder, patch side (docs/protocol.md §4): frame version 2, where a sample at
+# its channel's stride with a small change of value is a one-byte record.
 #
 # One FrameEncoder per connection, built once: it owns a preallocated 244-byte frame buffer
 # and the HMAC pads, so the per-sample path (`add`) writes bytes into that buffer and
@@ -101,7 +102,6 @@ class FrameEncoder:
         self._count = 0
         self._last = 0  # tick of the previous record (base_tick before record 0)
         self._open = False
-        self.full = False  # the frame refused a record (add returned False)
         self.set_max_frame_bytes(max_frame_bytes)
 
     def set_max_frame_bytes(self, n):
@@ -147,7 +147,6 @@ class FrameEncoder:
         self._count = 0
         self._last = base_tick
         self._open = True
-        self.full = False
 
     def gap_frame(self, boot_id, seq_at, first_tick, last_tick, counts, historical=False):
         """A tagged gap notice (protocol.md §4.1) in this encoder's buffer, as a memoryview
@@ -218,7 +217,6 @@ class FrameEncoder:
         if pos + _TAG_LEN > self._max:
             if self._count == 0:
                 raise ValueError("record does not fit even in an empty frame")
-            self.full = True
             return False
         self._pos = pos
         self._count += 1

@@ -1,12 +1,15 @@
 """Sample frames (docs/protocol.md §4), gateway side: a sans-I/O decoder and a reference encoder.
 
-`decode_frame(data, key)` authenticates and decodes one Samples notification: a sample
-frame into numpy arrays (DecodedFrame), a gap notice (§4.1) into a DecodedGap, or raises
-FrameError with the first §4 error code that applies (checked in the order of the table). The record walk is a short Python loop over at most 244 bytes; ticks
-and per-channel values are cumulative sums in numpy.
+`decode_frame(data, key)` authenticates and decodes one Samples notification, version 2 (what
+patches send: one-byte records at each channel's stride) or version 1 (older firmware,
+§4.2): a sample frame into numpy arrays (DecodedFrame), a gap notice (§4.1) into a
+DecodedGap, or raises FrameError with the first §4 error code that applies (checked in the
+order of the table). The record walk is a short Python loop over at most 244 bytes; the
+value and tick checks run on the columns.
 
-`encode_frame(...)` and `encode_gap_frame(...)` are plain reference encoders for tests and simulation; the patch's own
-encoder is firmware/frame_encoder.py and the two share only the golden vectors.
+`encode_frame(...)` and `encode_gap_frame(...)` are plain reference encoders (either
+version) for tests and simulation; the patch's own encoder is firmware/frame_encoder.py and
+the two share only the golden vectors.
 """
 
 from __future__ import annotations
