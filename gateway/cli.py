@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway import cli_scan, cli_status, models_cli
 from gateway.cli_args import location
+from gateway.payload_encoding import FORMATS as SAMPLES_FORMATS
 from gateway.report import cli as report_cli
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
@@ -120,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-raw-samples", action="store_true", default=None,
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
                           "alerts only; [gateway] raw_samples = false)")
+    run.add_argument("--samples-format", choices=SAMPLES_FORMATS,
+                     help="zlib: {subject}/samples payloads compressed when smaller, MQTT 5 "
+                          "Content Type application/zlib (docs/mqtt.md; [gateway] "
+                          "samples_format; json)")
     run.add_argument("--location", type=location, metavar="LAT,LON",
                      help="the gateway's latitude,longitude in degrees (e.g. 45.5,-73.6): "
                           "enables the UV forecast and local-day UV doses ([gateway] location)")
@@ -403,6 +408,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         archive_days=(args.archive_days or settings.archive_days
                       or max(730.0, args.retention_days or settings.retention_days or 30.0)),
         publish_samples=raw_samples, location=args.location or settings.location,
+        samples_format=args.samples_format or settings.samples_format or "json",
         homeassistant_prefix=args.homeassistant or settings.homeassistant)
 
     async def main() -> None:
