@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,9 +182,9 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
     count = len(channels)
     # Range and order checks on whole columns; the record-by-record search only to name the
     # first bad record. (Sums of at most 244 five-byte varints fit an int64.)
-    channel_arr = np.frombuffer(bytearray(channels), dtype=np.uint8)
-    tick_arr = np.array(ticks, dtype=np.int64)
-    value_arr = np.array(values, dtype=np.int64)
+    channel_arr = np.frombuffer(channels, dtype=np.uint8)
+    tick_arr = np.frombuffer(ticks, dtype=np.int64)
+    value_arr = np.frombuffer(values, dtype=np.int64)
     if (ticks[0] < base_tick or ticks[-1] > _U32_MAX or (tick_arr[1:] < tick_arr[:-1]).any()
             or (value_arr < _CH_LO_ARR.take(channel_arr)).any()
             or (value_arr > _CH_HI_ARR.take(channel_arr)).any()):
@@ -218,7 +219,9 @@ def _too_long(rec_start: int) -> FrameError:
 
 
 def _varint_at(data: bytes, i: int, end: int) -> tuple[int, int, int]:
-    """(value, index after it, its length), or (-1, -1, 0) when it runs into the tag at end."""
+    """(value, index after it, its length), or (-1, -1, 0) when it runs into the tag at end.
+    A varint longer than VARINT_MAX_BYTES reads as 0 (the frame is refused for it anyway;
+    its value must not overflow the int64 columns first)."""
     u = 0
     shift = 0
     start = i
@@ -228,7 +231,7 @@ def _varint_at(data: bytes, i: int, end: int) -> tuple[int, int, int]:
         u |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
-            return u, i, i - start
+            return (u if i - start <= VARINT_MAX_BYTES else 0), i, i - start
     return -1, -1, 0
 
 
@@ -250,16 +253,23 @@ def _short_record(head: int) -> tuple[int, int, int] | None:
 _SHORT_RECORDS = tuple(_short_record(head) for head in range(256))
 
 
-def _records_v2(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[int], list[int]]:
+Columns = tuple[bytearray, "array[int]", "array[int]"]  # channel u8, tick and value int64
+
+
+def _columns() -> Columns:
+    return bytearray(), array("q"), array("q")
+
+
+def _records_v2(data: bytes, end: int, base_tick: int) -> Columns:
     """Walk version-2 records (§4) once, in plain Python: frames hold ~200 records, too few
     for numpy to pay per frame (bench/bench_codec.py). Structural problems: the first
-    TRUNCATED_RECORD wins over any VARINT_TOO_LONG (table order); value checks come after."""
-    channels: list[int] = []
-    ticks: list[int] = []
-    values: list[int] = []
+    TRUNCATED_RECORD wins over any VARINT_TOO_LONG (table order); value checks come after.
+    The columns are appended to as C arrays, which numpy then reads without a copy."""
+    channels, ticks, values = _columns()
     add_channel, add_tick, add_value = channels.append, ticks.append, values.append
     short_records = _SHORT_RECORDS
-    last = [base_tick] * CHANNEL_COUNT
+    # per channel next(c) = last(c) + step(c), kept ready: the common record reads it alone
+    nxt = [base_tick] * CHANNEL_COUNT
     step = [0] * CHANNEL_COUNT
     prev = [0] * CHANNEL_COUNT
     tick = base_tick
@@ -272,10 +282,14 @@ def _records_v2(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[
         if short is not None:
             # The common record: one byte, at the channel's stride, a small change.
             ch, adjust, delta = short
-            t = last[ch]
-            tick = t + step[ch] + adjust
-            step[ch] = tick - t
-            last[ch] = tick
+            if adjust:
+                tick = nxt[ch] + adjust
+                s = step[ch] + adjust
+                step[ch] = s
+                nxt[ch] = tick + s
+            else:
+                tick = nxt[ch]
+                nxt[ch] = tick + step[ch]
             value = prev[ch] + delta
         else:
             ch = head >> 6
@@ -299,8 +313,9 @@ def _records_v2(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[
                 if length > VARINT_MAX_BYTES and too_long_at < 0:
                     too_long_at = rec_start
             tick += dt
-            step[ch] = tick - last[ch]
-            last[ch] = tick
+            s = tick - (nxt[ch] - step[ch])   # step(c) = tick - last(c)
+            step[ch] = s
+            nxt[ch] = tick + s
             value = prev[ch] + ((u >> 1) ^ -(u & 1))
         prev[ch] = value
         add_channel(ch)
@@ -311,12 +326,10 @@ def _records_v2(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[
     return channels, ticks, values
 
 
-def _records_v1(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[int], list[int]]:
+def _records_v1(data: bytes, end: int, base_tick: int) -> Columns:
     """Walk version-1 records (§4.2): a head with the dt since the previous record, then
     always a value varint."""
-    channels: list[int] = []
-    ticks: list[int] = []
-    values: list[int] = []
+    channels, ticks, values = _columns()
     prev = [0, 0, 0, 0]
     tick = base_tick
     too_long_at = -1
@@ -353,8 +366,8 @@ def _records_v1(data: bytes, end: int, base_tick: int) -> tuple[list[int], list[
     return channels, ticks, values
 
 
-def _raise_first_bad_value(channels: list[int], ticks: list[int], values: list[int],
-                           base_tick: int) -> None:
+def _raise_first_bad_value(channels: Sequence[int], ticks: Sequence[int],
+                           values: Sequence[int], base_tick: int) -> None:
     before = base_tick
     for j, (ch, tick, value) in enumerate(zip(channels, ticks, values, strict=True)):
         if not _CH_LO[ch] <= value <= _CH_HI[ch]:

@@ -285,6 +285,8 @@ def frames_v1() -> None:
             _frame_v1(K1, 1, 0, 100, _hex("40 80 80 80 80 80 00 40")), "TRUNCATED_RECORD")
     invalid("v1_varint_too_long_value", "a 6-byte value varint (of 0)", K1,
             _frame_v1(K1, 1, 0, 100, _hex("40 80 80 80 80 80 00")), "VARINT_TOO_LONG")
+    invalid("v1_varint_too_long_huge", "a 12-byte value varint (beyond any int64)", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40" + " FF" * 11 + " 7F  40 00")), "VARINT_TOO_LONG")
     invalid("v1_varint_too_long_dt_ext", "a 6-byte dt_ext varint", K1,
             _frame_v1(K1, 1, 0, 100, _hex("7F 80 80 80 80 80 01 00")), "VARINT_TOO_LONG")
     invalid("v1_varint_too_long_before_bad_value",
@@ -482,6 +484,10 @@ def frames() -> None:
             _frame(K1, 1, 0, 100, _hex("70 80 80 80 80 80 00")), "VARINT_TOO_LONG")
     invalid("varint_too_long_dt_ext", "a 6-byte dt_ext varint", K1,
             _frame(K1, 1, 0, 100, _hex("7F 80 80 80 80 80 01 00")), "VARINT_TOO_LONG")
+    invalid("varint_too_long_huge", "a 12-byte value varint (2^77 and more: beyond any int64)",
+            K1, _frame(K1, 1, 0, 100, _hex("70" + " FF" * 11 + " 7F  40")), "VARINT_TOO_LONG")
+    invalid("varint_too_long_huge_dt_ext", "a 12-byte dt_ext varint", K1,
+            _frame(K1, 1, 0, 100, _hex("7F" + " FF" * 11 + " 7F 00  40")), "VARINT_TOO_LONG")
     invalid("varint_too_long_before_bad_value",
             "record 0 is out of range (UV -1, a short record) and record 1 has a 6-byte varint",
             K1, _frame(K1, 1, 0, 100, _hex("41 70 80 80 80 80 80 00")), "VARINT_TOO_LONG")
