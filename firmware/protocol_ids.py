@@ -48,19 +48,14 @@ ATT_NOTIFY_OVERHEAD = const(3)
 
 # --- sample frames (§4) --------------------------------------------------------------------
 FRAME_VERSION = const(2)
-FRAME_VERSION_1 = const(1)  # the older record grammar, which this firmware no longer sends
 FRAME_FLAG_HISTORICAL = const(0x01)
 FRAME_FLAG_GAP = const(0x02)  # a gap notice, not samples (§4.1)
 FRAME_FLAG_GAPS_BEFORE = const(0x04)  # gap notices were sent just before this sample frame
 FRAME_FLAGS_RESERVED = const(0xF8)
 FRAME_HEADER_LEN = const(12)
 FRAME_MIN_BYTES = const(21)  # header + one 1-byte record + tag
-FRAME_V1_MIN_BYTES = const(22)
 FRAME_MAX_BYTES = const(244)  # ATT MTU 247 - 3
 DT_ESCAPE = const(63)
-CODE_SHORT_END = const(32)  # record codes (protocol.md §4)
-CODE_SHORT_PLUS_END = const(40)
-CODE_SHORT_MINUS_END = const(48)
 VARINT_MAX_BYTES = const(5)
 
 CH_TEMPERATURE = const(0)  # TMP117 LSB, 7.8125 m°C
