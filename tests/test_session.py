@@ -190,9 +190,17 @@ def test_gap_asks_for_replay_once_and_is_not_committed():
     assert commit.batch.seq[0] == 5
 
 
+def tagged_frame(records: bytes, version=2, first_seq=0, base_tick=1000) -> bytes:
+    body = struct.pack("<BBHII", version, 0, BOOT, first_seq, base_tick) + records
+    return body + _tag(body)
+
+
 @pytest.mark.parametrize("data, code", [
     (b"\x01\x00", "TRUNCATED"),
-    (b"\x02" + bytes(29), "BAD_VERSION"),
+    (b"\x03" + bytes(29), "BAD_VERSION"),
+    # temperature, UV 3 ticks later, temperature one tick before its stride (protocol.md §4)
+    (tagged_frame(bytes.fromhex("30 00 73 00 28")), "BAD_VALUE"),
+    (tagged_frame(bytes.fromhex("40 32 40"), version=1), "TRUNCATED_RECORD"),
 ])
 def test_malformed_frames_are_counted_and_dropped(data, code):
     s = streaming_session()
@@ -200,6 +208,14 @@ def test_malformed_frames_are_counted_and_dropped(data, code):
     assert s.stats.frames_rejected[code] == 1
     [commit] = s.notification(frame(0, 3), T0_MS)   # the session goes on
     assert len(commit.batch) == 3
+
+
+def test_frames_of_older_firmware_are_committed_alike():
+    s = streaming_session()
+    samples = [(0, 1000 + 10 * i, 4224 + i) for i in range(3)]
+    [commit] = s.notification(encode_frame(KEY, BOOT, 0, 1000, samples, version=1), T0_MS)
+    [commit2] = s.notification(frame(3, 3, tick0=1030), T0_MS)   # version 2 right after
+    assert list(commit.batch.seq) + list(commit2.batch.seq) == list(range(6))
 
 
 def test_frame_under_another_key_is_rejected():
