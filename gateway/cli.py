@@ -16,6 +16,7 @@ from gateway import cli_scan, cli_status, models_cli
 from gateway.cli_args import location
 from gateway.payload_encoding import FORMATS as SAMPLES_FORMATS
 from gateway.report import cli as report_cli
+from gateway.sink import command as sink_command
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_cli.add_parsers(sub)
     from gateway import watch
     watch.add_parser(sub)
+    sink_command.add_parser(sub)
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
@@ -459,6 +461,7 @@ COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate, "watch":
             "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
             "models": models_cli.cmd_models, "broker-config": cmd_broker_config}
 COMMANDS.update(report=report_cli.cmd_report, export=report_cli.cmd_export)
+COMMANDS.update(sink=sink_command.cmd_sink)
 
 
 def _apply_config(args: argparse.Namespace) -> None:
