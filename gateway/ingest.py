@@ -139,11 +139,11 @@ class Ingest:
                 pending.setdefault(key, []).append((batch, fresh))
         for (device_id, boot_id, historical, time_uncertain), parts in pending.items():
             seq, utc, channel, value = (
-                np.concatenate([getattr(b, name)[fresh] for b, fresh in parts]).tolist()
+                np.concatenate([getattr(b, name)[fresh] for b, fresh in parts])
                 for name in ("seq", "utc_ms", "channel", "value"))
-            for doc in samples_message.encode_runs(boot_id, seq, utc, channel, value,
-                                                   historical=historical,
-                                                   time_uncertain=time_uncertain):
+            for doc in samples_message.encode_runs_arrays(boot_id, seq, utc, channel, value,
+                                                          historical=historical,
+                                                          time_uncertain=time_uncertain):
                 self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc)
                 self.stats.sample_messages += 1
 

@@ -18,6 +18,8 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
+
 from gateway.protocol.constants import ConfigKey
 from gateway.values import DesiredConfig, LostSamples, RegisteredDevice, SampleBatch
 
@@ -253,28 +255,41 @@ class Store:
 
     def insert_samples(self, batches: Iterable[SampleBatch]) -> int:
         """Insert inside the caller's transaction; duplicates by (device, seq) are ignored.
-        Returns the number of new rows."""
-        inserted = 0
+        Returns the number of new rows.
+
+        One `executemany` per device, boot and kind (live or backfill) per call rather than
+        per batch, with the columns those share written into the statement: a drain's cycle
+        carries ~60 one-frame batches, and binding 9 parameters per row cost ~15 % more than 5.
+        """
+        groups: dict[tuple[str, int, bool, bool], list[SampleBatch]] = {}
+        highest: dict[str, int] = {}
         for batch in batches:
-            utc = batch.utc_ms.tolist()   # Python ints; -1 (time not known) stored as NULL
-            if len(batch) and batch.utc_ms.min() < 0:
+            if not len(batch):
+                continue
+            key = (batch.device_id, batch.boot_id, batch.historical, batch.time_uncertain)
+            groups.setdefault(key, []).append(batch)
+            highest[batch.device_id] = max(highest.get(batch.device_id, -1),
+                                           int(batch.seq[-1]))
+        inserted = 0
+        for (device_id, boot_id, historical, time_uncertain), group in groups.items():
+            seq, tick, utc_ms, channel, value = (
+                np.concatenate([getattr(b, name) for b in group]) if len(group) > 1
+                else getattr(group[0], name)
+                for name in ("seq", "tick", "utc_ms", "channel", "value"))
+            utc = utc_ms.tolist()   # Python ints; -1 (time not known) stored as NULL
+            if utc_ms.min() < 0:
                 utc = [None if u < 0 else u for u in utc]
-            rows = zip(
-                [batch.device_id] * len(batch), batch.seq.tolist(),
-                [batch.boot_id] * len(batch), batch.tick.tolist(), utc,
-                batch.channel.tolist(), batch.value.tolist(),
-                [int(batch.historical)] * len(batch), [int(batch.time_uncertain)] * len(batch),
-                strict=True)
             inserted += self.conn.executemany(
                 "INSERT OR IGNORE INTO samples(device_id, seq, boot_id, tick, utc_ms, channel,"
-                " value, historical, time_uncertain) VALUES (?,?,?,?,?,?,?,?,?)",
-                rows).rowcount
-            if len(batch):
-                self.conn.execute(
-                    "INSERT INTO watermarks(device_id, committed_seq) VALUES (?, ?)"
-                    " ON CONFLICT(device_id) DO UPDATE SET committed_seq ="
-                    " MAX(committed_seq, excluded.committed_seq)",
-                    (batch.device_id, int(batch.seq[-1])))
+                f" value, historical, time_uncertain) VALUES ({_sql_text(device_id)}, ?,"
+                f" {int(boot_id)}, ?, ?, ?, ?, {int(historical)}, {int(time_uncertain)})",
+                zip(seq.tolist(), tick.tolist(), utc, channel.tolist(), value.tolist(),
+                    strict=True)).rowcount
+        for device_id, last in highest.items():
+            self.conn.execute(
+                "INSERT INTO watermarks(device_id, committed_seq) VALUES (?, ?)"
+                " ON CONFLICT(device_id) DO UPDATE SET committed_seq ="
+                " MAX(committed_seq, excluded.committed_seq)", (device_id, last))
         return inserted
 
     def insert_gaps(self, batches: Iterable[SampleBatch]) -> list[tuple[str, LostSamples]]:
@@ -423,6 +438,11 @@ class _Transaction:
                 self.conn.execute("ROLLBACK")
             except sqlite3.DatabaseError:
                 pass   # the error being raised says what went wrong; a damaged file may refuse
+
+
+def _sql_text(text: str) -> str:
+    """A string as an SQL literal (for a statement that inlines a value shared by its rows)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _cfg_json(cfg: Mapping[ConfigKey, int]) -> str:
