@@ -26,7 +26,8 @@ _ATT_HEADER_BYTES = 3                  # opcode + attribute handle
 
 NotificationListener = Callable[[bytes], None]
 
-_bumble_host_log = logging.getLogger("bumble.host")
+# Bumble's loggers whose debug lines the short-cut leaves out
+_BUMBLE_LOGS = (logging.getLogger("bumble.host"), logging.getLogger("bumble.gatt_client"))
 
 
 class NotificationFastPathHost(Host):
@@ -35,6 +36,16 @@ class NotificationFastPathHost(Host):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._notification_listeners: dict[tuple[int, int], NotificationListener] = {}
+        self.notifications_short_cut = 0
+
+    @property
+    def listening(self) -> int:
+        """How many (connection, attribute) pairs have a listener."""
+        return len(self._notification_listeners)
+
+    def _short_cut_allowed(self) -> bool:
+        return self.snooper is None and not any(
+            log.isEnabledFor(logging.DEBUG) for log in _BUMBLE_LOGS)
 
     def add_notification_listener(self, connection_handle: int, attribute_handle: int,
                                   listener: NotificationListener) -> Callable[[], None]:
@@ -53,8 +64,7 @@ class NotificationFastPathHost(Host):
             del self._notification_listeners[key]
 
     def on_hci_packet(self, packet: hci.HCI_Packet) -> None:
-        if (isinstance(packet, hci.HCI_AclDataPacket) and self.snooper is None
-                and not _bumble_host_log.isEnabledFor(logging.DEBUG)):
+        if isinstance(packet, hci.HCI_AclDataPacket) and self._short_cut_allowed():
             self.on_hci_acl_data_packet(packet)   # what Host does, less the debug string
             return
         super().on_hci_packet(packet)
@@ -64,7 +74,8 @@ class NotificationFastPathHost(Host):
                 and pdu[0] == ATT_HANDLE_VALUE_NOTIFICATION):
             attribute_handle = pdu[1] | (pdu[2] << 8)
             listener = self._notification_listeners.get((connection.handle, attribute_handle))
-            if listener is not None:
+            if listener is not None and self._short_cut_allowed():
+                self.notifications_short_cut += 1
                 listener(pdu[_ATT_HEADER_BYTES:])
                 return
         super().on_l2cap_pdu(connection, cid, pdu)
