@@ -2,6 +2,7 @@
 #   make demo   virtual patches -> gateway -> private mosquitto -> live view
 #   make test   the whole suite (CPython + the real MicroPython VM + mosquitto)
 #   make chaos  every fault in docs/reliability.md against real processes (CHAOS_ARGS=--short)
+#   make mutate mutation run (cosmic-ray) over session/ingest/outbox/flash log (MODULE=, MUTANTS=)
 
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
@@ -11,9 +12,9 @@ NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium virtual-board simulate chaos
+.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium postgres virtual-board simulate chaos mutate
 
-setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto chromium
+setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto chromium postgres
 
 $(PIP_STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +37,9 @@ mosquitto:
 
 chromium:   # for the report's browser test; where it cannot be installed, that test is skipped
 	@bash tools/ensure-chromium.sh
+
+postgres:   # server binaries for the sink's PostgreSQL test; where they cannot be installed, it is skipped
+	@bash tools/ensure-postgres.sh
 
 test: setup
 	$(PY) -m pytest
@@ -75,6 +79,13 @@ bench: setup
 # CHAOS_ARGS=--short for the shortened faults (docs/reliability.md)
 chaos: setup
 	$(PY) tools/chaos.py $(CHAOS_ARGS)
+
+# Mutation testing, not in CI: each module against its own unit tests, a seeded sample of
+# MUTANTS mutants per module (0: all). MODULE=session,ingest,outbox,flash_log picks modules.
+MODULE  ?= session,ingest,outbox,flash_log
+MUTANTS ?= 60
+mutate: setup
+	$(PY) tools/mutate.py --module $(MODULE) --max $(MUTANTS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway import samples_message
+from gateway import payload_encoding, samples_message, twin_message
 from gateway.alarms import Alarms
 from gateway.clock import now_ms
 from gateway.model_registry import CHANNEL_SCALE
@@ -76,8 +76,10 @@ class Ingest:
     def __init__(self, store: Store, outbox: Outbox, engine: TwinEngine,
                  topic: Callable[..., str], on_outbox_written: Callable[[], None],
                  on_alarm_change: Callable[[], object] = lambda: None,   # result ignored
-                 publish_samples: bool = True, alarms: Alarms | None = None):
+                 publish_samples: bool = True, alarms: Alarms | None = None,
+                 samples_format: str = payload_encoding.JSON):
         self.publish_samples = publish_samples
+        self.samples_format = samples_format   # gateway/payload_encoding.py
         self.alarms = alarms if alarms is not None else Alarms()
         self.store = store
         self.outbox = outbox
@@ -103,10 +105,26 @@ class Ingest:
         if first or self._gathered():
             self._wake.set()
 
-    def put(self, row: Topic, subject: str, payload: dict) -> None:
+    def store_refused(self, detail: str) -> None:
+        """A write outside the ingest cycle (a patch's clock anchor) failed: the same `store`
+        alarm as a failed commit, cleared by the next cycle that commits samples."""
+        self._raise_store_alarm(detail, detail, now_ms())
+
+    def _raise_store_alarm(self, log_line: str, error: str, at_ms: int) -> None:
+        raised = not self.stats.store_alarm
+        self.stats.store_alarm = True
+        self.stats.last_error = error
+        self.alarms.raise_("store", f"not acknowledging: {error}", at_ms)
+        if raised:
+            self.on_alarm_change()
+            log.error("ingest: %s", log_line)
+
+    def put(self, row: Topic, subject: str, payload: dict,
+            payload_format: str = payload_encoding.JSON) -> None:
         """One message on `row` (docs/mqtt.md's table: retain, expiry, QoS) for `subject`,
         into the outbox inside the caller's transaction."""
-        self.outbox.put(self.topic(subject, row.leaf), encode(payload), qos=row.qos,
+        self.outbox.put(self.topic(subject, row.leaf),
+                        payload_encoding.encode(encode(payload), payload_format), qos=row.qos,
                         retain=row.retained, expiry_s=row.expiry_s)
 
     def publish_updates(self, updates: list[TwinUpdate]) -> None:
@@ -115,10 +133,10 @@ class Ingest:
             twin = self.engine.twins[update.subject]
             self.store.save_twin(update.subject, twin.rev, twin.to_saved())
             if update.delta is not None:
-                self.put(topics.DELTA, update.subject, update.delta)
+                self.put(topics.DELTA, update.subject, twin_message.delta(update.delta))
                 self.stats.deltas += 1
             if update.snapshot is not None:
-                self.put(topics.TWIN, update.subject, update.snapshot)
+                self.put(topics.TWIN, update.subject, twin_message.twin(update.snapshot))
                 self.stats.snapshots += 1
             for alert in update.alerts:
                 self.put(topics.ALERT, update.subject, alert)
@@ -148,7 +166,8 @@ class Ingest:
             for doc in samples_message.encode_runs_arrays(boot_id, seq, utc, channel, value,
                                                           historical=historical,
                                                           time_uncertain=time_uncertain):
-                self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc)
+                self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc,
+                         self.samples_format)
                 self.stats.sample_messages += 1
 
     def publish_gaps(self, gaps: list[tuple[str, LostSamples]], now_ms: int) -> None:
@@ -200,13 +219,8 @@ class Ingest:
             raise
         except StoreError as e:
             self.stats.commit_failures += 1
-            raised = not self.stats.store_alarm
-            self.stats.store_alarm = True
-            self.stats.last_error = str(e)
-            self.alarms.raise_("store", f"not acknowledging: {e}", now_ms)
-            if raised:
-                self.on_alarm_change()
-                log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
+            self._raise_store_alarm(f"{e}; not acknowledging {len(batches)} batches", str(e),
+                                    now_ms)
             self._fail_waiting(waiting, str(e))
             return
         except BaseException as e:

@@ -76,6 +76,7 @@ class GatewayConfig:
     retention_days: float = 30.0
     archive_days: float = 730.0    # 15-minute summaries of pruned samples (gateway/report/archive.py)
     publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
+    samples_format: str = "json"   # or "zlib" (gateway/payload_encoding.py)
     homeassistant_prefix: str | None = None   # Home Assistant discovery under it; None: off
     # (latitude, longitude) of the gateway, degrees: enables the UV forecast (twin.py)
     location: tuple[float, float] | None = None
@@ -108,6 +109,7 @@ class LinkSlot:
     next_attempt_s: float = 0.0
     sighting: Any = None
     connected_since_s: float | None = None
+    failed_session: Any = None   # the session whose task failed (raised the `link` alarm)
 
 
 class Gateway:
@@ -157,10 +159,11 @@ class Gateway:
             on_message=self.remote.on_mqtt_message)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
                              self.publisher.kick, publish_samples=config.publish_samples,
-                             alarms=self.alarms)
+                             alarms=self.alarms, samples_format=config.samples_format)
         self.slots = {
             did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
-                                    self.store, self.remote.on_config))
+                                    self.store, self.remote.on_config,
+                                    on_store_error=self.ingest.store_refused))
             for did, dev in self.devices.items()}
         self._by_name = {advertised_name(did): did for did in self.devices}
         self._wake = asyncio.Event()
@@ -269,9 +272,14 @@ class Gateway:
                             log.error("%s: connection task failed; retrying in %.0f s",
                                       device_id, RETRY_STORE_FAILED_S, exc_info=error)
                         slot.next_attempt_s = now + RETRY_STORE_FAILED_S
+                        slot.failed_session = slot.link.session
                     elif slot.link.session is not None and slot.link.session.stats.frames_ok:
                         self.alarms.clear("link", device_id)   # a session worked again
                     slot.task = None
+                session = slot.link.session
+                if (busy and session is not None and session is not slot.failed_session
+                        and session.stats.frames_ok):
+                    self.alarms.clear("link", device_id)   # a new session streams again
                 if not busy and slot.sighting is not None and now >= slot.next_attempt_s:
                     slot.task = asyncio.create_task(self._serve(device_id, slot))
             self._share_slots(now)

@@ -149,7 +149,7 @@ def test_raw_samples_are_published_once_in_si_units(store, ingest):
     # one message per device, boot and kind per cycle; split where the time is unknown
     assert [m.get("hist", False) for m in raw] == [False, True, True, True]
     assert ingest.stats.sample_messages == 4
-    assert raw[0] == {"schema": 2, "boot": 1, "seq": 0, "t": 1_700_000_000_000, "tu": 1000,
+    assert raw[0] == {"schema": 3, "boot": 1, "seq": 0, "t": 1_700_000_000_000, "tu": 1000,
                       "c": "0000", "dt": [[0, 1]], "v": [[4288]]}
     rows = [(s.seq, samples_message.PROPERTIES[s.prop], s.utc_ms,
              round(samples_message.to_si(s), 8))
@@ -186,7 +186,7 @@ def test_gaps_commit_with_their_batch_once_and_raise_a_data_loss_alert(store, in
     assert store.gaps("a" * 16) == [lost]
     [alert] = [json.loads(m.payload) for m in ingest.outbox.pending(100)
                if m.topic == "dermtwin/v1/gw/s-a/alert"]
-    assert alert == {"schema": 2, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
+    assert alert == {"schema": 3, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
                      "to": 1_700_000_004_900, "samples": {"skin_temp_c": 3, "uv_index": 6,
                                                           "capacitance_pf": 0, "battery_pct": 1}}
     # replayed: the same gap again with its samples is neither stored nor announced twice
@@ -376,7 +376,7 @@ def test_failing_model_never_stops_storage_and_marks_its_properties_bad(store, f
     assert state["skin_temp_c"]["v"] == 34.0 and state["skin_temp_c"]["q"] == "good"
     deltas = [json.loads(m.payload) for m in pipeline.outbox.pending(100)
               if m.topic.endswith("/delta")]
-    assert deltas[-1]["set"]["temp_delta_c"]["q"] == "bad"
+    assert deltas[-1]["set"]["temp_delta_c"][2] == "b"   # [v, age, "b"]: bad
 
     models.models["temp_anomaly"] = real   # the model answers again: the alarm clears
     pipeline.submit(link, batch("a" * 16, range(10, 15), temp_c=34.5))
@@ -469,3 +469,37 @@ async def test_real_disk_full_keeps_the_alarm_until_a_write_succeeds_and_retenti
     prune.cancel()
     store.conn.close()
     assert full_while_pruning, "a retention pass on a full disk fails, raising its alarm"
+
+
+def test_overlapping_batches_of_two_sessions_in_one_cycle_publish_each_sample_once(store, ingest):
+    # The link dropped with 0..9 received but not yet committed; the new session replayed from
+    # the store's watermark, so its batch overlaps the old one's in the same cycle.
+    old, new = FakeLink(), FakeLink()
+    ingest.submit(old, batch("a" * 16, range(0, 10)))
+    ingest.submit(new, batch("a" * 16, range(5, 15)))
+    ingest.cycle(now_ms=1)
+    published = [s.seq for m in ingest.outbox.pending(100) if m.topic.endswith("/samples")
+                 for s in samples_message.decode(json.loads(m.payload))]
+    assert sorted(published) == list(range(15)), "each sample on MQTT once"
+    assert store.sample_seqs("a" * 16) == list(range(15))
+    assert (old.committed, new.committed) == ([9], [14])
+
+
+def test_ingest_counters_match_what_was_stored_and_written_to_the_outbox(store, ingest):
+    link = FakeLink()
+    for now, seqs in enumerate((range(0, 40), range(30, 60), range(60, 70)), start=1):
+        ingest.submit(link, batch("a" * 16, seqs, temp_c=33.0 + now))
+        ingest.cycle(now_ms=now * 60_000)
+    leaves = [m.topic.rsplit("/", 1)[1] for m in ingest.outbox.pending(1000)]
+    stats = ingest.stats
+    assert (stats.cycles, stats.samples_committed, stats.samples_duplicate) == (3, 70, 10)
+    assert stats.sample_messages == leaves.count("samples") > 0
+    assert stats.deltas == leaves.count("delta") > 0
+    assert stats.snapshots == leaves.count("twin")
+    assert stats.alerts == leaves.count("alert")
+    assert stats.commit_failures == 0
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count={pages}")
+    ingest.submit(link, batch("a" * 16, range(70, 5000)))
+    ingest.cycle(now_ms=10 * 60_000)
+    assert (stats.commit_failures, stats.cycles, stats.samples_committed) == (1, 3, 70)

@@ -65,6 +65,7 @@ from gateway.mqtt.delivery import (
     Splitter,
 )
 from gateway.outbox import Outbox
+from gateway.payload_encoding import content_type as payload_content_type
 from gateway.samples_split import SAMPLES_TOPIC_LEVEL, split_samples_payload
 
 log = logging.getLogger(__name__)
@@ -581,6 +582,10 @@ class MqttPublisher:
             if send.expiry_s is not None:
                 properties = Properties(PacketTypes.PUBLISH)
                 properties.MessageExpiryInterval = send.expiry_s
+            content_type = payload_content_type(send.payload)   # compressed samples only
+            if content_type is not None:
+                properties = properties or Properties(PacketTypes.PUBLISH)
+                properties.ContentType = content_type
             try:
                 info = client.publish(send.topic, send.payload, qos=send.qos,
                                       retain=send.retain, properties=properties)
