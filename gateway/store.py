@@ -277,9 +277,10 @@ class Store:
             sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _SAMPLE_PARAMETERS)
         inserted = 0
         for (device_id, boot_id, historical, time_uncertain), group in groups.items():
-            columns = np.concatenate([
-                np.stack([b.seq, b.tick, b.utc_ms, b.channel, b.value], axis=1)
-                for b in group]).astype(np.int64, copy=False)
+            columns = np.concatenate([   # int64 each first: a uint64 beside int64 stacks as float
+                np.stack([c.astype(np.int64, copy=False)
+                          for c in (b.seq, b.tick, b.utc_ms, b.channel, b.value)], axis=1)
+                for b in group])
             values: list[Any] = columns.ravel().tolist()
             if columns[:, _UTC_COLUMN].min() < 0:   # time not known: stored as NULL
                 values[_UTC_COLUMN::_SAMPLE_PARAMETERS] = [
