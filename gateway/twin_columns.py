@@ -22,6 +22,7 @@ from gateway.model_registry import CHANNEL_SCALE, PROPERTIES
 PROPS: tuple[str, ...] = tuple(PROPERTIES)
 PROP_INDEX: dict[str, int] = {p: i for i, p in enumerate(PROPS)}
 DEADBANDS = np.array([PROPERTIES[p].deadband for p in PROPS], dtype=np.float64)
+_DEADBAND_COLUMN = DEADBANDS[:, None]
 
 FROM_CHANNEL = np.array([p in {prop for _, prop in CHANNEL_SCALE.values()} for p in PROPS])
 _AFTER_CHANNELS = 2 ** 62 - 2 ** 10
@@ -47,6 +48,21 @@ def round_leaf_values(x: np.ndarray) -> np.ndarray:
         for i in doubtful.nonzero()[0].tolist():
             out[i] = round(float(x[i]), ROUND_DIGITS)
     return out
+
+
+def _round_where(x: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """`round_leaf_values` of the cells of a 2-D `x` where `where` holds, the others as
+    they are (the caller ignores over/invalid warnings from cells it does not round)."""
+    scaled = x * _SCALE
+    out = np.rint(scaled)
+    out /= _SCALE
+    frac = scaled - np.floor(scaled)
+    doubtful = (np.abs(frac - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0 ** 50)
+    doubtful &= where
+    if doubtful.any():
+        for p, s in zip(*doubtful.nonzero(), strict=True):
+            out[p, s] = round(float(x[p, s]), ROUND_DIGITS)
+    return np.where(where, out, x)
 
 
 class PropertyColumns:
@@ -162,43 +178,44 @@ class PropertyColumns:
         """Every slot with a pending leaf that differs from its current one, with those
         leaves by property (in table order); they become the mirrored current state and
         nothing is pending after. `states[slot]` is that subject's state (for "bad" copies
-        of its leaves, and the rare cell an older saved twin holds as something else)."""
+        of its leaves, and the rare cell an older saved twin holds as something else).
+
+        The comparison runs on the whole [property, slot] table at once (most cells are
+        pending in a busy step: cheaper than gathering them), then only the changed cells
+        are gathered."""
         if not self.any_pending:
             return []
-        # Only the pending cells, by slot then property, as flat arrays.
-        slots, props = (self.pend_kind[:, :n].T != NONE).nonzero()
-        pk, pv, pq = (self.pend_kind[props, slots], self.pend_v[props, slots],
-                      self.pend_q[props, slots])
-        sk, sv, sq = (self.state_kind[props, slots], self.state_v[props, slots],
-                      self.state_q[props, slots])
+        pk, pv, pq = self.pend_kind[:, :n], self.pend_v[:, :n], self.pend_q[:, :n]
+        sk, sv, sq = self.state_kind[:, :n], self.state_v[:, :n], self.state_q[:, :n]
+        pending = pk != NONE
         floats = pk == FLOAT
-        if floats.all():
-            pv = round_leaf_values(pv)
-        else:
-            pv[floats] = round_leaf_values(pv[floats])   # rounding a rounded value keeps it
         both_float = floats & (sk == FLOAT)
-        with np.errstate(invalid="ignore"):
-            changed = np.abs(pv - sv) >= DEADBANDS[props]
-        if not both_float.all():
+        with np.errstate(invalid="ignore", over="ignore"):
+            pv = _round_where(pv, floats)   # rounding a rounded value keeps it
+            changed = np.abs(pv - sv) >= _DEADBAND_COLUMN
+        if not (both_float == pending).all():
             numeric = (pk <= BOOL) & (sk >= FLOAT) & (sk <= BOOL)
-            equal = ((numeric & (pv == sv)) | ((pk == NULL) & (sk == NULL))
-                     | ((pk == TEXT) & (sk == TEXT) & (pv == sv)))
+            same_v = pv == sv
+            equal = ((numeric & same_v) | ((pk == NULL) & (sk == NULL))
+                     | ((pk == TEXT) & (sk == TEXT) & same_v))
             changed = np.where(both_float, changed, ~equal)
         changed |= (sk == NONE) | (pq != sq) | (pk == BAD_COPY)
-        other = (sk == OTHER) & ~changed
-        if other.any():
-            for i in other.nonzero()[0].tolist():
-                s, p = int(slots[i]), int(props[i])
+        changed &= pending
+        others = sk == OTHER
+        if others.any():
+            for p, s in zip(*(others & pending & ~changed).nonzero(), strict=True):
+                p, s = int(p), int(s)
                 old = states[s][PROPS[p]]
-                new = self._leaf(int(pk[i]), float(pv[i]), int(self.pend_t[p, s]),
-                                 int(pq[i]), old)
-                changed[i] = old.get("q") != new["q"] or old["v"] != new["v"]
+                new = self._leaf(int(pk[p, s]), float(pv[p, s]), int(self.pend_t[p, s]),
+                                 int(pq[p, s]), old)
+                changed[p, s] = old.get("q") != new["q"] or old["v"] != new["v"]
+        props, slots = changed.nonzero()
+        kinds = pk[props, slots]
         self.pend_kind[:, :n] = NONE
         self.any_pending = False
-        if not changed.any():
+        if not len(props):
             return []
-        slots, props, kinds = slots[changed], props[changed], pk[changed]
-        values, qs = pv[changed], pq[changed]
+        values, qs = pv[props, slots], pq[props, slots]
         arrival = np.where(FROM_CHANNEL[props], self.pend_first[props, slots],
                            _AFTER_CHANNELS + props)
         order = np.lexsort((arrival, slots))
@@ -220,8 +237,8 @@ class PropertyColumns:
             current[prop] = leaf(kind, v, t, q, states[s].get(prop))
         copied = kinds == BAD_COPY
         if copied.any():
-            kinds = np.where(copied, sk[changed][order], kinds)
-            values = np.where(copied, sv[changed][order], values)
+            kinds = np.where(copied, sk[props, slots], kinds)
+            values = np.where(copied, sv[props, slots], values)
         self.state_kind[props, slots] = kinds
         self.state_v[props, slots] = values
         self.state_q[props, slots] = qs
