@@ -32,7 +32,7 @@ from gateway.temp_baseline import (
 from gateway.twin_columns import BOOL, NONE, PROP_INDEX, TEXT, PropertyColumns
 from gateway.uv_exposure import MAX_UV_GAP_S as MAX_UV_GAP_S  # gateway/report/archive.py
 from gateway.uv_exposure import UvExposure, UvExposureRow, UvExposures
-from gateway.uv_forecast import UvForecaster, UvForecasts, clear_sky_many
+from gateway.uv_forecast import UvForecaster, UvForecasts, clear_sky_array
 from gateway.values import SampleBatch
 
 TEMP_WINDOW_SAMPLES = 30
@@ -409,7 +409,7 @@ class TwinEngine:
             values, times = values[timed], times[timed]
             if not len(times):
                 return
-        clear = np.array(clear_sky_many(*self.location, times))
+        clear = clear_sky_array(*self.location, times)
         forecasts = self._forecasts
         counts = end - begin
         k = 0

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from datetime import UTC, datetime
+from functools import lru_cache
+from itertools import repeat
 
 import numpy as np
 
@@ -55,30 +57,44 @@ def clear_sky_uvi(latitude_deg: float, longitude_deg: float, utc_ms: int) -> flo
 
 def clear_sky_many(latitude_deg: float, longitude_deg: float,
                    utc_ms: np.ndarray) -> list[float]:
+    """`UvForecaster.clear_sky` of each time, bit for bit (see `clear_sky_array`)."""
+    return clear_sky_array(latitude_deg, longitude_deg, utc_ms).tolist()
+
+
+def clear_sky_array(latitude_deg: float, longitude_deg: float,
+                    utc_ms: np.ndarray) -> np.ndarray:
     """`UvForecaster.clear_sky` of each time, bit for bit: the arithmetic in numpy, cosine
     and power through `math` (numpy's own may differ from it in the last bit)."""
-    day = utc_ms // DAY_MS
-    latitude = latitude_deg * _DEG
-    first_day, last_day = int(day.min()), int(day.max())
-    terms = {}
-    days = range(first_day, last_day + 1) if last_day - first_day < 3 else np.unique(day).tolist()
-    for d in days:
-        n = day_of_year(d * DAY_MS)
-        declination = COOPER_TILT_DEG * _DEG * math.sin(2 * math.pi * (284 + n) / 365)
-        terms[d] = (math.sin(latitude) * math.sin(declination),
-                    math.cos(latitude) * math.cos(declination))
+    first_day, last_day = int(utc_ms.min()) // DAY_MS, int(utc_ms.max()) // DAY_MS
     a: float | np.ndarray
     b: float | np.ndarray
     if first_day == last_day:
-        a, b = terms[first_day]
+        a, b = _day_terms(latitude_deg, first_day)
     else:
+        day = utc_ms // DAY_MS
+        days = (range(first_day, last_day + 1) if last_day - first_day < 3
+                else np.unique(day).tolist())
+        terms = {d: _day_terms(latitude_deg, d) for d in days}
         a = np.array([terms[d][0] for d in day.tolist()])
         b = np.array([terms[d][1] for d in day.tolist()])
     solar_hour = ((utc_ms % DAY_MS) / 3_600_000 + longitude_deg / 15) % 24
-    cosine = np.array(list(map(math.cos, ((solar_hour - 12) * 15 * _DEG).tolist())))
+    n = len(utc_ms)
+    cosine = np.fromiter(map(math.cos, ((solar_hour - 12) * 15 * _DEG).tolist()), np.float64, n)
     mu0 = a + b * cosine
-    return [MADRONICH_UVI_SCALE * m ** MADRONICH_MU_EXPONENT if m > 0 else 0.0
-            for m in mu0.tolist()]
+    # 12.5 * mu0 ** 2.42 where mu0 > 0, else 0.0 (pow(0.0, 2.42) is 0.0)
+    up = np.where(mu0 > 0, mu0, 0.0).tolist()
+    return MADRONICH_UVI_SCALE * np.fromiter(
+        map(math.pow, up, repeat(MADRONICH_MU_EXPONENT, n)), np.float64, n)
+
+
+@lru_cache(maxsize=64)
+def _day_terms(latitude_deg: float, day: int) -> tuple[float, float]:
+    """sin(latitude) sin(declination), cos(latitude) cos(declination) on a UTC day."""
+    n = day_of_year(day * DAY_MS)
+    declination = COOPER_TILT_DEG * _DEG * math.sin(2 * math.pi * (284 + n) / 365)
+    latitude = latitude_deg * _DEG
+    return (math.sin(latitude) * math.sin(declination),
+            math.cos(latitude) * math.cos(declination))
 
 
 class UvForecaster:

@@ -225,3 +225,21 @@ def test_a_backlog_run_learns_as_sample_by_sample():
         one_b.observe(a, c)
     many_b.observe_many(timed, temps[:len(timed)])
     assert many_b.to_saved() == one_b.to_saved()
+
+
+def test_clear_sky_of_many_times_is_the_forecasters_own():
+    """`clear_sky_many` (numpy arithmetic, day terms cached, math's cos and pow) gives each
+    time exactly `UvForecaster.clear_sky`, within a day, across days and hemispheres."""
+    from gateway.uv_forecast import UvForecaster, clear_sky_many
+
+    rng = random.Random(3)
+    for lat, lon in ((45.0, 10.0), (-33.9, 151.2), (64.1, -21.9)):
+        forecaster = UvForecaster(lat, lon)
+        for _ in range(60):
+            t0 = rng.randrange(1_700_000_000_000, 1_800_000_000_000)
+            span = rng.choice((3_600_000, 2 * 86_400_000, 9 * 86_400_000))
+            times = np.array(sorted(t0 + rng.randrange(span)
+                                    for _ in range(rng.randrange(1, 200))), dtype=np.int64)
+            got = clear_sky_many(lat, lon, times)
+            assert got == [forecaster.clear_sky(int(t)) for t in times]
+            assert all(type(v) is float for v in got)
