@@ -436,7 +436,7 @@ class TwinEngine:
         windows = self._window[slots].astype(np.float32)
         last_t = self._last_temp_t[slots]
         expected = self._baselines.expected(slots, last_t)
-        latest = self._window[slots, -1]
+        latest = self._window[:, -1][slots]
         baselines = np.where(np.isnan(expected), latest, expected).astype(np.float32)[:, None]
         latest = self._hydration.latest[slots]
         hydration = np.where(np.isnan(latest), NEUTRAL_HYDRATION_AU, latest).astype(
@@ -511,12 +511,12 @@ class TwinEngine:
                  & (skin_pending | (columns.state_kind[skin, :n] != NONE))).nonzero()[0]
         if not len(slots):
             return
-        skin_c = np.where(skin_pending[slots], columns.pend_v[skin, slots],
-                          columns.state_v[skin, slots])
+        skin_c = np.where(skin_pending[slots], columns.pend_v[skin][slots],
+                          columns.state_v[skin][slots])
         out = self.run_model("hydration", {
-            "capacitance_pf": columns.pend_v[cap, slots].astype(np.float32).reshape(-1, 1),
+            "capacitance_pf": columns.pend_v[cap][slots].astype(np.float32).reshape(-1, 1),
             "skin_temp_c": skin_c.astype(np.float32).reshape(-1, 1)})
-        t = columns.pend_t[cap, slots]
+        t = columns.pend_t[cap][slots]
         au = out["corneometer_au"][:, 0]
         columns.set_floats(_P["hydration_au"], slots, au, t, _GOOD)
         states = np.array([columns.text_code(s) for s in HYDRATION_STATES])

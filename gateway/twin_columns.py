@@ -136,21 +136,32 @@ class PropertyColumns:
                    first: np.ndarray | None = None) -> None:
         """Leaves of floats, rounded as leaves are: now, or with every other pending float
         when the step takes what changed (one rounding pass for all of them)."""
-        self.pend_kind[prop, slots] = FLOAT
-        self.pend_v[prop, slots] = round_leaf_values(values) if rounded_now else values
-        if first is not None:
-            self.pend_first[prop, slots] = first
-        self.pend_t[prop, slots] = t
-        self.pend_q[prop, slots] = q
+        if rounded_now:
+            values = round_leaf_values(values)
+        if isinstance(prop, int):
+            # a row, then its cells: numpy indexes [int, array] far slower than [array]
+            self.pend_kind[prop][slots] = FLOAT
+            self.pend_v[prop][slots] = values
+            if first is not None:
+                self.pend_first[prop][slots] = first
+            self.pend_t[prop][slots] = t
+            self.pend_q[prop][slots] = q
+        else:
+            self.pend_kind[prop, slots] = FLOAT
+            self.pend_v[prop, slots] = values
+            if first is not None:
+                self.pend_first[prop, slots] = first
+            self.pend_t[prop, slots] = t
+            self.pend_q[prop, slots] = q
         self.any_pending = True
 
     def set_coded(self, prop: int, slots: np.ndarray, kind: int, codes: np.ndarray,
                   t: np.ndarray, q: np.ndarray | int) -> None:
         """Leaves of booleans (codes 0/1) or texts (codes from text_code)."""
-        self.pend_kind[prop, slots] = kind
-        self.pend_v[prop, slots] = codes
-        self.pend_t[prop, slots] = t
-        self.pend_q[prop, slots] = q
+        self.pend_kind[prop][slots] = kind
+        self.pend_v[prop][slots] = codes
+        self.pend_t[prop][slots] = t
+        self.pend_q[prop][slots] = q
         self.any_pending = True
 
     def set_one(self, prop: int, slot: int, value: object, t: int, q: str) -> None:
