@@ -372,10 +372,13 @@ class TwinEngine:
         of every subject in one numpy pass while many subjects have one, the rest (a
         backlog's long run) one by one."""
         timed = times >= 0
-        if not timed.all():
+        if np.count_nonzero(timed) < len(times):
             before = np.concatenate(([0], np.cumsum(timed)))
             begin, end = before[begin], before[end]
             values, times = values[timed], times[timed]
+        elif len(times) == len(run_slots) >= LOCKSTEP_MIN_SUBJECTS:
+            self._baselines.observe(run_slots, times, values)   # one reading each (live)
+            return
         counts = end - begin
         k = 0
         while True:
@@ -403,7 +406,8 @@ class TwinEngine:
         if self.location is None:
             return
         timed = times >= 0
-        if not timed.all():
+        all_timed = np.count_nonzero(timed) == len(times)
+        if not all_timed:
             before = np.concatenate(([0], np.cumsum(timed)))
             begin, end = before[begin], before[end]
             values, times = values[timed], times[timed]
@@ -411,6 +415,9 @@ class TwinEngine:
                 return
         clear = clear_sky_array(*self.location, times)
         forecasts = self._forecasts
+        if all_timed and len(times) == len(run_slots) >= LOCKSTEP_MIN_SUBJECTS:
+            forecasts.observe(run_slots, times, values, clear)   # one sample each (live)
+            return
         counts = end - begin
         k = 0
         while True:

@@ -52,10 +52,12 @@ class UvExposures:
         sample order); samples without a time are skipped. Returns the rows whose day
         started again (the caller resets what else is daily)."""
         timed = times >= 0
-        if not timed.all():
+        if np.count_nonzero(timed) < len(times):
             before = np.concatenate(([0], np.cumsum(timed)))
             begin, end = before[begin], before[end]
             uvi, times = uvi[timed], times[timed]
+        elif len(times) == len(rows) >= LOCKSTEP_MIN_SUBJECTS:
+            return self._take_one_each(rows, uvi, times)     # one sample each (live)
         counts = end - begin
         new_day: list[int] = []
         k = 0
