@@ -256,7 +256,7 @@ class TimeOfDayBaselines:
         self.outlier[rows] = outside
         self.outlier_since_ms[rows] = np.where(outside, since, 0)
         learn = ~outside | (t_ms - since >= RELEARN_AFTER_MS)
-        if not learn.all():
+        if np.count_nonzero(learn) < len(learn):
             rows, t_ms, celsius = rows[learn], t_ms[learn], celsius[learn]
             left, right, fraction = left[learn], right[learn], fraction[learn]
         fallback = self.fallback[rows]
@@ -273,8 +273,8 @@ class TimeOfDayBaselines:
                                               mean + weight * (celsius - level - mean))
         self.unseen[rows] -= first
         full = self.unseen[rows] == 0
-        if full.any():
-            if not full.all():
+        if np.count_nonzero(full):
+            if np.count_nonzero(full) < len(full):
                 rows, celsius, level = rows[full], celsius[full], level[full]
                 left, right, fraction = left[full], right[full], fraction[full]
             profile = self._profile(rows, left, right, fraction)

@@ -303,7 +303,7 @@ class TwinEngine:
             uncertain = (np.array([b.time_uncertain for b in queued]).repeat(lengths)
                          if any_uncertain else None)
         prop = _CHANNEL_PROP[channel]
-        if (prop < 0).any():
+        if np.count_nonzero(prop < 0):
             known = prop >= 0
             channel, value, utc = channel[known], value[known], utc[known]
             slots, prop = slots[known], prop[known]
@@ -346,14 +346,14 @@ class TwinEngine:
         # The windows (padded with their oldest sample), all at once: position j of the
         # new window is element max(L + m - 30 + j, 0) of (old window ++ new samples).
         old_len = self._window_len[run_slots]
-        added = end - begin
-        if (added == 1).all() and (old_len == TEMP_WINDOW_SAMPLES).all():
-            # live: each full window takes one sample
+        # live: one sample each (runs are never empty), each into a full window
+        if len(values) == len(run_slots) and not np.count_nonzero(old_len < TEMP_WINDOW_SAMPLES):
             window = self._window[run_slots]
             window[:, :-1] = window[:, 1:]
             window[:, -1] = values
             self._window[run_slots] = window
             return
+        added = end - begin
         total = old_len + added
         j = np.arange(TEMP_WINDOW_SAMPLES)
         index = np.maximum(total[:, None] - TEMP_WINDOW_SAMPLES + j, 0)
@@ -494,7 +494,7 @@ class TwinEngine:
         # The sun's path changes slowly: integrate forward once a minute of data.
         at = self._forecast_at[slots]
         due = (~self._forecast_has[slots] | (t - at >= FORECAST_EVERY_MS) | (t < at))
-        if not due.any():
+        if not np.count_nonzero(due):
             return
         slots, t = slots[due], t[due]
         forecast = _P["minutes_to_med_forecast"]
@@ -674,7 +674,7 @@ class HydrationHistories:
     def trends(self, rows: np.ndarray, t: np.ndarray, au: np.ndarray) -> list[tuple[int, float]]:
         """Append one reading to each of these distinct rows; (row, least-squares slope of
         its last hour in AU per hour) where the hour holds enough to tell."""
-        if (self.size[rows] >= self.width).any():
+        if np.count_nonzero(self.size[rows] >= self.width):
             self._widen()
         at = (self.head[rows] + self.size[rows]) % self.width
         self.ring_t[rows, at], self.ring_au[rows, at] = t, au
@@ -683,7 +683,7 @@ class HydrationHistories:
         while True:
             head = self.head[popping]
             old = now - self.ring_t[popping, head] > HYDRATION_TREND_WINDOW_MS
-            if not old.any():
+            if not np.count_nonzero(old):
                 break
             popping, now = popping[old], now[old]
             self.head[popping] = (head[old] + 1) % self.width

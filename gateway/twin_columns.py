@@ -44,7 +44,7 @@ def round_leaf_values(x: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):            # inf - inf: left to `round`
         frac = scaled - np.floor(scaled)
     doubtful = (np.abs(frac - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0 ** 50)
-    if doubtful.any():
+    if np.count_nonzero(doubtful):
         for i in doubtful.nonzero()[0].tolist():
             out[i] = round(float(x[i]), ROUND_DIGITS)
     return out
@@ -59,7 +59,7 @@ def _round_where(x: np.ndarray, where: np.ndarray) -> np.ndarray:
     frac = scaled - np.floor(scaled)
     doubtful = (np.abs(frac - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0 ** 50)
     doubtful &= where
-    if doubtful.any():
+    if np.count_nonzero(doubtful):
         for p, s in zip(*doubtful.nonzero(), strict=True):
             out[p, s] = round(float(x[p, s]), ROUND_DIGITS)
     return np.where(where, out, x)
@@ -204,7 +204,7 @@ class PropertyColumns:
         with np.errstate(invalid="ignore", over="ignore"):
             pv = _round_where(pv, floats)   # rounding a rounded value keeps it
             changed = np.abs(pv - sv) >= _DEADBAND_COLUMN
-        if not (both_float == pending).all():
+        if np.count_nonzero(both_float) < np.count_nonzero(pending):   # a subset of it
             numeric = (pk <= BOOL) & (sk >= FLOAT) & (sk <= BOOL)
             same_v = pv == sv
             equal = ((numeric & same_v) | ((pk == NULL) & (sk == NULL))
@@ -213,7 +213,7 @@ class PropertyColumns:
         changed |= (sk == NONE) | (pq != sq) | (pk == BAD_COPY)
         changed &= pending
         others = sk == OTHER
-        if others.any():
+        if np.count_nonzero(others):
             for p, s in zip(*(others & pending & ~changed).nonzero(), strict=True):
                 p, s = int(p), int(s)
                 old = states[s][PROPS[p]]
@@ -247,7 +247,7 @@ class PropertyColumns:
             prop = PROPS[p]
             current[prop] = leaf(kind, v, t, q, states[s].get(prop))
         copied = kinds == BAD_COPY
-        if copied.any():
+        if np.count_nonzero(copied):
             kinds = np.where(copied, sk[props, slots], kinds)
             values = np.where(copied, sv[props, slots], values)
         self.state_kind[props, slots] = kinds

@@ -78,13 +78,13 @@ class UvExposures:
         day = (t + self.day_offset_ms) // DAY_MS
         new_day = ~self.has_day[rows] | (self.day[rows] != day)
         has_last = self.has_last[rows] & ~new_day
-        if new_day.any():
+        if np.count_nonzero(new_day):
             reset = rows[new_day]
             self.day[reset], self.has_day[reset] = day[new_day], True
             self.dose_sed[reset] = 0.0
         dt_s = (t - self.last_t[rows]) / 1000
         held = has_last & (dt_s > 0) & (dt_s <= MAX_UV_GAP_S)
-        if held.any():
+        if np.count_nonzero(held):
             summed, dt_s = rows[held], dt_s[held]
             self.exposure[summed] += self.last_uvi[summed] * dt_s
             self.exposure_s[summed] += dt_s

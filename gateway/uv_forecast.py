@@ -327,18 +327,18 @@ class UvForecasts:
                 clear: np.ndarray) -> None:
         """`UvForecaster.observe_clear` of one sample for each of these distinct rows."""
         fresh = ~self.has_last[rows] | (utc_ms > self.last_ms[rows])
-        if not fresh.all():
+        if np.count_nonzero(fresh) < len(fresh):
             rows, utc_ms, uvi, clear = rows[fresh], utc_ms[fresh], uvi[fresh], clear[fresh]
         self.last_ms[rows], self.has_last[rows] = utc_ms, True
         measured = np.where(uvi < 0.0, 0.0, uvi)          # max(uvi, 0.0)
-        if (self.size[rows] >= self.width).any():
+        if np.count_nonzero(self.size[rows] >= self.width):
             self._widen(2 * self.width)
         at = (self.head[rows] + self.size[rows]) % self.width
         self.ring_t[rows, at], self.ring_measured[rows, at] = utc_ms, measured
         self.ring_clear[rows, at] = clear
         self.size[rows] += 1
         counted = clear >= MIN_CLEAR_SKY_UVI
-        if counted.any():
+        if np.count_nonzero(counted):
             summed = rows[counted]
             self.measured_sum[summed] += measured[counted]
             self.clear_sum[summed] += clear[counted]
@@ -346,19 +346,19 @@ class UvForecasts:
         while True:
             head = self.head[popping]
             old = now - self.ring_t[popping, head] > FACTOR_WINDOW_S * 1000
-            if not old.any():
+            if not np.count_nonzero(old):
                 break
             popping, now, head = popping[old], now[old], head[old]
             clear_old = self.ring_clear[popping, head]
             counted = clear_old >= MIN_CLEAR_SKY_UVI
-            if counted.any():
+            if np.count_nonzero(counted):
                 summed, counted_head = popping[counted], head[counted]
                 self.measured_sum[summed] -= self.ring_measured[summed, counted_head]
                 self.clear_sum[summed] -= clear_old[counted]
             self.head[popping] = (head + 1) % self.width
             self.size[popping] -= 1
         dust = self.clear_sum[rows] < MIN_CLEAR_SKY_UVI   # nothing counted left: clear it
-        if dust.any():
+        if np.count_nonzero(dust):
             self.measured_sum[rows[dust]] = self.clear_sum[rows[dust]] = 0.0
 
     def get(self, row: int, latitude_deg: float, longitude_deg: float) -> UvForecaster:
