@@ -30,6 +30,7 @@ _AFTER_CHANNELS = 2 ** 62 - 2 ** 10
 NONE, FLOAT, BOOL, NULL, TEXT, OTHER, BAD_COPY = -1, 0, 1, 2, 3, 4, 5
 ROUND_DIGITS = 3
 _SCALE = 10.0 ** ROUND_DIGITS
+_CLEAR_OF_HALF = 0.5 - 1e-6
 
 
 def round_leaf_values(x: np.ndarray) -> np.ndarray:
@@ -39,13 +40,10 @@ def round_leaf_values(x: np.ndarray) -> np.ndarray:
     a half (the product's rounding may cross it; Python rounds the exact binary value, half
     to even): those few go through `round` itself."""
     x = np.asarray(x, dtype=np.float64)
-    scaled = x * _SCALE
-    out = np.rint(scaled) / _SCALE
     with np.errstate(invalid="ignore"):            # inf - inf: left to `round`
-        frac = scaled - np.floor(scaled)
-    doubtful = (np.abs(frac - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0 ** 50)
-    if np.count_nonzero(doubtful):
-        for i in doubtful.nonzero()[0].tolist():
+        out, sure = _rint_rounded(x)
+    if np.count_nonzero(sure) < len(out):
+        for i in (~sure).nonzero()[0].tolist():
             out[i] = round(float(x[i]), ROUND_DIGITS)
     return out
 
@@ -53,16 +51,22 @@ def round_leaf_values(x: np.ndarray) -> np.ndarray:
 def _round_where(x: np.ndarray, where: np.ndarray) -> np.ndarray:
     """`round_leaf_values` of the cells of a 2-D `x` where `where` holds, the others as
     they are (the caller ignores over/invalid warnings from cells it does not round)."""
-    scaled = x * _SCALE
-    out = np.rint(scaled)
-    out /= _SCALE
-    frac = scaled - np.floor(scaled)
-    doubtful = (np.abs(frac - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0 ** 50)
-    doubtful &= where
-    if np.count_nonzero(doubtful):
-        for p, s in zip(*doubtful.nonzero(), strict=True):
+    out, sure = _rint_rounded(x)
+    if np.count_nonzero(sure) < sure.size:
+        for p, s in zip(*(where & ~sure).nonzero(), strict=True):
             out[p, s] = round(float(x[p, s]), ROUND_DIGITS)
     return np.where(where, out, x)
+
+
+def _rint_rounded(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rint(x * 1000) / 1000, and where that is surely `round(x, 3)`: x * 1000 clear of a
+    half by far more than its rounding error, and small enough for rint to be exact (NaN
+    and infinities are not sure)."""
+    scaled = x * _SCALE
+    out = np.rint(scaled)
+    sure = (np.abs(scaled - out) < _CLEAR_OF_HALF) & (np.abs(scaled) < 2.0 ** 50)
+    out /= _SCALE
+    return out, sure
 
 
 class PropertyColumns:
