@@ -48,6 +48,38 @@ def round_leaf_values(x: np.ndarray) -> np.ndarray:
     return out
 
 
+# How a pending leaf of kind pk compares with the current one of kind sk (beside its
+# quality): "q differs, or (both values floats and |new - old| >= deadband), or (else)
+# new != old", as a table worked out from that rule: _RULES[pk * _KINDS + sk + _RULE_OFFSET].
+_SAME, _BEYOND_DEADBAND, _UNLESS_EQUAL, _ALWAYS = 0, 1, 2, 3
+_KINDS, _RULE_OFFSET = 8, 9                  # kinds run from NONE (-1) to BAD_COPY (5)
+
+
+def _comparison_rules() -> np.ndarray:
+    rules = np.zeros(_KINDS * _KINDS, dtype=np.int8)
+    kinds = (NONE, FLOAT, BOOL, NULL, TEXT, OTHER, BAD_COPY)
+    for pk in kinds:
+        for sk in kinds:
+            def changed(same_v: bool, pk: int = pk, sk: int = sk) -> bool:
+                numeric = pk in (FLOAT, BOOL) and sk in (FLOAT, BOOL)
+                equal = ((numeric and same_v) or (pk == NULL and sk == NULL)
+                         or (pk == TEXT and sk == TEXT and same_v))
+                return not equal or sk == NONE or pk == BAD_COPY
+            if pk == NONE:
+                rule = _SAME                  # nothing pending
+            elif pk == FLOAT and sk == FLOAT:
+                rule = _BEYOND_DEADBAND
+            elif changed(True) == changed(False):
+                rule = _ALWAYS if changed(True) else _SAME
+            else:
+                rule = _UNLESS_EQUAL
+            rules[pk * _KINDS + sk + _RULE_OFFSET] = rule
+    return rules
+
+
+_RULES = _comparison_rules()
+
+
 def _round_where(x: np.ndarray, where: np.ndarray) -> np.ndarray:
     """`round_leaf_values` of the cells of a 2-D `x` where `where` holds, the others as
     they are (the caller ignores over/invalid warnings from cells it does not round)."""
@@ -204,18 +236,13 @@ class PropertyColumns:
         sk, sv, sq = self.state_kind[:, :n], self.state_v[:, :n], self.state_q[:, :n]
         pending = pk != NONE
         floats = pk == FLOAT
-        both_float = floats & (sk == FLOAT)
+        rule = _RULES[pk * _KINDS + sk + _RULE_OFFSET]
         with np.errstate(invalid="ignore", over="ignore"):
             pv = _round_where(pv, floats)   # rounding a rounded value keeps it
-            changed = np.abs(pv - sv) >= _DEADBAND_COLUMN
-        if np.count_nonzero(both_float) < np.count_nonzero(pending):   # a subset of it
-            numeric = (pk <= BOOL) & (sk >= FLOAT) & (sk <= BOOL)
-            same_v = pv == sv
-            equal = ((numeric & same_v) | ((pk == NULL) & (sk == NULL))
-                     | ((pk == TEXT) & (sk == TEXT) & same_v))
-            changed = np.where(both_float, changed, ~equal)
-        changed |= (sk == NONE) | (pq != sq) | (pk == BAD_COPY)
-        changed &= pending
+            changed = (rule == _BEYOND_DEADBAND) & (np.abs(pv - sv) >= _DEADBAND_COLUMN)
+        if np.count_nonzero(rule == _UNLESS_EQUAL):
+            changed |= (rule == _UNLESS_EQUAL) & (pv != sv)
+        changed |= (rule == _ALWAYS) | ((pq != sq) & pending)
         others = sk == OTHER
         if np.count_nonzero(others):
             for p, s in zip(*(others & pending & ~changed).nonzero(), strict=True):
