@@ -52,7 +52,8 @@ def round_leaf_values(x: np.ndarray) -> np.ndarray:
 # quality): "q differs, or (both values floats and |new - old| >= deadband), or (else)
 # new != old", as a table worked out from that rule: _RULES[pk * _KINDS + sk + _RULE_OFFSET].
 _SAME, _BEYOND_DEADBAND, _UNLESS_EQUAL, _ALWAYS = 0, 1, 2, 3
-_KINDS, _RULE_OFFSET = 8, 9                  # kinds run from NONE (-1) to BAD_COPY (5)
+# kinds run from NONE (-1) to BAD_COPY (5); int8 like the kinds (a Python int costs a cast)
+_KINDS, _RULE_OFFSET = np.int8(8), np.int8(9)
 
 
 def _comparison_rules() -> np.ndarray:
@@ -232,8 +233,10 @@ class PropertyColumns:
         are gathered."""
         if not self.any_pending:
             return []
-        pk, pv, pq = self.pend_kind[:, :n], self.pend_v[:, :n], self.pend_q[:, :n]
-        sk, sv, sq = self.state_kind[:, :n], self.state_v[:, :n], self.state_q[:, :n]
+        # Whole arrays, slots past n too (never pending): numpy is ~2x faster on contiguous
+        # arrays than on [:, :n] views.
+        pk, pv, pq = self.pend_kind, self.pend_v, self.pend_q
+        sk, sv, sq = self.state_kind, self.state_v, self.state_q
         pending = pk != NONE
         floats = pk == FLOAT
         rule = _RULES[pk * _KINDS + sk + _RULE_OFFSET]
@@ -253,7 +256,7 @@ class PropertyColumns:
                 changed[p, s] = old.get("q") != new["q"] or old["v"] != new["v"]
         props, slots = changed.nonzero()
         kinds = pk[props, slots]
-        self.pend_kind[:, :n] = NONE
+        pk.fill(NONE)
         self.any_pending = False
         if not len(props):
             return []
