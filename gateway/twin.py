@@ -311,10 +311,13 @@ class TwinEngine:
             if not len(channel):
                 return
         values = value * _CHANNEL_SCALE[channel]
-        # Runs of one property (channel) of one subject, in sample order; each run's last
-        # sample is its pending leaf.
         n = len(channel)
         key = prop * self._capacity + slots
+        if np.bincount(key).max() == 1:
+            self._take_single_samples(prop, slots, values, utc, uncertain)
+            return
+        # Runs of one property (channel) of one subject, in sample order; each run's last
+        # sample is its pending leaf.
         order = key.argsort(kind="stable")
         sorted_key = key[order]
         ends = (sorted_key[1:] != sorted_key[:-1]).nonzero()[0] + 1
@@ -336,6 +339,23 @@ class TwinEngine:
                 handle(run_slot[runs], starts[runs] - first, ends[runs] - first,
                        values[picked], utc[picked])
         self._new_hydration[run_slot[run_prop == _P["capacitance_pf"]]] = True
+
+    def _take_single_samples(self, prop: np.ndarray, slots: np.ndarray, values: np.ndarray,
+                             utc: np.ndarray, uncertain: np.ndarray | None) -> None:
+        """`_take_queued` when no subject has two samples of one property (a live step):
+        every sample is a run of its own, so no sort to find the runs."""
+        n = len(prop)
+        good = utc >= 0 if uncertain is None else (utc >= 0) & ~uncertain
+        self.columns.set_floats(prop, slots, values, utc, np.where(good, _GOOD, _UNCERTAIN),
+                                rounded_now=True,   # the hydration model reads them
+                                first=np.arange(n))
+        for wanted, handle in ((_P["skin_temp_c"], self._take_temperature),
+                               (_P["uv_index"], self._take_uv)):
+            picked = (prop == wanted).nonzero()[0]
+            if len(picked):
+                begin = np.arange(len(picked))
+                handle(slots[picked], begin, begin + 1, values[picked], utc[picked])
+        self._new_hydration[slots[prop == _P["capacitance_pf"]]] = True
 
     def _take_temperature(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
                           values: np.ndarray, times: np.ndarray) -> None:
