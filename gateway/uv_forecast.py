@@ -331,12 +331,18 @@ class UvForecasts:
             rows, utc_ms, uvi, clear = rows[fresh], utc_ms[fresh], uvi[fresh], clear[fresh]
         self.last_ms[rows], self.has_last[rows] = utc_ms, True
         measured = np.where(uvi < 0.0, 0.0, uvi)          # max(uvi, 0.0)
-        if np.count_nonzero(self.size[rows] >= self.width):
+        size = self.size[rows]
+        if np.count_nonzero(size >= self.width):
             self._widen(2 * self.width)
-        at = (self.head[rows] + self.size[rows]) % self.width
-        self.ring_t[rows, at], self.ring_measured[rows, at] = utc_ms, measured
-        self.ring_clear[rows, at] = clear
-        self.size[rows] += 1
+        # The rings by flat cell index (they are always made C-contiguous, so these are
+        # views): 1-D indexing is faster than [rows, columns].
+        width, head = self.width, self.head[rows]
+        ring_t, ring_measured = self.ring_t.reshape(-1), self.ring_measured.reshape(-1)
+        ring_clear = self.ring_clear.reshape(-1)
+        base = rows * width
+        cells = base + (head + size) % width
+        ring_t[cells], ring_measured[cells], ring_clear[cells] = utc_ms, measured, clear
+        self.size[rows] = size + 1
         counted = clear >= MIN_CLEAR_SKY_UVI
         if np.count_nonzero(counted):
             summed = rows[counted]
@@ -344,18 +350,19 @@ class UvForecasts:
             self.clear_sum[summed] += clear[counted]
         popping, now = rows, utc_ms
         while True:
-            head = self.head[popping]
-            old = now - self.ring_t[popping, head] > FACTOR_WINDOW_S * 1000
+            old = now - ring_t[base + head] > FACTOR_WINDOW_S * 1000
             if not np.count_nonzero(old):
                 break
-            popping, now, head = popping[old], now[old], head[old]
-            clear_old = self.ring_clear[popping, head]
+            popping, now, head, base = popping[old], now[old], head[old], base[old]
+            oldest = base + head
+            clear_old = ring_clear[oldest]
             counted = clear_old >= MIN_CLEAR_SKY_UVI
             if np.count_nonzero(counted):
-                summed, counted_head = popping[counted], head[counted]
-                self.measured_sum[summed] -= self.ring_measured[summed, counted_head]
+                summed = popping[counted]
+                self.measured_sum[summed] -= ring_measured[oldest[counted]]
                 self.clear_sum[summed] -= clear_old[counted]
-            self.head[popping] = (head + 1) % self.width
+            head = (head + 1) % width
+            self.head[popping] = head
             self.size[popping] -= 1
         dust = self.clear_sum[rows] < MIN_CLEAR_SKY_UVI   # nothing counted left: clear it
         if np.count_nonzero(dust):
