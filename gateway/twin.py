@@ -694,23 +694,27 @@ class HydrationHistories:
     def trends(self, rows: np.ndarray, t: np.ndarray, au: np.ndarray) -> list[tuple[int, float]]:
         """Append one reading to each of these distinct rows; (row, least-squares slope of
         its last hour in AU per hour) where the hour holds enough to tell."""
-        if np.count_nonzero(self.size[rows] >= self.width):
+        size = self.size[rows]
+        if np.count_nonzero(size >= self.width):
             self._widen()
-        at = (self.head[rows] + self.size[rows]) % self.width
-        self.ring_t[rows, at], self.ring_au[rows, at] = t, au
-        self.size[rows] += 1
-        popping, now = rows, t
-        while True:
-            head = self.head[popping]
-            old = now - self.ring_t[popping, head] > HYDRATION_TREND_WINDOW_MS
-            if not np.count_nonzero(old):
-                break
-            popping, now = popping[old], now[old]
-            self.head[popping] = (head[old] + 1) % self.width
-            self.size[popping] -= 1
-        first_t = self.ring_t[rows, self.head[rows]]
-        ready = (self.size[rows] >= HYDRATION_TREND_MIN_POINTS) & \
-            (t - first_t >= HYDRATION_TREND_MIN_SPAN_MS)
+        # The rings by flat cell index (always made C-contiguous: these are views).
+        width, head = self.width, self.head[rows]
+        ring_t = self.ring_t.reshape(-1)
+        base = rows * width
+        cells = base + (head + size) % width
+        ring_t[cells], self.ring_au.reshape(-1)[cells] = t, au
+        size += 1
+        old = t - ring_t[base + head] > HYDRATION_TREND_WINDOW_MS
+        popping = None                     # positions in rows still dropping their oldest
+        while np.count_nonzero(old):
+            popping = old.nonzero()[0] if popping is None else popping[old]
+            head[popping] = (head[popping] + 1) % width
+            size[popping] -= 1
+            old = (t[popping] - ring_t[base[popping] + head[popping]]
+                   > HYDRATION_TREND_WINDOW_MS)
+        self.head[rows], self.size[rows] = head, size
+        ready = (size >= HYDRATION_TREND_MIN_POINTS) & \
+            (t - ring_t[base + head] >= HYDRATION_TREND_MIN_SPAN_MS)
         out = []
         for row in rows[ready].tolist():
             columns = (self.head[row] + np.arange(self.size[row])) % self.width
