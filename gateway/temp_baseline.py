@@ -243,13 +243,20 @@ class TimeOfDayBaselines:
 
     def expected(self, rows: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
         """`expected` of each row at its time; NaN for None."""
-        profile = self._profile(rows, *_interpolation(t_ms))
+        left, right, fraction = _interpolation(t_ms)
+        base = rows * SLOTS_PER_DAY
+        profile = _profile(self.slot_mean.reshape(-1), base + left, base + right, fraction)
         return np.where(np.isnan(profile), self.fallback[rows], profile + self.level[rows])
 
     def observe(self, rows: np.ndarray, t_ms: np.ndarray, celsius: np.ndarray) -> None:
         """`observe` of one reading for each of these distinct rows."""
+        # Slot means and counts by flat cell index (the arrays are always made
+        # C-contiguous: these are views): faster than [rows, slots].
+        means, counts = self.slot_mean.reshape(-1), self.slot_count.reshape(-1)
+        base = rows * SLOTS_PER_DAY
         left, right, fraction = _interpolation(t_ms)
-        profile = self._profile(rows, left, right, fraction)
+        left, right = base + left, base + right
+        profile = _profile(means, left, right, fraction)
         expected = np.where(np.isnan(profile), self.fallback[rows], profile + self.level[rows])
         outside = ~np.isnan(expected) & (np.abs(celsius - expected) > LEARN_WITHIN_C)
         since = np.where(self.outlier[rows], self.outlier_since_ms[rows], t_ms)
@@ -257,34 +264,36 @@ class TimeOfDayBaselines:
         self.outlier_since_ms[rows] = np.where(outside, since, 0)
         learn = ~outside | (t_ms - since >= RELEARN_AFTER_MS)
         if np.count_nonzero(learn) < len(learn):
-            rows, t_ms, celsius = rows[learn], t_ms[learn], celsius[learn]
+            rows, t_ms, celsius, base = rows[learn], t_ms[learn], celsius[learn], base[learn]
             left, right, fraction = left[learn], right[learn], fraction[learn]
         fallback = self.fallback[rows]
         self.fallback[rows] = np.where(np.isnan(fallback), celsius,
                                        fallback + FALLBACK_WEIGHT * (celsius - fallback))
-        slot = (t_ms % DAY_MS) // SLOT_MS
-        mean = self.slot_mean[rows, slot]
-        count = self.slot_count[rows, slot] + 1
-        self.slot_count[rows, slot] = count
+        slot = base + (t_ms % DAY_MS) // SLOT_MS
+        mean = means[slot]
+        count = counts[slot] + 1
+        counts[slot] = count
         level = self.level[rows]
         first = np.isnan(mean)
         weight = np.maximum(1 / count, SLOT_MIN_WEIGHT)
-        self.slot_mean[rows, slot] = np.where(first, celsius - level,
-                                              mean + weight * (celsius - level - mean))
-        self.unseen[rows] -= first
-        full = self.unseen[rows] == 0
+        means[slot] = np.where(first, celsius - level, mean + weight * (celsius - level - mean))
+        unseen = self.unseen[rows] - first
+        self.unseen[rows] = unseen
+        full = unseen == 0
         if np.count_nonzero(full):
             if np.count_nonzero(full) < len(full):
                 rows, celsius, level = rows[full], celsius[full], level[full]
                 left, right, fraction = left[full], right[full], fraction[full]
-            profile = self._profile(rows, left, right, fraction)
+            profile = _profile(means, left, right, fraction)
             self.level[rows] = np.where(np.isnan(profile), level,
                                         level + LEVEL_WEIGHT * (celsius - profile - level))
 
-    def _profile(self, rows: np.ndarray, left: np.ndarray, right: np.ndarray,
-                 fraction: np.ndarray) -> np.ndarray:
-        a, b = self.slot_mean[rows, left], self.slot_mean[rows, right]
-        return np.where(np.isnan(a), b, np.where(np.isnan(b), a, a + (b - a) * fraction))
+
+def _profile(means: np.ndarray, left: np.ndarray, right: np.ndarray,
+             fraction: np.ndarray) -> np.ndarray:
+    """`TimeOfDayBaseline._profile` from the flat slot means at cells `left` and `right`."""
+    a, b = means[left], means[right]
+    return np.where(np.isnan(a), b, np.where(np.isnan(b), a, a + (b - a) * fraction))
 
 
 def _interpolation(t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
