@@ -460,6 +460,7 @@ class TwinEngine:
         slots = (self._new_temp[:n] & (self._window_len[:n] > 0)).nonzero()[0]
         if not len(slots):
             return
+        cells = _cells(slots, n)
         windows = self._window[slots].astype(np.float32)
         last_t = self._last_temp_t[slots]
         expected = self._baselines.expected(slots, last_t)
@@ -478,23 +479,25 @@ class TwinEngine:
                            _GOOD, _UNCERTAIN)
         t = last_t
         columns = self.columns
-        columns.set_floats(_P["temp_baseline_c"], slots, baselines[:, 0], t, quality)
-        columns.set_floats(_P["temp_delta_c"], slots, out["delta_c"][:, 0], t, quality)
-        columns.set_floats(_P["temp_anomaly_score"], slots, out["anomaly_score"][:, 0], t,
+        columns.set_floats(_P["temp_baseline_c"], cells, baselines[:, 0], t, quality)
+        columns.set_floats(_P["temp_delta_c"], cells, out["delta_c"][:, 0], t, quality)
+        columns.set_floats(_P["temp_anomaly_score"], cells, out["anomaly_score"][:, 0], t,
                            quality)
-        columns.set_coded(_P["inflammation"], slots, BOOL, out["inflammation"][:, 0] > 0.5,
+        columns.set_coded(_P["inflammation"], cells, BOOL, out["inflammation"][:, 0] > 0.5,
                           t, quality)
-        columns.set_coded(_P["exertion"], slots, BOOL, out["exertion"][:, 0] > 0.5, t, _GOOD)
+        columns.set_coded(_P["exertion"], cells, BOOL, out["exertion"][:, 0] > 0.5, t, _GOOD)
         loose, skin = columns.text_code("loose"), columns.text_code("skin")
-        columns.set_coded(_P["contact"], slots, TEXT,
+        columns.set_coded(_P["contact"], cells, TEXT,
                           np.where(out["detached"][:, 0] > 0.5, loose, skin), t, _GOOD)
-        self._new_temp[slots] = False
+        self._new_temp[cells] = False
 
     def _run_uv_dose(self) -> None:
         uv = self._uv
-        slots = (uv.exposure_s[:len(self._by_slot)] > 0).nonzero()[0]
+        n = len(self._by_slot)
+        slots = (uv.exposure_s[:n] > 0).nonzero()[0]
         if not len(slots):
             return
+        cells = _cells(slots, n)
         exposure_s = uv.exposure_s[slots]
         out = self.run_model("uv_dose", {
             "uvi": (uv.exposure[slots] / exposure_s).astype(np.float32)[:, None],
@@ -503,12 +506,12 @@ class TwinEngine:
             "med_sed": uv.med_sed[slots].astype(np.float32)[:, None]})
         t = np.where(uv.has_last[slots], uv.last_t[slots], 0)
         dose = out["dose_sed"][:, 0]
-        uv.dose_sed[slots] = dose
-        uv.exposure[slots] = uv.exposure_s[slots] = 0.0
+        uv.dose_sed[cells] = dose
+        uv.exposure[cells] = uv.exposure_s[cells] = 0.0
         columns = self.columns
-        columns.set_floats(_P["uv_dose_sed"], slots, dose, t, _GOOD)
-        columns.set_floats(_P["uv_med_fraction"], slots, out["med_fraction"][:, 0], t, _GOOD)
-        columns.set_floats(_P["minutes_to_med"], slots, out["minutes_to_med"][:, 0], t, _GOOD)
+        columns.set_floats(_P["uv_dose_sed"], cells, dose, t, _GOOD)
+        columns.set_floats(_P["uv_med_fraction"], cells, out["med_fraction"][:, 0], t, _GOOD)
+        columns.set_floats(_P["minutes_to_med"], cells, out["minutes_to_med"][:, 0], t, _GOOD)
         if self.location is None:
             return
         # The sun's path changes slowly: integrate forward once a minute of data.
@@ -538,6 +541,7 @@ class TwinEngine:
                  & (skin_pending | (columns.state_kind[skin, :n] != NONE))).nonzero()[0]
         if not len(slots):
             return
+        cells = _cells(slots, n)
         skin_c = np.where(skin_pending[slots], columns.pend_v[skin][slots],
                           columns.state_v[skin][slots])
         out = self.run_model("hydration", {
@@ -545,16 +549,16 @@ class TwinEngine:
             "skin_temp_c": skin_c.astype(np.float32).reshape(-1, 1)})
         t = columns.pend_t[cap][slots]
         au = out["corneometer_au"][:, 0]
-        columns.set_floats(_P["hydration_au"], slots, au, t, _GOOD)
+        columns.set_floats(_P["hydration_au"], cells, au, t, _GOOD)
         states = np.array([columns.text_code(s) for s in HYDRATION_STATES])
-        columns.set_coded(_P["hydration_state"], slots, TEXT,
+        columns.set_coded(_P["hydration_state"], cells, TEXT,
                           states[out["state"][:, 0].astype(np.int64)], t, _GOOD)
         self._hydration.observe(slots, au.astype(np.float64))
         trend_prop = _P["hydration_trend_au_per_h"]
         for slot, trend in self._hydration_history.trends(slots, t, au.astype(np.float64)):
             columns.set_one(trend_prop, slot, _round(trend), int(columns.pend_t[cap, slot]),
                             "good")
-        self._new_hydration[slots] = False
+        self._new_hydration[cells] = False
 
     def _publish(self, now_ms: int) -> list[TwinUpdate]:
         changed_by_slot = dict(self.columns.take_changed(len(self._by_slot), self._states))
@@ -648,6 +652,12 @@ class TwinEngine:
     def _snapshot_payload(self, twin: SubjectTwin, now_ms: int) -> dict:
         return {"schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
                 "state": dict(twin.state)}
+
+
+def _cells(slots: np.ndarray, n: int) -> np.ndarray | slice:
+    """Ascending distinct `slots` below n for writing into per-slot arrays: all n of them
+    (a busy step) as a slice, which numpy writes several times faster than an index."""
+    return slice(0, n) if len(slots) == n else slots
 
 
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:

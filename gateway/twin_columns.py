@@ -168,7 +168,7 @@ class PropertyColumns:
         return OTHER, 0.0
 
     # -- pending --------------------------------------------------------------------
-    def set_floats(self, prop: int | np.ndarray, slots: np.ndarray, values: np.ndarray,
+    def set_floats(self, prop: int | np.ndarray, slots: np.ndarray | slice, values: np.ndarray,
                    t: np.ndarray, q: np.ndarray | int, rounded_now: bool = False,
                    first: np.ndarray | None = None) -> None:
         """Leaves of floats, rounded as leaves are: now, or with every other pending float
@@ -193,7 +193,7 @@ class PropertyColumns:
             self.pend_q.reshape(-1)[cells] = q
         self.any_pending = True
 
-    def set_coded(self, prop: int, slots: np.ndarray, kind: int, codes: np.ndarray,
+    def set_coded(self, prop: int, slots: np.ndarray | slice, kind: int, codes: np.ndarray,
                   t: np.ndarray, q: np.ndarray | int) -> None:
         """Leaves of booleans (codes 0/1) or texts (codes from text_code)."""
         self.pend_kind[prop][slots] = kind
