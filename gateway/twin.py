@@ -249,7 +249,8 @@ class TwinEngine:
     def ingest(self, batch: SampleBatch) -> None:
         """Feed committed samples (any order of devices; each batch in seq order). They are
         taken in at the next step, all subjects' together."""
-        if not len(batch.seq):
+        length = len(batch.seq)
+        if not length:
             return
         slot = self._slot_of_device.get(batch.device_id)
         if slot is None:
@@ -259,8 +260,9 @@ class TwinEngine:
             slot = self._slot_of_device[batch.device_id] = self.twin(subject).slot
         self._queued.append(batch)
         self._queued_slots.append(slot)
-        self._queued_lengths.append(len(batch.seq))
-        self._queued_uncertain = self._queued_uncertain or batch.time_uncertain
+        self._queued_lengths.append(length)
+        if batch.time_uncertain:
+            self._queued_uncertain = True
 
     def step(self, now_ms: int) -> list[TwinUpdate]:
         self._take_queued()
