@@ -166,6 +166,46 @@ def test_read_ahead_holds_a_bounded_number_of_payload_bytes():
     assert policy.rows_wanted() == 0, "4 MiB queued: read no more until some are sent"
 
 
+def test_read_ahead_bytes_are_given_back_however_a_row_settles():
+    """Acknowledged, split into parts, expired, refused by PUBACK, refused by the client,
+    parked as too large, resent after a reconnect: once settled, a row's bytes no longer count
+    against the read-ahead (a leak would stop reading for good)."""
+    quarter = READ_AHEAD_BYTES // 4
+    big = b"s" * quarter
+    hour_ago = NOW_MS - 3_600_000
+    policy = DeliveryPolicy(splitters={"samples": split_samples_payload})
+    policy.on_connected(65535, None)
+    client = Client()
+    samples = samples_payload(1, 4000)
+    rows = [row(1, big), row(2, big, expiry_s=60, created_ms=hour_ago), row(3, big),
+            row(4, big), row(5, big), row(6, samples, topic=SAMPLES_TOPIC)]
+    policy.add_rows(rows, asked=len(rows) + 1)
+    assert policy.rows_wanted() == 0, "over the read-ahead bytes"
+    mids = client.take(policy)   # row 2 expires on the way
+    assert [client.sent[m].row.message.id for m in mids] == [1, 3, 4, 5, 6]
+    policy.on_disconnected(0)
+    policy.on_connected(65535, None)          # everything is sent again
+    policy.set_max_payload_bytes(len(samples) // 3)   # row 6 now goes in parts; 1, 3-5 park
+    mids = client.take(policy)
+    assert {client.sent[m].row.message.id for m in mids} == {6}
+    for mid in mids:
+        policy.on_puback(mid)
+    assert policy.split_rows == 1 and policy.published == 1
+    policy.set_max_payload_bytes(None)
+    for ok in (row(7, big), row(8, big), row(9, big)):
+        policy.add_rows([ok], asked=1)
+    policy.rows_committed()
+    mids = client.take(policy)
+    policy.on_puback(mids[0])                          # acknowledged
+    policy.on_puback(mids[1], 0x87, "Not authorized")  # refused by the broker
+    policy.client_refused(client.sent[mids[2]], "rejected by paho: test")
+    settled = policy.take_settled()
+    assert len(settled.parks) == 6 and policy.in_flight == 0 and policy.queued == 0
+    policy.add_rows([row(i, big) for i in (10, 11, 12)], asked=3)
+    policy.rows_committed()
+    assert policy.rows_wanted() > 0, "three quarters of the read-ahead held, nothing leaked"
+
+
 def test_rows_the_client_would_not_take_go_first_next_time():
     policy = connected_policy([row(i) for i in range(1, 6)], receive_maximum=65535)
     sends = policy.take_sends(NOW_MS)
@@ -230,6 +270,31 @@ def test_expiry_counts_time_spent_in_the_outbox():
     assert [(s.row.message.id, s.expiry_s) for s in sent] == [(2, 3600), (3, None)]
     assert policy.take_settled().delete_ids == [1]
     assert policy.expired == 1
+
+
+def test_the_clock_is_read_only_when_a_row_to_send_has_an_expiry():
+    """The adapter passes its clock instead of the time: the usual row has no expiry, and
+    reading the clock once per PUBACK was a measurable share of the publisher's CPU."""
+    reads = []
+
+    def clock() -> int:
+        reads.append(1)
+        return NOW_MS
+
+    hour_ago = NOW_MS - 3_600_000
+    policy = connected_policy([row(1), row(2), row(3, expiry_s=7200, created_ms=hour_ago),
+                               row(4, expiry_s=60, created_ms=hour_ago), row(5)])
+    sent = policy.take_sends(lambda: clock())
+    assert [(s.row.message.id, s.expiry_s) for s in sent] == [(1, None), (2, None), (3, 3600),
+                                                             (5, None)]
+    assert len(reads) == 1, "one read for the whole batch, none for rows without expiry"
+    assert policy.take_settled().delete_ids == [4]
+    for token, send in enumerate(sent):
+        policy.handed(send, token)
+        policy.on_puback(token)
+    policy.add_rows([row(6), row(7)], asked=3)
+    assert [s.row.message.id for s in policy.take_sends(clock)] == [6, 7]
+    assert len(reads) == 1
 
 
 # ---- poison messages: two strikes, a learned limit, never a reconnect loop -------------

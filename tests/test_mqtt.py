@@ -1002,3 +1002,38 @@ def test_outbox_that_cannot_delete_is_reported_once_and_drained_when_it_can(
     errors = [r for r in caplog.records if "outbox database error" in r.getMessage()]
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert any("usable again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_bug_in_puback_handling_is_logged_while_paho_logs_nothing(
+    mqtt_broker, mqtt_collector, db_path, caplog, monkeypatch
+):
+    """paho's logger is off while connected (it cost a call per packet), so paho would
+    swallow an exception from our PUBACK callback: the publisher logs it itself, says it in
+    last_error, and goes on publishing."""
+    topic = "dermtwin/v1/gw1/s1/delta"
+    expected = sample_messages(topic, 0, 5)
+    collector = mqtt_collector(mqtt_broker, topic)
+    publisher = make_publisher(mqtt_broker.url, db_path)
+    real_on_puback = publisher.policy.on_puback
+    calls = []
+
+    def on_puback_failing_once(token, *args):
+        calls.append(token)
+        if len(calls) == 1:
+            raise RuntimeError("injected bug")
+        return real_on_puback(token, *args)
+
+    monkeypatch.setattr(publisher.policy, "on_puback", on_puback_failing_once)
+    caplog.set_level(logging.ERROR, logger="gateway.mqtt.publisher")
+    publisher.start_sync()
+    try:
+        assert publisher.wait_connected(5), publisher.last_error
+        wait_until(lambda: calls, what="the birth message's PUBACK")
+        put_rows(db_path, expected)
+        publisher.kick()
+        collector.wait_for(has_all(expected), what="every message after the failure")
+    finally:
+        publisher.stop_sync(timeout_s=1)
+    assert "injected bug" in (publisher.last_error or "")
+    logged = [r for r in caplog.records if r.exc_info and "injected bug" in str(r.exc_info[1])]
+    assert len(logged) == 1, [r.getMessage() for r in caplog.records]

@@ -51,7 +51,8 @@ DEFAULT_WINDOW = 100
 # Half of them is the adapter's slack to read more: ~25 ms at 20k messages/s, several of
 # CPython's 5 ms GIL switch intervals.
 DEFAULT_READ_AHEAD_ROWS = 1024
-# ... but no more than this many payload bytes held (a Pi's RAM), read this many rows at a time.
+# ... but no more than this many payload bytes held, read or in flight (a Pi's RAM), read this
+# many rows at a time.
 READ_AHEAD_BYTES = 4 << 20
 READ_CHUNK_ROWS = 256
 # Acknowledged rows worth a DELETE + COMMIT of their own (`io_due`); fewer wait for a timer
@@ -171,6 +172,7 @@ class DeliveryPolicy:
             raise ValueError(f"max_payload_bytes {max_payload_bytes}: must be positive")
         self.window = window
         self.read_ahead_rows = read_ahead_rows
+        self._read_low_rows = read_ahead_rows // 2
         self.max_payload_bytes = max_payload_bytes     # configured
         self.broker_max_packet_bytes: int | None = None  # from the last CONNACK
         self.learned_max_payload_bytes: int | None = None
@@ -179,6 +181,7 @@ class DeliveryPolicy:
         self._splitters = dict(splitters or {})
 
         self._rows: dict[int, _Row] = {}         # read, not yet settled
+        self._rows_bytes = 0                     # their payloads' bytes
         self._queue: deque[_Row] = deque()       # waiting to be (further) handed to the client
         self._handed: dict[object, Send] = {}    # client token -> what it carries
         self._settled = Settled()
@@ -310,18 +313,21 @@ class DeliveryPolicy:
         if not self.connected or self.holding or self._exhausted:
             return 0
         room = self.read_ahead_rows - len(self._queue)
-        if room <= 0 or sum(len(r.message.payload) for r in self._queue) >= READ_AHEAD_BYTES:
+        if room <= 0 or self._rows_bytes >= READ_AHEAD_BYTES:
             return 0
         return min(room, READ_CHUNK_ROWS)
 
     def add_rows(self, messages: Sequence[OutboxMessage], asked: int) -> None:
         """Rows read with id > cursor, in id order; fewer than `asked` means no more for now."""
         rows, queue = self._rows, self._queue
+        added_bytes = 0
         for message in messages:
             if message.id not in rows:
                 row = _Row(message)
                 rows[message.id] = row
                 queue.append(row)
+                added_bytes += len(message.payload)
+        self._rows_bytes += added_bytes
         if messages:
             self.cursor = max(self.cursor, messages[-1].id)
         if len(messages) < asked:
@@ -442,7 +448,7 @@ class DeliveryPolicy:
         remaining = None if message.expiry_s is None else message.remaining_expiry_s(now_ms)
         if remaining == 0:
             row.settled = True
-            self._rows.pop(message.id, None)
+            self._forget(row)
             self._settled.delete_ids.append(message.id)
             self.expired += 1
             return None
@@ -514,12 +520,17 @@ class DeliveryPolicy:
             row.settled = True
             row_id = row.message.id
             del self._rows[row_id]
+            self._rows_bytes -= len(row.message.payload)
             self._settled.delete_ids.append(row_id)
             self.published += 1
 
+    def _forget(self, row: _Row) -> None:
+        if self._rows.pop(row.message.id, None) is not None:
+            self._rows_bytes -= len(row.message.payload)
+
     def _park(self, row: _Row, kind: ParkKind, reason: str) -> None:
         row.settled = True
-        self._rows.pop(row.message.id, None)
+        self._forget(row)
         for token in [t for t, s in self._handed.items() if s.row is row]:
             del self._handed[token]
         if row in self._queue:
@@ -546,8 +557,8 @@ class DeliveryPolicy:
     def reading_due(self) -> bool:
         """Whether to read more rows now: the read-ahead queue is half empty, and the outbox
         may hold more."""
-        return (self.connected and not self.holding and not self._exhausted
-                and len(self._queue) <= self.read_ahead_rows // 2)
+        return (len(self._queue) <= self._read_low_rows and self.connected and not self.holding
+                and not self._exhausted)
 
     def io_due(self) -> bool:
         """Whether the adapter has outbox writes to make now: a batch of settled rows, rows to
@@ -562,6 +573,7 @@ class DeliveryPolicy:
         """Start over from the outbox alone (a publisher restart): everything read, queued
         and in flight is forgotten; counters and learned limits are kept."""
         self._rows.clear()
+        self._rows_bytes = 0
         self._queue.clear()
         self._handed.clear()
         self._settled = Settled()

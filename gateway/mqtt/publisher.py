@@ -481,8 +481,12 @@ class MqttPublisher:
                 f"{self._last_paho_error or reason_code}"
             )
         elif reason_code.value != 0:
-            self._last_error = f"disconnected: {reason_code}"
-            log.warning("mqtt disconnected from %s: %s", self.config.url, reason_code)
+            # paho's logger is off while connected, so a socket error's text is not logged;
+            # say at least whether the broker sent DISCONNECT or the connection was lost.
+            how = ("the broker sent DISCONNECT" if flags.is_disconnect_packet_from_server
+                   else "socket closed")
+            self._last_error = f"disconnected ({how}): {reason_code}"
+            log.warning("mqtt disconnected from %s (%s): %s", self.config.url, how, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # The hot path, once per PUBACK: `_post` without the inbox when nothing waits in it
