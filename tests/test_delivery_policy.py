@@ -94,7 +94,7 @@ def test_window_is_the_receive_maximum_less_control_slots_and_refills_per_puback
         policy.on_puback(mid)
     more = client.take(policy)
     assert len(more) == 5
-    assert [client.sent[m].row.message.id for m in first + more] == list(
+    assert [client.sent[m].id for m in first + more] == list(
         range(1, 20 - CONTROL_SLOTS + 5 + 1))
 
 
@@ -116,7 +116,7 @@ def test_pubacks_out_of_order_settle_exactly_the_acknowledged_rows():
     acked = []
     for mid in order[:6]:
         policy.on_puback(mid)
-        acked.append(client.sent[mid].row.message.id)
+        acked.append(client.sent[mid].id)
     assert sorted(policy.take_settled().delete_ids) == sorted(acked)
     policy.on_puback(order[0])   # a duplicate PUBACK changes nothing
     policy.on_puback(99_999)     # nor one for a message that is not a row (state, answers)
@@ -137,7 +137,7 @@ def test_a_reconnect_resends_every_unacknowledged_row_oldest_first():
     assert client.take(policy) == [], "nothing is sent while disconnected"
     policy.on_connected(receive_maximum, None)
     again = client.take(policy)
-    ids = [client.sent[m].row.message.id for m in again]
+    ids = [client.sent[m].id for m in again]
     assert ids == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
     policy.on_puback(mids[0])   # a PUBACK of the old connection's packet id: ignored
     assert 1 not in policy.take_settled().delete_ids
@@ -182,12 +182,12 @@ def test_read_ahead_bytes_are_given_back_however_a_row_settles():
     policy.add_rows(rows, asked=len(rows) + 1)
     assert policy.rows_wanted() == 0, "over the read-ahead bytes"
     mids = client.take(policy)   # row 2 expires on the way
-    assert [client.sent[m].row.message.id for m in mids] == [1, 3, 4, 5, 6]
+    assert [client.sent[m].id for m in mids] == [1, 3, 4, 5, 6]
     policy.on_disconnected(0)
     policy.on_connected(65535, None)          # everything is sent again
     policy.set_max_payload_bytes(len(samples) // 3)   # row 6 now goes in parts; 1, 3-5 park
     mids = client.take(policy)
-    assert {client.sent[m].row.message.id for m in mids} == {6}
+    assert {client.sent[m].id for m in mids} == {6}
     for mid in mids:
         policy.on_puback(mid)
     assert policy.split_rows == 1 and policy.published == 1
@@ -211,7 +211,7 @@ def test_rows_the_client_would_not_take_go_first_next_time():
     sends = policy.take_sends(NOW_MS)
     policy.handed(sends[0], 1)
     policy.not_handed(sends[1:])
-    assert [s.row.message.id for s in policy.take_sends(NOW_MS)] == [2, 3, 4, 5]
+    assert [s.id for s in policy.take_sends(NOW_MS)] == [2, 3, 4, 5]
 
 
 # ---- size limits -----------------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_oversize_samples_row_goes_in_parts_and_settles_after_the_last_parts_pub
                               max_payload_bytes=len(payload) // 3, receive_maximum=65535)
     client = Client()
     mids = client.take(policy)
-    parts = [client.sent[m] for m in mids if client.sent[m].row.message.id == 1]
+    parts = [client.sent[m] for m in mids if client.sent[m].id == 1]
     assert len(parts) >= 3 and all(len(p.payload) <= len(payload) // 3 for p in parts)
     seqs = [s for p in parts for s in _seqs(p.payload)]
     assert seqs == list(range(100, 160)), "every sample once, in order"
@@ -257,6 +257,47 @@ def test_oversize_samples_row_goes_in_parts_and_settles_after_the_last_parts_pub
     assert (policy.split_rows, policy.published) == (1, 2)
 
 
+def test_parts_the_client_would_not_take_go_first_and_their_row_settles_once():
+    payload = samples_payload(100, 60)
+    policy = connected_policy([row(1, payload, topic=SAMPLES_TOPIC), row(2), row(3)],
+                              max_payload_bytes=len(payload) // 3, receive_maximum=65535)
+    sends = policy.take_sends(NOW_MS)
+    parts = [s.payload for s in sends if s.id == 1]
+    assert len(parts) >= 3 and [s.id for s in sends[len(parts):]] == [2, 3]
+    policy.handed(sends[0], 1)
+    policy.not_handed(sends[1:])   # the client took the first part only
+    client = Client()
+    client.next_mid = 2
+    again = client.take(policy)
+    assert [client.sent[m].payload for m in again[:len(parts) - 1]] == parts[1:]
+    assert [client.sent[m].id for m in again[len(parts) - 1:]] == [2, 3]
+    for mid in [1, *again]:
+        policy.on_puback(mid)
+    assert sorted(policy.take_settled().delete_ids) == [1, 2, 3]
+    assert (policy.split_rows, policy.published, policy.idle, policy.queued) == (1, 3, True, 0)
+
+
+def test_a_reconnect_sends_a_half_sent_split_row_again_from_its_first_part():
+    payload = samples_payload(100, 60)
+    policy = connected_policy([row(1, payload, topic=SAMPLES_TOPIC), row(2)],
+                              max_payload_bytes=len(payload) // 3, receive_maximum=3)
+    client = Client()
+    first = client.take(policy)
+    assert [client.sent[m].id for m in first] == [1, 1], "window 2: two parts of row 1"
+    policy.on_puback(first[0])
+    policy.on_disconnected(0)
+    policy.on_connected(65535, None)
+    again = client.take(policy)
+    resent = [client.sent[m] for m in again]
+    assert [s.id for s in resent] == [1] * (len(resent) - 1) + [2]
+    assert [q for s in resent[:-1] for q in _seqs(s.payload)] == list(range(100, 160))
+    for mid in again:
+        policy.on_puback(mid)
+    policy.on_puback(first[1])   # from the old connection: not ours any more
+    assert sorted(policy.take_settled().delete_ids) == [1, 2]
+    assert policy.published == 2
+
+
 # ---- expiry ----------------------------------------------------------------------------
 
 
@@ -267,7 +308,7 @@ def test_expiry_counts_time_spent_in_the_outbox():
                                row(3)])
     client = Client()
     sent = [client.sent[m] for m in client.take(policy)]
-    assert [(s.row.message.id, s.expiry_s) for s in sent] == [(2, 3600), (3, None)]
+    assert [(s.id, s.expiry_s) for s in sent] == [(2, 3600), (3, None)]
     assert policy.take_settled().delete_ids == [1]
     assert policy.expired == 1
 
@@ -285,7 +326,7 @@ def test_the_clock_is_read_only_when_a_row_to_send_has_an_expiry():
     policy = connected_policy([row(1), row(2), row(3, expiry_s=7200, created_ms=hour_ago),
                                row(4, expiry_s=60, created_ms=hour_ago), row(5)])
     sent = policy.take_sends(lambda: clock())
-    assert [(s.row.message.id, s.expiry_s) for s in sent] == [(1, None), (2, None), (3, 3600),
+    assert [(s.id, s.expiry_s) for s in sent] == [(1, None), (2, None), (3, 3600),
                                                              (5, None)]
     assert len(reads) == 1, "one read for the whole batch, none for rows without expiry"
     assert policy.take_settled().delete_ids == [4]
@@ -293,7 +334,7 @@ def test_the_clock_is_read_only_when_a_row_to_send_has_an_expiry():
         policy.handed(send, token)
         policy.on_puback(token)
     policy.add_rows([row(6), row(7)], asked=3)
-    assert [s.row.message.id for s in policy.take_sends(clock)] == [6, 7]
+    assert [s.id for s in policy.take_sends(clock)] == [6, 7]
     assert len(reads) == 1
 
 
@@ -311,12 +352,12 @@ def test_a_message_the_broker_drops_the_connection_over_is_isolated_then_split()
     assert policy.isolating, "strike one: not yet clear which message"
     policy.on_connected(65535, None)
     (alone,) = client.take(policy)
-    assert client.sent[alone].row.message.id == 2, "the oldest goes alone on the wire"
+    assert client.sent[alone].id == 2, "the oldest goes alone on the wire"
     policy.on_disconnected(PROTOCOL_ERROR)   # strike two, with it alone in flight
     assert policy.learned_max_payload_bytes == len(big) - 1
     policy.on_connected(65535, None)
     sent = [client.sent[m] for m in client.take(policy)]
-    assert [s.row.message.id for s in sent].count(2) >= 2, "row 2 goes split"
+    assert [s.id for s in sent].count(2) >= 2, "row 2 goes split"
     assert all(len(s.payload) < len(big) for s in sent)
     assert policy.refusals[Refusal.DROPPED_CONNECTION] == 1
     for send_mid in list(client.sent)[-len(sent):]:
@@ -335,7 +376,7 @@ def test_a_small_message_the_broker_drops_the_connection_over_is_parked_as_poiso
     (park,) = policy.take_settled().parks
     assert (park.row_id, park.kind) == (1, ParkKind.POISON)
     policy.on_connected(window_of_one, None)
-    assert [client.sent[m].row.message.id for m in client.take(policy)] == [2]
+    assert [client.sent[m].id for m in client.take(policy)] == [2]
 
 
 def test_an_ordinary_disconnect_strikes_no_one():

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -393,10 +394,22 @@ def test_broker_restart_on_the_same_port_loses_nothing(
     assert_delivered_in_order(received, before + during)
 
 
-def test_unacknowledged_rows_survive_a_publisher_crash(mqtt_broker, mqtt_collector, db_path):
+@pytest.fixture
+def roomy_broker(tmp_path) -> Iterator[LocalBroker]:
+    """A broker that queues the whole stream for a subscriber slower than the publisher
+    (mosquitto's default max_queued_messages, 1000, would drop the rest for it)."""
+    broker = LocalBroker(data_dir=tmp_path / "roomy-broker",
+                         extra_config=["max_queued_messages 10000"])
+    broker.start_sync()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def test_unacknowledged_rows_survive_a_publisher_crash(roomy_broker, mqtt_collector, db_path):
+    mqtt_broker = roomy_broker
     topic = "dermtwin/v1/child/s1/samples"
-    # Fewer than mosquitto's max_queued_messages (1000) beyond what the collector has
-    # taken: a faster publisher would make the broker drop some for the collector.
     expected = sample_messages(topic, 0, 1500)
     put_rows(db_path, expected)
     collector = mqtt_collector(mqtt_broker, topic)

@@ -60,7 +60,7 @@ from gateway.mqtt.delivery import (
     DeliveryPolicy,
     ParkedRow,
     ParkKind,
-    Send,
+    Sendable,
     Settled,
     Splitter,
 )
@@ -595,7 +595,7 @@ class MqttPublisher:
                 log.warning("outbox read failed, will retry: %s", err)
                 self._db_error = str(err)
 
-    def _hand(self, sends: list[Send]) -> None:
+    def _hand(self, sends: list[Sendable]) -> None:
         client = self._client
         if client is None:
             self.policy.not_handed(sends)
