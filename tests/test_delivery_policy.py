@@ -98,6 +98,20 @@ def test_window_is_the_receive_maximum_less_control_slots_and_refills_per_puback
         range(1, 20 - CONTROL_SLOTS + 5 + 1))
 
 
+def test_acknowledged_rows_are_written_in_batches_or_when_nothing_is_left_in_flight():
+    policy = connected_policy([row(i) for i in range(1, 4)], receive_maximum=65535)
+    assert policy.parked_to_retry([]) == [] and not policy.io_due()
+    client = Client()
+    first, second, third = client.take(policy)
+    policy.on_puback(first)
+    policy.on_puback(second)
+    assert not policy.io_due(), "PUBACKs still to come: the rows wait for the batch or timer"
+    policy.on_puback(third)
+    assert policy.io_due(), "the burst is over: no reason to wait"
+    assert policy.take_settled().delete_ids == [1, 2, 3]
+    assert not policy.io_due()
+
+
 def test_configured_window_below_the_receive_maximum_wins():
     policy = connected_policy([row(i) for i in range(1, 50)], receive_maximum=65535, window=7)
     assert len(Client().take(policy)) == 7

@@ -579,10 +579,13 @@ class DeliveryPolicy:
                 and not self._exhausted)
 
     def io_due(self) -> bool:
-        """Whether the adapter has outbox writes to make now: a batch of settled rows, rows to
-        park, or parked rows due a retry. Smaller settled batches wait for a timer."""
+        """Whether the adapter has outbox writes to make now: a batch of settled rows, the
+        last settled rows of a burst (nothing in flight: no more PUBACKs to batch them with),
+        rows to park, or parked rows due a retry. Other settled rows wait for a timer."""
+        delete_ids = self._settled.delete_ids
         return (
-            len(self._settled.delete_ids) >= SETTLE_BATCH_ROWS
+            len(delete_ids) >= SETTLE_BATCH_ROWS
+            or (bool(delete_ids) and not self._handed)
             or bool(self._settled.parks)
             or self.parked_retry_due
         )
