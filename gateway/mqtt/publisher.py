@@ -491,7 +491,7 @@ class MqttPublisher:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # The hot path, once per PUBACK: `_post` without the inbox when nothing waits in it
         # (only this thread appends to it, so order is kept).
-        if self._inbox or not self._lock.acquire(blocking=False):
+        if self._inbox or not self._lock.acquire(False):
             self._post((mid, reason_code))
             return
         policy = self.policy
