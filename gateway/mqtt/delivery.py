@@ -418,6 +418,10 @@ class DeliveryPolicy:
                 prepared = self._prepare(row, now if now is not None else 0)
                 if prepared is None:
                     continue   # settled: expired or parked
+                if not isinstance(prepared, _Row):
+                    sends.append(prepared)   # fits whole, no expiry: as read
+                    room -= 1
+                    continue
                 queue.appendleft(prepared)
                 row = prepared
             part = row.next_part
@@ -459,9 +463,10 @@ class DeliveryPolicy:
         self.refusals[Refusal.CLIENT_REFUSED] += 1
         self._park(send.id, ParkKind.REFUSED, reason)
 
-    def _prepare(self, message: OutboxMessage, now_ms: int) -> _Row | None:
-        """The row to send in parts or with its remaining expiry, or None if it was settled
-        instead (expired: to delete; over a limit it can never fit: parked)."""
+    def _prepare(self, message: OutboxMessage, now_ms: int) -> OutboxMessage | _Row | None:
+        """The message itself if it goes whole and without expiry, the row to send in parts or
+        with its remaining expiry, or None if it was settled instead (expired: to delete; over
+        a limit it can never fit: parked)."""
         remaining = None if message.expiry_s is None else message.remaining_expiry_s(now_ms)
         if remaining == 0:
             self._forget(message.id)
@@ -478,6 +483,8 @@ class DeliveryPolicy:
             return None
         if len(parts) > 1:
             self.split_rows += 1
+        elif remaining is None and parts[0] is message.payload:
+            return message
         return _Row(message, parts, remaining)
 
     def _parts_for(self, message: OutboxMessage) -> list[bytes] | None:

@@ -14,10 +14,10 @@ Threads, and who owns what:
   second thread contends for the GIL row by row. It never waits for the lock (paho holds
   its message lock while it calls us): if the drainer holds it, the drainer acts instead.
 - the drainer thread owns the writing sqlite3 connection. Woken only when the policy has
-  outbox writes (`io_due`: a batch of acknowledged rows, rows to park, parked rows to
-  retry), on `kick()`, or by a short timer: it deletes acknowledged rows and parks
-  refused ones in one commit per batch, never per PUBACK, and reads rows while nothing is
-  in flight to bring PUBACKs.
+  outbox writes (`io_due`: a batch of acknowledged rows, the last ones of a burst, rows to
+  park, parked rows to retry), on `kick()`, or by a short timer: it deletes acknowledged
+  rows and parks refused ones in one commit per batch, never per PUBACK, and reads rows
+  while nothing is in flight to bring PUBACKs.
 - the caller (asyncio or not) calls `start`, `stop`, `kick`, `publish_direct`,
   `republish_state` and reads the counters.
 
