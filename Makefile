@@ -11,9 +11,9 @@ NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium virtual-board simulate chaos
+.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium postgres virtual-board simulate chaos
 
-setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto chromium
+setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto chromium postgres
 
 $(PIP_STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ mosquitto:
 
 chromium:   # for the report's browser test; where it cannot be installed, that test is skipped
 	@bash tools/ensure-chromium.sh
+
+postgres:   # server binaries for the sink's PostgreSQL test; where they cannot be installed, it is skipped
+	@bash tools/ensure-postgres.sh
 
 test: setup
 	$(PY) -m pytest

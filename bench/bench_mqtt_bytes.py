@@ -4,10 +4,14 @@ every 5 s or 1 s while UVI > 0.5, hydration every 60 s, battery every 5 min; fra
 every 60 s), through the real ingest path (store, twin engine with the ONNX models, outbox),
 against one JSON message per reading for the same samples, measured in the same run.
 
-Two deliveries of the same samples:
+Two deliveries of the same samples, each in both samples formats (`run --samples-format`:
+JSON, and zlib-compressed with MQTT 5 Content Type application/zlib, gateway/payload_encoding.py):
 - live: one batch per 60 s flush, one ingest cycle each (what a connected patch streams);
 - backlog: the same day drained after an outage, batches of 90 samples (a frame), 50 per
   ingest cycle, flagged historical.
+
+The twin and delta messages are also measured as schema 2 wrote them (`{"v", "t", "q"}`
+leaves, full UTC times, 3 decimals: the engine's own documents, JSON-encoded), same updates.
 
 Prints bytes and messages per sample per topic and the ratios. Not a test. `figures()`
 returns the same numbers for a results collector.
@@ -28,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import store as store_mod  # noqa: E402
 from gateway.inference import default_models_dir, load_models  # noqa: E402
-from gateway.ingest import Ingest  # noqa: E402
+from gateway.ingest import Ingest, encode  # noqa: E402
 from gateway.mqtt import topics  # noqa: E402
 from gateway.outbox import Outbox  # noqa: E402
+from gateway.payload_encoding import FORMATS, JSON  # noqa: E402
 from gateway.samples_message import PROPERTIES, SCALES  # noqa: E402
 from gateway.twin import TwinEngine  # noqa: E402
 from gateway.values import SampleBatch  # noqa: E402
@@ -92,16 +97,29 @@ def naive_message_bytes(seq, utc, channel, value) -> list[int]:
 
 
 def run_gateway(batches_per_cycle: list[list[SampleBatch]], cycle_ms: list[int],
-                tmp: Path) -> dict[str, list[int]]:
-    """Every outbox row the real ingest path writes: sizes (topic + payload) by topic leaf."""
+                tmp: Path, samples_format: str) -> dict[str, list[int]]:
+    """Every outbox row the real ingest path writes: sizes (topic + payload) by topic leaf;
+    `twin@2`, `delta@2`: the same twin updates as schema 2 encoded them."""
+    tmp.mkdir()
     conn = store_mod.connect(tmp / "gateway.sqlite3")
     store = store_mod.Store(conn)
     outbox = Outbox(conn)
     models = load_models(default_models_dir())
     engine = TwinEngine(1, {DEVICE: SUBJECT}, lambda n, i: models[n].run(i))
     ingest = Ingest(store, outbox, engine, lambda *levels: "/".join((ROOT, *levels)),
-                    lambda: None)
+                    lambda: None, samples_format=samples_format)
     sizes: dict[str, list[int]] = defaultdict(list)
+    publish_updates = ingest.publish_updates
+
+    def publish_and_measure_schema_2(updates):
+        for update in updates:
+            for leaf, doc in (("twin", update.snapshot), ("delta", update.delta)):
+                if doc is not None:
+                    topic = f"{ROOT}/{update.subject}/{leaf}"
+                    sizes[leaf + "@2"].append(len(topic.encode()) + len(encode(doc)))
+        publish_updates(updates)
+
+    ingest.publish_updates = publish_and_measure_schema_2
 
     class Link:
         def on_committed(self, seq):
@@ -144,14 +162,22 @@ def measure() -> dict:
     backlog_cycles = [frames[i:i + FRAMES_PER_CYCLE] for i in range(0, len(frames),
                                                                      FRAMES_PER_CYCLE)]
     backlog_now = [int(utc[-1]) + 60_000] * len(backlog_cycles)
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "live").mkdir()
-        (Path(tmp) / "backlog").mkdir()
-        live = run_gateway(live_cycles, live_now, Path(tmp) / "live")
-        backlog = run_gateway(backlog_cycles, backlog_now, Path(tmp) / "backlog")
+        for samples_format in FORMATS:
+            runs[samples_format] = {
+                "live": run_gateway(live_cycles, live_now, Path(tmp) / f"live-{samples_format}",
+                                    samples_format),
+                "backlog": run_gateway(backlog_cycles, backlog_now,
+                                       Path(tmp) / f"backlog-{samples_format}", samples_format)}
     naive = naive_message_bytes(seq, utc, channel, value)
-    return {"samples": n, "hours": HOURS, "live": live, "backlog": backlog, "naive": naive,
+    return {"samples": n, "hours": HOURS, "runs": runs, "naive": naive,
             "live_flushes": len(live_cycles)}
+
+
+def _all_topics(sizes: dict[str, list[int]]) -> list[int]:
+    """What goes on the wire (the schema 2 twin and delta are a comparison only)."""
+    return [s for leaf, v in sizes.items() if "@" not in leaf for s in v]
 
 
 def figures(result: dict | None = None) -> dict[str, dict]:
@@ -165,38 +191,59 @@ def figures(result: dict | None = None) -> dict[str, dict]:
     def figure(value: float, baseline: float, unit: str, detail: str) -> dict:
         return bench_figure(value, baseline, unit, f"{how}; {detail}", better="lower")
 
-    live, backlog = r["live"], r["backlog"]
-    all_live = sum(sum(v) for v in live.values())
-    return {
-        "mqtt_samples_backlog_bytes_per_sample": figure(
-            sum(backlog["samples"]) / n, naive_bps, "B/sample",
-            "samples topic, backlog drained in batches of 90, 50 per cycle"),
-        "mqtt_samples_live_bytes_per_sample": figure(
-            sum(live["samples"]) / n, naive_bps, "B/sample",
-            f"samples topic, one batch per {FLUSH_S} s flush"),
-        "mqtt_all_topics_live_bytes_per_sample": figure(
-            all_live / n, naive_bps, "B/sample",
-            "samples + delta + retained twin + alerts while streaming live"),
-        "mqtt_live_messages_per_sample": figure(
-            sum(len(v) for v in live.values()) / n, 1.0, "messages/sample",
+    out = {}
+    for samples_format in FORMATS:
+        live, backlog = (r["runs"][samples_format][d] for d in ("live", "backlog"))
+        name = "" if samples_format == JSON else f"_{samples_format}"
+        form = ("JSON" if samples_format == JSON else
+                "samples zlib-compressed when smaller (Content Type application/zlib)")
+        out |= {
+            f"mqtt.samples_backlog{name}_bytes_per_sample": figure(
+                sum(backlog["samples"]) / n, naive_bps, "B/sample",
+                f"samples topic, {form}, backlog drained in batches of 90, 50 per cycle"),
+            f"mqtt.samples_live{name}_bytes_per_sample": figure(
+                sum(live["samples"]) / n, naive_bps, "B/sample",
+                f"samples topic, {form}, one batch per {FLUSH_S} s flush"),
+            f"mqtt.all_topics_live{name}_bytes_per_sample": figure(
+                sum(_all_topics(live)) / n, naive_bps, "B/sample",
+                f"samples ({form}) + delta + retained twin + alerts while streaming live"),
+        }
+    live = r["runs"][JSON]["live"]
+    backlog = r["runs"][JSON]["backlog"]
+    out |= {
+        "mqtt.twin_delta_live_bytes_per_sample": figure(
+            (sum(live["twin"]) + sum(live["delta"])) / n,
+            (sum(live["twin@2"]) + sum(live["delta@2"])) / n, "B/sample",
+            f"{how}; retained twin + delta while streaming live, baseline: the same updates "
+            "as schema 2 encoded them ({v, t, q} leaves, UTC times, 3 decimals)"),
+        "mqtt.live_messages_per_sample": figure(
+            len(_all_topics(live)) / n, 1.0, "messages/sample",
             "all topics while streaming live"),
-        "mqtt_backlog_messages_per_sample": figure(
-            sum(len(v) for v in backlog.values()) / n, 1.0, "messages/sample",
+        "mqtt.backlog_messages_per_sample": figure(
+            len(_all_topics(backlog)) / n, 1.0, "messages/sample",
             "all topics while draining a backlog"),
     }
+    return out
 
 
 def main() -> int:
     r = measure()
     n = r["samples"]
     print(f"{r['hours']:g} h of one subject: {n} samples, {r['live_flushes']} live flushes")
-    print(f"{'delivery':<9} {'topic':<9} {'messages':>9} {'bytes':>9} {'B/sample':>9}")
-    for name in ("live", "backlog"):
-        for leaf, sizes in sorted(r[name].items()):
-            print(f"{name:<9} {leaf:<9} {len(sizes):>9} {sum(sizes):>9} "
-                  f"{sum(sizes) / n:>9.2f}")
-    print(f"{'naive':<9} {'samples':<9} {len(r['naive']):>9} {sum(r['naive']):>9} "
-          f"{sum(r['naive']) / n:>9.2f}")
+    print(f"{'format':<7} {'delivery':<9} {'topic':<9} {'messages':>9} {'bytes':>9} "
+          f"{'B/sample':>9} {'msg/sample':>10}")
+    for samples_format in FORMATS:
+        for name in ("live", "backlog"):
+            sizes_by_leaf = r["runs"][samples_format][name]
+            rows = sorted(sizes_by_leaf.items()) + [("all", _all_topics(sizes_by_leaf))]
+            for leaf, sizes in rows:
+                if samples_format != JSON and leaf != "samples" and leaf != "all":
+                    continue   # the same as JSON: only samples change form
+                print(f"{samples_format:<7} {name:<9} {leaf:<9} {len(sizes):>9} "
+                      f"{sum(sizes):>9} {sum(sizes) / n:>9.2f} {len(sizes) / n:>10.4f}")
+    print(f"{'naive':<7} {'both':<9} {'samples':<9} {len(r['naive']):>9} "
+          f"{sum(r['naive']):>9} {sum(r['naive']) / n:>9.2f} {len(r['naive']) / n:>10.4f}")
+    print("(twin@2, delta@2: the same updates as schema 2 encoded them; not published)")
     for name, f in figures(r).items():
         print(f"{name}: {f['value']:.2f} {f['unit']} vs {f['baseline']:.2f} -> "
               f"ratio {f['ratio']:.3f}")

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from gateway import cli_scan, cli_status, models_cli
 from gateway.cli_args import location
+from gateway.payload_encoding import FORMATS as SAMPLES_FORMATS
 from gateway.report import cli as report_cli
+from gateway.sink import command as sink_command
 
 DEFAULT_DB = Path(os.environ.get("DERMTWIN_DB", "var/gateway.sqlite3"))
 
@@ -120,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-raw-samples", action="store_true", default=None,
                      help="do not publish raw samples on {subject}/samples (twins, deltas and "
                           "alerts only; [gateway] raw_samples = false)")
+    run.add_argument("--samples-format", choices=SAMPLES_FORMATS,
+                     help="zlib: {subject}/samples payloads compressed when smaller, MQTT 5 "
+                          "Content Type application/zlib (docs/mqtt.md; [gateway] "
+                          "samples_format; json)")
     run.add_argument("--location", type=location, metavar="LAT,LON",
                      help="the gateway's latitude,longitude in degrees (e.g. 45.5,-73.6): "
                           "enables the UV forecast and local-day UV doses ([gateway] location)")
@@ -193,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_cli.add_parsers(sub)
     from gateway import watch
     watch.add_parser(sub)
+    sink_command.add_parser(sub)
     unpair = sub.add_parser("unpair", help="forget a patch")
     unpair.add_argument("--db", type=Path, help=f"database ([gateway] db; {DEFAULT_DB})")
     unpair.add_argument("--device-id", required=True)
@@ -403,6 +410,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         archive_days=(args.archive_days or settings.archive_days
                       or max(730.0, args.retention_days or settings.retention_days or 30.0)),
         publish_samples=raw_samples, location=args.location or settings.location,
+        samples_format=args.samples_format or settings.samples_format or "json",
         homeassistant_prefix=args.homeassistant or settings.homeassistant)
 
     async def main() -> None:
@@ -453,6 +461,7 @@ COMMANDS = {"demo": cmd_demo, "run": cmd_run, "simulate": cmd_simulate, "watch":
             "unpair": cmd_unpair, "scan": cli_scan.run, "status": cli_status.run,
             "models": models_cli.cmd_models, "broker-config": cmd_broker_config}
 COMMANDS.update(report=report_cli.cmd_report, export=report_cli.cmd_export)
+COMMANDS.update(sink=sink_command.cmd_sink)
 
 
 def _apply_config(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ in the file are relative to the file's directory.
     archive_days = 730               # 15-minute summaries of pruned samples
     max_connections = 5
     raw_samples = true               # publish {subject}/samples
+    samples_format = "json"          # or "zlib": compressed samples (docs/mqtt.md)
 
     [ble]
     hci = "usb:0"                    # optional: a Bumble transport instead of BlueZ
@@ -79,6 +80,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "archive_days": (float, "days the 15-minute summaries of pruned samples are kept"),
         "max_connections": (int, "BLE connection slots on the adapter"),
         "raw_samples": (bool, "publish raw samples on {subject}/samples"),
+        "samples_format": ("samples-format", "\"json\" or \"zlib\": {subject}/samples "
+                                             "payloads compressed (MQTT 5 Content Type)"),
         "location": ("location", "the gateway's \"LAT,LON\" in degrees (UV forecast)"),
         "homeassistant": (str, "Home Assistant MQTT discovery under this prefix (e.g. "
                                "\"homeassistant\"); unset: off"),
@@ -103,6 +106,7 @@ RUN_OPTION_KEYS = {
     "retention_days": "[gateway] retention_days", "archive_days": "[gateway] archive_days",
     "max_connections": "[gateway] max_connections", "no_raw_samples": "[gateway] raw_samples",
     "location": "[gateway] location", "homeassistant": "[gateway] homeassistant",
+    "samples_format": "[gateway] samples_format",
     "hci": "[ble] hci", "broker": "[mqtt] broker", "username": "[mqtt] username",
     "password_env": "[mqtt] password_env", "ca_file": "[mqtt] ca_file",
     "cert_file": "[mqtt] cert_file", "key_file": "[mqtt] key_file",
@@ -124,6 +128,7 @@ class GatewaySettings:
     archive_days: float | None = None
     max_connections: int | None = None
     raw_samples: bool | None = None
+    samples_format: str | None = None
     location: tuple[float, float] | None = None
     homeassistant: str | None = None
     hci: str | None = None
@@ -160,6 +165,13 @@ def _check(path: Path, section: str, key: str, value: Any, kind: Any,
         return float(value)
     if kind == "location":
         return _location(path, name, value)
+    if kind == "samples-format":
+        from gateway.payload_encoding import FORMATS
+
+        if value not in FORMATS:
+            raise ConfigError(path, name, f"must be one of {', '.join(map(repr, FORMATS))}, "
+                                          f"got {value!r}")
+        return value
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(path, name, "must be a non-empty string")
     if kind == "path":

@@ -30,7 +30,8 @@ class Sensor:
 
 
 def _leaf(prop: str, expression: str = "{v}") -> str:
-    value = expression.format(v=f"value_json.state.{prop}.v")
+    # a twin leaf is [value, age ms, quality?] (docs/mqtt.md, gateway/twin_message.py)
+    value = expression.format(v=f"value_json.state.{prop}[0]")
     return (f"{{{{ {value} if '{prop}' in value_json.state else none }}}}")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway import samples_message
+from gateway import payload_encoding, samples_message, twin_message
 from gateway.alarms import Alarms
 from gateway.clock import now_ms
 from gateway.model_registry import CHANNEL_SCALE
@@ -76,8 +76,10 @@ class Ingest:
     def __init__(self, store: Store, outbox: Outbox, engine: TwinEngine,
                  topic: Callable[..., str], on_outbox_written: Callable[[], None],
                  on_alarm_change: Callable[[], object] = lambda: None,   # result ignored
-                 publish_samples: bool = True, alarms: Alarms | None = None):
+                 publish_samples: bool = True, alarms: Alarms | None = None,
+                 samples_format: str = payload_encoding.JSON):
         self.publish_samples = publish_samples
+        self.samples_format = samples_format   # gateway/payload_encoding.py
         self.alarms = alarms if alarms is not None else Alarms()
         self.store = store
         self.outbox = outbox
@@ -99,10 +101,12 @@ class Ingest:
         self._live_waiting = self._live_waiting or not batch.historical
         self._wake.set()
 
-    def put(self, row: Topic, subject: str, payload: dict) -> None:
+    def put(self, row: Topic, subject: str, payload: dict,
+            payload_format: str = payload_encoding.JSON) -> None:
         """One message on `row` (docs/mqtt.md's table: retain, expiry, QoS) for `subject`,
         into the outbox inside the caller's transaction."""
-        self.outbox.put(self.topic(subject, row.leaf), encode(payload), qos=row.qos,
+        self.outbox.put(self.topic(subject, row.leaf),
+                        payload_encoding.encode(encode(payload), payload_format), qos=row.qos,
                         retain=row.retained, expiry_s=row.expiry_s)
 
     def publish_updates(self, updates: list[TwinUpdate]) -> None:
@@ -111,10 +115,10 @@ class Ingest:
             twin = self.engine.twins[update.subject]
             self.store.save_twin(update.subject, twin.rev, twin.to_saved())
             if update.delta is not None:
-                self.put(topics.DELTA, update.subject, update.delta)
+                self.put(topics.DELTA, update.subject, twin_message.delta(update.delta))
                 self.stats.deltas += 1
             if update.snapshot is not None:
-                self.put(topics.TWIN, update.subject, update.snapshot)
+                self.put(topics.TWIN, update.subject, twin_message.twin(update.snapshot))
                 self.stats.snapshots += 1
             for alert in update.alerts:
                 self.put(topics.ALERT, update.subject, alert)
@@ -144,7 +148,8 @@ class Ingest:
             for doc in samples_message.encode_runs(boot_id, seq, utc, channel, value,
                                                    historical=historical,
                                                    time_uncertain=time_uncertain):
-                self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc)
+                self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc,
+                         self.samples_format)
                 self.stats.sample_messages += 1
 
     def publish_gaps(self, gaps: list[tuple[str, LostSamples]], now_ms: int) -> None:

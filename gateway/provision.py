@@ -53,6 +53,8 @@ SOURCE_EXCLUDED_DIRS = frozenset({"host", "tests", "__pycache__"})
 # Chip emulators serve boards without the chips (the virtual board, a test bench): a patch
 # does not carry them unless asked (flash(..., with_emulators=True)).
 EMULATOR_DIR = "emulators"
+# The models that feed the emulators go with them (tools/build_firmware.py SIMULATION_ONLY).
+EMULATOR_MODELS = ("environment_model", "skin_model")
 # micropython-lib's aioble for `flash --source`: the directory holding its aioble/ package
 # (as for `make firmware AIOBLE_DIR=...`); without it the board must have aioble already.
 AIOBLE_DIR_ENV = "AIOBLE_DIR"
@@ -393,13 +395,18 @@ def firmware_files(build_dir: str | Path | None = None, *, source: bool = False,
 
     From the mpy-cross build (build_dir/main.py, build_dir/lib/**.mpy), or with
     source=True from the .py sources (what tools/build_firmware.py compiles). The chip
-    emulators only with_emulators.
+    emulators and the models feeding them only with_emulators.
     """
     files = _firmware_files(build_dir, source)
     if with_emulators:
         return files
     return [(local, board_path) for local, board_path in files
-            if EMULATOR_DIR not in board_path.split("/")]
+            if not _simulation_only(board_path)]
+
+
+def _simulation_only(board_path: str) -> bool:
+    *dirs, name = board_path.split("/")
+    return EMULATOR_DIR in dirs or name.rsplit(".", 1)[0] in EMULATOR_MODELS
 
 
 def _firmware_files(build_dir: str | Path | None, source: bool) -> list[tuple[Path, str]]:

@@ -2,7 +2,7 @@
 samples for research pipelines, columnar and delta-coded, still JSON. Sans-I/O: columns in,
 a dict out (`encode`), and back (`decode`).
 
-    {"schema": 2, "boot": 7, "seq": 1200, "t": 1764262800000, "tu": 5000,
+    {"schema": 3, "boot": 7, "seq": 1200, "t": 1764262800000, "tu": 5000,
      "c": "011011021101", "dt": [[0, 2], [0, 1], [4]], "v": [[4290, 3, -1], [12], [250017]]}
 
 - `c`: one character per sample, in seq order: the index of its property in meta's

@@ -3,15 +3,17 @@
 For the delivery policy, when a samples message is over the broker's size limit: the
 message is decoded (gateway/samples_message.py) and its samples, in seq order, are shared
 out as evenly as it takes for every part to fit, each part encoded again with the same
-envelope (`boot`, `hist`, `time_uncertain`). Sans-I/O: bytes in, bytes out.
+envelope (`boot`, `hist`, `time_uncertain`). A compressed payload (gateway/payload_encoding.py)
+is split into compressed parts. Sans-I/O: bytes in, bytes out.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import zlib
 
-from gateway import samples_message
+from gateway import payload_encoding, samples_message
 
 # The last topic level of the messages this module splits (`{subject}/samples`).
 SAMPLES_TOPIC_LEVEL = "samples"
@@ -26,9 +28,11 @@ def split_samples_payload(payload: bytes, max_bytes: int) -> list[bytes] | None:
     doc, samples = decoded
     if len(payload) <= max_bytes:
         return [payload]
+    compressed = payload_encoding.content_type(payload) == payload_encoding.ZLIB_CONTENT_TYPE
     parts_count = max(2, math.ceil(len(payload) / max_bytes))
     while parts_count <= len(samples):
-        parts = [_encode(doc, chunk) for chunk in _even_chunks(samples, parts_count)]
+        parts = [_encode(doc, chunk, compressed)
+                 for chunk in _even_chunks(samples, parts_count)]
         largest = max(map(len, parts))
         if largest <= max_bytes:
             return parts
@@ -38,11 +42,13 @@ def split_samples_payload(payload: bytes, max_bytes: int) -> list[bytes] | None:
 
 def _decode(payload: bytes) -> tuple[dict, list[samples_message.Sample]] | None:
     try:
+        if payload_encoding.content_type(payload) == payload_encoding.ZLIB_CONTENT_TYPE:
+            payload = zlib.decompress(payload)
         doc = json.loads(payload)
         if not isinstance(doc, dict) or "c" not in doc:
             return None
         return doc, samples_message.decode(doc)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, zlib.error):
         return None
 
 
@@ -56,11 +62,13 @@ def _even_chunks(rows: list, count: int) -> list[list]:
     return chunks
 
 
-def _encode(doc: dict, samples: list[samples_message.Sample]) -> bytes:
+def _encode(doc: dict, samples: list[samples_message.Sample], compressed: bool) -> bytes:
     part = samples_message.encode(
         doc["boot"], [s.seq for s in samples],
         [-1 if s.utc_ms is None else s.utc_ms for s in samples],
         [s.prop for s in samples], [s.raw for s in samples],
         historical=bool(doc.get("hist")), time_uncertain=bool(doc.get("time_uncertain")))
     # The same encoding as gateway.ingest.encode: compact, keys sorted.
-    return json.dumps(part, separators=(",", ":"), sort_keys=True).encode()
+    text = json.dumps(part, separators=(",", ":"), sort_keys=True).encode()
+    return payload_encoding.encode(text, payload_encoding.ZLIB if compressed else
+                                   payload_encoding.JSON)

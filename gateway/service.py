@@ -76,6 +76,7 @@ class GatewayConfig:
     retention_days: float = 30.0
     archive_days: float = 730.0    # 15-minute summaries of pruned samples (gateway/report/archive.py)
     publish_samples: bool = True   # raw samples on {subject}/samples (docs/mqtt.md)
+    samples_format: str = "json"   # or "zlib" (gateway/payload_encoding.py)
     homeassistant_prefix: str | None = None   # Home Assistant discovery under it; None: off
     # (latitude, longitude) of the gateway, degrees: enables the UV forecast (twin.py)
     location: tuple[float, float] | None = None
@@ -157,7 +158,7 @@ class Gateway:
             on_message=self.remote.on_mqtt_message)
         self.ingest = Ingest(self.store, self.outbox, self.engine, config.mqtt.topic,
                              self.publisher.kick, publish_samples=config.publish_samples,
-                             alarms=self.alarms)
+                             alarms=self.alarms, samples_format=config.samples_format)
         self.slots = {
             did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
                                     self.store, self.remote.on_config))

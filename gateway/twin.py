@@ -13,17 +13,26 @@ rest of the step (every other model, the raw channels) goes on.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gateway.model_contracts import ModelUnavailable
-from gateway.model_registry import CHANNEL_SCALE, MODELS, deadband
+from gateway.model_registry import CHANNEL_SCALE, MODELS
 from gateway.mqtt.topics import SCHEMA_VERSION
-from gateway.protocol import constants as ids
-from gateway.temp_baseline import HydrationExcess, TimeOfDayBaseline
-from gateway.uv_forecast import UvForecaster
+from gateway.temp_baseline import (
+    BaselineRow,
+    HydrationExcess,
+    HydrationExcesses,
+    HydrationRow,
+    TimeOfDayBaseline,
+    TimeOfDayBaselines,
+)
+from gateway.twin_columns import BOOL, NONE, PROP_INDEX, TEXT, PropertyColumns
+from gateway.uv_exposure import MAX_UV_GAP_S as MAX_UV_GAP_S  # gateway/report/archive.py
+from gateway.uv_exposure import UvExposure, UvExposureRow, UvExposures
+from gateway.uv_forecast import UvForecaster, UvForecasts, clear_sky_many
 from gateway.values import SampleBatch
 
 TEMP_WINDOW_SAMPLES = 30
@@ -46,8 +55,8 @@ UV_ALERT_MED_FRACTION = 0.8          # design.md §5: "80 % of MED reached"
 # the patch's own LOW state (firmware/power.py): below 15 %, cleared above 20 %
 BATTERY_LOW_BELOW_PCT = 15.0
 BATTERY_LOW_CLEAR_ABOVE_PCT = 20.0
-MAX_UV_GAP_S = 600                   # longer gaps between UV samples count as no exposure
-DAY_MS = 86_400_000                  # UV dose is a daily quantity: reset at 00:00 UTC
+# Below this many subjects with a reading to learn, one by one is faster than numpy.
+LOCKSTEP_MIN_SUBJECTS = 6
 HYDRATION_STATES = ("very dry", "dry", "normal")
 ROUND_DIGITS = 3
 
@@ -69,38 +78,30 @@ class SubjectTwin:
     subject: str
     rev: int = 0
     state: dict[str, dict] = field(default_factory=dict)
-    temp_window: deque = field(default_factory=lambda: deque(maxlen=TEMP_WINDOW_SAMPLES))
-    temp_baseline: TimeOfDayBaseline = field(default_factory=TimeOfDayBaseline)
-    hydration: HydrationExcess = field(default_factory=HydrationExcess)
-    hydration_history: deque = field(default_factory=deque)     # (utc_ms, AU), last hour
-    forecaster: UvForecaster | None = None
+    # In an engine, these four are views of its rows (struct of arrays).
+    temp_window: deque | WindowRow = field(
+        default_factory=lambda: deque(maxlen=TEMP_WINDOW_SAMPLES))
+    # in an engine, a row of its TimeOfDayBaselines
+    temp_baseline: TimeOfDayBaseline | BaselineRow = field(default_factory=TimeOfDayBaseline)
+    hydration: HydrationExcess | HydrationRow = field(default_factory=HydrationExcess)
+    uv: UvExposure | UvExposureRow = field(default_factory=UvExposure)
     loose: bool = False
     drying: bool = False
     drying_since_ms: int | None = None
     uv_forecast_alerted: bool = False
-    forecast_at_ms: int | None = None
     snapshot_published: bool = False   # since this engine started (the birth snapshot)
-    pending: dict[str, dict] = field(default_factory=dict)
-    new_temp: bool = False
-    last_temp_t: int = 0
     inflamed: bool = False
     med_sed: float = 3.0
-    uv_dose_sed: float = 0.0
-    uv_dose_day: int | None = None
-    last_uv_t: int | None = None
-    uv_exposure: float = 0.0          # Σ UVI·dt over samples not yet run through uv_dose
-    uv_exposure_s: float = 0.0
-    uv_last: float = 0.0
     uv_alerted: bool = False
     battery_low: bool = False
-    new_hydration: bool = False
+    slot: int = -1                    # this twin's column in its engine's arrays
 
     def to_saved(self) -> dict:
         return {"state": self.state, "temp_baseline": self.temp_baseline.to_saved(),
                 "hydration_mean_au": self.hydration.mean,
                 "hydration_au": self.hydration.latest,
-                "temp_window": list(self.temp_window), "uv_dose_sed": self.uv_dose_sed,
-                "uv_dose_day": self.uv_dose_day, "last_uv_t": self.last_uv_t,
+                "temp_window": list(self.temp_window), "uv_dose_sed": self.uv.dose_sed,
+                "uv_dose_day": self.uv.day, "last_uv_t": self.uv.last_t,
                 "uv_alerted": self.uv_alerted, "battery_low": self.battery_low,
                 "loose": self.loose, "drying": self.drying,
                 "uv_forecast_alerted": self.uv_forecast_alerted}
@@ -115,13 +116,36 @@ class SubjectTwin:
         twin.loose = saved.get("loose", False)
         twin.drying = saved.get("drying", False)
         twin.uv_forecast_alerted = saved.get("uv_forecast_alerted", False)
-        twin.temp_window.extend(saved.get("temp_window", []))
-        twin.uv_dose_sed = saved.get("uv_dose_sed", 0.0)
-        twin.uv_dose_day = saved.get("uv_dose_day")
-        twin.last_uv_t = saved.get("last_uv_t")
+        twin.temp_window = deque(saved.get("temp_window", []), maxlen=TEMP_WINDOW_SAMPLES)
+        twin.uv = UvExposure(saved.get("uv_dose_sed", 0.0), saved.get("uv_dose_day"),
+                             saved.get("last_uv_t"))
         twin.uv_alerted = saved.get("uv_alerted", False)
         twin.battery_low = saved.get("battery_low", False)
         return twin
+
+
+# channel number -> property column and scale (NaN: not a twin channel), for numpy indexing
+_CHANNEL_PROP = np.full(256, -1, dtype=np.int64)
+_CHANNEL_SCALE = np.full(256, np.nan, dtype=np.float64)
+for _channel, (_scale, _prop) in CHANNEL_SCALE.items():
+    _CHANNEL_PROP[_channel], _CHANNEL_SCALE[_channel] = PROP_INDEX[_prop], _scale
+_P = PROP_INDEX
+_GOOD, _UNCERTAIN = 0, 1                 # PropertyColumns' quality codes
+
+
+class WindowRow:
+    """One subject's temperature window in its engine, as `list()` and `len()` see it."""
+
+    __slots__ = ("engine", "row")
+
+    def __init__(self, engine: TwinEngine, row: int) -> None:
+        self.engine, self.row = engine, row
+
+    def __len__(self) -> int:
+        return int(self.engine._window_len[self.row])
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.engine._window[self.row, TEMP_WINDOW_SAMPLES - len(self):].tolist())
 
 
 class TwinEngine:
@@ -142,88 +166,113 @@ class TwinEngine:
         self.models = models
         self.med_sed_of = dict(med_sed_of or {})
         self.twins: dict[str, SubjectTwin] = {}
+        # Struct of arrays: per-subject values the step reads for all subjects at once,
+        # indexed by SubjectTwin.slot (slots in the order twins were made).
+        self._by_slot: list[SubjectTwin] = []
+        self._states: list[dict] = []
+        self.columns = PropertyColumns()
+        self._capacity = 0
+        self._window = np.zeros((0, TEMP_WINDOW_SAMPLES))   # padded with its oldest sample
+        self._window_len = np.zeros(0, dtype=np.int64)
+        self._new_temp = np.zeros(0, dtype=bool)
+        self._new_hydration = np.zeros(0, dtype=bool)
+        self._last_temp_t = np.zeros(0, dtype=np.int64)
+        self._baselines = TimeOfDayBaselines()
+        self._hydration = HydrationExcesses()
+        self._hydration_history = HydrationHistories()
+        self._uv = UvExposures(self.day_offset_ms)
+        self._forecasts = UvForecasts()
+        self._sun = UvForecaster(*location) if location else None
+        self._forecast_at = np.zeros(0, dtype=np.int64)
+        self._forecast_has = np.zeros(0, dtype=bool)
+        self._queued: list[SampleBatch] = []
+        self._queued_slots: list[int] = []
+        self._queued_lengths: list[int] = []
+        self._queued_uncertain = False
+        self._slot_of_device: dict[str, int] = {}
+        # twins whose birth snapshot is still due (it waits until they hold a state)
+        self._unpublished: list[SubjectTwin] = []
         for subject, (rev, state) in (saved or {}).items():
-            self.twins[subject] = SubjectTwin.from_saved(subject, rev, state)
-            self.twins[subject].med_sed = self.med_sed_of.get(subject, 3.0)
+            twin = SubjectTwin.from_saved(subject, rev, state)
+            twin.med_sed = self.med_sed_of.get(subject, 3.0)
+            self._add(twin)
+
+    def _add(self, twin: SubjectTwin) -> None:
+        slot = twin.slot = len(self._by_slot)
+        self.twins[twin.subject] = twin
+        self._by_slot.append(twin)
+        self._states.append(twin.state)
+        self._unpublished.append(twin)
+        if slot >= self._capacity:
+            self._grow(max(16, 2 * self._capacity))
+        self.columns.grow(self._capacity)
+        self.columns.load(slot, twin.state)
+        window = list(twin.temp_window)[-TEMP_WINDOW_SAMPLES:]
+        if window:
+            self._window[slot] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
+        self._window_len[slot] = len(window)
+        twin.temp_window = WindowRow(self, slot)
+        if isinstance(twin.temp_baseline, TimeOfDayBaseline):
+            self._baselines.put(slot, twin.temp_baseline)
+        twin.temp_baseline = BaselineRow(self._baselines, slot)
+        if isinstance(twin.hydration, HydrationExcess):
+            self._hydration.put(slot, twin.hydration)
+        twin.hydration = HydrationRow(self._hydration, slot)
+        if isinstance(twin.uv, UvExposure):
+            self._uv.load(slot, twin.uv.dose_sed, twin.med_sed, twin.uv.day, twin.uv.last_t)
+        twin.uv = UvExposureRow(self._uv, slot)
+
+    def _grow(self, capacity: int) -> None:
+        def wider(a: np.ndarray) -> np.ndarray:
+            b = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
+            b[:len(a)] = a
+            return b
+        self._window, self._window_len = wider(self._window), wider(self._window_len)
+        self._new_temp, self._new_hydration = wider(self._new_temp), wider(self._new_hydration)
+        self._last_temp_t = wider(self._last_temp_t)
+        self._baselines.grow(capacity)
+        self._hydration.grow(capacity)
+        self._hydration_history.grow(capacity)
+        self._uv.grow(capacity)
+        self._forecasts.grow(capacity)
+        self._forecast_at, self._forecast_has = wider(self._forecast_at), \
+            wider(self._forecast_has)
+        self._capacity = capacity
 
     def twin(self, subject: str) -> SubjectTwin:
         twin = self.twins.get(subject)
         if twin is None:
-            twin = self.twins[subject] = SubjectTwin(
-                subject, med_sed=self.med_sed_of.get(subject, 3.0))
-        if twin.forecaster is None and self.location is not None:
-            twin.forecaster = UvForecaster(*self.location)
+            twin = SubjectTwin(subject, med_sed=self.med_sed_of.get(subject, 3.0))
+            self._add(twin)
         return twin
 
     def ingest(self, batch: SampleBatch) -> None:
-        """Feed committed samples (any order of devices; each batch in seq order)."""
-        subject = self.subject_of.get(batch.device_id)
-        if subject is None or len(batch) == 0:
+        """Feed committed samples (any order of devices; each batch in seq order). They are
+        taken in at the next step, all subjects' together."""
+        if not len(batch.seq):
             return
-        twin = self.twin(subject)
-        # Group by channel in Python: live batches hold a handful of samples, where numpy
-        # masks per channel cost more than the samples (bench/bench_twin.py).
-        groups: dict[int, tuple[list[int], list[int]]] = {}
-        for channel, value, t in zip(batch.channel.tolist(), batch.value.tolist(),
-                                     batch.utc_ms.tolist(), strict=True):
-            group = groups.get(channel)
-            if group is None:
-                group = groups[channel] = ([], [])
-            group[0].append(value)
-            group[1].append(t)
-        for channel, (raw, times) in groups.items():
-            entry = CHANNEL_SCALE.get(channel)
-            if entry is None:
-                continue
-            scale, prop = entry
-            values = [v * scale for v in raw]
-            quality = "good" if times[-1] >= 0 and not batch.time_uncertain else "uncertain"
-            twin.pending[prop] = _leaf(values[-1], times[-1], quality)
-            if channel == ids.Channel.TEMPERATURE:
-                for v, t in zip(values, times, strict=True):
-                    twin.temp_window.append(v)
-                    if t >= 0:
-                        twin.temp_baseline.observe(t, v)
-                twin.new_temp = True
-                twin.last_temp_t = times[-1]
-            elif channel == ids.Channel.UV:
-                self._accumulate_uv(twin, values, times)
-            elif channel == ids.Channel.HYDRATION:
-                twin.new_hydration = True
-
-    def _accumulate_uv(self, twin: SubjectTwin, uvi: list[float], times: list[int]) -> None:
-        """Erythemal exposure Σ UVI·dt (each sample's UVI held until the next sample)."""
-        for value, t in zip(uvi, times, strict=True):
-            if t < 0:
-                continue
-            if twin.forecaster is not None:
-                twin.forecaster.observe(t, value)
-            day = (t + self.day_offset_ms) // DAY_MS
-            if twin.uv_dose_day != day:          # a new day: the daily dose starts again
-                twin.uv_dose_day, twin.uv_dose_sed, twin.uv_alerted = day, 0.0, False
-                twin.uv_forecast_alerted = False
-                twin.last_uv_t = None
-            if twin.last_uv_t is not None:
-                dt_s = (t - twin.last_uv_t) / 1000
-                if 0 < dt_s <= MAX_UV_GAP_S:
-                    twin.uv_exposure += twin.uv_last * dt_s
-                    twin.uv_exposure_s += dt_s
-            twin.last_uv_t, twin.uv_last = t, value
+        slot = self._slot_of_device.get(batch.device_id)
+        if slot is None:
+            subject = self.subject_of.get(batch.device_id)
+            if subject is None:
+                return
+            slot = self._slot_of_device[batch.device_id] = self.twin(subject).slot
+        self._queued.append(batch)
+        self._queued_slots.append(slot)
+        self._queued_lengths.append(len(batch.seq))
+        self._queued_uncertain = self._queued_uncertain or batch.time_uncertain
 
     def step(self, now_ms: int) -> list[TwinUpdate]:
+        self._take_queued()
         for name, run in (("temp_anomaly", self._run_temp_anomaly),
                           ("uv_dose", self._run_uv_dose), ("hydration", self._run_hydration)):
             if name in self.models:
                 try:
                     run()
                 except ModelUnavailable:
-                    self._mark_bad(name)
-        updates = []
-        for twin in self.twins.values():
-            update = self._publishable(twin, now_ms)
-            if update is not None:
-                updates.append(update)
-        return updates
+                    self.columns.mark_bad([_P[p] for p in MODELS[name].properties],
+                                          len(self._by_slot))
+        return self._publish(now_ms)
 
     def snapshot(self, subject: str, now_ms: int) -> TwinUpdate:
         """A full snapshot now (birth, resync): does not change rev."""
@@ -232,116 +281,283 @@ class TwinEngine:
         return TwinUpdate(subject, twin.rev, snapshot=self._snapshot_payload(twin, now_ms))
 
     # -- internals ---------------------------------------------------------------
-    def _mark_bad(self, model: str) -> None:
-        for twin in self.twins.values():
-            for prop in MODELS[model].properties:
-                leaf = twin.pending.get(prop) or twin.state.get(prop)
-                if leaf is not None and leaf.get("q") != "bad":
-                    twin.pending[prop] = {**leaf, "q": "bad"}
+    def _take_queued(self) -> None:
+        """Every queued sample in one pass: the raw channels' leaves and the flags with numpy
+        across subjects, the per-sample state (window, baseline, UV exposure) per subject."""
+        queued, self._queued = self._queued, []
+        queued_slots, self._queued_slots = self._queued_slots, []
+        lengths, self._queued_lengths = self._queued_lengths, []
+        any_uncertain, self._queued_uncertain = self._queued_uncertain, False
+        if not queued:
+            return
+        if len(queued) == 1:
+            batch = queued[0]
+            channel, value, utc = batch.channel, batch.value, batch.utc_ms
+            slots = np.full(len(channel), queued_slots[0], dtype=np.int64)
+            uncertain = np.full(len(channel), True) if batch.time_uncertain else None
+        else:
+            channel = _concatenate([b.channel for b in queued])
+            value = _concatenate([b.value for b in queued])
+            utc = _concatenate([b.utc_ms for b in queued])
+            slots = np.array(queued_slots, dtype=np.int64).repeat(lengths)
+            uncertain = (np.array([b.time_uncertain for b in queued]).repeat(lengths)
+                         if any_uncertain else None)
+        prop = _CHANNEL_PROP[channel]
+        if (prop < 0).any():
+            known = prop >= 0
+            channel, value, utc = channel[known], value[known], utc[known]
+            slots, prop = slots[known], prop[known]
+            uncertain = None if uncertain is None else uncertain[known]
+            if not len(channel):
+                return
+        values = value * _CHANNEL_SCALE[channel]
+        # Runs of one property (channel) of one subject, in sample order; each run's last
+        # sample is its pending leaf.
+        n = len(channel)
+        key = prop * self._capacity + slots
+        order = key.argsort(kind="stable")
+        sorted_key = key[order]
+        ends = (sorted_key[1:] != sorted_key[:-1]).nonzero()[0] + 1
+        starts = np.concatenate(([0], ends))
+        ends = np.concatenate((ends, [n]))
+        last = order[ends - 1]
+        run_prop, run_slot, run_t = prop[last], slots[last], utc[last]
+        good = run_t >= 0 if uncertain is None else (run_t >= 0) & ~uncertain[last]
+        quality = np.where(good, _GOOD, _UNCERTAIN)
+        self.columns.set_floats(run_prop, run_slot, values[last], run_t, quality,
+                                rounded_now=True,   # the hydration model reads them
+                                first=order[starts])
+        for wanted, handle in ((_P["skin_temp_c"], self._take_temperature),
+                               (_P["uv_index"], self._take_uv)):
+            runs = (run_prop == wanted).nonzero()[0]
+            if len(runs):
+                first, stop = int(starts[runs[0]]), int(ends[runs[-1]])
+                picked = order[first:stop]
+                handle(run_slot[runs], starts[runs] - first, ends[runs] - first,
+                       values[picked], utc[picked])
+        self._new_hydration[run_slot[run_prop == _P["capacitance_pf"]]] = True
+
+    def _take_temperature(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
+                          values: np.ndarray, times: np.ndarray) -> None:
+        """Temperature runs (one per subject): window, time-of-day baseline, flags."""
+        self._last_temp_t[run_slots] = times[end - 1]
+        self._observe_baselines(run_slots, begin, end, values, times)
+        self._new_temp[run_slots] = True
+        # The windows (padded with their oldest sample), all at once: position j of the
+        # new window is element max(L + m - 30 + j, 0) of (old window ++ new samples).
+        old_len = self._window_len[run_slots]
+        added = end - begin
+        if (added == 1).all() and (old_len == TEMP_WINDOW_SAMPLES).all():
+            # live: each full window takes one sample
+            window = self._window[run_slots]
+            window[:, :-1] = window[:, 1:]
+            window[:, -1] = values
+            self._window[run_slots] = window
+            return
+        total = old_len + added
+        j = np.arange(TEMP_WINDOW_SAMPLES)
+        index = np.maximum(total[:, None] - TEMP_WINDOW_SAMPLES + j, 0)
+        from_old = index < old_len[:, None]
+        old_col = np.minimum(np.maximum(TEMP_WINDOW_SAMPLES - old_len[:, None] + index, 0),
+                             TEMP_WINDOW_SAMPLES - 1)
+        new_pos = np.minimum(np.maximum(begin[:, None] + index - old_len[:, None], 0),
+                             len(values) - 1)
+        self._window[run_slots] = np.where(
+            from_old, self._window[run_slots[:, None], old_col], values[new_pos])
+        self._window_len[run_slots] = np.minimum(total, TEMP_WINDOW_SAMPLES)
+
+    def _observe_baselines(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
+                           values: np.ndarray, times: np.ndarray) -> None:
+        """Each run's timed readings into its subject's baseline, in order: the k-th reading
+        of every subject in one numpy pass while many subjects have one, the rest (a
+        backlog's long run) one by one."""
+        timed = times >= 0
+        if not timed.all():
+            before = np.concatenate(([0], np.cumsum(timed)))
+            begin, end = before[begin], before[end]
+            values, times = values[timed], times[timed]
+        counts = end - begin
+        k = 0
+        while True:
+            active = (counts > k).nonzero()[0]
+            if len(active) < LOCKSTEP_MIN_SUBJECTS:
+                break
+            at = begin[active] + k
+            self._baselines.observe(run_slots[active], times[at], values[at])
+            k += 1
+        if len(active):
+            value_list, time_list = values.tolist(), times.tolist()
+            for slot, a, b in zip(run_slots[active].tolist(), (begin[active] + k).tolist(),
+                                  end[active].tolist(), strict=True):
+                baseline = self._baselines.get(slot)
+                baseline.observe_many(time_list[a:b], value_list[a:b])
+                self._baselines.put(slot, baseline)
+
+    def _take_uv(self, run_slots: np.ndarray, begin: np.ndarray, end: np.ndarray,
+                 values: np.ndarray, times: np.ndarray) -> None:
+        """UV runs (one per subject): the daily exposure (gateway/uv_exposure.py) and the
+        forecaster's window, with clear-sky UVIs for every sample in one call."""
+        for slot in self._uv.take(run_slots, begin, end, values, times):
+            twin = self._by_slot[slot]     # a new day: its alerts may come again
+            twin.uv_alerted = twin.uv_forecast_alerted = False
+        if self.location is None:
+            return
+        timed = times >= 0
+        if not timed.all():
+            before = np.concatenate(([0], np.cumsum(timed)))
+            begin, end = before[begin], before[end]
+            values, times = values[timed], times[timed]
+            if not len(times):
+                return
+        clear = np.array(clear_sky_many(*self.location, times))
+        forecasts = self._forecasts
+        counts = end - begin
+        k = 0
+        while True:
+            active = (counts > k).nonzero()[0]
+            if len(active) < LOCKSTEP_MIN_SUBJECTS:
+                break
+            at = begin[active] + k
+            forecasts.observe(run_slots[active], times[at], values[at], clear[at])
+            k += 1
+        if len(active):
+            value_list, time_list, clear_list = values.tolist(), times.tolist(), clear.tolist()
+            for slot, a, b in zip(run_slots[active].tolist(), (begin[active] + k).tolist(),
+                                  end[active].tolist(), strict=True):
+                forecaster = forecasts.get(slot, *self.location)
+                forecaster.observe_clear_many(time_list[a:b], value_list[a:b], clear_list[a:b])
+                forecasts.put(slot, forecaster)
 
     def _run_temp_anomaly(self) -> None:
-        ready = [t for t in self.twins.values() if t.new_temp and t.temp_window]
-        if not ready:
+        n = len(self._by_slot)
+        slots = (self._new_temp[:n] & (self._window_len[:n] > 0)).nonzero()[0]
+        if not len(slots):
             return
-        windows = np.empty((len(ready), TEMP_WINDOW_SAMPLES), dtype=np.float32)
-        for row, twin in enumerate(ready):
-            window = list(twin.temp_window)
-            # Until the window fills, pad with its oldest sample; quality says so.
-            windows[row] = [window[0]] * (TEMP_WINDOW_SAMPLES - len(window)) + window
-        baselines = _column([_expected_temp(t) for t in ready])
-        hydration = _column([t.hydration.latest if t.hydration.latest is not None
-                             else NEUTRAL_HYDRATION_AU for t in ready])
-        excess = _column([t.hydration.excess_au for t in ready])
-        out = _rows(self.run_model("temp_anomaly", {
+        windows = self._window[slots].astype(np.float32)
+        last_t = self._last_temp_t[slots]
+        expected = self._baselines.expected(slots, last_t)
+        latest = self._window[slots, -1]
+        baselines = np.where(np.isnan(expected), latest, expected).astype(np.float32)[:, None]
+        latest = self._hydration.latest[slots]
+        hydration = np.where(np.isnan(latest), NEUTRAL_HYDRATION_AU, latest).astype(
+            np.float32)[:, None]
+        excess = self._hydration.excess_au(slots).astype(np.float32)[:, None]
+        out = self.run_model("temp_anomaly", {
             "temp_window_c": windows, "baseline_c": baselines, "hydration_au": hydration,
-            "hydration_excess_au": excess}))
-        baseline_values = baselines[:, 0].tolist()
-        for row, twin in enumerate(ready):
-            # A baseline is "good" once it has seen every half hour of a day.
-            quality = ("good" if len(twin.temp_window) == TEMP_WINDOW_SAMPLES
-                       and twin.temp_baseline.learned else "uncertain")
-            t = twin.last_temp_t
-            pending = twin.pending
-            pending["temp_baseline_c"] = _leaf(baseline_values[row], t, quality)
-            pending["temp_delta_c"] = _leaf(out["delta_c"][row], t, quality)
-            pending["temp_anomaly_score"] = _leaf(out["anomaly_score"][row], t, quality)
-            pending["inflammation"] = {"v": out["inflammation"][row] > 0.5, "t": t, "q": quality}
-            pending["exertion"] = {"v": out["exertion"][row] > 0.5, "t": t, "q": "good"}
-            pending["contact"] = {"v": "loose" if out["detached"][row] > 0.5 else "skin",
-                                  "t": t, "q": "good"}
-            twin.new_temp = False
+            "hydration_excess_au": excess})
+        # A baseline is "good" once it has seen every half hour of a day.
+        learned = self._baselines.unseen[slots] == 0
+        quality = np.where((self._window_len[slots] == TEMP_WINDOW_SAMPLES) & learned,
+                           _GOOD, _UNCERTAIN)
+        t = last_t
+        columns = self.columns
+        columns.set_floats(_P["temp_baseline_c"], slots, baselines[:, 0], t, quality)
+        columns.set_floats(_P["temp_delta_c"], slots, out["delta_c"][:, 0], t, quality)
+        columns.set_floats(_P["temp_anomaly_score"], slots, out["anomaly_score"][:, 0], t,
+                           quality)
+        columns.set_coded(_P["inflammation"], slots, BOOL, out["inflammation"][:, 0] > 0.5,
+                          t, quality)
+        columns.set_coded(_P["exertion"], slots, BOOL, out["exertion"][:, 0] > 0.5, t, _GOOD)
+        loose, skin = columns.text_code("loose"), columns.text_code("skin")
+        columns.set_coded(_P["contact"], slots, TEXT,
+                          np.where(out["detached"][:, 0] > 0.5, loose, skin), t, _GOOD)
+        self._new_temp[slots] = False
 
     def _run_uv_dose(self) -> None:
-        ready = [t for t in self.twins.values() if t.uv_exposure_s > 0]
-        if not ready:
+        uv = self._uv
+        slots = (uv.exposure_s[:len(self._by_slot)] > 0).nonzero()[0]
+        if not len(slots):
             return
-        out = _rows(self.run_model("uv_dose", {
-            "uvi": _column([t.uv_exposure / t.uv_exposure_s for t in ready]),
-            "dt_s": _column([t.uv_exposure_s for t in ready]),
-            "dose_sed_in": _column([t.uv_dose_sed for t in ready]),
-            "med_sed": _column([t.med_sed for t in ready])}))
-        for row, twin in enumerate(ready):
-            twin.uv_dose_sed = out["dose_sed"][row]
-            twin.uv_exposure = twin.uv_exposure_s = 0.0
-            t = int(twin.last_uv_t or 0)
-            twin.pending["uv_dose_sed"] = _leaf(twin.uv_dose_sed, t, "good")
-            twin.pending["uv_med_fraction"] = _leaf(out["med_fraction"][row], t, "good")
-            twin.pending["minutes_to_med"] = _leaf(out["minutes_to_med"][row], t, "good")
-            if twin.forecaster is not None and (
-                    twin.forecast_at_ms is None or t - twin.forecast_at_ms >= FORECAST_EVERY_MS
-                    or t < twin.forecast_at_ms):
-                # The sun's path changes slowly: integrate forward once a minute of data.
-                twin.forecast_at_ms = t
-                minutes = twin.forecaster.minutes_to_med(t, twin.uv_dose_sed, twin.med_sed)
-                # None: the dose will not reach MED before sunset at today's pattern.
-                twin.pending["minutes_to_med_forecast"] = (
-                    {"v": None, "t": t, "q": "good"} if minutes is None
-                    else _leaf(minutes, t, "good"))
+        exposure_s = uv.exposure_s[slots]
+        out = self.run_model("uv_dose", {
+            "uvi": (uv.exposure[slots] / exposure_s).astype(np.float32)[:, None],
+            "dt_s": exposure_s.astype(np.float32)[:, None],
+            "dose_sed_in": uv.dose_sed[slots].astype(np.float32)[:, None],
+            "med_sed": uv.med_sed[slots].astype(np.float32)[:, None]})
+        t = np.where(uv.has_last[slots], uv.last_t[slots], 0)
+        dose = out["dose_sed"][:, 0]
+        uv.dose_sed[slots] = dose
+        uv.exposure[slots] = uv.exposure_s[slots] = 0.0
+        columns = self.columns
+        columns.set_floats(_P["uv_dose_sed"], slots, dose, t, _GOOD)
+        columns.set_floats(_P["uv_med_fraction"], slots, out["med_fraction"][:, 0], t, _GOOD)
+        columns.set_floats(_P["minutes_to_med"], slots, out["minutes_to_med"][:, 0], t, _GOOD)
+        if self.location is None:
+            return
+        # The sun's path changes slowly: integrate forward once a minute of data.
+        at = self._forecast_at[slots]
+        due = (~self._forecast_has[slots] | (t - at >= FORECAST_EVERY_MS) | (t < at))
+        if not due.any():
+            return
+        slots, t = slots[due], t[due]
+        forecast = _P["minutes_to_med_forecast"]
+        self._forecast_at[slots], self._forecast_has[slots] = t, True
+        sun = self._sun
+        assert sun is not None
+        for slot, t_ms, dose_sed in zip(slots.tolist(), t.tolist(), uv.dose_sed[slots].tolist(),
+                                        strict=True):
+            minutes = sun.minutes_to_med_at(self._forecasts.factor(slot), t_ms, dose_sed,
+                                            self._by_slot[slot].med_sed)
+            # None: the dose will not reach MED before sunset at today's pattern.
+            columns.set_one(forecast, slot, None if minutes is None else _round(minutes),
+                            t_ms, "good")
 
     def _run_hydration(self) -> None:
-        ready = [t for t in self.twins.values() if t.new_hydration
-                 and "capacitance_pf" in t.pending and "skin_temp_c" in (t.state | t.pending)]
-        if not ready:
+        n = len(self._by_slot)
+        columns = self.columns
+        cap, skin = _P["capacitance_pf"], _P["skin_temp_c"]
+        skin_pending = columns.pend_kind[skin, :n] != NONE
+        slots = (self._new_hydration[:n] & (columns.pend_kind[cap, :n] != NONE)
+                 & (skin_pending | (columns.state_kind[skin, :n] != NONE))).nonzero()[0]
+        if not len(slots):
             return
-        skin = [(t.pending.get("skin_temp_c") or t.state["skin_temp_c"])["v"] for t in ready]
-        out = _rows(self.run_model("hydration", {
-            "capacitance_pf": _column([t.pending["capacitance_pf"]["v"] for t in ready]),
-            "skin_temp_c": _column(skin)}))
-        for row, twin in enumerate(ready):
-            t = twin.pending["capacitance_pf"]["t"]
-            au = out["corneometer_au"][row]
-            twin.pending["hydration_au"] = _leaf(au, t, "good")
-            state = HYDRATION_STATES[int(out["state"][row])]
-            twin.pending["hydration_state"] = {"v": state, "t": t, "q": "good"}
-            twin.hydration.observe(au)
-            trend = _hydration_trend(twin, t, au)
-            if trend is not None:
-                twin.pending["hydration_trend_au_per_h"] = _leaf(trend, t, "good")
-            twin.new_hydration = False
+        skin_c = np.where(skin_pending[slots], columns.pend_v[skin, slots],
+                          columns.state_v[skin, slots])
+        out = self.run_model("hydration", {
+            "capacitance_pf": columns.pend_v[cap, slots].astype(np.float32).reshape(-1, 1),
+            "skin_temp_c": skin_c.astype(np.float32).reshape(-1, 1)})
+        t = columns.pend_t[cap, slots]
+        au = out["corneometer_au"][:, 0]
+        columns.set_floats(_P["hydration_au"], slots, au, t, _GOOD)
+        states = np.array([columns.text_code(s) for s in HYDRATION_STATES])
+        columns.set_coded(_P["hydration_state"], slots, TEXT,
+                          states[out["state"][:, 0].astype(np.int64)], t, _GOOD)
+        self._hydration.observe(slots, au.astype(np.float64))
+        trend_prop = _P["hydration_trend_au_per_h"]
+        for slot, trend in self._hydration_history.trends(slots, t, au.astype(np.float64)):
+            columns.set_one(trend_prop, slot, _round(trend), int(columns.pend_t[cap, slot]),
+                            "good")
+        self._new_hydration[slots] = False
 
-    def _publishable(self, twin: SubjectTwin, now_ms: int) -> TwinUpdate | None:
-        changed = {}
-        for prop, leaf in twin.pending.items():
-            old = twin.state.get(prop)
-            if old is None or _differs(prop, old, leaf):
-                changed[prop] = leaf
-        twin.pending.clear()
-        update = None
-        if changed:
-            twin.state.update(changed)
-            twin.rev += 1
-            update = TwinUpdate(twin.subject, twin.rev, delta={
-                "schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
-                "set": changed, "unset": []})
-            update.alerts = self._alerts(twin, changed, now_ms)
-        # The retained twin follows every delta (coalesced: one per step), and is published
-        # once at start even without one.
-        if twin.state and (changed or not twin.snapshot_published):
-            if update is None:
-                update = TwinUpdate(twin.subject, twin.rev)
-            update.snapshot = self._snapshot_payload(twin, now_ms)
-            twin.snapshot_published = True
-        return update
+    def _publish(self, now_ms: int) -> list[TwinUpdate]:
+        changed_by_slot = dict(self.columns.take_changed(len(self._by_slot), self._states))
+        if self._unpublished:
+            for twin in self._unpublished:
+                changed_by_slot.setdefault(twin.slot, {})
+        updates = []
+        for slot in sorted(changed_by_slot):
+            twin = self._by_slot[slot]
+            changed = changed_by_slot[slot]
+            update = None
+            if changed:
+                twin.state.update(changed)
+                twin.rev += 1
+                update = TwinUpdate(twin.subject, twin.rev, delta={
+                    "schema": SCHEMA_VERSION, "sess": self.sess, "rev": twin.rev, "ts": now_ms,
+                    "set": changed, "unset": []})
+                update.alerts = self._alerts(twin, changed, now_ms)
+            # The retained twin follows every delta (coalesced: one per step), and is
+            # published once at start even without one.
+            if twin.state and (changed or not twin.snapshot_published):
+                if update is None:
+                    update = TwinUpdate(twin.subject, twin.rev)
+                update.snapshot = self._snapshot_payload(twin, now_ms)
+                twin.snapshot_published = True
+            if update is not None:
+                updates.append(update)
+        if self._unpublished:
+            self._unpublished = [t for t in self._unpublished if not t.snapshot_published]
+        return updates
 
     def _alerts(self, twin: SubjectTwin, changed: dict, now_ms: int) -> list[dict]:
         alerts = []
@@ -407,43 +623,77 @@ class TwinEngine:
                 "state": dict(twin.state)}
 
 
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate, faster for many small arrays of one dtype (a live cycle's batches):
+    their bytes joined."""
+    if len({a.dtype for a in arrays}) == 1:
+        return np.frombuffer(b"".join([a.tobytes() for a in arrays]), dtype=arrays[0].dtype)
+    return np.concatenate(arrays)
+
+
 def _column(values: list[float]) -> np.ndarray:
     """[N, 1] float32 from one value per subject."""
     return np.array(values, dtype=np.float32).reshape(-1, 1)
 
 
-def _rows(outputs: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
-    """Each [N, 1] model output as N Python floats (one conversion per output, not per row)."""
-    return {name: value[:, 0].tolist() for name, value in outputs.items()}
+class HydrationHistories:
+    """Every subject's last hour of (utc_ms, AU) in a ring, one row each: a reading of each
+    of many subjects appended, and the hour's older ones dropped, in one numpy pass."""
+
+    def __init__(self) -> None:
+        self.width = 16
+        self.head = np.zeros(0, dtype=np.int64)       # the oldest entry's column
+        self.size = np.zeros(0, dtype=np.int64)
+        self.ring_t = np.zeros((0, self.width), dtype=np.int64)
+        self.ring_au = np.zeros((0, self.width))
+
+    def grow(self, capacity: int) -> None:
+        for name in ("head", "size", "ring_t", "ring_au"):
+            old = getattr(self, name)
+            wider = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            wider[:len(old)] = old
+            setattr(self, name, wider)
+
+    def _widen(self) -> None:
+        order = (self.head[:, None] + np.arange(self.width)) % self.width
+        self.ring_t = np.concatenate(
+            (np.take_along_axis(self.ring_t, order, axis=1), np.zeros_like(self.ring_t)), axis=1)
+        self.ring_au = np.concatenate(
+            (np.take_along_axis(self.ring_au, order, axis=1), np.zeros_like(self.ring_au)),
+            axis=1)
+        self.head[:] = 0
+        self.width *= 2
+
+    def trends(self, rows: np.ndarray, t: np.ndarray, au: np.ndarray) -> list[tuple[int, float]]:
+        """Append one reading to each of these distinct rows; (row, least-squares slope of
+        its last hour in AU per hour) where the hour holds enough to tell."""
+        if (self.size[rows] >= self.width).any():
+            self._widen()
+        at = (self.head[rows] + self.size[rows]) % self.width
+        self.ring_t[rows, at], self.ring_au[rows, at] = t, au
+        self.size[rows] += 1
+        popping, now = rows, t
+        while True:
+            head = self.head[popping]
+            old = now - self.ring_t[popping, head] > HYDRATION_TREND_WINDOW_MS
+            if not old.any():
+                break
+            popping, now = popping[old], now[old]
+            self.head[popping] = (head[old] + 1) % self.width
+            self.size[popping] -= 1
+        first_t = self.ring_t[rows, self.head[rows]]
+        ready = (self.size[rows] >= HYDRATION_TREND_MIN_POINTS) & \
+            (t - first_t >= HYDRATION_TREND_MIN_SPAN_MS)
+        out = []
+        for row in rows[ready].tolist():
+            columns = (self.head[row] + np.arange(self.size[row])) % self.width
+            times = self.ring_t[row, columns].astype(np.float64) / 3_600_000
+            values = self.ring_au[row, columns]
+            times -= times.mean()
+            out.append((row, float((times * (values - values.mean())).sum()
+                                   / (times * times).sum())))
+        return out
 
 
-def _expected_temp(twin: SubjectTwin) -> float:
-    expected = twin.temp_baseline.expected(twin.last_temp_t)
-    return twin.temp_window[-1] if expected is None else expected
-
-
-def _hydration_trend(twin: SubjectTwin, t: int, au: float) -> float | None:
-    """Least-squares slope of the last hour's hydration, in AU per hour."""
-    history = twin.hydration_history
-    history.append((t, au))
-    while history and t - history[0][0] > HYDRATION_TREND_WINDOW_MS:
-        history.popleft()
-    if len(history) < HYDRATION_TREND_MIN_POINTS or \
-            history[-1][0] - history[0][0] < HYDRATION_TREND_MIN_SPAN_MS:
-        return None
-    times = np.array([h[0] for h in history], dtype=np.float64) / 3_600_000
-    values = np.array([h[1] for h in history], dtype=np.float64)
-    times -= times.mean()
-    return float((times * (values - values.mean())).sum() / (times * times).sum())
-
-
-def _leaf(value: float, t: int, quality: str) -> dict:
-    return {"v": round(float(value), ROUND_DIGITS), "t": t, "q": quality}
-
-
-def _differs(prop: str, old: dict, new: dict) -> bool:
-    if old.get("q") != new.get("q"):
-        return True
-    if not isinstance(new["v"], float) or not isinstance(old["v"], float):
-        return old["v"] != new["v"]
-    return abs(new["v"] - old["v"]) >= deadband(prop)
+def _round(value: float) -> float:
+    return round(float(value), ROUND_DIGITS)

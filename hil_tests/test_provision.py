@@ -198,7 +198,8 @@ def test_flash_with_emulators_for_a_board_without_chips(board):
     assert board.eval("__import__('sensor_drivers.emulators.tmp117', None, None, ['x'])"
                       ".__file__") == "/lib/sensor_drivers/emulators/tmp117.py"
     plain = flash(board, source=True)
-    assert not any("/emulators/" in path for path in plain.board_paths)
+    assert not any("/emulators/" in path or "environment_model" in path
+                   for path in plain.board_paths)
     assert not board.exists("/lib/sensor_drivers/emulators")   # replaced with the package
 
 

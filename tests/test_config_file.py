@@ -26,6 +26,7 @@ models_dir = "/opt/models"
 retention_days = 14
 max_connections = 3
 raw_samples = false
+samples_format = "zlib"
 location = "45.5,-73.6"
 
 [ble]
@@ -73,7 +74,7 @@ def test_a_full_file_is_read_with_paths_relative_to_it(tmp_path):
     assert (s.gateway_id, s.db, s.models_dir) == ("gw-7", tmp_path / "state/gw.sqlite3",
                                                   Path("/opt/models"))
     assert (s.retention_days, s.max_connections, s.raw_samples) == (14.0, 3, False)
-    assert s.location == (45.5, -73.6)
+    assert s.location == (45.5, -73.6) and s.samples_format == "zlib"
     assert s.hci == "tcp-client:127.0.0.1:1" and s.broker.startswith("mqtts://")
     assert s.password == SECRET and SECRET not in repr(s)
     assert s.ca_file == tmp_path / "ca.pem" and s.key_file == tmp_path / "gw.key"
@@ -87,6 +88,8 @@ def test_a_full_file_is_read_with_paths_relative_to_it(tmp_path):
     ('[gateway]\nmax_connections = "five"\n', "[gateway] max_connections", "whole number"),
     ('[gateway]\nretention_days = -1\n', "[gateway] retention_days", "must be positive"),
     ('[gateway]\nraw_samples = "no"\n', "[gateway] raw_samples", "true or false"),
+    ('[gateway]\nsamples_format = "cbor"\n', "[gateway] samples_format",
+     "must be one of 'json', 'zlib', got 'cbor'"),
     ('[mqtt]\nbroker = "http://x"\n', "[mqtt] broker", "scheme must be mqtt or mqtts"),
     ('[mqtt]\npassword = "x"\n', "[mqtt] password", "use password_file or password_env"),
     ('[mqtt]\npassword_env = "DT_TEST_UNSET_VAR"\n', "[mqtt] password_env",

@@ -461,7 +461,7 @@ def test_split_samples_keeps_every_sample_once_in_order_within_the_limit(count, 
         return
     assert all(len(p) <= limit for p in parts)
     docs = [json.loads(p) for p in parts]
-    assert all((d["schema"], d["boot"], d.get("hist")) == (2, 7, None) for d in docs)
+    assert all((d["schema"], d["boot"], d.get("hist")) == (3, 7, None) for d in docs)
     merged = [sample for d in docs for sample in samples_message.decode(d)]
     assert [s.seq for s in merged] == list(range(1000, 1000 + count))
     assert merged == samples_message.decode(json.loads(payload))

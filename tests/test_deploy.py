@@ -58,3 +58,30 @@ def test_example_config_has_only_known_keys(monkeypatch):
         load_config(REPO / "deploy" / "gateway.toml")
     # every key is known and well-typed; only the TLS file is absent on this machine
     assert caught.value.key == "[mqtt] ca_file" and not os.path.exists("/etc/dermtwin/ca.pem")
+
+
+SINK_UNIT = REPO / "deploy" / "dermtwin-sink@.service"
+
+
+def test_sink_unit_restarts_each_member_under_its_own_client_id(tmp_path):
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(SINK_UNIT.read_text())
+    service = parser["Service"]
+    assert service["Restart"] == "always"
+    argv = (service["ExecStart"].replace("\\\n", " ").replace("${DERMTWIN_SINK_DB}",
+                                                             "postgresql://db/x")
+            .replace("${DERMTWIN_SINK_BROKER}", "mqtt://b").replace("%i", "1")).split()
+    assert argv[0] == EXEC
+    args = build_parser().parse_args([a for a in argv[1:] if a])
+    assert args.command == "sink" and args.client_id == "sink-1" and args.session_expiry > 0
+    if shutil.which("systemd-analyze") is None:
+        return
+    fake = tmp_path / "dermtwin"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    copy = tmp_path / "dermtwin-sink@1.service"
+    copy.write_text(SINK_UNIT.read_text().replace(EXEC, str(fake)))
+    done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stderr

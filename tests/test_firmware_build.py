@@ -97,3 +97,14 @@ def test_aioble_from_a_local_directory_is_bundled_so_flash_needs_no_network(tmp_
                             str(tmp_path / "fw2"), "--aioble", str(tmp_path)],
                            capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "no aioble/__init__.py there" in wrong.stderr
+
+
+def test_flash_leaves_the_emulators_and_their_models_off_a_patch():
+    from gateway.provision import firmware_files
+    onto_patch = {board for _, board in firmware_files(source=True)}
+    onto_virtual_board = {board for _, board in firmware_files(source=True, with_emulators=True)}
+    simulation_only = onto_virtual_board - onto_patch
+    assert {p for p in simulation_only if "/emulators/" not in p} == {
+        "/lib/sensor_drivers/environment_model.py", "/lib/sensor_drivers/skin_model.py"}
+    assert "/lib/sensor_drivers/emulators/tmp117.py" in simulation_only
+    assert "/lib/sensor_drivers/tmp117.py" in onto_patch

@@ -11,6 +11,7 @@ import jinja2
 import pytest
 
 from gateway import homeassistant as ha
+from gateway import twin_message
 from gateway.mqtt import topics
 
 PREFIX = "homeassistant"
@@ -41,13 +42,16 @@ def test_configs_name_sensors_with_class_unit_and_state_class():
 
 
 def test_value_templates_read_the_twin_with_jinja2():
-    leaf = lambda v: {"v": v, "t": 1, "q": "good"}  # noqa: E731
-    twin = {"rev": 3, "state": {"uv_med_fraction": leaf(0.4567), "skin_temp_c": leaf(33.25),
-                                "battery_pct": leaf(87.0), "minutes_to_med": leaf(41.0)}}
+    leaf = lambda v: {"v": v, "t": 1, "q": "good"}  # noqa: E731   the engine's leaf
+    # the retained twin as the gateway publishes it (leaves [value, age ms])
+    twin = twin_message.twin({"schema": 3, "sess": 1, "rev": 3, "ts": 5, "state": {
+        "uv_med_fraction": leaf(0.4567), "skin_temp_c": leaf(33.2512),
+        "battery_pct": leaf(87.0), "minutes_to_med": leaf(41.0)}})
+    assert twin["state"]["battery_pct"] == [87, 4]
     by_prop = {s.prop: s.value_template for s in ha.SENSORS}
     assert render(by_prop["uv_med_fraction"], twin) == "45.7"
     assert render(by_prop["skin_temp_c"], twin) == "33.25"
-    assert render(by_prop["battery_pct"], twin) == "87.0"
+    assert render(by_prop["battery_pct"], twin) == "87"
     assert render(by_prop["hydration_au"], twin) == "None"   # not in the twin yet: unknown
     availability = json.loads(dict(ha.config_messages(PREFIX, "g", "s", "DT-1"))[
         ha.config_topic(PREFIX, "g", "s", "skin_temp_c")])["availability"][0]

@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 
+from gateway import twin_message
 from gateway.mqtt import topics
 from gateway.subscriber.twins import TwinFollower
 from simulation.demo import DEMO_PATCH_CONFIG, DEMO_TIME_SCALE
@@ -51,8 +52,9 @@ async def test_late_joiners_rebuild_the_current_twin_without_asking(tmp_path, mq
             joiners.append(await asyncio.to_thread(mqtt_collector, rig.broker, f"{ROOT}/#"))
         await asyncio.sleep(1.0)
         await rig.stop_gateway()
-        final = {s: (gateway.engine.twins[s].rev, gateway.engine.twins[s].state)
-                 for s in subjects}
+        # the engine's twin as it travels: values at their wire resolution, exact times
+        final = {s: (gateway.engine.twins[s].rev,
+                     twin_message.as_received(gateway.engine.twins[s].state)) for s in subjects}
 
         for collector in [from_start, *joiners]:
             await asyncio.to_thread(

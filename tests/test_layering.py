@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-FORBIDDEN_PREFIXES = ("firmware", "sensor_drivers", "simulation", "aioble", "machine")
+FORBIDDEN_PREFIXES = ("firmware", "sensor_drivers", "simulation", "aioble", "machine",
+                      "psycopg")   # `dermtwin sink` only (the `sink` extra)
 
 PROBE = """
 import json, sys
@@ -52,19 +53,20 @@ SANS_IO_CORES = (
     "gateway.protocol.control", "gateway.protocol.frames", "gateway.session", "gateway.twin",
     "gateway.samples_message", "gateway.model_contracts", "gateway.progress",
     "gateway.mqtt.inbound", "gateway.temp_baseline", "gateway.uv_forecast",
-    "gateway.model_registry",
+    "gateway.model_registry", "gateway.sink.rows", "gateway.twin_message",
+    "gateway.payload_encoding", "gateway.twin_columns", "gateway.uv_exposure",
 )
 # Cores being introduced in parallel (issue 9: the delivery policy, the topic table, the model
 # registry): held to the same rule from the moment they exist.
 PARALLEL_CORES = ("gateway.mqtt.delivery", "gateway.outbox_message", "gateway.mqtt.topics")
 ADAPTER_PACKAGES = ("sqlite3", "paho", "aiomqtt", "bleak", "bumble", "onnxruntime", "serial",
-                    "rich")
+                    "rich", "psycopg")
 # Outside the project a core may import numpy and the standard library, less sqlite3.
 CORE_MAY_IMPORT = frozenset(sys.stdlib_module_names) | {"numpy", "gateway"}
 # `pkg.*`: the package's modules (a sans-I/O one among them is exempt), not its __init__.
 ADAPTER_MODULES = ("gateway.store", "gateway.outbox", "gateway.inference", "gateway.mqtt.*",
                    "gateway.ble.*", "gateway.patch_link", "gateway.serial_repl",
-                   "gateway.service")
+                   "gateway.service", "gateway.sink.*")
 # The composition layer wires cores and adapters together; nothing below it imports it.
 COMPOSITION = ("gateway.service", "gateway.ingest", "gateway.remote_requests", "gateway.cli")
 # Upstream aioble's core and device modules import each other (deferred, inside functions

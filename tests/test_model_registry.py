@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def documented_properties() -> dict[str, str]:
     text = (REPO / "docs" / "mqtt.md").read_text()
-    section = text.split("## Properties (schema 2)")[1].split("\n## ")[0]
+    section = text.split("## Properties (schema 3)")[1].split("\n## ")[0]
     rows = {}
     for line in section.splitlines():
         match = re.match(r"\| `([a-z_]+)` \| `([^`]+)`", line)

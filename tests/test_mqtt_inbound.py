@@ -78,7 +78,7 @@ def test_peek_ver_and_reported_payload():
     assert inbound.peek_ver(j({"ver": 4, "cfg": {"x": 1}})) == 4
     assert inbound.peek_ver(b"nope") is None and inbound.peek_ver(j({"ver": -2})) is None
     doc = inbound.reported(4, "applied", None, 123, {ConfigKey.UV_PERIOD_S: 3})
-    assert doc == {"schema": 2, "ver": 4, "state": "applied", "detail": None, "ts": 123,
+    assert doc == {"schema": 3, "ver": 4, "state": "applied", "detail": None, "ts": 123,
                    "cfg": {"uv_period_s": 3}}
     with pytest.raises(ValueError):
         inbound.reported(4, "done", None, 0, {})

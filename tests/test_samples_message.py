@@ -70,7 +70,7 @@ def test_the_worked_example_in_docs_mqtt_md_decodes_as_described():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "mqtt.md").read_text()
-    doc = json.loads(re.search(r"```json\n(\{\"schema\": 2, \"boot\".*?)\n```", text, re.S)[1])
+    doc = json.loads(re.search(r"```json\n(\{\"schema\": 3, \"boot\".*?)\n```", text, re.S)[1])
     rows = sm.decode(doc)
     assert [s.seq for s in rows] == list(range(1200, 1212))
     temps = [(s.utc_ms - doc["t"], round(sm.to_si(s), 3)) for s in rows if s.prop == 0]

@@ -112,7 +112,7 @@ def test_raw_samples_are_published_once_in_si_units(store, ingest):
     # one message per device, boot and kind per cycle; split where the time is unknown
     assert [m.get("hist", False) for m in raw] == [False, True, True, True]
     assert ingest.stats.sample_messages == 4
-    assert raw[0] == {"schema": 2, "boot": 1, "seq": 0, "t": 1_700_000_000_000, "tu": 1000,
+    assert raw[0] == {"schema": 3, "boot": 1, "seq": 0, "t": 1_700_000_000_000, "tu": 1000,
                       "c": "0000", "dt": [[0, 1]], "v": [[4288]]}
     rows = [(s.seq, samples_message.PROPERTIES[s.prop], s.utc_ms,
              round(samples_message.to_si(s), 8))
@@ -149,7 +149,7 @@ def test_gaps_commit_with_their_batch_once_and_raise_a_data_loss_alert(store, in
     assert store.gaps("a" * 16) == [lost]
     [alert] = [json.loads(m.payload) for m in ingest.outbox.pending(100)
                if m.topic == "dermtwin/v1/gw/s-a/alert"]
-    assert alert == {"schema": 2, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
+    assert alert == {"schema": 3, "ts": 1, "kind": "data_loss", "from": 1_700_000_002_000,
                      "to": 1_700_000_004_900, "samples": {"skin_temp_c": 3, "uv_index": 6,
                                                           "capacitance_pf": 0, "battery_pct": 1}}
     # replayed: the same gap again with its samples is neither stored nor announced twice
@@ -339,7 +339,7 @@ def test_failing_model_never_stops_storage_and_marks_its_properties_bad(store, f
     assert state["skin_temp_c"]["v"] == 34.0 and state["skin_temp_c"]["q"] == "good"
     deltas = [json.loads(m.payload) for m in pipeline.outbox.pending(100)
               if m.topic.endswith("/delta")]
-    assert deltas[-1]["set"]["temp_delta_c"]["q"] == "bad"
+    assert deltas[-1]["set"]["temp_delta_c"][2] == "b"   # [v, age, "b"]: bad
 
     models.models["temp_anomaly"] = real   # the model answers again: the alarm clears
     pipeline.submit(link, batch("a" * 16, range(10, 15), temp_c=34.5))

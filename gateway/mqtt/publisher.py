@@ -65,6 +65,7 @@ from gateway.mqtt.delivery import (
     Splitter,
 )
 from gateway.outbox import Outbox
+from gateway.payload_encoding import content_type as payload_content_type
 from gateway.samples_split import SAMPLES_TOPIC_LEVEL, split_samples_payload
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 READER_BUSY_TIMEOUT_S = 1.0
 PARKED_RETRY_BATCH = 1000
 STARTUP_TIMEOUT_S = 10.0
-# PUBLISH properties kept for reuse, one per distinct Message Expiry Interval.
+# PUBLISH properties kept for reuse, one per distinct (Message Expiry Interval, Content Type).
 PROPERTIES_CACHE_SIZE = 256
 DEFAULT_SPLITTERS: Mapping[str, Splitter] = {SAMPLES_TOPIC_LEVEL: split_samples_payload}
 
@@ -188,7 +189,8 @@ class MqttPublisher:
         self._client: paho.Client | None = None
         self._drainer: threading.Thread | None = None
         self._reader: Outbox | None = None   # read-only use, under self._lock
-        self._properties_cache: dict[int, Properties] = {}   # used under self._lock
+        # Used under self._lock; keyed by (expiry_s, content_type).
+        self._properties_cache: dict[tuple[int | None, str | None], Properties] = {}
         self._paho_warnings = _PahoWarnings()
 
         self._connected = False
@@ -604,9 +606,11 @@ class MqttPublisher:
         publish, handed = client.publish, policy.handed
         for i, send in enumerate(sends):
             expiry_s = send.expiry_s
+            content_type = payload_content_type(send.payload)   # compressed samples only
             try:
                 info = publish(send.topic, send.payload, send.qos, send.retain,
-                               None if expiry_s is None else self._properties(expiry_s))
+                               None if expiry_s is None and content_type is None
+                               else self._properties(expiry_s, content_type))
             except ValueError as err:  # paho refuses the topic or payload outright
                 policy.client_refused(send, f"rejected by paho: {err}")
                 continue
@@ -616,16 +620,20 @@ class MqttPublisher:
                 return
             handed(send, info.mid)
 
-    def _properties(self, expiry_s: int) -> Properties:
-        """PUBLISH properties carrying a Message Expiry Interval: one object per value, reused
-        (paho only reads them, to pack each PUBLISH)."""
-        properties = self._properties_cache.get(expiry_s)
+    def _properties(self, expiry_s: int | None, content_type: str | None) -> Properties:
+        """PUBLISH properties with a Message Expiry Interval and/or a Content Type: one object
+        per pair of values, reused (paho only reads them, to pack each PUBLISH)."""
+        key = (expiry_s, content_type)
+        properties = self._properties_cache.get(key)
         if properties is None:
             if len(self._properties_cache) >= PROPERTIES_CACHE_SIZE:
                 self._properties_cache.clear()
             properties = Properties(PacketTypes.PUBLISH)
-            properties.MessageExpiryInterval = expiry_s
-            self._properties_cache[expiry_s] = properties
+            if expiry_s is not None:
+                properties.MessageExpiryInterval = expiry_s
+            if content_type is not None:
+                properties.ContentType = content_type
+            self._properties_cache[key] = properties
         return properties
 
     # ---- drainer thread ----------------------------------------------------

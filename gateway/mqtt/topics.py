@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 TOPIC_PREFIX = "dermtwin/v1"
-SCHEMA_VERSION = 2            # payload schema version, named in `meta` (docs/schemas/)
+SCHEMA_VERSION = 3            # payload schema version, named in `meta` (docs/schemas/)
 SUBJECT = "{subject}"
 DAY_S = 86_400
-SCHEMA_ID_BASE = "urn:dermtwin:schemas:v2:"  # + name: each schema's $id
+SCHEMA_ID_BASE = "urn:dermtwin:schemas:v3:"  # + name: each schema's $id
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,15 @@ META = Topic("{subject}/meta", "out", True, 30 * DAY_S, 1, "meta",
              "\"channels\": [...], \"samples\": {\"properties\", \"scale\"}, "
              "\"device\": {\"name\"}}`")
 TWIN = Topic("{subject}/twin", "out", True, 7 * DAY_S, 1, "twin",
-             "`{\"schema\", \"sess\", \"rev\", \"ts\", \"state\": {prop: {\"v\", \"t\", "
-             "\"q\"}}}`, republished with every delta (same `rev`)")
+             "`{\"schema\", \"sess\", \"rev\", \"ts\", \"state\": {prop: [v, age, q?]}}` "
+             "(a leaf below), republished with every delta (same `rev`)")
 DELTA = Topic("{subject}/delta", "out", False, None, 1, "delta",
-              "`{\"schema\", \"sess\", \"rev\", \"ts\", \"set\": {prop: {\"v\", \"t\", \"q\"}}, "
-              "\"unset\": []}`: the properties that moved beyond their deadband")
+              "`{\"schema\", \"sess\", \"rev\", \"ts\", \"set\": {prop: [v, age, q?]}[, "
+              "\"unset\": [prop]]}`: the properties that moved beyond their deadband")
 SAMPLES = Topic("{subject}/samples", "out", False, None, 1, "samples",
                 "raw samples, columnar: `{\"schema\", \"boot\", \"seq\", \"t\", \"tu\", \"c\", "
-                "\"dt\", \"v\"[, \"skip\", \"hist\", \"time_uncertain\"]}` (below)")
+                "\"dt\", \"v\"[, \"skip\", \"hist\", \"time_uncertain\"]}` (below); with "
+                "`run --samples-format zlib` compressed, Content Type `application/zlib`")
 ALERT = Topic("{subject}/alert", "out", False, None, 1, "alert",
               "`{\"schema\", \"ts\", \"kind\": \"inflammation\" \\| \"uv_forecast\" \\| "
               "\"uv_dose\" \\| \"patch_loose\" \\| \"drying\" \\| \"battery_low\", "

@@ -14,7 +14,9 @@ Correlation Data). `samples()` decodes the columnar samples, drops duplicates an
 `data_loss`. With `group`, samples and alerts come through the MQTT 5 shared subscription
 `$share/{group}/…`: each message goes to one member of the group (scale-out sinks; make the
 sink idempotent on (subject, boot, seq)). Twins never use the group: each follower needs
-every delta, and shared subscriptions get no retained messages.
+every delta, and shared subscriptions get no retained messages. Payloads are read by their
+MQTT 5 Content Type: JSON when absent, `application/zlib` for compressed samples
+(gateway/payload_encoding.py); twins and deltas come out decoded (`Twin.state`).
 
 paho's network thread only hands messages to the event loop; everything else runs there.
 """
@@ -34,6 +36,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway import payload_encoding
 from gateway.mqtt import topics
 from gateway.mqtt.config import MqttConfig
 from gateway.subscriber.samples import DataLoss, SampleDeduper, SampleRow
@@ -164,7 +167,8 @@ class Subscriber:
             return
         row, subject = found
         try:
-            doc = json.loads(payload)
+            doc = json.loads(payload_encoding.json_bytes(
+                payload, getattr(properties, "ContentType", None)))
         except ValueError as e:
             log.warning("subscriber: %s: not JSON (%s); skipped", topic, e)
             return

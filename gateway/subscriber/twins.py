@@ -13,10 +13,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from gateway import twin_message
+
 
 @dataclass(frozen=True)
 class Twin:
-    """A subject's twin at `rev`: `state` is `{property: {"v", "t", "q"}}`."""
+    """A subject's twin at `rev`: `state` is `{property: {"v", "t", "q"}}`, decoded from the
+    wire's `[v, age, q]` (gateway/twin_message.py): `t` in UTC ms (-1: unknown), `q` one of
+    good, uncertain, bad."""
 
     subject: str
     rev: int
@@ -63,7 +67,7 @@ class TwinFollower:
             self.duplicates += 1
             return None
         followed.rev, followed.sess, followed.ts = rev, doc.get("sess", 0), doc.get("ts", 0)
-        followed.state = copy.deepcopy(doc["state"])
+        followed.state = twin_message.leaves(doc["state"], int(doc.get("ts", 0)))
         self._apply_held(followed, now_s)
         return self.twin(subject)
 
@@ -96,7 +100,7 @@ class TwinFollower:
                 del followed.held[rev]
             elif rev == followed.rev + 1:
                 doc = followed.held.pop(rev)
-                followed.state.update(copy.deepcopy(doc.get("set", {})))
+                followed.state.update(twin_message.leaves(doc.get("set", {}), int(doc.get("ts", 0))))
                 for prop in doc.get("unset", []):
                     followed.state.pop(prop, None)
                 followed.rev, followed.sess, followed.ts = rev, doc.get("sess", 0), doc.get("ts", 0)

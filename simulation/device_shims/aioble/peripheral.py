@@ -23,23 +23,35 @@ _ADV_PAYLOAD_MAX_LEN = 31
 _MIN_ADVERTISING_INTERVAL_MS = 20.0  # Core spec Vol 6, Part B, 4.4.2.2.1
 
 
-def _append(adv_data: bytearray, resp_data: bytearray | None, adv_type: int, value: Any) -> Any:
-    """Add one AD structure to adv_data, overflowing into resp_data (aioble's packing)."""
-    data = struct.pack("BB", len(value) + 1, adv_type) + _as_bytes(value)
-    if len(data) + len(adv_data) < _ADV_PAYLOAD_MAX_LEN:
-        adv_data += data
-        return resp_data
-    if len(data) + (len(resp_data) if resp_data else 0) < _ADV_PAYLOAD_MAX_LEN:
-        if not resp_data:
-            resp_data = bytearray()
-        resp_data += data
-        return resp_data
-    raise ValueError("Advertising payload too long")
+class _PayloadPair:
+    """The advertising data and the scan response being filled, one AD structure at a time.
+
+    Each structure goes into the advertising data if it still fits there, else into the scan
+    response. "Fits" is strictly under 31 bytes in total, as upstream aioble counts, so a
+    payload built from keywords never uses its 31st byte; tests/vectors/advertising.json
+    holds what the firmware's keywords produce."""
+
+    def __init__(self) -> None:
+        self.adv = bytearray()
+        self.resp = bytearray()
+
+    def add(self, ad_type: int, value: Any) -> None:
+        body = _as_bytes(value)
+        structure = bytes((len(body) + 1, ad_type)) + body
+        for payload in (self.adv, self.resp):
+            if len(payload) + len(structure) < _ADV_PAYLOAD_MAX_LEN:
+                payload += structure
+                return
+        raise ValueError("Advertising payload too long")
 
 
 def _as_bytes(value: Any) -> bytes:
     # MicroPython's bytes + str concatenates the str's UTF-8 (str has the buffer protocol).
     return value.encode() if isinstance(value, str) else bytes(value)
+
+
+_UUID_AD_TYPES = ((2, _ADV_TYPE_UUID16_COMPLETE), (4, _ADV_TYPE_UUID32_COMPLETE),
+                  (16, _ADV_TYPE_UUID128_COMPLETE))
 
 
 def build_advertising_payloads(
@@ -53,37 +65,23 @@ def build_advertising_payloads(
     """(adv_data, resp_data) as aioble.advertise() builds them from its keyword arguments:
     Flags, then the service UUIDs (one AD structure per UUID size, UUIDs of a size together),
     Name, Appearance, Manufacturer Data, each overflowing into the scan response in turn."""
-    adv_data = bytearray()
-    resp_data: bytearray | None = None
-    resp_data = _append(
-        adv_data,
-        resp_data,
-        _ADV_TYPE_FLAGS,
-        struct.pack("B", (0x01 if limited_disc else 0x02) + (0x18 if br_edr else 0x04)),
-    )
-    if services:
-        for size, ad_type in (
-            (2, _ADV_TYPE_UUID16_COMPLETE),
-            (4, _ADV_TYPE_UUID32_COMPLETE),
-            (16, _ADV_TYPE_UUID128_COMPLETE),
-        ):
-            same_size = [bytes(uuid) for uuid in services if len(bytes(uuid)) == size]
-            if same_size:
-                resp_data = _append(adv_data, resp_data, ad_type, b"".join(same_size))
+    discoverable = 0x01 if limited_disc else 0x02
+    classic = 0x18 if br_edr else 0x04           # simultaneous LE + BR/EDR, or BR/EDR unsupported
+    payloads = _PayloadPair()
+    payloads.add(_ADV_TYPE_FLAGS, bytes((discoverable + classic,)))
+    uuids = [bytes(uuid) for uuid in services or ()]
+    for size, ad_type in _UUID_AD_TYPES:
+        of_size = b"".join(uuid for uuid in uuids if len(uuid) == size)
+        if of_size:
+            payloads.add(ad_type, of_size)
     if name:
-        resp_data = _append(adv_data, resp_data, _ADV_TYPE_NAME, name)
+        payloads.add(_ADV_TYPE_NAME, name)
     if appearance:
-        resp_data = _append(
-            adv_data, resp_data, _ADV_TYPE_APPEARANCE, struct.pack("<H", appearance)
-        )
+        payloads.add(_ADV_TYPE_APPEARANCE, struct.pack("<H", appearance))
     if manufacturer:
-        resp_data = _append(
-            adv_data,
-            resp_data,
-            _ADV_TYPE_MANUFACTURER,
-            struct.pack("<H", manufacturer[0]) + _as_bytes(manufacturer[1]),
-        )
-    return bytes(adv_data), (bytes(resp_data) if resp_data else None)
+        company, data = manufacturer
+        payloads.add(_ADV_TYPE_MANUFACTURER, struct.pack("<H", company) + _as_bytes(data))
+    return bytes(payloads.adv), (bytes(payloads.resp) if payloads.resp else None)
 
 
 async def advertise(
