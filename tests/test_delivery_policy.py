@@ -534,3 +534,125 @@ def test_the_policy_imports_no_adapter():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, timeout=60).stdout.strip()
     assert out == "[]", out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_faults_deliver_every_row_and_delete_it_only_after_its_pubacks(seed):
+    """The adapter's part played against an outbox and a broker of our own, with faults at
+    random: PUBACKs in any order, some refused, the client taking only part of a batch,
+    disconnects (some blaming what was in flight), limits that change. A row leaves the
+    outbox only after PUBACKs for all of its samples; at the end (a new start, no faults)
+    every row is delivered and the outbox is empty."""
+    rnd = random.Random(seed)
+    ROWS = 150  # noqa: N806
+    outbox: dict[int, OutboxMessage] = {}
+    for i in range(1, ROWS + 1):
+        if i % 2:
+            outbox[i] = row(i, samples_payload(i * 1000, rnd.randint(1, 120)),
+                            topic=SAMPLES_TOPIC)
+        else:
+            outbox[i] = row(i, b"m%d-" % i + b"x" * rnd.randint(0, 700))
+    parked: dict[int, tuple[OutboxMessage, ParkKind]] = {}
+    acked_seqs: dict[int, set[int]] = {i: set() for i in outbox}   # samples rows
+    acked_whole: set[int] = set()
+    deleted: set[int] = set()
+    policy = DeliveryPolicy(splitters={"samples": split_samples_payload},
+                            max_payload_bytes=rnd.choice([None, 300, 600]))
+    client = Client()
+    in_flight: list[int] = []
+
+    def read() -> None:
+        while want := policy.rows_wanted():
+            rows = sorted((m for i, m in outbox.items() if i > policy.cursor),
+                          key=lambda m: m.id)[:want]
+            policy.add_rows(rows, want)
+            if len(rows) < want:
+                return
+
+    def write_settled() -> None:
+        settled = policy.take_settled()
+        for row_id in settled.delete_ids:
+            assert row_id not in deleted, f"row {row_id} deleted twice"
+            message = outbox.pop(row_id)
+            if message.topic == SAMPLES_TOPIC:
+                assert acked_seqs[row_id] >= set(_seqs(message.payload)), row_id
+            else:
+                assert row_id in acked_whole, f"row {row_id} deleted without its PUBACK"
+            deleted.add(row_id)
+        for park in settled.parks:
+            parked[park.row_id] = (outbox.pop(park.row_id), park.kind)
+
+    def retry_parked() -> None:
+        if policy.parked_retry_due:
+            ids = policy.parked_to_retry([ParkedRow(m, k) for m, k in parked.values()])
+            for row_id in ids:
+                outbox[row_id] = parked.pop(row_id)[0]
+            policy.rows_unparked(ids)
+
+    def connect(receive_maximum, max_packet) -> None:
+        in_flight.clear()   # their PUBACKs are lost with the connection
+        for row_id in acked_seqs:   # a row not deleted yet must be acknowledged again
+            acked_seqs[row_id].clear()
+        acked_whole.clear()
+        policy.on_connected(receive_maximum, max_packet)
+        retry_parked()
+
+    def ack(mid: int, code: int = 0) -> None:
+        send = client.sent[mid]
+        if code == 0:
+            if send.topic == SAMPLES_TOPIC:
+                acked_seqs[send.id].update(_seqs(send.payload))
+            else:
+                acked_whole.add(send.id)
+        policy.on_puback(mid, code, "refused" if code else "")
+
+    connect(20, None)
+    for _ in range(400):
+        read()
+        sends = policy.take_sends(NOW_MS)
+        taken = len(sends) if rnd.random() < 0.9 else rnd.randint(0, len(sends))
+        for send in sends[:taken]:
+            mid, client.next_mid = client.next_mid, client.next_mid + 1
+            policy.handed(send, mid)
+            client.sent[mid] = send
+            in_flight.append(mid)
+        if taken < len(sends):
+            policy.not_handed(sends[taken:])
+        rnd.shuffle(in_flight)
+        for _ in range(min(len(in_flight), rnd.randint(0, 4))):
+            ack(in_flight.pop(), 0x87 if rnd.random() < 0.02 else 0)
+        write_settled()
+        fault = rnd.random()
+        if fault < 0.04:
+            policy.on_disconnected(PROTOCOL_ERROR if rnd.random() < 0.5 else 0)
+            connect(rnd.randint(2, 30), rnd.choice([None, None, 700, 2000]))
+        elif fault < 0.06:
+            policy.set_max_payload_bytes(rnd.choice([None, 300, 600, 1500]))
+            retry_parked()
+        write_settled()
+
+    def drain() -> None:
+        for _ in range(200):
+            read()
+            for send in policy.take_sends(NOW_MS):
+                mid, client.next_mid = client.next_mid, client.next_mid + 1
+                policy.handed(send, mid)
+                client.sent[mid] = send
+                ack(mid)
+            write_settled()
+            if not outbox:
+                return
+
+    # A reconnect without limits or faults: every row but the poison ones gets through.
+    policy.set_max_payload_bytes(None)
+    policy.on_disconnected(0)
+    connect(65535, None)
+    drain()
+    assert outbox == {} and all(k is ParkKind.POISON for _, k in parked.values())
+    # A new start: the poison ones are tried again, and get through.
+    policy.forget_rows()
+    connect(65535, None)
+    drain()
+    assert (outbox, parked) == ({}, {})
+    assert deleted == set(range(1, ROWS + 1))
+    assert policy.idle and policy.queued == 0 and policy.split_rows > 0
