@@ -401,7 +401,7 @@ class DeliveryPolicy:
         queue = self._queue
         if room <= 0 or not queue:
             return []
-        now = now_ms if isinstance(now_ms, int) else None
+        now: int | None = None   # read once, for the first row with an expiry
         whole = self._no_limits
         sends: list[Sendable] = []
         while room > 0 and queue:
