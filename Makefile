@@ -2,6 +2,7 @@
 #   make demo   virtual patches -> gateway -> private mosquitto -> live view
 #   make test   the whole suite (CPython + the real MicroPython VM + mosquitto)
 #   make chaos  every fault in docs/reliability.md against real processes (CHAOS_ARGS=--short)
+#   make mutate mutation run (cosmic-ray) over session/ingest/outbox/flash log (MODULE=, MUTANTS=)
 
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
@@ -11,7 +12,7 @@ NPM_STAMP   := node_modules/.dermtwin-installed
 PATCHES     ?= 3
 DURATION    ?= 60
 
-.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium postgres virtual-board simulate chaos
+.PHONY: setup test demo lint firmware bench models cohort eval clean mosquitto chromium postgres virtual-board simulate chaos mutate
 
 setup: $(PIP_STAMP) $(NPM_STAMP) mosquitto chromium postgres
 
@@ -78,6 +79,13 @@ bench: setup
 # CHAOS_ARGS=--short for the shortened faults (docs/reliability.md)
 chaos: setup
 	$(PY) tools/chaos.py $(CHAOS_ARGS)
+
+# Mutation testing, not in CI: each module against its own unit tests, a seeded sample of
+# MUTANTS mutants per module (0: all). MODULE=session,ingest,outbox,flash_log picks modules.
+MODULE  ?= session,ingest,outbox,flash_log
+MUTANTS ?= 60
+mutate: setup
+	$(PY) tools/mutate.py --module $(MODULE) --max $(MUTANTS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -20,6 +20,8 @@ ADV_REFRESH_MS = 30_000
 _BATTERY_NOT_KNOWN = const(255)   # status and advertisement before the first gauge sample
 _ENOMEM = const(12)
 _STREAM_POLL_MS = const(100)
+_FRAME_OVERHEAD = const(20)  # header + tag (protocol.md §4)
+_ESTIMATE_MIN_SAMPLES = const(16)  # a frame this full tells how many samples fill one
 _LINK_WATCH_MS = const(250)
 NO_GAP_AHEAD = 0x100000000   # above every seq
 # Status record offsets (protocol.md §6) of the fields refreshed on every sample.
@@ -68,6 +70,9 @@ class PatchLink:
         self.cursor = -1          # next seq to send; -1 while not streaming
         self.replay_end = 0       # seqs below this are sent flagged HISTORICAL
         self._pending_since = -1  # tick when unsent samples were first seen; -1: none
+        # how many pending samples fill a frame: records are 1 or more bytes (protocol.md
+        # §4), so this is learnt from the frames sent; until then, assume 2-byte records
+        self._full_frame_samples = (ids.FRAME_MAX_BYTES - _FRAME_OVERHEAD) // 2
         self.replays = 0          # REPLAY requests served: a frame in flight must not undo one
         self.gap_mark = 0         # gap notices at seqs below this were sent in this pass
         self.clock_set = False
@@ -295,8 +300,8 @@ class PatchLink:
         if (now - self._pending_since) * ids.TICK_MS >= \
                 self.config.get(ids.CFG_FLUSH_INTERVAL_S) * 1000:
             return True
-        # Enough pending to fill a frame (records are about 2 bytes each).
-        return log.next_seq - self.cursor >= (self.encoder.max_frame_bytes - 20) // 2
+        # Enough pending to fill a frame, as many as the last full one held.
+        return log.next_seq - self.cursor >= self._full_frame_samples
 
     def _frame_bytes(self, connection):
         frame_bytes = (connection.mtu or 23) - ids.ATT_NOTIFY_OVERHEAD
@@ -330,7 +335,11 @@ class PatchLink:
                    and enc.add(log.channel(seq), log.tick(seq), log.value(seq))):
                 seq += 1
             caught_up = seq >= log.next_seq
-            await self._notify(connection, enc.finish())
+            frame = enc.finish()
+            if enc.count >= _ESTIMATE_MIN_SAMPLES:   # as many as its bytes per sample fill
+                self._full_frame_samples = (enc.count * (enc.max_frame_bytes - _FRAME_OVERHEAD)
+                                            // (len(frame) - _FRAME_OVERHEAD))
+            await self._notify(connection, frame)
             self.frames_sent += 1
             if self.replays != replays:
                 continue   # a REPLAY moved the cursor while this frame was in flight

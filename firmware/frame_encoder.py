@@ -1,4 +1,5 @@
-# Sample-frame encoder, patch side (docs/protocol.md §4).
+# Sample-frame encoder, patch side (docs/protocol.md §4): frame version 2, where a sample at
+# its channel's stride with a small change of value is a one-byte record.
 #
 # One FrameEncoder per connection, built once: it owns a preallocated 244-byte frame buffer
 # and the HMAC pads, so the per-sample path (`add`) writes bytes into that buffer and
@@ -24,7 +25,7 @@ except ImportError:  # CPython (virtual patch, tests)
 import hashlib
 import struct
 
-_VERSION = const(1)
+_VERSION = const(2)
 _FLAG_HISTORICAL = const(0x01)
 _FLAG_GAP = const(0x02)
 _FLAG_GAPS_BEFORE = const(0x04)
@@ -33,6 +34,10 @@ _TAG_LEN = const(8)
 _MIN_FRAME = const(22)
 _MAX_FRAME = const(244)
 _DT_ESCAPE = const(63)
+# record codes (head bits 5..0, protocol.md §4): short records at the channel's stride
+_SHORT_PLUS = const(32)  # 32..39: one tick after it, delta -4..3
+_SHORT_MINUS = const(40)  # 40..47: one tick before it, delta -4..3
+_LONG = const(48)  # 48..62: long record, dt 0..14 in the head; 63: dt_ext follows
 _MAX_RECORD = const(11)  # head + two 5-byte varints
 _HMAC_BLOCK = const(64)
 
@@ -87,6 +92,11 @@ class FrameEncoder:
         self._buf = bytearray(_MAX_FRAME + _MAX_RECORD)  # + scratch for a refused record
         self._mv = memoryview(self._buf)
         self._prev = [0, 0, 0, 0]  # previous value per channel in this frame
+        self._ch_tick = [0, 0, 0, 0]  # tick of each channel's previous record (base_tick)
+        self._step = [0, 0, 0, 0]  # and the step that led to it: next(c) = sum of the two
+        # the long record being written: channel and value delta (see add)
+        self._long_channel = 0
+        self._long_delta = 0
         self._max = _MAX_FRAME
         self._pos = _HEADER_LEN  # next free byte
         self._count = 0
@@ -129,11 +139,10 @@ class FrameEncoder:
             first_seq,
             base_tick,
         )
-        p = self._prev
-        p[0] = 0
-        p[1] = 0
-        p[2] = 0
-        p[3] = 0
+        for c in range(4):
+            self._prev[c] = 0
+            self._ch_tick[c] = base_tick
+            self._step[c] = 0
         self._pos = _HEADER_LEN
         self._count = 0
         self._last = base_tick
@@ -175,7 +184,8 @@ class FrameEncoder:
 
         Allocation-free for small ints. Kept to 8 locals and a 3-deep stack so its call
         state (11 words) stays on the C stack: a bigger one is heap-allocated (and freed)
-        on every call by MicroPython (VM_MAX_STATE_ON_STACK, py/objfun.c).
+        on every call by MicroPython (VM_MAX_STATE_ON_STACK, py/objfun.c); the long record
+        is written by _put_long, a call of its own.
         """
         if not self._open:
             raise ValueError("start() a frame first")
@@ -184,27 +194,26 @@ class FrameEncoder:
         dt = tick - self._last
         if dt < 0:
             raise ValueError("tick earlier than the previous record")
-        zz = value - self._prev[channel]
-        zz = zz + zz if zz >= 0 else -zz - zz - 1  # zigzag without shifting a sign bit
+        d = value - self._prev[channel]
+        a = tick - self._ch_tick[channel] - self._step[channel]  # against next(c)
+        # The short code (protocol.md §4, canonical choice), or -1 for a long record.
+        if a == 0 and -16 <= d <= 15:
+            a = d + d if d >= 0 else -d - d - 1
+        elif (a == 1 or a == -1) and -4 <= d <= 3:
+            a = (_SHORT_PLUS if a == 1 else _SHORT_MINUS) + (d + d if d >= 0 else -d - d - 1)
+        else:
+            a = -1
         # Write the record after the committed end (the buffer has 11 spare bytes past the
         # largest frame), then commit it only if it and the tag fit.
-        buf = self._buf
         pos = self._pos
-        buf[pos] = (channel << 6) | (dt if dt < _DT_ESCAPE else _DT_ESCAPE)
-        pos += 1
-        if dt >= _DT_ESCAPE:
-            while dt > 0x7F:
-                buf[pos] = (dt & 0x7F) | 0x80
-                dt >>= 7
-                pos += 1
-            buf[pos] = dt
+        if a >= 0:
+            self._buf[pos] = (channel << 6) | a
             pos += 1
-        while zz > 0x7F:
-            buf[pos] = (zz & 0x7F) | 0x80
-            zz >>= 7
-            pos += 1
-        buf[pos] = zz
-        pos += 1
+        else:
+            # passed through attributes: a call with more arguments would deepen the stack
+            self._long_channel = channel
+            self._long_delta = d
+            pos = self._put_long(dt)
         if pos + _TAG_LEN > self._max:
             if self._count == 0:
                 raise ValueError("record does not fit even in an empty frame")
@@ -212,8 +221,25 @@ class FrameEncoder:
         self._pos = pos
         self._count += 1
         self._last = tick
+        self._step[channel] = tick - self._ch_tick[channel]
+        self._ch_tick[channel] = tick
         self._prev[channel] = value
         return True
+
+    def _put_long(self, dt):
+        """A long record after the committed end (dt since the previous record, then the
+        value delta); returns the position after it."""
+        buf = self._buf
+        pos = self._pos
+        head = self._long_channel << 6
+        if dt < _DT_ESCAPE - _LONG:
+            buf[pos] = head | (_LONG + dt)
+            pos += 1
+        else:
+            buf[pos] = head | _DT_ESCAPE
+            pos = _put_varint(buf, pos + 1, dt)
+        d = self._long_delta
+        return _put_varint(buf, pos, d + d if d >= 0 else -d - d - 1)  # zigzag
 
     def finish(self):
         """Write the tag; return a memoryview of the frame (valid until the next start)."""

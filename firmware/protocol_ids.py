@@ -47,13 +47,13 @@ ATT_MTU_MIN = const(64)
 ATT_NOTIFY_OVERHEAD = const(3)
 
 # --- sample frames (§4) --------------------------------------------------------------------
-FRAME_VERSION = const(1)
+FRAME_VERSION = const(2)
 FRAME_FLAG_HISTORICAL = const(0x01)
 FRAME_FLAG_GAP = const(0x02)  # a gap notice, not samples (§4.1)
 FRAME_FLAG_GAPS_BEFORE = const(0x04)  # gap notices were sent just before this sample frame
 FRAME_FLAGS_RESERVED = const(0xF8)
 FRAME_HEADER_LEN = const(12)
-FRAME_MIN_BYTES = const(22)  # header + one 2-byte record + tag
+FRAME_MIN_BYTES = const(21)  # header + one 1-byte record + tag
 FRAME_MAX_BYTES = const(244)  # ATT MTU 247 - 3
 DT_ESCAPE = const(63)
 VARINT_MAX_BYTES = const(5)

@@ -101,6 +101,20 @@ class Ingest:
         self._live_waiting = self._live_waiting or not batch.historical
         self._wake.set()
 
+    def store_refused(self, detail: str) -> None:
+        """A write outside the ingest cycle (a patch's clock anchor) failed: the same `store`
+        alarm as a failed commit, cleared by the next cycle that commits samples."""
+        self._raise_store_alarm(detail, detail, now_ms())
+
+    def _raise_store_alarm(self, log_line: str, error: str, at_ms: int) -> None:
+        raised = not self.stats.store_alarm
+        self.stats.store_alarm = True
+        self.stats.last_error = error
+        self.alarms.raise_("store", f"not acknowledging: {error}", at_ms)
+        if raised:
+            self.on_alarm_change()
+            log.error("ingest: %s", log_line)
+
     def put(self, row: Topic, subject: str, payload: dict,
             payload_format: str = payload_encoding.JSON) -> None:
         """One message on `row` (docs/mqtt.md's table: retain, expiry, QoS) for `subject`,
@@ -201,13 +215,8 @@ class Ingest:
             raise
         except StoreError as e:
             self.stats.commit_failures += 1
-            raised = not self.stats.store_alarm
-            self.stats.store_alarm = True
-            self.stats.last_error = str(e)
-            self.alarms.raise_("store", f"not acknowledging: {e}", now_ms)
-            if raised:
-                self.on_alarm_change()
-                log.error("ingest: %s; not acknowledging %d batches", e, len(batches))
+            self._raise_store_alarm(f"{e}; not acknowledging {len(batches)} batches", str(e),
+                                    now_ms)
             self._fail_waiting(waiting, str(e))
             return
         except BaseException as e:

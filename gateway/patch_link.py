@@ -28,6 +28,7 @@ from gateway.session import (
     Subscribe,
     WriteControl,
 )
+from gateway.store import DatabaseCorrupt, StoreError
 from gateway.values import CloseKind, RegisteredDevice, SampleBatch, SessionClose
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,14 @@ class PatchLink:
                  submit: Callable[[PatchLink, SampleBatch], None],
                  committed_seq: Callable[[str], int], store: Any = None,
                  on_config: Callable[[PatchLink, ConfigApplied | ConfigFailed], None]
-                 | None = None):
+                 | None = None, on_store_error: Callable[[str], None] | None = None):
         self.device = device
         self.radio = radio
         self.submit = submit
         self.committed_seq = committed_seq
         self.store = store   # clock anchors, desired config; samples go through `submit`
         self.on_config = on_config   # a desired config applied or refused by the patch
+        self.on_store_error = on_store_error   # a store write of ours failed (disk full)
         self.session: PatchSession | None = None
         self.events: asyncio.Queue[LinkEvent] = asyncio.Queue()
         self.connects = 0
@@ -189,7 +191,7 @@ class PatchLink:
                     next_tick = time.monotonic() + SESSION_TICK_S
                     await self._execute(client, session, session.tick(monotonic_ms()))
                 self._track_drain(session)
-                self._save_anchor(session)
+                await self._execute(client, session, self._save_anchor(session))
         except BLE_ERRORS as e:
             session.disconnected(SessionClose(CloseKind.BLE_ERROR, f"BLE error: {e}"))
         finally:
@@ -218,12 +220,24 @@ class PatchLink:
         return session.set_desired(desired.ver, desired.cfg, now_ms,
                                    already_applied=desired.applied)
 
-    def _save_anchor(self, session: PatchSession) -> None:
-        if session.new_anchor is not None and self.store is not None:
-            boot_id, tick, utc_ms = session.new_anchor
-            session.new_anchor = None
-            self.anchor_epochs[boot_id] = session.clock_epoch
+    def _save_anchor(self, session: PatchSession) -> list:
+        if session.new_anchor is None or self.store is None:
+            return []
+        boot_id, tick, utc_ms = session.new_anchor
+        session.new_anchor = None
+        try:
             self.store.save_anchor(self.device.device_id, boot_id, tick, utc_ms)
+        except DatabaseCorrupt:
+            raise
+        except StoreError as e:
+            # Without the anchor stored, samples of this session could not be timed after a
+            # restart: close as the ingest cycle would, and the next session sets the time again.
+            if self.on_store_error is not None:
+                self.on_store_error(f"saving {self.device.device_id}'s clock anchor: {e}")
+            return [Disconnect(SessionClose(CloseKind.STORE_FAILED,
+                                            f"store refused the clock anchor: {e}"))]
+        self.anchor_epochs[boot_id] = session.clock_epoch
+        return []
 
     def _track_drain(self, session: PatchSession) -> None:
         now = time.monotonic()

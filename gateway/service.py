@@ -109,6 +109,7 @@ class LinkSlot:
     next_attempt_s: float = 0.0
     sighting: Any = None
     connected_since_s: float | None = None
+    failed_session: Any = None   # the session whose task failed (raised the `link` alarm)
 
 
 class Gateway:
@@ -161,7 +162,8 @@ class Gateway:
                              alarms=self.alarms, samples_format=config.samples_format)
         self.slots = {
             did: LinkSlot(PatchLink(dev, radio, self.ingest.submit, self.store.committed_seq,
-                                    self.store, self.remote.on_config))
+                                    self.store, self.remote.on_config,
+                                    on_store_error=self.ingest.store_refused))
             for did, dev in self.devices.items()}
         self._by_name = {advertised_name(did): did for did in self.devices}
         self._wake = asyncio.Event()
@@ -270,9 +272,14 @@ class Gateway:
                             log.error("%s: connection task failed; retrying in %.0f s",
                                       device_id, RETRY_STORE_FAILED_S, exc_info=error)
                         slot.next_attempt_s = now + RETRY_STORE_FAILED_S
+                        slot.failed_session = slot.link.session
                     elif slot.link.session is not None and slot.link.session.stats.frames_ok:
                         self.alarms.clear("link", device_id)   # a session worked again
                     slot.task = None
+                session = slot.link.session
+                if (busy and session is not None and session is not slot.failed_session
+                        and session.stats.frames_ok):
+                    self.alarms.clear("link", device_id)   # a new session streams again
                 if not busy and slot.sighting is not None and now >= slot.next_attempt_s:
                     slot.task = asyncio.create_task(self._serve(device_id, slot))
             self._share_slots(now)

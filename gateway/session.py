@@ -1,7 +1,9 @@
 """One patch's session as a sans-I/O state machine (docs/protocol.md, design.md §3).
 
 connect → MTU (refuse below 64) → identity (Serial Number, Status) → SET_TIME → GET_STATUS
-→ subscribe → REPLAY from last committed seq + 1 → stream → ACK after durable commit.
+→ subscribe → REPLAY from last committed seq + 1 → stream → ACK after durable commit (and,
+right after the REPLAY answer, an ACK of what an earlier connection committed but whose ACK
+the link lost, if the patch's status shows it still holds such samples).
 
 The session never touches BLE, SQLite or clocks: the adapter feeds it what happened (with the
 current time of a monotonic clock in ms: every timeout is immune to wall-clock steps) and
@@ -331,6 +333,7 @@ class PatchSession:
         elif response.opcode == ids.Opcode.GET_STATUS:
             self.status = control.decode_status(response.payload)
             self.state = State.REPLAY
+            self._ack_what_is_stored_already(self.status)
             actions.append(Subscribe(ids.SAMPLES_CHAR_UUID))
             actions.append(self._replay(self.expected_seq, now_ms))
         elif response.opcode == ids.Opcode.REPLAY:
@@ -388,6 +391,15 @@ class PatchSession:
         self.expected_seq = last + 1
         self.stats.samples_new += len(batch)
         return [Commit(batch)]
+
+    def _ack_what_is_stored_already(self, status: control.PatchStatus) -> None:
+        """The patch still holds samples the store committed in an earlier connection (its
+        ACK was lost with the link): acknowledge them as soon as streaming begins, rather than
+        only once a newer sample commits (never, if the patch has nothing newer). Never past
+        the patch's own next seq."""
+        up_to = min(self.expected_seq, status.next_seq) - 1
+        if status.oldest_seq <= up_to:
+            self._queued_ack = up_to
 
     def committed(self, up_to_seq: int, now_ms: int) -> list[Action]:
         """The store has made every sample up to `up_to_seq` durable: acknowledge it."""

@@ -130,7 +130,7 @@ def test_tmp117_samples_become_a_frame_the_gateway_decodes(firmware_board):
 
     frame = decode_frame(bytes.fromhex(frame_hex), identity.key)
     assert (frame.version, frame.boot_id, frame.first_seq, frame.base_tick) == \
-        (1, BOOT_ID, FIRST_SEQ, 0)
+        (2, BOOT_ID, FIRST_SEQ, 0)
     assert not frame.historical
     assert frame.samples() == [
         (FIRST_SEQ + i, Channel.TEMPERATURE, i * TICK_PERIOD, round(c * LSB_PER_CELSIUS))

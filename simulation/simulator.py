@@ -5,7 +5,8 @@ The gateway runs `dermtwin run --hci tcp-client:127.0.0.1:PORT`, so it can be st
 killed and restarted while the patches live on. The simulator writes `registry.json` (what a
 technician's provisioning produced: device ids, keys, subjects) and refreshes `patches.json`
 (each patch's log state) in its work directory. SIGUSR1 stops sampling (the patches keep
-their logs and keep serving); SIGINT/SIGTERM exit.
+their logs and keep serving); SIGINT/SIGTERM exit. Faults (link drops, power cuts, garbled
+Control Point answers) are injected on request: simulation/sim_faults.py.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ def patch_status(patches) -> dict:
                               "oldest_seq": p.patch.log.oldest_seq,
                               "next_seq": p.patch.log.next_seq, "unacked": p.unacked,
                               "connected": bool(p.bumble_device.connections),
-                              "sampling": bool(p.patch.sampling_tasks)}
+                              "sampling": bool(p.patch.sampling_tasks),
+                              "earlier_boots": [list(b) for b in p.earlier_boots]}
             for p in patches}
 
 
 async def run_simulator(patches: int, workdir: Path, *, hci_port: int = 0,
                         patch_config: dict | None = None, backlog: int = 0,
                         pair_db: Path | None = None, seed: int = 1) -> None:
+    from simulation.sim_faults import FaultInjector
     from simulation.virtual_patch import VirtualPatch
     from simulation.virtual_radio import VirtualRadio
 
@@ -59,6 +62,7 @@ async def run_simulator(patches: int, workdir: Path, *, hci_port: int = 0,
     port = await radio.serve_hci_tcp(hci_port)
     print(f"simulating {patches} patches; gateway: dermtwin run --hci tcp-client:127.0.0.1:{port}",
           flush=True)
+    faults = FaultInjector(radio, virtual, workdir, seed=seed)
     _write_json(workdir / "hci.json", {"port": port})
 
     stop = asyncio.Event()
@@ -73,6 +77,7 @@ async def run_simulator(patches: int, workdir: Path, *, hci_port: int = 0,
     loop.add_signal_handler(signal.SIGUSR1, stop_sampling_all)
     try:
         while not stop.is_set():
+            faults.poll()
             _write_json(workdir / "patches.json", patch_status(virtual))
             try:
                 await asyncio.wait_for(stop.wait(), STATUS_INTERVAL_S)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
+import shutil
 import time
 from pathlib import Path
 
@@ -105,6 +107,9 @@ class VirtualPatch:
         self.patch: app.Patch | None = None
         self.bumble_device = None
         self.task: asyncio.Task | None = None
+        # Seq ranges [first, end) the boots before this one logged durably (power_cut).
+        self.earlier_boots: list[tuple[int, int]] = []
+        self.torn_bytes = 0   # of the write the power cut before this boot interrupted
 
     @property
     def name(self) -> str:
@@ -160,6 +165,50 @@ class VirtualPatch:
     @property
     def unacked(self) -> int:
         return 0 if self.patch is None else len(self.patch.log)
+
+    async def power_cut(self, rng: random.Random) -> VirtualPatch:
+        """Cut the power now, mid-write, and boot again from what the flash holds: the
+        returned patch (same identity, a new directory holding the flash image) replaces this
+        one, which is dead.
+
+        The image is what reached the files (the log syncs every flush_every appends), plus a
+        torn write: a random strict prefix of the bytes the next sync would have written. The
+        samples that were only in RAM are gone, as on a board; nobody outside saw them (the
+        patch syncs before it reads a record to send)."""
+        patch, device = self._started(), self.bumble_device
+        if device is None:
+            raise RuntimeError(f"virtual patch {self.name} has no radio device")
+        log = patch.log
+        boot_first, durable, old_next = patch.boot_state.first_seq, log._durable, log.next_seq
+        active = log._seg_path(log._first[log._as]) if log._as >= 0 else None
+        torn_bytes = 0
+        cuts = sum(1 for p in self.data_dir.parent.glob(self.data_dir.name.split(".")[0] + ".*"))
+        image = self.data_dir.with_name(f"{self.data_dir.name.split('.')[0]}.boot{cuts + 1}")
+        shutil.copytree(self.data_dir, image)
+        if active is not None:
+            synced = Path(active).stat().st_size
+            log.flush()   # into the dead patch's files: what was on its way to flash
+            unsynced = Path(active).read_bytes()[synced:]
+            torn_bytes = rng.randrange(1, len(unsynced)) if len(unsynced) > 1 else 0
+            with open(image / Path(active).relative_to(self.data_dir), "ab") as f:
+                f.write(unsynced[:torn_bytes])
+        patch.stop_sampling()
+        await self.radio.drop_link(str(device.random_address))
+        await self.stop()
+        if device.is_advertising:
+            await device.stop_advertising()
+        reborn = VirtualPatch(self.radio, self.device_id_hex, self.key, image, seed=self.seed,
+                              config_overrides=self.config_overrides,
+                              log_capacity=self.log_capacity, time_scale=self.time_scale,
+                              model_start_s=self.model_start_s)
+        await reborn.start()
+        new_log = reborn._started().log
+        end = durable   # a whole block of the torn write may have survived: count it
+        while end < old_next and new_log.boot(end) == log.boot_id:
+            end += 1
+        reborn.earlier_boots = [*self.earlier_boots, (boot_first, end)]
+        reborn.torn_bytes = torn_bytes
+        return reborn
 
     async def stop(self) -> None:
         if self.task is not None:

@@ -2,6 +2,7 @@
 simulate + run + mosquitto processes and its verifying subscriber; every generated sample
 delivered, none lost, none duplicated after dedup by seq (the full table: `make chaos`)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,24 @@ def test_chaos_short_corrupt_database_and_runtime_model_failure(tmp_path):
         assert generated > 300 and delivered == generated and lost == 0 and dup == 0, row
     assert rows[0].endswith("| model:temp_anomaly |"), "failing at run time, not at the swap"
     assert rows[1].endswith("| database |")
+
+
+def test_chaos_short_link_drops_and_patch_power_loss(tmp_path):
+    """The simulator's own faults: links dropped mid-drain, patches cut mid-write and booted
+    from their flash image (earlier boots' seqs count as generated)."""
+    result = subprocess.run(
+        [sys.executable, "tools/chaos.py", "--short", "--only", "link drops,power loss",
+         "--keep", str(tmp_path / "chaos")],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| fault |")]
+    assert len(rows) == 2, result.stdout
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        generated, delivered, lost, dup = int(cells[1]), int(cells[3]), int(cells[4]), int(cells[5])
+        assert generated > 600 and delivered == generated and lost == 0 and dup == 0, row
+    assert "×10; " in rows[0] and "mid-drain" in rows[0]
+    assert "×3; " in rows[1]
+    statuses = [json.loads(p.read_text()) for p in (tmp_path / "chaos").glob("01/sim/patches.json")]
+    assert sum(len(p["earlier_boots"]) for s in statuses for p in s.values()) == 3

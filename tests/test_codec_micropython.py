@@ -433,6 +433,11 @@ def test_add_call_state_fits_on_the_c_stack(tmp_path):
     print(f"\nFrameEncoder.add: n_state {n_state} words, {n_exc} exception handlers")
     assert n_exc == 0
     assert n_state <= VM_MAX_STATE_ON_STACK_WORDS
+    # and the calls add makes for a long record (version 2, protocol.md §4)
+    helpers = [f for f in funcs if f[0] in ("_put_long", "_put_varint")]
+    assert len(helpers) == 2, funcs
+    for name, _, n_state, n_exc in helpers:
+        assert (n_exc, n_state <= VM_MAX_STATE_ON_STACK_WORDS) == (0, True), (name, n_state)
     assert start[0][2] > VM_MAX_STATE_ON_STACK_WORDS  # the reader sees big frames too
 
 

@@ -1,6 +1,8 @@
 """Firmware core modules (the flash log as the patch builds it, boot state, sampling config,
 the sampler against a full log) on CPython and on the real MicroPython VM."""
 
+import asyncio
+
 import pytest
 
 from firmware.flash_log import FlashLog
@@ -268,3 +270,40 @@ def test_replay_flags_backlog_and_resends_historical_and_first_sends_live(tmp_pa
     link._execute(ids.OP_REPLAY, 13)                           # the idle check: nothing lost
     assert (link.cursor, link.replay_end) == (13, 13)          # 13..15 never sent: live
     log.close()
+
+
+async def test_live_frames_fill_up_once_the_patch_has_seen_its_records_sizes(tmp_path, monkeypatch):
+    # protocol.md §4: version-2 records are mostly one byte. Before the patch has sent a
+    # frame it assumes 2-byte records (a frame is due at 112 pending samples); from then on
+    # it waits for as many samples as fit at the bytes per sample it saw.
+    from types import SimpleNamespace
+
+    from simulation.device_shims import install
+
+    install()   # aioble: the host shim
+    from firmware import ble_link
+    from gateway.protocol.frames import decode_frame
+
+    monkeypatch.setattr(ble_link, "_STREAM_POLL_MS", 0)
+    key = bytes(range(32))
+    sent = []
+    gatt = SimpleNamespace(stream_service_uuid=bytes(16),
+                           samples=SimpleNamespace(notify=lambda c, f: sent.append(bytes(f))))
+    log = FlashLog(str(tmp_path / "log"), boot_id=1)
+    # the clock stands still: no flush interval runs out, only full frames go
+    link = ble_link.PatchLink(gatt, "00" * 8, key, SimpleNamespace(boot_id=1, boot_nonce=5),
+                              log, SimpleNamespace(now=lambda: 100), SamplingConfig(), None)
+    link.cursor = link._sent_end = link.replay_end = 0
+    connection = SimpleNamespace(is_connected=lambda: True, mtu=247)
+    stream = asyncio.create_task(link._stream_loop(connection))
+    for i in range(900):                      # UV every second, unchanged: one byte each
+        log.append(1, 100 + 10 * i, 0)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    stream.cancel()
+    await asyncio.gather(stream, return_exceptions=True)
+    log.close()
+    counts = [len(decode_frame(f, key)) for f in sent]
+    assert counts[0] == 112
+    assert len(counts) >= 3 and all(n >= 220 for n in counts[1:]), counts
+    assert all(len(f) >= 240 for f in sent[1:]), [len(f) for f in sent]

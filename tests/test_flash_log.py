@@ -721,3 +721,99 @@ def test_ack_one_short_of_a_segment_end_keeps_the_segment_and_its_last_record(tm
     assert record_of(reopened, last_of_first) == (0, *sample(last_of_first)), "after reboot"
     reopened.ack(last_of_first)
     assert segment_files(d) == names[1:]
+
+
+# --- found by the mutation run (make mutate) ---------------------------------------------------
+
+def test_blocks_of_the_largest_records_fill_to_the_last_byte_and_read_back(tmp_path):
+    # 9-byte records (a 4-byte tick step and a 4-byte value step) after 0..8 two-byte ones,
+    # no sync in between (a sync ends the block early):
+    # some block's body then ends within a record of its 255-byte limit, so its CRC lands
+    # on the write buffer's last bytes.
+    for pad in range(9):
+        log = FlashLog(str(tmp_path / f"pad{pad}"), boot_id=3, flush_every=1000)
+        expected = {}
+        tick = 1 << 22
+        for _ in range(pad):
+            tick += 1
+            expected[log.append(0, tick, 100)] = (0, tick, 100)
+        for i in range(80):
+            tick += (1 << 21) if i % 2 == 0 else -(1 << 21)
+            value = 0x7FFFFF if i % 2 == 0 else 0
+            expected[log.append(2, tick, value)] = (2, tick, value)
+        log.flush()
+        for seq, (channel, tick, value) in expected.items():
+            assert record_of(log, seq) == (3, channel, tick, value), (pad, seq)
+        log.close()
+
+
+def test_boot_zero_records_are_records_and_a_hole_reads_as_minus_one(tmp_path):
+    d = tmp_path / "log"
+    log = FlashLog(str(d), segment_bytes=120, flush_every=4, boot_id=0)
+    seqs = fill(log, 10)
+    log.close()
+    log = FlashLog(str(d), segment_bytes=120, flush_every=4, boot_id=1)
+    hole = seqs[-1] + 1        # the seqs a reboot skips hold nothing
+    assert hole < log.next_seq
+    assert log.boot(seqs[0]) == 0 and log.next_record(seqs[0]) == seqs[0]
+    assert log.boot(hole) == -1 == NO_RECORD
+    log.close()
+
+
+def test_reading_on_through_acks_that_delete_the_segment_being_read(tmp_path):
+    # The read handle belongs to a segment an ACK deletes; later reads, in whatever ring slot,
+    # must open their own segment.
+    log = FlashLog(str(tmp_path / "log"), segment_bytes=120, max_segments=4, flush_every=4,
+                   boot_id=5)
+    written = {}
+    i = 0
+    for _ in range(30):
+        for _ in range(12):
+            written[log.append(*sample(i))] = sample(i)
+            i += 1
+        log.flush()
+        held = [s for s in written if s >= log.oldest_seq]
+        for seq in held:
+            assert record_of(log, seq) == (5, *written[seq]), seq
+        log.ack(held[len(held) // 2])
+    log.close()
+
+
+def test_a_segment_file_that_cannot_be_created_is_tried_again_on_the_next_append(
+        tmp_path, monkeypatch):
+    import firmware.flash_log as flash_log_module
+
+    log = FlashLog(str(tmp_path / "log"), segment_bytes=120, flush_every=4, boot_id=2)
+    fill(log, 3)
+    segments = len(segment_files(tmp_path / "log"))
+    i = 3
+    while True:   # fill the active segment until the next append needs a new one
+        if log._needs_segment(sample(i)[1]):
+            break
+        log.append(*sample(i))
+        i += 1
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(flash_log_module, "open", no_space, raising=False)
+    with pytest.raises(OSError):
+        log.append(*sample(i))
+    monkeypatch.undo()
+    seq = log.append(*sample(i))     # the flash has room again
+    log.flush()
+    assert len(segment_files(tmp_path / "log")) == segments + 1
+    assert record_of(log, seq) == (2, *sample(i))
+    log.close()
+
+
+def test_a_block_holds_at_most_64_records(tmp_path):
+    d = tmp_path / "log"
+    log = FlashLog(str(d), boot_id=1, flush_every=1000)
+    for i in range(200):
+        log.append(0, 10 * i, 100)      # two bytes each: only the record limit ends a block
+    log.flush()
+    [segment] = segment_files(d)
+    _, _, _, blocks = parse_segment((d / segment).read_bytes())
+    assert [b.count for b in blocks] == [64, 64, 64, 8]
+    log.close()

@@ -187,3 +187,40 @@ def test_outbox_behaves_like_an_ordered_queue_across_reopens(tmp_path_factory, o
         conn.commit()
         assert [(m.id, m.payload) for m in outbox.pending(1000)] == model
     conn.close()
+
+
+def test_delete_of_scattered_ids_takes_every_one_of_them_across_delete_chunks(db_path):
+    # PUBACKs out of order leave no runs: every id goes through the chunked IN (...) path.
+    conn, outbox = open_outbox(db_path)
+    ids = outbox.put_many([("t", b"%d" % i) for i in range(2600)])
+    scattered = ids[::2]        # 1300 ids, no two consecutive: more than two chunks
+    assert outbox.delete(reversed(scattered)) == 1300
+    conn.commit()
+    assert [m.id for m in outbox.pending(5000)] == ids[1::2]
+
+
+def test_unpark_puts_rows_back_in_their_place_and_parked_rows_keep_their_kind(db_path):
+    conn, outbox = open_outbox(db_path, clock_ms=lambda: 2_000)
+    first, second, third = outbox.put_many([("t", b"a"), ("t", b"b"), ("t", b"c")])
+    assert outbox.park(first, "over the size limit", kind="too_large")
+    assert outbox.park(third, "PUBACK 0x97", kind="refused")
+    assert [(p.message.id, p.kind, p.parked_ms) for p in outbox.parked()] == [
+        (first, "too_large", 2_000), (third, "refused", 2_000)]
+    assert outbox.unpark([third, 999_999, first]) == [third, first]
+    conn.commit()
+    assert [m.id for m in outbox.pending(10)] == [first, second, third]
+    assert outbox.parked_count() == 0
+    assert outbox.unpark([first]) == [], "not parked: nothing moved"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(1, 40)))
+def test_delete_takes_exactly_the_ids_given(chosen):
+    # Runs of consecutive ids are deleted as ranges: a range must never take an id in
+    # between that was not given (e.g. ids 3 and 6 are not a run).
+    conn = sqlite3.connect(":memory:")
+    outbox = Outbox(conn)
+    ids = outbox.put_many([("t", b"%d" % i) for i in range(40)])
+    assert ids == list(range(1, 41))
+    assert outbox.delete(chosen) == len(chosen)
+    assert [m.id for m in outbox.pending(100)] == [i for i in ids if i not in chosen]

@@ -20,7 +20,7 @@ from gateway.session import (
     Subscribe,
     WriteControl,
 )
-from gateway.values import CloseKind
+from gateway.values import CloseKind, SessionClose
 
 KEY = bytes(range(32))
 DEVICE = "3f2a0c11d4e59b07"
@@ -62,6 +62,11 @@ def operand_u32(action) -> int:
 
 
 def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000, flush_s=1):
+    return handshake(committed, oldest, next_seq, tick_at_set, flush_s)[0]
+
+
+def handshake(committed=-1, oldest=0, next_seq=0, tick_at_set=1000, flush_s=1):
+    """A session through the handshake; with the actions the REPLAY answer brought."""
     s = PatchSession(DEVICE, KEY, committed)
     assert s.start(247, T0_MS) == [ReadChar(SERIAL_NUMBER_UUID), ReadChar(ids.STATUS_CHAR_UUID)]
     assert s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS) == []
@@ -83,10 +88,11 @@ def streaming_session(committed=-1, oldest=0, next_seq=0, tick_at_set=1000, flus
     replay = actions[1]
     assert replay.opcode == ids.Opcode.REPLAY and request_tag_ok(replay.data)
     assert operand_u32(replay) == committed + 1
-    s.control_response(response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", oldest, next_seq)),
-                       T0_MS + 40)
+    after_replay = s.control_response(
+        response(s, ids.Opcode.REPLAY, 0, struct.pack(
+            "<II", min(max(oldest, committed + 1), next_seq), next_seq)), T0_MS + 40)
     assert s.state is State.STREAMING
-    return s
+    return s, after_replay
 
 
 def frame(first_seq, n, tick0=1000, boot_id=BOOT, key=KEY, gaps_before=False):
@@ -101,6 +107,37 @@ def gap_notice(seq_at, counts=(2, 4, 0, 0), first_tick=900, last_tick=990, boot_
 def test_handshake_reaches_streaming():
     s = streaming_session(committed=41, oldest=30, next_seq=60)
     assert s.expected_seq == 42
+
+
+def test_samples_committed_before_a_lost_ack_are_acknowledged_at_the_next_handshake():
+    # The link dropped after the store committed up to 41 but before ACK(41) reached the
+    # patch: it still holds 30..59. Acknowledge 41 right after the REPLAY answer, not only
+    # once a newer sample commits (the patch may have nothing newer).
+    s, actions = handshake(committed=41, oldest=30, next_seq=60)
+    [ack] = actions
+    assert ack.opcode == ids.Opcode.ACK and operand_u32(ack) == 41 and request_tag_ok(ack.data)
+    assert s.control_response(response(s, ids.Opcode.ACK), T0_MS + 50) == []
+    assert s.committed(41, T0_MS + 60) == []          # acknowledged once only
+    [ack] = s.committed(45, T0_MS + 70)
+    assert operand_u32(ack) == 45
+
+
+@pytest.mark.parametrize("committed, oldest, next_seq", [
+    (41, 42, 60),    # the ACK arrived: the patch holds only what the store needs
+    (41, 60, 60),    # nothing held at all
+    (-1, 0, 10),     # a new patch: nothing committed yet
+])
+def test_no_handshake_ack_when_the_patch_holds_nothing_already_stored(committed, oldest,
+                                                                      next_seq):
+    assert handshake(committed, oldest, next_seq)[1] == []
+
+
+def test_handshake_ack_never_goes_past_the_patch_next_seq():
+    # A patch whose log restarted below what the store has (a replaced flash, a reset seq
+    # floor): acknowledge what it holds, never seqs it has not handed out yet.
+    s, actions = handshake(committed=41, oldest=30, next_seq=36)
+    [ack] = actions
+    assert operand_u32(ack) == 35
 
 
 def test_low_mtu_is_refused_with_a_clear_reason():
@@ -153,9 +190,17 @@ def test_gap_asks_for_replay_once_and_is_not_committed():
     assert commit.batch.seq[0] == 5
 
 
+def tagged_frame(records: bytes, version=2, first_seq=0, base_tick=1000) -> bytes:
+    body = struct.pack("<BBHII", version, 0, BOOT, first_seq, base_tick) + records
+    return body + _tag(body)
+
+
 @pytest.mark.parametrize("data, code", [
     (b"\x01\x00", "TRUNCATED"),
-    (b"\x02" + bytes(29), "BAD_VERSION"),
+    (b"\x03" + bytes(29), "BAD_VERSION"),
+    # temperature, UV 3 ticks later, temperature one tick before its stride (protocol.md §4)
+    (tagged_frame(bytes.fromhex("30 00 73 00 28")), "BAD_VALUE"),
+    (tagged_frame(bytes.fromhex("40 32 40"), version=1), "TRUNCATED_RECORD"),
 ])
 def test_malformed_frames_are_counted_and_dropped(data, code):
     s = streaming_session()
@@ -163,6 +208,14 @@ def test_malformed_frames_are_counted_and_dropped(data, code):
     assert s.stats.frames_rejected[code] == 1
     [commit] = s.notification(frame(0, 3), T0_MS)   # the session goes on
     assert len(commit.batch) == 3
+
+
+def test_frames_of_older_firmware_are_committed_alike():
+    s = streaming_session()
+    samples = [(0, 1000 + 10 * i, 4224 + i) for i in range(3)]
+    [commit] = s.notification(encode_frame(KEY, BOOT, 0, 1000, samples, version=1), T0_MS)
+    [commit2] = s.notification(frame(3, 3, tick0=1030), T0_MS)   # version 2 right after
+    assert list(commit.batch.seq) + list(commit2.batch.seq) == list(range(6))
 
 
 def test_frame_under_another_key_is_rejected():
@@ -699,3 +752,48 @@ def test_clock_step_reanchors_and_flags_times_stamped_against_the_old_clock():
     [commit] = s.notification(frame(4, 2, tick0=1300), T0_MS + 300)
     assert not commit.batch.time_uncertain
     assert commit.batch.utc_ms[0] == T0_MS + 210 + 3_600_000 + 198 * 100
+
+
+def test_a_link_lost_closes_the_session_the_first_close_wins_and_nothing_is_acked_after():
+    s = streaming_session(committed=9, oldest=10, next_seq=20)
+    [commit] = s.notification(frame(10, 3), T0_MS + 100)
+    assert isinstance(commit, Commit)
+    lost = SessionClose(CloseKind.LINK_LOST, "link lost")
+    s.disconnected(lost)
+    assert s.state is State.CLOSED and s.close == lost
+    s.disconnected(SessionClose(CloseKind.BLE_ERROR, "later"))
+    assert s.close == lost
+    # the commit lands after the link went: nothing to send it on
+    assert s.committed(12, T0_MS + 200) == [] and s.tick(T0_MS + 60_000) == []
+
+
+def test_a_gap_at_large_seqs_is_replayed_once_not_again_after_the_answer():
+    base = 1_000_000     # seqs far past the small ints CPython shares (equality, not identity)
+    s = streaming_session(committed=base - 1, oldest=base, next_seq=base + 40)
+    assert isinstance(s.notification(frame(base, 5), T0_MS)[0], Commit)
+    [replay] = s.notification(frame(base + 10, 5), T0_MS)
+    assert operand_u32(replay) == base + 5
+    assert s.notification(frame(base + 15, 5), T0_MS) == []
+    after = s.control_response(
+        response(s, ids.Opcode.REPLAY, 0, struct.pack("<II", base + 5, base + 40)), T0_MS)
+    assert after == [], "the REPLAY asked once covers both frames past the gap"
+
+
+def test_set_time_carries_the_gateway_utc_at_the_handshake():
+    offset = 1_764_000_000_000 - T0_MS     # UTC = monotonic ms + offset
+    s = PatchSession(DEVICE, KEY, -1, utc_offset_ms=offset)
+    s.start(247, T0_MS)
+    s.read_result(SERIAL_NUMBER_UUID, DEVICE.encode(), T0_MS)
+    _, set_time = s.read_result(ids.STATUS_CHAR_UUID, status_record(), T0_MS + 7)
+    assert struct.unpack_from("<Q", set_time.data, 5)[0] == 1_764_000_000_007
+
+
+@pytest.mark.parametrize("seconds, ok", [(0, False), (1, True), (255, True), (256, False)])
+def test_identify_takes_1_to_255_seconds(seconds, ok):
+    s = streaming_session()
+    if ok:
+        [request] = s.identify(seconds, T0_MS)
+        assert request.opcode == ids.Opcode.IDENTIFY and request.data[5] == seconds
+    else:
+        with pytest.raises(ValueError, match=f"seconds {seconds}"):
+            s.identify(seconds, T0_MS)

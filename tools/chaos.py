@@ -51,6 +51,9 @@ PATCHES = 2
 BACKLOG = 300
 WARMUP_DELIVERED = 50
 DRAIN_TIMEOUT_S = 120.0
+# bytes: a drain's samples messages are larger (1.1-1.7 KB in runs here without a limit);
+# twins and every other message fit (the table's note shows 0 rows parked)
+SIZE_LIMIT = 1000
 
 
 @dataclass
@@ -64,6 +67,7 @@ class World:
     sim: subprocess.Popen | None = None
     run: subprocess.Popen | None = None
     hci_port: int = 0
+    notes: list[str] = field(default_factory=list)   # what the fault observed, for the table
 
     def start_gateway(self) -> None:
         self.run = subprocess.Popen(
@@ -77,6 +81,29 @@ class World:
         if self.run is not None and self.run.poll() is None:
             self.run.send_signal(signal.SIGKILL)
             self.run.wait(10)
+
+    def sim_fault(self, command: dict, timeout_s: float) -> dict:
+        """Ask the simulator for a fault (simulation/sim_faults.py) and wait until it has
+        run; its counters afterwards."""
+        requests = self.root / "sim" / "faults"
+        n = len(list(requests.iterdir()))
+        pending = requests / f"{n:03d}.part"
+        pending.write_text(json.dumps(command))
+        pending.rename(pending.with_suffix(".json"))
+        _wait(lambda: pending.with_suffix(".taken").exists(), 10, "the simulator to take "
+              f"{command['op']}")
+        time.sleep(1.0)   # two status rounds: faults.json now counts it as busy
+        status = _wait(lambda: (s := self.sim_faults()) and s["busy"] == 0 and s, timeout_s,
+                       f"the simulator's {command['op']} to finish")
+        if status["errors"]:
+            raise RuntimeError(f"simulator fault {command['op']}: {status['errors']}")
+        return status
+
+    def sim_faults(self) -> dict:
+        try:
+            return json.loads((self.root / "sim" / "faults.json").read_text())
+        except (OSError, ValueError):
+            return {}
 
     def patches(self) -> dict:
         try:
@@ -93,6 +120,8 @@ class Verifier:
         self.seen: dict[str, dict[int, tuple]] = {}
         self.redelivered = 0
         self.conflicts = 0
+        self.messages = 0
+        self.largest = 0   # bytes of the largest samples payload received
         self.last_arrival = time.monotonic()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="chaos-verifier",
                                   protocol=paho.MQTTv5)
@@ -109,6 +138,8 @@ class Verifier:
         subject = message.topic.split("/")[3]
         payload = json.loads(message.payload)
         with self.lock:
+            self.messages += 1
+            self.largest = max(self.largest, len(message.payload))
             seen = self.seen.setdefault(subject, {})
             for sample in samples_message.decode(payload):
                 # a different time is a restamp: a dup
@@ -239,11 +270,58 @@ def fault_clock_step(world: World) -> None:
     world.skew_file.write_text("0")
 
 
+def fault_link_drops(world: World, n: int) -> None:
+    done = world.sim_fault({"op": "drop_links", "count": n, "min_gap_s": 0.1,
+                            "max_gap_s": 0.6}, 60 + 3 * n)
+    world.notes.append(f"{done['mid_drain']} mid-drain")
+
+
+def fault_power_cuts(world: World, n: int) -> None:
+    done = world.sim_fault({"op": "power_cut", "count": n, "min_gap_s": 1.0,
+                            "max_gap_s": 3.0}, 60 + 5 * n)
+    world.notes.append(f"{done['torn_writes']} with a torn write")
+
+
+def fault_garbled_control(world: World, seconds: float) -> None:
+    done = world.sim_fault({"op": "garble", "probability": 0.25, "seconds": seconds},
+                           seconds + 30)
+    closes = sum("closing session" in line and ("malformed" in line
+                                                 or "unauthenticated control point" in line)
+                 for line in (world.root / "run.log").read_text().splitlines())
+    world.notes.append(f"{done['garbled']} answers garbled ({done['garbled_tagged']} tagged "
+                       f"but malformed), {closes} session closes logged")
+    if done["garbled"] == 0:
+        raise RuntimeError("no Control Point answer was garbled")
+
+
+def fault_disk_full(world: World, seconds: float) -> None:
+    """Fill the gateway's filesystem (a size-limited tmpfs holding only its database) to the
+    last byte, hold it full, then free the space."""
+    filler = world.db.parent / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+        try:
+            while True:   # the last partial chunk's worth
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    time.sleep(seconds)
+    filler.unlink()
+
+
 @dataclass
 class Fault:
     name: str
     inject: Callable[[World], None]
     note: str = ""
+    broker_config: tuple[str, ...] = ()   # extra mosquitto.conf lines for this world
+    small_disk_mb: int = 0                 # the database on a tmpfs of this size
+    expect_alarm: str | None = None        # an alarm kind the retained state must show
 
 
 def faults(short: bool) -> list[Fault]:
@@ -260,6 +338,19 @@ def faults(short: bool) -> list[Fault]:
               "outside the card's range"),
         Fault("corrupt database", fault_corrupt_db, "samples root page garbled"),
         Fault("wall clock +1 h, then -1 h", fault_clock_step, "6 s apart"),
+        Fault("BLE link drops", lambda w: fault_link_drops(w, 10 if short else 100),
+              "×10" if short else "×100"),
+        Fault("patch power loss mid-write", lambda w: fault_power_cuts(w, 3 if short else 20),
+              "×3" if short else "×20"),
+        Fault("disk full, then space returns", lambda w: fault_disk_full(w, 8 if short else 30),
+              "8 s" if short else "30 s", small_disk_mb=16, expect_alarm="store"),
+        Fault("malformed control responses",
+              lambda w: fault_garbled_control(w, 10 if short else 60),
+              "25 % for 10 s" if short else "25 % for 60 s"),
+        Fault("broker size limit", lambda w: time.sleep(5),
+              f"message_size_limit {SIZE_LIMIT} B",
+              broker_config=(f"message_size_limit {SIZE_LIMIT}",
+                             f"max_packet_size {SIZE_LIMIT + 40}")),
     ]
 
 
@@ -280,7 +371,7 @@ class Result:
 
 def _stored(world: World) -> int:
     total = 0
-    for path in [world.db, *world.root.glob("gateway.sqlite3.corrupt-*")]:
+    for path in [world.db, *world.db.parent.glob("gateway.sqlite3.corrupt-*")]:
         if path.name.endswith(("-wal", "-shm")):
             continue
         try:
@@ -301,9 +392,16 @@ def run_fault(fault: Fault, root: Path) -> Result:
     skew = root / "clock-skew"
     skew.write_text("0")
     env = {**os.environ, "PYTHONPATH": str(REPO), "DERMTWIN_CLOCK_SKEW_FILE": str(skew)}
-    broker = LocalBroker(data_dir=root / "mosquitto", persistence=True)
+    db_dir = root
+    if fault.small_disk_mb:
+        db_dir = root / "small-disk"
+        db_dir.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={fault.small_disk_mb}m,mode=0700",
+                        "tmpfs", str(db_dir)], check=True)
+    broker = LocalBroker(data_dir=root / "mosquitto", persistence=True,
+                         extra_config=list(fault.broker_config))
     broker.start_sync()
-    world = World(root, broker, env, skew, models_dir, root / "gateway.sqlite3")
+    world = World(root, broker, env, skew, models_dir, db_dir / "gateway.sqlite3")
     verifier = Verifier(broker)
     alarms: set = set()
     state_client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -351,7 +449,8 @@ def run_fault(fault: Fault, root: Path) -> Result:
         status = world.patches()
         subjects = {d["device_id"]: d["subject"] for d in
                     json.loads((root / "sim" / "registry.json").read_text())}
-        generated = {subjects[d]: set(range(p["first_seq"], p["next_seq"]))
+        generated = {subjects[d]: set(range(p["first_seq"], p["next_seq"])).union(
+                         *(range(first, end) for first, end in p.get("earlier_boots", [])))
                      for d, p in status.items()}
         result.generated = sum(len(s) for s in generated.values())
 
@@ -370,8 +469,19 @@ def run_fault(fault: Fault, root: Path) -> Result:
                                    for s, v in verifier.seen.items() if s in generated)
             result.dup = verifier.conflicts
             result.redelivered = verifier.redelivered
+            if fault.broker_config:
+                connects = (root / "run.log").read_text().count("mqtt connected")
+                conn = sqlite3.connect(f"file:{world.db}?mode=ro", uri=True)
+                parked = conn.execute("SELECT COUNT(*) FROM outbox_parked").fetchone()[0]
+                conn.close()
+                world.notes.append(f"{verifier.messages} samples messages, largest "
+                                   f"{verifier.largest} B; {connects} broker connect(s), "
+                                   f"{parked} rows parked")
         result.lost = result.generated - result.delivered
         result.stored = _stored(world)
+        if fault.expect_alarm and not any(a.split(":")[0] == fault.expect_alarm
+                                          for a in alarms):
+            raise RuntimeError(f"the {fault.expect_alarm} alarm never showed on state")
     except Exception as e:   # a harness failure is a result too: reported, counts as a failure
         result.error = f"{type(e).__name__}: {e}"
     finally:
@@ -388,6 +498,11 @@ def run_fault(fault: Fault, root: Path) -> Result:
                     process.kill()
                     process.wait()
         broker.stop_sync()
+        if fault.small_disk_mb:
+            shutil.copytree(db_dir, root / "small-disk.kept", ignore=lambda *_: ["filler"])
+            subprocess.run(["umount", str(db_dir)], check=False)
+        if world.notes:
+            result.note = "; ".join([result.note, *world.notes] if result.note else world.notes)
     return result
 
 

@@ -41,16 +41,22 @@ ATT_MTU_MIN = 64
 ATT_NOTIFY_OVERHEAD = 3
 
 # --- sample frames (§4) --------------------------------------------------------------------
-FRAME_VERSION = 1
+FRAME_VERSION = 2  # what patches send; the gateway also decodes FRAME_VERSION_1
+FRAME_VERSION_1 = 1  # the older record grammar (protocol.md §4.2)
 FRAME_FLAG_HISTORICAL = 0x01
 FRAME_FLAG_GAP = 0x02  # a gap notice, not samples (§4.1)
 FRAME_FLAG_GAPS_BEFORE = 0x04  # gap notices were sent just before this sample frame
 FRAME_FLAGS_RESERVED = 0xF8
 GAP_FRAME_VARINTS = 5  # tick span, then one count per channel
 FRAME_HEADER_LEN = 12
-FRAME_MIN_BYTES = 22
+FRAME_MIN_BYTES = 21  # header + one 1-byte record + tag
+FRAME_V1_MIN_BYTES = 22  # version 1: records are at least 2 bytes
 FRAME_MAX_BYTES = 244
 DT_ESCAPE = 63
+# version-2 record codes (head bits 5..0), protocol.md §4
+CODE_SHORT_END = 32  # 0..31: at next(c), delta -16..15
+CODE_SHORT_PLUS_END = 40  # 32..39: at next(c) + 1, delta -4..3
+CODE_SHORT_MINUS_END = 48  # 40..47: at next(c) - 1, delta -4..3; 48..62: long, dt in head
 VARINT_MAX_BYTES = 5
 CHANNEL_COUNT = 4
 

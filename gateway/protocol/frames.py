@@ -1,12 +1,15 @@
 """Sample frames (docs/protocol.md §4), gateway side: a sans-I/O decoder and a reference encoder.
 
-`decode_frame(data, key)` authenticates and decodes one Samples notification: a sample
-frame into numpy arrays (DecodedFrame), a gap notice (§4.1) into a DecodedGap, or raises
-FrameError with the first §4 error code that applies (checked in the order of the table). The record walk is a short Python loop over at most 244 bytes; ticks
-and per-channel values are cumulative sums in numpy.
+`decode_frame(data, key)` authenticates and decodes one Samples notification, version 2 (what
+patches send: one-byte records at each channel's stride) or version 1 (older firmware,
+§4.2): a sample frame into numpy arrays (DecodedFrame), a gap notice (§4.1) into a
+DecodedGap, or raises FrameError with the first §4 error code that applies (checked in the
+order of the table). The record walk is a short Python loop over at most 244 bytes; the
+value and tick checks run on the columns.
 
-`encode_frame(...)` and `encode_gap_frame(...)` are plain reference encoders for tests and simulation; the patch's own
-encoder is firmware/frame_encoder.py and the two share only the golden vectors.
+`encode_frame(...)` and `encode_gap_frame(...)` are plain reference encoders (either
+version) for tests and simulation; the patch's own encoder is firmware/frame_encoder.py and
+the two share only the golden vectors.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +27,9 @@ from .constants import (
     CHANNEL_COUNT,
     CHANNEL_MAX,
     CHANNEL_MIN,
+    CODE_SHORT_END,
+    CODE_SHORT_MINUS_END,
+    CODE_SHORT_PLUS_END,
     DEVICE_KEY_LEN,
     DT_ESCAPE,
     FRAME_FLAG_GAP,
@@ -31,7 +38,9 @@ from .constants import (
     FRAME_FLAGS_RESERVED,
     FRAME_HEADER_LEN,
     FRAME_MIN_BYTES,
+    FRAME_V1_MIN_BYTES,
     FRAME_VERSION,
+    FRAME_VERSION_1,
     GAP_FRAME_VARINTS,
     TAG_LEN,
     VARINT_MAX_BYTES,
@@ -53,6 +62,8 @@ _HEADER = struct.Struct("<BBHII")
 _U32_MAX = 0xFFFFFFFF
 _CH_LO = tuple(CHANNEL_MIN)
 _CH_HI = tuple(CHANNEL_MAX)
+_CH_LO_ARR = np.array(CHANNEL_MIN, dtype=np.int64)
+_CH_HI_ARR = np.array(CHANNEL_MAX, dtype=np.int64)
 
 
 class FrameError(ValueError):
@@ -140,7 +151,8 @@ def frame_tag(key: bytes, body: bytes) -> bytes:
 
 
 def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
-    """Authenticate and decode one frame or gap notice. Raises FrameError (see FrameErrorCode)."""
+    """Authenticate and decode one frame or gap notice, of either version (§4, §4.2).
+    Raises FrameError (see FrameErrorCode)."""
     key = check_device_key(key)
     data = bytes(data)
     n = len(data)
@@ -149,8 +161,12 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
             FrameErrorCode.TRUNCATED, f"frame is {n} bytes, the minimum is {FRAME_MIN_BYTES}"
         )
     version, flags, boot_id, first_seq, base_tick = _HEADER.unpack_from(data)
-    if version != FRAME_VERSION:
-        raise FrameError(FrameErrorCode.BAD_VERSION, f"version {version}, expected {FRAME_VERSION}")
+    if version != FRAME_VERSION and version != FRAME_VERSION_1:
+        raise FrameError(FrameErrorCode.BAD_VERSION,
+                         f"version {version}, expected {FRAME_VERSION} or {FRAME_VERSION_1}")
+    if version == FRAME_VERSION_1 and n < FRAME_V1_MIN_BYTES:
+        raise FrameError(FrameErrorCode.TRUNCATED,
+                         f"version-1 frame is {n} bytes, the minimum is {FRAME_V1_MIN_BYTES}")
     if flags & FRAME_FLAGS_RESERVED:
         raise FrameError(FrameErrorCode.RESERVED_FLAGS, f"flags 0x{flags:02x} set reserved bits")
     if flags & FRAME_FLAG_GAP and flags & FRAME_FLAG_GAPS_BEFORE:
@@ -161,93 +177,18 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
         raise FrameError(FrameErrorCode.BAD_TAG, "tag does not match the device key")
     if flags & FRAME_FLAG_GAP:
         return _decode_gap(data, end, flags, boot_id, first_seq, base_tick)
-
-    # Walk the records once, in plain Python: frames hold ~100 records, too few for numpy
-    # to pay per frame (bench/bench_codec.py); the columns become arrays at the end.
-    # Structural problems are noted as found; the first TRUNCATED_RECORD wins over any
-    # VARINT_TOO_LONG (table order), and both over value checks.
-    channels: list[int] = []
-    ticks: list[int] = []
-    values: list[int] = []
-    prev = [0, 0, 0, 0]
-    tick = base_tick
-    too_long_at = -1
-    bad_value_at = -1
-    i = FRAME_HEADER_LEN
-    while i < end:
-        rec_start = i
-        head = data[i]
-        i += 1
-        dt = head & 0x3F
-        if dt != DT_ESCAPE and i < end and data[i] < 0x80:
-            # The common record: a 6-bit dt and a one-byte value delta.
-            u = data[i]
-            i += 1
-            channel = head >> 6
-            value = prev[channel] + ((u >> 1) ^ -(u & 1))
-            prev[channel] = value
-            tick += dt
-            if bad_value_at < 0 and (not _CH_LO[channel] <= value <= _CH_HI[channel]
-                                     or tick > _U32_MAX):
-                bad_value_at = len(channels)
-            channels.append(channel)
-            ticks.append(tick)
-            values.append(value)
-            continue
-        varints = 2 if dt == DT_ESCAPE else 1
-        for k in range(varints):
-            u = 0
-            shift = 0
-            length = 0
-            while True:
-                if i >= end:
-                    raise FrameError(
-                        FrameErrorCode.TRUNCATED_RECORD,
-                        f"record {len(channels)} at byte {rec_start} runs into the tag at "
-                        f"byte {end}",
-                    )
-                b = data[i]
-                i += 1
-                length += 1
-                u |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            if length > VARINT_MAX_BYTES and too_long_at < 0:
-                too_long_at = rec_start
-            if k == 0 and varints == 2:
-                dt = u
-        channel = head >> 6
-        value = prev[channel] + ((u >> 1) ^ -(u & 1))
-        prev[channel] = value
-        tick += dt
-        if bad_value_at < 0 and (not _CH_LO[channel] <= value <= _CH_HI[channel]
-                                 or tick > _U32_MAX):
-            bad_value_at = len(channels)
-        channels.append(channel)
-        ticks.append(tick)
-        values.append(value)
-    if too_long_at >= 0:
-        raise FrameError(
-            FrameErrorCode.VARINT_TOO_LONG,
-            f"record at byte {too_long_at} has a varint longer than {VARINT_MAX_BYTES} bytes",
-        )
+    walk = _records_v2 if version == FRAME_VERSION else _records_v1
+    channels, ticks, values = walk(data, end, base_tick)
     count = len(channels)
-    if bad_value_at >= 0:
-        j = bad_value_at
-        c = Channel(channels[j])
-        if ticks[j] > _U32_MAX:
-            raise FrameError(
-                FrameErrorCode.BAD_VALUE, f"record {j}: tick {ticks[j]} is beyond a u32")
-        raise FrameError(
-            FrameErrorCode.BAD_VALUE,
-            f"record {j}: {c.name.lower()} value {values[j]} outside "
-            f"{CHANNEL_MIN[c]}..{CHANNEL_MAX[c]}",
-        )
-    # New names: `channel`, `tick` and `value` are the per-record ints of the loop above.
-    channel_arr = np.array(channels, dtype=np.uint8)
-    tick_arr = np.array(ticks, dtype=np.int64)
-    value_arr = np.array(values, dtype=np.int32)
+    # Range and order checks on whole columns; the record-by-record search only to name the
+    # first bad record. (Sums of at most 244 five-byte varints fit an int64.)
+    channel_arr = np.frombuffer(channels, dtype=np.uint8)
+    tick_arr = np.frombuffer(ticks, dtype=np.int64)
+    value_arr = np.frombuffer(values, dtype=np.int64)
+    if (ticks[0] < base_tick or ticks[-1] > _U32_MAX or (tick_arr[1:] < tick_arr[:-1]).any()
+            or (value_arr < _CH_LO_ARR.take(channel_arr)).any()
+            or (value_arr > _CH_HI_ARR.take(channel_arr)).any()):
+        _raise_first_bad_value(channels, ticks, values, base_tick)
     if first_seq + count - 1 > _U32_MAX:
         raise FrameError(
             FrameErrorCode.SEQ_OVERFLOW,
@@ -262,8 +203,186 @@ def decode_frame(data: bytes, key: bytes) -> DecodedFrame | DecodedGap:
         seq=first_seq + np.arange(count, dtype=np.int64),
         channel=channel_arr,
         tick=tick_arr,
-        value=value_arr,
+        value=value_arr.astype(np.int32),
     )
+
+
+def _truncated(count: int, rec_start: int, end: int) -> FrameError:
+    return FrameError(FrameErrorCode.TRUNCATED_RECORD,
+                      f"record {count} at byte {rec_start} runs into the tag at byte {end}")
+
+
+def _too_long(rec_start: int) -> FrameError:
+    return FrameError(FrameErrorCode.VARINT_TOO_LONG,
+                      f"record at byte {rec_start} has a varint longer than {VARINT_MAX_BYTES} "
+                      "bytes")
+
+
+def _varint_at(data: bytes, i: int, end: int) -> tuple[int, int, int]:
+    """(value, index after it, its length), or (-1, -1, 0) when it runs into the tag at end.
+    A varint longer than VARINT_MAX_BYTES reads as 0 (the frame is refused for it anyway;
+    its value must not overflow the int64 columns first)."""
+    u = 0
+    shift = 0
+    start = i
+    while i < end:
+        b = data[i]
+        i += 1
+        u |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return (u if i - start <= VARINT_MAX_BYTES else 0), i, i - start
+    return -1, -1, 0
+
+
+def _short_record(head: int) -> tuple[int, int, int] | None:
+    """(channel, tick adjustment against next(c), value delta) of a one-byte version-2
+    record, or None for the head of a long one (§4)."""
+    code = head & 0x3F
+    if code >= CODE_SHORT_MINUS_END:
+        return None
+    if code < CODE_SHORT_END:
+        adjust, u = 0, code
+    elif code < CODE_SHORT_PLUS_END:
+        adjust, u = 1, code - CODE_SHORT_END
+    else:
+        adjust, u = -1, code - CODE_SHORT_PLUS_END
+    return head >> 6, adjust, (u >> 1) ^ -(u & 1)
+
+
+_SHORT_RECORDS = tuple(_short_record(head) for head in range(256))
+
+
+Columns = tuple[bytearray, "array[int]", "array[int]"]  # channel u8, tick and value int64
+
+
+def _columns() -> Columns:
+    return bytearray(), array("q"), array("q")
+
+
+def _records_v2(data: bytes, end: int, base_tick: int) -> Columns:
+    """Walk version-2 records (§4) once, in plain Python: frames hold ~200 records, too few
+    for numpy to pay per frame (bench/bench_codec.py). Structural problems: the first
+    TRUNCATED_RECORD wins over any VARINT_TOO_LONG (table order); value checks come after.
+    The columns are appended to as C arrays, which numpy then reads without a copy."""
+    channels, ticks, values = _columns()
+    add_channel, add_tick, add_value = channels.append, ticks.append, values.append
+    short_records = _SHORT_RECORDS
+    # per channel next(c) = last(c) + step(c), kept ready: the common record reads it alone
+    nxt = [base_tick] * CHANNEL_COUNT
+    step = [0] * CHANNEL_COUNT
+    prev = [0] * CHANNEL_COUNT
+    tick = base_tick
+    too_long_at = -1
+    i = FRAME_HEADER_LEN
+    while i < end:
+        head = data[i]
+        i += 1
+        short = short_records[head]
+        if short is not None:
+            # The common record: one byte, at the channel's stride, a small change.
+            ch, adjust, delta = short
+            if adjust:
+                tick = nxt[ch] + adjust
+                s = step[ch] + adjust
+                step[ch] = s
+                nxt[ch] = tick + s
+            else:
+                tick = nxt[ch]
+                nxt[ch] = tick + step[ch]
+            value = prev[ch] + delta
+        else:
+            ch = head >> 6
+            code = head & 0x3F
+            rec_start = i - 1
+            if code == DT_ESCAPE:
+                dt, i, length = _varint_at(data, i, end)
+                if i < 0:
+                    raise _truncated(len(channels), rec_start, end)
+                if length > VARINT_MAX_BYTES and too_long_at < 0:
+                    too_long_at = rec_start
+            else:
+                dt = code - CODE_SHORT_MINUS_END
+            if i < end and data[i] < 0x80:
+                u = data[i]
+                i += 1
+            else:
+                u, i, length = _varint_at(data, i, end)
+                if i < 0:
+                    raise _truncated(len(channels), rec_start, end)
+                if length > VARINT_MAX_BYTES and too_long_at < 0:
+                    too_long_at = rec_start
+            tick += dt
+            s = tick - (nxt[ch] - step[ch])   # step(c) = tick - last(c)
+            step[ch] = s
+            nxt[ch] = tick + s
+            value = prev[ch] + ((u >> 1) ^ -(u & 1))
+        prev[ch] = value
+        add_channel(ch)
+        add_tick(tick)
+        add_value(value)
+    if too_long_at >= 0:
+        raise _too_long(too_long_at)
+    return channels, ticks, values
+
+
+def _records_v1(data: bytes, end: int, base_tick: int) -> Columns:
+    """Walk version-1 records (§4.2): a head with the dt since the previous record, then
+    always a value varint."""
+    channels, ticks, values = _columns()
+    prev = [0, 0, 0, 0]
+    tick = base_tick
+    too_long_at = -1
+    i = FRAME_HEADER_LEN
+    while i < end:
+        rec_start = i
+        head = data[i]
+        i += 1
+        dt = head & 0x3F
+        channel = head >> 6
+        if dt == DT_ESCAPE:
+            dt, i, length = _varint_at(data, i, end)
+            if i < 0:
+                raise _truncated(len(channels), rec_start, end)
+            if length > VARINT_MAX_BYTES and too_long_at < 0:
+                too_long_at = rec_start
+        if i < end and data[i] < 0x80:
+            u = data[i]
+            i += 1
+        else:
+            u, i, length = _varint_at(data, i, end)
+            if i < 0:
+                raise _truncated(len(channels), rec_start, end)
+            if length > VARINT_MAX_BYTES and too_long_at < 0:
+                too_long_at = rec_start
+        value = prev[channel] + ((u >> 1) ^ -(u & 1))
+        prev[channel] = value
+        tick += dt
+        channels.append(channel)
+        ticks.append(tick)
+        values.append(value)
+    if too_long_at >= 0:
+        raise _too_long(too_long_at)
+    return channels, ticks, values
+
+
+def _raise_first_bad_value(channels: Sequence[int], ticks: Sequence[int],
+                           values: Sequence[int], base_tick: int) -> None:
+    before = base_tick
+    for j, (ch, tick, value) in enumerate(zip(channels, ticks, values, strict=True)):
+        if not _CH_LO[ch] <= value <= _CH_HI[ch]:
+            raise FrameError(
+                FrameErrorCode.BAD_VALUE,
+                f"record {j}: {Channel(ch).name.lower()} value {value} outside "
+                f"{CHANNEL_MIN[ch]}..{CHANNEL_MAX[ch]}",
+            )
+        if tick > _U32_MAX:
+            raise FrameError(FrameErrorCode.BAD_VALUE, f"record {j}: tick {tick} is beyond a u32")
+        if tick < before:
+            raise FrameError(FrameErrorCode.BAD_VALUE,
+                             f"record {j}: tick {tick} is before the previous record's {before}")
+        before = tick
+    raise FrameError(FrameErrorCode.BAD_VALUE, "a value or tick is out of range")  # unreachable
 
 
 def _decode_gap(data: bytes, end: int, flags: int, boot_id: int, seq_at: int,
@@ -324,20 +443,26 @@ def encode_frame(
     samples: Iterable[tuple[int, int, int]],
     historical: bool = False,
     gaps_before: bool = False,
+    version: int = FRAME_VERSION,
 ) -> bytes:
     """Reference encoder: samples are (channel, tick, value) in seq order from first_seq.
+    `version` 1 writes the older record grammar (§4.2), as firmware before version 2 does.
 
     No size limit is applied; split samples yourself to respect an MTU.
     """
     key = check_device_key(key)
+    if version not in (FRAME_VERSION, FRAME_VERSION_1):
+        raise ValueError(f"frame version {version} is neither {FRAME_VERSION} nor 1")
     if not 0 <= boot_id <= 0xFFFF:
         raise ValueError(f"boot_id {boot_id} is not a u16")
     if not 0 <= first_seq <= _U32_MAX or not 0 <= base_tick <= _U32_MAX:
         raise ValueError("first_seq and base_tick must be u32")
     flags = (FRAME_FLAG_HISTORICAL if historical else 0) | (
         FRAME_FLAG_GAPS_BEFORE if gaps_before else 0)
-    body = bytearray(_HEADER.pack(FRAME_VERSION, flags, boot_id, first_seq, base_tick))
+    body = bytearray(_HEADER.pack(version, flags, boot_id, first_seq, base_tick))
     prev = [0] * CHANNEL_COUNT
+    last = [base_tick] * CHANNEL_COUNT  # tick of each channel's previous record
+    step = [0] * CHANNEL_COUNT
     last_tick = base_tick
     count = 0
     for ch, tick, value in samples:
@@ -350,13 +475,14 @@ def encode_frame(
         dt = tick - last_tick
         if dt < 0:
             raise ValueError(f"tick {tick} is before the previous tick {last_tick}")
-        if dt >= DT_ESCAPE:
-            body.append((ch << 6) | DT_ESCAPE)
-            body += _varint(dt)
-        else:
-            body.append((ch << 6) | dt)
         d = value - prev[ch]
-        body += _varint(((d << 1) ^ (d >> 31)) & _U32_MAX)
+        if version == FRAME_VERSION_1:
+            body += _head_v1(ch, dt)
+            body += _varint(((d << 1) ^ (d >> 31)) & _U32_MAX)
+        else:
+            body += _record_v2(ch, dt, tick - last[ch] - step[ch], d)
+            step[ch] = tick - last[ch]
+            last[ch] = tick
         prev[ch] = value
         last_tick = tick
         count += 1
@@ -367,6 +493,26 @@ def encode_frame(
     return bytes(body) + frame_tag(key, bytes(body))
 
 
+def _head_v1(ch: int, dt: int) -> bytes:
+    if dt >= DT_ESCAPE:
+        return bytes([(ch << 6) | DT_ESCAPE]) + _varint(dt)
+    return bytes([(ch << 6) | dt])
+
+
+def _record_v2(ch: int, dt: int, adjust: int, delta: int) -> bytes:
+    """One version-2 record in its canonical form (§4): adjust = tick - next(c)."""
+    zz = ((delta << 1) ^ (delta >> 31)) & _U32_MAX
+    if adjust == 0 and -16 <= delta <= 15:
+        return bytes([(ch << 6) | zz])
+    if adjust == 1 and -4 <= delta <= 3:
+        return bytes([(ch << 6) | (CODE_SHORT_END + zz)])
+    if adjust == -1 and -4 <= delta <= 3:
+        return bytes([(ch << 6) | (CODE_SHORT_PLUS_END + zz)])
+    if dt < DT_ESCAPE - CODE_SHORT_MINUS_END:
+        return bytes([(ch << 6) | (CODE_SHORT_MINUS_END + dt)]) + _varint(zz)
+    return bytes([(ch << 6) | DT_ESCAPE]) + _varint(dt) + _varint(zz)
+
+
 def encode_gap_frame(
     key: bytes,
     boot_id: int,
@@ -375,9 +521,12 @@ def encode_gap_frame(
     last_tick: int,
     counts: Iterable[int],
     historical: bool = False,
+    version: int = FRAME_VERSION,
 ) -> bytes:
-    """Reference encoder of a gap notice (§4.1)."""
+    """Reference encoder of a gap notice (§4.1); the same body in versions 1 and 2."""
     key = check_device_key(key)
+    if version not in (FRAME_VERSION, FRAME_VERSION_1):
+        raise ValueError(f"frame version {version} is neither {FRAME_VERSION} nor 1")
     counts = list(counts)
     if len(counts) != CHANNEL_COUNT or min(counts) < 0 or max(counts) > _U32_MAX:
         raise ValueError(f"counts must be {CHANNEL_COUNT} u32, got {counts}")
@@ -388,6 +537,6 @@ def encode_gap_frame(
     if not 0 <= boot_id <= 0xFFFF or not 0 <= seq_at <= _U32_MAX:
         raise ValueError("boot_id must be u16 and seq_at u32")
     flags = FRAME_FLAG_GAP | (FRAME_FLAG_HISTORICAL if historical else 0)
-    body = _HEADER.pack(FRAME_VERSION, flags, boot_id, seq_at, first_tick)
+    body = _HEADER.pack(version, flags, boot_id, seq_at, first_tick)
     body += _varint(last_tick - first_tick) + b"".join(_varint(c) for c in counts)
     return body + frame_tag(key, body)

@@ -48,7 +48,8 @@ def _zigzag(v: int) -> int:
     return 2 * v if v >= 0 else -2 * v - 1
 
 
-def _records(base_tick: int, samples: list[tuple[int, int, int]]) -> bytes:
+def _records_v1(base_tick: int, samples: list[tuple[int, int, int]]) -> bytes:
+    """Version 1 (§4.2): head = channel and dt since the previous record, then the value."""
     out = b""
     last = base_tick
     prev = {0: 0, 1: 0, 2: 0, 3: 0}
@@ -63,11 +64,47 @@ def _records(base_tick: int, samples: list[tuple[int, int, int]]) -> bytes:
     return out
 
 
+def _records_v2(base_tick: int, samples: list[tuple[int, int, int]]) -> bytes:
+    """Version 2 (§4), spelled out: a one-byte record when the tick is the channel's
+    predicted one (its last tick plus its last step), give or take one, and the value
+    change is small; else a head with dt since the previous record, then the value."""
+    out = b""
+    previous_record_tick = base_tick
+    channel_tick = {0: base_tick, 1: base_tick, 2: base_tick, 3: base_tick}
+    channel_step = {0: 0, 1: 0, 2: 0, 3: 0}
+    prev = {0: 0, 1: 0, 2: 0, 3: 0}
+    for ch, tick, value in samples:
+        predicted = channel_tick[ch] + channel_step[ch]
+        change = value - prev[ch]
+        if tick == predicted and -16 <= change <= 15:
+            out += bytes([ch * 64 + _zigzag(change)])
+        elif tick == predicted + 1 and -4 <= change <= 3:
+            out += bytes([ch * 64 + 32 + _zigzag(change)])
+        elif tick == predicted - 1 and -4 <= change <= 3:
+            out += bytes([ch * 64 + 40 + _zigzag(change)])
+        else:
+            dt = tick - previous_record_tick
+            if dt <= 14:
+                out += bytes([ch * 64 + 48 + dt])
+            else:
+                out += bytes([ch * 64 + 63]) + _leb(dt)
+            out += _leb(_zigzag(change))
+        channel_step[ch] = tick - channel_tick[ch]
+        channel_tick[ch] = tick
+        prev[ch] = value
+        previous_record_tick = tick
+    return out
+
+
+def _records(base_tick: int, samples: list[tuple[int, int, int]], version: int = 2) -> bytes:
+    return (_records_v2 if version == 2 else _records_v1)(base_tick, samples)
+
+
 def _hex(s: str) -> bytes:
     return bytes.fromhex(s.replace(" ", ""))
 
 
-def _frame(key, boot_id, first_seq, base_tick, records: bytes, *, version=1, flags=0) -> bytes:
+def _frame(key, boot_id, first_seq, base_tick, records: bytes, *, version=2, flags=0) -> bytes:
     body = struct.pack("<BBHII", version, flags, boot_id, first_seq, base_tick) + records
     return body + _tag(key, body)
 
@@ -75,18 +112,19 @@ def _frame(key, boot_id, first_seq, base_tick, records: bytes, *, version=1, fla
 # --- frames --------------------------------------------------------------------------------
 
 VALID: list[dict] = []
+VALID_V1: list[dict] = []
 INVALID: list[dict] = []
 
 
 def valid(name, description, key, boot_id, first_seq, base_tick, samples, records_hex=None,
-          historical=False, max_frame_bytes=244, gaps_before=False):
-    records = _records(base_tick, samples)
+          historical=False, max_frame_bytes=244, gaps_before=False, version=2):
+    records = _records(base_tick, samples, version)
     if records_hex is not None:
         assert records == _hex(records_hex), (name, records.hex(" "), records_hex)
     flags = (1 if historical else 0) + (4 if gaps_before else 0)
-    frame = _frame(key, boot_id, first_seq, base_tick, records, flags=flags)
+    frame = _frame(key, boot_id, first_seq, base_tick, records, flags=flags, version=version)
     assert len(frame) <= max_frame_bytes, (name, len(frame))
-    VALID.append({
+    (VALID if version == 2 else VALID_V1).append({
         "name": name,
         "description": description,
         "key": key.hex(),
@@ -103,14 +141,16 @@ def valid(name, description, key, boot_id, first_seq, base_tick, samples, record
 
 
 GAPS: list[dict] = []
+GAPS_V1: list[dict] = []
 
 
 def gap_notice(name, description, key, boot_id, seq_at, first_tick, last_tick, counts, body_hex,
-        historical=False):
+        historical=False, version=2):
     body = _leb(last_tick - first_tick) + b"".join(_leb(c) for c in counts)
     assert body == _hex(body_hex), (name, body.hex(" "), body_hex)
-    frame = _frame(key, boot_id, seq_at, first_tick, body, flags=2 + (1 if historical else 0))
-    GAPS.append({
+    frame = _frame(key, boot_id, seq_at, first_tick, body, flags=2 + (1 if historical else 0),
+                   version=version)
+    (GAPS if version == 2 else GAPS_V1).append({
         "name": name, "description": description, "key": key.hex(), "boot_id": boot_id,
         "seq_at": seq_at, "first_tick": first_tick, "last_tick": last_tick,
         "counts": list(counts), "historical": historical, "frame": frame.hex(),
@@ -125,27 +165,36 @@ def invalid(name, description, key, frame: bytes, error: str):
     })
 
 
-def frames() -> None:
-    single = valid(
+def _frame_v1(*args, **kwargs) -> bytes:
+    return _frame(*args, version=1, **kwargs)
+
+
+def frames_v1() -> None:
+    """Version-1 frames (§4.2): what firmware before version 2 sends; decoded, not sent."""
+
+    def valid1(*args, **kwargs):
+        return valid(*args, version=1, **kwargs)
+
+    single = valid1(
         "single_sample", "one UV sample (UVI 0.25) at base_tick: the minimal 22-byte frame",
         K1, 1, 0, 100, [(1, 100, 25)], "40 32")
-    valid("single_temperature", "one skin temperature 33.0 degC (raw 4224), 2-byte varint",
+    valid1("single_temperature", "one skin temperature 33.0 degC (raw 4224), 2-byte varint",
           K1, 1, 1, 100, [(0, 100, 4224)], "00 80 42")
-    valid(
+    valid1(
         "four_channels_negative_deltas",
         "all four channels, first of each against 0, then negative deltas; dt 50 and dt 0",
         K1, 7, 1000, 5000,
         [(0, 5000, 4224), (1, 5000, 350), (2, 5000, 45000), (3, 5000, 20480),
          (1, 5050, 340), (0, 5100, 4220), (1, 5100, 300), (2, 5100, 44900), (3, 5100, 20479)],
         "00 80 42  40 BC 05  80 90 BF 05  C0 80 C0 02  72 13  32 07  40 4F  80 C7 01  C0 01")
-    valid(
+    valid1(
         "dt_escape_and_zero",
         "record 0 is 3 ticks after base_tick; dt 62 (largest in head), 63 and 200 (escape), "
         "dt 0, and one hour (36000 ticks, 3-byte dt_ext)",
         K1, 2, 50, 0,
         [(1, 3, 0), (1, 65, 0), (1, 128, 1), (1, 328, 1), (0, 328, -100), (0, 36328, -100)],
         "43 00  7E 00  7F 3F 02  7F C8 01 00  00 C7 01  3F A0 99 02 00")
-    valid(
+    valid1(
         "multibyte_varints",
         "5-byte value varints (hydration 2^31-1 then 0), temperature extremes, a 5-byte dt_ext "
         "(2^32-1 ticks), UV and battery maxima",
@@ -154,28 +203,18 @@ def frames() -> None:
          (3, 4294967295, 65535), (1, 4294967295, 65535)],
         "80 FE FF FF FF 0F  80 FD FF FF FF 0F  00 FF FF 03  00 FE FF 07  "
         "FF FF FF FF FF 0F FE FF 07  40 FE FF 07")
-    valid("historical", "HISTORICAL flag set (sent because of REPLAY)", K2, 3, 77, 1234,
+    valid1("historical", "HISTORICAL flag set (sent because of REPLAY)", K2, 3, 77, 1234,
           [(1, 1234, 120), (1, 1284, 118)], "40 F0 01  72 03", historical=True)
-    valid("seq_max", "first_seq 0xFFFFFFFF with one record: the last seq there is", K1, 9,
+    valid1("seq_max", "first_seq 0xFFFFFFFF with one record: the last seq there is", K1, 9,
           0xFFFFFFFF, 10, [(3, 10, 100)], "C0 C8 01")
-    valid("gaps_before", "GAPS_BEFORE set: gap notices for seq 4000 were sent just before",
+    valid1("gaps_before", "GAPS_BEFORE set: gap notices for seq 4000 were sent just before",
           K1, 5, 4000, 7200, [(0, 7200, 4300)], "00 98 43", gaps_before=True)
-    valid("historical_gaps_before", "HISTORICAL + GAPS_BEFORE (a replayed position after a "
+    valid1("historical_gaps_before", "HISTORICAL + GAPS_BEFORE (a replayed position after a "
           "gap)", K2, 5, 4000, 7200, [(1, 7200, 0), (1, 7250, 5)], "40 00  72 0A",
           historical=True, gaps_before=True)
 
-    # --- gap notices (§4.1) ---
-    gap_notice("gap_uv_only", "12 UV samples not logged over one minute (ticks 7000..7600), before "
-        "seq 4000", K1, 5, 4000, 7000, 7600, [0, 12, 0, 0], "D8 04 00 0C 00 00")
-    gap_hour = gap_notice(
-        "gap_all_channels", "one hour at reduced rate: 360 temperature, 720 UV, 60 hydration, "
-        "12 battery samples not logged", K2, 0xBEEF, 123456, 36000, 72000,
-        [360, 720, 60, 12], "A0 99 02  E8 02  D0 05  3C  0C")
-    gap_notice("gap_historical_single_tick", "HISTORICAL (replayed); one battery sample at one tick",
-        K1, 1, 0, 99, 99, [0, 0, 0, 1], "00 00 00 00 01", historical=True)
-    gap_notice("gap_max", "largest values: 5-byte varints, last tick 0xFFFFFFFF, seq_at 0xFFFFFFFF",
-        K1, 0xFFFF, 0xFFFFFFFF, 0, 0xFFFFFFFF, [0xFFFFFFFF] * 4,
-        "FF FF FF FF 0F" * 5)
+    gap_notice("gap_uv_only_v1", "gap_uv_only as version-1 firmware sends it (the same body)",
+        K1, 5, 4000, 7000, 7600, [0, 12, 0, 0], "D8 04 00 0C 00 00", version=1)
 
     # A full 244-byte frame at the default rates (UV every 5 s, temperature every 10 s,
     # hydration every 60 s, battery every 300 s), slow-changing values; records are added
@@ -199,6 +238,181 @@ def frames() -> None:
     room = 244 - 20
     chosen = []
     for smp in stream:
+        if len(_records_v1(base, chosen + [smp])) > room:
+            break
+        chosen.append(smp)
+    gap = room - len(_records_v1(base, chosen))
+    # widen the last UV record's delta until the records fill the frame exactly
+    ch, t, v = chosen[-1]
+    assert ch == 1
+    prev_uv = [x[2] for x in chosen[:-1] if x[0] == 1][-1]
+    for delta in range(0, 40000):
+        trial = chosen[:-1] + [(1, t, prev_uv + delta)]
+        if len(_records_v1(base, trial)) == room:
+            chosen = trial
+            break
+    else:
+        raise AssertionError(f"cannot fill the gap of {gap}")
+    full = valid1(
+        "full_244",
+        "a full 244-byte frame (MTU 247) at default rates; the last UV value is chosen so the "
+        "records fill it exactly; any further sample does not fit",
+        K2, 300, 123456, base, chosen)
+    assert len(full) == 244, len(full)
+
+    # --- invalid: each has a valid tag unless the tag is the point ---
+    invalid("v1_truncated_21", "single_sample minus its last byte (21 bytes)", K1, single[:-1],
+            "TRUNCATED")
+    invalid("v1_reserved_flag", "flags 0x08 (reserved), tag valid", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40 32"), flags=0x08), "RESERVED_FLAGS")
+    invalid("v1_reserved_flag_high", "flags 0x81 (HISTORICAL + reserved bit 7), tag valid", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40 32"), flags=0x81), "RESERVED_FLAGS")
+    invalid("v1_bad_tag_flipped", "single_sample with the last tag bit flipped", K1,
+            single[:-1] + bytes([single[-1] ^ 0x01]), "BAD_TAG")
+    invalid("v1_bad_tag_wrong_key", "single_sample tagged with another device's key", K2, single,
+            "BAD_TAG")
+    invalid("v1_bad_tag_body_changed", "single_sample with its value byte changed after tagging",
+            K1, single[:13] + b"\x34" + single[14:], "BAD_TAG")
+    invalid("v1_truncated_record_head_only", "last record is a head with no value", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40 32 40")), "TRUNCATED_RECORD")
+    invalid("v1_truncated_record_varint", "last value varint has its continuation bit set at the tag",
+            K1, _frame_v1(K1, 1, 0, 100, _hex("40 32 40 80")), "TRUNCATED_RECORD")
+    invalid("v1_truncated_record_dt_ext", "dt escape with nothing after the head", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40 32 7F")), "TRUNCATED_RECORD")
+    invalid("v1_truncated_record_before_too_long",
+            "record 0 has a 6-byte varint and the last record is cut: TRUNCATED_RECORD comes "
+            "first in the table", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40 80 80 80 80 80 00 40")), "TRUNCATED_RECORD")
+    invalid("v1_varint_too_long_value", "a 6-byte value varint (of 0)", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40 80 80 80 80 80 00")), "VARINT_TOO_LONG")
+    invalid("v1_varint_too_long_huge", "a 12-byte value varint (beyond any int64)", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40" + " FF" * 11 + " 7F  40 00")), "VARINT_TOO_LONG")
+    invalid("v1_varint_too_long_dt_ext", "a 6-byte dt_ext varint", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("7F 80 80 80 80 80 01 00")), "VARINT_TOO_LONG")
+    invalid("v1_varint_too_long_before_bad_value",
+            "record 0 is out of range (UV -1) and record 1 has a 6-byte varint", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40 01 40 80 80 80 80 80 00")), "VARINT_TOO_LONG")
+    invalid("v1_bad_value_temperature", "temperature 32768 (out of int16)", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("00 80 80 04")), "BAD_VALUE")
+    invalid("v1_bad_value_temperature_delta", "temperature 32767 then +1", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("00 FE FF 03 00 02")), "BAD_VALUE")
+    invalid("v1_bad_value_uv_negative", "UV index -1", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("40 01")), "BAD_VALUE")
+    invalid("v1_bad_value_hydration_2p31", "hydration 2^31 (zigzag 2^32, a 5-byte varint)", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("80 80 80 80 80 10")), "BAD_VALUE")
+    invalid("v1_bad_value_battery", "battery 65536", K1,
+            _frame_v1(K1, 1, 0, 100, _hex("C0 80 80 08")), "BAD_VALUE")
+    invalid("v1_bad_value_tick_overflow", "base_tick 0xFFFFFFF0 + dt 16: a tick beyond u32", K1,
+            _frame_v1(K1, 1, 0, 0xFFFFFFF0, _hex("40 32 50 00")), "BAD_VALUE")
+    invalid("v1_seq_overflow", "first_seq 0xFFFFFFFF with two records", K1,
+            _frame_v1(K1, 1, 0xFFFFFFFF, 100, _hex("40 32 40 00")), "SEQ_OVERFLOW")
+    invalid("v1_seq_overflow_far", "first_seq 0xFFFFFFF0 with 17 records", K1,
+            _frame_v1(K1, 1, 0xFFFFFFF0, 100, _hex("40 00" * 17)), "SEQ_OVERFLOW")
+    invalid("v1_bad_value_before_seq_overflow", "seq overflows and a value is out of range", K1,
+            _frame_v1(K1, 1, 0xFFFFFFFF, 100, _hex("40 32 40 01 40 81 80 08")), "BAD_VALUE")
+
+
+def frames() -> None:
+    """Version-2 frames (§4): what the patch sends."""
+    single = valid(
+        "single_sample", "one UV sample (UVI 0.25) at base_tick: a long record, dt 0 in the head",
+        K1, 1, 0, 100, [(1, 100, 25)], "70 32")
+    minimal = valid(
+        "minimal_21", "one UV sample of 0 at base_tick: one short record, the minimal 21-byte "
+        "frame", K1, 1, 0, 100, [(1, 100, 0)], "40")
+    assert len(minimal) == 21
+    valid("single_temperature", "one skin temperature 33.0 degC (raw 4224), 2-byte varint",
+          K1, 1, 1, 100, [(0, 100, 4224)], "30 80 42")
+    valid(
+        "stride_and_jitter",
+        "UV every 50 ticks: the stride is learnt from the channel's last step; +1 and -1 "
+        "tick around it are still one byte, a step of 49 is a long record",
+        K1, 4, 500, 100,
+        [(1, 100, 0), (1, 150, 0), (1, 200, 0), (1, 251, 1), (1, 300, 1), (1, 350, 1),
+         (1, 400, 3), (1, 449, 0)],
+        "40  7F 32 00  40  62  7F 31 00  60  44  6D")
+    valid(
+        "short_delta_edges",
+        "UV every 10 ticks: deltas +15 and -16 at the stride are one byte, +16 is not; at "
+        "+1/-1 tick, +3 and -4 are one byte, +4 is not",
+        K2, 4, 600, 0,
+        [(1, 0, 100), (1, 10, 100), (1, 20, 115), (1, 30, 99), (1, 40, 115), (1, 51, 118),
+         (1, 61, 114), (1, 72, 118), (1, 82, 118)],
+        "70 C8 01  7A 00  5E  5F  7A 20  66  6F  7B 08  68")
+    valid(
+        "four_channels_negative_deltas",
+        "all four channels, first of each against 0, then negative deltas; dt 50 and dt 0",
+        K1, 7, 1000, 5000,
+        [(0, 5000, 4224), (1, 5000, 350), (2, 5000, 45000), (3, 5000, 20480),
+         (1, 5050, 340), (0, 5100, 4220), (1, 5100, 300), (2, 5100, 44900), (3, 5100, 20479)],
+        "30 80 42  70 BC 05  B0 90 BF 05  F0 80 C0 02  7F 32 13  3F 32 07  70 4F  B0 C7 01  "
+        "F0 01")
+    valid(
+        "dt_escape_and_zero",
+        "record 0 is 3 ticks after base_tick; dt 62, +1 around the stride, 200 (escape), dt 0, "
+        "and one hour (36000 ticks, 3-byte dt_ext); negative temperatures",
+        K1, 2, 50, 0,
+        [(1, 3, 0), (1, 65, 0), (1, 128, 1), (1, 328, 1), (0, 328, -100), (0, 36328, -100)],
+        "73 00  7F 3E 00  62  7F C8 01 00  30 C7 01  3F A0 99 02 00")
+    valid("dt_boundaries", "dt 14, the largest in a long head, and 15, the smallest dt_ext",
+          K1, 2, 60, 0, [(1, 14, 0), (0, 29, 0)], "7E 00  3F 0F 00")
+    valid(
+        "multibyte_varints",
+        "5-byte value varints (hydration 2^31-1 then 0), temperature extremes, a 5-byte dt_ext "
+        "(2^32-1 ticks), UV and battery maxima",
+        K2, 0xFFFF, 0xFFFFFF00, 0,
+        [(2, 0, 2147483647), (2, 0, 0), (0, 0, -32768), (0, 0, 32767),
+         (3, 4294967295, 65535), (1, 4294967295, 65535)],
+        "B0 FE FF FF FF 0F  B0 FD FF FF FF 0F  30 FF FF 03  30 FE FF 07  "
+        "FF FF FF FF FF 0F FE FF 07  70 FE FF 07")
+    valid("historical", "HISTORICAL flag set (sent because of REPLAY)", K2, 3, 77, 1234,
+          [(1, 1234, 120), (1, 1284, 118)], "70 F0 01  7F 32 03", historical=True)
+    valid("seq_max", "first_seq 0xFFFFFFFF with one record: the last seq there is", K1, 9,
+          0xFFFFFFFF, 10, [(3, 10, 100)], "F0 C8 01")
+    valid("gaps_before", "GAPS_BEFORE set: gap notices for seq 4000 were sent just before",
+          K1, 5, 4000, 7200, [(0, 7200, 4300)], "30 98 43", gaps_before=True)
+    valid("historical_gaps_before", "HISTORICAL + GAPS_BEFORE (a replayed position after a "
+          "gap)", K2, 5, 4000, 7200, [(1, 7200, 0), (1, 7250, 5)], "40  7F 32 0A",
+          historical=True, gaps_before=True)
+
+    # --- gap notices (§4.1) ---
+    gap_notice("gap_uv_only", "12 UV samples not logged over one minute (ticks 7000..7600), before "
+        "seq 4000", K1, 5, 4000, 7000, 7600, [0, 12, 0, 0], "D8 04 00 0C 00 00")
+    gap_hour = gap_notice(
+        "gap_all_channels", "one hour at reduced rate: 360 temperature, 720 UV, 60 hydration, "
+        "12 battery samples not logged", K2, 0xBEEF, 123456, 36000, 72000,
+        [360, 720, 60, 12], "A0 99 02  E8 02  D0 05  3C  0C")
+    gap_notice("gap_historical_single_tick", "HISTORICAL (replayed); one battery sample at one tick",
+        K1, 1, 0, 99, 99, [0, 0, 0, 1], "00 00 00 00 01", historical=True)
+    gap_notice("gap_max", "largest values: 5-byte varints, last tick 0xFFFFFFFF, seq_at 0xFFFFFFFF",
+        K1, 0xFFFF, 0xFFFFFFFF, 0, 0xFFFFFFFF, [0xFFFFFFFF] * 4,
+        "FF FF FF FF 0F" * 5)
+
+    # A full 244-byte frame at the default rates while UV is above 0.5 (UV every second,
+    # temperature every 10 s, hydration every 60 s, battery every 300 s), slow-changing
+    # values and a sampling loop that runs a tick late now and then; records are added until
+    # the frame is exactly 244 bytes (the last record's value is chosen to fill it).
+    base = 864000  # one day after boot
+    stream = []
+    temp, uv, hyd, bat = 4224, 650, 12500, 20480
+    late = 0
+    for s in range(0, 2000):
+        late += 1 if s % 37 == 36 else 0   # the loop's lateness piles up: a tick now and then
+        t = base + s * 10 + late
+        if s % 300 == 0:
+            bat -= 7
+            stream.append((3, t, bat))
+        if s % 60 == 0:
+            hyd += (s // 60) % 5 - 2
+            stream.append((2, t, hyd))
+        if s % 10 == 0:
+            temp += (s // 10) % 3 - 1
+            stream.append((0, t, temp))
+        uv += (s % 7) // 3 - 1
+        stream.append((1, t, uv))
+    room = 244 - 20
+    chosen = []
+    for smp in stream:
         if len(_records(base, chosen + [smp])) > room:
             break
         chosen.append(smp)
@@ -216,60 +430,19 @@ def frames() -> None:
         raise AssertionError(f"cannot fill the gap of {gap}")
     full = valid(
         "full_244",
-        "a full 244-byte frame (MTU 247) at default rates; the last UV value is chosen so the "
-        "records fill it exactly; any further sample does not fit",
+        "a full 244-byte frame (MTU 247) at default rates with UV at 1 s; the last UV value is "
+        "chosen so the records fill it exactly; any further sample does not fit",
         K2, 300, 123456, base, chosen)
-    assert len(full) == 244, len(full)
+    assert len(full) == 244 and len(chosen) > 180, (len(full), len(chosen))
 
     # --- invalid: each has a valid tag unless the tag is the point ---
     invalid("empty", "zero bytes", K1, b"", "TRUNCATED")
-    invalid("truncated_21", "single_sample minus its last byte (21 bytes)", K1, single[:-1],
-            "TRUNCATED")
-    invalid("bad_version_2", "version 2, tag valid", K1,
-            _frame(K1, 1, 0, 100, _hex("40 32"), version=2), "BAD_VERSION")
+    invalid("bad_version_3", "version 3, tag valid", K1,
+            _frame(K1, 1, 0, 100, _hex("40 32"), version=3), "BAD_VERSION")
     invalid("bad_version_0", "version 0, tag valid", K1,
             _frame(K1, 1, 0, 100, _hex("40 32"), version=0), "BAD_VERSION")
-    invalid("bad_version_before_tag", "version 2 and a wrong tag: version is checked first", K1,
-            _frame(K2, 1, 0, 100, _hex("40 32"), version=2), "BAD_VERSION")
-    invalid("reserved_flag", "flags 0x08 (reserved), tag valid", K1,
-            _frame(K1, 1, 0, 100, _hex("40 32"), flags=0x08), "RESERVED_FLAGS")
-    invalid("reserved_flag_high", "flags 0x81 (HISTORICAL + reserved bit 7), tag valid", K1,
-            _frame(K1, 1, 0, 100, _hex("40 32"), flags=0x81), "RESERVED_FLAGS")
-    invalid("bad_tag_flipped", "single_sample with the last tag bit flipped", K1,
-            single[:-1] + bytes([single[-1] ^ 0x01]), "BAD_TAG")
-    invalid("bad_tag_wrong_key", "single_sample tagged with another device's key", K2, single,
-            "BAD_TAG")
-    invalid("bad_tag_body_changed", "single_sample with its value byte changed after tagging",
-            K1, single[:13] + b"\x34" + single[14:], "BAD_TAG")
-    invalid("truncated_record_head_only", "last record is a head with no value", K1,
-            _frame(K1, 1, 0, 100, _hex("40 32 40")), "TRUNCATED_RECORD")
-    invalid("truncated_record_varint", "last value varint has its continuation bit set at the tag",
-            K1, _frame(K1, 1, 0, 100, _hex("40 32 40 80")), "TRUNCATED_RECORD")
-    invalid("truncated_record_dt_ext", "dt escape with nothing after the head", K1,
-            _frame(K1, 1, 0, 100, _hex("40 32 7F")), "TRUNCATED_RECORD")
-    invalid("truncated_record_before_too_long",
-            "record 0 has a 6-byte varint and the last record is cut: TRUNCATED_RECORD comes "
-            "first in the table", K1,
-            _frame(K1, 1, 0, 100, _hex("40 80 80 80 80 80 00 40")), "TRUNCATED_RECORD")
-    invalid("varint_too_long_value", "a 6-byte value varint (of 0)", K1,
-            _frame(K1, 1, 0, 100, _hex("40 80 80 80 80 80 00")), "VARINT_TOO_LONG")
-    invalid("varint_too_long_dt_ext", "a 6-byte dt_ext varint", K1,
-            _frame(K1, 1, 0, 100, _hex("7F 80 80 80 80 80 01 00")), "VARINT_TOO_LONG")
-    invalid("varint_too_long_before_bad_value",
-            "record 0 is out of range (UV -1) and record 1 has a 6-byte varint", K1,
-            _frame(K1, 1, 0, 100, _hex("40 01 40 80 80 80 80 80 00")), "VARINT_TOO_LONG")
-    invalid("bad_value_temperature", "temperature 32768 (out of int16)", K1,
-            _frame(K1, 1, 0, 100, _hex("00 80 80 04")), "BAD_VALUE")
-    invalid("bad_value_temperature_delta", "temperature 32767 then +1", K1,
-            _frame(K1, 1, 0, 100, _hex("00 FE FF 03 00 02")), "BAD_VALUE")
-    invalid("bad_value_uv_negative", "UV index -1", K1,
-            _frame(K1, 1, 0, 100, _hex("40 01")), "BAD_VALUE")
-    invalid("bad_value_hydration_2p31", "hydration 2^31 (zigzag 2^32, a 5-byte varint)", K1,
-            _frame(K1, 1, 0, 100, _hex("80 80 80 80 80 10")), "BAD_VALUE")
-    invalid("bad_value_battery", "battery 65536", K1,
-            _frame(K1, 1, 0, 100, _hex("C0 80 80 08")), "BAD_VALUE")
-    invalid("bad_value_tick_overflow", "base_tick 0xFFFFFFF0 + dt 16: a tick beyond u32", K1,
-            _frame(K1, 1, 0, 0xFFFFFFF0, _hex("40 32 50 00")), "BAD_VALUE")
+    invalid("bad_version_before_tag", "version 3 and a wrong tag: version is checked first", K1,
+            _frame(K2, 1, 0, 100, _hex("40 32"), version=3), "BAD_VERSION")
     invalid("gap_trailing_byte", "gap notice with a byte after its five varints", K1,
             _frame(K1, 1, 10, 100, _hex("05 01 00 00 00 00"), flags=2), "BAD_GAP")
     invalid("gap_zero_counts", "gap notice whose four counts are all 0", K1,
@@ -287,12 +460,65 @@ def frames() -> None:
             _frame(K1, 1, 10, 100, _hex("05 01 00 00 00"), flags=6), "RESERVED_FLAGS")
     invalid("gap_bad_tag", "gap_all_channels with its last count changed after tagging", K2,
             gap_hour[:-9] + b"\x0d" + gap_hour[-8:], "BAD_TAG")
+    invalid("truncated_20", "minimal_21 minus its last byte (20 bytes)", K1, minimal[:-1],
+            "TRUNCATED")
+    invalid("reserved_flag", "flags 0x08 (reserved), tag valid", K1,
+            _frame(K1, 1, 0, 100, _hex("40"), flags=0x08), "RESERVED_FLAGS")
+    invalid("bad_tag_flipped", "single_sample with the last tag bit flipped", K1,
+            single[:-1] + bytes([single[-1] ^ 0x01]), "BAD_TAG")
+    invalid("bad_tag_body_changed", "minimal_21 with its record changed after tagging", K1,
+            minimal[:12] + b"\x41" + minimal[13:], "BAD_TAG")
+    invalid("truncated_record_long_head", "last record is a long head with no value", K1,
+            _frame(K1, 1, 0, 100, _hex("40 70")), "TRUNCATED_RECORD")
+    invalid("truncated_record_varint", "last value varint has its continuation bit set at the tag",
+            K1, _frame(K1, 1, 0, 100, _hex("40 70 80")), "TRUNCATED_RECORD")
+    invalid("truncated_record_dt_ext", "dt escape with nothing after the head", K1,
+            _frame(K1, 1, 0, 100, _hex("40 7F")), "TRUNCATED_RECORD")
+    invalid("truncated_record_after_dt_ext", "dt escape and dt_ext, then no value", K1,
+            _frame(K1, 1, 0, 100, _hex("40 7F 32")), "TRUNCATED_RECORD")
+    invalid("truncated_record_before_too_long",
+            "record 0 has a 6-byte varint and the last record is cut: TRUNCATED_RECORD comes "
+            "first in the table", K1,
+            _frame(K1, 1, 0, 100, _hex("70 80 80 80 80 80 00 70")), "TRUNCATED_RECORD")
+    invalid("varint_too_long_value", "a 6-byte value varint (of 0)", K1,
+            _frame(K1, 1, 0, 100, _hex("70 80 80 80 80 80 00")), "VARINT_TOO_LONG")
+    invalid("varint_too_long_dt_ext", "a 6-byte dt_ext varint", K1,
+            _frame(K1, 1, 0, 100, _hex("7F 80 80 80 80 80 01 00")), "VARINT_TOO_LONG")
+    invalid("varint_too_long_huge", "a 12-byte value varint (2^77 and more: beyond any int64)",
+            K1, _frame(K1, 1, 0, 100, _hex("70" + " FF" * 11 + " 7F  40")), "VARINT_TOO_LONG")
+    invalid("varint_too_long_huge_dt_ext", "a 12-byte dt_ext varint", K1,
+            _frame(K1, 1, 0, 100, _hex("7F" + " FF" * 11 + " 7F 00  40")), "VARINT_TOO_LONG")
+    invalid("varint_too_long_before_bad_value",
+            "record 0 is out of range (UV -1, a short record) and record 1 has a 6-byte varint",
+            K1, _frame(K1, 1, 0, 100, _hex("41 70 80 80 80 80 80 00")), "VARINT_TOO_LONG")
+    invalid("bad_value_uv_negative", "UV index -1 in a short record", K1,
+            _frame(K1, 1, 0, 100, _hex("41")), "BAD_VALUE")
+    invalid("bad_value_temperature", "temperature 32768 (out of int16)", K1,
+            _frame(K1, 1, 0, 100, _hex("30 80 80 04")), "BAD_VALUE")
+    invalid("bad_value_temperature_short", "temperature 32767 then a short record of +1", K1,
+            _frame(K1, 1, 0, 100, _hex("30 FE FF 03  02")), "BAD_VALUE")
+    invalid("bad_value_hydration_2p31", "hydration 2^31 (zigzag 2^32, a 5-byte varint)", K1,
+            _frame(K1, 1, 0, 100, _hex("B0 80 80 80 80 10")), "BAD_VALUE")
+    invalid("bad_value_battery", "battery 65536", K1,
+            _frame(K1, 1, 0, 100, _hex("F0 80 80 08")), "BAD_VALUE")
+    invalid("bad_value_tick_overflow", "base_tick 0xFFFFFFF0 + dt 16: a tick beyond u32", K1,
+            _frame(K1, 1, 0, 0xFFFFFFF0, _hex("7F 10 00")), "BAD_VALUE")
+    invalid("bad_value_tick_overflow_stride",
+            "base_tick 0xFFFFFFF0, UV at dt 14, then a short record one stride (14) later: "
+            "a tick beyond u32", K1,
+            _frame(K1, 1, 0, 0xFFFFFFF0, _hex("7E 00  40")), "BAD_VALUE")
+    invalid("bad_value_tick_backwards",
+            "temperature at base_tick, UV 3 ticks later, then temperature one tick before its "
+            "stride (tick 99): ticks must not decrease", K1,
+            _frame(K1, 1, 0, 100, _hex("30 00  73 00  28")), "BAD_VALUE")
+    invalid("bad_value_tick_before_base", "record 0 one tick before base_tick", K1,
+            _frame(K1, 1, 0, 100, _hex("28")), "BAD_VALUE")
     invalid("seq_overflow", "first_seq 0xFFFFFFFF with two records", K1,
-            _frame(K1, 1, 0xFFFFFFFF, 100, _hex("40 32 40 00")), "SEQ_OVERFLOW")
+            _frame(K1, 1, 0xFFFFFFFF, 100, _hex("40 40")), "SEQ_OVERFLOW")
     invalid("seq_overflow_far", "first_seq 0xFFFFFFF0 with 17 records", K1,
-            _frame(K1, 1, 0xFFFFFFF0, 100, _hex("40 00" * 17)), "SEQ_OVERFLOW")
+            _frame(K1, 1, 0xFFFFFFF0, 100, _hex("40" * 17)), "SEQ_OVERFLOW")
     invalid("bad_value_before_seq_overflow", "seq overflows and a value is out of range", K1,
-            _frame(K1, 1, 0xFFFFFFFF, 100, _hex("40 32 40 01 40 81 80 08")), "BAD_VALUE")
+            _frame(K1, 1, 0xFFFFFFFF, 100, _hex("40 41")), "BAD_VALUE")
 
 
 # --- control -------------------------------------------------------------------------------
@@ -582,17 +808,21 @@ def advertising() -> dict:
 
 
 def build() -> dict[str, str]:
-    VALID.clear()
-    INVALID.clear()
-    GAPS.clear()
+    for cases in (VALID, VALID_V1, INVALID, GAPS, GAPS_V1):
+        cases.clear()
+    frames_v1()
     frames()
     frames_doc = {
         "description": "Sample frame vectors (docs/protocol.md §4). Valid: encoder inputs "
-        "(start + samples as [seq, channel, tick, value]) and the exact frame. "
+        "(start + samples as [seq, channel, tick, value]) and the exact version-2 frame. "
         "Gaps: gap notices (§4.1), their fields and the exact frame. "
+        "valid_v1 and gaps_v1: the same for version-1 frames (§4.2, older firmware), which "
+        "the gateway still decodes. "
         "Invalid: the frame and the decoder's error code under 'key'.",
         "valid": VALID,
         "gaps": GAPS,
+        "valid_v1": VALID_V1,
+        "gaps_v1": GAPS_V1,
         "invalid": INVALID,
     }
     return {"frames.json": _dump(frames_doc) + "\n", "control.json": _dump(control()) + "\n",
