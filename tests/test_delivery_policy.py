@@ -379,6 +379,24 @@ def test_a_message_the_broker_drops_the_connection_over_is_isolated_then_split()
     assert set(policy.take_settled().delete_ids) == {1, 2, 3}
 
 
+def test_a_message_many_times_over_the_limit_is_split_to_what_the_broker_took():
+    """The message that taught the limit was 8x over it: a quarter of it would still be too
+    large. Parts no larger than what the broker has acknowledged get through in one lesson."""
+    big = samples_payload(0, 800)          # ~7.7 KB; the broker takes 1000 bytes
+    acked = b"d" * 600
+    policy = connected_policy([row(1, acked), row(2, big, topic=SAMPLES_TOPIC)],
+                              receive_maximum=3)
+    client = Client()
+    first, second = client.take(policy)
+    policy.on_puback(first)
+    policy.on_disconnected(PROTOCOL_ERROR)   # row 2 alone in flight: convicted
+    assert policy.learned_max_payload_bytes == len(big) - 1 > 4 * 1000
+    policy.on_connected(65535, None)
+    parts = [client.sent[m] for m in client.take(policy)]
+    assert all(p.id == 2 and len(p.payload) <= len(acked) for p in parts)
+    assert [q for p in parts for q in _seqs(p.payload)] == list(range(800))
+
+
 def test_a_small_message_the_broker_drops_the_connection_over_is_parked_as_poison():
     window_of_one = 1 + CONTROL_SLOTS
     policy = connected_policy([row(1, b"tiny"), row(2)], receive_maximum=window_of_one)

@@ -22,8 +22,8 @@ The policy owns:
   messages were in flight puts the oldest alone on the wire after the reconnect; dropped again
   with it alone, it is the cause. Its size minus one becomes the learned payload limit (it is
   then split or parked as too large; splittable rows are split to the largest payload the
-  broker has acknowledged, or a quarter of it if more, so one lesson is usually enough); a
-  message too small to blame on size is parked.
+  broker has acknowledged, or a quarter of the learned limit if none of 256 bytes or more
+  was, so one lesson is usually enough); a message too small to blame on size is parked.
   Nothing is ever published again over a limit it broke, so there is no reconnect loop;
 - parking and its retry: `too_large` when it fits the current limits again, `refused`
   (a PUBACK failure code) after every reconnect, `poison` at a new start only.
@@ -494,11 +494,13 @@ class DeliveryPolicy:
         limit = self.max_payload_for(message.topic, message.expiry_s is not None)
         splitter = self._splitters.get(message.topic.rsplit("/", 1)[-1])
         if splitter is not None and self.learned_max_payload_bytes is not None:
-            # A learned limit only bounds the broker's from above: split to what it is known
-            # to take (the largest payload acknowledged), or a quarter of the learned limit if
-            # that is more, so the parts do not teach it again one step lower.
+            # A learned limit only bounds the broker's from above (the message that taught it
+            # may have been many times over): split to what the broker is known to take, the
+            # largest payload acknowledged, so the parts do not teach it again one step lower;
+            # a quarter of the learned limit if nothing of a useful size was acknowledged yet.
             learned = self.learned_max_payload_bytes
-            target = min(learned, max(self.largest_acked_payload_bytes, learned // 4))
+            acked = self.largest_acked_payload_bytes
+            target = min(learned, acked if acked >= MIN_LEARNED_PAYLOAD_BYTES else learned // 4)
             limit = min(target, limit or LEARNED_LIMIT_CAP)
         if limit is None or len(message.payload) <= limit:
             return [message.payload]
