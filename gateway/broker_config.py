@@ -13,6 +13,8 @@ access), `acl` and `passwd` (mosquitto's own formats; `$7$` PBKDF2-SHA512 hashes
 `credentials/{name}.password`. Passwords are never printed or logged; an account already in
 `passwd` keeps its password unless rotated. A TLS listener that requires client certificates
 (the certificate's CN is the account name) is written when the certificate files are given.
+With `--bridge-to`, a bridge section forwards the gateways' trees to a central broker
+(gateway/broker_bridge.py, docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.broker_bridge import (
+    DEFAULT_QUEUE_MESSAGES,
+    Bridge,
+    BridgeConfigError,
+    bridge_section,
+    queue_lines,
+    read_bridge_password,
+)
 from gateway.mqtt.config import GATEWAY_ID_PATTERN
 from gateway.mqtt.topics import TOPIC_PREFIX
 from gateway.private_files import open_to_others, private_dir, write_private
@@ -188,7 +198,8 @@ class TlsFiles:
 
 
 def mosquitto_conf(out_dir: Path, listen: tuple[str, int], tls: TlsFiles | None,
-                   tls_listen: tuple[str, int], run_as: str | None = None) -> str:
+                   tls_listen: tuple[str, int], run_as: str | None = None,
+                   bridge: Bridge | None = None, gateways: list[str] | None = None) -> str:
     out = out_dir.resolve()
     lines = ["# dermtwin broker, written by `dermtwin broker-config` (docs/security.md).",
              "# No anonymous clients; every account is limited by the ACL.",
@@ -219,6 +230,12 @@ def mosquitto_conf(out_dir: Path, listen: tuple[str, int], tls: TlsFiles | None,
     else:
         lines += ["# Disabled: run broker-config with --tls-ca, --tls-cert and --tls-key."]
         lines += ["#" + line for line in tls_lines]
+    if bridge is not None:
+        gws = gateways or []
+        lines[lines.index("persistence true"):lines.index("persistence true")] = \
+            queue_lines(bridge)
+        lines += ["", *bridge_section(bridge, gws,
+                                      [(gateway_tree(gw), reply_tree(gw)) for gw in gws])]
     return "\n".join(lines) + "\n"
 
 
@@ -243,6 +260,7 @@ class BrokerConfigResult:
     kept: list[str] = field(default_factory=list)                    # accounts that kept theirs
     dropped: list[str] = field(default_factory=list)                 # in passwd, not any more
     tls: bool = False
+    bridge: Bridge | None = None
 
     @property
     def conf_path(self) -> Path:
@@ -255,7 +273,8 @@ def write_broker_config(out_dir: Path, deployment: Deployment, *,
                         tls_listen: tuple[str, int] = parse_listen(DEFAULT_TLS_LISTEN,
                                                                    "--tls-listen"),
                         rotate: tuple[str, ...] = (), run_as: str | None = None,
-                        passwords: dict[str, str] | None = None) -> BrokerConfigResult:
+                        passwords: dict[str, str] | None = None,
+                        bridge: Bridge | None = None) -> BrokerConfigResult:
     """Write the configuration; `passwords` fixes some accounts' passwords (else generated,
     or kept from an existing passwd)."""
     names = {a.name for a in deployment.accounts}
@@ -269,7 +288,7 @@ def write_broker_config(out_dir: Path, deployment: Deployment, *,
     out_dir = private_dir(out_dir)
     private_dir(out_dir / DATA_DIR, tighten=True)
     existing = read_password_file(out_dir / PASSWD_NAME)
-    result = BrokerConfigResult(out_dir, tls=tls is not None,
+    result = BrokerConfigResult(out_dir, tls=tls is not None, bridge=bridge,
                                 dropped=sorted(set(existing) - names))
     lines = []
     for account in deployment.accounts:
@@ -286,7 +305,8 @@ def write_broker_config(out_dir: Path, deployment: Deployment, *,
         result.new_credentials[name] = credentials
     write_private(out_dir / PASSWD_NAME, "\n".join(lines) + "\n")
     write_private(out_dir / ACL_NAME, acl_text(deployment))
-    write_private(out_dir / CONF_NAME, mosquitto_conf(out_dir, listen, tls, tls_listen, run_as))
+    write_private(out_dir / CONF_NAME, mosquitto_conf(out_dir, listen, tls, tls_listen, run_as,
+                                                      bridge, deployment.gateways))
     return result
 
 
@@ -319,6 +339,40 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
                    help="give this existing account a new password")
     p.add_argument("--run-as", metavar="USER",
                    help="mosquitto's `user` setting (the account that must own these files)")
+    b = p.add_argument_group("bridge to a central broker (docs/scale-out.md)")
+    b.add_argument("--bridge-to", metavar="HOST:PORT",
+                   help="forward the gateways' trees to this central broker over TLS and bring "
+                        "their desired and cmd back")
+    b.add_argument("--bridge-ca", type=Path, metavar="FILE",
+                   help="CA that signed the central broker's certificate (required)")
+    b.add_argument("--bridge-cert", type=Path, metavar="FILE",
+                   help="client certificate the bridge presents (its CN: the central account)")
+    b.add_argument("--bridge-key", type=Path, metavar="FILE", help="its private key")
+    b.add_argument("--bridge-username", metavar="NAME",
+                   help="the bridge's account on the central broker (with a password)")
+    b.add_argument("--bridge-password-file", type=Path, metavar="FILE",
+                   help="its password (first line; the central broker-config's "
+                        "credentials/NAME.password); copied into the 0600 mosquitto.conf")
+    b.add_argument("--bridge-queue-messages", type=int, default=DEFAULT_QUEUE_MESSAGES,
+                   metavar="N", help="messages the local broker queues while the central one "
+                                     f"is away ({DEFAULT_QUEUE_MESSAGES})")
+
+
+def bridge_from_args(args: argparse.Namespace) -> Bridge | None:
+    given = [name for name in ("bridge_ca", "bridge_cert", "bridge_key", "bridge_username",
+                               "bridge_password_file") if getattr(args, name) is not None]
+    if args.bridge_to is None:
+        if given:
+            raise BridgeConfigError(f"--{given[0].replace('_', '-')}: needs --bridge-to")
+        return None
+    if args.bridge_ca is None:
+        raise BridgeConfigError("--bridge-to: give --bridge-ca (the bridge speaks TLS only)")
+    password = (read_bridge_password(args.bridge_password_file)
+                if args.bridge_password_file is not None else None)
+    return Bridge(parse_listen(args.bridge_to, "--bridge-to"), args.bridge_ca,
+                  username=args.bridge_username, password=password,
+                  cert_file=args.bridge_cert, key_file=args.bridge_key,
+                  queue_messages=args.bridge_queue_messages)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -330,7 +384,7 @@ def run_command(args: argparse.Namespace) -> int:
     result = write_broker_config(
         args.out, deployment, listen=parse_listen(args.listen, "--listen"), tls=tls,
         tls_listen=parse_listen(args.tls_listen, "--tls-listen"), rotate=tuple(args.rotate),
-        run_as=args.run_as)
+        run_as=args.run_as, bridge=bridge_from_args(args))
     print(f"wrote {result.conf_path}, {result.out_dir / ACL_NAME}, "
           f"{result.out_dir / PASSWD_NAME} (mode 600)")
     for name, path in result.new_credentials.items():
@@ -342,5 +396,9 @@ def run_command(args: argparse.Namespace) -> int:
     if not result.tls:
         print("no TLS listener (give --tls-ca, --tls-cert, --tls-key): keep the plain "
               "listener on loopback")
+    if result.bridge is not None:
+        host, port = result.bridge.address
+        print(f"bridge to {host}:{port} over TLS for {', '.join(deployment.gateways)} "
+              "(docs/scale-out.md)")
     print(f"start: mosquitto -c {result.conf_path}")
     return 0

@@ -96,10 +96,14 @@ class Ingest:
         self._wake = asyncio.Event()
 
     def submit(self, link: Any, batch: SampleBatch) -> None:
+        first = not self._waiting
         self._waiting.append((link, batch))
         self._waiting_samples += len(batch)
         self._live_waiting = self._live_waiting or not batch.historical
-        self._wake.set()
+        # Wake the cycle for the first batch and once the gathered batches must go, not for
+        # every frame of a drain in between (a wake-up per frame cost more than the frame).
+        if first or self._gathered():
+            self._wake.set()
 
     def store_refused(self, detail: str) -> None:
         """A write outside the ingest cycle (a patch's clock anchor) failed: the same `store`
@@ -157,11 +161,11 @@ class Ingest:
                 pending.setdefault(key, []).append((batch, fresh))
         for (device_id, boot_id, historical, time_uncertain), parts in pending.items():
             seq, utc, channel, value = (
-                np.concatenate([getattr(b, name)[fresh] for b, fresh in parts]).tolist()
+                np.concatenate([getattr(b, name)[fresh] for b, fresh in parts])
                 for name in ("seq", "utc_ms", "channel", "value"))
-            for doc in samples_message.encode_runs(boot_id, seq, utc, channel, value,
-                                                   historical=historical,
-                                                   time_uncertain=time_uncertain):
+            for doc in samples_message.encode_runs_arrays(boot_id, seq, utc, channel, value,
+                                                          historical=historical,
+                                                          time_uncertain=time_uncertain):
                 self.put(topics.SAMPLES, self.engine.subject_of[device_id], doc,
                          self.samples_format)
                 self.stats.sample_messages += 1
@@ -272,12 +276,12 @@ class Ingest:
             # goes at once: the drain starts as soon as the patch sends.
             deadline = self._last_cycle_s + DRAIN_GATHER_S
             if self._waiting and not self._gathered() and deadline > loop.time():
-                while not self._gathered() and (left := deadline - loop.time()) > 0:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), left)
-                    except TimeoutError:
-                        break
-                    self._wake.clear()
+                try:   # submit wakes it once they are gathered
+                    async with asyncio.timeout_at(deadline):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                self._wake.clear()
             else:
                 await asyncio.sleep(0)   # frames already delivered join this cycle
             if self._waiting:

@@ -185,6 +185,14 @@ class PatchLink:
                     async with asyncio.timeout(SESSION_TICK_S):   # not wait_for: Ingest.run
                         event = await events.get()
                     await self._execute(client, session, self._dispatch(session, event))
+                    # The frames that arrived with it, without a wake-up each (a drain's
+                    # notifications come several to a read); only those already queued, so
+                    # the tick below still runs while events flow.
+                    for _ in range(events.qsize()):
+                        if session.state is State.CLOSED:
+                            break
+                        event = events.get_nowait()
+                        await self._execute(client, session, self._dispatch(session, event))
                 except TimeoutError:
                     pass
                 if time.monotonic() >= next_tick:   # timeouts run even while events flow

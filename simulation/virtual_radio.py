@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bumble import hci, ll
 from bumble.controller import Controller
 from bumble.device import Device, DeviceConfiguration
+from bumble.host import Host
 from bumble.link import LocalLink
 
 if TYPE_CHECKING:
@@ -287,7 +288,8 @@ class VirtualRadio:
             if text not in self._used_addresses:
                 return text
 
-    async def new_device(self, name: str, address: str | None = None) -> Device:
+    async def new_device(self, name: str, address: str | None = None,
+                         host_class: type[Host] = Host) -> Device:
         """A powered-on Bumble `Device` on its own virtual controller on this link."""
         address = (address or self._new_static_address()).upper()
         if address in self._used_addresses:
@@ -296,7 +298,7 @@ class VirtualRadio:
         controller = VirtualController(f"ctrl-{name}", link=self.link)
         config = DeviceConfiguration()
         config.load_from_dict({"name": name, "address": address})
-        device = Device.from_config_with_hci(config, controller, controller)
+        device = Device(config=config, host=host_class(controller_source=controller, controller_sink=controller))
         await device.power_on()
         self._controllers.append(controller)
         self._devices.append(device)
@@ -307,8 +309,9 @@ class VirtualRadio:
     ) -> BumbleAdapter:
         """A central-side adapter (for the bleak Bumble backend) on this link."""
         from gateway.ble.bumble_backend import BumbleAdapter
+        from gateway.ble.fast_host import NotificationFastPathHost
 
-        device = await self.new_device(name, address)
+        device = await self.new_device(name, address, host_class=NotificationFastPathHost)
         adapter = BumbleAdapter.from_device(device)
         self._adapters.append(adapter)
         return adapter

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import struct
 import sys
@@ -323,11 +324,34 @@ async def test_thousand_notifications_arrive_complete_and_in_order(adapter, patc
         assert enomem_retries > 0
         assert [struct.unpack_from("<I", f)[0] for f in received] == list(range(count))
         assert all(len(f) == frame_bytes and f[4] == (i & 0xFF) for i, f in enumerate(received))
+        # every one came by the host's short-cut (gateway/ble/fast_host.py)
+        assert adapter.fast_host.notifications_short_cut == count
 
         await client.stop_notify(SAMPLES_CHAR)
+        assert adapter.fast_host.listening == 0
         patch.samples.notify(connection, b"after unsubscribe")
         await asyncio.sleep(0.05)
         assert len(received) == count
+
+
+async def test_notifications_take_bumbles_own_path_while_it_logs_debug(adapter, patch):
+    """With Bumble's debug log on, nothing is short-cut: its lines stay complete."""
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    bumble_log = logging.getLogger("bumble.gatt_client")
+    async with make_client(adapter, patch.address) as client:
+        connection = await patch.next_connection()
+        await client.start_notify(SAMPLES_CHAR, lambda _c, d: received.put_nowait(bytes(d)))
+        before, bumble_log_level = adapter.fast_host.notifications_short_cut, bumble_log.level
+        bumble_log.setLevel(logging.DEBUG)
+        try:
+            patch.samples.notify(connection, b"logged")
+            assert await asyncio.wait_for(received.get(), STEP_TIMEOUT_S) == b"logged"
+        finally:
+            bumble_log.setLevel(bumble_log_level)
+        assert adapter.fast_host.notifications_short_cut == before
+        patch.samples.notify(connection, b"quiet")
+        assert await asyncio.wait_for(received.get(), STEP_TIMEOUT_S) == b"quiet"
+        assert adapter.fast_host.notifications_short_cut == before + 1
 
 
 # --- writes and indications ----------------------------------------------------------------
@@ -498,6 +522,17 @@ async def test_adapter_over_hci_transport_reaches_the_virtual_link(radio, patch)
         async with make_client(remote_adapter, patch.address) as client:
             assert client.mtu_size == 247
             assert await client.read_gatt_char(STATUS_CHAR) == b"status-v1"
+            # notifications over HCI take the host's short-cut, as in `dermtwin run --hci`
+            received: asyncio.Queue[bytes] = asyncio.Queue()
+            connection = await patch.next_connection()
+            await client.start_notify(SAMPLES_CHAR, lambda _c, d: received.put_nowait(bytes(d)))
+            for i in range(20):
+                patch.samples.notify(connection, bytes([i]) * 200)
+                assert await asyncio.wait_for(received.get(), STEP_TIMEOUT_S) == bytes([i]) * 200
+            assert remote_adapter.fast_host is not None
+            assert remote_adapter.fast_host.notifications_short_cut == 20
+        # the disconnection dropped the connection's listener (its handle may be reused)
+        assert remote_adapter.fast_host.listening == 0
     finally:
         await remote_adapter.close()
 

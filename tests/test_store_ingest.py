@@ -80,6 +80,43 @@ def test_duplicates_are_stored_once(store):
     assert store.committed_seq("b" * 16) == -1
 
 
+def test_batches_of_several_devices_boots_and_kinds_store_every_column(store):
+    """insert_samples groups batches and writes several hundred rows per statement: every
+    row keeps its own columns, unknown times become NULL, a replayed overlap counts once."""
+    rng = np.random.default_rng(3)
+
+    def made(device, boot, seqs, historical=False, time_uncertain=False, unknown_time=False):
+        seqs = np.asarray(seqs, dtype=np.int64)
+        n = len(seqs)
+        utc = np.full(n, -1, np.int64) if unknown_time else 1_700_000_000_000 + seqs * 100
+        return SampleBatch(device, boot, seqs, seqs * 3, utc,
+                           rng.integers(0, 4, n).astype(np.uint8),
+                           rng.integers(-2**23, 2**23, n).astype(np.int32), historical,
+                           time_uncertain=time_uncertain)
+
+    a, b = "a" * 16, "it's-b"   # a quote in the id: the inlined literal must escape it
+    batches = [made(a, 1, range(0, 700), historical=True),
+               made(a, 1, range(700, 1400), historical=True),   # joins the group above
+               made(b, 2, range(0, 1203), time_uncertain=True),
+               made(a, 1, range(1400, 1410)),                    # live: a group of its own
+               made(a, 4, range(1410, 1420), unknown_time=True)]
+    with store.transaction():
+        assert store.insert_samples(batches) == 1400 + 1203 + 10 + 10
+    with store.transaction():   # a REPLAY overlapping what is stored
+        assert store.insert_samples([made(a, 4, range(1415, 1425), unknown_time=True)]) == 5
+    rows = {(r[0], r[1]): r[2:] for r in store.conn.execute(
+        "SELECT device_id, seq, boot_id, tick, utc_ms, channel, value, historical,"
+        " time_uncertain FROM samples")}
+    assert len(rows) == 1400 + 1203 + 10 + 15
+    for batch_ in batches:
+        for i, seq in enumerate(batch_.seq.tolist()):
+            utc = int(batch_.utc_ms[i])
+            assert rows[(batch_.device_id, seq)] == (
+                batch_.boot_id, seq * 3, None if utc < 0 else utc, int(batch_.channel[i]),
+                int(batch_.value[i]), int(batch_.historical), int(batch_.time_uncertain))
+    assert store.committed_seq(a) == 1424 and store.committed_seq(b) == 1202
+
+
 def test_cycle_commits_then_acknowledges_and_queues_messages(store, ingest):
     link = FakeLink()
     ingest.submit(link, batch("a" * 16, range(0, 5)))

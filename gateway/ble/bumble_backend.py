@@ -37,6 +37,8 @@ from bumble.core import AdvertisingData
 from bumble.device import Advertisement, Connection, Device, Peer
 from bumble.gatt import Characteristic as BumbleCharacteristic
 
+from gateway.ble.fast_host import NotificationFastPathHost
+
 logger = logging.getLogger(__name__)
 
 REQUESTED_ATT_MTU = 247  # fits one 251-byte LE data PDU (Data Length Extension) with L2CAP header
@@ -171,7 +173,9 @@ class BumbleAdapter:
             transport = await open_transport(transport_spec)
         except Exception as error:
             raise BleakError(f"cannot open HCI transport {transport_spec!r}: {error}") from error
-        device = Device.with_hci(name, hci.Address(address), transport.source, transport.sink)
+        host = NotificationFastPathHost(controller_source=transport.source,
+                                        controller_sink=transport.sink)
+        device = Device(name=name, address=hci.Address(address), host=host)
         try:
             await device.power_on()
         except Exception as error:
@@ -184,6 +188,12 @@ class BumbleAdapter:
     @property
     def address(self) -> str:
         return address_text(self.device.random_address)
+
+    @property
+    def fast_host(self) -> NotificationFastPathHost | None:
+        """The host's notification short-cut, when the device was built with it."""
+        host = self.device.host
+        return host if isinstance(host, NotificationFastPathHost) else None
 
     # --- scanning ---
     def add_advertisement_listener(self, listener: AdvertisementListener) -> Callable[[], None]:
@@ -365,6 +375,7 @@ class BumbleClientBackend(BaseBleakClient):
         self._connection: Connection | None = None
         self._peer: Peer | None = None
         self._subscribers: dict[int, Callable[[bytes], None]] = {}
+        self._fast_listeners: dict[int, Callable[[], None]] = {}   # handle → remove
         self._setup_done = False  # the callback is for links that connect() handed over
 
     # --- connectivity ---
@@ -421,9 +432,12 @@ class BumbleClientBackend(BaseBleakClient):
 
     def _on_disconnection(self, reason: int) -> None:
         logger.debug("Bumble backend: %s disconnected, reason 0x%02X", self.address, reason)
+        if self._connection is not None and self._adapter.fast_host is not None:
+            self._adapter.fast_host.forget_connection(self._connection.handle)
         self._connection = None
         self._peer = None
         self._subscribers.clear()
+        self._fast_listeners.clear()
         was_set_up, self._setup_done = self._setup_done, False
         if was_set_up and self._disconnected_callback is not None:
             self._disconnected_callback()
@@ -533,18 +547,32 @@ class BumbleClientBackend(BaseBleakClient):
             callback(bytearray(value))
 
         previous = self._subscribers.pop(characteristic.handle, None)
+        self._forget_fast_listener(characteristic.handle)
         if previous is not None:
             await peer.gatt_client.unsubscribe(char_proxy, previous)
         self._subscribers[characteristic.handle] = on_value
+        # Notifications skip Bumble's GATT client when the host can short-cut them
+        # (gateway/ble/fast_host.py); indications keep its path (they are confirmed there).
+        fast_host = self._adapter.fast_host
+        if fast_host is not None:
+            self._fast_listeners[characteristic.handle] = fast_host.add_notification_listener(
+                peer.connection.handle, characteristic.handle, on_value)
         try:
             await peer.gatt_client.subscribe(char_proxy, on_value, prefer_notify=True)
         except att.ATT_Error as error:
             self._subscribers.pop(characteristic.handle, None)
+            self._forget_fast_listener(characteristic.handle)
             raise BleakGATTProtocolError(error.error_code) from error
+
+    def _forget_fast_listener(self, handle: int) -> None:
+        remove = self._fast_listeners.pop(handle, None)
+        if remove is not None:
+            remove()
 
     async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
         peer = self._require_peer()
         subscriber = self._subscribers.pop(characteristic.handle, None)
+        self._forget_fast_listener(characteristic.handle)
         if subscriber is None:
             return
         try:

@@ -48,6 +48,9 @@ DEFAULT_RESYNC_AFTER_S = 5.0
 RESYNC_REPEAT_S = 30.0        # ask again for the same subject no sooner than this
 CONNECT_TIMEOUT_S = 10.0
 CHECK_HOLES_EVERY_S = 1.0
+# Where `cmd` answers come back: the branch `dermtwin broker-config` lets the gateway write
+# and the clinic read (docs/security.md), and that a bridge carries (docs/scale-out.md).
+REPLY_ROOT = "dermtwin/reply"
 _QUEUE_END = object()
 
 
@@ -70,7 +73,7 @@ class Subscriber:
         self.client_id = client_id or f"dermtwin-sub-{os.getpid()}-{time.monotonic_ns()}"
         self.resync_after_s = resync_after_s
         self.session_expiry_s = session_expiry_s
-        self.reply_topic = f"dermtwin-subscriber/{self.client_id}/replies"
+        self.reply_topic = f"{REPLY_ROOT}/{gateway_id}/{self.client_id}"
         self.follower = TwinFollower()
         self.deduper = SampleDeduper()
         self.resyncs_sent = 0
