@@ -49,6 +49,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from gateway.outbox_message import OutboxMessage
+from gateway.payload_encoding import ZLIB_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ LEARNED_LIMIT_CAP = 1 << 28   # MQTT's largest packet: no limit at all
 # PUBLISH, besides topic and payload (MQTT 5 §3.3): 1 + 4 + 2 + 2 + 1.
 PUBLISH_FIXED_OVERHEAD_BYTES = 10
 MESSAGE_EXPIRY_PROPERTY_BYTES = 5
+# A compressed samples message also carries Content Type `application/zlib` (1 + 2 + 16 bytes);
+# reserved under the broker's limit for every message, compressed or not.
+CONTENT_TYPE_PROPERTY_BYTES = 3 + len(ZLIB_CONTENT_TYPE)
 
 _message_id = attrgetter("id")
 _message_payload = attrgetter("payload")
@@ -163,7 +167,7 @@ class ParkedRow:
 def publish_packet_bytes(topic: str, payload_bytes: int, has_expiry: bool) -> int:
     """Upper bound of a QoS 1 PUBLISH packet's size, for the broker's Maximum Packet Size."""
     return (PUBLISH_FIXED_OVERHEAD_BYTES + len(topic.encode()) + payload_bytes
-            + (MESSAGE_EXPIRY_PROPERTY_BYTES if has_expiry else 0))
+            + CONTENT_TYPE_PROPERTY_BYTES + (MESSAGE_EXPIRY_PROPERTY_BYTES if has_expiry else 0))
 
 
 class DeliveryPolicy:
