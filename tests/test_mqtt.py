@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -393,10 +394,22 @@ def test_broker_restart_on_the_same_port_loses_nothing(
     assert_delivered_in_order(received, before + during)
 
 
-def test_unacknowledged_rows_survive_a_publisher_crash(mqtt_broker, mqtt_collector, db_path):
+@pytest.fixture
+def roomy_broker(tmp_path) -> Iterator[LocalBroker]:
+    """A broker that queues the whole stream for a subscriber slower than the publisher
+    (mosquitto's default max_queued_messages, 1000, would drop the rest for it)."""
+    broker = LocalBroker(data_dir=tmp_path / "roomy-broker",
+                         extra_config=["max_queued_messages 10000"])
+    broker.start_sync()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def test_unacknowledged_rows_survive_a_publisher_crash(roomy_broker, mqtt_collector, db_path):
+    mqtt_broker = roomy_broker
     topic = "dermtwin/v1/child/s1/samples"
-    # Fewer than mosquitto's max_queued_messages (1000) beyond what the collector has
-    # taken: a faster publisher would make the broker drop some for the collector.
     expected = sample_messages(topic, 0, 1500)
     put_rows(db_path, expected)
     collector = mqtt_collector(mqtt_broker, topic)
@@ -1002,3 +1015,38 @@ def test_outbox_that_cannot_delete_is_reported_once_and_drained_when_it_can(
     errors = [r for r in caplog.records if "outbox database error" in r.getMessage()]
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert any("usable again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_bug_in_puback_handling_is_logged_while_paho_logs_nothing(
+    mqtt_broker, mqtt_collector, db_path, caplog, monkeypatch
+):
+    """paho's logger is off while connected (it cost a call per packet), so paho would
+    swallow an exception from our PUBACK callback: the publisher logs it itself, says it in
+    last_error, and goes on publishing."""
+    topic = "dermtwin/v1/gw1/s1/delta"
+    expected = sample_messages(topic, 0, 5)
+    collector = mqtt_collector(mqtt_broker, topic)
+    publisher = make_publisher(mqtt_broker.url, db_path)
+    real_on_puback = publisher.policy.on_puback
+    calls = []
+
+    def on_puback_failing_once(token, *args):
+        calls.append(token)
+        if len(calls) == 1:
+            raise RuntimeError("injected bug")
+        return real_on_puback(token, *args)
+
+    monkeypatch.setattr(publisher.policy, "on_puback", on_puback_failing_once)
+    caplog.set_level(logging.ERROR, logger="gateway.mqtt.publisher")
+    publisher.start_sync()
+    try:
+        assert publisher.wait_connected(5), publisher.last_error
+        wait_until(lambda: calls, what="the birth message's PUBACK")
+        put_rows(db_path, expected)
+        publisher.kick()
+        collector.wait_for(has_all(expected), what="every message after the failure")
+    finally:
+        publisher.stop_sync(timeout_s=1)
+    assert "injected bug" in (publisher.last_error or "")
+    logged = [r for r in caplog.records if r.exc_info and "injected bug" in str(r.exc_info[1])]
+    assert len(logged) == 1, [r.getMessage() for r in caplog.records]

@@ -8,6 +8,7 @@ import json
 import pytest
 from gateway_harness import GatewayRig, mqtt5_publish, wait_for
 
+from gateway.mqtt import topics
 from gateway.protocol.constants import Channel, ConfigKey
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ async def test_desired_config_reaches_the_patch_and_is_reported_applied(tmp_path
         states = reported(collector, subject)
         assert [r["state"] for r in states] == ["pending", "applied"]
         applied = states[-1]
-        assert applied["ver"] == 3 and applied["schema"] == 2 and applied["detail"] is None
+        assert applied["ver"] == 3 and applied["schema"] == topics.SCHEMA_VERSION and applied["detail"] is None
         assert applied["cfg"] == desired["cfg"]
         assert isinstance(applied["ts"], int)
         assert device_id not in json.dumps(states)

@@ -174,6 +174,8 @@ async def test_three_members_one_killed_mid_batch_end_complete_and_duplicate_fre
                 await asyncio.to_thread(mqtt5_publish, rig.broker,
                                         topics.ALERT.path(ROOT, subject), loss)
             await asyncio.sleep(2.0)
+            await wait_for(lambda: sum(gateway.store.sample_count(d) for d, _, _ in rig.identities)
+                           > 50, timeout_s=30, what="more than 50 samples stored")
             await rig.stop_gateway()
             # the engine's twin as it travels: values at their wire resolution, exact times
             final = {s: (gateway.engine.twins[s].rev,

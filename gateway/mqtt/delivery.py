@@ -22,8 +22,8 @@ The policy owns:
   messages were in flight puts the oldest alone on the wire after the reconnect; dropped again
   with it alone, it is the cause. Its size minus one becomes the learned payload limit (it is
   then split or parked as too large; splittable rows are split to the largest payload the
-  broker has acknowledged, or a quarter of it if more, so one lesson is usually enough); a
-  message too small to blame on size is parked.
+  broker has acknowledged, or a quarter of the learned limit if none of 256 bytes or more
+  was, so one lesson is usually enough); a message too small to blame on size is parked.
   Nothing is ever published again over a limit it broke, so there is no reconnect loop;
 - parking and its retry: `too_large` when it fits the current limits again, `refused`
   (a PUBACK failure code) after every reconnect, `poison` at a new start only.
@@ -31,6 +31,11 @@ The policy owns:
 On every (re)connect the adapter drops what the client would resend by itself, and the
 policy resends every unacknowledged message (oldest first), under the limits of the new
 connection: so it alone decides what goes on the wire.
+
+What the policy hands out to publish is, for the usual row (whole, no expiry), the row's
+`OutboxMessage` itself; for a part of a split row or a row with time left to deduct, a `Send`.
+Both have `id` (the outbox row's), `topic`, `payload`, `qos`, `retain` and `expiry_s` (the
+Message Expiry Interval to send). The publisher's hot path so makes no object per message.
 """
 
 from __future__ import annotations
@@ -40,9 +45,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 from typing import NamedTuple
 
 from gateway.outbox_message import OutboxMessage
+from gateway.payload_encoding import ZLIB_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +58,13 @@ DEFAULT_WINDOW = 100
 # Half of them is the adapter's slack to read more: ~25 ms at 20k messages/s, several of
 # CPython's 5 ms GIL switch intervals.
 DEFAULT_READ_AHEAD_ROWS = 1024
-# ... but no more than this many payload bytes held (a Pi's RAM), read this many rows at a time.
+# ... but no more than this many payload bytes held, read or in flight (a Pi's RAM), read this
+# many rows at a time.
 READ_AHEAD_BYTES = 4 << 20
 READ_CHUNK_ROWS = 256
-# Acknowledged rows worth a DELETE + COMMIT of their own (`io_due`); fewer wait for a timer.
-SETTLE_BATCH_ROWS = 512
+# Acknowledged rows worth a DELETE + COMMIT of their own (`io_due`); fewer wait for a timer
+# (the adapter's 100 ms). A range DELETE costs ~0.6 us a row in batches this size, ~1 us at 512.
+SETTLE_BATCH_ROWS = 2048
 # Receive Maximum slot kept free for the state messages and direct answers (one: every slot
 # is throughput while the broker's round trip paces the window).
 CONTROL_SLOTS = 1
@@ -70,6 +79,12 @@ LEARNED_LIMIT_CAP = 1 << 28   # MQTT's largest packet: no limit at all
 # PUBLISH, besides topic and payload (MQTT 5 §3.3): 1 + 4 + 2 + 2 + 1.
 PUBLISH_FIXED_OVERHEAD_BYTES = 10
 MESSAGE_EXPIRY_PROPERTY_BYTES = 5
+# A compressed samples message also carries Content Type `application/zlib` (1 + 2 + 16 bytes);
+# reserved under the broker's limit for every message, compressed or not.
+CONTENT_TYPE_PROPERTY_BYTES = 3 + len(ZLIB_CONTENT_TYPE)
+
+_message_id = attrgetter("id")
+_message_payload = attrgetter("payload")
 
 # Splits a payload into parts of at most max_bytes each, or None if it cannot.
 Splitter = Callable[[bytes, int], list[bytes] | None]
@@ -110,26 +125,35 @@ class Settled:
         return bool(self.delete_ids or self.parks)
 
 
-@dataclass(slots=True, eq=False)
 class _Row:
-    message: OutboxMessage
-    parts: list[bytes] | None = None   # None until prepared for sending
-    expiry_s: int | None = None        # remaining, fixed when prepared
-    next_part: int = 0
-    acked_parts: int = 0
-    settled: bool = False
+    """A row being sent in parts, or with its remaining expiry fixed: made only for those."""
+
+    __slots__ = ("message", "parts", "expiry_s", "next_part", "acked_parts")
+
+    def __init__(self, message: OutboxMessage, parts: list[bytes], expiry_s: int | None) -> None:
+        self.message = message
+        self.parts = parts
+        self.expiry_s = expiry_s    # remaining, fixed when prepared
+        self.next_part = 0
+        self.acked_parts = 0
 
 
 class Send(NamedTuple):
-    """One PUBLISH to hand to the client: a row, or one part of a split row."""
+    """One PUBLISH of a part of a split row, or of a row whose expiry had time deducted. Its
+    first fields are an OutboxMessage's (what a whole row is handed as)."""
 
-    row: _Row
-    part: int
+    id: int                # the outbox row's
     topic: str
     payload: bytes
     qos: int
     retain: bool
     expiry_s: int | None   # Message Expiry Interval to send (time in the outbox deducted)
+    row: _Row
+    part: int
+
+
+# What the client is handed: a whole row without expiry as itself, anything else as a Send.
+Sendable = Send | OutboxMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +167,7 @@ class ParkedRow:
 def publish_packet_bytes(topic: str, payload_bytes: int, has_expiry: bool) -> int:
     """Upper bound of a QoS 1 PUBLISH packet's size, for the broker's Maximum Packet Size."""
     return (PUBLISH_FIXED_OVERHEAD_BYTES + len(topic.encode()) + payload_bytes
-            + (MESSAGE_EXPIRY_PROPERTY_BYTES if has_expiry else 0))
+            + CONTENT_TYPE_PROPERTY_BYTES + (MESSAGE_EXPIRY_PROPERTY_BYTES if has_expiry else 0))
 
 
 class DeliveryPolicy:
@@ -165,6 +189,7 @@ class DeliveryPolicy:
             raise ValueError(f"max_payload_bytes {max_payload_bytes}: must be positive")
         self.window = window
         self.read_ahead_rows = read_ahead_rows
+        self._read_low_rows = read_ahead_rows // 2
         self.max_payload_bytes = max_payload_bytes     # configured
         self.broker_max_packet_bytes: int | None = None  # from the last CONNACK
         self.learned_max_payload_bytes: int | None = None
@@ -172,11 +197,15 @@ class DeliveryPolicy:
         self.receive_maximum: int | None = None
         self._splitters = dict(splitters or {})
 
-        self._rows: dict[int, _Row] = {}         # read, not yet settled
-        self._queue: deque[_Row] = deque()       # waiting to be (further) handed to the client
-        self._handed: dict[object, Send] = {}    # client token -> what it carries
+        self._rows: dict[int, OutboxMessage] = {}   # read, not yet settled
+        self._rows_bytes = 0                        # their payloads' bytes
+        # Waiting to be handed to the client: rows as read, but for a split row some of whose
+        # parts are handed already, which stays at the front until its last part goes.
+        self._queue: deque[OutboxMessage | _Row] = deque()
+        self._handed: dict[object, Sendable] = {}   # client token -> what it carries
         self._settled = Settled()
         self.cursor = 0                          # highest outbox id read
+        self._read_max_id = 0                    # ... and the highest ever, since forget_rows
         self._exhausted = False                  # the last read found no more rows
         self.connected = False
         self.holding = False                     # stopping: hand nothing new to the client
@@ -228,7 +257,6 @@ class DeliveryPolicy:
             raise ValueError(f"max_payload_bytes {limit}: must be positive")
         self.max_payload_bytes = limit
         self._limits_changed()
-        self._unprepare_queued()
         self.parked_retry_due = True
 
     # ---- connection ------------------------------------------------------------------
@@ -242,7 +270,6 @@ class DeliveryPolicy:
         self.broker_max_packet_bytes = maximum_packet_size
         self._limits_changed()
         self._requeue_handed()
-        self._unprepare_queued()
         self._exhausted = False
         self.parked_retry_due = True
 
@@ -261,7 +288,7 @@ class DeliveryPolicy:
         self._convict(send, reason_code)
         self._limits_changed()
 
-    def _convict(self, send: Send, reason_code: int) -> None:
+    def _convict(self, send: Sendable, reason_code: int) -> None:
         """Strike two: the connection was dropped with `send` alone in flight."""
         size = len(send.payload)
         self.refusals[Refusal.DROPPED_CONNECTION] += 1
@@ -273,29 +300,24 @@ class DeliveryPolicy:
                 "the broker dropped the connection (reason 0x%02X) over a %d-byte message to "
                 "%s alone: payloads over %d bytes are split or refused from now on",
                 reason_code, size, send.topic, self.learned_max_payload_bytes)
-            send.row.parts = None   # measured again against the learned limit when resent
-            return
-        self._park(send.row, ParkKind.POISON,
+            return   # resent as read, so measured against the learned limit
+        self._park(send.id, ParkKind.POISON,
                    f"the broker dropped the connection (reason 0x{reason_code:02X}) with only "
                    f"this {size}-byte message in flight, twice")
 
     def _requeue_handed(self) -> None:
-        rows = {id(s.row): s.row for s in self._handed.values() if not s.row.settled}
+        """Every unsettled row handed (or half handed) goes back to the queue as read, to be
+        prepared again under the new connection's limits."""
+        rows = self._rows
+        again = {send.id: rows[send.id] for send in self._handed.values() if send.id in rows}
         self._handed.clear()
-        if self._queue and self._queue[0].next_part > 0:
-            half_sent = self._queue.popleft()   # a split row, some of its parts handed
-            rows[id(half_sent)] = half_sent
-        for row in rows.values():
-            row.parts = None
-            row.next_part = row.acked_parts = 0
-        requeued = sorted(rows.values(), key=lambda r: r.message.id)
+        queue = self._queue
+        head = queue[0] if queue else None
+        if isinstance(head, _Row):   # a split row, some of its parts handed
+            queue.popleft()
+            again[head.message.id] = head.message
         # Requeued rows are older than the queued ones; keep id order where it is cheap.
-        self._queue.extendleft(reversed(requeued))
-
-    def _unprepare_queued(self) -> None:
-        for row in self._queue:
-            if row.next_part == 0:
-                row.parts = None
+        queue.extendleft(sorted(again.values(), reverse=True))
 
     # ---- rows in ---------------------------------------------------------------------
 
@@ -304,18 +326,27 @@ class DeliveryPolicy:
         if not self.connected or self.holding or self._exhausted:
             return 0
         room = self.read_ahead_rows - len(self._queue)
-        if room <= 0 or sum(len(r.message.payload) for r in self._queue) >= READ_AHEAD_BYTES:
+        if room <= 0 or self._rows_bytes >= READ_AHEAD_BYTES:
             return 0
         return min(room, READ_CHUNK_ROWS)
 
     def add_rows(self, messages: Sequence[OutboxMessage], asked: int) -> None:
         """Rows read with id > cursor, in id order; fewer than `asked` means no more for now."""
         rows, queue = self._rows, self._queue
-        for message in messages:
-            if message.id not in rows:
-                row = _Row(message)
-                rows[message.id] = row
-                queue.append(row)
+        if messages and messages[0].id > self._read_max_id:
+            # The usual read: every row is new. No Python-level loop per row.
+            rows.update(zip(map(_message_id, messages), messages, strict=True))
+            queue.extend(messages)
+            self._rows_bytes += sum(map(len, map(_message_payload, messages)))
+            self._read_max_id = messages[-1].id
+        else:
+            # After rows were unparked (the cursor went back): skip the rows we hold.
+            for message in messages:
+                if message.id not in rows:
+                    rows[message.id] = message
+                    queue.append(message)
+                    self._rows_bytes += len(message.payload)
+                    self._read_max_id = max(self._read_max_id, message.id)
         if messages:
             self.cursor = max(self.cursor, messages[-1].id)
         if len(messages) < asked:
@@ -364,58 +395,85 @@ class DeliveryPolicy:
         """Nothing handed to the client awaits its PUBACK."""
         return not self._handed
 
-    def take_sends(self, now_ms: int) -> list[Send]:
+    def take_sends(self, now_ms: int | Callable[[], int]) -> list[Sendable]:
         """What to hand to the client now, in order. Rows that expired or can never fit are
-        settled on the way (see `take_settled`)."""
+        settled on the way (see `take_settled`). `now_ms` is the time, or a clock read only
+        if a row to send has an expiry (the usual row has none)."""
         if not self.connected or self.holding:
             return []
         room = self._window_now - len(self._handed)
-        sends: list[Send] = []
         queue = self._queue
+        if room <= 0 or not queue:
+            return []
+        now: int | None = None   # read once, for the first row with an expiry
+        whole = self._no_limits
+        sends: list[Sendable] = []
         while room > 0 and queue:
             row = queue[0]
-            parts = row.parts
-            if parts is None:
-                queue.popleft()   # out of the queue while settled rows leave it
-                parts = self._prepare(row, now_ms)
-                if parts is None:
+            if not isinstance(row, _Row):
+                if whole and row.expiry_s is None:
+                    queue.popleft()
+                    sends.append(row)   # the usual row: whole, as read
+                    room -= 1
                     continue
-                queue.appendleft(row)
+                if now is None and row.expiry_s is not None:
+                    now = now_ms() if callable(now_ms) else now_ms
+                queue.popleft()
+                prepared = self._prepare(row, now if now is not None else 0)
+                if prepared is None:
+                    continue   # settled: expired or parked
+                if not isinstance(prepared, _Row):
+                    sends.append(prepared)   # fits whole, no expiry: as read
+                    room -= 1
+                    continue
+                queue.appendleft(prepared)
+                row = prepared
             part = row.next_part
             row.next_part = part + 1
+            parts = row.parts
             if row.next_part == len(parts):
                 queue.popleft()
             m = row.message
-            sends.append(Send(row, part, m.topic, parts[part], m.qos, m.retain, row.expiry_s))
+            sends.append(Send(m.id, m.topic, parts[part], m.qos, m.retain, row.expiry_s, row,
+                              part))
             room -= 1
         return sends
 
-    def handed(self, send: Send, token: object) -> None:
+    def handed(self, send: Sendable, token: object) -> None:
         """The client took `send`; its PUBACK will carry `token`."""
         self._handed[token] = send
 
-    def not_handed(self, sends: Sequence[Send]) -> None:
+    def not_handed(self, sends: Sequence[Sendable]) -> None:
         """The client refused these (in order): they go back to the front of the queue."""
-        rows: dict[int, _Row] = {}
+        back: dict[int, OutboxMessage | _Row] = {}
         for send in sends:
-            rows.setdefault(id(send.row), send.row)
-            send.row.next_part = min(send.row.next_part, send.part)
+            if isinstance(send, Send):
+                row = send.row
+                row.next_part = min(row.next_part, send.part)
+                back.setdefault(send.id, row)
+            else:
+                back.setdefault(send.id, send)
         queue = self._queue
-        if queue and id(queue[0]) in rows:
+        head = queue[0] if queue else None
+        if isinstance(head, _Row) and head.message.id in back:
             queue.popleft()
-        queue.extendleft(reversed(list(rows.values())))
+        # A row none of whose parts is handed goes back as read.
+        queue.extendleft(reversed([
+            entry.message if isinstance(entry, _Row) and entry.next_part == 0 else entry
+            for entry in back.values()]))
 
-    def client_refused(self, send: Send, reason: str) -> None:
+    def client_refused(self, send: Sendable, reason: str) -> None:
         """The client would not take `send` at all (e.g. a topic it rejects): parked."""
         self.refusals[Refusal.CLIENT_REFUSED] += 1
-        self._park(send.row, ParkKind.REFUSED, reason)
+        self._park(send.id, ParkKind.REFUSED, reason)
 
-    def _prepare(self, row: _Row, now_ms: int) -> list[bytes] | None:
-        message = row.message
+    def _prepare(self, message: OutboxMessage, now_ms: int) -> OutboxMessage | _Row | None:
+        """The message itself if it goes whole and without expiry, the row to send in parts or
+        with its remaining expiry, or None if it was settled instead (expired: to delete; over
+        a limit it can never fit: parked)."""
         remaining = None if message.expiry_s is None else message.remaining_expiry_s(now_ms)
         if remaining == 0:
-            row.settled = True
-            self._rows.pop(message.id, None)
+            self._forget(message.id)
             self._settled.delete_ids.append(message.id)
             self.expired += 1
             return None
@@ -423,14 +481,15 @@ class DeliveryPolicy:
         if parts is None:
             limit = self.max_payload_for(message.topic, message.expiry_s is not None)
             self.refusals[Refusal.OVER_SIZE_LIMIT] += 1
-            self._park(row, ParkKind.TOO_LARGE,
+            self._park(message.id, ParkKind.TOO_LARGE,
                        f"payload {len(message.payload)} bytes over the size limit {limit} "
                        f"({self._describe_limit()}) and not splittable to fit")
             return None
         if len(parts) > 1:
             self.split_rows += 1
-        row.parts, row.expiry_s, row.next_part, row.acked_parts = parts, remaining, 0, 0
-        return parts
+        elif remaining is None and parts[0] is message.payload:
+            return message
+        return _Row(message, parts, remaining)
 
     def _parts_for(self, message: OutboxMessage) -> list[bytes] | None:
         """[payload] if it fits, the parts it splits into, or None if it can never fit."""
@@ -439,11 +498,13 @@ class DeliveryPolicy:
         limit = self.max_payload_for(message.topic, message.expiry_s is not None)
         splitter = self._splitters.get(message.topic.rsplit("/", 1)[-1])
         if splitter is not None and self.learned_max_payload_bytes is not None:
-            # A learned limit only bounds the broker's from above: split to what it is known
-            # to take (the largest payload acknowledged), or a quarter of the learned limit if
-            # that is more, so the parts do not teach it again one step lower.
+            # A learned limit only bounds the broker's from above (the message that taught it
+            # may have been many times over): split to what the broker is known to take, the
+            # largest payload acknowledged, so the parts do not teach it again one step lower;
+            # a quarter of the learned limit if nothing of a useful size was acknowledged yet.
             learned = self.learned_max_payload_bytes
-            target = min(learned, max(self.largest_acked_payload_bytes, learned // 4))
+            acked = self.largest_acked_payload_bytes
+            target = min(learned, acked if acked >= MIN_LEARNED_PAYLOAD_BYTES else learned // 4)
             limit = min(target, limit or LEARNED_LIMIT_CAP)
         if limit is None or len(message.payload) <= limit:
             return [message.payload]
@@ -467,35 +528,45 @@ class DeliveryPolicy:
         send = self._handed.pop(token, None)
         if send is None:
             return   # not ours (state messages), or sent before the last reconnect
-        row = send.row
-        if row.settled:
-            return
+        row_id = send.id
         if reason_code >= PUBACK_FAILURE_MIN:
             self.refusals[Refusal.PUBACK_FAILURE] += 1
-            self._park(row, ParkKind.REFUSED, f"PUBACK 0x{reason_code:02X} {reason}".rstrip())
+            self._park(row_id, ParkKind.REFUSED, f"PUBACK 0x{reason_code:02X} {reason}".rstrip())
             return
         if self.isolating:
             self.isolating = False
             self._limits_changed()
         self.parts_published += 1
-        if len(send.payload) > self.largest_acked_payload_bytes:
-            self.largest_acked_payload_bytes = len(send.payload)
-        row.acked_parts += 1
-        parts = row.parts
-        if parts is not None and row.acked_parts == len(parts):
-            row.settled = True
-            del self._rows[row.message.id]
-            self._settled.delete_ids.append(row.message.id)
-            self.published += 1
+        size = len(send.payload)
+        if size > self.largest_acked_payload_bytes:
+            self.largest_acked_payload_bytes = size
+        if isinstance(send, Send):
+            row = send.row
+            row.acked_parts += 1
+            if row.acked_parts < len(row.parts):
+                return
+        message = self._rows.pop(row_id, None)
+        if message is None:
+            return   # settled already
+        self._rows_bytes -= len(message.payload)
+        self._settled.delete_ids.append(row_id)
+        self.published += 1
 
-    def _park(self, row: _Row, kind: ParkKind, reason: str) -> None:
-        row.settled = True
-        self._rows.pop(row.message.id, None)
-        for token in [t for t, s in self._handed.items() if s.row is row]:
-            del self._handed[token]
-        if row in self._queue:
-            self._queue.remove(row)
-        self._settled.parks.append(Park(row.message.id, kind, reason))
+    def _forget(self, row_id: int) -> None:
+        message = self._rows.pop(row_id, None)
+        if message is not None:
+            self._rows_bytes -= len(message.payload)
+
+    def _park(self, row_id: int, kind: ParkKind, reason: str) -> None:
+        self._forget(row_id)
+        handed = self._handed
+        for token in [t for t, s in handed.items() if s.id == row_id]:
+            del handed[token]
+        queue = self._queue
+        for entry in [e for e in queue
+                      if (e.message.id if isinstance(e, _Row) else e.id) == row_id]:
+            queue.remove(entry)
+        self._settled.parks.append(Park(row_id, kind, reason))
         self.parked += 1
 
     # ---- settled rows out ------------------------------------------------------------
@@ -517,14 +588,17 @@ class DeliveryPolicy:
     def reading_due(self) -> bool:
         """Whether to read more rows now: the read-ahead queue is half empty, and the outbox
         may hold more."""
-        return (self.connected and not self.holding and not self._exhausted
-                and len(self._queue) <= self.read_ahead_rows // 2)
+        return (len(self._queue) <= self._read_low_rows and self.connected and not self.holding
+                and not self._exhausted)
 
     def io_due(self) -> bool:
-        """Whether the adapter has outbox writes to make now: a batch of settled rows, rows to
-        park, or parked rows due a retry. Smaller settled batches wait for a timer."""
+        """Whether the adapter has outbox writes to make now: a batch of settled rows, the
+        last settled rows of a burst (nothing in flight: no more PUBACKs to batch them with),
+        rows to park, or parked rows due a retry. Other settled rows wait for a timer."""
+        delete_ids = self._settled.delete_ids
         return (
-            len(self._settled.delete_ids) >= SETTLE_BATCH_ROWS
+            len(delete_ids) >= SETTLE_BATCH_ROWS
+            or (bool(delete_ids) and not self._handed)
             or bool(self._settled.parks)
             or self.parked_retry_due
         )
@@ -533,6 +607,8 @@ class DeliveryPolicy:
         """Start over from the outbox alone (a publisher restart): everything read, queued
         and in flight is forgotten; counters and learned limits are kept."""
         self._rows.clear()
+        self._rows_bytes = 0
+        self._read_max_id = 0
         self._queue.clear()
         self._handed.clear()
         self._settled = Settled()

@@ -14,10 +14,10 @@ Threads, and who owns what:
   second thread contends for the GIL row by row. It never waits for the lock (paho holds
   its message lock while it calls us): if the drainer holds it, the drainer acts instead.
 - the drainer thread owns the writing sqlite3 connection. Woken only when the policy has
-  outbox writes (`io_due`: a batch of acknowledged rows, rows to park, parked rows to
-  retry), on `kick()`, or by a short timer: it deletes acknowledged rows and parks
-  refused ones in one commit per batch, never per PUBACK, and reads rows while nothing is
-  in flight to bring PUBACKs.
+  outbox writes (`io_due`: a batch of acknowledged rows, the last ones of a burst, rows to
+  park, parked rows to retry), on `kick()`, or by a short timer: it deletes acknowledged
+  rows and parks refused ones in one commit per batch, never per PUBACK, and reads rows
+  while nothing is in flight to bring PUBACKs.
 - the caller (asyncio or not) calls `start`, `stop`, `kick`, `publish_direct`,
   `republish_state` and reads the counters.
 
@@ -60,7 +60,7 @@ from gateway.mqtt.delivery import (
     DeliveryPolicy,
     ParkedRow,
     ParkKind,
-    Send,
+    Sendable,
     Settled,
     Splitter,
 )
@@ -84,9 +84,9 @@ _paho_log.addFilter(_DropReconnectNoise())
 
 
 class _PahoWarnings:
-    """What paho logs through: its warnings and errors reach `_paho_log`; its two debug
-    lines per packet stop here, before logging's machinery (a measurable share of a
-    message's CPU at thousands of messages a second)."""
+    """What paho logs through while it connects: its warnings and errors reach `_paho_log`;
+    its debug lines stop here, before logging's machinery. While connected paho logs
+    nothing at all (see `_on_connect`)."""
 
     def log(self, level: int, msg: str, *args: object) -> None:
         if level >= logging.WARNING:
@@ -108,6 +108,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 READER_BUSY_TIMEOUT_S = 1.0
 PARKED_RETRY_BATCH = 1000
 STARTUP_TIMEOUT_S = 10.0
+# PUBLISH properties kept for reuse, one per distinct (Message Expiry Interval, Content Type).
+PROPERTIES_CACHE_SIZE = 256
 DEFAULT_SPLITTERS: Mapping[str, Splitter] = {SAMPLES_TOPIC_LEVEL: split_samples_payload}
 
 
@@ -187,6 +189,9 @@ class MqttPublisher:
         self._client: paho.Client | None = None
         self._drainer: threading.Thread | None = None
         self._reader: Outbox | None = None   # read-only use, under self._lock
+        # Used under self._lock; keyed by (expiry_s, content_type).
+        self._properties_cache: dict[tuple[int | None, str | None], Properties] = {}
+        self._paho_warnings = _PahoWarnings()
 
         self._connected = False
         self._pending = 0
@@ -379,7 +384,7 @@ class MqttPublisher:
             protocol=paho.MQTTv5,
         )
         client.suppress_exceptions = True  # a bug in a callback must not kill paho's thread
-        client.enable_logger(_PahoWarnings())  # type: ignore[arg-type]  # duck-typed by paho
+        client.enable_logger(self._paho_warnings)  # type: ignore[arg-type]  # duck-typed by paho
         # The policy bounds what is in flight (the broker's Receive Maximum); paho queues nothing.
         client.max_inflight_messages_set(0)
         # paho annotates int, but its backoff arithmetic works in float seconds.
@@ -420,9 +425,13 @@ class MqttPublisher:
             return
         # paho would now resend what it holds, under no limit; the policy resends instead.
         client.drop_out_messages()
-        # on_log makes paho format every packet's debug line; it only serves to learn why
-        # a connection attempt failed (TLS, socket), so it is off while connected.
+        # on_log makes paho format every packet's debug line, and its logger costs a call
+        # for each of two debug lines per message (~1.5 us of ~60); both only serve to learn
+        # why a connection attempt failed (TLS, socket), so both are off while connected.
+        # Our callbacks log their own exceptions; a lost connection is logged with paho's
+        # reason code by _on_disconnect, which turns them back on.
         client.on_log = None
+        client.disable_logger()
         try:
             birth = self._birth_payload_fn()
         except Exception as err:  # the gateway's payload builder; keep the connection
@@ -462,6 +471,7 @@ class MqttPublisher:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         client.on_log = self._on_log
+        client.enable_logger(self._paho_warnings)  # type: ignore[arg-type]
         was_connected = self._connected
         self._connected = False
         self._connected_event.clear()
@@ -473,27 +483,39 @@ class MqttPublisher:
                 f"{self._last_paho_error or reason_code}"
             )
         elif reason_code.value != 0:
-            self._last_error = f"disconnected: {reason_code}"
-            log.warning("mqtt disconnected from %s: %s", self.config.url, reason_code)
+            # paho's logger is off while connected, so a socket error's text is not logged;
+            # say at least whether the broker sent DISCONNECT or the connection was lost.
+            how = ("the broker sent DISCONNECT" if flags.is_disconnect_packet_from_server
+                   else "socket closed")
+            self._last_error = f"disconnected ({how}): {reason_code}"
+            log.warning("mqtt disconnected from %s (%s): %s", self.config.url, how, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # The hot path, once per PUBACK: `_post` without the inbox when nothing waits in it
         # (only this thread appends to it, so order is kept).
-        if self._inbox or not self._lock.acquire(blocking=False):
+        if self._inbox or not self._lock.acquire(False):
             self._post((mid, reason_code))
             return
         policy = self.policy
         try:
             code = reason_code.value
-            policy.on_puback(mid, code, str(reason_code) if code >= PUBACK_FAILURE_MIN else "")
+            if code < PUBACK_FAILURE_MIN:
+                policy.on_puback(mid)
+            else:
+                policy.on_puback(mid, code, str(reason_code))
             if policy.reading_due():
                 self._fill()
-            sends = policy.take_sends(now_ms())
+            sends = policy.take_sends(now_ms)
             if sends:
                 self._hand(sends)
             if policy.holding and policy.idle:
                 self._idle_event.set()
             due = policy.io_due()
+        except Exception as err:  # a bug: paho logs nothing while connected; the row waits
+            self._last_error = f"PUBACK handling: {err!r}"
+            log.exception("mqtt PUBACK %d handling failed; its row is resent after a reconnect",
+                          mid)
+            due = True
         finally:
             self._lock.release()
         if due and not self._wake.is_set():
@@ -515,6 +537,10 @@ class MqttPublisher:
             try:
                 self._pump()
                 due = self.policy.io_due()
+            except Exception as err:  # a bug: paho logs nothing while connected
+                self._last_error = f"publisher events: {err!r}"
+                log.exception("mqtt publisher failed to act on %r", event)
+                due = True
             finally:
                 self._lock.release()
             if due and not self._wake.is_set():
@@ -543,7 +569,7 @@ class MqttPublisher:
                     policy.on_disconnected(event.reason_code)
             if policy.reading_due():
                 self._fill()
-            sends = policy.take_sends(now_ms())
+            sends = policy.take_sends(now_ms)
             if not sends:
                 break
             self._hand(sends)   # fills the window: take more only after more events
@@ -571,32 +597,44 @@ class MqttPublisher:
                 log.warning("outbox read failed, will retry: %s", err)
                 self._db_error = str(err)
 
-    def _hand(self, sends: list[Send]) -> None:
+    def _hand(self, sends: list[Sendable]) -> None:
         client = self._client
         if client is None:
             self.policy.not_handed(sends)
             return
         policy = self.policy
+        publish, handed = client.publish, policy.handed
         for i, send in enumerate(sends):
-            properties = None
-            if send.expiry_s is not None:
-                properties = Properties(PacketTypes.PUBLISH)
-                properties.MessageExpiryInterval = send.expiry_s
+            expiry_s = send.expiry_s
             content_type = payload_content_type(send.payload)   # compressed samples only
-            if content_type is not None:
-                properties = properties or Properties(PacketTypes.PUBLISH)
-                properties.ContentType = content_type
             try:
-                info = client.publish(send.topic, send.payload, qos=send.qos,
-                                      retain=send.retain, properties=properties)
+                info = publish(send.topic, send.payload, send.qos, send.retain,
+                               None if expiry_s is None and content_type is None
+                               else self._properties(expiry_s, content_type))
             except ValueError as err:  # paho refuses the topic or payload outright
                 policy.client_refused(send, f"rejected by paho: {err}")
                 continue
-            if info.rc != paho.MQTT_ERR_SUCCESS:
+            if info.rc:   # not MQTT_ERR_SUCCESS (0)
                 # Not connected: it goes again after the next CONNACK.
                 policy.not_handed(sends[i:])
                 return
-            policy.handed(send, info.mid)
+            handed(send, info.mid)
+
+    def _properties(self, expiry_s: int | None, content_type: str | None) -> Properties:
+        """PUBLISH properties with a Message Expiry Interval and/or a Content Type: one object
+        per pair of values, reused (paho only reads them, to pack each PUBLISH)."""
+        key = (expiry_s, content_type)
+        properties = self._properties_cache.get(key)
+        if properties is None:
+            if len(self._properties_cache) >= PROPERTIES_CACHE_SIZE:
+                self._properties_cache.clear()
+            properties = Properties(PacketTypes.PUBLISH)
+            if expiry_s is not None:
+                properties.MessageExpiryInterval = expiry_s
+            if content_type is not None:
+                properties.ContentType = content_type
+            self._properties_cache[key] = properties
+        return properties
 
     # ---- drainer thread ----------------------------------------------------
 
