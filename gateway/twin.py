@@ -463,12 +463,12 @@ class TwinEngine:
         if not len(slots):
             return
         cells = _cells(slots, n)
-        windows = self._window[slots].astype(np.float32)
-        last_t = self._last_temp_t[slots]
+        windows = self._window[cells].astype(np.float32)
+        last_t = self._last_temp_t[cells]           # read only (a view when a slice)
         expected = self._baselines.expected(slots, last_t)
-        latest = self._window[:, -1][slots]
+        latest = self._window[:, -1][cells]
         baselines = np.where(np.isnan(expected), latest, expected).astype(np.float32)[:, None]
-        latest = self._hydration.latest[slots]
+        latest = self._hydration.latest[cells]
         hydration = np.where(np.isnan(latest), NEUTRAL_HYDRATION_AU, latest).astype(
             np.float32)[:, None]
         excess = self._hydration.excess_au(slots).astype(np.float32)[:, None]
