@@ -54,9 +54,17 @@ def main(argv: list[str]) -> int:
         print_table(figures)
         print(f"   ({time.perf_counter() - start:.1f} s)", flush=True)
         results.update(figures)
-    out.write_text(json.dumps({"machine": machine(), "figures": results}, indent=2) + "\n")
+    written = {"machine": machine(), "figures": results}
+    if only and out.exists():
+        # A partial run (`run_all.py bench_twin`): its figures replace theirs in the last full
+        # run's file, and the file says which figures are newer than its date.
+        written = json.loads(out.read_text())
+        written["figures"].update(results)
+        partial = written["machine"].setdefault("partial_runs", {})
+        partial[" ".join(sorted(only))] = machine()["date"]
+    out.write_text(json.dumps(written, indent=2) + "\n")
     print(f"\n{len(results)} figures -> {out}")
-    print_table(results)
+    print_table(written["figures"])
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
