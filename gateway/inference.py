@@ -18,6 +18,7 @@ import onnxruntime as ort
 from gateway.model_contracts import CONTRACTS, ModelContract
 
 ONNX_FLOAT_TYPE = "tensor(float)"
+_FLOAT32 = np.dtype(np.float32)
 # semver.org 2.0.0 (the recommended regex, without the named groups).
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -133,12 +134,44 @@ class LoadedModel:
         self.units: dict[str, str] = units
         self._session = session
         self._output_names = list(contract.outputs)
+        self._input_items = tuple(contract.inputs.items())
+        self._output_items = tuple(contract.outputs.items())
+        # onnxruntime's own run() re-checks the input names we check here; its bound
+        # session runs without that (the public run() where a version lacks it).
+        bound = getattr(session, "_sess", None)
+        self._run_session = (
+            bound.run if bound is not None and hasattr(bound, "run")
+            else lambda names, feed, _options: session.run(names, feed))
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.name!r} {self.version} from {str(self.path)!r})"
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch: every contract input as [N, width]; returns float32 [N, width]."""
+        feed = self._ready_feed(inputs)
+        if feed is not None:
+            return self._run_feed(feed, len(next(iter(feed.values()))))
+        return self._run_checked(inputs)
+
+    def _ready_feed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """`inputs` as they are when they need no conversion (the twin engine's batches):
+        exactly the contract's names, each a float32 C-contiguous [N, width] array, one N
+        for all. None for anything else, which the checked path converts or rejects."""
+        if type(inputs) is not dict or len(inputs) != len(self._input_items):
+            return None
+        batch = -1
+        for name, width in self._input_items:
+            array = inputs.get(name)
+            if (type(array) is not np.ndarray or array.dtype is not _FLOAT32
+                    or not array.flags.c_contiguous):
+                return None
+            shape = array.shape
+            if len(shape) != 2 or shape[1] != width or (shape[0] != batch and batch >= 0):
+                return None
+            batch = shape[0]
+        return None if batch <= 0 else inputs
+
+    def _run_checked(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         file_name = self.path.name
         expected = self.contract.inputs
         missing = [name for name in expected if name not in inputs]
@@ -177,20 +210,26 @@ class LoadedModel:
                 name: np.zeros((0, width), dtype=np.float32)
                 for name, width in self.contract.outputs.items()
             }
+        assert batch is not None
+        return self._run_feed(feed, batch)
+
+    def _run_feed(self, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        """One session run of a checked feed; every output checked against the contract."""
         try:
-            results = self._session.run(self._output_names, feed)
+            results = self._run_session(self._output_names, feed, None)
         except Exception as exc:  # onnxruntime raises its own non-ValueError types
-            raise ModelError(f"{file_name}: onnxruntime run failed: {exc}") from exc
+            raise ModelError(f"{self.path.name}: onnxruntime run failed: {exc}") from exc
 
         outputs: dict[str, np.ndarray] = {}
-        for (name, width), value in zip(self.contract.outputs.items(), results, strict=True):
-            value = np.asarray(value)
+        for (name, width), value in zip(self._output_items, results, strict=True):
+            if type(value) is not np.ndarray:
+                value = np.asarray(value)
             if value.shape != (batch, width):
                 raise ModelError(
-                    f"{file_name}: output {name!r} came back with shape {list(value.shape)}, "
-                    f"contract needs [{batch}, {width}]"
+                    f"{self.path.name}: output {name!r} came back with shape "
+                    f"{list(value.shape)}, contract needs [{batch}, {width}]"
                 )
-            outputs[name] = value.astype(np.float32, copy=False)
+            outputs[name] = value if value.dtype is _FLOAT32 else value.astype(np.float32)
         return outputs
 
 

@@ -311,11 +311,36 @@ def test_run_casts_float64_and_handles_empty_batch(models):
         ),
     ],
 )
-def test_run_refuses_bad_batches(models, inputs, message):
+@pytest.mark.parametrize("as_float32", [False, True])
+def test_run_refuses_bad_batches(models, inputs, message, as_float32):
+    if as_float32:   # arrays as the engine hands them over: LoadedModel.run's ready path
+        inputs = {k: v.astype(F32) if isinstance(v, np.ndarray) else v
+                  for k, v in inputs.items()}
     with pytest.raises(ModelError) as err:
         models["temp_anomaly"].run(inputs)
     assert message in str(err.value)
     assert str(err.value).startswith("temp_anomaly.onnx: ")
+
+
+def test_run_gives_the_same_answers_for_ready_and_converted_inputs(models):
+    """float32 C-contiguous inputs skip the conversion; strided, float64 and list inputs are
+    converted first: the same numbers either way."""
+    rng = np.random.default_rng(7)
+    wide = rng.normal(33.0, 1.0, (5, 31)).astype(F32)
+    ready = {"temp_window_c": np.ascontiguousarray(wide[:, 1:]), "baseline_c": wide[:, :1].copy(),
+             **neutral_hydration(5)}
+    strided = {**ready, "temp_window_c": wide[:, 1:]}
+    assert not strided["temp_window_c"].flags.c_contiguous
+    as_float64 = {k: v.astype(np.float64) for k, v in ready.items()}
+    as_lists = {k: v.tolist() for k, v in ready.items()}
+    model = models["temp_anomaly"]
+    want = model.run(ready)
+    for inputs in (strided, as_float64, as_lists):
+        got = model.run(inputs)
+        assert got.keys() == want.keys()
+        for name in want:
+            assert got[name].dtype == F32 and got[name].shape == (5, 1)
+            assert got[name].tobytes() == want[name].tobytes()
 
 
 # --- contract checks at load -----------------------------------------------------
