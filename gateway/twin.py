@@ -185,6 +185,8 @@ class TwinEngine:
         self._sun = UvForecaster(*location) if location else None
         self._forecast_at = np.zeros(0, dtype=np.int64)
         self._forecast_has = np.zeros(0, dtype=bool)
+        self._inputs = {name: ModelInputs(MODELS[name].contract.inputs)
+                        for name in ("temp_anomaly", "uv_dose", "hydration")}
         self._queued: list[SampleBatch] = []
         self._queued_slots: list[int] = []
         self._queued_lengths: list[int] = []
@@ -235,6 +237,8 @@ class TwinEngine:
         self._hydration_history.grow(capacity)
         self._uv.grow(capacity)
         self._forecasts.grow(capacity)
+        for inputs in self._inputs.values():
+            inputs.grow(capacity)
         self._forecast_at, self._forecast_has = wider(self._forecast_at), \
             wider(self._forecast_has)
         self._capacity = capacity
@@ -463,18 +467,17 @@ class TwinEngine:
         if not len(slots):
             return
         cells = _cells(slots, n)
-        windows = self._window[cells].astype(np.float32)
         last_t = self._last_temp_t[cells]           # read only (a view when a slice)
         expected = self._baselines.expected(slots, last_t)
         latest = self._window[:, -1][cells]
-        baselines = np.where(np.isnan(expected), latest, expected).astype(np.float32)[:, None]
+        feed = self._inputs["temp_anomaly"].rows(len(slots))
+        feed["temp_window_c"][:] = self._window[cells]       # float32 as astype rounds
+        baselines = feed["baseline_c"]
+        baselines[:, 0] = np.where(np.isnan(expected), latest, expected)
         latest = self._hydration.latest[cells]
-        hydration = np.where(np.isnan(latest), NEUTRAL_HYDRATION_AU, latest).astype(
-            np.float32)[:, None]
-        excess = self._hydration.excess_au(slots).astype(np.float32)[:, None]
-        out = self.run_model("temp_anomaly", {
-            "temp_window_c": windows, "baseline_c": baselines, "hydration_au": hydration,
-            "hydration_excess_au": excess})
+        feed["hydration_au"][:, 0] = np.where(np.isnan(latest), NEUTRAL_HYDRATION_AU, latest)
+        feed["hydration_excess_au"][:, 0] = self._hydration.excess_au(slots)
+        out = self.run_model("temp_anomaly", feed)
         # A baseline is "good" once it has seen every half hour of a day.
         learned = self._baselines.unseen[slots] == 0
         quality = np.where((self._window_len[slots] == TEMP_WINDOW_SAMPLES) & learned,
@@ -500,12 +503,13 @@ class TwinEngine:
         if not len(slots):
             return
         cells = _cells(slots, n)
-        exposure_s = uv.exposure_s[slots]
-        out = self.run_model("uv_dose", {
-            "uvi": (uv.exposure[slots] / exposure_s).astype(np.float32)[:, None],
-            "dt_s": exposure_s.astype(np.float32)[:, None],
-            "dose_sed_in": uv.dose_sed[slots].astype(np.float32)[:, None],
-            "med_sed": uv.med_sed[slots].astype(np.float32)[:, None]})
+        exposure_s = uv.exposure_s[cells]
+        feed = self._inputs["uv_dose"].rows(len(slots))
+        feed["uvi"][:, 0] = uv.exposure[cells] / exposure_s
+        feed["dt_s"][:, 0] = exposure_s
+        feed["dose_sed_in"][:, 0] = uv.dose_sed[cells]
+        feed["med_sed"][:, 0] = uv.med_sed[cells]
+        out = self.run_model("uv_dose", feed)
         t = np.where(uv.has_last[slots], uv.last_t[slots], 0)
         dose = out["dose_sed"][:, 0]
         uv.dose_sed[cells] = dose
@@ -544,11 +548,11 @@ class TwinEngine:
         if not len(slots):
             return
         cells = _cells(slots, n)
-        skin_c = np.where(skin_pending[slots], columns.pend_v[skin][slots],
-                          columns.state_v[skin][slots])
-        out = self.run_model("hydration", {
-            "capacitance_pf": columns.pend_v[cap][slots].astype(np.float32).reshape(-1, 1),
-            "skin_temp_c": skin_c.astype(np.float32).reshape(-1, 1)})
+        feed = self._inputs["hydration"].rows(len(slots))
+        feed["skin_temp_c"][:, 0] = np.where(skin_pending[cells], columns.pend_v[skin][cells],
+                                             columns.state_v[skin][cells])
+        feed["capacitance_pf"][:, 0] = columns.pend_v[cap][cells]
+        out = self.run_model("hydration", feed)
         t = columns.pend_t[cap][slots]
         au = out["corneometer_au"][:, 0]
         columns.set_floats(_P["hydration_au"], cells, au, t, _GOOD)
@@ -668,6 +672,32 @@ def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
     if len({a.dtype for a in arrays}) == 1:
         return np.frombuffer(b"".join([a.tobytes() for a in arrays]), dtype=arrays[0].dtype)
     return np.concatenate(arrays)
+
+
+class ModelInputs:
+    """One model's float32 inputs for every subject, built in place each step: a column
+    [capacity] per [N, 1] input and a [capacity, width] block per wider one. The feed handed
+    to the model is [N, width] C-contiguous views of their first N rows (float32 as the
+    contract wants, so the model runs them as they are), kept while N stays the same."""
+
+    def __init__(self, widths: Mapping[str, int]) -> None:
+        self.widths = dict(widths)
+        self.blocks = {name: np.zeros((0, width), dtype=np.float32)
+                       for name, width in self.widths.items()}
+        self._feed: dict[str, np.ndarray] = {}
+        self._rows = -1
+
+    def grow(self, capacity: int) -> None:
+        self.blocks = {name: np.zeros((capacity, width), dtype=np.float32)
+                       for name, width in self.widths.items()}
+        self._rows = -1
+
+    def rows(self, n: int) -> dict[str, np.ndarray]:
+        """The first n rows of every input, to be filled and then run."""
+        if n != self._rows:
+            self._feed = {name: block[:n] for name, block in self.blocks.items()}
+            self._rows = n
+        return self._feed
 
 
 def _column(values: list[float]) -> np.ndarray:
