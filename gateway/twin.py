@@ -668,9 +668,13 @@ def _cells(slots: np.ndarray, n: int) -> np.ndarray | slice:
 
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
     """np.concatenate, faster for many small arrays of one dtype (a live cycle's batches):
-    their bytes joined."""
-    if len({a.dtype for a in arrays}) == 1:
-        return np.frombuffer(b"".join([a.tobytes() for a in arrays]), dtype=arrays[0].dtype)
+    their buffers joined as they are (a strided one is refused: then np.concatenate)."""
+    dtype = arrays[0].dtype
+    if [a.dtype for a in arrays].count(dtype) == len(arrays):
+        try:
+            return np.frombuffer(b"".join(arrays), dtype=dtype)
+        except (TypeError, BufferError):
+            pass
     return np.concatenate(arrays)
 
 

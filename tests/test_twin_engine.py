@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gateway.inference import default_models_dir, load_models
-from gateway.twin import TwinEngine
+from gateway.twin import TwinEngine, _concatenate
 from gateway.values import SampleBatch
 
 LSB_PER_C = 128  # TMP117: 7.8125 m°C per LSB
@@ -193,3 +193,16 @@ def test_batched_across_patches_equals_one_engine_per_patch():
             theirs |= {u.subject: (u.delta, u.alerts) for u in engine.step(T0_MS + k * 1000)}
         assert mine == theirs
     assert together.twins["s7"].state == apart["d7"].twins["s7"].state
+
+
+@pytest.mark.parametrize("arrays", [
+    [np.arange(3, dtype=np.int32), np.arange(5, 7, dtype=np.int32)],          # joined buffers
+    [np.arange(6, dtype=np.int64)[::2], np.arange(2, dtype=np.int64)],        # one strided
+    [np.arange(3, dtype=np.int32), np.arange(2, dtype=np.float32)],           # two dtypes
+    [np.arange(3, dtype=">i4"), np.arange(2, dtype="<i4")],                   # two byte orders
+    [np.zeros(0, dtype=np.uint8), np.array([7], dtype=np.uint8)],
+])
+def test_concatenate_is_np_concatenate(arrays):
+    got, want = _concatenate(arrays), np.concatenate(arrays)
+    assert got.dtype == want.dtype
+    assert got.tolist() == want.tolist()
