@@ -187,6 +187,9 @@ class TwinEngine:
         self._forecast_has = np.zeros(0, dtype=bool)
         self._inputs = {name: ModelInputs(MODELS[name].contract.inputs)
                         for name in ("temp_anomaly", "uv_dose", "hydration")}
+        # text codes are the columns' for good once given
+        self._hydration_state_codes = np.array(
+            [self.columns.text_code(s) for s in HYDRATION_STATES])
         self._queued: list[SampleBatch] = []
         self._queued_slots: list[int] = []
         self._queued_lengths: list[int] = []
@@ -556,7 +559,7 @@ class TwinEngine:
         t = columns.pend_t[cap][slots]
         au = out["corneometer_au"][:, 0]
         columns.set_floats(_P["hydration_au"], cells, au, t, _GOOD)
-        states = np.array([columns.text_code(s) for s in HYDRATION_STATES])
+        states = self._hydration_state_codes
         columns.set_coded(_P["hydration_state"], cells, TEXT,
                           states[out["state"][:, 0].astype(np.int64)], t, _GOOD)
         self._hydration.observe(slots, au.astype(np.float64))
