@@ -18,6 +18,8 @@ import time
 import pytest
 from gateway_harness import GatewayRig, wait_for
 
+from gateway.clock import CLOCK
+
 SCALE = 12.0
 DEFAULT_RATES = {1: 10, 6: 60}   # the firmware's defaults, spelled out (the rig's are fast)
 BACKLOG_S = 30                   # virtual seconds sampled before the gateway comes
@@ -42,6 +44,13 @@ def test_live_samples_at_default_rates_are_stored_live(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "monotonic", lambda: t0 + virtual_s())
     monkeypatch.setattr(time, "time", lambda: wall0 + virtual_s())
     monkeypatch.setattr(time, "time_ns", lambda: int((wall0 + virtual_s()) * 1e9))
+    # The gateway's step detector (gateway/clock.py) holds the monotonic_ns it was built
+    # with: it must see the same virtual time, or the scaled wall clock reads as steps.
+    monkeypatch.setattr(time, "monotonic_ns", lambda: int((t0 + virtual_s()) * 1e9))
+    monkeypatch.setattr(CLOCK, "_mono_ns", time.monotonic_ns)
+    monkeypatch.setattr(CLOCK, "offset_ms", CLOCK._wall_ns() // 1_000_000
+                        - time.monotonic_ns() // 1_000_000)
+    steps_before = len(CLOCK.steps)
     loop = asyncio.SelectorEventLoop(ScaledSelector())
     try:
         report = loop.run_until_complete(scenario(tmp_path))
@@ -52,6 +61,7 @@ def test_live_samples_at_default_rates_are_stored_live(tmp_path, monkeypatch):
 
     # Everything logged before the first REPLAY is backlog (historical); everything after
     # arrived live, in flush-interval frames, with no idle-check REPLAY in between.
+    assert len(CLOCK.steps) == steps_before, CLOCK.steps[steps_before:]   # no false steps
     assert report["resyncs"] == 0, report
     assert report["historical_after_start"] == 0, report
     assert report["backlog_stored"] >= BACKLOG_S // 5, report          # UV alone: every 5 s
