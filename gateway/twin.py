@@ -675,7 +675,7 @@ def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
     dtype = arrays[0].dtype
     if [a.dtype for a in arrays].count(dtype) == len(arrays):
         try:
-            return np.frombuffer(b"".join(arrays), dtype=dtype)
+            return np.frombuffer(b"".join(arrays), dtype=dtype)  # type: ignore[arg-type]
         except (TypeError, BufferError):
             pass
     return np.concatenate(arrays)
