@@ -136,12 +136,9 @@ class LoadedModel:
         self._output_names = list(contract.outputs)
         self._input_items = tuple(contract.inputs.items())
         self._output_items = tuple(contract.outputs.items())
-        # onnxruntime's own run() re-checks the input names we check here; its bound
-        # session runs without that (the public run() where a version lacks it).
-        bound = getattr(session, "_sess", None)
-        self._run_session = (
-            bound.run if bound is not None and hasattr(bound, "run")
-            else lambda names, feed, _options: session.run(names, feed))
+        # The public run(): its private bound session would skip a re-check of the input
+        # names (a few µs a call) but is no API a new onnxruntime must keep.
+        self._run_session = session.run
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.name!r} {self.version} from {str(self.path)!r})"
