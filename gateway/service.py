@@ -52,6 +52,7 @@ WATCHDOG_SILENCE_S = 60.0
 PRUNE_EVERY_S = 3600.0
 PRUNE_RETRY_S = 60.0               # after a failed pass (disk full, busy): try again sooner
 MODEL_POLL_S = 2.0                 # how often model files are checked for a hot swap
+PUBLISHER_QUIET_S = 30.0           # a publisher `task` alarm clears after this long without a bug
 HEALTH_EVERY_S = 10.0              # outbox depth, parked rows, free disk: refreshed this often
 BROKER_WATCH_S = 0.5
 LINK_STOP_TIMEOUT_S = 3.0          # at shutdown, per attempt to cancel a patch link
@@ -122,6 +123,8 @@ class Gateway:
         self.alarms = Alarms()
         self.alarms.listen(self._on_alarm_change)
         self._health: dict[str, Any] = {}
+        self._publisher_errors_seen = 0
+        self._publisher_error_at = 0.0
         conn, recovery = open_checked(config.db_path, damaged)
         self.store = store_mod.Store(conn)
         if recovery is not None:   # stays up for this process's life: the old file needs a look
@@ -382,9 +385,21 @@ class Gateway:
 
     async def _report_health(self) -> None:
         while True:
+            self._alarm_publisher_errors()
             if self._refresh_health():
                 self.publisher.republish_state()
             await asyncio.sleep(HEALTH_EVERY_S)
+
+    def _alarm_publisher_errors(self) -> None:
+        """A bug caught on paho's thread (logged there with its traceback) raises the `task`
+        alarm for `publisher`; it clears after PUBLISHER_QUIET_S without another."""
+        errors, now = self.publisher.internal_errors, time.monotonic()
+        if errors > self._publisher_errors_seen:
+            self._publisher_errors_seen, self._publisher_error_at = errors, now
+            self.alarms.raise_("task", self.publisher.last_internal_error or "internal error",
+                               now_ms(), "publisher")
+        elif now - self._publisher_error_at >= PUBLISHER_QUIET_S:
+            self.alarms.clear("task", "publisher")
 
     async def _watch_broker(self) -> None:
         """One log line per broker state change (and one a minute while it stays down)."""

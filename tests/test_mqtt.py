@@ -1048,5 +1048,6 @@ def test_a_bug_in_puback_handling_is_logged_while_paho_logs_nothing(
     finally:
         publisher.stop_sync(timeout_s=1)
     assert "injected bug" in (publisher.last_error or "")
+    assert publisher.internal_errors == 1 and "injected bug" in publisher.last_internal_error
     logged = [r for r in caplog.records if r.exc_info and "injected bug" in str(r.exc_info[1])]
     assert len(logged) == 1, [r.getMessage() for r in caplog.records]

@@ -82,3 +82,31 @@ async def test_fatal_types_propagate_without_restart():
     with pytest.raises(LookupError):
         await supervise("ingest", corrupt, Alarms(), fatal=(LookupError,))
     assert runs == [1]
+
+
+@pytest.mark.slow
+async def test_a_bug_on_the_publishers_thread_raises_the_task_alarm_then_clears(
+        tmp_path, monkeypatch):
+    """paho's thread is no supervised task: a bug caught there is logged by the publisher and
+    raised as the `task` alarm for `publisher` on the retained state, cleared once quiet."""
+    from gateway_harness import GatewayRig, wait_for
+
+    from gateway import service
+    monkeypatch.setattr(service, "HEALTH_EVERY_S", 0.2)
+    monkeypatch.setattr(service, "PUBLISHER_QUIET_S", 2.0)
+    async with GatewayRig(tmp_path, patches=1) as rig:
+        gateway = await rig.start_gateway()
+        policy = gateway.publisher.policy
+        real_on_puback, calls = policy.on_puback, []
+
+        def failing_once(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise RuntimeError("injected PUBACK bug")
+            return real_on_puback(*args)
+
+        monkeypatch.setattr(policy, "on_puback", failing_once)
+        await wait_for(lambda: gateway.alarms.is_up("task", "publisher"), 20, "the task alarm")
+        assert "injected PUBACK bug" in gateway.alarms.get("task", "publisher").detail
+        await wait_for(lambda: not gateway.alarms.is_up("task", "publisher"), 20,
+                       "the alarm to clear")

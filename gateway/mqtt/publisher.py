@@ -199,6 +199,9 @@ class MqttPublisher:
         self._counted_at = 0.0
         self._db_error: str | None = None   # the outbox error last logged, until it clears
         self._last_error: str | None = None
+        # Bugs caught on paho's thread, for the gateway's `task` alarm (service.py).
+        self.internal_errors = 0
+        self.last_internal_error: str | None = None
         self._last_refusal: str | None = None
         self._last_paho_error: str | None = None  # paho reports TLS and socket errors only in its log
         self._connack_refused = False
@@ -513,6 +516,7 @@ class MqttPublisher:
             due = policy.io_due()
         except Exception as err:  # a bug: paho logs nothing while connected; the row waits
             self._last_error = f"PUBACK handling: {err!r}"
+            self._count_internal_error(self._last_error)
             log.exception("mqtt PUBACK %d handling failed; its row is resent after a reconnect",
                           mid)
             due = True
@@ -530,6 +534,10 @@ class MqttPublisher:
         except Exception:  # the gateway's hook; paho's thread must go on
             log.exception("inbound message handler failed for %s", message.topic)
 
+    def _count_internal_error(self, detail: str) -> None:
+        self.last_internal_error = detail
+        self.internal_errors += 1
+
     def _post(self, event: tuple[int, ReasonCode] | _Connected | _Disconnected) -> None:
         """From paho's thread: queue the event and, if the policy is free, act on it now."""
         self._inbox.append(event)
@@ -539,6 +547,7 @@ class MqttPublisher:
                 due = self.policy.io_due()
             except Exception as err:  # a bug: paho logs nothing while connected
                 self._last_error = f"publisher events: {err!r}"
+                self._count_internal_error(self._last_error)
                 log.exception("mqtt publisher failed to act on %r", event)
                 due = True
             finally:
@@ -681,6 +690,7 @@ class MqttPublisher:
                     conn.rollback()
                 except Exception as err:  # a bug must not silence the gateway for good
                     self._last_error = f"drainer: {err!r}"
+                    self._count_internal_error(self._last_error)
                     log.exception("mqtt outbox drainer error, will retry")
                     conn.rollback()
                 if self._exit:
@@ -688,6 +698,7 @@ class MqttPublisher:
                     break
         except Exception as err:
             self._last_error = f"drainer stopped: {err}"
+            self._count_internal_error(self._last_error)
             log.exception("mqtt outbox drainer stopped")
         finally:
             with self._lock:
